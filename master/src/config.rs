@@ -1,0 +1,79 @@
+//! The master's settings: environment variables, each also a CLI flag of the same name.
+
+use clap::Parser;
+use replog_node::config::{endpoint, millis, seconds};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "master",
+    version,
+    about = "replog master: assigns ids, replicates each append to every secondary, answers once the write concern is met"
+)]
+pub struct Config {
+    /// Address to bind the HTTP API to.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port of the HTTP API.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// Comma-separated gRPC endpoints (host:port) of the secondaries' replication service.
+    #[arg(long, env = "SECONDARIES", value_delimiter = ',', value_parser = endpoint)]
+    pub secondaries: Vec<String>,
+
+    /// Seconds an append may wait for its write concern before it is aborted (0 = no limit).
+    #[arg(long, env = "REPLICATION_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
+    pub replication_timeout_seconds: Duration,
+
+    /// Interval between heartbeats to each secondary, in milliseconds.
+    #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value = "500", value_parser = millis)]
+    pub heartbeat_interval_ms: Duration,
+
+    /// Without contact for this long a secondary is Suspected, in milliseconds.
+    #[arg(long, env = "SUSPECT_AFTER_MS", default_value = "1500", value_parser = millis)]
+    pub suspect_after_ms: Duration,
+
+    /// Without contact for this long a secondary is Unhealthy (and does not count towards the
+    /// quorum), in milliseconds.
+    #[arg(long, env = "UNHEALTHY_AFTER_MS", default_value = "5000", value_parser = millis)]
+    pub unhealthy_after_ms: Duration,
+
+    /// First retry delay after a failed replication call, in milliseconds; doubles per failure.
+    #[arg(long, env = "RETRY_BASE_MS", default_value = "20", value_parser = millis)]
+    pub retry_base_ms: Duration,
+
+    /// Cap of the retry delay, in milliseconds. Retries never stop.
+    #[arg(long, env = "RETRY_MAX_MS", default_value = "2000", value_parser = millis)]
+    pub retry_max_ms: Duration,
+
+    /// Deadline of one replication call, in seconds (must exceed a secondary's DELAY_SECONDS).
+    #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
+    pub rpc_timeout_seconds: Duration,
+}
+
+impl Config {
+    /// Checks that settings agree with one another.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.suspect_after_ms >= self.unhealthy_after_ms {
+            return Err("SUSPECT_AFTER_MS must be below UNHEALTHY_AFTER_MS".into());
+        }
+        if self.retry_base_ms > self.retry_max_ms {
+            return Err("RETRY_BASE_MS must not exceed RETRY_MAX_MS".into());
+        }
+        if self.rpc_timeout_seconds.is_zero() {
+            return Err("RPC_TIMEOUT_SECONDS must be above 0".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(dup) = self.secondaries.iter().find(|s| !seen.insert(*s)) {
+            return Err(format!("SECONDARIES lists {dup} twice"));
+        }
+        Ok(())
+    }
+
+    /// Nodes in the cluster, the master included: the largest valid `w` and its default.
+    pub fn nodes(&self) -> usize {
+        self.secondaries.len() + 1
+    }
+}

@@ -1,0 +1,382 @@
+//! The master's decision state: its log, the appends still waiting for acknowledgements, and
+//! what each secondary has reported.
+//!
+//! Everything here is synchronous and runs under one short mutex: assigning an id, counting a
+//! cumulative acknowledgement, committing, aborting. No lock is held across an `.await`, so
+//! appends from many clients proceed in parallel and only serialise for these few steps.
+
+use bytes::Bytes;
+use replog_node::log::{Log, Message};
+use replog_proto::v1::{Decisions, Entry, ReplicaState, ReplicateRequest};
+use std::collections::BTreeMap;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// The fate of one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    Aborted,
+}
+
+/// An append that has not reached its write concern yet.
+#[derive(Debug)]
+struct Pending {
+    /// Secondary acknowledgements still needed (w - 1 at the start).
+    needed: usize,
+    /// When it is aborted if still pending; `None` waits forever (timeout 0).
+    deadline: Option<Instant>,
+    waiter: Option<oneshot::Sender<Outcome>>,
+}
+
+/// What the master knows of one secondary.
+#[derive(Debug, Clone, Default)]
+pub struct Follower {
+    /// Process instance of the secondary that sent the last reply.
+    pub instance: Option<u64>,
+    /// Contiguous high-water mark of that instance.
+    pub held: u64,
+    /// The secondary's decided frontier, as last reported.
+    pub decided: u64,
+    /// Highest id ever acknowledged under this log: counts towards write concerns, never
+    /// moves back (an id acknowledged once was held when it counted).
+    pub acked: u64,
+    pub last_contact: Option<Instant>,
+    /// Why the last call failed, until one succeeds.
+    pub last_error: Option<String>,
+    /// Set while the secondary holds another log identity.
+    pub foreign_log: Option<String>,
+}
+
+/// Why a reply was not taken as an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignLog(pub String);
+
+#[derive(Debug)]
+pub struct Ledger {
+    log: Log,
+    pending: BTreeMap<u64, Pending>,
+    followers: Vec<Follower>,
+}
+
+impl Ledger {
+    pub fn new(log: Log, secondaries: usize) -> Self {
+        Self {
+            log,
+            pending: BTreeMap::new(),
+            followers: vec![Follower::default(); secondaries],
+        }
+    }
+
+    pub fn log(&self) -> &Log {
+        &self.log
+    }
+
+    pub fn followers(&self) -> &[Follower] {
+        &self.followers
+    }
+
+    pub fn follower(&self, index: usize) -> &Follower {
+        &self.followers[index]
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Assigns the next id. With `needed == 0` (w = 1) the entry is committed at once;
+    /// otherwise the returned receiver learns its outcome.
+    pub fn append(
+        &mut self,
+        message: Bytes,
+        needed: usize,
+        deadline: Option<Instant>,
+    ) -> (u64, oneshot::Receiver<Outcome>) {
+        let (tx, rx) = oneshot::channel();
+        let id = self.log.push(message, false);
+        let already = self.followers.iter().filter(|f| f.acked >= id).count();
+        if already >= needed {
+            let _ = tx.send(Outcome::Committed);
+            self.advance_decided();
+        } else {
+            self.pending.insert(
+                id,
+                Pending {
+                    needed: needed - already,
+                    deadline,
+                    waiter: Some(tx),
+                },
+            );
+        }
+        (id, rx)
+    }
+
+    /// Earliest deadline among pending appends. Ids are given in time order and the timeout is
+    /// one setting, so the first pending id with a deadline carries the earliest one.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.values().find_map(|p| p.deadline)
+    }
+
+    /// Aborts every pending append whose deadline has passed. Returns the ids aborted.
+    pub fn abort_expired(&mut self, now: Instant) -> Vec<u64> {
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for &id in &expired {
+            if let Some(mut pending) = self.pending.remove(&id) {
+                self.log.tombstone(id);
+                if let Some(waiter) = pending.waiter.take() {
+                    let _ = waiter.send(Outcome::Aborted);
+                }
+            }
+        }
+        if !expired.is_empty() {
+            self.advance_decided();
+        }
+        expired
+    }
+
+    /// Takes a secondary's reply. Returns whether the decided frontier moved (so decisions are
+    /// pushed and watchers woken), or the foreign identity it reported.
+    pub fn on_reply(
+        &mut self,
+        index: usize,
+        state: &ReplicaState,
+        now: Instant,
+    ) -> Result<bool, ForeignLog> {
+        let log_id = self.log.log_id().to_owned();
+        let follower = &mut self.followers[index];
+        follower.last_contact = Some(now);
+        if !state.log_id.is_empty() && state.log_id != log_id {
+            follower.foreign_log = Some(state.log_id.clone());
+            follower.last_error = Some(format!(
+                "holds log {} but the master's log is {log_id}",
+                state.log_id
+            ));
+            return Err(ForeignLog(state.log_id.clone()));
+        }
+        follower.foreign_log = None;
+        follower.last_error = None;
+        if follower.instance != Some(state.instance) {
+            follower.instance = Some(state.instance);
+            follower.held = state.held;
+        } else {
+            follower.held = follower.held.max(state.held);
+        }
+        follower.decided = state.decided;
+        let held = state.held.min(self.log.last_id());
+        let before = follower.acked;
+        if held <= before {
+            return Ok(false);
+        }
+        follower.acked = held;
+        let mut committed = Vec::new();
+        for (&id, pending) in self.pending.range_mut(before + 1..=held) {
+            pending.needed = pending.needed.saturating_sub(1);
+            if pending.needed == 0 {
+                committed.push(id);
+            }
+        }
+        for id in committed {
+            if let Some(mut pending) = self.pending.remove(&id) {
+                if let Some(waiter) = pending.waiter.take() {
+                    let _ = waiter.send(Outcome::Committed);
+                }
+            }
+        }
+        Ok(self.advance_decided())
+    }
+
+    /// Records a failed call to a secondary.
+    pub fn on_failure(&mut self, index: usize, error: String) {
+        self.followers[index].last_error = Some(error);
+    }
+
+    /// The decided frontier: every id before the first pending one.
+    fn advance_decided(&mut self) -> bool {
+        let frontier = match self.pending.keys().next() {
+            Some(&first) => first - 1,
+            None => self.log.last_id(),
+        };
+        let before = self.log.decided();
+        self.log.set_decided(frontier);
+        self.log.decided() > before
+    }
+
+    /// The master's decisions as one secondary needs them: tombstones since its reported
+    /// frontier.
+    pub fn decisions_for(&self, index: usize) -> Decisions {
+        let since = self.followers[index].decided.min(self.log.decided());
+        Decisions {
+            decided_upto: self.log.decided(),
+            tombstones: self.log.tombstones_in(since, self.log.decided()).collect(),
+            since,
+        }
+    }
+
+    /// A replication request for one secondary: entries from `next` on, within the limits (at
+    /// least one entry when any is there), and the current decisions.
+    pub fn batch(
+        &self,
+        index: usize,
+        next: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> ReplicateRequest {
+        let mut entries = Vec::new();
+        let mut bytes = 0;
+        let mut id = next.max(1);
+        while id <= self.log.last_id() && entries.len() < max_entries {
+            let message = self.log.get(id).cloned().unwrap_or_default();
+            if !entries.is_empty() && bytes + message.len() > max_bytes {
+                break;
+            }
+            bytes += message.len();
+            entries.push(Entry {
+                id,
+                tombstone: self.log.is_tombstone(id),
+                message,
+            });
+            id += 1;
+        }
+        ReplicateRequest {
+            log_id: self.log.log_id().to_owned(),
+            entries,
+            decisions: Some(self.decisions_for(index)),
+        }
+    }
+
+    pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
+        self.log.visible(from_id, limit).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replog_node::log::new_log_id;
+    use std::time::Duration;
+
+    fn ledger(secondaries: usize) -> Ledger {
+        Ledger::new(Log::new(new_log_id()), secondaries)
+    }
+
+    fn reply(ledger: &Ledger, instance: u64, held: u64) -> ReplicaState {
+        ReplicaState {
+            log_id: ledger.log().log_id().to_owned(),
+            instance,
+            held,
+            decided: 0,
+        }
+    }
+
+    fn ids(ledger: &Ledger) -> Vec<u64> {
+        ledger.page(1, usize::MAX).iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn commits_when_enough_secondaries_hold_it() {
+        let mut l = ledger(2);
+        let (id, mut rx) = l.append(Bytes::from("a"), 2, None);
+        assert_eq!(id, 1);
+        let state = reply(&l, 7, 1);
+        assert_eq!(l.on_reply(0, &state, Instant::now()), Ok(false));
+        assert!(rx.try_recv().is_err(), "one of two acknowledgements");
+        let state = reply(&l, 8, 1);
+        assert_eq!(l.on_reply(1, &state, Instant::now()), Ok(true));
+        assert_eq!(rx.try_recv(), Ok(Outcome::Committed));
+        assert_eq!(ids(&l), vec![1]);
+    }
+
+    #[test]
+    fn w1_answers_at_once_but_shows_only_after_earlier_ids_are_decided() {
+        let mut l = ledger(2);
+        let (_, _rx1) = l.append(Bytes::from("slow"), 2, None);
+        let (id2, mut rx2) = l.append(Bytes::from("fast"), 0, None);
+        assert_eq!(rx2.try_recv(), Ok(Outcome::Committed));
+        assert!(ids(&l).is_empty(), "id 1 is still pending");
+        let state = reply(&l, 1, id2);
+        l.on_reply(0, &state, Instant::now()).ok();
+        let state = reply(&l, 2, id2);
+        l.on_reply(1, &state, Instant::now()).ok();
+        assert_eq!(ids(&l), vec![1, 2]);
+    }
+
+    #[test]
+    fn expired_appends_become_tombstones_and_are_never_shown() {
+        let mut l = ledger(1);
+        let now = Instant::now();
+        let (_, mut rx) = l.append(Bytes::from("lost"), 1, Some(now));
+        let (_, _rx2) = l.append(Bytes::from("kept"), 0, None);
+        assert_eq!(l.abort_expired(now + Duration::from_millis(1)), vec![1]);
+        assert_eq!(rx.try_recv(), Ok(Outcome::Aborted));
+        assert_eq!(ids(&l), vec![2]);
+        // A late acknowledgement does not resurrect it.
+        let state = reply(&l, 1, 2);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert_eq!(ids(&l), vec![2]);
+        let request = l.batch(0, 1, 10, 1 << 20);
+        assert!(request.entries[0].tombstone);
+        assert!(request.entries[0].message.is_empty());
+        assert_eq!(request.decisions.map(|d| d.tombstones), Some(vec![1]));
+    }
+
+    #[test]
+    fn a_restarted_secondary_is_not_counted_twice() {
+        let mut l = ledger(2);
+        let (_, _) = l.append(Bytes::from("a"), 0, None);
+        let state = reply(&l, 1, 1);
+        l.on_reply(0, &state, Instant::now()).ok();
+        // Restart: empty again, then it catches up past id 2.
+        let (_, mut rx) = l.append(Bytes::from("b"), 2, None);
+        let state = reply(&l, 2, 0);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert_eq!(
+            l.follower(0).held,
+            0,
+            "a new instance resets the send position"
+        );
+        let state = reply(&l, 2, 1);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert!(
+            rx.try_recv().is_err(),
+            "id 1 again is no acknowledgement of id 2"
+        );
+        let state = reply(&l, 2, 2);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert!(rx.try_recv().is_err(), "w=3 needs the second secondary too");
+        let state = reply(&l, 9, 2);
+        l.on_reply(1, &state, Instant::now()).ok();
+        assert_eq!(rx.try_recv(), Ok(Outcome::Committed));
+    }
+
+    #[test]
+    fn a_foreign_log_is_no_acknowledgement() {
+        let mut l = ledger(1);
+        let (_, mut rx) = l.append(Bytes::from("a"), 1, None);
+        let state = ReplicaState {
+            log_id: "other".into(),
+            instance: 1,
+            held: 5,
+            decided: 5,
+        };
+        assert!(l.on_reply(0, &state, Instant::now()).is_err());
+        assert!(rx.try_recv().is_err());
+        assert!(l.follower(0).foreign_log.is_some());
+    }
+
+    #[test]
+    fn batches_respect_limits_and_always_carry_one_entry() {
+        let mut l = ledger(1);
+        for _ in 0..5 {
+            l.append(Bytes::from(vec![b'x'; 100]), 0, None);
+        }
+        assert_eq!(l.batch(0, 1, 3, 1 << 20).entries.len(), 3);
+        assert_eq!(l.batch(0, 1, 10, 250).entries.len(), 2);
+        assert_eq!(l.batch(0, 1, 10, 10).entries.len(), 1);
+        assert!(l.batch(0, 6, 10, 1000).entries.is_empty());
+    }
+}

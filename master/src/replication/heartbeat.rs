@@ -1,0 +1,60 @@
+//! Heartbeats: an empty replication call to one secondary every `HEARTBEAT_INTERVAL_MS`.
+//!
+//! It is never delayed by a secondary's `DELAY_SECONDS` (that applies to entries only), so it
+//! measures liveness, not load. Its reply carries the secondary's identity, instance and
+//! high-water mark: a restart is noticed here even while no entries flow, and the sender is
+//! woken to catch the secondary up. It also carries the master's decisions.
+
+use super::health::Status;
+use crate::state::Master;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::time::MissedTickBehavior;
+
+pub async fn run(master: Arc<Master>, index: usize) {
+    let peer = &master.peers[index];
+    let mut ticker = tokio::time::interval(master.config.heartbeat_interval_ms);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut last_status: Option<Status> = None;
+    loop {
+        tokio::select! {
+            _ = master.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let request = master.ledger().batch(index, u64::MAX, 0, 0);
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(master.config.suspect_after_ms);
+        let mut client = peer.client.clone();
+        let result = tokio::select! {
+            _ = master.shutdown.cancelled() => return,
+            result = client.replicate(request) => result,
+        };
+        match result {
+            Ok(reply) => {
+                if let Err(foreign) = master.on_reply(index, reply.get_ref()) {
+                    tracing::debug!(secondary = %peer.address, their_log = %foreign.0, "heartbeat: secondary holds another log");
+                }
+            }
+            Err(status) => master
+                .ledger()
+                .on_failure(index, format!("{}: {}", status.code(), status.message())),
+        }
+        let (last_contact, held) = {
+            let ledger = master.ledger();
+            let f = ledger.follower(index);
+            (f.last_contact, f.held)
+        };
+        let status = master.status_of(last_contact, Instant::now());
+        if last_status != Some(status) {
+            match status {
+                Status::Healthy => {
+                    tracing::info!(secondary = %peer.address, held, "secondary is healthy")
+                }
+                _ => {
+                    tracing::warn!(secondary = %peer.address, ?status, held, "secondary health changed")
+                }
+            }
+            last_status = Some(status);
+        }
+    }
+}

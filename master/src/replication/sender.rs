@@ -1,0 +1,121 @@
+//! The ordered stream to one secondary.
+//!
+//! The sender ships entries in id order from `next`, up to [`PIPELINE`] requests in flight,
+//! each a batch of whatever queued up. Replies carry the secondary's contiguous high-water mark;
+//! once nothing is in flight, `next` rewinds to just above it. That one rule covers a lost
+//! request, an error after storing (the retry is dropped as a duplicate), a restart with an
+//! empty log and a long partition: the secondary is caught up from what it holds, in batches.
+//! Failures back off exponentially with jitter and never stop, so committed entries reach every
+//! secondary in the end, and nothing is kept per message that could leak.
+
+use super::backoff::Backoff;
+use crate::state::Master;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::sync::Arc;
+use tokio::time::{sleep_until, Instant};
+
+/// Requests in flight per secondary.
+pub const PIPELINE: usize = 4;
+/// Entries per request at most.
+pub const MAX_BATCH_ENTRIES: usize = 2048;
+/// Payload bytes per request at most (one larger entry still goes alone).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+pub async fn run(master: Arc<Master>, index: usize) {
+    let peer = &master.peers[index];
+    let config = &master.config;
+    let mut backoff = Backoff::new(config.retry_base_ms, config.retry_max_ms);
+    let mut inflight = FuturesUnordered::new();
+    let mut next = master.ledger().follower(index).held + 1;
+    // Decided frontier carried by the last request, so new decisions are pushed at once.
+    let mut pushed_decided = 0;
+    let mut retry_at: Option<Instant> = None;
+    let mut failed = false;
+    // High-water mark at the last rewind: rewinding twice to the same place without a failure
+    // means the secondary is not taking what we send, so the next try waits.
+    let mut last_rewind: Option<u64> = None;
+
+    loop {
+        if inflight.is_empty() {
+            let held = master.ledger().follower(index).held;
+            if failed || held + 1 < next {
+                if !failed && last_rewind == Some(held) && retry_at.is_none() {
+                    retry_at = Some(Instant::now() + backoff.next_delay());
+                }
+                tracing::debug!(secondary = %peer.address, from = held + 1, "resending from the secondary's high-water mark");
+                next = held + 1;
+                pushed_decided = 0;
+                last_rewind = Some(held);
+                failed = false;
+            }
+        }
+        if retry_at.is_none_or(|at| at <= Instant::now()) {
+            retry_at = None;
+            while inflight.len() < PIPELINE {
+                let request =
+                    master
+                        .ledger()
+                        .batch(index, next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES);
+                let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
+                let Some(last) = request.entries.last().map(|e| e.id) else {
+                    if decided > pushed_decided {
+                        pushed_decided = decided;
+                        inflight.push(send(&master, index, request));
+                    }
+                    break;
+                };
+                next = last + 1;
+                pushed_decided = pushed_decided.max(decided);
+                inflight.push(send(&master, index, request));
+            }
+        }
+
+        tokio::select! {
+            biased;
+            _ = master.shutdown.cancelled() => return,
+            Some(result) = inflight.next(), if !inflight.is_empty() => match result {
+                Ok(state) => match master.on_reply(index, &state) {
+                    Ok(()) => {
+                        if master.ledger().follower(index).held >= next.saturating_sub(1) {
+                            last_rewind = None;
+                        }
+                        backoff.reset();
+                    }
+                    Err(foreign) => {
+                        tracing::warn!(secondary = %peer.address, their_log = %foreign.0, "secondary holds another log; not replicating to it");
+                        failed = true;
+                        retry_at = Some(Instant::now() + backoff.next_delay());
+                    }
+                },
+                Err(error) => {
+                    if !failed && retry_at.is_none() {
+                        tracing::warn!(secondary = %peer.address, %error, "replication call failed; retrying with backoff");
+                    }
+                    master.ledger().on_failure(index, error);
+                    failed = true;
+                    retry_at = Some(Instant::now() + backoff.next_delay());
+                }
+            },
+            _ = peer.wake.notified() => {}
+            _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+        }
+    }
+}
+
+/// One replication call with the configured deadline.
+async fn send(
+    master: &Master,
+    index: usize,
+    request: ReplicateRequest,
+) -> Result<ReplicaState, String> {
+    let mut client = master.peers[index].client.clone();
+    let mut request = tonic::Request::new(request);
+    request.set_timeout(master.config.rpc_timeout_seconds);
+    client
+        .replicate(request)
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|status| format!("{}: {}", status.code(), status.message()))
+}

@@ -1,0 +1,163 @@
+//! The master's shared state, one `Arc`'d struct that the HTTP handlers, the replication tasks
+//! and the deadline task all hold.
+
+use crate::config::Config;
+use crate::ledger::{ForeignLog, Ledger, Outcome};
+use crate::replication::health::{self, Status};
+use crate::replication::Peer;
+use bytes::Bytes;
+use replog_node::api::{ApiError, LogView};
+use replog_node::log::{Log, Message};
+use replog_node::shutdown::Shutdown;
+use replog_proto::v1::ReplicaState;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::Notify;
+
+pub struct Master {
+    pub config: Config,
+    ledger: Mutex<Ledger>,
+    pub peers: Vec<Peer>,
+    /// Wakes the deadline task when a pending append with a deadline arrives.
+    pub deadline_wake: Notify,
+    pub started: Instant,
+    pub shutdown: Shutdown,
+}
+
+/// Whether the master may take appends.
+#[derive(Debug, Clone)]
+pub struct Quorum {
+    pub reachable: usize,
+    pub nodes: usize,
+    /// Why appends are refused, if they are.
+    pub refusal: Option<String>,
+}
+
+impl Master {
+    pub fn new(config: Config, log: Log, shutdown: Shutdown) -> Result<Self, String> {
+        let peers = config
+            .secondaries
+            .iter()
+            .map(|address| Peer::new(address, &config))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            ledger: Mutex::new(Ledger::new(log, peers.len())),
+            peers,
+            deadline_wake: Notify::new(),
+            started: Instant::now(),
+            shutdown,
+            config,
+        })
+    }
+
+    /// The ledger; a panic while it was held cannot leave it half-updated in a way a reader
+    /// could misread (each step completes before its effects are published), so poisoning is
+    /// not fatal.
+    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Appends `message` and waits for its write concern `w` (nodes, the master included).
+    pub async fn append(&self, message: Bytes, w: usize) -> Result<u64, ApiError> {
+        let quorum = self.quorum();
+        if let Some(reason) = quorum.refusal {
+            return Err(ApiError::Unavailable(reason));
+        }
+        let timeout = self.config.replication_timeout_seconds;
+        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+        let (id, outcome) = {
+            let mut ledger = self.ledger();
+            let was_idle = ledger.pending_count() == 0;
+            let (id, rx) = ledger.append(message, w - 1, deadline);
+            if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
+                self.deadline_wake.notify_one();
+            }
+            (id, rx)
+        };
+        self.wake_senders();
+        tokio::select! {
+            outcome = outcome => match outcome {
+                Ok(Outcome::Committed) => {
+                    tracing::debug!(id, w, "append committed");
+                    Ok(id)
+                }
+                Ok(Outcome::Aborted) => {
+                    tracing::warn!(id, w, "append aborted: write concern not met in time");
+                    Err(ApiError::ReplicationFailed)
+                }
+                Err(_) => Err(ApiError::Unavailable("the master is shutting down".into())),
+            },
+            _ = self.shutdown.cancelled() => {
+                Err(ApiError::Unavailable("the master is shutting down; the message may not be committed".into()))
+            }
+        }
+    }
+
+    /// Tells every sender there is work: new entries or new decisions.
+    pub fn wake_senders(&self) {
+        for peer in &self.peers {
+            peer.wake.notify_one();
+        }
+    }
+
+    /// Takes a reply from secondary `index`; pushes new decisions at once.
+    pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<(), ForeignLog> {
+        let (changed, restarted) = {
+            let mut ledger = self.ledger();
+            let instance = ledger.follower(index).instance;
+            let changed = ledger.on_reply(index, state, Instant::now())?;
+            (changed, instance.is_some_and(|i| i != state.instance))
+        };
+        if changed {
+            self.wake_senders();
+        } else if restarted {
+            self.peers[index].wake.notify_one();
+        }
+        Ok(())
+    }
+
+    pub fn status_of(&self, last_contact: Option<Instant>, now: Instant) -> Status {
+        health::status(
+            last_contact.unwrap_or(self.started),
+            now,
+            self.config.suspect_after_ms,
+            self.config.unhealthy_after_ms,
+        )
+    }
+
+    /// A majority of the n+1 nodes must be reachable, and no secondary may hold another log.
+    pub fn quorum(&self) -> Quorum {
+        let now = Instant::now();
+        let ledger = self.ledger();
+        let nodes = self.config.nodes();
+        let mut reachable = 1;
+        let mut refusal = None;
+        for (peer, follower) in self.peers.iter().zip(ledger.followers()) {
+            if let Some(foreign) = &follower.foreign_log {
+                refusal = Some(format!(
+                    "secondary {} holds log {foreign}, not this master's log {}: restart the master with its data, or wipe that secondary",
+                    peer.address,
+                    ledger.log().log_id()
+                ));
+            } else if self.status_of(follower.last_contact, now) != Status::Unhealthy {
+                reachable += 1;
+            }
+        }
+        if refusal.is_none() && reachable * 2 <= nodes {
+            refusal = Some(format!(
+                "no quorum: {reachable} of {nodes} nodes reachable; the master is read-only"
+            ));
+        }
+        Quorum {
+            reachable,
+            nodes,
+            refusal,
+        }
+    }
+}
+
+impl LogView for Master {
+    fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
+        self.ledger().page(from_id, limit)
+    }
+}

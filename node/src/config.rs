@@ -1,0 +1,118 @@
+//! Configuration helpers shared by both binaries.
+//!
+//! Every setting is an environment variable and a CLI flag of the same name (`HTTP_PORT` and
+//! `--http-port`). A bad setting stops the process at start with one clear line, because a node
+//! that half-starts with a wrong setting is harder to debug than one that refuses.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Parses the command line and environment, or exits with one line naming the bad setting.
+pub fn parse_or_exit<T: Parser>() -> T {
+    match T::try_parse() {
+        Ok(config) => config,
+        Err(error) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                error.exit();
+            }
+            let rendered = error.render().to_string();
+            let line = rendered
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("invalid configuration")
+                .trim_start_matches("error: ");
+            eprintln!("configuration error: {line}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A non-negative number of seconds, fractions allowed (`DELAY_SECONDS=0.5`).
+pub fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("`{value}` must be a finite number >= 0"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{value}`: {e}"))
+}
+
+/// A whole number of milliseconds, at least 1.
+pub fn millis(value: &str) -> Result<Duration, String> {
+    let ms: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a whole number of milliseconds"))?;
+    if ms == 0 {
+        return Err("must be at least 1 ms".into());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A probability in `0..=1`.
+pub fn rate(value: &str) -> Result<f64, String> {
+    let rate: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{value}` is not a number"))?;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(format!("`{value}` must be between 0 and 1"));
+    }
+    Ok(rate)
+}
+
+/// A `host:port` endpoint (host may be a name, resolved when connecting).
+pub fn endpoint(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let value = value
+        .strip_prefix("http://")
+        .unwrap_or(value)
+        .trim_end_matches('/');
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{value}` is not host:port"))?;
+    if host.is_empty() {
+        return Err(format!("`{value}` has no host"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("`{value}` has no valid port"))?;
+    Ok(value.to_owned())
+}
+
+/// Resolves the bind address for a port on `HOST`.
+pub fn bind_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("HOST `{host}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("HOST `{host}` resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_settings() {
+        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(seconds("-1").is_err());
+        assert!(seconds("soon").is_err());
+        assert!(rate("0.3").is_ok());
+        assert!(rate("1.5").is_err());
+        assert_eq!(endpoint("http://s1:50051/"), Ok("s1:50051".into()));
+        assert!(endpoint("s1").is_err());
+        assert!(endpoint(":50051").is_err());
+        assert!(endpoint("s1:0").is_err());
+        assert!(millis("0").is_err());
+    }
+}

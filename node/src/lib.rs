@@ -1,0 +1,11 @@
+//! What every replog node is made of.
+//!
+//! The master and the secondaries differ in how their log grows (the master assigns ids and
+//! decides; a secondary receives both), but they agree on what a log is and what of it may be
+//! shown. That shared part lives here, so the visibility rule exists once.
+
+pub mod api;
+pub mod config;
+pub mod log;
+pub mod shutdown;
+pub mod telemetry;

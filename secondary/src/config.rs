@@ -1,0 +1,45 @@
+//! The secondary's settings: environment variables, each also a CLI flag of the same name.
+
+use clap::Parser;
+use replog_node::config::{rate, seconds};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "secondary",
+    version,
+    about = "replog secondary: holds the master's log, received over the internal replication service"
+)]
+pub struct Config {
+    /// Address to bind both ports to.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: String,
+
+    /// Port of the HTTP API.
+    #[arg(long, env = "HTTP_PORT", default_value_t = 8001)]
+    pub http_port: u16,
+
+    /// Port of the internal gRPC replication service (only the master calls it).
+    #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+
+    /// Seconds to wait before storing and acknowledging each batch of entries (test knob).
+    #[arg(long, env = "DELAY_SECONDS", default_value = "0", value_parser = seconds)]
+    pub delay_seconds: Duration,
+
+    /// Probability (0..1) of answering an error after storing a batch, to prove exactly-once.
+    #[arg(long, env = "ERROR_RATE", default_value = "0", value_parser = rate)]
+    pub error_rate: f64,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.http_port != 0 && self.http_port == self.grpc_port {
+            return Err(format!(
+                "HTTP_PORT and GRPC_PORT are both {}; they must differ",
+                self.http_port
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,61 @@
+//! Wires the secondary together: the gRPC replication server and the HTTP API, both stopped by
+//! one shutdown token.
+
+use crate::config::Config;
+use crate::http;
+use crate::replica::Replica;
+use crate::service::ReplicationService;
+use crate::state::Secondary;
+use replog_node::log::Log;
+use replog_node::shutdown::Shutdown;
+use replog_proto::v1::replication_server::ReplicationServer;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Largest replication request accepted (the master's batches stay far below it).
+const MAX_GRPC_MESSAGE_BYTES: usize = 64 << 20;
+
+pub async fn run(
+    config: Config,
+    http_listener: TcpListener,
+    grpc_listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), String> {
+    tracing::info!(
+        delay = ?config.delay_seconds,
+        error_rate = config.error_rate,
+        "secondary starting"
+    );
+    let secondary = Arc::new(Secondary::new(config, Replica::new(Log::default())));
+
+    let service = ReplicationServer::new(ReplicationService {
+        secondary: secondary.clone(),
+    })
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
+            .await
+    });
+    tracing::info!(address = %grpc_address, "replication service listening");
+
+    let http_address = http_listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %http_address, "HTTP API listening");
+    let served = replog_node::api::serve(http_listener, http::router(secondary), shutdown.clone())
+        .await
+        .map_err(|e| format!("HTTP server: {e}"));
+    shutdown.cancel();
+    match grpc.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("replication server: {e}")),
+        Err(e) => return Err(format!("replication server task: {e}")),
+    }
+    tracing::info!("secondary stopped");
+    served
+}
