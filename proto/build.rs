@@ -1,7 +1,10 @@
 //! Compiles the .proto files with `protox` (pure Rust), so no `protoc` install is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/replog/v1/replication.proto"];
+    let files = [
+        "proto/replog/v1/replication.proto",
+        "proto/replog/v1/log.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

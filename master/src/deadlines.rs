@@ -15,7 +15,7 @@ pub async fn run(master: Arc<Master>) {
             _ = master.shutdown.cancelled() => return,
             _ = master.deadline_wake.notified() => continue,
             _ = sleep_until(next) => {
-                let aborted = master.ledger().abort_expired(Instant::now());
+                let aborted = master.update(|ledger| ledger.abort_expired(Instant::now()));
                 if !aborted.is_empty() {
                     tracing::warn!(ids = ?aborted, "appends aborted at their deadline");
                     master.wake_senders();

@@ -2,7 +2,6 @@
 
 mod config;
 mod deadlines;
-mod http;
 mod ledger;
 mod replication;
 mod server;

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::state::Master;
-use crate::{deadlines, http, replication};
+use crate::{deadlines, replication};
 use replog_node::log::{new_log_id, Log};
 use replog_node::shutdown::Shutdown;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%address, "HTTP API listening");
-    let served = replog_node::api::serve(listener, http::router(master.clone()), shutdown.clone())
+    let served = replog_node::api::serve(listener, replog_node::api::router(master.clone(), axum::Router::new(), shutdown.clone()), shutdown.clone())
         .await
         .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();

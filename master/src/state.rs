@@ -1,18 +1,18 @@
-//! The master's shared state, one `Arc`'d struct that the HTTP handlers, the replication tasks
-//! and the deadline task all hold.
+//! The master's shared state, one `Arc`'d struct that the API, the replication tasks and the
+//! deadline task all hold.
 
 use crate::config::Config;
 use crate::ledger::{ForeignLog, Ledger, Outcome};
 use crate::replication::health::{self, Status};
 use crate::replication::Peer;
 use bytes::Bytes;
-use replog_node::api::{ApiError, LogView};
+use replog_node::api::{ApiError, Health, Node, SecondaryHealth};
 use replog_node::log::{Log, Message};
 use replog_node::shutdown::Shutdown;
 use replog_proto::v1::ReplicaState;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 pub struct Master {
     pub config: Config,
@@ -20,6 +20,8 @@ pub struct Master {
     pub peers: Vec<Peer>,
     /// Wakes the deadline task when a pending append with a deadline arrives.
     pub deadline_wake: Notify,
+    /// The highest visible id, for `Watch` streams.
+    visible: watch::Sender<u64>,
     pub started: Instant,
     pub shutdown: Shutdown,
 }
@@ -40,56 +42,46 @@ impl Master {
             .iter()
             .map(|address| Peer::new(address, &config))
             .collect::<Result<Vec<_>, _>>()?;
+        let (visible, _) = watch::channel(log.visible_upto());
         Ok(Self {
             ledger: Mutex::new(Ledger::new(log, peers.len())),
             peers,
             deadline_wake: Notify::new(),
+            visible,
             started: Instant::now(),
             shutdown,
             config,
         })
     }
 
-    /// The ledger; a panic while it was held cannot leave it half-updated in a way a reader
-    /// could misread (each step completes before its effects are published), so poisoning is
-    /// not fatal.
+    /// The ledger, for reading. A panic while it was held cannot leave it half-updated in a way
+    /// a reader could misread, so poisoning is not fatal.
     pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends `message` and waits for its write concern `w` (nodes, the master included).
-    pub async fn append(&self, message: Bytes, w: usize) -> Result<u64, ApiError> {
-        let quorum = self.quorum();
-        if let Some(reason) = quorum.refusal {
-            return Err(ApiError::Unavailable(reason));
-        }
-        let timeout = self.config.replication_timeout_seconds;
-        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
-        let (id, outcome) = {
-            let mut ledger = self.ledger();
-            let was_idle = ledger.pending_count() == 0;
-            let (id, rx) = ledger.append(message, w - 1, deadline);
-            if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
-                self.deadline_wake.notify_one();
-            }
-            (id, rx)
-        };
-        self.wake_senders();
-        tokio::select! {
-            outcome = outcome => match outcome {
-                Ok(Outcome::Committed) => {
-                    tracing::debug!(id, w, "append committed");
-                    Ok(id)
-                }
-                Ok(Outcome::Aborted) => {
-                    tracing::warn!(id, w, "append aborted: write concern not met in time");
-                    Err(ApiError::ReplicationFailed)
-                }
-                Err(_) => Err(ApiError::Unavailable("the master is shutting down".into())),
-            },
-            _ = self.shutdown.cancelled() => {
-                Err(ApiError::Unavailable("the master is shutting down; the message may not be committed".into()))
-            }
+    /// Changes the ledger and publishes the visible frontier if it moved: the one way to write.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Ledger) -> T) -> T {
+        let mut ledger = self.ledger();
+        let result = change(&mut ledger);
+        let upto = ledger.log().visible_upto();
+        self.visible.send_if_modified(|visible| {
+            let moved = *visible != upto;
+            *visible = upto;
+            moved
+        });
+        result
+    }
+
+    /// Checks `w` against the cluster: 1..=n+1, default n+1 (all nodes).
+    fn write_concern(&self, w: Option<u64>) -> Result<usize, ApiError> {
+        let nodes = self.config.nodes();
+        match w {
+            None => Ok(nodes),
+            Some(w) if (1..=nodes as u64).contains(&w) => Ok(w as usize),
+            Some(w) => Err(ApiError::Unprocessable(format!(
+                "`w` must be between 1 and {nodes} (the nodes in the cluster), got {w}"
+            ))),
         }
     }
 
@@ -102,12 +94,11 @@ impl Master {
 
     /// Takes a reply from secondary `index`; pushes new decisions at once.
     pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<(), ForeignLog> {
-        let (changed, restarted) = {
-            let mut ledger = self.ledger();
+        let (changed, restarted) = self.update(|ledger| {
             let instance = ledger.follower(index).instance;
             let changed = ledger.on_reply(index, state, Instant::now())?;
-            (changed, instance.is_some_and(|i| i != state.instance))
-        };
+            Ok((changed, instance.is_some_and(|i| i != state.instance)))
+        })?;
         if changed {
             self.wake_senders();
         } else if restarted {
@@ -156,8 +147,86 @@ impl Master {
     }
 }
 
-impl LogView for Master {
+#[tonic::async_trait]
+impl Node for Master {
+    /// The append's life: admission, id, replication, commit or abort (ARCHITECTURE.md).
+    async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError> {
+        let w = self.write_concern(w)?;
+        if let Some(reason) = self.quorum().refusal {
+            return Err(ApiError::Unavailable(reason));
+        }
+        let timeout = self.config.replication_timeout_seconds;
+        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
+        let (id, outcome) = self.update(|ledger| {
+            let was_idle = ledger.pending_count() == 0;
+            let (id, rx) = ledger.append(Bytes::from(message), w - 1, deadline);
+            if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
+                self.deadline_wake.notify_one();
+            }
+            (id, rx)
+        });
+        self.wake_senders();
+        tokio::select! {
+            outcome = outcome => match outcome {
+                Ok(Outcome::Committed) => {
+                    tracing::debug!(id, w, "append committed");
+                    Ok(id)
+                }
+                Ok(Outcome::Aborted) => {
+                    tracing::warn!(id, w, "append aborted: write concern not met in time");
+                    Err(ApiError::ReplicationFailed)
+                }
+                Err(_) => Err(ApiError::Unavailable("the master is shutting down".into())),
+            },
+            _ = self.shutdown.cancelled() => Err(ApiError::Unavailable(
+                "the master is shutting down; the message may not be committed".into(),
+            )),
+        }
+    }
+
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
         self.ledger().page(from_id, limit)
+    }
+
+    fn visible(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        let quorum = self.quorum();
+        let now = Instant::now();
+        let ledger = self.ledger();
+        let log = ledger.log();
+        let secondaries = self
+            .peers
+            .iter()
+            .zip(ledger.followers())
+            .map(|(peer, f)| SecondaryHealth {
+                address: peer.address.clone(),
+                status: self.status_of(f.last_contact, now).name(),
+                last_contact_ms_ago: f
+                    .last_contact
+                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                acked_id: f.acked,
+                held: f.held,
+                lag: log.last_id().saturating_sub(f.held),
+                last_error: f.last_error.clone(),
+            })
+            .collect();
+        Health {
+            role: "master",
+            log_id: log.log_id().to_owned(),
+            last_id: log.last_id(),
+            decided: log.decided(),
+            visible: log.visible_count(),
+            pending: Some(ledger.pending_count() as u64),
+            nodes: Some(quorum.nodes as u64),
+            reachable: Some(quorum.reachable as u64),
+            quorum: quorum.reachable * 2 > quorum.nodes,
+            read_only: quorum.refusal.is_some(),
+            read_only_reason: quorum.refusal,
+            secondaries,
+            last_contact_ms_ago: None,
+        }
     }
 }

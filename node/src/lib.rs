@@ -8,4 +8,5 @@ pub mod api;
 pub mod config;
 pub mod log;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;

@@ -1,7 +1,7 @@
 //! The secondary's settings: environment variables, each also a CLI flag of the same name.
 
 use clap::Parser;
-use replog_node::config::{rate, seconds};
+use replog_node::config::{endpoint, rate, seconds};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -22,6 +22,11 @@ pub struct Config {
     /// Port of the internal gRPC replication service (only the master calls it).
     #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
     pub grpc_port: u16,
+
+    /// The master's HTTP endpoint (host:port), where appends made on this secondary are
+    /// forwarded. Unset, appends here answer 503.
+    #[arg(long, env = "MASTER", value_parser = endpoint)]
+    pub master: Option<String>,
 
     /// Seconds to wait before storing and acknowledging each batch of entries (test knob).
     #[arg(long, env = "DELAY_SECONDS", default_value = "0", value_parser = seconds)]

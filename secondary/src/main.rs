@@ -1,7 +1,7 @@
 //! `secondary`: a replog secondary binary. See `server` for how it is put together.
 
 mod config;
-mod http;
+mod forward;
 mod replica;
 mod server;
 mod service;

@@ -2,7 +2,7 @@
 //! one shutdown token.
 
 use crate::config::Config;
-use crate::http;
+use crate::forward::Forwarder;
 use crate::replica::Replica;
 use crate::service::ReplicationService;
 use crate::state::Secondary;
@@ -26,7 +26,8 @@ pub async fn run(
         error_rate = config.error_rate,
         "secondary starting"
     );
-    let secondary = Arc::new(Secondary::new(config, Replica::new(Log::default())));
+    let forward = Forwarder::new(config.master.as_deref())?;
+    let secondary = Arc::new(Secondary::new(config, Replica::new(Log::default()), forward));
 
     let service = ReplicationServer::new(ReplicationService {
         secondary: secondary.clone(),
@@ -47,7 +48,11 @@ pub async fn run(
 
     let http_address = http_listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %http_address, "HTTP API listening");
-    let served = replog_node::api::serve(http_listener, http::router(secondary), shutdown.clone())
+    let served = replog_node::api::serve(
+        http_listener,
+        replog_node::api::router(secondary, axum::Router::new(), shutdown.clone()),
+        shutdown.clone(),
+    )
         .await
         .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();

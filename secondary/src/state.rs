@@ -1,25 +1,35 @@
-//! The secondary's shared state, one `Arc`'d struct for the gRPC service and the HTTP API.
+//! The secondary's shared state, one `Arc`'d struct for the replication service and the API.
 
 use crate::config::Config;
+use crate::forward::Forwarder;
 use crate::replica::Replica;
-use replog_node::api::LogView;
+use replog_node::api::{ApiError, Health, Node};
 use replog_node::log::Message;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Without a call from the master for this long, the secondary calls itself cut off.
+const MASTER_SILENCE: Duration = Duration::from_secs(5);
 
 pub struct Secondary {
     pub config: Config,
     replica: Mutex<Replica>,
     last_contact: Mutex<Option<Instant>>,
+    visible: watch::Sender<u64>,
+    forward: Forwarder,
 }
 
 impl Secondary {
-    pub fn new(config: Config, replica: Replica) -> Self {
+    pub fn new(config: Config, replica: Replica, forward: Forwarder) -> Self {
+        let (visible, _) = watch::channel(replica.log().visible_upto());
         Self {
             config,
             replica: Mutex::new(replica),
             last_contact: Mutex::new(None),
+            visible,
+            forward,
         }
     }
 
@@ -27,7 +37,7 @@ impl Secondary {
         self.replica.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn last_contact(&self) -> Option<Instant> {
+    fn last_contact(&self) -> Option<Instant> {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -51,12 +61,48 @@ impl Secondary {
         if added > 0 {
             tracing::debug!(added, held = replica.log().last_id(), "stored entries");
         }
+        let upto = replica.log().visible_upto();
+        self.visible.send_if_modified(|visible| {
+            let moved = *visible != upto;
+            *visible = upto;
+            moved
+        });
         replica.state()
     }
 }
 
-impl LogView for Secondary {
+#[tonic::async_trait]
+impl Node for Secondary {
+    async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError> {
+        self.forward.append(message, w).await
+    }
+
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
         self.replica().page(from_id, limit)
+    }
+
+    fn visible(&self) -> watch::Receiver<u64> {
+        self.visible.subscribe()
+    }
+
+    fn health(&self) -> Health {
+        let silence = self.last_contact().map(|t| t.elapsed());
+        let replica = self.replica();
+        let log = replica.log();
+        let cut_off = silence.is_none_or(|s| s >= MASTER_SILENCE);
+        Health {
+            role: "secondary",
+            log_id: log.log_id().to_owned(),
+            last_id: log.last_id(),
+            decided: log.decided(),
+            visible: log.visible_count(),
+            quorum: !cut_off,
+            // Appends here are forwarded; they can only work while the master reaches us.
+            read_only: cut_off,
+            read_only_reason: cut_off
+                .then(|| "the master has not reached this secondary lately".to_owned()),
+            last_contact_ms_ago: silence.map(|s| s.as_millis() as u64),
+            ..Health::default()
+        }
     }
 }

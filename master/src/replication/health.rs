@@ -3,15 +3,23 @@
 //! Healthy -> Suspected -> Unhealthy as contact ages past the configured thresholds, and back
 //! to Healthy on the next reply. Unhealthy secondaries do not count towards the quorum.
 
-use serde::Serialize;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Healthy,
     Suspected,
     Unhealthy,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Suspected => "suspected",
+            Status::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// Status for a secondary last heard from at `last_contact` (or never, since the master started).

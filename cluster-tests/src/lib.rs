@@ -1,0 +1,612 @@
+//! A small harness that runs a real replog cluster (one `master`, N `secondary` processes) on
+//! free loopback ports, for end-to-end tests in `tests/`.
+//!
+//! The style follows tokio's mini-redis tests: every test starts its own servers, talks to them
+//! over the real wire protocol, and asserts on what comes back. Nothing is mocked, so a test
+//! proves what a user with `curl` would see.
+//!
+//! Rules the harness follows, and that tests built on it should follow:
+//!
+//! - **Own ports, own processes.** Every [`Cluster`] picks fresh ports, so tests run in parallel
+//!   (cargo-nextest runs each test in its own process).
+//! - **No process left behind.** A [`Node`] kills its child on `Drop`, which also runs while a
+//!   failing test unwinds.
+//! - **Logs kept for the post-mortem.** Each node writes stdout and stderr to
+//!   `target/cluster-tests/<test>/<node>.log`; when a test panics, the cluster prints those paths
+//!   and the last lines of each log.
+//! - **No hopeful sleeps.** Anything that depends on timing waits for a condition with a deadline
+//!   ([`wait_until`], [`wait_for`]) and fails with a message that says what it waited for.
+
+use serde_json::{json, Value};
+use std::fmt::Display;
+use std::fs::{File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub use reqwest::StatusCode;
+
+/// How long a freshly started cluster may take to be up and in contact.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The exact detail the master answers when an append is not committed in time.
+pub const REPLICATION_FAILED: &str = "Replication failed. Message not committed.";
+
+/// The two binaries under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Master,
+    Secondary,
+}
+
+impl Binary {
+    fn file_name(self) -> &'static str {
+        match self {
+            Binary::Master => "master",
+            Binary::Secondary => "secondary",
+        }
+    }
+
+    /// The binary built by `cargo build --workspace --bins` for the profile the tests run in.
+    ///
+    /// Integration tests run from `target/<profile>/deps/<test>-<hash>`; Cargo puts the
+    /// workspace binaries one level up, in `target/<profile>/`. Cargo does not build other
+    /// packages' binaries for a test run, hence the explicit build step.
+    pub fn path(self) -> PathBuf {
+        let path = profile_dir().join(self.file_name());
+        if !path.is_file() {
+            panic!(
+                "{} not found: run `cargo build --workspace --bins` before the cluster tests \
+                 (same profile as the tests)",
+                path.display()
+            );
+        }
+        path
+    }
+}
+
+/// `target/<profile>/`, the directory two levels above the test executable.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let deps = exe.parent().expect("the test executable's directory");
+    let profile = if deps.file_name().is_some_and(|name| name == "deps") {
+        deps.parent().expect("target/<profile>")
+    } else {
+        deps
+    };
+    profile.to_path_buf()
+}
+
+/// The directory that keeps the node logs of one test: `target/cluster-tests/<test>/`.
+///
+/// The test's name comes from the current thread, which libtest and nextest name after the
+/// test (`#[tokio::test]` runs the test body on that thread).
+pub fn log_dir() -> PathBuf {
+    let name = std::thread::current()
+        .name()
+        .filter(|name| *name != "main")
+        .map(|name| name.replace("::", "-"))
+        .unwrap_or_else(|| format!("pid-{}", std::process::id()));
+    let target = profile_dir()
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(profile_dir);
+    target.join("cluster-tests").join(name)
+}
+
+/// A port that was free a moment ago: bind port 0 on loopback, read the port, let it go.
+///
+/// Another process could take it before the node binds it, but the kernel hands out ephemeral
+/// ports in a way that makes an immediate reuse unlikely; a node that cannot bind fails loudly
+/// ("cannot listen on ...") rather than silently.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One node process: its command line (kept, so it can be restarted with the same settings on
+/// the same ports) and, while it runs, the child.
+pub struct Node {
+    pub name: String,
+    pub binary: Binary,
+    pub http_port: u16,
+    /// The internal replication port (secondaries only).
+    pub grpc_port: Option<u16>,
+    env: Vec<(String, String)>,
+    log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Describes a node without starting it.
+    pub fn new(
+        name: &str,
+        binary: Binary,
+        http_port: u16,
+        grpc_port: Option<u16>,
+        env: Vec<(String, String)>,
+        dir: &Path,
+    ) -> Node {
+        Node {
+            name: name.to_owned(),
+            binary,
+            http_port,
+            grpc_port,
+            env,
+            log_path: dir.join(format!("{name}.log")),
+            child: None,
+        }
+    }
+
+    /// Starts the process. Its environment is only what the node was described with (plus
+    /// `RUST_LOG`, default `info`), so that settings of the shell running the tests cannot leak
+    /// in. Output is appended to the node's log file, across restarts.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log_path.display()));
+        let _ = writeln!(log, "===== harness: starting {} =====", self.name);
+        let stderr = log.try_clone().expect("a second handle on the log file");
+        let mut command = Command::new(self.binary.path());
+        command
+            .env_clear()
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        nix::unistd::Pid::from_raw(child.id() as i32)
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal)
+            .unwrap_or_else(|e| panic!("cannot send {signal} to {}: {e}", self.name));
+    }
+
+    /// SIGKILL, and reap the child: the node is gone at once, as after a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the process stays, its sockets stay open, but it answers nothing (a hung node).
+    pub fn stop(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT: a stopped node resumes where it was.
+    pub fn cont(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    /// SIGTERM, then wait for the exit (at most `timeout`; panics after it).
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "{} did not exit within {timeout:?} of SIGTERM (log: {})",
+                        self.name,
+                        self.log_path.display()
+                    );
+                }
+                Err(e) => panic!("cannot wait for {}: {e}", self.name),
+            }
+        }
+    }
+
+    /// Kills the node if it runs and starts it again: same settings, same ports.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    /// `127.0.0.1:<grpc>`, as the master's `SECONDARIES` lists it.
+    pub fn grpc_endpoint(&self) -> String {
+        format!(
+            "127.0.0.1:{}",
+            self.grpc_port.expect("a secondary has a gRPC port")
+        )
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The node's log file so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    /// SIGKILL also ends a stopped (SIGSTOP) process, so a failing test leaves nothing behind.
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How to start one secondary.
+#[derive(Debug, Clone, Default)]
+pub struct SecondaryOpts {
+    env: Vec<(String, String)>,
+    not_started: bool,
+}
+
+impl SecondaryOpts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An extra setting, e.g. `("DELAY_SECONDS", "1")` or `("ERROR_RATE", "0.3")`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Ports are chosen and the master lists it, but the process is not started (start it later
+    /// with `cluster.secondaries[i].start()`), and the cluster does not wait for it.
+    pub fn not_started(mut self) -> Self {
+        self.not_started = true;
+        self
+    }
+}
+
+/// A master and its secondaries, plus an HTTP client to talk to them.
+pub struct Cluster {
+    pub master: Node,
+    pub secondaries: Vec<Node>,
+    pub client: reqwest::Client,
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    /// Starts the secondaries (`HOST=127.0.0.1`, free `HTTP_PORT` and `GRPC_PORT`, plus each
+    /// one's extra settings), then the master (`HOST=127.0.0.1`, free `HTTP_PORT`, `SECONDARIES`
+    /// listing every secondary, started or not, plus `master_env`), and waits until the cluster
+    /// is in a known state: see [`Cluster::wait_ready`].
+    pub async fn start(secondaries: Vec<SecondaryOpts>, master_env: &[(&str, &str)]) -> Cluster {
+        let dir = log_dir();
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+
+        let mut nodes = Vec::new();
+        for (i, opts) in secondaries.iter().enumerate() {
+            let (http, grpc) = (free_port(), free_port());
+            let mut env = vec![
+                ("HOST".to_owned(), "127.0.0.1".to_owned()),
+                ("HTTP_PORT".to_owned(), http.to_string()),
+                ("GRPC_PORT".to_owned(), grpc.to_string()),
+            ];
+            env.extend(opts.env.iter().cloned());
+            let name = format!("secondary-{}", i + 1);
+            let mut node = Node::new(&name, Binary::Secondary, http, Some(grpc), env, &dir);
+            if !opts.not_started {
+                node.start();
+            }
+            nodes.push(node);
+        }
+        let http = free_port();
+        let listed: Vec<String> = nodes.iter().map(Node::grpc_endpoint).collect();
+        let mut env = vec![
+            ("HOST".to_owned(), "127.0.0.1".to_owned()),
+            ("HTTP_PORT".to_owned(), http.to_string()),
+            ("SECONDARIES".to_owned(), listed.join(",")),
+        ];
+        env.extend(
+            master_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let mut master = Node::new("master", Binary::Master, http, None, env, &dir);
+        master.start();
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client");
+        let cluster = Cluster {
+            master,
+            secondaries: nodes,
+            client,
+            dir,
+        };
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Waits until every running node answers `GET /health` with 200 and the master's
+    /// `GET /api/health` shows every running secondary `healthy` *and contacted* (a secondary
+    /// the master never reached also reads `healthy` until `SUSPECT_AFTER_MS` passes, so the
+    /// status alone proves nothing). Secondaries not running are not waited for.
+    pub async fn wait_ready(&self) {
+        for node in self.running() {
+            let url = node.url("/health");
+            wait_until(START_TIMEOUT, format!("{} GET /health = 200", node.name), || {
+                let request = self.client.get(&url).send();
+                async move { request.await.is_ok_and(|r| r.status() == StatusCode::OK) }
+            })
+            .await;
+        }
+        let running: &Vec<String> = &self
+            .secondaries
+            .iter()
+            .filter(|s| s.is_running())
+            .map(Node::grpc_endpoint)
+            .collect();
+        wait_until(
+            START_TIMEOUT,
+            format!("master /api/health shows {running:?} healthy and contacted"),
+            || async move {
+                let Some(health) = self.try_health(&self.master).await else {
+                    return false;
+                };
+                running.iter().all(|address| {
+                    secondary_health(&health, address).is_some_and(|s| {
+                        s["status"] == "healthy" && s["last_contact_ms_ago"].is_u64()
+                    })
+                })
+            },
+        )
+        .await;
+    }
+
+    /// The master, then every secondary that runs.
+    pub fn running(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(&self.master).chain(self.secondaries.iter().filter(|s| s.is_running()))
+    }
+
+    /// Every node, the master first.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        std::iter::once(&self.master).chain(self.secondaries.iter())
+    }
+
+    /// `POST /api/messages` on the master with `{"message": msg, "w": w}` (`w` left out if
+    /// `None`).
+    pub async fn append(&self, message: &str, w: Option<u64>) -> (StatusCode, Value) {
+        let mut body = json!({ "message": message });
+        if let Some(w) = w {
+            body["w"] = json!(w);
+        }
+        self.append_raw(&body.to_string(), Some("application/json"))
+            .await
+    }
+
+    /// `POST /api/messages` on the master with this exact body and `Content-Type` (none if
+    /// `None`). The answer's body is parsed as JSON (`Value::Null` if it is not JSON, after
+    /// printing it, so that the assertion that follows shows what came back).
+    pub async fn append_raw(&self, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.master.url("/api/messages"))
+            .body(body.to_owned());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /api/messages {body}: {e}"));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
+            eprintln!("POST /api/messages {body} -> {status}, not JSON: {text:?}");
+            Value::Null
+        });
+        (status, value)
+    }
+
+    /// `GET /api/messages` on `node`: its visible log as `(id, message)` pairs.
+    pub async fn messages(&self, node: &Node) -> Vec<(u64, String)> {
+        let url = node.url("/api/messages");
+        let body: Value = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"));
+        body["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("GET {url}: no `messages` array in {body}"))
+            .iter()
+            .map(|m| {
+                let id = m["id"].as_u64().unwrap_or_else(|| panic!("bad id in {m}"));
+                let text = m["message"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("bad message in {m}"));
+                (id, text.to_owned())
+            })
+            .collect()
+    }
+
+    /// The visible log of every running node, the master first.
+    pub async fn all_messages(&self) -> Vec<(String, Vec<(u64, String)>)> {
+        let mut all = Vec::new();
+        for node in self.running() {
+            all.push((node.name.clone(), self.messages(node).await));
+        }
+        all
+    }
+
+    /// `GET /api/health` on `node` (the master's cluster view, or a secondary's own).
+    pub async fn health(&self, node: &Node) -> Value {
+        self.try_health(node)
+            .await
+            .unwrap_or_else(|| panic!("GET {} failed", node.url("/api/health")))
+    }
+
+    async fn try_health(&self, node: &Node) -> Option<Value> {
+        let response = self
+            .client
+            .get(node.url("/api/health"))
+            .send()
+            .await
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        response.json().await.ok()
+    }
+
+    /// `held` from a secondary's own `/api/health`: the highest id it holds contiguously.
+    pub async fn held(&self, secondary: &Node) -> u64 {
+        let health = self.health(secondary).await;
+        health["held"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `held` in {} /api/health: {health}", secondary.name))
+    }
+
+    /// Waits until every running node shows exactly `expected` (messages in this order).
+    pub async fn wait_all_show(&self, timeout: Duration, expected: &[&str]) {
+        wait_until(
+            timeout,
+            format!("every node shows exactly {expected:?}"),
+            || async move {
+                self.all_messages().await.iter().all(|(_, list)| {
+                    list.iter().map(|(_, m)| m.as_str()).eq(expected.iter().copied())
+                })
+            },
+        )
+        .await;
+    }
+}
+
+/// The entry for the secondary at `address` in the master's `/api/health`.
+pub fn secondary_health<'a>(master_health: &'a Value, address: &str) -> Option<&'a Value> {
+    master_health["secondaries"]
+        .as_array()?
+        .iter()
+        .find(|s| s["address"] == address)
+}
+
+impl Drop for Cluster {
+    /// When a test fails, point at the logs and show their last lines: the processes are gone
+    /// by the time anyone looks, the log files are not.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        eprintln!("\n===== cluster logs in {} =====", self.dir.display());
+        for node in self.nodes() {
+            let log = node.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            eprintln!("----- {} ({}) -----", node.name, node.log_path().display());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` if `timeout` passes first.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: impl Display, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(timeout, what, || {
+        let check = condition();
+        async move { check.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `probe` every 20 ms until it yields a value; panics naming `what` if `timeout` passes
+/// first.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: impl Display, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs a binary with only `env` set and waits for it to exit (at most `timeout`; panics after
+/// it). For configuration tests: a bad setting must stop the process at once.
+pub fn run_to_exit(binary: Binary, env: &[(&str, &str)], timeout: Duration) -> Output {
+    let dir = log_dir();
+    std::fs::create_dir_all(&dir).ok();
+    let mut child = Command::new(binary.path())
+        .env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let deadline = Instant::now() + timeout;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("output");
+            panic!(
+                "{binary:?} with {env:?} still ran after {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = child.wait_with_output().expect("output");
+    let mut record = File::create(dir.join(format!("{binary:?}-exit.log"))).ok();
+    if let Some(file) = record.as_mut() {
+        let _ = writeln!(file, "env: {env:?}\nstatus: {}", output.status);
+        let _ = file.write_all(&output.stdout);
+        let _ = file.write_all(&output.stderr);
+    }
+    output
+}

@@ -1,0 +1,138 @@
+//! The public gRPC service `replog.v1.Log`, served as gRPC and gRPC-Web on the node's HTTP port.
+//!
+//! `GrpcWebLayer` wraps this service only: it answers 400 to plain HTTP/1.1 requests, so it
+//! must never sit in front of the JSON routes.
+
+use super::Node;
+use crate::log::Message;
+use crate::shutdown::Shutdown;
+use axum::Router;
+use replog_proto::v1 as pb;
+use replog_proto::v1::log_server::{Log, LogServer};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::server::NamedService;
+use tonic::{Request, Response, Status};
+use tower::Layer;
+
+/// Largest public gRPC message accepted.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+/// Entries a `Watch` reads from the log per step.
+const WATCH_PAGE: usize = 512;
+
+pub struct LogService<N> {
+    node: Arc<N>,
+    shutdown: Shutdown,
+}
+
+/// The gRPC + gRPC-Web routes of `replog.v1.Log`, to merge into the node's axum app.
+pub fn routes<N: Node>(node: Arc<N>, shutdown: Shutdown) -> Router {
+    let server = LogServer::new(LogService { node, shutdown })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service = tonic_web::GrpcWebLayer::new().layer(server);
+    let path = format!("/{}/{{*method}}", LogServer::<LogService<N>>::NAME);
+    Router::new().route_service(&path, service)
+}
+
+fn entry(message: Message) -> pb::LogEntry {
+    pb::LogEntry {
+        id: message.id,
+        message: String::from_utf8_lossy(&message.message).into_owned(),
+    }
+}
+
+#[tonic::async_trait]
+impl<N: Node> Log for LogService<N> {
+    async fn append(
+        &self,
+        request: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendReply>, Status> {
+        let request = request.into_inner();
+        let id = self
+            .node
+            .append(request.message.clone(), request.w.map(u64::from))
+            .await?;
+        Ok(Response::new(pb::AppendReply {
+            id,
+            message: request.message,
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListReply>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        let entries = self
+            .node
+            .page(request.from_id, limit)
+            .into_iter()
+            .map(entry)
+            .collect();
+        Ok(Response::new(pb::ListReply { entries }))
+    }
+
+    type WatchStream = ReceiverStream<Result<pb::LogEntry, Status>>;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let from_id = request.into_inner().from_id.max(1);
+        let (tx, rx) = mpsc::channel(WATCH_PAGE);
+        let node = self.node.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stream_visible(node, from_id, &tx) => {}
+                _ = shutdown.cancelled() => {
+                    let _ = tx.send(Err(Status::unavailable("the node is shutting down"))).await;
+                }
+                _ = tx.closed() => {}
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn health(
+        &self,
+        _request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthReply>, Status> {
+        Ok(Response::new(self.node.health().into()))
+    }
+}
+
+/// Sends visible entries from `next` on, then each as it becomes visible, until the client
+/// goes away.
+async fn stream_visible<N: Node>(
+    node: Arc<N>,
+    mut next: u64,
+    tx: &mpsc::Sender<Result<pb::LogEntry, Status>>,
+) {
+    let mut visible = node.visible();
+    loop {
+        // Read the frontier before the page: everything up to it is in this page or a later one.
+        let upto = *visible.borrow_and_update();
+        let page = node.page(next, WATCH_PAGE);
+        if page.is_empty() {
+            // Ids up to `upto` are all read (the rest were tombstones); wait for the next move.
+            next = next.max(upto + 1);
+            if visible.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        for message in page {
+            next = message.id + 1;
+            if tx.send(Ok(entry(message))).await.is_err() {
+                return;
+            }
+        }
+    }
+}

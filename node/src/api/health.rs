@@ -1,0 +1,80 @@
+//! A node's health view: `GET /api/health` (JSON) and `Health` (gRPC) serve the same struct.
+
+use replog_proto::v1 as pb;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Health {
+    /// "master" or "secondary".
+    pub role: &'static str,
+    pub log_id: String,
+    /// Master: last id assigned. Secondary: highest id held contiguously.
+    pub last_id: u64,
+    pub decided: u64,
+    /// Number of visible entries.
+    pub visible: u64,
+    /// Master: ids waiting for their write concern.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending: Option<u64>,
+    /// Master: nodes in the cluster and how many are reachable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reachable: Option<u64>,
+    /// Master: a majority is reachable. Secondary: the master reached it lately.
+    pub quorum: bool,
+    pub read_only: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_only_reason: Option<String>,
+    /// Master: each secondary.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secondaries: Vec<SecondaryHealth>,
+    /// Milliseconds since the last contact with the master (secondary only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_contact_ms_ago: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecondaryHealth {
+    pub address: String,
+    /// "healthy", "suspected" or "unhealthy".
+    pub status: &'static str,
+    /// Milliseconds since the last reply; `null` if it never answered.
+    pub last_contact_ms_ago: Option<u64>,
+    /// Highest id it acknowledged (counts towards write concerns).
+    pub acked_id: u64,
+    /// Its contiguous high-water mark as last reported.
+    pub held: u64,
+    /// Entries it lacks: the master's last id minus `held`.
+    pub lag: u64,
+    pub last_error: Option<String>,
+}
+
+impl From<Health> for pb::HealthReply {
+    fn from(h: Health) -> Self {
+        pb::HealthReply {
+            role: h.role.to_owned(),
+            log_id: h.log_id,
+            last_id: h.last_id,
+            decided: h.decided,
+            visible: h.visible,
+            quorum: h.quorum,
+            read_only: h.read_only,
+            read_only_reason: h.read_only_reason.unwrap_or_default(),
+            secondaries: h
+                .secondaries
+                .into_iter()
+                .map(|s| pb::SecondaryHealth {
+                    address: s.address,
+                    status: s.status.to_owned(),
+                    last_contact_ms_ago: s.last_contact_ms_ago,
+                    acked_id: s.acked_id,
+                    held: s.held,
+                    lag: s.lag,
+                    last_error: s.last_error.unwrap_or_default(),
+                })
+                .collect(),
+            last_contact_ms_ago: h.last_contact_ms_ago,
+        }
+    }
+}

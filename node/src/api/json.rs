@@ -1,0 +1,198 @@
+//! The HTTP JSON API every node serves: `POST/GET /api/messages`, `GET /api/health`,
+//! `GET /health`, and a JSON 404 for unknown paths. Handlers are thin; validation of the body
+//! lives in the [`AppendBody`] extractor, the append's life in [`Node::append`].
+
+use super::{ApiError, Health, Node};
+use crate::log::Message;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Query, Request, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// The JSON routes, with node-specific `extra` routes merged in.
+pub fn routes<N: Node>(extra: Router<Arc<N>>) -> Router<Arc<N>> {
+    extra
+        .route("/health", get(health))
+        .route("/api/messages", get(list::<N>).post(append::<N>))
+        .route("/api/health", get(node_health::<N>))
+        .fallback(not_found)
+}
+
+/// `POST /api/messages`.
+async fn append<N: Node>(
+    State(node): State<Arc<N>>,
+    body: AppendBody,
+) -> Result<Json<Value>, ApiError> {
+    let id = node.append(body.message.clone(), body.w).await?;
+    Ok(Json(
+        json!({ "status": "success", "id": id, "message": body.message }),
+    ))
+}
+
+/// An append as JSON: `message` a string, `w` an optional integer, nothing else. The range of
+/// `w` depends on the cluster and is checked by the master, for JSON and gRPC alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendBody {
+    pub message: String,
+    pub w: Option<u64>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for AppendBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(body) = Json::<Value>::from_request(request, state).await?;
+        AppendBody::parse(body)
+    }
+}
+
+impl AppendBody {
+    pub fn parse(body: Value) -> Result<Self, ApiError> {
+        let invalid = |detail: String| ApiError::Unprocessable(detail);
+        let Value::Object(mut fields) = body else {
+            return Err(invalid(
+                "the body must be a JSON object like {\"message\": \"...\", \"w\": 2}".into(),
+            ));
+        };
+        let message = match fields.remove("message") {
+            Some(Value::String(text)) => text,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`message` must be a string, not {}",
+                    kind(&other)
+                )))
+            }
+            None => return Err(invalid("`message` is required".into())),
+        };
+        let w = match fields.remove("w") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(w) => Some(w),
+                None if n.as_i64().is_some() => {
+                    return Err(invalid(format!(
+                        "`w` must be between 1 and the number of nodes, got {n}"
+                    )))
+                }
+                None => return Err(invalid(format!("`w` must be an integer, got {n}"))),
+            },
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`w` must be an integer, not {}",
+                    kind(&other)
+                )))
+            }
+        };
+        if let Some(unknown) = fields.keys().next() {
+            return Err(invalid(format!(
+                "unknown field `{unknown}`; expected `message` and optional `w`"
+            )));
+        }
+        Ok(AppendBody { message, w })
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `?from_id=&limit=` on `GET /api/messages`; both optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    pub from_id: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessagesBody {
+    pub messages: Vec<MessageBody>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MessageBody {
+    pub id: u64,
+    #[serde(serialize_with = "utf8")]
+    pub message: bytes::Bytes,
+}
+
+impl From<Message> for MessageBody {
+    fn from(m: Message) -> Self {
+        Self {
+            id: m.id,
+            message: m.message,
+        }
+    }
+}
+
+/// Payloads are validated as UTF-8 when they enter a node; lossy conversion only guards.
+fn utf8<S: Serializer>(bytes: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+/// `GET /api/messages`: the visible log in id order.
+async fn list<N: Node>(
+    State(node): State<Arc<N>>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<MessagesBody>, ApiError> {
+    let Query(query) = query?;
+    let from_id = query.from_id.unwrap_or(1);
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let messages = node
+        .page(from_id, limit)
+        .into_iter()
+        .map(MessageBody::from)
+        .collect();
+    Ok(Json(MessagesBody { messages }))
+}
+
+/// `GET /api/health`: on the master the cluster's view, on a secondary its own.
+async fn node_health<N: Node>(State(node): State<Arc<N>>) -> Json<Health> {
+    Json(node.health())
+}
+
+/// `GET /health`: 200 while the node serves.
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route for {}", uri.path()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(body: Value) -> String {
+        match AppendBody::parse(body) {
+            Ok(b) => format!("ok {:?}", b.w),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn validates_the_append_body() {
+        assert_eq!(detail(json!({"message": "a"})), "ok None");
+        assert_eq!(detail(json!({"message": "a", "w": 2})), "ok Some(2)");
+        assert_eq!(detail(json!({"message": "a", "w": null})), "ok None");
+        assert!(detail(json!({"message": "a", "w": -1})).contains("between 1 and"));
+        assert!(detail(json!({"message": "a", "w": 2.5})).contains("integer"));
+        assert!(detail(json!({"message": "a", "w": "2"})).contains("integer"));
+        assert!(detail(json!({"w": 2})).contains("`message` is required"));
+        assert!(detail(json!({"message": 5})).contains("must be a string"));
+        assert!(detail(json!(["a"])).contains("JSON object"));
+        assert!(detail(json!({"message": "a", "W": 2})).contains("unknown field `W`"));
+    }
+}

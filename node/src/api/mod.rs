@@ -1,0 +1,75 @@
+//! The public API every node serves on its HTTP port: the JSON API under `/api` and `/health`,
+//! and the gRPC service `replog.v1.Log` as gRPC and gRPC-Web, routed by path next to the axum
+//! routes.
+//!
+//! Both encodings call one [`Node`] implementation, so validation, errors and behaviour are the
+//! same whichever a client speaks.
+
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod json;
+
+pub use error::{ApiError, REPLICATION_FAILED};
+pub use health::{Health, SecondaryHealth};
+
+use crate::log::Message;
+use crate::shutdown::Shutdown;
+use axum::http::{header, HeaderName, Method};
+use axum::Router;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// What a node offers its clients.
+#[tonic::async_trait]
+pub trait Node: Send + Sync + 'static {
+    /// Appends `message` with write concern `w` (default: all nodes). On a secondary this
+    /// forwards to the master.
+    async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError>;
+
+    /// Visible entries from `from_id` on, at most `limit`.
+    fn page(&self, from_id: u64, limit: usize) -> Vec<Message>;
+
+    /// The highest visible id, updated whenever it moves (for `Watch`).
+    fn visible(&self) -> watch::Receiver<u64>;
+
+    fn health(&self) -> Health;
+}
+
+/// The node's whole public HTTP app: JSON routes, extra node-specific routes, gRPC + gRPC-Web,
+/// and CORS that browsers accept for both.
+pub fn router<N: Node>(node: Arc<N>, extra: Router<Arc<N>>, shutdown: Shutdown) -> Router {
+    let cors = CorsLayer::new()
+        .allow_origin(AllowOrigin::mirror_request())
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ]);
+    json::routes(extra)
+        .with_state(node.clone())
+        .merge(grpc::routes(node, shutdown))
+        .layer(cors)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Serves a router until `shutdown` is cancelled. HTTP/1.1 and HTTP/2 (h2c, for native gRPC
+/// clients) on the same port.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}

@@ -1,0 +1,636 @@
+//! The log file on disk: open and recover, append (group commit), sync.
+
+use super::record::{self, Record, MAX_PAYLOAD};
+use crate::log::Log;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Name of the log file inside the data directory.
+pub const FILE_NAME: &str = "log.bin";
+
+/// When an append is made durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// `fdatasync` after every append call (the default): an acknowledged write survives kill -9
+    /// and power loss. Group commit amortises the cost over the records of one call.
+    #[default]
+    Always,
+    /// Leave flushing to the OS: an acknowledged write survives kill -9 of the process (the data
+    /// is in the page cache) but not power loss or a kernel crash.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "always" => Ok(Self::Always),
+            "never" => Ok(Self::Never),
+            _ => Err(format!(
+                "unknown fsync policy {s:?}: expected \"always\" or \"never\""
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for FsyncPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Always => "always",
+            Self::Never => "never",
+        })
+    }
+}
+
+/// What [`LogFile::open`] found.
+#[derive(Debug)]
+pub struct Recovered {
+    pub log: Log,
+    /// Set when a torn or corrupt tail was cut off.
+    pub cut: Option<Cut>,
+}
+
+/// A tail removed at recovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    /// Where the first bad record started (= the file's length after the cut).
+    pub offset: u64,
+    /// How many bytes were removed.
+    pub bytes_cut: u64,
+    /// Why the record at `offset` was rejected.
+    pub reason: String,
+}
+
+/// One node's log file, open for appending.
+#[derive(Debug)]
+pub struct LogFile {
+    file: File,
+    path: PathBuf,
+    policy: FsyncPolicy,
+    /// Reused across appends so group commit does not allocate per call.
+    buf: Vec<u8>,
+    /// End of the last record known to be written whole. Appends go here, so a failed write
+    /// never leaves later records behind garbage that recovery would cut them off with.
+    len: u64,
+    /// Highest entry id in the file, to refuse appends that recovery would reject.
+    last_id: u64,
+    /// Set after a write or sync failed and the file could not be put back in a known state.
+    /// After a failed fsync the kernel may have dropped the dirty pages while reporting them
+    /// clean, so retrying cannot be trusted: only a restart (recovery from what is on disk) can.
+    poisoned: Option<String>,
+}
+
+impl LogFile {
+    /// Opens `dir/log.bin` (creating `dir` and the file if missing) and recovers the log in it.
+    ///
+    /// A new (or empty) file gets a `Meta` record with `new_log_id()`. An existing one is replayed
+    /// record by record: `Meta` sets the identity, `Entry` pushes (its id must be `last_id + 1`),
+    /// `Tombstone` aborts an id, `Decided` moves the frontier. At the first record that fails to
+    /// decode or to replay, the file is truncated to the end of the last good record and synced,
+    /// and [`Recovered::cut`] says what was removed; nothing before it is lost. A file whose first
+    /// record is not a valid `Meta` is an error: it is not ours (or its head is damaged), and
+    /// cutting it would throw away the whole log.
+    pub fn open(
+        dir: &Path,
+        policy: FsyncPolicy,
+        new_log_id: impl FnOnce() -> String,
+    ) -> io::Result<(LogFile, Recovered)> {
+        fs::create_dir_all(dir)?;
+        let path = dir.join(FILE_NAME);
+        let existing = match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Some(file),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        // The whole file is read at once: recovery replays all of it into memory anyway, and a
+        // contiguous slice lets the decoder stay free of I/O.
+        let mut bytes = Vec::new();
+        let file = match existing {
+            Some(mut file) => {
+                file.read_to_end(&mut bytes)?;
+                file
+            }
+            None => return Self::create_new(dir, path, policy, new_log_id()),
+        };
+        if bytes.is_empty() {
+            // An empty file holds nothing to lose (e.g. truncated by hand): start afresh.
+            drop(file);
+            return Self::create_new(dir, path, policy, new_log_id());
+        }
+        let (log, good, reason) = replay(&bytes).map_err(|reason| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is not a replog log file: its first record is not a valid Meta record ({reason})",
+                    path.display()
+                ),
+            )
+        })?;
+        let cut = match reason {
+            None => None,
+            Some(reason) => {
+                let total = bytes.len() as u64;
+                file.set_len(good)?;
+                file.sync_all()?;
+                tracing::warn!(
+                    path = %path.display(),
+                    offset = good,
+                    bytes_cut = total - good,
+                    %reason,
+                    "cut a torn or corrupt tail off the log file"
+                );
+                Some(Cut {
+                    offset: good,
+                    bytes_cut: total - good,
+                    reason,
+                })
+            }
+        };
+        let last_id = log.last_id();
+        let log_file = LogFile {
+            file,
+            path,
+            policy,
+            buf: Vec::new(),
+            len: good,
+            last_id,
+            poisoned: None,
+        };
+        Ok((log_file, Recovered { log, cut }))
+    }
+
+    /// Starts a new log file holding only its Meta record.
+    fn create_new(
+        dir: &Path,
+        path: PathBuf,
+        policy: FsyncPolicy,
+        log_id: String,
+    ) -> io::Result<(LogFile, Recovered)> {
+        let file = create(dir, &path, log_id.clone())?;
+        let len = file.metadata()?.len();
+        let log_file = LogFile {
+            file,
+            path,
+            policy,
+            buf: Vec::new(),
+            len,
+            last_id: 0,
+            poisoned: None,
+        };
+        let recovered = Recovered {
+            log: Log::new(log_id),
+            cut: None,
+        };
+        Ok((log_file, recovered))
+    }
+
+    /// Appends `records` as one write (group commit: callers pass many at once), then syncs if
+    /// the policy says so. Returns when they are durable per the policy.
+    ///
+    /// Records that recovery would reject are refused up front with `InvalidInput`, nothing
+    /// written: an `Entry` whose id is not the next one, a `Tombstone` of id 0, a `Meta` after the
+    /// first entry (a `Meta` before any entry is how a fresh secondary records the identity it
+    /// adopts), or a record over the size cap. Otherwise acknowledging it would lose it (and all
+    /// after it) at the next start.
+    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        if let Some(why) = &self.poisoned {
+            return Err(io::Error::other(format!(
+                "log file {} is unusable after an earlier failure ({why}); restart to recover",
+                self.path.display()
+            )));
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        let last_id = self.check(records)?;
+        self.buf.clear();
+        for record in records {
+            record::encode(record, &mut self.buf);
+        }
+        if let Err(e) = self.write_buf() {
+            self.roll_back(&e);
+            return Err(e);
+        }
+        if self.policy == FsyncPolicy::Always {
+            if let Err(e) = self.file.sync_data() {
+                self.poisoned = Some(format!("fsync failed: {e}"));
+                return Err(e);
+            }
+        }
+        self.len += self.buf.len() as u64;
+        self.last_id = last_id;
+        // Do not keep a huge buffer around after one large batch.
+        if self.buf.capacity() > 4 * 1024 * 1024 {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Path of the log file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The policy this file was opened with.
+    pub fn policy(&self) -> FsyncPolicy {
+        self.policy
+    }
+
+    /// Forces everything appended so far to disk, whatever the policy (e.g. at shutdown).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data().inspect_err(|e| {
+            self.poisoned = Some(format!("fsync failed: {e}"));
+        })
+    }
+
+    /// Validates a batch against what recovery accepts; returns the last entry id after it.
+    fn check(&self, records: &[Record]) -> io::Result<u64> {
+        let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+        let mut last_id = self.last_id;
+        for record in records {
+            let len = record::payload_len(record);
+            if len > MAX_PAYLOAD {
+                return invalid(format!(
+                    "record of {len} bytes exceeds the maximum of {MAX_PAYLOAD}"
+                ));
+            }
+            match record {
+                Record::Entry { id, .. } if *id != last_id + 1 => {
+                    return invalid(format!("entry id {id} is not the next id {}", last_id + 1))
+                }
+                Record::Entry { id, .. } => last_id = *id,
+                Record::Tombstone { id: 0 } => return invalid("tombstone of id 0".into()),
+                Record::Meta { .. } if last_id > 0 => {
+                    return invalid("a Meta record may not follow entries".into())
+                }
+                _ => {}
+            }
+        }
+        Ok(last_id)
+    }
+
+    fn write_buf(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(self.len))?;
+        self.file.write_all(&self.buf)
+    }
+
+    /// After a failed write, removes whatever part of the batch reached the file, so later
+    /// appends follow the last good record. If even that fails, the file is poisoned.
+    fn roll_back(&mut self, cause: &io::Error) {
+        if let Err(e) = self.file.set_len(self.len) {
+            self.poisoned = Some(format!(
+                "write failed ({cause}) and truncating back failed ({e})"
+            ));
+        }
+    }
+}
+
+/// Replays a whole file. `Err` if the first record is not a valid Meta; otherwise the log, the
+/// length of the good prefix and, if a tail is bad, why.
+fn replay(bytes: &[u8]) -> Result<(Log, u64, Option<String>), String> {
+    let (log_id, mut offset) = match record::decode(bytes) {
+        Ok(Some((Record::Meta { log_id }, used))) => (log_id, used),
+        Ok(Some((other, _))) => return Err(format!("found {}", kind(&other))),
+        Ok(None) => return Err("empty".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let mut log = Log::new(log_id);
+    let reason = loop {
+        let next = match record::decode(&bytes[offset..]) {
+            Ok(None) => break None,
+            Ok(Some(next)) => next,
+            Err(e) => break Some(e.to_string()),
+        };
+        let (record, used) = next;
+        if let Err(e) = apply(&mut log, record) {
+            break Some(e);
+        }
+        offset += used;
+    };
+    Ok((log, offset as u64, reason))
+}
+
+/// Applies one record after the first; `Err` says why it cannot follow what came before.
+fn apply(log: &mut Log, record: Record) -> Result<(), String> {
+    match record {
+        Record::Meta { log_id } => {
+            // A fresh secondary adopts the master's identity before it holds any entry, by
+            // starting a new log under that identity; replay does the same.
+            if log.last_id() > 0 {
+                return Err(format!("a Meta record follows entry {}", log.last_id()));
+            }
+            *log = Log::new(log_id);
+        }
+        Record::Entry {
+            id,
+            message,
+            tombstone,
+        } => {
+            let next = log.last_id() + 1;
+            if id != next {
+                return Err(format!("entry id {id} where {next} was expected"));
+            }
+            log.push(message, tombstone);
+        }
+        Record::Tombstone { id: 0 } => return Err("tombstone of id 0".into()),
+        Record::Tombstone { id } => log.tombstone(id),
+        Record::Decided { upto } => log.set_decided(upto),
+    }
+    Ok(())
+}
+
+fn kind(record: &Record) -> &'static str {
+    match record {
+        Record::Meta { .. } => "a Meta record",
+        Record::Entry { .. } => "an Entry record",
+        Record::Tombstone { .. } => "a Tombstone record",
+        Record::Decided { .. } => "a Decided record",
+    }
+}
+
+/// Creates `path` holding only a Meta record, atomically: written to a temporary file, synced,
+/// renamed into place, directory synced. A crash at any point leaves either no log file or one
+/// with a complete Meta, never a file with a torn head that `open` would refuse.
+fn create(dir: &Path, path: &Path, log_id: String) -> io::Result<File> {
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let mut buf = Vec::new();
+    record::encode(&Record::Meta { log_id }, &mut buf);
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(&buf)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(dir)?;
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    file.seek(SeekFrom::End(0))?;
+    Ok(file)
+}
+
+/// Makes a rename or creation in `dir` durable (POSIX needs the directory itself synced).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        File::open(dir)?.sync_all()?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    type Snapshot = (String, u64, u64, Vec<(u64, Bytes)>, Vec<u64>);
+
+    fn snapshot(log: &Log) -> Snapshot {
+        (
+            log.log_id().to_owned(),
+            log.last_id(),
+            log.decided(),
+            log.visible(1, usize::MAX)
+                .map(|m| (m.id, m.message))
+                .collect(),
+            log.tombstones_in(0, u64::MAX).collect(),
+        )
+    }
+
+    fn entry(id: u64, text: &str) -> Record {
+        Record::Entry {
+            id,
+            message: Bytes::copy_from_slice(text.as_bytes()),
+            tombstone: false,
+        }
+    }
+
+    fn open(dir: &Path) -> (LogFile, Recovered) {
+        LogFile::open(dir, FsyncPolicy::Always, || "log-a".to_owned()).unwrap()
+    }
+
+    fn file_len(dir: &Path) -> u64 {
+        fs::metadata(dir.join(FILE_NAME)).unwrap().len()
+    }
+
+    /// A file with entries 1..=3 decided, 2 aborted, and entry 4 (undecided) as its last record.
+    /// Returns the file length before the last record.
+    fn write_sample(dir: &Path) -> u64 {
+        let (mut file, _) = open(dir);
+        file.append(&[entry(1, "a"), entry(2, "b"), entry(3, "c")])
+            .unwrap();
+        file.append(&[Record::Tombstone { id: 2 }, Record::Decided { upto: 3 }])
+            .unwrap();
+        let before = file_len(dir);
+        file.append(&[entry(4, "d")]).unwrap();
+        before
+    }
+
+    fn expected_after_cut() -> Vec<(u64, Bytes)> {
+        vec![(1, Bytes::from("a")), (3, Bytes::from("c"))]
+    }
+
+    /// Reopening after a cut: the file ends at the good prefix, appends continue there and
+    /// survive another reopen.
+    fn check_cut(dir: &Path, good: u64) -> Cut {
+        let (mut file, recovered) = open(dir);
+        let cut = recovered.cut.expect("a cut");
+        let reported = cut.clone();
+        assert_eq!(cut.offset, good);
+        assert!(cut.bytes_cut > 0);
+        assert_eq!(file_len(dir), good);
+        let log = recovered.log;
+        assert_eq!(log.log_id(), "log-a");
+        assert_eq!(log.last_id(), 3);
+        assert_eq!(log.decided(), 3);
+        assert_eq!(snapshot(&log).3, expected_after_cut());
+
+        file.append(&[entry(4, "e"), Record::Decided { upto: 4 }])
+            .unwrap();
+        drop(file);
+        let (_, again) = open(dir);
+        assert!(again.cut.is_none());
+        let mut expected = expected_after_cut();
+        expected.push((4, Bytes::from("e")));
+        assert_eq!(snapshot(&again.log).3, expected);
+        reported
+    }
+
+    #[test]
+    fn new_file_then_reopen_gives_the_same_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data"); // created by open
+        let mut calls = 0;
+        let (mut file, recovered) = LogFile::open(&dir, FsyncPolicy::Always, || {
+            calls += 1;
+            "log-a".to_owned()
+        })
+        .unwrap();
+        assert_eq!(calls, 1);
+        assert!(recovered.cut.is_none());
+        assert_eq!(file.path(), dir.join(FILE_NAME));
+        let mut log = recovered.log;
+        assert_eq!(log.log_id(), "log-a");
+
+        let batches = vec![
+            vec![entry(1, "a"), entry(2, "b")],
+            vec![
+                Record::Entry {
+                    id: 3,
+                    message: Bytes::new(),
+                    tombstone: true,
+                },
+                entry(4, "d"),
+                Record::Tombstone { id: 2 },
+                Record::Tombstone { id: 9 },
+            ],
+            vec![],
+            vec![Record::Decided { upto: 4 }, entry(5, "e")],
+        ];
+        for batch in &batches {
+            file.append(batch).unwrap();
+            for record in batch.clone() {
+                apply(&mut log, record).unwrap();
+            }
+        }
+        drop(file);
+
+        let (_, again) = LogFile::open(&dir, FsyncPolicy::Never, || unreachable!()).unwrap();
+        assert!(again.cut.is_none());
+        assert_eq!(snapshot(&again.log), snapshot(&log));
+        assert_eq!(
+            snapshot(&again.log).3,
+            vec![(1, Bytes::from("a")), (4, Bytes::from("d"))]
+        );
+        assert_eq!(again.log.last_id(), 5);
+        assert_eq!(again.log.decided(), 4);
+        assert!(again.log.is_tombstone(9));
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_appending_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = write_sample(tmp.path());
+        let full = file_len(tmp.path());
+        for torn in [good + 1, good + 8, full - 1] {
+            let dir = tmp.path().join(format!("torn-{torn}"));
+            fs::create_dir(&dir).unwrap();
+            let bytes = fs::read(tmp.path().join(FILE_NAME)).unwrap();
+            fs::write(dir.join(FILE_NAME), &bytes[..torn as usize]).unwrap();
+            let cut = check_cut(&dir, good);
+            assert_eq!(cut.bytes_cut, torn - good);
+            assert!(cut.reason.contains("torn"), "{}", cut.reason);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_last_record_is_cut_and_appending_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = write_sample(tmp.path());
+        let path = tmp.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        let cut = check_cut(tmp.path(), good);
+        assert!(cut.reason.contains("checksum"), "{}", cut.reason);
+    }
+
+    #[test]
+    fn a_non_contiguous_entry_is_cut_and_appending_continues() {
+        let tmp = tempfile::tempdir().unwrap();
+        let good = write_sample(tmp.path());
+        let path = tmp.path().join(FILE_NAME);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes.truncate(good as usize);
+        record::encode(&entry(5, "gap"), &mut bytes);
+        record::encode(&entry(6, "after"), &mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        let cut = check_cut(tmp.path(), good);
+        assert!(cut.reason.contains("entry id 5"), "{}", cut.reason);
+        assert_eq!(cut.bytes_cut, bytes.len() as u64 - good);
+    }
+
+    #[test]
+    fn a_file_without_meta_is_an_error_and_an_empty_one_is_new() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join(FILE_NAME);
+        let mut bytes = Vec::new();
+        record::encode(&entry(1, "a"), &mut bytes);
+        fs::write(&path, &bytes).unwrap();
+        let err = LogFile::open(tmp.path(), FsyncPolicy::Always, || "x".into()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("Meta"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), bytes, "left untouched");
+
+        fs::write(&path, b"garbage!garbage!").unwrap();
+        assert!(LogFile::open(tmp.path(), FsyncPolicy::Always, || "x".into()).is_err());
+
+        fs::write(&path, b"").unwrap();
+        let (_, recovered) = open(tmp.path());
+        assert_eq!(recovered.log.log_id(), "log-a");
+        let (_, again) = LogFile::open(tmp.path(), FsyncPolicy::Always, || unreachable!()).unwrap();
+        assert_eq!(again.log.log_id(), "log-a");
+    }
+
+    #[test]
+    fn a_fresh_secondary_records_the_adopted_identity() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut file, recovered) =
+            LogFile::open(tmp.path(), FsyncPolicy::Always, String::new).unwrap();
+        assert_eq!(recovered.log.log_id(), "");
+        file.append(&[
+            Record::Meta {
+                log_id: "master".into(),
+            },
+            entry(1, "a"),
+        ])
+        .unwrap();
+        let err = file
+            .append(&[Record::Meta {
+                log_id: "other".into(),
+            }])
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        drop(file);
+        let (_, again) = open(tmp.path());
+        assert!(again.cut.is_none());
+        assert_eq!(again.log.log_id(), "master");
+        assert_eq!(again.log.last_id(), 1);
+    }
+
+    #[test]
+    fn append_refuses_what_recovery_would_cut() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut file, _) = open(tmp.path());
+        let before = file_len(tmp.path());
+        for bad in [
+            vec![entry(2, "gap")],
+            vec![entry(1, "a"), entry(1, "again")],
+            vec![Record::Tombstone { id: 0 }],
+        ] {
+            let err = file.append(&bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(file_len(tmp.path()), before, "nothing written");
+        }
+        file.append(&[entry(1, "a")]).unwrap();
+        drop(file);
+        let (_, again) = open(tmp.path());
+        assert!(again.cut.is_none());
+        assert_eq!(again.log.last_id(), 1);
+    }
+
+    #[test]
+    fn fsync_policy_parses() {
+        assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
+        assert_eq!("Never".parse(), Ok(FsyncPolicy::Never));
+        let err = "sometimes".parse::<FsyncPolicy>().unwrap_err();
+        assert!(err.contains("always") && err.contains("never"), "{err}");
+        assert_eq!(FsyncPolicy::default(), FsyncPolicy::Always);
+        assert_eq!(FsyncPolicy::Never.to_string(), "never");
+    }
+}
