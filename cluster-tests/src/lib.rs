@@ -19,7 +19,7 @@
 
 use serde_json::{json, Value};
 use std::fmt::Display;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
@@ -34,6 +34,20 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The exact detail the master answers when an append is not committed in time.
 pub const REPLICATION_FAILED: &str = "Replication failed. Message not committed.";
+
+/// Master settings for short heartbeats, so that its view of each secondary follows the
+/// processes within a fraction of a second (the defaults take seconds, to ride out hiccups in
+/// production; tests would only wait longer).
+pub const FAST_HEALTH: [(&str, &str); 3] = [
+    ("HEARTBEAT_INTERVAL_MS", "100"),
+    ("SUSPECT_AFTER_MS", "300"),
+    ("UNHEALTHY_AFTER_MS", "1000"),
+];
+
+/// [`FAST_HEALTH`] plus `extra` master settings.
+pub fn fast_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    FAST_HEALTH.iter().chain(extra).copied().collect()
+}
 
 /// The two binaries under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +109,15 @@ pub fn log_dir() -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(profile_dir);
     target.join("cluster-tests").join(name)
+}
+
+/// [`log_dir`], emptied of an earlier run's logs.
+pub fn fresh_log_dir() -> PathBuf {
+    let dir = log_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
 }
 
 /// A port that was free a moment ago: bind port 0 on loopback, read the port, let it go.
@@ -162,6 +185,8 @@ impl Node {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            // Plain text logs: the files are read by people, not terminals.
+            .env("NO_COLOR", "1")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
@@ -302,16 +327,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Starts the secondaries (`HOST=127.0.0.1`, free `HTTP_PORT` and `GRPC_PORT`, plus each
-    /// one's extra settings), then the master (`HOST=127.0.0.1`, free `HTTP_PORT`, `SECONDARIES`
+    /// Starts the secondaries (`HOST=127.0.0.1`, free `HTTP_PORT` and `GRPC_PORT`, `MASTER`
+    /// pointing at the master, plus each one's extra settings), then the master (`HOST=127.0.0.1`, free `HTTP_PORT`, `SECONDARIES`
     /// listing every secondary, started or not, plus `master_env`), and waits until the cluster
     /// is in a known state: see [`Cluster::wait_ready`].
     pub async fn start(secondaries: Vec<SecondaryOpts>, master_env: &[(&str, &str)]) -> Cluster {
-        let dir = log_dir();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+        let dir = fresh_log_dir();
 
+        // The master's port is chosen first: secondaries forward appends to it (`MASTER`).
+        let master_http = free_port();
         let mut nodes = Vec::new();
         for (i, opts) in secondaries.iter().enumerate() {
             let (http, grpc) = (free_port(), free_port());
@@ -319,6 +343,7 @@ impl Cluster {
                 ("HOST".to_owned(), "127.0.0.1".to_owned()),
                 ("HTTP_PORT".to_owned(), http.to_string()),
                 ("GRPC_PORT".to_owned(), grpc.to_string()),
+                ("MASTER".to_owned(), format!("127.0.0.1:{master_http}")),
             ];
             env.extend(opts.env.iter().cloned());
             let name = format!("secondary-{}", i + 1);
@@ -328,7 +353,7 @@ impl Cluster {
             }
             nodes.push(node);
         }
-        let http = free_port();
+        let http = master_http;
         let listed: Vec<String> = nodes.iter().map(Node::grpc_endpoint).collect();
         let mut env = vec![
             ("HOST".to_owned(), "127.0.0.1".to_owned()),
@@ -364,10 +389,14 @@ impl Cluster {
     pub async fn wait_ready(&self) {
         for node in self.running() {
             let url = node.url("/health");
-            wait_until(START_TIMEOUT, format!("{} GET /health = 200", node.name), || {
-                let request = self.client.get(&url).send();
-                async move { request.await.is_ok_and(|r| r.status() == StatusCode::OK) }
-            })
+            wait_until(
+                START_TIMEOUT,
+                format!("{} GET /health = 200", node.name),
+                || {
+                    let request = self.client.get(&url).send();
+                    async move { request.await.is_ok_and(|r| r.status() == StatusCode::OK) }
+                },
+            )
             .await;
         }
         let running: &Vec<String> = &self
@@ -403,39 +432,32 @@ impl Cluster {
         std::iter::once(&self.master).chain(self.secondaries.iter())
     }
 
+    /// A cheap, `'static` handle that appends to the master, for spawned tasks.
+    pub fn appender(&self) -> Appender {
+        Appender {
+            client: self.client.clone(),
+            url: self.master.url("/api/messages"),
+        }
+    }
+
+    /// Like [`Cluster::appender`], but posting to `node` (a secondary forwards to the master).
+    pub fn appender_on(&self, node: &Node) -> Appender {
+        Appender {
+            client: self.client.clone(),
+            url: node.url("/api/messages"),
+        }
+    }
+
     /// `POST /api/messages` on the master with `{"message": msg, "w": w}` (`w` left out if
     /// `None`).
     pub async fn append(&self, message: &str, w: Option<u64>) -> (StatusCode, Value) {
-        let mut body = json!({ "message": message });
-        if let Some(w) = w {
-            body["w"] = json!(w);
-        }
-        self.append_raw(&body.to_string(), Some("application/json"))
-            .await
+        self.appender().append(message, w).await
     }
 
     /// `POST /api/messages` on the master with this exact body and `Content-Type` (none if
-    /// `None`). The answer's body is parsed as JSON (`Value::Null` if it is not JSON, after
-    /// printing it, so that the assertion that follows shows what came back).
+    /// `None`).
     pub async fn append_raw(&self, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .post(self.master.url("/api/messages"))
-            .body(body.to_owned());
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST /api/messages {body}: {e}"));
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
-            eprintln!("POST /api/messages {body} -> {status}, not JSON: {text:?}");
-            Value::Null
-        });
-        (status, value)
+        self.appender().append_raw(body, content_type).await
     }
 
     /// `GET /api/messages` on `node`: its visible log as `(id, message)` pairs.
@@ -481,24 +503,21 @@ impl Cluster {
     }
 
     async fn try_health(&self, node: &Node) -> Option<Value> {
-        let response = self
-            .client
-            .get(node.url("/api/health"))
-            .send()
-            .await
-            .ok()?;
+        let response = self.client.get(node.url("/api/health")).send().await.ok()?;
         if response.status() != StatusCode::OK {
             return None;
         }
         response.json().await.ok()
     }
 
-    /// `held` from a secondary's own `/api/health`: the highest id it holds contiguously.
+    /// The highest id a secondary holds contiguously, from its own `/api/health` (`last_id`
+    /// there; `held` in older builds, accepted too).
     pub async fn held(&self, secondary: &Node) -> u64 {
         let health = self.health(secondary).await;
         health["held"]
             .as_u64()
-            .unwrap_or_else(|| panic!("no `held` in {} /api/health: {health}", secondary.name))
+            .or_else(|| health["last_id"].as_u64())
+            .unwrap_or_else(|| panic!("no `last_id` in {} /api/health: {health}", secondary.name))
     }
 
     /// Waits until every running node shows exactly `expected` (messages in this order).
@@ -508,11 +527,53 @@ impl Cluster {
             format!("every node shows exactly {expected:?}"),
             || async move {
                 self.all_messages().await.iter().all(|(_, list)| {
-                    list.iter().map(|(_, m)| m.as_str()).eq(expected.iter().copied())
+                    list.iter()
+                        .map(|(_, m)| m.as_str())
+                        .eq(expected.iter().copied())
                 })
             },
         )
         .await;
+    }
+}
+
+/// Appends to the master; clone it into as many tasks as needed.
+#[derive(Clone)]
+pub struct Appender {
+    client: reqwest::Client,
+    url: String,
+}
+
+impl Appender {
+    /// `POST /api/messages` with `{"message": msg, "w": w}` (`w` left out if `None`).
+    pub async fn append(&self, message: &str, w: Option<u64>) -> (StatusCode, Value) {
+        let mut body = json!({ "message": message });
+        if let Some(w) = w {
+            body["w"] = json!(w);
+        }
+        self.append_raw(&body.to_string(), Some("application/json"))
+            .await
+    }
+
+    /// `POST /api/messages` with this exact body and `Content-Type` (none if `None`). The
+    /// answer's body is parsed as JSON (`Value::Null` if it is not JSON, after printing it, so
+    /// that the assertion that follows shows what came back).
+    pub async fn append_raw(&self, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
+        let mut request = self.client.post(&self.url).body(body.to_owned());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {} {body}: {e}", self.url));
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
+            eprintln!("POST {} {body} -> {status}, not JSON: {text:?}", self.url);
+            Value::Null
+        });
+        (status, value)
     }
 }
 
@@ -577,7 +638,8 @@ where
 }
 
 /// Runs a binary with only `env` set and waits for it to exit (at most `timeout`; panics after
-/// it). For configuration tests: a bad setting must stop the process at once.
+/// it). For configuration tests: a bad setting must stop the process at once. The run is
+/// recorded in `<log_dir>/<Binary>-exit.log`.
 pub fn run_to_exit(binary: Binary, env: &[(&str, &str)], timeout: Duration) -> Output {
     let dir = log_dir();
     std::fs::create_dir_all(&dir).ok();
@@ -602,9 +664,12 @@ pub fn run_to_exit(binary: Binary, env: &[(&str, &str)], timeout: Duration) -> O
         std::thread::sleep(Duration::from_millis(10));
     }
     let output = child.wait_with_output().expect("output");
-    let mut record = File::create(dir.join(format!("{binary:?}-exit.log"))).ok();
-    if let Some(file) = record.as_mut() {
-        let _ = writeln!(file, "env: {env:?}\nstatus: {}", output.status);
+    let record = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{binary:?}-exit.log")));
+    if let Ok(mut file) = record {
+        let _ = writeln!(file, "===== env: {env:?}\nstatus: {}", output.status);
         let _ = file.write_all(&output.stdout);
         let _ = file.write_all(&output.stderr);
     }

@@ -1,7 +1,7 @@
 //! The master's settings: environment variables, each also a CLI flag of the same name.
 
 use clap::Parser;
-use replog_node::config::{endpoint, millis, seconds};
+use replog_node::config::{endpoint, millis, seconds, StorageArgs};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -47,6 +47,9 @@ pub struct Config {
     /// Cap of the retry delay, in milliseconds. Retries never stop.
     #[arg(long, env = "RETRY_MAX_MS", default_value = "2000", value_parser = millis)]
     pub retry_max_ms: Duration,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// Deadline of one replication call, in seconds (must exceed a secondary's DELAY_SECONDS).
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]

@@ -4,9 +4,16 @@
 //! Everything here is synchronous and runs under one short mutex: assigning an id, counting a
 //! cumulative acknowledgement, committing, aborting. No lock is held across an `.await`, so
 //! appends from many clients proceed in parallel and only serialise for these few steps.
+//!
+//! With `DATA_DIR`, the master's own copy counts as one acknowledgement only once it is on disk,
+//! and only entries on the master's disk are shipped, so no secondary ever holds an id the
+//! master could lose in a crash. An abort becomes visible (tombstone, 500) only once its
+//! tombstone is on disk, so a restarted master never commits what it answered 500 for. Records
+//! for the journal are queued here, under the lock, so the file receives them in id order.
 
 use bytes::Bytes;
 use replog_node::log::{Log, Message};
+use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -22,8 +29,12 @@ pub enum Outcome {
 /// An append that has not reached its write concern yet.
 #[derive(Debug)]
 struct Pending {
-    /// Secondary acknowledgements still needed (w - 1 at the start).
+    /// Acknowledgements still needed (w at the start: the master's durable copy and w - 1
+    /// secondaries).
     needed: usize,
+    /// Its deadline passed and its tombstone is on the way to disk: no acknowledgement
+    /// commits it any more.
+    aborting: bool,
     /// When it is aborted if still pending; `None` waits forever (timeout 0).
     deadline: Option<Instant>,
     waiter: Option<oneshot::Sender<Outcome>>,
@@ -52,19 +63,31 @@ pub struct Follower {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignLog(pub String);
 
+/// Where the ledger sends records to make them durable; `None` keeps the log in memory only.
+pub type Journal = Option<tokio::sync::mpsc::UnboundedSender<Record>>;
+
 #[derive(Debug)]
 pub struct Ledger {
     log: Log,
     pending: BTreeMap<u64, Pending>,
     followers: Vec<Follower>,
+    /// Every id up to here is on the master's disk (or, in memory mode, simply held).
+    durable: u64,
+    journal: Journal,
 }
 
 impl Ledger {
-    pub fn new(log: Log, secondaries: usize) -> Self {
+    /// A ledger over `log`. Everything a recovered log holds is durable and decided: an id
+    /// without a tombstone on disk was never answered 500 (the tombstone is written first), so
+    /// committing it keeps every promise made before the restart.
+    pub fn new(mut log: Log, secondaries: usize, journal: Journal) -> Self {
+        log.set_decided(log.last_id());
         Self {
+            durable: log.last_id(),
             log,
             pending: BTreeMap::new(),
             followers: vec![Follower::default(); secondaries],
+            journal,
         }
     }
 
@@ -84,48 +107,49 @@ impl Ledger {
         self.pending.len()
     }
 
-    /// Assigns the next id. With `needed == 0` (w = 1) the entry is committed at once;
-    /// otherwise the returned receiver learns its outcome.
+    /// Assigns the next id to an append with write concern `w` (nodes, the master included);
+    /// the returned receiver learns its outcome.
     pub fn append(
         &mut self,
         message: Bytes,
-        needed: usize,
+        w: usize,
         deadline: Option<Instant>,
     ) -> (u64, oneshot::Receiver<Outcome>) {
         let (tx, rx) = oneshot::channel();
-        let id = self.log.push(message, false);
-        let already = self.followers.iter().filter(|f| f.acked >= id).count();
-        if already >= needed {
-            let _ = tx.send(Outcome::Committed);
-            self.advance_decided();
-        } else {
-            self.pending.insert(
-                id,
-                Pending {
-                    needed: needed - already,
-                    deadline,
-                    waiter: Some(tx),
-                },
-            );
+        let id = self.log.push(message.clone(), false);
+        self.pending.insert(
+            id,
+            Pending {
+                needed: w.max(1),
+                aborting: false,
+                deadline,
+                waiter: Some(tx),
+            },
+        );
+        match &self.journal {
+            Some(journal) => {
+                let record = Record::Entry {
+                    id,
+                    message,
+                    tombstone: false,
+                };
+                if journal.send(record).is_err() {
+                    tracing::error!(id, "the journal is gone; the append cannot become durable");
+                }
+            }
+            None => self.on_persisted(Some(id), &[]),
         }
         (id, rx)
     }
 
-    /// Earliest deadline among pending appends. Ids are given in time order and the timeout is
-    /// one setting, so the first pending id with a deadline carries the earliest one.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending.values().find_map(|p| p.deadline)
-    }
-
-    /// Aborts every pending append whose deadline has passed. Returns the ids aborted.
-    pub fn abort_expired(&mut self, now: Instant) -> Vec<u64> {
-        let expired: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
-            .map(|(&id, _)| id)
-            .collect();
-        for &id in &expired {
+    /// The journal made entries up to `entries_upto` and the tombstones `tombstones` durable.
+    pub fn on_persisted(&mut self, entries_upto: Option<u64>, tombstones: &[u64]) {
+        if let Some(upto) = entries_upto.filter(|&upto| upto > self.durable) {
+            let from = self.durable;
+            self.durable = upto;
+            self.acknowledge(from, upto);
+        }
+        for &id in tombstones {
             if let Some(mut pending) = self.pending.remove(&id) {
                 self.log.tombstone(id);
                 if let Some(waiter) = pending.waiter.take() {
@@ -133,8 +157,68 @@ impl Ledger {
                 }
             }
         }
-        if !expired.is_empty() {
-            self.advance_decided();
+        self.advance_decided();
+    }
+
+    /// Ids on the master's disk (all held ids in memory mode).
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    /// One acknowledgement for every pending id in `(from, to]`; commits those that reach their
+    /// write concern.
+    fn acknowledge(&mut self, from: u64, to: u64) {
+        if to <= from {
+            return;
+        }
+        let mut committed = Vec::new();
+        for (&id, pending) in self.pending.range_mut(from + 1..=to) {
+            if pending.aborting {
+                continue;
+            }
+            pending.needed = pending.needed.saturating_sub(1);
+            if pending.needed == 0 {
+                committed.push(id);
+            }
+        }
+        for id in committed {
+            if let Some(mut pending) = self.pending.remove(&id) {
+                if let Some(waiter) = pending.waiter.take() {
+                    let _ = waiter.send(Outcome::Committed);
+                }
+            }
+        }
+    }
+
+    /// Earliest deadline among pending appends. Ids are given in time order and the timeout is
+    /// one setting, so the first pending id with a deadline carries the earliest one.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending
+            .values()
+            .filter(|p| !p.aborting)
+            .find_map(|p| p.deadline)
+    }
+
+    /// Starts aborting every pending append whose deadline has passed: from now on no
+    /// acknowledgement commits it, and once its tombstone is durable it is decided (aborted)
+    /// and its client answered. Returns the ids.
+    pub fn abort_expired(&mut self, now: Instant) -> Vec<u64> {
+        let mut expired = Vec::new();
+        for (&id, pending) in self.pending.iter_mut() {
+            if !pending.aborting && pending.deadline.is_some_and(|d| d <= now) {
+                pending.aborting = true;
+                expired.push(id);
+            }
+        }
+        match &self.journal {
+            Some(journal) => {
+                for &id in &expired {
+                    if journal.send(Record::Tombstone { id }).is_err() {
+                        tracing::error!(id, "the journal is gone; the abort cannot become durable");
+                    }
+                }
+            }
+            None => self.on_persisted(None, &expired),
         }
         expired
     }
@@ -167,26 +251,13 @@ impl Ledger {
             follower.held = follower.held.max(state.held);
         }
         follower.decided = state.decided;
-        let held = state.held.min(self.log.last_id());
+        let held = state.held.min(self.durable);
         let before = follower.acked;
         if held <= before {
             return Ok(false);
         }
         follower.acked = held;
-        let mut committed = Vec::new();
-        for (&id, pending) in self.pending.range_mut(before + 1..=held) {
-            pending.needed = pending.needed.saturating_sub(1);
-            if pending.needed == 0 {
-                committed.push(id);
-            }
-        }
-        for id in committed {
-            if let Some(mut pending) = self.pending.remove(&id) {
-                if let Some(waiter) = pending.waiter.take() {
-                    let _ = waiter.send(Outcome::Committed);
-                }
-            }
-        }
+        self.acknowledge(before, held);
         Ok(self.advance_decided())
     }
 
@@ -229,7 +300,7 @@ impl Ledger {
         let mut entries = Vec::new();
         let mut bytes = 0;
         let mut id = next.max(1);
-        while id <= self.log.last_id() && entries.len() < max_entries {
+        while id <= self.durable && entries.len() < max_entries {
             let message = self.log.get(id).cloned().unwrap_or_default();
             if !entries.is_empty() && bytes + message.len() > max_bytes {
                 break;
@@ -261,7 +332,7 @@ mod tests {
     use std::time::Duration;
 
     fn ledger(secondaries: usize) -> Ledger {
-        Ledger::new(Log::new(new_log_id()), secondaries)
+        Ledger::new(Log::new(new_log_id()), secondaries, None)
     }
 
     fn reply(ledger: &Ledger, instance: u64, held: u64) -> ReplicaState {
@@ -280,7 +351,7 @@ mod tests {
     #[test]
     fn commits_when_enough_secondaries_hold_it() {
         let mut l = ledger(2);
-        let (id, mut rx) = l.append(Bytes::from("a"), 2, None);
+        let (id, mut rx) = l.append(Bytes::from("a"), 3, None);
         assert_eq!(id, 1);
         let state = reply(&l, 7, 1);
         assert_eq!(l.on_reply(0, &state, Instant::now()), Ok(false));
@@ -294,8 +365,8 @@ mod tests {
     #[test]
     fn w1_answers_at_once_but_shows_only_after_earlier_ids_are_decided() {
         let mut l = ledger(2);
-        let (_, _rx1) = l.append(Bytes::from("slow"), 2, None);
-        let (id2, mut rx2) = l.append(Bytes::from("fast"), 0, None);
+        let (_, _rx1) = l.append(Bytes::from("slow"), 3, None);
+        let (id2, mut rx2) = l.append(Bytes::from("fast"), 1, None);
         assert_eq!(rx2.try_recv(), Ok(Outcome::Committed));
         assert!(ids(&l).is_empty(), "id 1 is still pending");
         let state = reply(&l, 1, id2);
@@ -309,8 +380,8 @@ mod tests {
     fn expired_appends_become_tombstones_and_are_never_shown() {
         let mut l = ledger(1);
         let now = Instant::now();
-        let (_, mut rx) = l.append(Bytes::from("lost"), 1, Some(now));
-        let (_, _rx2) = l.append(Bytes::from("kept"), 0, None);
+        let (_, mut rx) = l.append(Bytes::from("lost"), 2, Some(now));
+        let (_, _rx2) = l.append(Bytes::from("kept"), 1, None);
         assert_eq!(l.abort_expired(now + Duration::from_millis(1)), vec![1]);
         assert_eq!(rx.try_recv(), Ok(Outcome::Aborted));
         assert_eq!(ids(&l), vec![2]);
@@ -327,11 +398,11 @@ mod tests {
     #[test]
     fn a_restarted_secondary_is_not_counted_twice() {
         let mut l = ledger(2);
-        let (_, _) = l.append(Bytes::from("a"), 0, None);
+        let (_, _) = l.append(Bytes::from("a"), 1, None);
         let state = reply(&l, 1, 1);
         l.on_reply(0, &state, Instant::now()).ok();
         // Restart: empty again, then it catches up past id 2.
-        let (_, mut rx) = l.append(Bytes::from("b"), 2, None);
+        let (_, mut rx) = l.append(Bytes::from("b"), 3, None);
         let state = reply(&l, 2, 0);
         l.on_reply(0, &state, Instant::now()).ok();
         assert_eq!(
@@ -356,7 +427,7 @@ mod tests {
     #[test]
     fn a_foreign_log_is_no_acknowledgement() {
         let mut l = ledger(1);
-        let (_, mut rx) = l.append(Bytes::from("a"), 1, None);
+        let (_, mut rx) = l.append(Bytes::from("a"), 2, None);
         let state = ReplicaState {
             log_id: "other".into(),
             instance: 1,
@@ -369,10 +440,48 @@ mod tests {
     }
 
     #[test]
+    fn with_a_journal_nothing_counts_or_ships_before_it_is_durable() {
+        let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
+        let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx));
+        let now = Instant::now();
+        let (_, mut rx1) = l.append(Bytes::from("a"), 1, None);
+        let (_, mut rx2) = l.append(Bytes::from("b"), 2, Some(now));
+        assert!(rx1.try_recv().is_err(), "w=1 waits for the master's own disk");
+        assert!(l.batch(0, 1, 10, 1 << 20).entries.is_empty(), "nothing ships before");
+        assert!(matches!(records.try_recv(), Ok(Record::Entry { id: 1, .. })));
+        assert!(matches!(records.try_recv(), Ok(Record::Entry { id: 2, .. })));
+        l.on_persisted(Some(2), &[]);
+        assert_eq!(rx1.try_recv(), Ok(Outcome::Committed));
+        assert_eq!(l.batch(0, 1, 10, 1 << 20).entries.len(), 2);
+        // Id 2 expires: it is aborting, but not aborted before its tombstone is durable, and a
+        // late acknowledgement no longer commits it.
+        assert_eq!(l.abort_expired(now), vec![2]);
+        assert_eq!(records.try_recv(), Ok(Record::Tombstone { id: 2 }));
+        let state = reply(&l, 1, 2);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert!(rx2.try_recv().is_err());
+        assert_eq!(l.log().decided(), 1);
+        l.on_persisted(None, &[2]);
+        assert_eq!(rx2.try_recv(), Ok(Outcome::Aborted));
+        assert_eq!(l.log().decided(), 2);
+        assert_eq!(ids(&l), vec![1]);
+    }
+
+    #[test]
+    fn a_recovered_log_is_durable_and_decided() {
+        let mut log = Log::new(new_log_id());
+        log.push(Bytes::from("a"), false);
+        log.push(Bytes::new(), true);
+        let l = Ledger::new(log, 1, None);
+        assert_eq!((l.durable(), l.log().decided()), (2, 2));
+        assert_eq!(ids(&l), vec![1]);
+    }
+
+    #[test]
     fn batches_respect_limits_and_always_carry_one_entry() {
         let mut l = ledger(1);
         for _ in 0..5 {
-            l.append(Bytes::from(vec![b'x'; 100]), 0, None);
+            l.append(Bytes::from(vec![b'x'; 100]), 1, None);
         }
         assert_eq!(l.batch(0, 1, 3, 1 << 20).entries.len(), 3);
         assert_eq!(l.batch(0, 1, 10, 250).entries.len(), 2);

@@ -2,6 +2,7 @@
 
 mod config;
 mod deadlines;
+mod journal;
 mod ledger;
 mod replication;
 mod server;

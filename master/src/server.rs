@@ -1,34 +1,61 @@
-//! Wires the master together: state, replication tasks, the deadline task and the HTTP server,
-//! all stopped by one shutdown token.
+//! Wires the master together: storage, state, replication tasks, the deadline task, the journal
+//! and the HTTP server, all stopped by one shutdown token.
 
 use crate::config::Config;
 use crate::state::Master;
-use crate::{deadlines, replication};
+use crate::{deadlines, journal, replication};
 use replog_node::log::{new_log_id, Log};
 use replog_node::shutdown::Shutdown;
+use replog_node::storage::LogFile;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), String> {
-    let log = Log::new(new_log_id());
+    let (log, file) = match &config.storage.data_dir {
+        Some(dir) => {
+            let (file, recovered) = LogFile::open(dir, config.storage.fsync, new_log_id)
+                .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
+            if let Some(cut) = &recovered.cut {
+                tracing::warn!(offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log file");
+            }
+            tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), fsync = %config.storage.fsync, "log recovered");
+            (recovered.log, Some(file))
+        }
+        None => (Log::new(new_log_id()), None),
+    };
     tracing::info!(
         log_id = log.log_id(),
         secondaries = ?config.secondaries,
         timeout = ?config.replication_timeout_seconds,
+        durable = file.is_some(),
         "master starting"
     );
-    let master = Arc::new(Master::new(config, log, shutdown.clone())?);
+    let (journal, records) = match file {
+        Some(_) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    let master = Arc::new(Master::new(config, log, journal, shutdown.clone())?);
     let mut tasks = replication::spawn(&master);
     tasks.push(tokio::spawn(deadlines::run(master.clone())));
+    if let (Some(file), Some(records)) = (file, records) {
+        tasks.push(tokio::spawn(journal::run(master.clone(), file, records)));
+    }
 
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%address, "HTTP API listening");
-    let served = replog_node::api::serve(listener, replog_node::api::router(master.clone(), axum::Router::new(), shutdown.clone()), shutdown.clone())
+    let app = replog_node::api::router(master.clone(), axum::Router::new(), shutdown.clone());
+    let served = replog_node::api::serve(listener, app, shutdown.clone())
         .await
         .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();
     for task in tasks {
         let _ = task.await;
+    }
+    if master.has_storage_failed() {
+        return Err("the log could not be written to DATA_DIR".into());
     }
     tracing::info!("master stopped");
     served

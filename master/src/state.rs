@@ -2,7 +2,7 @@
 //! deadline task all hold.
 
 use crate::config::Config;
-use crate::ledger::{ForeignLog, Ledger, Outcome};
+use crate::ledger::{ForeignLog, Journal, Ledger, Outcome};
 use crate::replication::health::{self, Status};
 use crate::replication::Peer;
 use bytes::Bytes;
@@ -24,6 +24,8 @@ pub struct Master {
     visible: watch::Sender<u64>,
     pub started: Instant,
     pub shutdown: Shutdown,
+    /// Set when the journal failed: the process stops with an error.
+    storage_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Whether the master may take appends.
@@ -36,7 +38,12 @@ pub struct Quorum {
 }
 
 impl Master {
-    pub fn new(config: Config, log: Log, shutdown: Shutdown) -> Result<Self, String> {
+    pub fn new(
+        config: Config,
+        log: Log,
+        journal: Journal,
+        shutdown: Shutdown,
+    ) -> Result<Self, String> {
         let peers = config
             .secondaries
             .iter()
@@ -44,14 +51,26 @@ impl Master {
             .collect::<Result<Vec<_>, _>>()?;
         let (visible, _) = watch::channel(log.visible_upto());
         Ok(Self {
-            ledger: Mutex::new(Ledger::new(log, peers.len())),
+            ledger: Mutex::new(Ledger::new(log, peers.len(), journal)),
             peers,
             deadline_wake: Notify::new(),
             visible,
             started: Instant::now(),
             shutdown,
             config,
+            storage_failed: Default::default(),
         })
+    }
+
+    /// Stops the master because its log cannot be written.
+    pub fn storage_failed(&self) {
+        self.storage_failed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    pub fn has_storage_failed(&self) -> bool {
+        self.storage_failed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The ledger, for reading. A panic while it was held cannot leave it half-updated in a way
@@ -159,7 +178,7 @@ impl Node for Master {
         let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
         let (id, outcome) = self.update(|ledger| {
             let was_idle = ledger.pending_count() == 0;
-            let (id, rx) = ledger.append(Bytes::from(message), w - 1, deadline);
+            let (id, rx) = ledger.append(Bytes::from(message), w, deadline);
             if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
                 self.deadline_wake.notify_one();
             }
@@ -209,7 +228,7 @@ impl Node for Master {
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 acked_id: f.acked,
                 held: f.held,
-                lag: log.last_id().saturating_sub(f.held),
+                lag: ledger.durable().saturating_sub(f.held),
                 last_error: f.last_error.clone(),
             })
             .collect();

@@ -4,9 +4,24 @@
 //! `--http-port`). A bad setting stops the process at start with one clear line, because a node
 //! that half-starts with a wrong setting is harder to debug than one that refuses.
 
+use crate::storage::FsyncPolicy;
 use clap::Parser;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// Where a node keeps its log; the same settings on every node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageArgs {
+    /// Directory of the durable log (`log.bin`); unset, the log lives in memory only.
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// When appends reach the disk: `always` fsyncs before anything is acknowledged (survives
+    /// power loss); `never` leaves it to the OS (survives a killed process, not power loss).
+    #[arg(long, env = "FSYNC", default_value = "always")]
+    pub fsync: FsyncPolicy,
+}
 
 /// Parses the command line and environment, or exits with one line naming the bad setting.
 pub fn parse_or_exit<T: Parser>() -> T {

@@ -1,7 +1,7 @@
 //! The secondary's settings: environment variables, each also a CLI flag of the same name.
 
 use clap::Parser;
-use replog_node::config::{endpoint, rate, seconds};
+use replog_node::config::{endpoint, rate, seconds, StorageArgs};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -27,6 +27,9 @@ pub struct Config {
     /// forwarded. Unset, appends here answer 503.
     #[arg(long, env = "MASTER", value_parser = endpoint)]
     pub master: Option<String>,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// Seconds to wait before storing and acknowledging each batch of entries (test knob).
     #[arg(long, env = "DELAY_SECONDS", default_value = "0", value_parser = seconds)]

@@ -8,6 +8,7 @@ use crate::service::ReplicationService;
 use crate::state::Secondary;
 use replog_node::log::Log;
 use replog_node::shutdown::Shutdown;
+use replog_node::storage::LogFile;
 use replog_proto::v1::replication_server::ReplicationServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -26,8 +27,27 @@ pub async fn run(
         error_rate = config.error_rate,
         "secondary starting"
     );
+    let (log, file) = match &config.storage.data_dir {
+        Some(dir) => {
+            // A fresh file has no identity yet: it adopts the master's on first contact.
+            let (file, recovered) = LogFile::open(dir, config.storage.fsync, String::new)
+                .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
+            if let Some(cut) = &recovered.cut {
+                tracing::warn!(offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log file");
+            }
+            tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), log_id = recovered.log.log_id(), fsync = %config.storage.fsync, "log recovered");
+            (recovered.log, Some(file))
+        }
+        None => (Log::default(), None),
+    };
     let forward = Forwarder::new(config.master.as_deref())?;
-    let secondary = Arc::new(Secondary::new(config, Replica::new(Log::default()), forward));
+    let secondary = Arc::new(Secondary::new(
+        config,
+        Replica::new(log),
+        file,
+        forward,
+        shutdown.clone(),
+    ));
 
     let service = ReplicationServer::new(ReplicationService {
         secondary: secondary.clone(),

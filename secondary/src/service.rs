@@ -1,6 +1,6 @@
 //! The internal gRPC `Replication` service: only the master calls it.
 
-use crate::state::Secondary;
+use crate::state::{Refused, Secondary};
 use replog_proto::v1::replication_server::Replication;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::Arc;
@@ -34,7 +34,22 @@ impl Replication for ReplicationService {
             tokio::time::sleep(config.delay_seconds).await;
         }
         let carried_entries = !request.entries.is_empty();
-        let state = self.secondary.receive(request);
+        let secondary = self.secondary.clone();
+        let received = if secondary.is_durable() {
+            tokio::task::spawn_blocking(move || secondary.receive(request))
+                .await
+                .map_err(|e| Status::internal(format!("storing failed: {e}")))?
+        } else {
+            secondary.receive(request)
+        };
+        let state = match received {
+            Ok(state) => state,
+            // The master learns our identity from the state and refuses to mix logs.
+            Err(Refused::ForeignLog(state)) => return Ok(Response::new(state)),
+            Err(Refused::Storage(error)) => {
+                return Err(Status::internal(format!("cannot write the log: {error}")))
+            }
+        };
         if carried_entries && config.error_rate > 0.0 && rand::random::<f64>() < config.error_rate {
             return Err(Status::unavailable(
                 "injected error after storing (ERROR_RATE)",

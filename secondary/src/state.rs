@@ -5,6 +5,8 @@ use crate::forward::Forwarder;
 use crate::replica::Replica;
 use replog_node::api::{ApiError, Health, Node};
 use replog_node::log::Message;
+use replog_node::shutdown::Shutdown;
+use replog_node::storage::LogFile;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -15,51 +17,83 @@ const MASTER_SILENCE: Duration = Duration::from_secs(5);
 
 pub struct Secondary {
     pub config: Config,
-    replica: Mutex<Replica>,
+    store: Mutex<Store>,
     last_contact: Mutex<Option<Instant>>,
     visible: watch::Sender<u64>,
     forward: Forwarder,
+    shutdown: Shutdown,
+}
+
+/// The replica and its file under one lock, so records reach the file in the order the
+/// replica made them, and nothing is acknowledged before it is written.
+pub struct Store {
+    pub replica: Replica,
+    file: Option<LogFile>,
+}
+
+/// Why a request was not taken.
+#[derive(Debug)]
+pub enum Refused {
+    /// It came from a master of another log; the state names ours.
+    ForeignLog(ReplicaState),
+    /// The log file could not be written; the secondary is stopping.
+    Storage(String),
 }
 
 impl Secondary {
-    pub fn new(config: Config, replica: Replica, forward: Forwarder) -> Self {
+    pub fn new(
+        config: Config,
+        replica: Replica,
+        file: Option<LogFile>,
+        forward: Forwarder,
+        shutdown: Shutdown,
+    ) -> Self {
         let (visible, _) = watch::channel(replica.log().visible_upto());
         Self {
             config,
-            replica: Mutex::new(replica),
+            store: Mutex::new(Store { replica, file }),
             last_contact: Mutex::new(None),
             visible,
             forward,
+            shutdown,
         }
     }
 
-    pub fn replica(&self) -> MutexGuard<'_, Replica> {
-        self.replica.lock().unwrap_or_else(|p| p.into_inner())
+    fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_durable(&self) -> bool {
+        self.store().file.is_some()
     }
 
     fn last_contact(&self) -> Option<Instant> {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Applies one replication request and answers the resulting state. A request of another
-    /// log changes nothing; the answer names our log so the master can say why.
-    pub fn receive(&self, request: ReplicateRequest) -> ReplicaState {
+    /// Applies one replication request, makes it durable (with `DATA_DIR`) and answers the
+    /// resulting state. Blocking: with a file, call it off the async workers.
+    pub fn receive(&self, request: ReplicateRequest) -> Result<ReplicaState, Refused> {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        let mut replica = self.replica();
-        if replica.admit(&request.log_id).is_err() {
-            tracing::warn!(
-                ours = replica.log().log_id(),
-                theirs = %request.log_id,
-                "refusing entries of another log identity"
-            );
-            return replica.state();
+        let theirs = request.log_id.clone();
+        let mut store = self.store();
+        let Store { replica, file } = &mut *store;
+        let records = match replica.receive(request) {
+            Ok(records) => records,
+            Err(_) => {
+                tracing::warn!(ours = replica.log().log_id(), %theirs, "refusing entries of another log identity");
+                return Err(Refused::ForeignLog(replica.state()));
+            }
+        };
+        if let (Some(file), false) = (file.as_mut(), records.is_empty()) {
+            if let Err(error) = file.append(&records) {
+                tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
+                self.shutdown.cancel();
+                return Err(Refused::Storage(error.to_string()));
+            }
         }
-        let added = replica.store(request.entries);
-        if let Some(decisions) = &request.decisions {
-            replica.decide(decisions);
-        }
-        if added > 0 {
-            tracing::debug!(added, held = replica.log().last_id(), "stored entries");
+        if !records.is_empty() {
+            tracing::debug!(records = records.len(), held = replica.log().last_id(), "stored");
         }
         let upto = replica.log().visible_upto();
         self.visible.send_if_modified(|visible| {
@@ -67,7 +101,7 @@ impl Secondary {
             *visible = upto;
             moved
         });
-        replica.state()
+        Ok(replica.state())
     }
 }
 
@@ -78,7 +112,7 @@ impl Node for Secondary {
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.replica().page(from_id, limit)
+        self.store().replica.page(from_id, limit)
     }
 
     fn visible(&self) -> watch::Receiver<u64> {
@@ -87,8 +121,8 @@ impl Node for Secondary {
 
     fn health(&self) -> Health {
         let silence = self.last_contact().map(|t| t.elapsed());
-        let replica = self.replica();
-        let log = replica.log();
+        let store = self.store();
+        let log = store.replica.log();
         let cut_off = silence.is_none_or(|s| s >= MASTER_SILENCE);
         Health {
             role: "secondary",

@@ -1,0 +1,154 @@
+//! The processes themselves: a bad setting stops a node at start with one clear line on stderr,
+//! and SIGTERM shuts it down gracefully (exit 0, promptly).
+
+use cluster_tests::{
+    fast_health, free_port, run_to_exit, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
+    FAST_HEALTH,
+};
+use std::time::Duration;
+
+/// A node with a bad setting must be gone this fast.
+const QUICKLY: Duration = Duration::from_secs(3);
+
+/// How long a node may take to drain and exit after SIGTERM.
+const PROMPTLY: Duration = Duration::from_secs(3);
+
+#[test]
+fn a_bad_setting_stops_the_node_with_one_line_naming_it() {
+    cluster_tests::fresh_log_dir();
+    let (http, grpc) = (free_port().to_string(), free_port().to_string());
+    // (binary, the bad setting, other settings that would otherwise let it start)
+    let cases: Vec<(Binary, (&str, &str), Vec<(&str, &str)>)> = vec![
+        (Binary::Master, ("HTTP_PORT", "abc"), vec![]),
+        (
+            Binary::Master,
+            ("SECONDARIES", "nohostport"),
+            vec![("HTTP_PORT", &http)],
+        ),
+        (
+            Binary::Master,
+            ("SECONDARIES", "127.0.0.1:0"),
+            vec![("HTTP_PORT", &http)],
+        ),
+        (
+            Binary::Master,
+            ("REPLICATION_TIMEOUT_SECONDS", "-1"),
+            vec![("HTTP_PORT", &http)],
+        ),
+        (
+            Binary::Master,
+            ("HEARTBEAT_INTERVAL_MS", "0"),
+            vec![("HTTP_PORT", &http)],
+        ),
+        (
+            Binary::Secondary,
+            ("HTTP_PORT", "abc"),
+            vec![("GRPC_PORT", &grpc)],
+        ),
+        (
+            Binary::Secondary,
+            ("GRPC_PORT", "70000"),
+            vec![("HTTP_PORT", &http)],
+        ),
+        (
+            Binary::Secondary,
+            ("ERROR_RATE", "2"),
+            vec![("HTTP_PORT", &http), ("GRPC_PORT", &grpc)],
+        ),
+        (
+            Binary::Secondary,
+            ("DELAY_SECONDS", "soon"),
+            vec![("HTTP_PORT", &http), ("GRPC_PORT", &grpc)],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (binary, (key, value), others) in cases {
+        let mut env = vec![("HOST", "127.0.0.1")];
+        env.extend(others);
+        env.push((key, value));
+        let output = run_to_exit(binary, &env, QUICKLY);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let ok = !output.status.success()
+            && output.status.code().is_some()
+            && lines.len() == 1
+            && lines[0].contains(key);
+        if !ok {
+            failures.push(format!(
+                "{binary:?} {key}={value}: {}, stderr {stderr:?} (want a non-zero exit and one \
+                 line naming {key})",
+                output.status
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn sigterm_stops_every_node_with_exit_0() {
+    let mut cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &FAST_HEALTH,
+    )
+    .await;
+    let (status, body) = cluster.append("before shutdown", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let status = cluster.secondaries[0].terminate(PROMPTLY);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "secondary-1 after SIGTERM: {status}"
+    );
+    let status = cluster.master.terminate(PROMPTLY);
+    assert_eq!(status.code(), Some(0), "master after SIGTERM: {status}");
+    let status = cluster.secondaries[1].terminate(PROMPTLY);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "secondary-2 after SIGTERM: {status}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_while_an_append_waits_answers_it_and_exits_0() {
+    let mut cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
+    )
+    .await;
+    // A hung secondary: the w=3 append waits for it without limit.
+    cluster.secondaries[1].stop();
+    let appender = cluster.appender();
+    let waiting = tokio::spawn(async move { appender.append("in flight", Some(3)).await });
+    wait_until(
+        Duration::from_secs(2),
+        "the master shows the append pending",
+        || async {
+            let health = cluster.health(&cluster.master).await;
+            health["pending"].as_u64().is_some_and(|p| p >= 1)
+        },
+    )
+    .await;
+
+    let status = cluster.master.terminate(PROMPTLY);
+    assert_eq!(status.code(), Some(0), "master after SIGTERM: {status}");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(1), waiting)
+        .await
+        .expect("the waiting client got its answer once the master exited")
+        .expect("the append task");
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "answer to the append in flight at shutdown: {body}"
+    );
+    assert_eq!(body["status"], "error", "{body}");
+
+    cluster.secondaries[1].cont();
+    let status = cluster.secondaries[1].terminate(PROMPTLY);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "secondary-2 after SIGCONT, SIGTERM: {status}"
+    );
+}

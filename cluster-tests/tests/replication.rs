@@ -1,0 +1,263 @@
+//! Blocking replication and its failure modes: a POST answers only once every secondary holds
+//! the message; a secondary that is gone, hung or too slow makes it fail with the exact 500, and
+//! the aborted message is never shown by any node, then or later.
+
+use cluster_tests::{
+    fast_health, wait_until, Cluster, SecondaryOpts, StatusCode, FAST_HEALTH, REPLICATION_FAILED,
+};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn texts(list: &[(u64, String)]) -> Vec<&str> {
+    list.iter().map(|(_, m)| m.as_str()).collect()
+}
+
+/// Waits until every running node shows exactly `expected` as `(id, text)`, failing at once if
+/// any node ever shows `never`.
+async fn wait_exactly(cluster: &Cluster, timeout: Duration, expected: &[(u64, &str)], never: &str) {
+    wait_until(
+        timeout,
+        format!("every node shows exactly {expected:?}"),
+        || async {
+            let all = cluster.all_messages().await;
+            for (node, list) in &all {
+                assert!(
+                    !texts(list).contains(&never),
+                    "{node} shows the aborted message {never:?}: {list:?}"
+                );
+            }
+            all.iter().all(|(_, list)| {
+                list.iter()
+                    .map(|(id, m)| (*id, m.as_str()))
+                    .eq(expected.iter().copied())
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn post_returns_only_after_every_secondary_holds_it() {
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &FAST_HEALTH,
+    )
+    .await;
+
+    for i in 1..=5u64 {
+        let text = format!("msg-{i}");
+        let (status, body) = cluster.append(&text, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body, json!({"status": "success", "id": i, "message": text}));
+        // Right after the answer, not eventually: the default w is every node.
+        for secondary in &cluster.secondaries {
+            let held = cluster.held(secondary).await;
+            assert!(
+                held >= i,
+                "{} holds up to {held} right after the 200 for id {i}",
+                secondary.name
+            );
+        }
+        let on_master = cluster.messages(&cluster.master).await;
+        assert_eq!(on_master.last(), Some(&(i, text.clone())), "master list");
+        // Visibility on a secondary follows within about one round trip.
+        for secondary in &cluster.secondaries {
+            wait_until(
+                Duration::from_secs(1),
+                format!("{} lists id {i}", secondary.name),
+                || async { cluster.messages(secondary).await.last() == Some(&(i, text.clone())) },
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_secondary_makes_the_post_wait() {
+    let cluster = Cluster::start(
+        vec![
+            SecondaryOpts::new(),
+            SecondaryOpts::new().env("DELAY_SECONDS", "1"),
+        ],
+        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "10")]),
+    )
+    .await;
+    let slow = &cluster.secondaries[1];
+
+    let started = Instant::now();
+    let (status, body) = cluster.append("waits", None).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "w=3 answered after {took:?}, before the slow secondary's 1 s delay"
+    );
+    assert!(cluster.held(slow).await >= 1, "the slow secondary holds it");
+
+    // w=2 needs the master and one secondary: the fast one suffices.
+    let started = Instant::now();
+    let (status, body) = cluster.append("fast", Some(2)).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        took < Duration::from_millis(900),
+        "w=2 took {took:?}: it waited for the slow secondary"
+    );
+    cluster
+        .wait_all_show(Duration::from_secs(5), &["waits", "fast"])
+        .await;
+}
+
+#[tokio::test]
+async fn killed_secondary_aborts_with_500_and_ids_continue() {
+    let mut cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
+    )
+    .await;
+    let (status, body) = cluster.append("before", None).await;
+    assert_eq!((status, &body["id"]), (StatusCode::OK, &json!(1)), "{body}");
+
+    cluster.secondaries[1].kill();
+    let started = Instant::now();
+    let (status, body) = cluster.append("lost", None).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "error", "detail": REPLICATION_FAILED})
+    );
+    assert!(
+        took >= Duration::from_millis(950) && took < Duration::from_secs(5),
+        "the abort came after {took:?}, not after the 1 s timeout"
+    );
+
+    let (status, body) = cluster.append("after", Some(2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], 3, "ids continue after the tombstone 2: {body}");
+    wait_exactly(
+        &cluster,
+        Duration::from_secs(2),
+        &[(1, "before"), (3, "after")],
+        "lost",
+    )
+    .await;
+
+    // The killed secondary comes back empty and is caught up: the tombstone stays a tombstone.
+    cluster.secondaries[1].restart();
+    cluster.wait_ready().await;
+    wait_exactly(
+        &cluster,
+        Duration::from_secs(5),
+        &[(1, "before"), (3, "after")],
+        "lost",
+    )
+    .await;
+    let health = cluster.health(&cluster.master).await;
+    assert_eq!(health["last_id"], 3, "{health}");
+}
+
+#[tokio::test]
+async fn hung_secondary_aborts_and_the_message_never_shows_after_it_resumes() {
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
+    )
+    .await;
+    let hung = &cluster.secondaries[1];
+    hung.stop();
+    let (status, body) = cluster.append("lost", None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "error", "detail": REPLICATION_FAILED})
+    );
+
+    let (status, body) = cluster.append("after", Some(2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], 2, "{body}");
+
+    // Resumed, it processes what reached it while stopped, the aborted entry included.
+    hung.cont();
+    wait_until(
+        Duration::from_secs(5),
+        "the resumed secondary holds id 2",
+        || async { cluster.held(hung).await >= 2 },
+    )
+    .await;
+    wait_exactly(&cluster, Duration::from_secs(3), &[(2, "after")], "lost").await;
+}
+
+#[tokio::test]
+async fn secondary_slower_than_the_timeout_aborts_and_never_shows_it() {
+    let cluster = Cluster::start(
+        vec![
+            SecondaryOpts::new(),
+            SecondaryOpts::new().env("DELAY_SECONDS", "2"),
+        ],
+        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
+    )
+    .await;
+    let slow = &cluster.secondaries[1];
+
+    let started = Instant::now();
+    let (status, body) = cluster.append("too-slow", None).await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "error", "detail": REPLICATION_FAILED})
+    );
+    assert!(
+        took < Duration::from_millis(1900),
+        "the abort came after {took:?}: it waited for the slow secondary, not the 1 s timeout"
+    );
+
+    // Proof that the slow secondary finished: it now holds the aborted entry.
+    wait_until(
+        Duration::from_secs(5),
+        "the slow secondary holds id 1",
+        || async { cluster.held(slow).await >= 1 },
+    )
+    .await;
+    for (node, list) in cluster.all_messages().await {
+        assert!(
+            list.is_empty(),
+            "{node} shows {list:?} after the slow secondary stored the aborted entry"
+        );
+    }
+
+    let (status, body) = cluster.append("later", Some(2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], 2, "{body}");
+    wait_exactly(
+        &cluster,
+        Duration::from_secs(6),
+        &[(2, "later")],
+        "too-slow",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &FAST_HEALTH,
+    )
+    .await;
+    let (status, body) = cluster.append("on master", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = cluster
+        .appender_on(&cluster.secondaries[1])
+        .append("via secondary-2", Some(3))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"status": "success", "id": 2, "message": "via secondary-2"})
+    );
+    cluster
+        .wait_all_show(Duration::from_secs(2), &["on master", "via secondary-2"])
+        .await;
+}
