@@ -446,10 +446,22 @@ mod tests {
         let now = Instant::now();
         let (_, mut rx1) = l.append(Bytes::from("a"), 1, None);
         let (_, mut rx2) = l.append(Bytes::from("b"), 2, Some(now));
-        assert!(rx1.try_recv().is_err(), "w=1 waits for the master's own disk");
-        assert!(l.batch(0, 1, 10, 1 << 20).entries.is_empty(), "nothing ships before");
-        assert!(matches!(records.try_recv(), Ok(Record::Entry { id: 1, .. })));
-        assert!(matches!(records.try_recv(), Ok(Record::Entry { id: 2, .. })));
+        assert!(
+            rx1.try_recv().is_err(),
+            "w=1 waits for the master's own disk"
+        );
+        assert!(
+            l.batch(0, 1, 10, 1 << 20).entries.is_empty(),
+            "nothing ships before"
+        );
+        assert!(matches!(
+            records.try_recv(),
+            Ok(Record::Entry { id: 1, .. })
+        ));
+        assert!(matches!(
+            records.try_recv(),
+            Ok(Record::Entry { id: 2, .. })
+        ));
         l.on_persisted(Some(2), &[]);
         assert_eq!(rx1.try_recv(), Ok(Outcome::Committed));
         assert_eq!(l.batch(0, 1, 10, 1 << 20).entries.len(), 2);

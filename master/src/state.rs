@@ -70,7 +70,8 @@ impl Master {
     }
 
     pub fn has_storage_failed(&self) -> bool {
-        self.storage_failed.load(std::sync::atomic::Ordering::SeqCst)
+        self.storage_failed
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The ledger, for reading. A panic while it was held cannot leave it half-updated in a way

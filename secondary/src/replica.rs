@@ -161,7 +161,9 @@ mod tests {
         for record in r.receive(req).expect("same log") {
             match record {
                 Record::Meta { log_id } => *replayed = Log::new(log_id),
-                Record::Entry { message, tombstone, .. } => {
+                Record::Entry {
+                    message, tombstone, ..
+                } => {
                     replayed.push(message, tombstone);
                 }
                 Record::Tombstone { id } => replayed.tombstone(id),
@@ -178,13 +180,29 @@ mod tests {
     #[test]
     fn out_of_order_and_repeated_deliveries_store_each_id_once() {
         let (mut r, mut replayed) = (Replica::new(Log::default()), Log::default());
-        apply(&mut r, &mut replayed, request(vec![entry(3, "c"), entry(4, "d")], None));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![entry(3, "c"), entry(4, "d")], None),
+        );
         assert_eq!(r.state().held, 0);
-        apply(&mut r, &mut replayed, request(vec![entry(1, "a"), entry(2, "b")], None));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![entry(1, "a"), entry(2, "b")], None),
+        );
         assert_eq!(r.state().held, 4);
         let again = request(vec![entry(2, "B"), entry(3, "C")], None);
-        assert_eq!(r.receive(again), Ok(vec![]), "a repeated delivery writes nothing");
-        apply(&mut r, &mut replayed, request(vec![], decided(4, 0, vec![])));
+        assert_eq!(
+            r.receive(again),
+            Ok(vec![]),
+            "a repeated delivery writes nothing"
+        );
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![], decided(4, 0, vec![])),
+        );
         let texts: Vec<_> = r.page(1, 10).into_iter().map(|m| m.message).collect();
         assert_eq!(texts, vec!["a", "b", "c", "d"]);
     }
@@ -195,18 +213,34 @@ mod tests {
         let entries = vec![entry(1, "a"), entry(2, "aborted"), entry(3, "c")];
         apply(&mut r, &mut replayed, request(entries, None));
         assert!(shown(&r).is_empty());
-        apply(&mut r, &mut replayed, request(vec![], decided(3, 0, vec![2])));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![], decided(3, 0, vec![2])),
+        );
         assert_eq!(shown(&r), vec![1, 3]);
     }
 
     #[test]
     fn a_frontier_without_its_tombstones_is_not_taken() {
         let (mut r, mut replayed) = (Replica::new(Log::default()), Log::default());
-        apply(&mut r, &mut replayed, request(vec![entry(1, "a"), entry(2, "b")], None));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![entry(1, "a"), entry(2, "b")], None),
+        );
         // Built for a previous instance that had decided up to 1: it may omit a tombstone <= 1.
-        apply(&mut r, &mut replayed, request(vec![], decided(2, 1, vec![])));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![], decided(2, 1, vec![])),
+        );
         assert!(shown(&r).is_empty());
-        apply(&mut r, &mut replayed, request(vec![], decided(2, 0, vec![1])));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![], decided(2, 0, vec![1])),
+        );
         assert_eq!(shown(&r), vec![2]);
     }
 

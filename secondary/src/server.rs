@@ -73,8 +73,8 @@ pub async fn run(
         replog_node::api::router(secondary, axum::Router::new(), shutdown.clone()),
         shutdown.clone(),
     )
-        .await
-        .map_err(|e| format!("HTTP server: {e}"));
+    .await
+    .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();
     match grpc.await {
         Ok(Ok(())) => {}

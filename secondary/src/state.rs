@@ -93,7 +93,11 @@ impl Secondary {
             }
         }
         if !records.is_empty() {
-            tracing::debug!(records = records.len(), held = replica.log().last_id(), "stored");
+            tracing::debug!(
+                records = records.len(),
+                held = replica.log().last_id(),
+                "stored"
+            );
         }
         let upto = replica.log().visible_upto();
         self.visible.send_if_modified(|visible| {

@@ -4,8 +4,11 @@
 
 use super::{ApiError, Health, Node};
 use crate::log::Message;
+use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequest, Query, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize, Serializer};
@@ -141,20 +144,88 @@ fn utf8<S: Serializer>(bytes: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::
     serializer.serialize_str(&String::from_utf8_lossy(bytes))
 }
 
+/// Entries serialised per chunk of a streamed list.
+const STREAM_PAGE: usize = 1024;
+
 /// `GET /api/messages`: the visible log in id order.
+///
+/// Small pages answer as one JSON document. Larger lists stream in chunks of
+/// [`STREAM_PAGE`] entries, each read under the log's lock only for that page, so listing a
+/// million entries neither holds a second copy of the log nor blocks appends. The list ends at
+/// the frontier visible when the request arrived: a consistent prefix, since logs only grow.
 async fn list<N: Node>(
     State(node): State<Arc<N>>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<MessagesBody>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let from_id = query.from_id.unwrap_or(1);
+    let from_id = query.from_id.unwrap_or(1).max(1);
     let limit = query.limit.unwrap_or(usize::MAX);
-    let messages = node
-        .page(from_id, limit)
-        .into_iter()
-        .map(MessageBody::from)
-        .collect();
-    Ok(Json(MessagesBody { messages }))
+    if limit <= STREAM_PAGE {
+        let messages = node
+            .page(from_id, limit)
+            .into_iter()
+            .map(MessageBody::from)
+            .collect();
+        return Ok(Json(MessagesBody { messages }).into_response());
+    }
+    let upto = *node.visible().borrow();
+    let chunks = futures::stream::unfold(
+        ListCursor {
+            next: from_id,
+            left: limit,
+            started: false,
+            done: false,
+        },
+        move |mut cursor| {
+            let node = node.clone();
+            async move {
+                if cursor.done {
+                    return None;
+                }
+                let mut chunk = Vec::with_capacity(64 * 1024);
+                if !cursor.started {
+                    chunk.extend_from_slice(b"{\"messages\":[");
+                }
+                let page = if cursor.next > upto || cursor.left == 0 {
+                    Vec::new()
+                } else {
+                    node.page(cursor.next, STREAM_PAGE.min(cursor.left))
+                };
+                let mut wrote = 0;
+                for message in page.into_iter().take_while(|m| m.id <= upto) {
+                    if cursor.started || wrote > 0 {
+                        chunk.push(b',');
+                    }
+                    cursor.next = message.id + 1;
+                    cursor.left -= 1;
+                    wrote += 1;
+                    if let Err(error) =
+                        serde_json::to_writer(&mut chunk, &MessageBody::from(message))
+                    {
+                        return Some((Err(std::io::Error::other(error)), cursor));
+                    }
+                }
+                cursor.started = true;
+                if wrote == 0 {
+                    chunk.extend_from_slice(b"]}");
+                    cursor.done = true;
+                }
+                Some((Ok::<_, std::io::Error>(chunk), cursor))
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(chunks),
+    )
+        .into_response())
+}
+
+struct ListCursor {
+    next: u64,
+    left: usize,
+    started: bool,
+    done: bool,
 }
 
 /// `GET /api/health`: on the master the cluster's view, on a secondary its own.
