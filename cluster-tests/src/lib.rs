@@ -122,14 +122,23 @@ pub fn fresh_log_dir() -> PathBuf {
 
 /// A port that was free a moment ago: bind port 0 on loopback, read the port, let it go.
 ///
-/// Another process could take it before the node binds it, but the kernel hands out ephemeral
-/// ports in a way that makes an immediate reuse unlikely; a node that cannot bind fails loudly
-/// ("cannot listen on ...") rather than silently.
+/// Another process could take it before the node binds it; the node then exits with "cannot
+/// listen on ...: Address already in use", loudly rather than silently, and
+/// [`Cluster::start`] starts over on new ports.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    free_ports(1)[0]
+}
+
+/// `n` distinct free ports. All are held bound until every one is chosen: ports picked one
+/// after another can repeat, since the kernel may hand a just-released port out again.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
 }
 
 /// One node process: its command line (kept, so it can be restarted with the same settings on
@@ -195,6 +204,13 @@ impl Node {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
         self.child = Some(child);
+    }
+
+    /// The exit status if the process has ended on its own (it is then no longer running).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
     }
 
     pub fn is_running(&self) -> bool {
@@ -332,13 +348,36 @@ impl Cluster {
     /// listing every secondary, started or not, plus `master_env`), and waits until the cluster
     /// is in a known state: see [`Cluster::wait_ready`].
     pub async fn start(secondaries: Vec<SecondaryOpts>, master_env: &[(&str, &str)]) -> Cluster {
-        let dir = fresh_log_dir();
+        // A port picked by `free_ports` can still be taken by another test's process before
+        // our node binds it; such a node exits at once ("Address already in use"). Then the
+        // whole cluster starts again on new ports, so that parallel tests do not flake.
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut cluster = Cluster::launch(&secondaries, master_env);
+            match cluster.first_contact().await {
+                Ok(()) => {
+                    cluster.wait_ready().await;
+                    return cluster;
+                }
+                Err(node) if attempt < ATTEMPTS => {
+                    eprintln!("{node} lost its port to another process; restarting the cluster");
+                }
+                Err(node) => panic!("{node} could not bind its port in {ATTEMPTS} attempts"),
+            }
+        }
+        unreachable!()
+    }
 
-        // The master's port is chosen first: secondaries forward appends to it (`MASTER`).
-        let master_http = free_port();
+    /// Starts the processes of a cluster on fresh ports, without waiting for anything.
+    fn launch(secondaries: &[SecondaryOpts], master_env: &[(&str, &str)]) -> Cluster {
+        let dir = fresh_log_dir();
+        // All ports at once, so that they differ from one another; the master's is known
+        // before the secondaries start, as they forward appends to it (`MASTER`).
+        let ports = free_ports(1 + 2 * secondaries.len());
+        let master_http = ports[0];
         let mut nodes = Vec::new();
         for (i, opts) in secondaries.iter().enumerate() {
-            let (http, grpc) = (free_port(), free_port());
+            let (http, grpc) = (ports[1 + 2 * i], ports[2 + 2 * i]);
             let mut env = vec![
                 ("HOST".to_owned(), "127.0.0.1".to_owned()),
                 ("HTTP_PORT".to_owned(), http.to_string()),
@@ -353,11 +392,10 @@ impl Cluster {
             }
             nodes.push(node);
         }
-        let http = master_http;
         let listed: Vec<String> = nodes.iter().map(Node::grpc_endpoint).collect();
         let mut env = vec![
             ("HOST".to_owned(), "127.0.0.1".to_owned()),
-            ("HTTP_PORT".to_owned(), http.to_string()),
+            ("HTTP_PORT".to_owned(), master_http.to_string()),
             ("SECONDARIES".to_owned(), listed.join(",")),
         ];
         env.extend(
@@ -365,21 +403,55 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
-        let mut master = Node::new("master", Binary::Master, http, None, env, &dir);
+        let mut master = Node::new("master", Binary::Master, master_http, None, env, &dir);
         master.start();
 
         let client = reqwest::Client::builder()
             .no_proxy()
             .build()
             .expect("an HTTP client");
-        let cluster = Cluster {
+        Cluster {
             master,
             secondaries: nodes,
             client,
             dir,
-        };
-        cluster.wait_ready().await;
-        cluster
+        }
+    }
+
+    /// Waits until every started node answers `GET /health`. `Err(name)` if a node exited
+    /// because its port was taken; panics if one exited for another reason, or at the deadline.
+    async fn first_contact(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let client = self.client.clone();
+        let nodes = std::iter::once(&mut self.master).chain(self.secondaries.iter_mut());
+        for node in nodes.filter(|n| n.is_running()) {
+            loop {
+                let answered = client.get(node.url("/health")).send().await;
+                if answered.is_ok_and(|r| r.status() == StatusCode::OK) {
+                    break;
+                }
+                if let Some(status) = node.exited() {
+                    if node.log().contains("Address already in use") {
+                        return Err(node.name.clone());
+                    }
+                    panic!(
+                        "{} exited at start ({status}); log: {}\n{}",
+                        node.name,
+                        node.log_path.display(),
+                        node.log()
+                    );
+                }
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{} did not answer GET /health within {START_TIMEOUT:?} (log: {})",
+                        node.name,
+                        node.log_path.display()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Waits until every running node answers `GET /health` with 200 and the master's

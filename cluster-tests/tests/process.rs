@@ -2,7 +2,7 @@
 //! and SIGTERM shuts it down gracefully (exit 0, promptly).
 
 use cluster_tests::{
-    fast_health, free_port, run_to_exit, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
+    fast_health, free_ports, run_to_exit, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
     FAST_HEALTH,
 };
 use std::time::Duration;
@@ -13,12 +13,15 @@ const QUICKLY: Duration = Duration::from_secs(3);
 /// How long a node may take to drain and exit after SIGTERM.
 const PROMPTLY: Duration = Duration::from_secs(3);
 
+/// The binary, the bad setting, other settings that would otherwise let it start.
+type Case<'a> = (Binary, (&'a str, &'a str), Vec<(&'a str, &'a str)>);
+
 #[test]
 fn a_bad_setting_stops_the_node_with_one_line_naming_it() {
     cluster_tests::fresh_log_dir();
-    let (http, grpc) = (free_port().to_string(), free_port().to_string());
-    // (binary, the bad setting, other settings that would otherwise let it start)
-    let cases: Vec<(Binary, (&str, &str), Vec<(&str, &str)>)> = vec![
+    let ports = free_ports(2);
+    let (http, grpc) = (ports[0].to_string(), ports[1].to_string());
+    let cases: Vec<Case> = vec![
         (Binary::Master, ("HTTP_PORT", "abc"), vec![]),
         (
             Binary::Master,

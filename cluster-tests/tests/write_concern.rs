@@ -161,4 +161,11 @@ async fn concurrent_clients_see_one_total_order() {
             "{node} differs from the ids the master answered"
         );
     }
+    assert!(!snapshots.is_empty(), "the watcher saw nothing");
+    for (node, snapshot) in &snapshots {
+        assert!(
+            expected.starts_with(snapshot),
+            "{node} once showed {snapshot:?}, not a prefix of the final {expected:?}"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! The master's settings: environment variables, each also a CLI flag of the same name.
 
 use clap::Parser;
-use replog_node::config::{endpoint, millis, seconds, StorageArgs};
+use replog_node::config::{endpoint, millis, seconds, AuthArgs, LimitArgs, StorageArgs};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -50,6 +50,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Deadline of one replication call, in seconds (must exceed a secondary's DELAY_SECONDS).
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]

@@ -37,6 +37,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         }
         None => (None, None),
     };
+    config.auth.warn_if_open();
     let master = Arc::new(Master::new(config, log, journal, shutdown.clone())?);
     let mut tasks = replication::spawn(&master);
     tasks.push(tokio::spawn(deadlines::run(master.clone())));
@@ -46,7 +47,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
 
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%address, "HTTP API listening");
-    let app = replog_node::api::router(master.clone(), axum::Router::new(), shutdown.clone());
+    let app = replog_node::api::router(
+        master.clone(),
+        axum::Router::new(),
+        shutdown.clone(),
+        &master.config.limits,
+    );
     let served = replog_node::api::serve(listener, app, shutdown.clone())
         .await
         .map_err(|e| format!("HTTP server: {e}"));

@@ -12,7 +12,7 @@ use replog_node::shutdown::Shutdown;
 use replog_proto::v1::ReplicaState;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 
 pub struct Master {
     pub config: Config,
@@ -26,6 +26,8 @@ pub struct Master {
     pub shutdown: Shutdown,
     /// Set when the journal failed: the process stops with an error.
     storage_failed: std::sync::atomic::AtomicBool,
+    /// One permit per append allowed to wait at once (`MAX_PENDING_APPENDS`).
+    append_slots: Semaphore,
 }
 
 /// Whether the master may take appends.
@@ -57,8 +59,9 @@ impl Master {
             visible,
             started: Instant::now(),
             shutdown,
-            config,
             storage_failed: Default::default(),
+            append_slots: Semaphore::new(config.limits.max_pending_appends),
+            config,
         })
     }
 
@@ -172,9 +175,22 @@ impl Node for Master {
     /// The append's life: admission, id, replication, commit or abort (ARCHITECTURE.md).
     async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError> {
         let w = self.write_concern(w)?;
+        let limit = self.config.limits.max_message_bytes;
+        if message.len() > limit {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "the message is {} bytes; the limit is {limit} (MAX_MESSAGE_BYTES)",
+                message.len()
+            )));
+        }
         if let Some(reason) = self.quorum().refusal {
             return Err(ApiError::Unavailable(reason));
         }
+        let _slot = self.append_slots.try_acquire().map_err(|_| {
+            ApiError::Overloaded(format!(
+                "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
+                self.config.limits.max_pending_appends
+            ))
+        })?;
         let timeout = self.config.replication_timeout_seconds;
         let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
         let (id, outcome) = self.update(|ledger| {

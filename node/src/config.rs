@@ -23,6 +23,40 @@ pub struct StorageArgs {
     pub fsync: FsyncPolicy,
 }
 
+/// Authentication of the internal replication service, the same on master and secondaries.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthArgs {
+    /// Shared secret of the replication service. Unset, replication is open (logged at start).
+    #[arg(long, env = "REPLICATION_TOKEN", value_parser = crate::auth::validate, hide_env_values = true)]
+    pub replication_token: Option<String>,
+}
+
+impl AuthArgs {
+    /// Warns once at start when replication is open.
+    pub fn warn_if_open(&self) {
+        if self.replication_token.is_none() {
+            tracing::warn!("REPLICATION_TOKEN is not set: the replication service is open to anyone who reaches it");
+        }
+    }
+}
+
+/// Limits that keep a node responsive under large or many requests.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Largest message accepted, in bytes (larger: 413).
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
+    pub max_message_bytes: usize,
+
+    /// Appends waiting for their write concern at once; beyond it appends answer 503 with
+    /// `Retry-After` instead of piling up.
+    #[arg(long, env = "MAX_PENDING_APPENDS", default_value_t = 10_000)]
+    pub max_pending_appends: usize,
+
+    /// Seconds a client may take to send a request's headers and body (0 = no limit).
+    #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
+    pub request_timeout_seconds: Duration,
+}
+
 /// Parses the command line and environment, or exits with one line naming the bad setting.
 pub fn parse_or_exit<T: Parser>() -> T {
     match T::try_parse() {

@@ -5,6 +5,7 @@
 //! shown. That shared part lives here, so the visibility rule exists once.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod log;
 pub mod shutdown;

@@ -1,7 +1,7 @@
 //! The secondary's settings: environment variables, each also a CLI flag of the same name.
 
 use clap::Parser;
-use replog_node::config::{endpoint, rate, seconds, StorageArgs};
+use replog_node::config::{endpoint, rate, seconds, AuthArgs, LimitArgs, StorageArgs};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -30,6 +30,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
 
     /// Seconds to wait before storing and acknowledging each batch of entries (test knob).
     #[arg(long, env = "DELAY_SECONDS", default_value = "0", value_parser = seconds)]

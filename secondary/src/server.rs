@@ -40,6 +40,8 @@ pub async fn run(
         }
         None => (Log::default(), None),
     };
+    config.auth.warn_if_open();
+    let limits = config.limits.clone();
     let forward = Forwarder::new(config.master.as_deref())?;
     let secondary = Arc::new(Secondary::new(
         config,
@@ -49,11 +51,19 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let service = ReplicationServer::new(ReplicationService {
+    let token = secondary.config.auth.replication_token.clone();
+    let server = ReplicationServer::new(ReplicationService {
         secondary: secondary.clone(),
     })
     .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let service = tonic::service::interceptor::InterceptedService::new(
+        server,
+        move |request: tonic::Request<()>| {
+            replog_node::auth::check(&request, token.as_deref())?;
+            Ok(request)
+        },
+    );
     let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
     let grpc_shutdown = shutdown.clone();
@@ -70,7 +80,7 @@ pub async fn run(
     tracing::info!(address = %http_address, "HTTP API listening");
     let served = replog_node::api::serve(
         http_listener,
-        replog_node::api::router(secondary, axum::Router::new(), shutdown.clone()),
+        replog_node::api::router(secondary, axum::Router::new(), shutdown.clone(), &limits),
         shutdown.clone(),
     )
     .await

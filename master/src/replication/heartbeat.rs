@@ -22,16 +22,13 @@ pub async fn run(master: Arc<Master>, index: usize) {
             _ = ticker.tick() => {}
         }
         let request = master.ledger().batch(index, u64::MAX, 0, 0);
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(master.config.suspect_after_ms);
-        let mut client = peer.client.clone();
         let result = tokio::select! {
             _ = master.shutdown.cancelled() => return,
-            result = client.replicate(request) => result,
+            result = peer.call(request, master.config.suspect_after_ms) => result,
         };
         match result {
             Ok(reply) => {
-                if let Err(foreign) = master.on_reply(index, reply.get_ref()) {
+                if let Err(foreign) = master.on_reply(index, &reply) {
                     tracing::debug!(secondary = %peer.address, their_log = %foreign.0, "heartbeat: secondary holds another log");
                 }
             }

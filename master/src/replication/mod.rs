@@ -13,6 +13,7 @@ pub mod sender;
 use crate::config::Config;
 use crate::state::Master;
 use replog_proto::v1::replication_client::ReplicationClient;
+use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -26,7 +27,8 @@ pub struct Peer {
     pub address: String,
     /// Wakes the sender: new entries, new decisions, or a restart seen by the heartbeat.
     pub wake: Notify,
-    pub client: ReplicationClient<Channel>,
+    client: ReplicationClient<Channel>,
+    token: Option<String>,
 }
 
 impl Peer {
@@ -45,7 +47,24 @@ impl Peer {
             address: address.to_owned(),
             wake: Notify::new(),
             client,
+            token: config.auth.replication_token.clone(),
         })
+    }
+
+    /// One replication call (entries, decisions or a heartbeat) with a deadline and the token.
+    pub async fn call(
+        &self,
+        request: ReplicateRequest,
+        timeout: Duration,
+    ) -> Result<ReplicaState, tonic::Status> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        replog_node::auth::attach(&mut request, self.token.as_deref());
+        self.client
+            .clone()
+            .replicate(request)
+            .await
+            .map(tonic::Response::into_inner)
     }
 }
 

@@ -36,6 +36,8 @@ pub async fn run(master: Arc<Master>, index: usize) {
     // High-water mark at the last rewind: rewinding twice to the same place without a failure
     // means the secondary is not taking what we send, so the next try waits.
     let mut last_rewind: Option<u64> = None;
+    // Failing since the last success: only the first failure of a streak is a warning.
+    let mut failing = false;
 
     loop {
         if inflight.is_empty() {
@@ -81,6 +83,10 @@ pub async fn run(master: Arc<Master>, index: usize) {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
                             last_rewind = None;
                         }
+                        if failing {
+                            tracing::info!(secondary = %peer.address, "replication calls succeed again");
+                            failing = false;
+                        }
                         backoff.reset();
                     }
                     Err(foreign) => {
@@ -90,8 +96,11 @@ pub async fn run(master: Arc<Master>, index: usize) {
                     }
                 },
                 Err(error) => {
-                    if !failed && retry_at.is_none() {
+                    if !failing {
                         tracing::warn!(secondary = %peer.address, %error, "replication call failed; retrying with backoff");
+                        failing = true;
+                    } else {
+                        tracing::debug!(secondary = %peer.address, %error, "replication call failed again");
                     }
                     master.ledger().on_failure(index, error);
                     failed = true;
@@ -110,12 +119,8 @@ async fn send(
     index: usize,
     request: ReplicateRequest,
 ) -> Result<ReplicaState, String> {
-    let mut client = master.peers[index].client.clone();
-    let mut request = tonic::Request::new(request);
-    request.set_timeout(master.config.rpc_timeout_seconds);
-    client
-        .replicate(request)
+    master.peers[index]
+        .call(request, master.config.rpc_timeout_seconds)
         .await
-        .map(tonic::Response::into_inner)
         .map_err(|status| format!("{}: {}", status.code(), status.message()))
 }

@@ -24,6 +24,10 @@ pub enum ApiError {
     ReplicationFailed,
     /// The node cannot take appends now (no quorum, shutting down, master unreachable).
     Unavailable(String),
+    /// Too many appends are waiting; the client should retry after a moment.
+    Overloaded(String),
+    /// The message or body is larger than the node accepts.
+    PayloadTooLarge(String),
     NotFound(String),
 }
 
@@ -34,7 +38,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::ReplicationFailed => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         }
     }
@@ -45,6 +50,8 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(d)
             | ApiError::Unprocessable(d)
             | ApiError::Unavailable(d)
+            | ApiError::Overloaded(d)
+            | ApiError::PayloadTooLarge(d)
             | ApiError::NotFound(d) => d,
             ApiError::ReplicationFailed => REPLICATION_FAILED,
         }
@@ -62,7 +69,14 @@ impl std::error::Error for ApiError {}
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "status": "error", "detail": self.detail() });
-        (self.status(), Json(body)).into_response()
+        let mut response = (self.status(), Json(body)).into_response();
+        if matches!(self, ApiError::Overloaded(_)) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -72,6 +86,9 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
                 "expected a JSON body with `Content-Type: application/json`".into(),
             ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge(format!("request body too large: {}", other.body_text()))
+            }
             other => ApiError::BadRequest(format!("malformed JSON body: {}", other.body_text())),
         }
     }
@@ -91,6 +108,8 @@ impl From<ApiError> for tonic::Status {
             | ApiError::Unprocessable(_) => Code::InvalidArgument,
             ApiError::ReplicationFailed => Code::Aborted,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::Overloaded(_) => Code::ResourceExhausted,
+            ApiError::PayloadTooLarge(_) => Code::OutOfRange,
             ApiError::NotFound(_) => Code::NotFound,
         };
         tonic::Status::new(code, error.detail())
@@ -103,7 +122,9 @@ impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let detail = status.message().to_owned();
         match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => ApiError::Unprocessable(detail),
+            Code::InvalidArgument => ApiError::Unprocessable(detail),
+            Code::OutOfRange => ApiError::PayloadTooLarge(detail),
+            Code::ResourceExhausted => ApiError::Overloaded(detail),
             Code::Aborted => ApiError::ReplicationFailed,
             Code::NotFound => ApiError::NotFound(detail),
             _ => ApiError::Unavailable(format!("the master did not take the append: {detail}")),

@@ -16,8 +16,6 @@ use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tower::Layer;
 
-/// Largest public gRPC message accepted.
-const MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// Entries a `Watch` reads from the log per step.
 const WATCH_PAGE: usize = 512;
 
@@ -27,10 +25,9 @@ pub struct LogService<N> {
 }
 
 /// The gRPC + gRPC-Web routes of `replog.v1.Log`, to merge into the node's axum app.
-pub fn routes<N: Node>(node: Arc<N>, shutdown: Shutdown) -> Router {
-    let server = LogServer::new(LogService { node, shutdown })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+pub fn routes<N: Node>(node: Arc<N>, shutdown: Shutdown, max_request_bytes: usize) -> Router {
+    let server =
+        LogServer::new(LogService { node, shutdown }).max_decoding_message_size(max_request_bytes);
     let service = tonic_web::GrpcWebLayer::new().layer(server);
     let path = format!("/{}/{{*method}}", LogServer::<LogService<N>>::NAME);
     Router::new().route_service(&path, service)

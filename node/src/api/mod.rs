@@ -13,13 +13,16 @@ pub mod json;
 pub use error::{ApiError, REPLICATION_FAILED};
 pub use health::{Health, SecondaryHealth};
 
+use crate::config::LimitArgs;
 use crate::log::Message;
 use crate::shutdown::Shutdown;
+use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
 use axum::Router;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// What a node offers its clients.
 #[tonic::async_trait]
@@ -39,7 +42,13 @@ pub trait Node: Send + Sync + 'static {
 
 /// The node's whole public HTTP app: JSON routes, extra node-specific routes, gRPC + gRPC-Web,
 /// and CORS that browsers accept for both.
-pub fn router<N: Node>(node: Arc<N>, extra: Router<Arc<N>>, shutdown: Shutdown) -> Router {
+pub fn router<N: Node>(
+    node: Arc<N>,
+    extra: Router<Arc<N>>,
+    shutdown: Shutdown,
+    limits: &LimitArgs,
+) -> Router {
+    let body_limit = body_limit(limits.max_message_bytes);
     let cors = CorsLayer::new()
         .allow_origin(AllowOrigin::mirror_request())
         .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
@@ -55,11 +64,23 @@ pub fn router<N: Node>(node: Arc<N>, extra: Router<Arc<N>>, shutdown: Shutdown) 
             HeaderName::from_static("grpc-message"),
             HeaderName::from_static("grpc-status-details-bin"),
         ]);
-    json::routes(extra)
+    let mut app = json::routes(extra)
         .with_state(node.clone())
-        .merge(grpc::routes(node, shutdown))
-        .layer(cors)
+        .merge(grpc::routes(node, shutdown, body_limit))
+        .layer(DefaultBodyLimit::max(body_limit));
+    if !limits.request_timeout_seconds.is_zero() {
+        app = app.layer(RequestBodyTimeoutLayer::new(limits.request_timeout_seconds));
+    }
+    app.layer(cors)
         .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
+/// Largest request body: a message at the limit, even if JSON escaping blows every byte up to
+/// six (`\u0000`), plus room for the rest of the body.
+pub fn body_limit(max_message_bytes: usize) -> usize {
+    max_message_bytes
+        .saturating_mul(6)
+        .saturating_add(64 * 1024)
 }
 
 /// Serves a router until `shutdown` is cancelled. HTTP/1.1 and HTTP/2 (h2c, for native gRPC
