@@ -35,11 +35,13 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
                 Record::Meta { .. } | Record::Decided { .. } => {}
             }
         }
+        let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || {
             let result = file.append(&group);
             (file, result)
         })
         .await;
+        master.metrics.log_write(started.elapsed());
         match written {
             Ok((back, Ok(()))) => file = back,
             Ok((_, Err(error))) => return fail(&master, &error.to_string()),

@@ -8,6 +8,7 @@ use crate::replication::Peer;
 use bytes::Bytes;
 use replog_node::api::{ApiError, Health, Node, SecondaryHealth};
 use replog_node::log::{Log, Message};
+use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
 use replog_proto::v1::ReplicaState;
 use std::sync::{Mutex, MutexGuard};
@@ -28,6 +29,7 @@ pub struct Master {
     storage_failed: std::sync::atomic::AtomicBool,
     /// One permit per append allowed to wait at once (`MAX_PENDING_APPENDS`).
     append_slots: Semaphore,
+    pub metrics: Metrics,
 }
 
 /// Whether the master may take appends.
@@ -61,6 +63,7 @@ impl Master {
             shutdown,
             storage_failed: Default::default(),
             append_slots: Semaphore::new(config.limits.max_pending_appends),
+            metrics: Metrics::default(),
             config,
         })
     }
@@ -222,6 +225,10 @@ impl Node for Master {
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
         self.ledger().page(from_id, limit)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn visible(&self) -> watch::Receiver<u64> {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod log;
+pub mod metrics;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

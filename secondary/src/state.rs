@@ -5,6 +5,7 @@ use crate::forward::Forwarder;
 use crate::replica::Replica;
 use replog_node::api::{ApiError, Health, Node};
 use replog_node::log::Message;
+use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
 use replog_node::storage::LogFile;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
@@ -22,6 +23,7 @@ pub struct Secondary {
     visible: watch::Sender<u64>,
     forward: Forwarder,
     shutdown: Shutdown,
+    pub metrics: Metrics,
 }
 
 /// The replica and its file under one lock, so records reach the file in the order the
@@ -56,6 +58,7 @@ impl Secondary {
             visible,
             forward,
             shutdown,
+            metrics: Metrics::default(),
         }
     }
 
@@ -86,7 +89,10 @@ impl Secondary {
             }
         };
         if let (Some(file), false) = (file.as_mut(), records.is_empty()) {
-            if let Err(error) = file.append(&records) {
+            let started = Instant::now();
+            let written = file.append(&records);
+            self.metrics.log_write(started.elapsed());
+            if let Err(error) = written {
                 tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
                 self.shutdown.cancel();
                 return Err(Refused::Storage(error.to_string()));
@@ -117,6 +123,10 @@ impl Node for Secondary {
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
         self.store().replica.page(from_id, limit)
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     fn visible(&self) -> watch::Receiver<u64> {

@@ -102,6 +102,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
                     } else {
                         tracing::debug!(secondary = %peer.address, %error, "replication call failed again");
                     }
+                    master.metrics.retry(&peer.address);
                     master.ledger().on_failure(index, error);
                     failed = true;
                     retry_at = Some(Instant::now() + backoff.next_delay());

@@ -44,6 +44,20 @@ impl ApiError {
         }
     }
 
+    /// The label of this outcome in the `appends` metric.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::Unprocessable(_) => "invalid",
+            ApiError::ReplicationFailed => "aborted",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Overloaded(_) => "overloaded",
+            ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::NotFound(_) => "not_found",
+        }
+    }
+
     pub fn detail(&self) -> &str {
         match self {
             ApiError::BadRequest(d)

@@ -47,10 +47,12 @@ impl<N: Node> Log for LogService<N> {
         request: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendReply>, Status> {
         let request = request.into_inner();
-        let id = self
-            .node
-            .append(request.message.clone(), request.w.map(u64::from))
-            .await?;
+        let id = super::append(
+            &*self.node,
+            request.message.clone(),
+            request.w.map(u64::from),
+        )
+        .await?;
         Ok(Response::new(pb::AppendReply {
             id,
             message: request.message,

@@ -21,6 +21,7 @@ pub fn routes<N: Node>(extra: Router<Arc<N>>) -> Router<Arc<N>> {
         .route("/health", get(health))
         .route("/api/messages", get(list::<N>).post(append::<N>))
         .route("/api/health", get(node_health::<N>))
+        .route("/metrics", get(metrics::<N>))
         .fallback(not_found)
 }
 
@@ -29,7 +30,7 @@ async fn append<N: Node>(
     State(node): State<Arc<N>>,
     body: AppendBody,
 ) -> Result<Json<Value>, ApiError> {
-    let id = node.append(body.message.clone(), body.w).await?;
+    let id = super::append(&*node, body.message.clone(), body.w).await?;
     Ok(Json(
         json!({ "status": "success", "id": id, "message": body.message }),
     ))
@@ -231,6 +232,17 @@ struct ListCursor {
 /// `GET /api/health`: on the master the cluster's view, on a secondary its own.
 async fn node_health<N: Node>(State(node): State<Arc<N>>) -> Json<Health> {
     Json(node.health())
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics<N: Node>(State(node): State<Arc<N>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        super::render_metrics(&*node),
+    )
 }
 
 /// `GET /health`: 200 while the node serves.

@@ -15,6 +15,7 @@ pub use health::{Health, SecondaryHealth};
 
 use crate::config::LimitArgs;
 use crate::log::Message;
+use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
@@ -38,6 +39,42 @@ pub trait Node: Send + Sync + 'static {
     fn visible(&self) -> watch::Receiver<u64>;
 
     fn health(&self) -> Health;
+
+    fn metrics(&self) -> &Metrics;
+}
+
+/// An append through either encoding: the node's verdict, counted in the metrics.
+pub async fn append<N: Node>(node: &N, message: String, w: Option<u64>) -> Result<u64, ApiError> {
+    let started = std::time::Instant::now();
+    let result = node.append(message, w).await;
+    let metrics = node.metrics();
+    match &result {
+        Ok(_) => {
+            metrics.append_outcome("committed");
+            metrics
+                .commit_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Err(error) => {
+            tracing::debug!(%error, outcome = error.outcome(), "append refused");
+            metrics.append_outcome(error.outcome());
+        }
+    }
+    result
+}
+
+/// Sets the state gauges from the node's health view and renders every metric.
+pub fn render_metrics<N: Node>(node: &N) -> String {
+    let health = node.health();
+    let metrics = node.metrics();
+    metrics.last_id.set(health.last_id as i64);
+    metrics.decided.set(health.decided as i64);
+    metrics.visible.set(health.visible as i64);
+    metrics.writable.set(i64::from(!health.read_only));
+    for secondary in &health.secondaries {
+        metrics.secondary(&secondary.address, secondary.lag, secondary.status);
+    }
+    metrics.render()
 }
 
 /// The node's whole public HTTP app: JSON routes, extra node-specific routes, gRPC + gRPC-Web,
