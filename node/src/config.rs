@@ -81,6 +81,26 @@ pub fn parse_or_exit<T: Parser>() -> T {
     }
 }
 
+/// Stops the process with one line when a setting is bad.
+pub fn or_exit<T>(checked: Result<T, String>) -> T {
+    checked.unwrap_or_else(|line| {
+        eprintln!("configuration error: {line}");
+        std::process::exit(2);
+    })
+}
+
+/// Binds `port` on `host`, or stops the process with one line.
+pub async fn listen_or_exit(host: &str, port: u16) -> tokio::net::TcpListener {
+    let address = or_exit(bind_addr(host, port));
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("cannot listen on {address}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 /// A non-negative number of seconds, fractions allowed (`DELAY_SECONDS=0.5`).
 pub fn seconds(value: &str) -> Result<Duration, String> {
     let secs: f64 = value

@@ -1,0 +1,11 @@
+//! The replog master: assigns ids, replicates every append to the secondaries, decides commit
+//! or abort. `server::run` puts the pieces together; the binary in `main.rs` only parses the
+//! configuration and binds the port.
+
+pub mod config;
+pub mod deadlines;
+pub mod journal;
+pub mod ledger;
+pub mod replication;
+pub mod server;
+pub mod state;
