@@ -3,9 +3,10 @@
 use replog_proto::v1 as pb;
 use serde::Serialize;
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Health {
     /// "master" or "secondary".
+    #[schema(value_type = String)]
     pub role: &'static str,
     pub log_id: String,
     /// Master: last id assigned. Secondary: highest id held contiguously.
@@ -34,10 +35,11 @@ pub struct Health {
     pub last_contact_ms_ago: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SecondaryHealth {
     pub address: String,
     /// "healthy", "suspected" or "unhealthy".
+    #[schema(value_type = String)]
     pub status: &'static str,
     /// Milliseconds since the last reply; `null` if it never answered.
     pub last_contact_ms_ago: Option<u64>,

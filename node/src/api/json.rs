@@ -22,26 +22,69 @@ pub fn routes<N: Node>(extra: Router<Arc<N>>) -> Router<Arc<N>> {
         .route("/api/messages", get(list::<N>).post(append::<N>))
         .route("/api/health", get(node_health::<N>))
         .route("/metrics", get(metrics::<N>))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
 }
 
-/// `POST /api/messages`.
+/// `POST /api/messages`: append a message with write concern `w`.
+///
+/// Answers once `w` nodes (the master included) hold the message. On a secondary the append is
+/// forwarded to the master.
+#[utoipa::path(
+    post,
+    path = "/api/messages",
+    tag = "log",
+    request_body = AppendBody,
+    responses(
+        (status = 200, description = "Committed", body = AppendedBody),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Message or body too large", body = ErrorBody),
+        (status = 415, description = "Body is not application/json", body = ErrorBody),
+        (status = 422, description = "Invalid message or w", body = ErrorBody),
+        (status = 500, description = "Replication failed. Message not committed.", body = ErrorBody),
+        (status = 503, description = "No quorum (read-only), overloaded (Retry-After), or shutting down", body = ErrorBody),
+    )
+)]
 async fn append<N: Node>(
     State(node): State<Arc<N>>,
     body: AppendBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AppendedBody>, ApiError> {
     let id = super::append(&*node, body.message.clone(), body.w).await?;
-    Ok(Json(
-        json!({ "status": "success", "id": id, "message": body.message }),
-    ))
+    Ok(Json(AppendedBody {
+        status: "success".into(),
+        id,
+        message: body.message,
+    }))
 }
 
 /// An append as JSON: `message` a string, `w` an optional integer, nothing else. The range of
 /// `w` depends on the cluster and is checked by the master, for JSON and gRPC alike.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"message": "hello", "w": 2}))]
 pub struct AppendBody {
+    /// The message text.
     pub message: String,
+    /// Write concern: nodes (master included) that must hold the message before the answer;
+    /// 1..=n+1, default n+1 (all).
+    #[schema(minimum = 1)]
     pub w: Option<u64>,
+}
+
+/// The answer to a committed append.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AppendedBody {
+    /// Always "success".
+    pub status: String,
+    pub id: u64,
+    pub message: String,
+}
+
+/// Every error: `detail` says what went wrong.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Always "error".
+    pub status: String,
+    pub detail: String,
 }
 
 impl<S: Send + Sync> FromRequest<S> for AppendBody {
@@ -110,24 +153,29 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// `?from_id=&limit=` on `GET /api/messages`; both optional.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// First id to list (default 1).
     #[serde(default)]
     pub from_id: Option<u64>,
+    /// Most entries to list (default: all).
     #[serde(default)]
     pub limit: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+/// The visible log, in id order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagesBody {
     pub messages: Vec<MessageBody>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessageBody {
     pub id: u64,
     #[serde(serialize_with = "utf8")]
+    #[schema(value_type = String)]
     pub message: bytes::Bytes,
 }
 
@@ -149,6 +197,16 @@ fn utf8<S: Serializer>(bytes: &bytes::Bytes, serializer: S) -> Result<S::Ok, S::
 const STREAM_PAGE: usize = 1024;
 
 /// `GET /api/messages`: the visible log in id order.
+#[utoipa::path(
+    get,
+    path = "/api/messages",
+    tag = "log",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Visible entries in id order", body = MessagesBody),
+        (status = 400, description = "Bad query string", body = ErrorBody),
+    )
+)]
 ///
 /// Small pages answer as one JSON document. Larger lists stream in chunks of
 /// [`STREAM_PAGE`] entries, each read under the log's lock only for that page, so listing a
@@ -230,11 +288,23 @@ struct ListCursor {
 }
 
 /// `GET /api/health`: on the master the cluster's view, on a secondary its own.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "health",
+    responses((status = 200, description = "The node's health view", body = Health))
+)]
 async fn node_health<N: Node>(State(node): State<Arc<N>>) -> Json<Health> {
     Json(node.health())
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Metrics in the OpenMetrics text format", body = String, content_type = "application/openmetrics-text"))
+)]
 async fn metrics<N: Node>(State(node): State<Arc<N>>) -> impl IntoResponse {
     (
         [(
@@ -246,8 +316,19 @@ async fn metrics<N: Node>(State(node): State<Arc<N>>) -> impl IntoResponse {
 }
 
 /// `GET /health`: 200 while the node serves.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses((status = 200, description = "The node serves", body = Object, example = json!({"status": "ok"})))
+)]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
+}
+
+/// `GET /openapi.json`: this API's OpenAPI document, generated from the handlers above.
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::document())
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

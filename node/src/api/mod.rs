@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod json;
+pub mod openapi;
 
 pub use error::{ApiError, REPLICATION_FAILED};
 pub use health::{Health, SecondaryHealth};
@@ -104,6 +105,7 @@ pub fn router<N: Node>(
     let mut app = json::routes(extra)
         .with_state(node.clone())
         .merge(grpc::routes(node, shutdown, body_limit))
+        .merge(openapi::docs_page())
         .layer(DefaultBodyLimit::max(body_limit));
     if !limits.request_timeout_seconds.is_zero() {
         app = app.layer(RequestBodyTimeoutLayer::new(limits.request_timeout_seconds));

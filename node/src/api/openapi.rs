@@ -1,0 +1,45 @@
+//! The OpenAPI document of the JSON API, generated from the handlers' annotations in
+//! [`super::json`], served at `/openapi.json` with an interactive page at `/docs` whose assets
+//! the node serves itself (no internet needed).
+
+use super::json::{AppendBody, AppendedBody, ErrorBody, MessageBody, MessagesBody};
+use super::{Health, SecondaryHealth};
+use utoipa::OpenApi;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "replog",
+        description = "A replicated log: one master, any number of secondaries, every append replicated before it is acknowledged. The same API runs on every node; appends on a secondary are forwarded to the master. The gRPC service replog.v1.Log (gRPC and gRPC-Web, same port) offers the same operations plus a live Watch stream."
+    ),
+    paths(
+        super::json::append,
+        super::json::list,
+        super::json::node_health,
+        super::json::metrics,
+        super::json::health,
+    ),
+    components(schemas(
+        AppendBody,
+        AppendedBody,
+        ErrorBody,
+        MessagesBody,
+        MessageBody,
+        Health,
+        SecondaryHealth
+    ))
+)]
+struct ApiDoc;
+
+pub fn document() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// The interactive docs page at `/docs` (Swagger UI, its assets served by the node).
+pub fn docs_page() -> axum::Router {
+    swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+        uri_prefix: "/docs",
+        api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
+        title: Some("replog API"),
+    })
+}
