@@ -44,10 +44,28 @@ pub const FAST_HEALTH: [(&str, &str); 3] = [
     ("UNHEALTHY_AFTER_MS", "1000"),
 ];
 
+/// Master settings for tests that are not about health states: heartbeats as in
+/// [`FAST_HEALTH`], but thresholds wide enough that a machine starved of CPU (2 cores, other
+/// builds running) does not make the master count a live secondary unhealthy and lose its quorum
+/// in the middle of a test about something else.
+pub const STEADY_HEALTH: [(&str, &str); 3] = [
+    ("HEARTBEAT_INTERVAL_MS", "100"),
+    ("SUSPECT_AFTER_MS", "1000"),
+    ("UNHEALTHY_AFTER_MS", "3000"),
+];
+
+/// [`STEADY_HEALTH`] plus `extra` master settings.
+pub fn steady_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    STEADY_HEALTH.iter().chain(extra).copied().collect()
+}
+
 /// [`FAST_HEALTH`] plus `extra` master settings.
 pub fn fast_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     FAST_HEALTH.iter().chain(extra).copied().collect()
 }
+
+/// Starts the line the harness writes into a node's log file at each start.
+const START_MARK_PREFIX: &str = "===== harness: starting ";
 
 /// The two binaries under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +203,7 @@ impl Node {
             .append(true)
             .open(&self.log_path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log_path.display()));
-        let _ = writeln!(log, "===== harness: starting {} =====", self.name);
+        let _ = writeln!(log, "{START_MARK_PREFIX}{} =====", self.name);
         let stderr = log.try_clone().expect("a second handle on the log file");
         let mut command = Command::new(self.binary.path());
         command
@@ -279,6 +297,71 @@ impl Node {
         self.start();
     }
 
+    /// Kills the node if it runs, deletes its `DATA_DIR` (if it has one) and starts it again:
+    /// it comes back with an empty log, as a new machine would. A node without `DATA_DIR` is
+    /// empty after any restart.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.wipe_data();
+        self.start();
+    }
+
+    /// Deletes the node's `DATA_DIR` (nothing if it has none). The node must not run.
+    pub fn wipe_data(&self) {
+        assert!(!self.is_running(), "{} runs: stop it first", self.name);
+        if let Some(dir) = self.data_dir() {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("cannot delete {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    /// The value of one of the node's settings.
+    pub fn env(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets (or replaces) a setting for the next start.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Removes a setting for the next start; returns its value. Removing `DATA_DIR` puts the
+    /// node in memory mode (its files stay on disk).
+    pub fn remove_env(&mut self, key: &str) -> Option<String> {
+        let old = self.env(key).map(str::to_owned);
+        self.env.retain(|(k, _)| k != key);
+        old
+    }
+
+    /// The node's `DATA_DIR`, if it keeps its log on disk.
+    pub fn data_dir(&self) -> Option<PathBuf> {
+        self.env("DATA_DIR").map(PathBuf::from)
+    }
+
+    /// `DATA_DIR/log.bin` (panics if the node has no `DATA_DIR`).
+    pub fn log_file(&self) -> PathBuf {
+        self.data_dir()
+            .unwrap_or_else(|| panic!("{} has no DATA_DIR", self.name))
+            .join("log.bin")
+    }
+
+    /// The node's log output since its latest start (the harness marks each start).
+    pub fn log_since_start(&self) -> String {
+        let log = self.log();
+        match log.rfind(START_MARK_PREFIX) {
+            Some(at) => log[at..].to_owned(),
+            None => log,
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http_port)
     }
@@ -313,6 +396,7 @@ impl Drop for Node {
 pub struct SecondaryOpts {
     env: Vec<(String, String)>,
     not_started: bool,
+    durable: bool,
 }
 
 impl SecondaryOpts {
@@ -332,6 +416,53 @@ impl SecondaryOpts {
         self.not_started = true;
         self
     }
+
+    /// Keeps the log on disk: `DATA_DIR` is `<log_dir>/<name>-data` (see [`Node::data_dir`]).
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+}
+
+/// How to start the master (for [`Cluster::start_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct MasterOpts {
+    env: Vec<(String, String)>,
+    durable: bool,
+}
+
+impl MasterOpts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An extra setting, e.g. `("REPLICATION_TIMEOUT_SECONDS", "0")`.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Several extra settings, e.g. [`FAST_HEALTH`].
+    pub fn envs(mut self, pairs: &[(&str, &str)]) -> Self {
+        self.env.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self
+    }
+
+    /// Keeps the log on disk: `DATA_DIR` is `<log_dir>/master-data`.
+    pub fn durable(mut self) -> Self {
+        self.durable = true;
+        self
+    }
+}
+
+/// The `DATA_DIR` of a durable node: `<dir>/<name>-data`.
+fn data_dir_setting(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(format!("{name}-data"));
+    ("DATA_DIR".to_owned(), path.display().to_string())
 }
 
 /// A master and its secondaries, plus an HTTP client to talk to them.
@@ -348,12 +479,17 @@ impl Cluster {
     /// listing every secondary, started or not, plus `master_env`), and waits until the cluster
     /// is in a known state: see [`Cluster::wait_ready`].
     pub async fn start(secondaries: Vec<SecondaryOpts>, master_env: &[(&str, &str)]) -> Cluster {
+        Cluster::start_with(secondaries, MasterOpts::new().envs(master_env)).await
+    }
+
+    /// [`Cluster::start`] with the master described by [`MasterOpts`] (e.g. durable).
+    pub async fn start_with(secondaries: Vec<SecondaryOpts>, master: MasterOpts) -> Cluster {
         // A port picked by `free_ports` can still be taken by another test's process before
         // our node binds it; such a node exits at once ("Address already in use"). Then the
         // whole cluster starts again on new ports, so that parallel tests do not flake.
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
-            let mut cluster = Cluster::launch(&secondaries, master_env);
+            let mut cluster = Cluster::launch(&secondaries, &master);
             match cluster.first_contact().await {
                 Ok(()) => {
                     cluster.wait_ready().await;
@@ -369,7 +505,7 @@ impl Cluster {
     }
 
     /// Starts the processes of a cluster on fresh ports, without waiting for anything.
-    fn launch(secondaries: &[SecondaryOpts], master_env: &[(&str, &str)]) -> Cluster {
+    fn launch(secondaries: &[SecondaryOpts], master_opts: &MasterOpts) -> Cluster {
         let dir = fresh_log_dir();
         // All ports at once, so that they differ from one another; the master's is known
         // before the secondaries start, as they forward appends to it (`MASTER`).
@@ -384,8 +520,11 @@ impl Cluster {
                 ("GRPC_PORT".to_owned(), grpc.to_string()),
                 ("MASTER".to_owned(), format!("127.0.0.1:{master_http}")),
             ];
-            env.extend(opts.env.iter().cloned());
             let name = format!("secondary-{}", i + 1);
+            if opts.durable {
+                env.push(data_dir_setting(&dir, &name));
+            }
+            env.extend(opts.env.iter().cloned());
             let mut node = Node::new(&name, Binary::Secondary, http, Some(grpc), env, &dir);
             if !opts.not_started {
                 node.start();
@@ -396,13 +535,15 @@ impl Cluster {
         let mut env = vec![
             ("HOST".to_owned(), "127.0.0.1".to_owned()),
             ("HTTP_PORT".to_owned(), master_http.to_string()),
-            ("SECONDARIES".to_owned(), listed.join(",")),
         ];
-        env.extend(
-            master_env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        // A master without secondaries has no SECONDARIES at all (an empty value is invalid).
+        if !listed.is_empty() {
+            env.push(("SECONDARIES".to_owned(), listed.join(",")));
+        }
+        if master_opts.durable {
+            env.push(data_dir_setting(&dir, "master"));
+        }
+        env.extend(master_opts.env.iter().cloned());
         let mut master = Node::new("master", Binary::Master, master_http, None, env, &dir);
         master.start();
 
@@ -558,6 +699,95 @@ impl Cluster {
             .collect()
     }
 
+    /// `GET /api/messages` on `node`, or `None` if it does not answer 200 with a list (e.g. while
+    /// it restarts).
+    pub async fn try_messages(&self, node: &Node) -> Option<Vec<(u64, String)>> {
+        let response = self
+            .client
+            .get(node.url("/api/messages"))
+            .send()
+            .await
+            .ok()?;
+        if response.status() != StatusCode::OK {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        body["messages"]
+            .as_array()?
+            .iter()
+            .map(|m| Some((m["id"].as_u64()?, m["message"].as_str()?.to_owned())))
+            .collect()
+    }
+
+    /// Replaces the HTTP client (and so its pool of connections): call it after a node was
+    /// restarted, so that no request goes out on a connection to the process that is gone.
+    pub fn renew_client(&mut self) {
+        self.client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("an HTTP client");
+    }
+
+    /// `last_id` from `node`'s `/api/health` (on a secondary: the highest id it holds).
+    pub async fn last_id(&self, node: &Node) -> u64 {
+        let health = self.health(node).await;
+        health["last_id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `last_id` in {} /api/health: {health}", node.name))
+    }
+
+    /// The status (`healthy`, `suspected`, `unhealthy`) of `secondary` in the master's
+    /// `/api/health`.
+    pub async fn status_of(&self, secondary: &Node) -> String {
+        let health = self.health(&self.master).await;
+        let entry = secondary_health(&health, &secondary.grpc_endpoint())
+            .unwrap_or_else(|| panic!("no entry for {} in {health}", secondary.name));
+        entry["status"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no status in {entry}"))
+            .to_owned()
+    }
+
+    /// Waits until every running node lists exactly `expected`, ids included; a node that does
+    /// not answer (yet) counts as not there yet.
+    pub async fn wait_converged(&self, timeout: Duration, expected: &[(u64, String)]) {
+        let mut last = Vec::new();
+        let deadline = Instant::now() + timeout;
+        loop {
+            last.clear();
+            let mut all_equal = true;
+            for node in self.running() {
+                let list = self.try_messages(node).await;
+                all_equal &= list.as_deref() == Some(expected);
+                last.push((node.name.clone(), list));
+            }
+            if all_equal {
+                return;
+            }
+            if Instant::now() >= deadline {
+                let summary: Vec<String> = last
+                    .iter()
+                    .map(|(name, list)| match list {
+                        None => format!("{name}: no answer"),
+                        Some(list) => format!(
+                            "{name}: {} entries, first difference at index {:?}, last {:?}",
+                            list.len(),
+                            list.iter().zip(expected).position(|(a, b)| a != b),
+                            list.last()
+                        ),
+                    })
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting until every node lists the expected {}                      entries (last {:?}); {}",
+                    expected.len(),
+                    expected.last(),
+                    summary.join("; ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The visible log of every running node, the master first.
     pub async fn all_messages(&self) -> Vec<(String, Vec<(u64, String)>)> {
         let mut all = Vec::new();
@@ -574,7 +804,8 @@ impl Cluster {
             .unwrap_or_else(|| panic!("GET {} failed", node.url("/api/health")))
     }
 
-    async fn try_health(&self, node: &Node) -> Option<Value> {
+    /// `GET /api/health` on `node`, or `None` if it does not answer 200 with JSON.
+    pub async fn try_health(&self, node: &Node) -> Option<Value> {
         let response = self.client.get(node.url("/api/health")).send().await.ok()?;
         if response.status() != StatusCode::OK {
             return None;
@@ -625,6 +856,32 @@ impl Appender {
         }
         self.append_raw(&body.to_string(), Some("application/json"))
             .await
+    }
+
+    /// Like [`Appender::append`], with the answer's headers (e.g. `Retry-After`).
+    pub async fn append_with_headers(
+        &self,
+        message: &str,
+        w: Option<u64>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut body = json!({ "message": message });
+        if let Some(w) = w {
+            body["w"] = json!(w);
+        }
+        let response = self
+            .client
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {} {body}: {e}", self.url));
+        let (status, headers) = (response.status(), response.headers().clone());
+        let text = response.text().await.unwrap_or_default();
+        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
+            eprintln!("POST {} -> {status}, not JSON: {text:?}", self.url);
+            Value::Null
+        });
+        (status, headers, value)
     }
 
     /// `POST /api/messages` with this exact body and `Content-Type` (none if `None`). The
@@ -746,4 +1003,227 @@ pub fn run_to_exit(binary: Binary, env: &[(&str, &str)], timeout: Duration) -> O
         let _ = file.write_all(&output.stderr);
     }
     output
+}
+
+/// What one append got back.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub text: String,
+    pub w: Option<u64>,
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The id of a 200 answer.
+    pub fn id(&self) -> Option<u64> {
+        if self.status == StatusCode::OK {
+            self.body["id"].as_u64()
+        } else {
+            None
+        }
+    }
+}
+
+/// The acknowledged appends as the master's total order: `(id, text)` sorted by id. Panics if
+/// an answer is not a 200 with an id, or if two answers got the same id.
+pub fn acknowledged(answers: &[Answer]) -> Vec<(u64, String)> {
+    let mut by_id = std::collections::BTreeMap::new();
+    for answer in answers {
+        let id = answer.id().unwrap_or_else(|| {
+            panic!(
+                "{:?} (w={:?}) answered {} {}",
+                answer.text, answer.w, answer.status, answer.body
+            )
+        });
+        if let Some(other) = by_id.insert(id, answer.text.clone()) {
+            panic!(
+                "id {id} was answered for both {other:?} and {:?}",
+                answer.text
+            );
+        }
+    }
+    by_id.into_iter().collect()
+}
+
+/// Panics unless `list` holds no message twice and no id twice, in increasing id order.
+pub fn assert_no_repeats(node: &str, list: &[(u64, String)]) {
+    let mut texts = std::collections::HashSet::new();
+    for (i, (id, text)) in list.iter().enumerate() {
+        assert!(texts.insert(text), "{node} lists {text:?} twice");
+        if i > 0 {
+            assert!(
+                list[i - 1].0 < *id,
+                "{node} lists id {id} after id {}",
+                list[i - 1].0
+            );
+        }
+    }
+}
+
+/// Concurrent clients that append one message after another until stopped: a steady load.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    answered: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Answer>>>,
+}
+
+impl Load {
+    /// Starts `clients` tasks; client `c` appends `"{prefix}{c}-{i}"` for i = 0, 1, ... with
+    /// write concern `w(i)`, each append after the previous one answered.
+    pub fn start(
+        appender: &Appender,
+        clients: usize,
+        prefix: &str,
+        w: fn(u64) -> Option<u64>,
+    ) -> Load {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks = (0..clients)
+            .map(|c| {
+                let appender = appender.clone();
+                let (stop, answered) = (stop.clone(), answered.clone());
+                let prefix = format!("{prefix}{c}-");
+                tokio::spawn(async move {
+                    let mut answers = Vec::new();
+                    let mut i = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let text = format!("{prefix}{i}");
+                        let w = w(i);
+                        let (status, body) = appender.append(&text, w).await;
+                        answers.push(Answer {
+                            text,
+                            w,
+                            status,
+                            body,
+                        });
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            answered,
+            tasks,
+        }
+    }
+
+    /// Appends answered so far (any status).
+    pub fn answered(&self) -> u64 {
+        self.answered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` appends have been answered.
+    pub async fn wait_answered(&self, n: u64, timeout: Duration) {
+        wait_until(timeout, format!("{n} appends answered under load"), || {
+            let done = self.answered() >= n;
+            async move { done }
+        })
+        .await;
+    }
+
+    /// Stops the clients after their current append and returns every answer.
+    pub async fn stop(self, timeout: Duration) -> Vec<Answer> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let all = tokio::time::timeout(timeout, futures::future::join_all(self.tasks))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("the load's last appends did not answer within {timeout:?}")
+            });
+        all.into_iter()
+            .flat_map(|r| r.expect("a load client task"))
+            .collect()
+    }
+}
+
+/// Reading a node's `DATA_DIR/log.bin` to damage it on purpose: records are framed
+/// `[u32 LE payload length][u32 LE CRC-32 of the payload][payload]`, the payload's first byte
+/// naming the kind (see `node/src/storage/record.rs`).
+pub mod log_file {
+    /// Bytes before a record's payload.
+    pub const HEADER_LEN: usize = 8;
+
+    /// What a record holds (only what the tests look at).
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum Kind {
+        Meta,
+        Entry { id: u64, tombstone: bool },
+        Tombstone { id: u64 },
+        Decided { upto: u64 },
+        Unknown(u8),
+    }
+
+    /// One framed record.
+    #[derive(Debug, Clone)]
+    pub struct Frame {
+        pub offset: usize,
+        /// Header and payload.
+        pub len: usize,
+        pub kind: Kind,
+    }
+
+    impl Frame {
+        pub fn end(&self) -> usize {
+            self.offset + self.len
+        }
+    }
+
+    /// The complete frames of `bytes`, in order (stops at an incomplete one; checksums are not
+    /// verified: the files read here were written by a healthy node).
+    pub fn frames(bytes: &[u8]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let mut offset = 0;
+        while bytes.len() >= offset + HEADER_LEN {
+            let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+            let Some(payload) = bytes.get(offset + HEADER_LEN..offset + HEADER_LEN + len) else {
+                break;
+            };
+            let u64_at = |at: usize| {
+                payload
+                    .get(at..at + 8)
+                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+                    .unwrap_or(0)
+            };
+            let kind = match payload.first().copied().unwrap_or(0) {
+                1 => Kind::Meta,
+                2 => Kind::Entry {
+                    id: u64_at(1),
+                    tombstone: payload.get(9).is_some_and(|f| f & 1 == 1),
+                },
+                3 => Kind::Tombstone { id: u64_at(1) },
+                4 => Kind::Decided { upto: u64_at(1) },
+                other => Kind::Unknown(other),
+            };
+            frames.push(Frame {
+                offset,
+                len: HEADER_LEN + len,
+                kind,
+            });
+            offset += HEADER_LEN + len;
+        }
+        frames
+    }
+
+    /// What a node recovers from `frames`: the highest contiguous entry id and the decided
+    /// frontier (the last `Decided` record). Panics on a tombstone (the tests write none).
+    pub fn recovered(frames: &[Frame]) -> (u64, u64) {
+        let (mut held, mut decided) = (0, 0);
+        for frame in frames {
+            match frame.kind {
+                Kind::Entry { id, tombstone } => {
+                    assert!(!tombstone, "unexpected tombstone entry {id}");
+                    assert_eq!(id, held + 1, "entries out of order in the file");
+                    held = id;
+                }
+                Kind::Decided { upto } => decided = upto,
+                Kind::Tombstone { id } => panic!("unexpected tombstone {id}"),
+                Kind::Meta | Kind::Unknown(_) => {}
+            }
+        }
+        (held, decided)
+    }
 }

@@ -53,9 +53,11 @@ impl Master {
             .iter()
             .map(|address| Peer::new(address, &config))
             .collect::<Result<Vec<_>, _>>()?;
-        let (visible, _) = watch::channel(log.visible_upto());
+        let ledger = Ledger::new(log, peers.len(), journal);
+        // From the ledger, not the raw log: a recovered log is all decided only once in it.
+        let (visible, _) = watch::channel(ledger.log().visible_upto());
         Ok(Self {
-            ledger: Mutex::new(Ledger::new(log, peers.len(), journal)),
+            ledger: Mutex::new(ledger),
             peers,
             deadline_wake: Notify::new(),
             visible,

@@ -65,11 +65,21 @@ pub async fn run(
         },
     );
     let grpc_address = grpc_listener.local_addr().map_err(|e| e.to_string())?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+    // Accepted sockets get TCP_NODELAY (the builder's setting covers only listeners it binds
+    // itself): an acknowledgement must not wait for Nagle's algorithm.
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+        |accepted| {
+            accepted.inspect(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            })
+        },
+    );
     let grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
-            .tcp_nodelay(true)
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .await

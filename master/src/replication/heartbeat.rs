@@ -24,7 +24,8 @@ pub async fn run(master: Arc<Master>, index: usize) {
         let request = master.ledger().batch(index, u64::MAX, 0, 0);
         let result = tokio::select! {
             _ = master.shutdown.cancelled() => return,
-            result = peer.call(request, master.config.suspect_after_ms) => result,
+            // A slow answer is still contact: only silence past UNHEALTHY_AFTER_MS is not.
+            result = peer.call(request, master.config.unhealthy_after_ms) => result,
         };
         match result {
             Ok(reply) => {

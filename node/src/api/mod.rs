@@ -124,11 +124,20 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 
 /// Serves a router until `shutdown` is cancelled. HTTP/1.1 and HTTP/2 (h2c, for native gRPC
 /// clients) on the same port.
+///
+/// Every connection gets `TCP_NODELAY`: small answers (an append's 200, a gRPC frame) must
+/// leave at once, not wait up to 40 ms for Nagle's algorithm and the peer's delayed ACK.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -1,0 +1,187 @@
+//! The peer: Debian's `redis-server` as a primary and N replicas on loopback, and its client
+//! (`XADD s * m <message>`, then `WAIT N 0` for the "every replica holds it" row).
+
+use crate::load::Client;
+use crate::procs::{self, wait_until, Proc};
+use anyhow::{bail, Context, Result};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub struct Cluster {
+    pub primary: Proc,
+    pub replicas: Vec<Proc>,
+    pub primary_port: u16,
+    _dirs: Vec<TempDir>,
+}
+
+pub struct Spec<'a> {
+    pub replicas: usize,
+    /// `appendonly yes` + `appendfsync always` on every instance (no persistence otherwise).
+    pub durable: bool,
+    pub log_dir: &'a Path,
+    pub tmp_root: &'a Path,
+}
+
+fn server(port: u16, dir: &Path, durable: bool, replica_of: Option<u16>) -> Command {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--daemonize", "no"])
+        .args(["--protected-mode", "no"])
+        .args(["--save", ""])
+        .args(["--logfile", ""])
+        .args(["--dir", &dir.display().to_string()])
+        // Full syncs stream straight to the replicas and start at once (7.x waits 5 s).
+        .args(["--repl-diskless-sync", "yes"])
+        .args(["--repl-diskless-sync-delay", "0"]);
+    if durable {
+        command
+            .args(["--appendonly", "yes"])
+            .args(["--appendfsync", "always"]);
+    } else {
+        command.args(["--appendonly", "no"]);
+    }
+    if let Some(primary) = replica_of {
+        command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+    }
+    command
+}
+
+pub async fn connect(port: u16) -> Result<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
+    // No response timeout: `WAIT` may legitimately block; the closed loop has its own limit.
+    let config = AsyncConnectionConfig::new()
+        .set_response_timeout(None)
+        .set_connection_timeout(Some(Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .with_context(|| format!("cannot connect to redis on port {port}"))
+}
+
+impl Cluster {
+    pub async fn start(spec: &Spec<'_>) -> Result<Cluster> {
+        let ports = procs::free_ports(1 + spec.replicas)?;
+        let mut dirs = Vec::new();
+        let dir = |name: &str| -> Result<TempDir> {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("redis-bench-{name}-"))
+                .tempdir_in(spec.tmp_root)?;
+            procs::register_dir(dir.path());
+            Ok(dir)
+        };
+        let primary_dir = dir("primary")?;
+        let primary = Proc::spawn(
+            "redis-primary",
+            server(ports[0], primary_dir.path(), spec.durable, None),
+            spec.log_dir,
+        )?;
+        dirs.push(primary_dir);
+        let mut replicas = Vec::new();
+        for (i, port) in ports[1..].iter().enumerate() {
+            let name = format!("redis-replica-{}", i + 1);
+            let replica_dir = dir(&name)?;
+            replicas.push(Proc::spawn(
+                &name,
+                server(*port, replica_dir.path(), spec.durable, Some(ports[0])),
+                spec.log_dir,
+            )?);
+            dirs.push(replica_dir);
+        }
+        let mut cluster = Cluster {
+            primary,
+            replicas,
+            primary_port: ports[0],
+            _dirs: dirs,
+        };
+        if let Err(e) = cluster.wait_ready().await {
+            cluster.primary.check_running()?;
+            for replica in &mut cluster.replicas {
+                replica.check_running()?;
+            }
+            return Err(e);
+        }
+        Ok(cluster)
+    }
+
+    /// The primary reports every replica connected and `online` (INFO replication).
+    async fn wait_ready(&self) -> Result<()> {
+        let port = self.primary_port;
+        let want = self.replicas.len();
+        let what = format!("{want} redis replicas online");
+        wait_until(&what, Duration::from_secs(20), || async move {
+            let mut con = connect(port).await?;
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut con)
+                .await?;
+            let online = info
+                .lines()
+                .filter(|line| line.starts_with("slave") && line.contains("state=online"))
+                .count();
+            Ok(online >= want)
+        })
+        .await?;
+        // And a write reaches them all.
+        let mut con = connect(port).await?;
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(5000)
+            .query_async(&mut con)
+            .await?;
+        if acked < want as i64 {
+            bail!("redis WAIT {want} answered {acked}");
+        }
+        Ok(())
+    }
+
+    /// Peak RSS of the primary, and the largest peak RSS among the replicas, in bytes.
+    pub fn peak_rss(&self) -> (u64, u64) {
+        let replicas = self.replicas.iter().map(Proc::peak_rss).max().unwrap_or(0);
+        (self.primary.peak_rss(), replicas)
+    }
+}
+
+/// One client on its own connection: `XADD`, and with `wait` also `WAIT <replicas> 0`,
+/// pipelined in one round trip (one request, one answer, like an HTTP append).
+pub struct Append {
+    con: MultiplexedConnection,
+    message: Vec<u8>,
+    wait: Option<usize>,
+}
+
+impl Append {
+    pub async fn connect(port: u16, wait: Option<usize>) -> Result<Append> {
+        Ok(Append {
+            con: connect(port).await?,
+            message: crate::replog::payload_text("bench").into_bytes(),
+            wait,
+        })
+    }
+}
+
+impl Client for Append {
+    async fn call(&mut self) -> Result<()> {
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg("s").arg("*").arg("m").arg(&self.message[..]);
+        match self.wait {
+            None => {
+                let _id: String = xadd.query_async(&mut self.con).await?;
+            }
+            Some(replicas) => {
+                let mut pipe = redis::pipe();
+                pipe.add_command(xadd).cmd("WAIT").arg(replicas).arg(0);
+                let (_id, acked): (String, i64) = pipe.query_async(&mut self.con).await?;
+                if acked < replicas as i64 {
+                    bail!("WAIT {replicas} 0 answered {acked}");
+                }
+            }
+        }
+        Ok(())
+    }
+}

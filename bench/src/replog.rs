@@ -1,0 +1,283 @@
+//! replog under test: a master and N secondaries from `target/release`, and its two clients
+//! (HTTP JSON `POST /api/messages`, and the public gRPC `replog.v1.Log/Append`).
+
+use crate::http::Conn;
+use crate::load::Client;
+use crate::procs::{self, wait_until, Proc};
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use replog_proto::v1::log_client::LogClient;
+use replog_proto::v1::AppendRequest;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+pub struct Cluster {
+    pub master: Proc,
+    pub secondaries: Vec<Proc>,
+    pub master_addr: SocketAddr,
+    pub secondary_addrs: Vec<SocketAddr>,
+    /// Data directories (durable mode); removed when the cluster is dropped, after the processes
+    /// (fields drop in declaration order).
+    _dirs: Vec<TempDir>,
+}
+
+/// Where and how to start a cluster.
+pub struct Spec<'a> {
+    pub bin_dir: &'a Path,
+    pub secondaries: usize,
+    /// `DATA_DIR` (a fresh temporary directory per node) with `FSYNC=always`.
+    pub durable: bool,
+    pub log_dir: &'a Path,
+    pub tmp_root: &'a Path,
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn command(bin: &Path, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .env_clear()
+        .env("RUST_LOG", "warn")
+        .env("NO_COLOR", "1")
+        .env("HOST", "127.0.0.1");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+impl Cluster {
+    pub async fn start(spec: &Spec<'_>) -> Result<Cluster> {
+        let master_bin = spec.bin_dir.join("master");
+        let secondary_bin = spec.bin_dir.join("secondary");
+        for bin in [&master_bin, &secondary_bin] {
+            if !bin.is_file() {
+                bail!(
+                    "{} not found: build the servers first (`cargo build --release --bins`)",
+                    bin.display()
+                );
+            }
+        }
+        let ports = procs::free_ports(1 + 2 * spec.secondaries)?;
+        let master_port = ports[0];
+        let mut dirs = Vec::new();
+        let mut storage = |name: &str| -> Result<Vec<(&'static str, String)>> {
+            if !spec.durable {
+                return Ok(vec![]);
+            }
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("replog-bench-{name}-"))
+                .tempdir_in(spec.tmp_root)?;
+            procs::register_dir(dir.path());
+            let env = vec![
+                ("DATA_DIR", dir.path().display().to_string()),
+                ("FSYNC", "always".to_owned()),
+            ];
+            dirs.push(dir);
+            Ok(env)
+        };
+
+        let mut secondaries = Vec::new();
+        let mut secondary_addrs = Vec::new();
+        let mut replication = Vec::new();
+        for i in 0..spec.secondaries {
+            let (http_port, grpc_port) = (ports[1 + 2 * i], ports[2 + 2 * i]);
+            let name = format!("secondary-{}", i + 1);
+            let mut env = vec![
+                ("HTTP_PORT", http_port.to_string()),
+                ("GRPC_PORT", grpc_port.to_string()),
+                ("MASTER", format!("127.0.0.1:{master_port}")),
+            ];
+            env.extend(storage(&name)?);
+            secondaries.push(Proc::spawn(
+                &name,
+                command(&secondary_bin, &env),
+                spec.log_dir,
+            )?);
+            secondary_addrs.push(loopback(http_port));
+            replication.push(format!("127.0.0.1:{grpc_port}"));
+        }
+        let mut env = vec![
+            ("HTTP_PORT", master_port.to_string()),
+            ("SECONDARIES", replication.join(",")),
+        ];
+        env.extend(storage("master")?);
+        let master = Proc::spawn("master", command(&master_bin, &env), spec.log_dir)?;
+        let mut cluster = Cluster {
+            master,
+            secondaries,
+            master_addr: loopback(master_port),
+            secondary_addrs,
+            _dirs: dirs,
+        };
+        cluster.wait_ready().await?;
+        Ok(cluster)
+    }
+
+    /// Nodes in the cluster, the master included: `w` = all.
+    pub fn nodes(&self) -> u32 {
+        self.secondaries.len() as u32 + 1
+    }
+
+    fn check_running(&mut self) -> Result<()> {
+        self.master.check_running()?;
+        for secondary in &mut self.secondaries {
+            secondary.check_running()?;
+        }
+        Ok(())
+    }
+
+    /// Every node answers `/health`, and an append with w = all commits.
+    async fn wait_ready(&mut self) -> Result<()> {
+        let addrs: Vec<SocketAddr> = std::iter::once(self.master_addr)
+            .chain(self.secondary_addrs.iter().copied())
+            .collect();
+        for addr in addrs {
+            let timeout = Duration::from_secs(20);
+            let what = format!("GET /health on {addr}");
+            let result = wait_until(&what, timeout, || async move {
+                Ok(crate::http::get(addr, "/health").await?.0 == StatusCode::OK)
+            })
+            .await;
+            if let Err(e) = result {
+                self.check_running()?;
+                return Err(e);
+            }
+        }
+        let body = append_body(&payload_text("ready"), self.nodes());
+        let addr = self.master_addr;
+        let result = wait_until(
+            "a first append with w = all",
+            Duration::from_secs(20),
+            || {
+                let body = body.clone();
+                async move {
+                    let mut conn = Conn::connect(addr).await?;
+                    let (status, answer) =
+                        conn.send(Method::POST, "/api/messages", Some(body)).await?;
+                    if status != StatusCode::OK {
+                        bail!("{status} {}", String::from_utf8_lossy(&answer));
+                    }
+                    Ok(true)
+                }
+            },
+        )
+        .await;
+        if let Err(e) = result {
+            self.check_running()?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Peak RSS of the master, and the largest peak RSS among the secondaries, in bytes.
+    pub fn peak_rss(&self) -> (u64, u64) {
+        let secondaries = self
+            .secondaries
+            .iter()
+            .map(Proc::peak_rss)
+            .max()
+            .unwrap_or(0);
+        (self.master.peak_rss(), secondaries)
+    }
+}
+
+/// A message of exactly [`crate::MESSAGE_BYTES`] bytes, starting with `tag`.
+pub fn payload_text(tag: &str) -> String {
+    let mut text = format!("{tag}-");
+    while text.len() < crate::MESSAGE_BYTES {
+        text.push(char::from(b'a' + (text.len() % 26) as u8));
+    }
+    text.truncate(crate::MESSAGE_BYTES);
+    text
+}
+
+/// The JSON body of an append.
+pub fn append_body(message: &str, w: u32) -> Bytes {
+    Bytes::from(serde_json::to_vec(&serde_json::json!({ "message": message, "w": w })).unwrap())
+}
+
+/// `POST /api/messages` on one keep-alive connection.
+pub struct HttpAppend {
+    conn: Conn,
+    body: Bytes,
+}
+
+impl HttpAppend {
+    /// Connects; reconnects (if the server ever closes the connection) add to `reconnects`.
+    pub async fn connect(
+        addr: SocketAddr,
+        w: u32,
+        reconnects: Arc<AtomicU64>,
+    ) -> Result<HttpAppend> {
+        Ok(HttpAppend {
+            conn: Conn::connect_counted(addr, reconnects).await?,
+            body: append_body(&payload_text("bench"), w),
+        })
+    }
+}
+
+impl Client for HttpAppend {
+    async fn call(&mut self) -> Result<()> {
+        let (status, body) = self
+            .conn
+            .send(Method::POST, "/api/messages", Some(self.body.clone()))
+            .await?;
+        if status != StatusCode::OK {
+            bail!("{status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(())
+    }
+}
+
+/// gRPC `replog.v1.Log/Append` (h2c) over a shared channel.
+pub struct GrpcAppend {
+    client: LogClient<Channel>,
+    message: String,
+    w: u32,
+}
+
+/// `count` HTTP/2 channels to `addr`, connected.
+pub async fn grpc_channels(addr: SocketAddr, count: usize) -> Result<Vec<Channel>> {
+    let mut channels = Vec::new();
+    for _ in 0..count {
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("gRPC connect to {addr}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
+}
+
+impl GrpcAppend {
+    pub fn new(channel: Channel, w: u32) -> GrpcAppend {
+        GrpcAppend {
+            client: LogClient::new(channel),
+            message: payload_text("bench"),
+            w,
+        }
+    }
+}
+
+impl Client for GrpcAppend {
+    async fn call(&mut self) -> Result<()> {
+        self.client
+            .append(AppendRequest {
+                message: self.message.clone(),
+                w: Some(self.w),
+            })
+            .await?;
+        Ok(())
+    }
+}
