@@ -233,6 +233,10 @@ impl Node for Master {
         &self.metrics
     }
 
+    fn nodes(&self) -> Option<u64> {
+        Some(self.config.nodes() as u64)
+    }
+
     fn visible(&self) -> watch::Receiver<u64> {
         self.visible.subscribe()
     }

@@ -22,7 +22,7 @@ pub fn routes<N: Node>(extra: Router<Arc<N>>) -> Router<Arc<N>> {
         .route("/api/messages", get(list::<N>).post(append::<N>))
         .route("/api/health", get(node_health::<N>))
         .route("/metrics", get(metrics::<N>))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi::<N>))
         .fallback(not_found)
 }
 
@@ -59,7 +59,8 @@ async fn append<N: Node>(
 
 /// An append as JSON: `message` a string, `w` an optional integer, nothing else. The range of
 /// `w` depends on the cluster and is checked by the master, for JSON and gRPC alike.
-#[derive(Debug, Clone, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 #[schema(example = json!({"message": "hello", "w": 2}))]
 pub struct AppendBody {
     /// The message text.
@@ -116,9 +117,10 @@ impl AppendBody {
         };
         let w = match fields.remove("w") {
             None | Some(Value::Null) => None,
-            Some(Value::Number(n)) => match n.as_u64() {
+            // JSON has one number type: 2.0 is the integer 2 (as in JSON Schema), 2.5 is not.
+            Some(Value::Number(n)) => match n.as_u64().or_else(|| whole(n.as_f64())) {
                 Some(w) => Some(w),
-                None if n.as_i64().is_some() => {
+                None if n.as_i64().is_some() || n.as_f64().is_some_and(|f| f < 0.0) => {
                     return Err(invalid(format!(
                         "`w` must be between 1 and the number of nodes, got {n}"
                     )))
@@ -141,6 +143,12 @@ impl AppendBody {
     }
 }
 
+/// A float that is a whole, non-negative number in `u64` range.
+fn whole(value: Option<f64>) -> Option<u64> {
+    let f = value?;
+    (f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f)).then_some(f as u64)
+}
+
 fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -159,10 +167,31 @@ fn kind(value: &Value) -> &'static str {
 pub struct ListQuery {
     /// First id to list (default 1).
     #[serde(default)]
-    pub from_id: Option<u64>,
+    #[param(minimum = 0)]
+    pub from_id: Option<i64>,
     /// Most entries to list (default: all).
     #[serde(default)]
-    pub limit: Option<usize>,
+    #[param(minimum = 0)]
+    pub limit: Option<i64>,
+}
+
+impl ListQuery {
+    /// `(from_id, limit)` with their defaults; negative values are a bad request.
+    fn bounds(&self) -> Result<(u64, usize), ApiError> {
+        let non_negative = |name: &str, value: i64| {
+            u64::try_from(value)
+                .map_err(|_| ApiError::BadRequest(format!("`{name}` must be >= 0, got {value}")))
+        };
+        let from_id = match self.from_id {
+            Some(v) => non_negative("from_id", v)?.max(1),
+            None => 1,
+        };
+        let limit = match self.limit {
+            Some(v) => usize::try_from(non_negative("limit", v)?).unwrap_or(usize::MAX),
+            None => usize::MAX,
+        };
+        Ok((from_id, limit))
+    }
 }
 
 /// The visible log, in id order.
@@ -217,8 +246,7 @@ async fn list<N: Node>(
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
-    let from_id = query.from_id.unwrap_or(1).max(1);
-    let limit = query.limit.unwrap_or(usize::MAX);
+    let (from_id, limit) = query.bounds()?;
     if limit <= STREAM_PAGE {
         let messages = node
             .page(from_id, limit)
@@ -326,9 +354,10 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `GET /openapi.json`: this API's OpenAPI document, generated from the handlers above.
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(super::openapi::document())
+/// `GET /openapi.json`: this API's OpenAPI document, generated from the handlers above, with
+/// this cluster's largest `w` where the node knows it.
+async fn openapi<N: Node>(State(node): State<Arc<N>>) -> Json<utoipa::openapi::OpenApi> {
+    Json(super::openapi::document(node.nodes()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
@@ -353,6 +382,8 @@ mod tests {
         assert_eq!(detail(json!({"message": "a", "w": null})), "ok None");
         assert!(detail(json!({"message": "a", "w": -1})).contains("between 1 and"));
         assert!(detail(json!({"message": "a", "w": 2.5})).contains("integer"));
+        assert_eq!(detail(json!({"message": "a", "w": 2.0})), "ok Some(2)");
+        assert!(detail(json!({"message": "a", "w": -2.0})).contains("between 1 and"));
         assert!(detail(json!({"message": "a", "w": "2"})).contains("integer"));
         assert!(detail(json!({"w": 2})).contains("`message` is required"));
         assert!(detail(json!({"message": 5})).contains("must be a string"));

@@ -42,6 +42,11 @@ pub trait Node: Send + Sync + 'static {
     fn health(&self) -> Health;
 
     fn metrics(&self) -> &Metrics;
+
+    /// Nodes in the cluster (the largest `w`), where this node knows it.
+    fn nodes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// An append through either encoding: the node's verdict, counted in the metrics.

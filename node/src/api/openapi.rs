@@ -31,8 +31,27 @@ use utoipa::OpenApi;
 )]
 struct ApiDoc;
 
-pub fn document() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+/// The document; with `nodes` known (on the master), `w` gets its exact maximum.
+pub fn document(nodes: Option<u64>) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::schema::{Object, Schema};
+    use utoipa::openapi::RefOr;
+    let mut doc = ApiDoc::openapi();
+    let append_w = doc
+        .components
+        .as_mut()
+        .and_then(|c| c.schemas.get_mut("AppendBody"))
+        .and_then(|body| match body {
+            RefOr::T(Schema::Object(body)) => body.properties.get_mut("w"),
+            _ => None,
+        });
+    if let (Some(nodes), Some(RefOr::T(Schema::Object(w)))) = (nodes, append_w) {
+        let w: &mut Object = w;
+        w.maximum = Some(utoipa::Number::UInt(nodes as usize));
+        w.description = Some(format!(
+            "Write concern: nodes (master included) that must hold the message before the answer; 1..={nodes} in this cluster, default {nodes} (all)."
+        ));
+    }
+    doc
 }
 
 /// The interactive docs page at `/docs` (Swagger UI, its assets served by the node).
