@@ -32,9 +32,15 @@ pub struct AuthArgs {
 }
 
 impl AuthArgs {
+    /// The token, if one is set (an empty `REPLICATION_TOKEN=` counts as unset, so compose
+    /// files can pass it through from an optional `.env`).
+    pub fn token(&self) -> Option<&str> {
+        self.replication_token.as_deref().filter(|t| !t.is_empty())
+    }
+
     /// Warns once at start when replication is open.
     pub fn warn_if_open(&self) {
-        if self.replication_token.is_none() {
+        if self.token().is_none() {
             tracing::warn!("REPLICATION_TOKEN is not set: the replication service is open to anyone who reaches it");
         }
     }

@@ -51,7 +51,7 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let token = secondary.config.auth.replication_token.clone();
+    let token = secondary.config.auth.token().map(str::to_owned);
     let server = ReplicationServer::new(ReplicationService {
         secondary: secondary.clone(),
     })

@@ -47,7 +47,7 @@ impl Peer {
             address: address.to_owned(),
             wake: Notify::new(),
             client,
-            token: config.auth.replication_token.clone(),
+            token: config.auth.token().map(str::to_owned),
         })
     }
 
