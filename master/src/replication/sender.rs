@@ -40,8 +40,17 @@ pub async fn run(master: Arc<Master>, index: usize) {
     let mut failing = false;
 
     loop {
+        let (held, known) = {
+            let ledger = master.ledger();
+            let follower = ledger.follower(index);
+            (follower.held, follower.instance.is_some())
+        };
         if inflight.is_empty() {
-            let held = master.ledger().follower(index).held;
+            if known && !failed && held + 1 > next {
+                // The secondary already holds more (a restarted master, or its first contact):
+                // skip what it has instead of shipping it again.
+                next = held + 1;
+            }
             if failed || held + 1 < next {
                 if !failed && last_rewind == Some(held) && retry_at.is_none() {
                     retry_at = Some(Instant::now() + backoff.next_delay());
@@ -56,6 +65,18 @@ pub async fn run(master: Arc<Master>, index: usize) {
         if retry_at.is_none_or(|at| at <= Instant::now()) {
             retry_at = None;
             while inflight.len() < PIPELINE {
+                if !known {
+                    // Until the secondary has answered once, its high-water mark is unknown:
+                    // ask first (an empty request), ship after.
+                    if inflight.is_empty() {
+                        inflight.push(send(
+                            &master,
+                            index,
+                            master.ledger().batch(index, next, 0, 0),
+                        ));
+                    }
+                    break;
+                }
                 let request =
                     master
                         .ledger()
