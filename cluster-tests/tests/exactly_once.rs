@@ -2,7 +2,7 @@
 //! error (`ERROR_RATE`) make the master send it again; no node may show it twice, lose it, or
 //! order it differently.
 
-use cluster_tests::{fast_health, wait_for, Cluster, SecondaryOpts, StatusCode};
+use cluster_tests::{steady_health, wait_for, Cluster, SecondaryOpts, StatusCode};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ async fn appends_with_errors_end_the_same_on_every_node(in_flight: usize) {
             SecondaryOpts::new().env("ERROR_RATE", "0.3"),
         ],
         // No abort: every append must commit. Retries capped low to keep the test short.
-        &fast_health(&[
+        &steady_health(&[
             ("REPLICATION_TIMEOUT_SECONDS", "0"),
             ("RETRY_MAX_MS", "200"),
         ]),

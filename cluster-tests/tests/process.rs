@@ -2,7 +2,7 @@
 //! and SIGTERM shuts it down gracefully (exit 0, promptly).
 
 use cluster_tests::{
-    fast_health, free_ports, run_to_exit, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
+    free_ports, run_to_exit, steady_health, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
     FAST_HEALTH,
 };
 use std::time::Duration;
@@ -117,7 +117,7 @@ async fn sigterm_stops_every_node_with_exit_0() {
 async fn sigterm_while_an_append_waits_answers_it_and_exits_0() {
     let mut cluster = Cluster::start(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
     )
     .await;
     // A hung secondary: the w=3 append waits for it without limit.

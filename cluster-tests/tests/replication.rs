@@ -3,7 +3,8 @@
 //! the aborted message is never shown by any node, then or later.
 
 use cluster_tests::{
-    fast_health, wait_until, Cluster, SecondaryOpts, StatusCode, FAST_HEALTH, REPLICATION_FAILED,
+    steady_health, wait_until, Cluster, SecondaryOpts, StatusCode, REPLICATION_FAILED,
+    STEADY_HEALTH,
 };
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ async fn wait_exactly(cluster: &Cluster, timeout: Duration, expected: &[(u64, &s
 async fn post_returns_only_after_every_secondary_holds_it() {
     let cluster = Cluster::start(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
-        &FAST_HEALTH,
+        &STEADY_HEALTH,
     )
     .await;
 
@@ -79,7 +80,7 @@ async fn slow_secondary_makes_the_post_wait() {
             SecondaryOpts::new(),
             SecondaryOpts::new().env("DELAY_SECONDS", "1"),
         ],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "10")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "10")]),
     )
     .await;
     let slow = &cluster.secondaries[1];
@@ -112,7 +113,7 @@ async fn slow_secondary_makes_the_post_wait() {
 async fn killed_secondary_aborts_with_500_and_ids_continue() {
     let mut cluster = Cluster::start(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
     )
     .await;
     let (status, body) = cluster.append("before", None).await;
@@ -161,7 +162,7 @@ async fn killed_secondary_aborts_with_500_and_ids_continue() {
 async fn hung_secondary_aborts_and_the_message_never_shows_after_it_resumes() {
     let cluster = Cluster::start(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
     )
     .await;
     let hung = &cluster.secondaries[1];
@@ -195,7 +196,7 @@ async fn secondary_slower_than_the_timeout_aborts_and_never_shows_it() {
             SecondaryOpts::new(),
             SecondaryOpts::new().env("DELAY_SECONDS", "2"),
         ],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "1")]),
     )
     .await;
     let slow = &cluster.secondaries[1];
@@ -243,7 +244,7 @@ async fn secondary_slower_than_the_timeout_aborts_and_never_shows_it() {
 async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
     let cluster = Cluster::start(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
-        &FAST_HEALTH,
+        &STEADY_HEALTH,
     )
     .await;
     let (status, body) = cluster.append("on master", None).await;

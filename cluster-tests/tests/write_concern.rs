@@ -1,7 +1,7 @@
 //! Write concern `w` and total order: a low `w` answers without waiting for anyone else, a high
 //! one waits for its secondaries, and every node ends with the same sequence either way.
 
-use cluster_tests::{fast_health, wait_for, wait_until, Cluster, SecondaryOpts, StatusCode};
+use cluster_tests::{steady_health, wait_for, wait_until, Cluster, SecondaryOpts, StatusCode};
 use std::time::{Duration, Instant};
 
 /// "At once": well under a second, with room for a loaded 2-core machine.
@@ -11,7 +11,7 @@ const AT_ONCE: Duration = Duration::from_millis(500);
 async fn low_w_answers_at_once_while_w3_waits_for_the_missing_secondary() {
     let mut cluster = Cluster::start(
         vec![SecondaryOpts::new(), SecondaryOpts::new().not_started()],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
     )
     .await;
 
@@ -89,7 +89,7 @@ async fn concurrent_clients_see_one_total_order() {
             SecondaryOpts::new().env("DELAY_SECONDS", "0.2"),
             SecondaryOpts::new(),
         ],
-        &fast_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
     )
     .await;
 
