@@ -184,7 +184,17 @@ fn check_body(value: Value) {
                 object.get("message").and_then(Value::as_str),
                 Some(&*body.message)
             );
-            assert_eq!(object.get("w").and_then(Value::as_u64), body.w);
+            // `w` is a JSON integer: digits, or a number with no fraction (2.0), below 2^64.
+            let w = object.get("w").and_then(|w| {
+                w.as_u64().or_else(|| {
+                    w.as_f64()
+                        .filter(|f| {
+                            f.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(f)
+                        })
+                        .map(|f| f as u64)
+                })
+            });
+            assert_eq!(w, body.w);
             let canonical = json!({ "message": body.message.clone(), "w": body.w });
             assert_eq!(AppendBody::parse(canonical), Ok(body));
         }

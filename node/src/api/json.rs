@@ -146,7 +146,8 @@ impl AppendBody {
 /// A float that is a whole, non-negative number in `u64` range.
 fn whole(value: Option<f64>) -> Option<u64> {
     let f = value?;
-    (f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&f)).then_some(f as u64)
+    // `u64::MAX as f64` rounds up to 2^64, which is out of range: strictly below it.
+    (f.fract() == 0.0 && (0.0..u64::MAX as f64).contains(&f)).then_some(f as u64)
 }
 
 fn kind(value: &Value) -> &'static str {
