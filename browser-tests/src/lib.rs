@@ -20,6 +20,24 @@ pub use cluster_tests;
 /// browser tests instead of skipping them: CI sets it.
 pub const REQUIRE_ENV: &str = "REPLOG_REQUIRE_BROWSER";
 
+/// The page of an already running stack (e.g. `http://127.0.0.1:8080`, the compose stack
+/// through nginx): when set, the browser test drives that page instead of starting its own
+/// cluster and nginx.
+pub const BASE_URL_ENV: &str = "REPLOG_BASE_URL";
+
+/// With [`BASE_URL_ENV`]: the compose command of that stack, split on whitespace (e.g.
+/// `docker-compose -p replog -f docker-compose.yml`); the test runs `<it> stop secondary-2` and
+/// `<it> start secondary-2` from the workspace root.
+pub const COMPOSE_ENV: &str = "REPLOG_COMPOSE";
+
+/// [`BASE_URL_ENV`] without a trailing slash, if set and not empty.
+pub fn base_url() -> Option<String> {
+    std::env::var(BASE_URL_ENV)
+        .ok()
+        .map(|url| url.trim().trim_end_matches('/').to_owned())
+        .filter(|url| !url.is_empty())
+}
+
 /// The workspace root (this crate's parent directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -142,6 +160,87 @@ pub fn browser_tools() -> Option<BrowserTools> {
         chromedriver: chromedriver.unwrap(),
         web_root: root.unwrap(),
     })
+}
+
+/// What the browser test needs to drive an already running stack ([`BASE_URL_ENV`]).
+pub struct ChromiumTools {
+    pub chromium: PathBuf,
+    pub chromedriver: PathBuf,
+}
+
+pub fn chromium_tools() -> Option<ChromiumTools> {
+    let chromium = find_tool(&["chromium", "chromium-browser", "google-chrome"])
+        .ok_or_else(|| "chromium".to_owned());
+    let chromedriver = find_tool(&["chromedriver"]).ok_or_else(|| "chromedriver".to_owned());
+    let problems: Vec<String> = [chromium.as_ref().err(), chromedriver.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if missing(problems) {
+        return None;
+    }
+    Some(ChromiumTools {
+        chromium: chromium.unwrap(),
+        chromedriver: chromedriver.unwrap(),
+    })
+}
+
+/// The compose command of a running stack ([`COMPOSE_ENV`]), run from the workspace root.
+pub struct Compose {
+    pub command: Vec<String>,
+}
+
+impl Compose {
+    /// From [`COMPOSE_ENV`]; `None` when unset or empty.
+    pub fn from_env() -> Option<Compose> {
+        let command: Vec<String> = std::env::var(COMPOSE_ENV)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        (!command.is_empty()).then_some(Compose { command })
+    }
+
+    fn command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(&self.command[0]);
+        command
+            .args(&self.command[1..])
+            .args(args)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `<compose> ARGS...` and fails the test if it does not succeed within two minutes.
+    pub async fn run(&self, args: &[&str]) {
+        let shown = format!("{} {}", self.command.join(" "), args.join(" "));
+        let output = tokio::time::timeout(Duration::from_secs(120), self.command(args).output())
+            .await
+            .unwrap_or_else(|_| panic!("`{shown}` did not finish within 120 s"))
+            .unwrap_or_else(|e| panic!("run `{shown}`: {e}"));
+        assert!(
+            output.status.success(),
+            "`{shown}` failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Blocking `<compose> ARGS...`, ignoring the outcome: for putting things back on the way
+    /// out of a failed test.
+    pub fn run_blocking(&self, args: &[&str]) {
+        let _ = Command::new(&self.command[0])
+            .args(&self.command[1..])
+            .args(args)
+            .current_dir(workspace_root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// A master and two secondaries on free loopback ports; the secondaries know the master
@@ -410,10 +509,10 @@ pub struct Chromedriver {
 }
 
 impl Chromedriver {
-    pub async fn start(tools: &BrowserTools, dir: &Path, http: &reqwest::Client) -> Chromedriver {
+    pub async fn start(chromedriver: &Path, dir: &Path, http: &reqwest::Client) -> Chromedriver {
         let port = free_port();
         let log = std::fs::File::create(dir.join("chromedriver.log")).expect("chromedriver.log");
-        let child = Command::new(&tools.chromedriver)
+        let child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
