@@ -4,25 +4,13 @@
 use crate::config::Config;
 use crate::state::Master;
 use crate::{deadlines, journal, replication};
-use replog_node::log::{new_log_id, Log};
+use replog_node::log::new_log_id;
 use replog_node::shutdown::Shutdown;
-use replog_node::storage::LogFile;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), String> {
-    let (log, file) = match &config.storage.data_dir {
-        Some(dir) => {
-            let (file, recovered) = LogFile::open(dir, config.storage.fsync, new_log_id)
-                .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
-            if let Some(cut) = &recovered.cut {
-                tracing::warn!(offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log file");
-            }
-            tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), fsync = %config.storage.fsync, "log recovered");
-            (recovered.log, Some(file))
-        }
-        None => (Log::new(new_log_id()), None),
-    };
+    let (log, file) = config.storage.open(new_log_id)?;
     tracing::info!(
         log_id = log.log_id(),
         secondaries = ?config.secondaries,

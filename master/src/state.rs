@@ -93,11 +93,7 @@ impl Master {
         let mut ledger = self.ledger();
         let result = change(&mut ledger);
         let upto = ledger.log().visible_upto();
-        self.visible.send_if_modified(|visible| {
-            let moved = *visible != upto;
-            *visible = upto;
-            moved
-        });
+        replog_node::api::publish_visible(&self.visible, upto);
         result
     }
 

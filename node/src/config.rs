@@ -23,6 +23,27 @@ pub struct StorageArgs {
     pub fsync: FsyncPolicy,
 }
 
+impl StorageArgs {
+    /// The node's log: recovered from `DATA_DIR` (reporting a cut tail), or a fresh one in
+    /// memory. `new_log_id` names a log created here (the master makes one; a secondary passes
+    /// an empty id and adopts the master's on first contact).
+    pub fn open(
+        &self,
+        new_log_id: impl FnOnce() -> String,
+    ) -> Result<(crate::log::Log, Option<crate::storage::LogFile>), String> {
+        let Some(dir) = &self.data_dir else {
+            return Ok((crate::log::Log::new(new_log_id()), None));
+        };
+        let (file, recovered) = crate::storage::LogFile::open(dir, self.fsync, new_log_id)
+            .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
+        if let Some(cut) = &recovered.cut {
+            tracing::warn!(offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log file");
+        }
+        tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), log_id = recovered.log.log_id(), fsync = %self.fsync, "log recovered");
+        Ok((recovered.log, Some(file)))
+    }
+}
+
 /// Authentication of the internal replication service, the same on master and secondaries.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthArgs {

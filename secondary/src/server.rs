@@ -6,9 +6,7 @@ use crate::forward::Forwarder;
 use crate::replica::Replica;
 use crate::service::ReplicationService;
 use crate::state::Secondary;
-use replog_node::log::Log;
 use replog_node::shutdown::Shutdown;
-use replog_node::storage::LogFile;
 use replog_proto::v1::replication_server::ReplicationServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -27,19 +25,8 @@ pub async fn run(
         error_rate = config.error_rate,
         "secondary starting"
     );
-    let (log, file) = match &config.storage.data_dir {
-        Some(dir) => {
-            // A fresh file has no identity yet: it adopts the master's on first contact.
-            let (file, recovered) = LogFile::open(dir, config.storage.fsync, String::new)
-                .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
-            if let Some(cut) = &recovered.cut {
-                tracing::warn!(offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log file");
-            }
-            tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), log_id = recovered.log.log_id(), fsync = %config.storage.fsync, "log recovered");
-            (recovered.log, Some(file))
-        }
-        None => (Log::default(), None),
-    };
+    // A fresh log has no identity yet: it adopts the master's on first contact.
+    let (log, file) = config.storage.open(String::new)?;
     config.auth.warn_if_open();
     let limits = config.limits.clone();
     let forward = Forwarder::new(config.master.as_deref())?;

@@ -106,11 +106,7 @@ impl Secondary {
             );
         }
         let upto = replica.log().visible_upto();
-        self.visible.send_if_modified(|visible| {
-            let moved = *visible != upto;
-            *visible = upto;
-            moved
-        });
+        replog_node::api::publish_visible(&self.visible, upto);
         Ok(replica.state())
     }
 }

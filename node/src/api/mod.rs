@@ -49,6 +49,15 @@ pub trait Node: Send + Sync + 'static {
     }
 }
 
+/// Publishes a node's visible frontier to its `Watch` streams, waking them only when it moved.
+pub fn publish_visible(visible: &watch::Sender<u64>, upto: u64) {
+    visible.send_if_modified(|current| {
+        let moved = *current != upto;
+        *current = upto;
+        moved
+    });
+}
+
 /// An append through either encoding: the node's verdict, counted in the metrics.
 pub async fn append<N: Node>(node: &N, message: String, w: Option<u64>) -> Result<u64, ApiError> {
     let started = std::time::Instant::now();
