@@ -52,6 +52,16 @@ fn command(bin: &Path, env: &[(&str, String)]) -> Command {
     for (key, value) in env {
         command.env(key, value);
     }
+    // Experiments: `BENCH_MASTER_X=v` / `BENCH_SECONDARY_X=v` set `X=v` for that kind of node.
+    let prefix = match bin.file_name().and_then(|n| n.to_str()) {
+        Some("master") => "BENCH_MASTER_",
+        _ => "BENCH_SECONDARY_",
+    };
+    for (key, value) in std::env::vars() {
+        if let Some(key) = key.strip_prefix(prefix) {
+            command.env(key, value);
+        }
+    }
     command
 }
 

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use replog_node::config::{endpoint, millis, seconds, AuthArgs, LimitArgs, StorageArgs};
+use replog_node::runtime::RuntimeArgs;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -56,6 +57,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Deadline of one replication call, in seconds (must exceed a secondary's DELAY_SECONDS).
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]

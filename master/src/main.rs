@@ -3,15 +3,28 @@
 use replog_master::{config::Config, server};
 use replog_node::config::{listen_or_exit, or_exit, parse_or_exit};
 
-#[tokio::main]
-async fn main() {
+/// mimalloc instead of glibc malloc: the hot path allocates many small, short-lived objects
+/// (requests, headers, batches); `perf` at 64 clients found a quarter of the master's CPU time
+/// in glibc's malloc and free.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
     replog_node::telemetry::init();
     let config: Config = parse_or_exit();
     or_exit(config.validate());
-    let listener = listen_or_exit(&config.host, config.http_port).await;
-    let shutdown = replog_node::shutdown::on_signal();
-    if let Err(e) = server::run(config, listener, shutdown).await {
-        eprintln!("master failed: {e}");
-        std::process::exit(1);
-    }
+    let runtime = or_exit(
+        config
+            .runtime
+            .build()
+            .map_err(|e| format!("cannot start the runtime (WORKER_THREADS): {e}")),
+    );
+    runtime.block_on(async {
+        let listener = listen_or_exit(&config.host, config.http_port).await;
+        let shutdown = replog_node::shutdown::on_signal();
+        if let Err(e) = server::run(config, listener, shutdown).await {
+            eprintln!("master failed: {e}");
+            std::process::exit(1);
+        }
+    });
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod config;
 pub mod log;
 pub mod metrics;
+pub mod runtime;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use replog_node::config::{endpoint, rate, seconds, AuthArgs, LimitArgs, StorageArgs};
+use replog_node::runtime::RuntimeArgs;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -36,6 +37,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 
     /// Seconds to wait before storing and acknowledging each batch of entries (test knob).
     #[arg(long, env = "DELAY_SECONDS", default_value = "0", value_parser = seconds)]

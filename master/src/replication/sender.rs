@@ -16,8 +16,16 @@ use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::Arc;
 use tokio::time::{sleep_until, Instant};
 
-/// Requests in flight per secondary.
+/// Requests in flight per secondary at most.
 pub const PIPELINE: usize = 4;
+/// Entries that must be waiting before a request is sent while another is still in flight.
+///
+/// Each request costs both ends a fixed amount of CPU (HTTP/2 frames, syscalls, wake-ups), so on
+/// a busy node fewer, larger batches finish sooner than many small ones: while one request is
+/// out, new entries collect for the next unless there are enough of them to be worth a
+/// request of their own (a long round trip, a burst). An idle stream still sends at once, so
+/// a lone append never waits; no timer is involved.
+pub const PIPELINE_MIN_ENTRIES: u64 = 32;
 /// Entries per request at most.
 pub const MAX_BATCH_ENTRIES: usize = 2048;
 /// Payload bytes per request at most (one larger entry still goes alone).
@@ -28,6 +36,8 @@ pub async fn run(master: Arc<Master>, index: usize) {
     let config = &master.config;
     let mut backoff = Backoff::new(config.retry_base_ms, config.retry_max_ms);
     let mut inflight = FuturesUnordered::new();
+    // Requests in flight that carry entries (the others only push decisions or ask).
+    let mut shipping = 0usize;
     let mut next = master.ledger().follower(index).held + 1;
     // Decided frontier carried by the last request, so new decisions are pushed at once.
     let mut pushed_decided = 0;
@@ -77,10 +87,15 @@ pub async fn run(master: Arc<Master>, index: usize) {
                     }
                     break;
                 }
-                let request =
-                    master
-                        .ledger()
-                        .batch(index, next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES);
+                let request = {
+                    let ledger = master.ledger();
+                    let waiting = (ledger.durable() + 1).saturating_sub(next);
+                    if shipping > 0 && waiting < PIPELINE_MIN_ENTRIES {
+                        // Decisions and the few entries waiting ride on the next request.
+                        break;
+                    }
+                    ledger.batch(index, next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
+                };
                 let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
                 let Some(last) = request.entries.last().map(|e| e.id) else {
                     if decided > pushed_decided {
@@ -91,6 +106,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
                 };
                 next = last + 1;
                 pushed_decided = pushed_decided.max(decided);
+                shipping += 1;
                 inflight.push(send(&master, index, request));
             }
         }
@@ -98,7 +114,9 @@ pub async fn run(master: Arc<Master>, index: usize) {
         tokio::select! {
             biased;
             _ = master.shutdown.cancelled() => return,
-            Some(result) = inflight.next(), if !inflight.is_empty() => match result {
+            Some((carried, result)) = inflight.next(), if !inflight.is_empty() => {
+                shipping -= usize::from(carried);
+                match result {
                 Ok(state) => match master.on_reply(index, &state) {
                     Ok(()) => {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
@@ -128,21 +146,23 @@ pub async fn run(master: Arc<Master>, index: usize) {
                     failed = true;
                     retry_at = Some(Instant::now() + backoff.next_delay());
                 }
-            },
+            }},
             _ = peer.wake.notified() => {}
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
         }
     }
 }
 
-/// One replication call with the configured deadline.
+/// One replication call with the configured deadline; says whether it carried entries.
 async fn send(
     master: &Master,
     index: usize,
     request: ReplicateRequest,
-) -> Result<ReplicaState, String> {
-    master.peers[index]
+) -> (bool, Result<ReplicaState, String>) {
+    let carried = !request.entries.is_empty();
+    let result = master.peers[index]
         .call(request, master.config.rpc_timeout_seconds)
         .await
-        .map_err(|status| format!("{}: {}", status.code(), status.message()))
+        .map_err(|status| format!("{}: {}", status.code(), status.message()));
+    (carried, result)
 }
