@@ -48,7 +48,11 @@ fn command(bin: &Path, env: &[(&str, String)]) -> Command {
         .env_clear()
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
-        .env("HOST", "127.0.0.1");
+        .env("HOST", "127.0.0.1")
+        // Every node of the cluster and the client share this machine's few CPUs: one thread
+        // per node (tokio's current-thread scheduler) spares each hop between tasks a
+        // cross-thread wake-up. See `replog_node::runtime`.
+        .env("WORKER_THREADS", "1");
     for (key, value) in env {
         command.env(key, value);
     }

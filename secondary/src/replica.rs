@@ -4,7 +4,7 @@
 //! contiguous prefix wait in a buffer until the gap fills. An id is stored once: a repeated
 //! delivery (a retry after a lost reply or an injected error) is acknowledged and dropped.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, ReplicaState, ReplicateRequest};
@@ -75,6 +75,16 @@ impl Replica {
 
     /// Stores entries: each id once, in order, buffering those beyond a gap.
     fn store(&mut self, entries: Vec<Entry>, records: &mut Vec<Record>) {
+        // Decoded payloads are slices of the request's receive buffer: kept as they are, each
+        // 100-byte message would pin that whole buffer (8 KiB or more) for the life of the log.
+        // The new ones are copied into one allocation of exactly their size instead.
+        let held = self.log.last_id();
+        let new_bytes = entries
+            .iter()
+            .filter(|e| e.id > held && !e.tombstone)
+            .map(|e| e.message.len())
+            .sum();
+        let mut arena = BytesMut::with_capacity(new_bytes);
         for entry in entries {
             if entry.id <= self.log.last_id() {
                 if entry.tombstone && !self.log.is_tombstone(entry.id) {
@@ -83,18 +93,33 @@ impl Replica {
                 }
                 continue;
             }
-            self.ahead
-                .entry(entry.id)
-                .or_insert((entry.message, entry.tombstone));
+            let message = if entry.tombstone {
+                Bytes::new()
+            } else {
+                arena.extend_from_slice(&entry.message);
+                arena.split().freeze()
+            };
+            if entry.id == self.log.last_id() + 1 {
+                // In order, the common case: straight into the log.
+                self.push(message, entry.tombstone, records);
+            } else {
+                self.ahead
+                    .entry(entry.id)
+                    .or_insert((message, entry.tombstone));
+            }
         }
         while let Some((message, tombstone)) = self.ahead.remove(&(self.log.last_id() + 1)) {
-            let id = self.log.push(message, tombstone);
-            records.push(Record::Entry {
-                id,
-                message: self.log.get(id).cloned().unwrap_or_default(),
-                tombstone: self.log.is_tombstone(id),
-            });
+            self.push(message, tombstone, records);
         }
+    }
+
+    fn push(&mut self, message: Bytes, tombstone: bool, records: &mut Vec<Record>) {
+        let id = self.log.push(message, tombstone);
+        records.push(Record::Entry {
+            id,
+            message: self.log.get(id).cloned().unwrap_or_default(),
+            tombstone: self.log.is_tombstone(id),
+        });
     }
 
     /// Applies the master's decisions. The frontier moves only if the tombstones cover
