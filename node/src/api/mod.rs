@@ -124,8 +124,14 @@ pub fn router<N: Node>(
     if !limits.request_timeout_seconds.is_zero() {
         app = app.layer(RequestBodyTimeoutLayer::new(limits.request_timeout_seconds));
     }
-    app.layer(cors)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+    let app = app.layer(cors);
+    // Per-request spans and events are DEBUG: with them filtered out (the default), the layer
+    // would only cost every request clock reads and allocations, so it is left out.
+    if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
+        app.layer(tower_http::trace::TraceLayer::new_for_http())
+    } else {
+        app
+    }
 }
 
 /// Largest request body: a message at the limit, even if JSON escaping blows every byte up to
