@@ -18,6 +18,8 @@ pub struct Metrics {
     registry: Registry,
     /// Appends answered, by outcome (`committed`, `aborted`, `invalid`, `unavailable`, ...).
     pub appends: Family<Labels, Counter>,
+    /// `appends{outcome="committed"}`, looked up once: the hot path's counter.
+    committed: Counter,
     /// Time from an append's arrival to its successful answer.
     pub commit_latency: Histogram,
     /// Time of one write (and fsync, with `FSYNC=always`) of the log file.
@@ -38,8 +40,13 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("replog");
+        let appends: Family<Labels, Counter> = Family::default();
+        let committed = appends
+            .get_or_create(&vec![("outcome", "committed".to_owned())])
+            .clone();
         let metrics = Self {
-            appends: Family::default(),
+            appends,
+            committed,
             commit_latency: Histogram::new(exponential_buckets(0.000_1, 2.0, 18)),
             log_write_seconds: Histogram::new(exponential_buckets(0.000_02, 2.0, 18)),
             replication_retries: Family::default(),
@@ -106,6 +113,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn append_outcome(&self, outcome: &'static str) {
+        if outcome == "committed" {
+            self.committed.inc();
+            return;
+        }
         self.appends
             .get_or_create(&vec![("outcome", outcome.to_owned())])
             .inc();
