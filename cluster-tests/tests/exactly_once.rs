@@ -8,22 +8,25 @@ use std::time::Duration;
 
 /// 300 appends with `w` cycling 1, 2, 3, at most `in_flight` at a time, against secondaries
 /// that fail 30% of their replication calls after storing; then every node must show the same
-/// 300 messages in the order of the ids the master answered.
-async fn appends_with_errors_end_the_same_on_every_node(in_flight: usize) {
+/// 300 messages in the order of the ids the master answered. `every_node` settings go to all
+/// three nodes.
+async fn appends_with_errors_end_the_same_on_every_node(
+    in_flight: usize,
+    every_node: &[(&str, &str)],
+) {
     use futures::StreamExt;
     const N: u64 = 300;
-    let cluster = Cluster::start(
-        vec![
-            SecondaryOpts::new().env("ERROR_RATE", "0.3"),
-            SecondaryOpts::new().env("ERROR_RATE", "0.3"),
-        ],
+    let secondary = every_node.iter().fold(
+        SecondaryOpts::new().env("ERROR_RATE", "0.3"),
+        |opts, (k, v)| opts.env(k, v),
+    );
+    let mut master = vec![
         // No abort: every append must commit. Retries capped low to keep the test short.
-        &steady_health(&[
-            ("REPLICATION_TIMEOUT_SECONDS", "0"),
-            ("RETRY_MAX_MS", "200"),
-        ]),
-    )
-    .await;
+        ("REPLICATION_TIMEOUT_SECONDS", "0"),
+        ("RETRY_MAX_MS", "200"),
+    ];
+    master.extend_from_slice(every_node);
+    let cluster = Cluster::start(vec![secondary.clone(), secondary], &steady_health(&master)).await;
 
     let appends = futures::stream::iter(0..N)
         .map(|i| {
@@ -81,11 +84,18 @@ async fn appends_with_errors_end_the_same_on_every_node(in_flight: usize) {
 /// One burst: a few large batches per secondary.
 #[tokio::test]
 async fn all_at_once_with_errors_end_the_same_on_every_node() {
-    appends_with_errors_end_the_same_on_every_node(300).await;
+    appends_with_errors_end_the_same_on_every_node(300, &[]).await;
 }
 
 /// Eight at a time: many small batches, so many injected errors and redeliveries.
 #[tokio::test]
 async fn eight_at_a_time_with_errors_end_the_same_on_every_node() {
-    appends_with_errors_end_the_same_on_every_node(8).await;
+    appends_with_errors_end_the_same_on_every_node(8, &[]).await;
+}
+
+/// The benchmark's setting, one thread per node (tokio's current-thread scheduler): the
+/// replication sender, the HTTP/2 connections and the HTTP server share that thread.
+#[tokio::test]
+async fn single_threaded_nodes_end_the_same_on_every_node() {
+    appends_with_errors_end_the_same_on_every_node(8, &[("WORKER_THREADS", "1")]).await;
 }
