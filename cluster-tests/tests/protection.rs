@@ -313,3 +313,54 @@ async fn too_many_waiting_appends_answer_503_with_retry_after() {
         .wait_converged(Duration::from_secs(5), &answered)
         .await;
 }
+
+/// Injected: REQUEST_TIMEOUT_SECONDS=1 on the master and a secondary; on each, a client that
+/// sends the start of a request's headers and then nothing more (slowloris).
+/// Checked: the node closes that connection within the timeout plus slack (it does not hold it
+/// forever), and answers other clients all along and afterwards.
+#[tokio::test]
+async fn clients_that_never_finish_their_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timeout = [("REQUEST_TIMEOUT_SECONDS", "1")];
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new().env("REQUEST_TIMEOUT_SECONDS", "1")],
+        &steady_health(&timeout),
+    )
+    .await;
+    for node in [&cluster.master, &cluster.secondaries[0]] {
+        let port = node.http_port;
+        let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        stalled
+            .write_all(b"POST /api/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-ty")
+            .await
+            .expect("send the start of the headers");
+        let started = Instant::now();
+        // Meanwhile the node serves everyone else.
+        assert!(
+            cluster.try_messages(node).await.is_some(),
+            "{}: other clients are not served",
+            node.name
+        );
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
+        let took = started.elapsed();
+        assert!(
+            closed.is_ok(),
+            "{}: the stalled connection is still open after {took:?}",
+            node.name
+        );
+        assert!(
+            took >= Duration::from_millis(900),
+            "{}: cut off after {took:?}, before the 1 s timeout",
+            node.name
+        );
+        assert!(
+            cluster.try_messages(node).await.is_some(),
+            "{}: not served afterwards",
+            node.name
+        );
+    }
+}

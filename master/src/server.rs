@@ -41,7 +41,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         shutdown.clone(),
         &master.config.limits,
     );
-    let served = replog_node::api::serve(listener, app, shutdown.clone())
+    let header_timeout = master.config.limits.header_timeout();
+    let served = replog_node::api::serve(listener, app, shutdown.clone(), header_timeout)
         .await
         .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();

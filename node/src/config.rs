@@ -79,9 +79,17 @@ pub struct LimitArgs {
     #[arg(long, env = "MAX_PENDING_APPENDS", default_value_t = 10_000)]
     pub max_pending_appends: usize,
 
-    /// Seconds a client may take to send a request's headers and body (0 = no limit).
+    /// Seconds a client may take to send a request's headers, and again its body (0 = no
+    /// limit). An idle keep-alive connection is closed after as long.
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
     pub request_timeout_seconds: Duration,
+}
+
+impl LimitArgs {
+    /// Time a client has to send a request's headers (`REQUEST_TIMEOUT_SECONDS`, 0 = none).
+    pub fn header_timeout(&self) -> Option<Duration> {
+        (!self.request_timeout_seconds.is_zero()).then_some(self.request_timeout_seconds)
+    }
 }
 
 /// Parses the command line and environment, or exits with one line naming the bad setting.

@@ -79,6 +79,7 @@ pub async fn run(
         http_listener,
         replog_node::api::router(secondary, axum::Router::new(), shutdown.clone(), &limits),
         shutdown.clone(),
+        limits.header_timeout(),
     )
     .await
     .map_err(|e| format!("HTTP server: {e}"));

@@ -147,18 +147,56 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 ///
 /// Every connection gets `TCP_NODELAY`: small answers (an append's 200, a gRPC frame) must
 /// leave at once, not wait up to 40 ms for Nagle's algorithm and the peer's delayed ACK.
+///
+/// An HTTP/1.1 client gets `header_timeout` to send a request's headers (the body has its own
+/// limit, [`RequestBodyTimeoutLayer`]); a client that trickles headers byte by byte would
+/// otherwise hold its connection forever. `axum::serve` has no such setting, hence this
+/// accept loop over hyper-util's connection builder, with its graceful shutdown: on `shutdown`
+/// no new connection is accepted, idle ones close, and requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
+    header_timeout: Option<std::time::Duration>,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new());
+    if let Some(timeout) = header_timeout {
+        builder.http1().header_read_timeout(timeout);
+    }
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.cancelled() => break,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(error) => {
+                // Out of file descriptors and the like: the listener itself is fine, so wait a
+                // moment (as axum::serve does) instead of spinning or giving up.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
