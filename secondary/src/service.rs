@@ -1,10 +1,12 @@
 //! The internal gRPC `Replication` service: only the master calls it.
 
 use crate::state::{Refused, Secondary};
+use futures::Stream;
 use replog_proto::v1::replication_server::Replication;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::pin::Pin;
 use std::sync::Arc;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 pub struct ReplicationService {
     pub secondary: Arc<Secondary>,
@@ -16,7 +18,52 @@ impl Replication for ReplicationService {
         &self,
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicaState>, Status> {
-        let request = request.into_inner();
+        self.secondary
+            .apply(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    type StreamStream = Pin<Box<dyn Stream<Item = Result<ReplicaState, Status>> + Send>>;
+
+    /// Applies the master's requests in the order they come and answers each. Ends at the first
+    /// error (the master then starts over from our high-water mark), when the master closes its
+    /// side, or at shutdown (so the stream never holds the server open).
+    async fn stream(
+        &self,
+        request: Request<Streaming<ReplicateRequest>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let inbound = request.into_inner();
+        let secondary = self.secondary.clone();
+        let replies = futures::stream::unfold(Some(inbound), move |inbound| {
+            let secondary = secondary.clone();
+            async move {
+                let mut inbound = inbound?;
+                let next = tokio::select! {
+                    next = inbound.message() => next,
+                    _ = secondary.shutdown.cancelled() => return None,
+                };
+                match next {
+                    Ok(Some(request)) => match secondary.apply(request).await {
+                        Ok(state) => Some((Ok(state), Some(inbound))),
+                        Err(status) => Some((Err(status), None)),
+                    },
+                    Ok(None) => None,
+                    Err(status) => Some((Err(status), None)),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
+    }
+}
+
+impl Secondary {
+    /// One replication request, from a call or a stream: checked, delayed (`DELAY_SECONDS`),
+    /// stored, and answered with our state (or an injected error, `ERROR_RATE`).
+    pub async fn apply(
+        self: &Arc<Self>,
+        request: ReplicateRequest,
+    ) -> Result<ReplicaState, Status> {
         if let Some(bad) = request
             .entries
             .iter()
@@ -27,14 +74,14 @@ impl Replication for ReplicationService {
                 bad.id
             )));
         }
-        let config = &self.secondary.config;
+        let config = &self.config;
         // The seed's test knob: the acknowledgement of entries (not of heartbeats) is late,
         // and nothing is stored before it, so no reply can acknowledge an entry early.
         if !request.entries.is_empty() && !config.delay_seconds.is_zero() {
             tokio::time::sleep(config.delay_seconds).await;
         }
         let carried_entries = !request.entries.is_empty();
-        let secondary = self.secondary.clone();
+        let secondary = self.clone();
         let received = if secondary.is_durable() {
             tokio::task::spawn_blocking(move || secondary.receive(request))
                 .await
@@ -45,7 +92,7 @@ impl Replication for ReplicationService {
         let state = match received {
             Ok(state) => state,
             // The master learns our identity from the state and refuses to mix logs.
-            Err(Refused::ForeignLog(state)) => return Ok(Response::new(state)),
+            Err(Refused::ForeignLog(state)) => return Ok(state),
             Err(Refused::Storage(error)) => {
                 return Err(Status::internal(format!("cannot write the log: {error}")))
             }
@@ -55,6 +102,6 @@ impl Replication for ReplicationService {
                 "injected error after storing (ERROR_RATE)",
             ));
         }
-        Ok(Response::new(state))
+        Ok(state)
     }
 }

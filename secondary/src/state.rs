@@ -22,7 +22,7 @@ pub struct Secondary {
     last_contact: Mutex<Option<Instant>>,
     visible: watch::Sender<u64>,
     forward: Forwarder,
-    shutdown: Shutdown,
+    pub shutdown: Shutdown,
     pub metrics: Metrics,
 }
 

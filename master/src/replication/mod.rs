@@ -51,6 +51,22 @@ impl Peer {
         })
     }
 
+    /// Opens the long-lived replication stream (the `Stream` call) fed by `requests`. No
+    /// deadline: the sender watches for replies that are late instead.
+    pub async fn open_stream(
+        &self,
+        requests: tokio::sync::mpsc::Receiver<ReplicateRequest>,
+    ) -> Result<tonic::Streaming<ReplicaState>, tonic::Status> {
+        let mut request =
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
+        replog_node::auth::attach(&mut request, self.token.as_deref());
+        self.client
+            .clone()
+            .stream(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// One replication call (entries, decisions or a heartbeat) with a deadline and the token.
     pub async fn call(
         &self,

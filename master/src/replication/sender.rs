@@ -1,7 +1,8 @@
 //! The ordered stream to one secondary.
 //!
-//! The sender ships entries in id order from `next`, up to [`PIPELINE`] requests in flight,
-//! each a batch of whatever queued up. Replies carry the secondary's contiguous high-water mark;
+//! The sender ships entries in id order from `next` over one long-lived gRPC stream (the
+//! `Stream` call, a [`Session`]), up to [`PIPELINE`] requests in flight, each a batch of whatever
+//! queued up; the secondary answers them one by one, in order. Replies carry the secondary's contiguous high-water mark;
 //! once nothing is in flight, `next` rewinds to just above it. That one rule covers a lost
 //! request, an error after storing (the retry is dropped as a duplicate), a restart with an
 //! empty log and a long partition: the secondary is caught up from what it holds, in batches.
@@ -9,11 +10,12 @@
 //! secondary in the end, and nothing is kept per message that could leak.
 
 use super::backoff::Backoff;
+use super::Peer;
 use crate::state::Master;
-use futures::stream::FuturesUnordered;
-use futures::StreamExt;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 /// Requests in flight per secondary at most.
@@ -35,9 +37,8 @@ pub async fn run(master: Arc<Master>, index: usize) {
     let peer = &master.peers[index];
     let config = &master.config;
     let mut backoff = Backoff::new(config.retry_base_ms, config.retry_max_ms);
-    let mut inflight = FuturesUnordered::new();
-    // Requests in flight that carry entries (the others only push decisions or ask).
-    let mut shipping = 0usize;
+    // The open stream, if any; dropped on any failure, which empties what was in flight.
+    let mut session: Option<Session> = None;
     let mut next = master.ledger().follower(index).held + 1;
     // Decided frontier carried by the last request, so new decisions are pushed at once.
     let mut pushed_decided = 0;
@@ -55,7 +56,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
             let follower = ledger.follower(index);
             (follower.held, follower.instance.is_some())
         };
-        if inflight.is_empty() {
+        if session.as_ref().is_none_or(Session::idle) {
             if known && !failed && held + 1 > next {
                 // The secondary already holds more (a restarted master, or its first contact):
                 // skip what it has instead of shipping it again.
@@ -74,49 +75,42 @@ pub async fn run(master: Arc<Master>, index: usize) {
         }
         if retry_at.is_none_or(|at| at <= Instant::now()) {
             retry_at = None;
-            while inflight.len() < PIPELINE {
-                if !known {
-                    // Until the secondary has answered once, its high-water mark is unknown:
-                    // ask first (an empty request), ship after.
-                    if inflight.is_empty() {
-                        inflight.push(send(
-                            &master,
-                            index,
-                            master.ledger().batch(index, next, 0, 0),
-                        ));
+            if session.is_none() {
+                let opened = tokio::select! {
+                    _ = master.shutdown.cancelled() => return,
+                    opened = Session::open(peer) => opened,
+                };
+                match opened {
+                    Ok(opened) => session = Some(opened),
+                    Err(error) => {
+                        failure(&master, index, &error, &mut failing);
+                        failed = true;
+                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        continue;
                     }
-                    break;
                 }
-                let request = {
-                    let ledger = master.ledger();
-                    let waiting = (ledger.durable() + 1).saturating_sub(next);
-                    if shipping > 0 && waiting < PIPELINE_MIN_ENTRIES {
-                        // Decisions and the few entries waiting ride on the next request.
-                        break;
-                    }
-                    ledger.batch(index, next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
-                };
-                let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
-                let Some(last) = request.entries.last().map(|e| e.id) else {
-                    if decided > pushed_decided {
-                        pushed_decided = decided;
-                        inflight.push(send(&master, index, request));
-                    }
-                    break;
-                };
-                next = last + 1;
-                pushed_decided = pushed_decided.max(decided);
-                shipping += 1;
-                inflight.push(send(&master, index, request));
+            }
+            if let Some(open) = session.as_mut() {
+                if let Err(error) =
+                    fill(&master, index, open, known, &mut next, &mut pushed_decided)
+                {
+                    session = None;
+                    failure(&master, index, &error, &mut failing);
+                    failed = true;
+                    retry_at = Some(Instant::now() + backoff.next_delay());
+                    continue;
+                }
             }
         }
 
+        let waiting = session.as_ref().is_some_and(|s| !s.idle());
+        let late_at = session
+            .as_ref()
+            .map_or_else(Instant::now, |s| s.progress + config.rpc_timeout_seconds);
         tokio::select! {
             biased;
             _ = master.shutdown.cancelled() => return,
-            Some((carried, result)) = inflight.next(), if !inflight.is_empty() => {
-                shipping -= usize::from(carried);
-                match result {
+            reply = next_reply(&mut session), if waiting => match reply {
                 Ok(state) => match master.on_reply(index, &state) {
                     Ok(()) => {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
@@ -130,39 +124,149 @@ pub async fn run(master: Arc<Master>, index: usize) {
                     }
                     Err(foreign) => {
                         tracing::warn!(secondary = %peer.address, their_log = %foreign.0, "secondary holds another log; not replicating to it");
+                        session = None;
                         failed = true;
                         retry_at = Some(Instant::now() + backoff.next_delay());
                     }
                 },
                 Err(error) => {
-                    if !failing {
-                        tracing::warn!(secondary = %peer.address, %error, "replication call failed; retrying with backoff");
-                        failing = true;
-                    } else {
-                        tracing::debug!(secondary = %peer.address, %error, "replication call failed again");
-                    }
-                    master.metrics.retry(&peer.address);
-                    master.ledger().on_failure(index, error);
+                    session = None;
+                    failure(&master, index, &error, &mut failing);
                     failed = true;
                     retry_at = Some(Instant::now() + backoff.next_delay());
                 }
-            }},
+            },
+            _ = sleep_until(late_at), if waiting => {
+                session = None;
+                let error = format!("no answer within RPC_TIMEOUT_SECONDS ({:?})", config.rpc_timeout_seconds);
+                failure(&master, index, &error, &mut failing);
+                failed = true;
+                retry_at = Some(Instant::now() + backoff.next_delay());
+            }
             _ = peer.wake.notified() => {}
             _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
         }
     }
 }
 
-/// One replication call with the configured deadline; says whether it carried entries.
-async fn send(
+/// Sends what is due on the open stream: the first question to a secondary not heard from
+/// yet, then batches of entries (see [`PIPELINE_MIN_ENTRIES`]) or a decisions-only push.
+fn fill(
     master: &Master,
     index: usize,
-    request: ReplicateRequest,
-) -> (bool, Result<ReplicaState, String>) {
-    let carried = !request.entries.is_empty();
-    let result = master.peers[index]
-        .call(request, master.config.rpc_timeout_seconds)
-        .await
-        .map_err(|status| format!("{}: {}", status.code(), status.message()));
-    (carried, result)
+    session: &mut Session,
+    known: bool,
+    next: &mut u64,
+    pushed_decided: &mut u64,
+) -> Result<(), String> {
+    while session.in_flight.len() < PIPELINE {
+        if !known {
+            // Until the secondary has answered once, its high-water mark is unknown: ask first
+            // (an empty request), ship after.
+            if session.idle() {
+                session.send(master.ledger().batch(index, *next, 0, 0))?;
+            }
+            return Ok(());
+        }
+        let request = {
+            let ledger = master.ledger();
+            let waiting = (ledger.durable() + 1).saturating_sub(*next);
+            if session.shipping() > 0 && waiting < PIPELINE_MIN_ENTRIES {
+                // Decisions and the few entries waiting ride on the next request.
+                return Ok(());
+            }
+            ledger.batch(index, *next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
+        };
+        let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
+        let Some(last) = request.entries.last().map(|e| e.id) else {
+            if decided > *pushed_decided {
+                *pushed_decided = decided;
+                session.send(request)?;
+            }
+            return Ok(());
+        };
+        *next = last + 1;
+        *pushed_decided = (*pushed_decided).max(decided);
+        session.send(request)?;
+    }
+    Ok(())
+}
+
+/// A failed call or stream: logged once per streak, counted, and recorded for the health view.
+fn failure(master: &Master, index: usize, error: &str, failing: &mut bool) {
+    let address = &master.peers[index].address;
+    if !*failing {
+        tracing::warn!(secondary = %address, %error, "replication failed; retrying with backoff");
+        *failing = true;
+    } else {
+        tracing::debug!(secondary = %address, %error, "replication failed again");
+    }
+    master.metrics.retry(address);
+    master.ledger().on_failure(index, error.to_owned());
+}
+
+/// The next answer on the open stream (only polled while something is in flight).
+async fn next_reply(session: &mut Option<Session>) -> Result<ReplicaState, String> {
+    let Some(open) = session.as_mut() else {
+        return std::future::pending().await;
+    };
+    let reply = match open.replies.message().await {
+        Ok(Some(state)) => Ok(state),
+        Ok(None) => Err("the secondary ended the replication stream".to_owned()),
+        Err(status) => Err(format!("{}: {}", status.code(), status.message())),
+    };
+    if reply.is_ok() {
+        open.in_flight.pop_front();
+        open.progress = Instant::now();
+    }
+    reply
+}
+
+/// One open `Stream` call to a secondary.
+struct Session {
+    requests: mpsc::Sender<ReplicateRequest>,
+    replies: tonic::Streaming<ReplicaState>,
+    /// Per request sent and not yet answered, in order: whether it carried entries.
+    in_flight: VecDeque<bool>,
+    /// Last time the stream moved (a request into an idle stream, or an answer): the answer to
+    /// the oldest request is late `RPC_TIMEOUT_SECONDS` after it.
+    progress: Instant,
+}
+
+impl Session {
+    async fn open(peer: &Peer) -> Result<Self, String> {
+        let (requests, feed) = mpsc::channel(PIPELINE);
+        let replies = peer
+            .open_stream(feed)
+            .await
+            .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+        Ok(Self {
+            requests,
+            replies,
+            in_flight: VecDeque::with_capacity(PIPELINE),
+            progress: Instant::now(),
+        })
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Requests in flight that carry entries (the others only push decisions or ask).
+    fn shipping(&self) -> usize {
+        self.in_flight.iter().filter(|carried| **carried).count()
+    }
+
+    fn send(&mut self, request: ReplicateRequest) -> Result<(), String> {
+        if self.idle() {
+            self.progress = Instant::now();
+        }
+        let carried = !request.entries.is_empty();
+        // Never full: at most PIPELINE requests are unanswered, and that is its capacity.
+        self.requests
+            .try_send(request)
+            .map_err(|_| "the replication stream closed".to_owned())?;
+        self.in_flight.push_back(carried);
+        Ok(())
+    }
 }
