@@ -67,6 +67,10 @@ pub async fn run(
     let grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            // The master's batches (up to 4 MiB) arrive on one long-lived stream: windows larger
+            // than a batch let each flow in without waiting for window updates.
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
             .await
