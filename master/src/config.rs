@@ -61,7 +61,8 @@ pub struct Config {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 
-    /// Deadline of one replication call, in seconds (must exceed a secondary's DELAY_SECONDS).
+    /// Longest wait for a secondary's answer to one replication request (or heartbeat), in
+    /// seconds; later, the stream is dropped and opened again. Must exceed DELAY_SECONDS.
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
     pub rpc_timeout_seconds: Duration,
 }

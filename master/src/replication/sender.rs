@@ -1,13 +1,14 @@
 //! The ordered stream to one secondary.
 //!
 //! The sender ships entries in id order from `next` over one long-lived gRPC stream (the
-//! `Stream` call, a [`Session`]), up to [`PIPELINE`] requests in flight, each a batch of whatever
-//! queued up; the secondary answers them one by one, in order. Replies carry the secondary's contiguous high-water mark;
-//! once nothing is in flight, `next` rewinds to just above it. That one rule covers a lost
-//! request, an error after storing (the retry is dropped as a duplicate), a restart with an
-//! empty log and a long partition: the secondary is caught up from what it holds, in batches.
-//! Failures back off exponentially with jitter and never stop, so committed entries reach every
-//! secondary in the end, and nothing is kept per message that could leak.
+//! `Stream` call, a [`Session`]), up to [`PIPELINE`] requests in flight, each a batch of
+//! whatever queued up; the secondary answers them one by one, in order. Replies carry the
+//! secondary's contiguous high-water mark; once nothing is in flight (after any failure the
+//! stream is dropped, so nothing is), `next` rewinds to just above it. That one rule covers a
+//! lost request, an error after storing (the resent entry is dropped as a duplicate), a restart
+//! with an empty log and a long partition: the secondary is caught up from what it holds, in
+//! batches. Failures back off exponentially with jitter and never stop, so committed entries
+//! reach every secondary in the end, and nothing is kept per message that could leak.
 
 use super::backoff::Backoff;
 use super::Peer;
