@@ -76,7 +76,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
         }
         if retry_at.is_none_or(|at| at <= Instant::now()) {
             retry_at = None;
-            if session.is_none() {
+            if session.is_none() && due(&master, known, next, pushed_decided) {
                 let opened = tokio::select! {
                     _ = master.shutdown.cancelled() => return,
                     opened = Session::open(peer) => opened,
@@ -191,6 +191,13 @@ fn fill(
         session.send(request)?;
     }
     Ok(())
+}
+
+/// Whether anything waits to be sent: then a stream is worth opening (an idle secondary gets
+/// none, so one that is down costs nothing but its heartbeats).
+fn due(master: &Master, known: bool, next: u64, pushed_decided: u64) -> bool {
+    let ledger = master.ledger();
+    !known || ledger.durable() >= next || ledger.log().decided() > pushed_decided
 }
 
 /// A failed call or stream: logged once per streak, counted, and recorded for the health view.
