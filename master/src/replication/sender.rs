@@ -79,7 +79,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
             if session.is_none() && due(&master, known, next, pushed_decided) {
                 let opened = tokio::select! {
                     _ = master.shutdown.cancelled() => return,
-                    opened = Session::open(peer) => opened,
+                    opened = Session::open(peer, config.rpc_timeout_seconds) => opened,
                 };
                 match opened {
                     Ok(opened) => session = Some(opened),
@@ -242,11 +242,13 @@ struct Session {
 }
 
 impl Session {
-    async fn open(peer: &Peer) -> Result<Self, String> {
+    /// Opens the stream; a secondary that does not answer within `timeout` (hung, stopped)
+    /// counts as a failure like any other.
+    async fn open(peer: &Peer, timeout: std::time::Duration) -> Result<Self, String> {
         let (requests, feed) = mpsc::channel(PIPELINE);
-        let replies = peer
-            .open_stream(feed)
+        let replies = tokio::time::timeout(timeout, peer.open_stream(feed))
             .await
+            .map_err(|_| "no answer to opening the replication stream".to_owned())?
             .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
         Ok(Self {
             requests,
