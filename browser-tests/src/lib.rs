@@ -94,19 +94,25 @@ fn require() -> bool {
 
 /// Returns `None` (after printing why) when something is missing and [`REQUIRE_ENV`] is
 /// unset: the caller then skips. With [`REQUIRE_ENV`] set, a missing tool fails the test.
-fn missing(what: Vec<String>) -> bool {
-    if what.is_empty() {
-        return false;
+/// Every item of `found`, or `None` (after saying what is missing, or failing under
+/// [`REQUIRE_ENV`]) when any is not there.
+fn present<const N: usize>(found: [Result<PathBuf, String>; N]) -> Option<[PathBuf; N]> {
+    let problems: Vec<&str> = found
+        .iter()
+        .filter_map(|f| f.as_ref().err().map(String::as_str))
+        .collect();
+    if !problems.is_empty() {
+        let message = format!(
+            "missing {}: run scripts/install-web-tools and scripts/build-web",
+            problems.join(", ")
+        );
+        if require() {
+            panic!("{message} ({REQUIRE_ENV} is set, so this fails instead of skipping)");
+        }
+        eprintln!("SKIPPED: {message} (set {REQUIRE_ENV}=1 to make this a failure)");
+        return None;
     }
-    let message = format!(
-        "missing {}: run scripts/install-web-tools and scripts/build-web",
-        what.join(", ")
-    );
-    if require() {
-        panic!("{message} ({REQUIRE_ENV} is set, so this fails instead of skipping)");
-    }
-    eprintln!("SKIPPED: {message} (set {REQUIRE_ENV}=1 to make this a failure)");
-    true
+    Some(found.map(|f| f.unwrap_or_default()))
 }
 
 fn web_root() -> Result<PathBuf, String> {
@@ -118,47 +124,32 @@ fn web_root() -> Result<PathBuf, String> {
     }
 }
 
+fn nginx() -> Result<PathBuf, String> {
+    find_tool(&["nginx"]).ok_or_else(|| "nginx".to_owned())
+}
+
+fn chromium() -> Result<PathBuf, String> {
+    find_tool(&["chromium", "chromium-browser", "google-chrome"])
+        .ok_or_else(|| "chromium".to_owned())
+}
+
+fn chromedriver() -> Result<PathBuf, String> {
+    find_tool(&["chromedriver"]).ok_or_else(|| "chromedriver".to_owned())
+}
+
 pub fn nginx_tools() -> Option<NginxTools> {
-    let nginx = find_tool(&["nginx"]).ok_or_else(|| "nginx".to_owned());
-    let root = web_root();
-    let problems: Vec<String> = [nginx.as_ref().err(), root.as_ref().err()]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    if missing(problems) {
-        return None;
-    }
-    Some(NginxTools {
-        nginx: nginx.unwrap(),
-        web_root: root.unwrap(),
-    })
+    let [nginx, web_root] = present([nginx(), web_root()])?;
+    Some(NginxTools { nginx, web_root })
 }
 
 pub fn browser_tools() -> Option<BrowserTools> {
-    let nginx = find_tool(&["nginx"]).ok_or_else(|| "nginx".to_owned());
-    let chromium = find_tool(&["chromium", "chromium-browser", "google-chrome"])
-        .ok_or_else(|| "chromium".to_owned());
-    let chromedriver = find_tool(&["chromedriver"]).ok_or_else(|| "chromedriver".to_owned());
-    let root = web_root();
-    let problems: Vec<String> = [
-        nginx.as_ref().err(),
-        chromium.as_ref().err(),
-        chromedriver.as_ref().err(),
-        root.as_ref().err(),
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
-    if missing(problems) {
-        return None;
-    }
+    let [nginx, chromium, chromedriver, web_root] =
+        present([nginx(), chromium(), chromedriver(), web_root()])?;
     Some(BrowserTools {
-        nginx: nginx.unwrap(),
-        chromium: chromium.unwrap(),
-        chromedriver: chromedriver.unwrap(),
-        web_root: root.unwrap(),
+        nginx,
+        chromium,
+        chromedriver,
+        web_root,
     })
 }
 
@@ -169,20 +160,10 @@ pub struct ChromiumTools {
 }
 
 pub fn chromium_tools() -> Option<ChromiumTools> {
-    let chromium = find_tool(&["chromium", "chromium-browser", "google-chrome"])
-        .ok_or_else(|| "chromium".to_owned());
-    let chromedriver = find_tool(&["chromedriver"]).ok_or_else(|| "chromedriver".to_owned());
-    let problems: Vec<String> = [chromium.as_ref().err(), chromedriver.as_ref().err()]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect();
-    if missing(problems) {
-        return None;
-    }
+    let [chromium, chromedriver] = present([chromium(), chromedriver()])?;
     Some(ChromiumTools {
-        chromium: chromium.unwrap(),
-        chromedriver: chromedriver.unwrap(),
+        chromium,
+        chromedriver,
     })
 }
 

@@ -250,28 +250,7 @@ async fn scenario(browser: &Client, stack: &mut Stack, nginx: &Nginx) {
 
     // A secondary goes away: its column says so, and the master's view of it changes.
     stack.secondaries[1].kill();
-    wait_css(
-        browser,
-        "#col-secondary-2[data-status='down']",
-        "the secondary-2 column to show down",
-    )
-    .await;
-    wait_css(
-        browser,
-        "#master-view-secondary-2:not([data-status='healthy']):not([data-status='unknown'])",
-        "the master's view of secondary-2 to leave healthy",
-    )
-    .await;
-    for column in ["master", "secondary-1"] {
-        let status = browser
-            .find(Locator::Id(&format!("col-{column}")))
-            .await
-            .expect("column")
-            .attr("data-status")
-            .await
-            .expect("data-status");
-        assert_eq!(status.as_deref(), Some("up"), "{column} stays up");
-    }
+    secondary_2_shows_down(browser).await;
 
     // w=3 cannot be met with a secondary down: the error shows in words.
     append(browser, "secondary-1", 3, "needs all three").await;
@@ -429,28 +408,7 @@ async fn stack_scenario(
         "stopped secondary-2 in {:.1} s",
         stopping.elapsed().as_secs_f64()
     );
-    wait_css(
-        browser,
-        "#col-secondary-2[data-status='down']",
-        "the secondary-2 column to show down",
-    )
-    .await;
-    wait_css(
-        browser,
-        "#master-view-secondary-2:not([data-status='healthy']):not([data-status='unknown'])",
-        "the master's view of secondary-2 to leave healthy",
-    )
-    .await;
-    for column in ["master", "secondary-1"] {
-        let status = browser
-            .find(Locator::Id(&format!("col-{column}")))
-            .await
-            .expect("column")
-            .attr("data-status")
-            .await
-            .expect("data-status");
-        assert_eq!(status.as_deref(), Some("up"), "{column} stays up");
-    }
+    secondary_2_shows_down(browser).await;
     // w=2 still works and shows on the two live nodes.
     let message = format!("browser w=2 while secondary-2 is stopped [{tag}]");
     let clicked = append(browser, "master", 2, &message).await;
@@ -489,4 +447,31 @@ async fn stack_scenario(
         "secondary-2 back up and caught up {:.1} s after start",
         starting.elapsed().as_secs_f64()
     );
+}
+
+/// After secondary-2 went away: its column shows down, the master's view of it leaves healthy,
+/// and the other two columns stay up.
+async fn secondary_2_shows_down(browser: &Client) {
+    wait_css(
+        browser,
+        "#col-secondary-2[data-status='down']",
+        "the secondary-2 column to show down",
+    )
+    .await;
+    wait_css(
+        browser,
+        "#master-view-secondary-2:not([data-status='healthy']):not([data-status='unknown'])",
+        "the master's view of secondary-2 to leave healthy",
+    )
+    .await;
+    for column in ["master", "secondary-1"] {
+        let status = browser
+            .find(Locator::Id(&format!("col-{column}")))
+            .await
+            .expect("column")
+            .attr("data-status")
+            .await
+            .expect("data-status");
+        assert_eq!(status.as_deref(), Some("up"), "{column} stays up");
+    }
 }
