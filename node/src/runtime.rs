@@ -19,7 +19,7 @@ pub struct RuntimeArgs {
 }
 
 impl RuntimeArgs {
-    pub fn build(&self) -> std::io::Result<Runtime> {
+    fn build(&self) -> std::io::Result<Runtime> {
         let mut builder = match self.worker_threads {
             1 => Builder::new_current_thread(),
             0 => Builder::new_multi_thread(),
@@ -30,5 +30,13 @@ impl RuntimeArgs {
             }
         };
         builder.enable_all().build()
+    }
+
+    /// The runtime, or the process stops with one line, as for a bad setting.
+    pub fn build_or_exit(&self) -> Runtime {
+        crate::config::or_exit(
+            self.build()
+                .map_err(|e| format!("cannot start the runtime (WORKER_THREADS): {e}")),
+        )
     }
 }

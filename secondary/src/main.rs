@@ -14,13 +14,7 @@ fn main() {
     replog_node::telemetry::init();
     let config: Config = parse_or_exit();
     or_exit(config.validate());
-    let runtime = or_exit(
-        config
-            .runtime
-            .build()
-            .map_err(|e| format!("cannot start the runtime (WORKER_THREADS): {e}")),
-    );
-    runtime.block_on(async {
+    config.runtime.build_or_exit().block_on(async {
         let http_listener = listen_or_exit(&config.host, config.http_port).await;
         let grpc_listener = listen_or_exit(&config.host, config.grpc_port).await;
         let shutdown = replog_node::shutdown::on_signal();
