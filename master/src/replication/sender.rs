@@ -37,19 +37,15 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 pub async fn run(master: Arc<Master>, index: usize) {
     let peer = &master.peers[index];
     let config = &master.config;
-    let mut backoff = Backoff::new(config.retry_base_ms, config.retry_max_ms);
+    let mut retry = Retry::new(Backoff::new(config.retry_base_ms, config.retry_max_ms));
     // The open stream, if any; dropped on any failure, which empties what was in flight.
     let mut session: Option<Session> = None;
     let mut next = master.ledger().follower(index).held + 1;
     // Decided frontier carried by the last request, so new decisions are pushed at once.
     let mut pushed_decided = 0;
-    let mut retry_at: Option<Instant> = None;
-    let mut failed = false;
     // High-water mark at the last rewind: rewinding twice to the same place without a failure
     // means the secondary is not taking what we send, so the next try waits.
     let mut last_rewind: Option<u64> = None;
-    // Failing since the last success: only the first failure of a streak is a warning.
-    let mut failing = false;
 
     loop {
         let (held, known) = {
@@ -58,24 +54,24 @@ pub async fn run(master: Arc<Master>, index: usize) {
             (follower.held, follower.instance.is_some())
         };
         if session.as_ref().is_none_or(Session::idle) {
-            if known && !failed && held + 1 > next {
+            if known && !retry.failed && held + 1 > next {
                 // The secondary already holds more (a restarted master, or its first contact):
                 // skip what it has instead of shipping it again.
                 next = held + 1;
             }
-            if failed || held + 1 < next {
-                if !failed && last_rewind == Some(held) && retry_at.is_none() {
-                    retry_at = Some(Instant::now() + backoff.next_delay());
+            if retry.failed || held + 1 < next {
+                if !retry.failed && last_rewind == Some(held) && retry.at.is_none() {
+                    retry.wait();
                 }
                 tracing::debug!(secondary = %peer.address, from = held + 1, "resending from the secondary's high-water mark");
                 next = held + 1;
                 pushed_decided = 0;
                 last_rewind = Some(held);
-                failed = false;
+                retry.failed = false;
             }
         }
-        if retry_at.is_none_or(|at| at <= Instant::now()) {
-            retry_at = None;
+        if retry.at.is_none_or(|at| at <= Instant::now()) {
+            retry.at = None;
             if session.is_none() && due(&master, known, next, pushed_decided) {
                 let opened = tokio::select! {
                     _ = master.shutdown.cancelled() => return,
@@ -84,9 +80,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
                 match opened {
                     Ok(opened) => session = Some(opened),
                     Err(error) => {
-                        failure(&master, index, &error, &mut failing);
-                        failed = true;
-                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        retry.fail(&master, index, &error);
                         continue;
                     }
                 }
@@ -96,9 +90,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
                     fill(&master, index, open, known, &mut next, &mut pushed_decided)
                 {
                     session = None;
-                    failure(&master, index, &error, &mut failing);
-                    failed = true;
-                    retry_at = Some(Instant::now() + backoff.next_delay());
+                    retry.fail(&master, index, &error);
                     continue;
                 }
             }
@@ -117,35 +109,27 @@ pub async fn run(master: Arc<Master>, index: usize) {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
                             last_rewind = None;
                         }
-                        if failing {
-                            tracing::info!(secondary = %peer.address, "replication calls succeed again");
-                            failing = false;
-                        }
-                        backoff.reset();
+                        retry.succeeded(&peer.address);
                     }
                     Err(foreign) => {
                         tracing::warn!(secondary = %peer.address, their_log = %foreign.0, "secondary holds another log; not replicating to it");
                         session = None;
-                        failed = true;
-                        retry_at = Some(Instant::now() + backoff.next_delay());
+                        retry.failed = true;
+                        retry.wait();
                     }
                 },
                 Err(error) => {
                     session = None;
-                    failure(&master, index, &error, &mut failing);
-                    failed = true;
-                    retry_at = Some(Instant::now() + backoff.next_delay());
+                    retry.fail(&master, index, &error);
                 }
             },
             _ = sleep_until(late_at), if waiting => {
                 session = None;
                 let error = format!("no answer within RPC_TIMEOUT_SECONDS ({:?})", config.rpc_timeout_seconds);
-                failure(&master, index, &error, &mut failing);
-                failed = true;
-                retry_at = Some(Instant::now() + backoff.next_delay());
+                retry.fail(&master, index, &error);
             }
             _ = peer.wake.notified() => {}
-            _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() => {}
+            _ = sleep_until(retry.at.unwrap_or_else(Instant::now)), if retry.at.is_some() => {}
         }
     }
 }
@@ -200,17 +184,55 @@ fn due(master: &Master, known: bool, next: u64, pushed_decided: u64) -> bool {
     !known || ledger.durable() >= next || ledger.log().decided() > pushed_decided
 }
 
-/// A failed call or stream: logged once per streak, counted, and recorded for the health view.
-fn failure(master: &Master, index: usize, error: &str, failing: &mut bool) {
-    let address = &master.peers[index].address;
-    if !*failing {
-        tracing::warn!(secondary = %address, %error, "replication failed; retrying with backoff");
-        *failing = true;
-    } else {
-        tracing::debug!(secondary = %address, %error, "replication failed again");
+/// Whether the stream failed, when to try again, and the backoff between tries.
+struct Retry {
+    backoff: Backoff,
+    /// No request before this.
+    at: Option<Instant>,
+    /// Failed since the last rewind: the next one resends from the high-water mark.
+    failed: bool,
+    /// Failing since the last success: only the first failure of a streak is a warning.
+    failing: bool,
+}
+
+impl Retry {
+    fn new(backoff: Backoff) -> Self {
+        Self {
+            backoff,
+            at: None,
+            failed: false,
+            failing: false,
+        }
     }
-    master.metrics.retry(address);
-    master.ledger().on_failure(index, error.to_owned());
+
+    /// The next try waits for the backoff.
+    fn wait(&mut self) {
+        self.at = Some(Instant::now() + self.backoff.next_delay());
+    }
+
+    /// A failed call or stream: logged once per streak, counted, recorded for the health view,
+    /// and retried after the backoff from the secondary's high-water mark.
+    fn fail(&mut self, master: &Master, index: usize, error: &str) {
+        let address = &master.peers[index].address;
+        if !self.failing {
+            tracing::warn!(secondary = %address, %error, "replication failed; retrying with backoff");
+            self.failing = true;
+        } else {
+            tracing::debug!(secondary = %address, %error, "replication failed again");
+        }
+        master.metrics.retry(address);
+        master.ledger().on_failure(index, error.to_owned());
+        self.failed = true;
+        self.wait();
+    }
+
+    fn succeeded(&mut self, address: &str) {
+        if self.failing {
+            tracing::info!(secondary = %address, "replication calls succeed again");
+            self.failing = false;
+        }
+        self.backoff.reset();
+    }
 }
 
 /// The next answer on the open stream (only polled while something is in flight).
