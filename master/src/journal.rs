@@ -1,11 +1,15 @@
 //! The master's journal: makes entries and tombstones durable in `DATA_DIR`, many at a time.
 //!
 //! The ledger queues records in id order under its lock; this task takes whatever has queued
-//! up, writes it in one write with one fsync (group commit), and then tells the ledger, which
-//! counts the master's own acknowledgement, ships the entries and finishes aborts.
+//! up and writes it in one write (group commit). Then it tells the ledger the entries are
+//! written, so they are shipped at once, and only then syncs them (one fsync), on the blocking
+//! pool: the secondaries receive and sync their copies while ours syncs, instead of after it.
+//! When the sync ends, the ledger counts the master's own acknowledgement (no commit happens
+//! before it) and finishes aborts.
 
 use crate::state::Master;
-use replog_node::storage::{LogFile, Record};
+use replog_node::runtime::blocking_io;
+use replog_node::storage::{FsyncPolicy, LogFile, Record};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -32,23 +36,57 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
             match record {
                 Record::Entry { id, .. } => entries_upto = Some(*id),
                 Record::Tombstone { id } => tombstones.push(*id),
-                Record::Meta { .. } | Record::Decided { .. } => {}
+                Record::Meta { .. } | Record::Decided { .. } | Record::MasterStart { .. } => {}
             }
         }
         let started = std::time::Instant::now();
-        let written = tokio::task::spawn_blocking(move || {
-            let result = file.append(&group);
+        let written = blocking_io(move || {
+            let result = file.append_unsynced(&group);
             (file, result)
         })
         .await;
-        master.metrics.log_write(started.elapsed());
-        match written {
-            Ok((back, Ok(()))) => file = back,
-            Ok((_, Err(error))) => return fail(&master, &error.to_string()),
-            Err(error) => return fail(&master, &error.to_string()),
+        let Some(back) = take_back(&master, written) else {
+            return;
+        };
+        file = back;
+        if let Some(upto) = entries_upto {
+            master.update(|ledger| ledger.on_written(upto));
+            master.wake_senders();
         }
+        if file.policy() == FsyncPolicy::Always {
+            // Not `blocking_io`: run in place on a one-thread runtime, the sync would hold back
+            // the shipping it is meant to overlap.
+            let synced = tokio::task::spawn_blocking(move || {
+                let result = file.sync();
+                (file, result)
+            })
+            .await;
+            let Some(back) = take_back(&master, synced) else {
+                return;
+            };
+            file = back;
+        }
+        master.metrics.log_write(started.elapsed());
         master.update(|ledger| ledger.on_persisted(entries_upto, &tombstones));
         master.wake_senders();
+    }
+}
+
+/// The file back from a blocking write or sync; `None` once the master stopped because it failed.
+fn take_back(
+    master: &Master,
+    done: Result<(LogFile, std::io::Result<()>), tokio::task::JoinError>,
+) -> Option<LogFile> {
+    match done {
+        Ok((file, Ok(()))) => Some(file),
+        Ok((_, Err(error))) => {
+            fail(master, &error.to_string());
+            None
+        }
+        Err(error) => {
+            fail(master, &error.to_string());
+            None
+        }
     }
 }
 

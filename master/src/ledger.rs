@@ -5,16 +5,19 @@
 //! cumulative acknowledgement, committing, aborting. No lock is held across an `.await`, so
 //! appends from many clients proceed in parallel and only serialise for these few steps.
 //!
-//! With `DATA_DIR`, the master's own copy counts as one acknowledgement only once it is on disk,
-//! and only entries on the master's disk are shipped, so no secondary ever holds an id the
-//! master could lose in a crash. An abort becomes visible (tombstone, 500) only once its
-//! tombstone is on disk, so a restarted master never commits what it answered 500 for. Records
-//! for the journal are queued here, under the lock, so the file receives them in id order.
+//! With `DATA_DIR`, an entry is shipped once it is written to the master's file, while its fsync
+//! runs, so the two disks work at the same time; but nothing commits before the master's own
+//! copy is synced, whatever `w` says. So a master that loses power keeps every committed id, and
+//! the ids it loses were never committed: secondaries drop them when they hear the restarted
+//! master (`recovered` in every request; see the secondary's `replica` module). An abort becomes
+//! visible (tombstone, 500) only once its tombstone is on disk, so a restarted master never
+//! commits what it answered 500 for. Records for the journal are queued here, under the lock, so
+//! the file receives them in id order.
 
 use bytes::Bytes;
 use replog_node::log::{Log, Message};
 use replog_node::storage::Record;
-use replog_proto::v1::{Decisions, Entry, ReplicaState, ReplicateRequest};
+use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -29,15 +32,25 @@ pub enum Outcome {
 /// An append that has not reached its write concern yet.
 #[derive(Debug)]
 struct Pending {
-    /// Acknowledgements still needed (w at the start: the master's durable copy and w - 1
-    /// secondaries).
+    /// Secondaries' acknowledgements still needed (w - 1 at the start).
     needed: usize,
+    /// The master's own copy is synced to its disk (in memory mode: held). Every commit waits
+    /// for it, even when w - 1 secondaries answer first: a restarted master keeps only synced
+    /// ids, and a committed id must never be one it could give out again.
+    local: bool,
     /// Its deadline passed and its tombstone is on the way to disk: no acknowledgement
     /// commits it any more.
     aborting: bool,
     /// When it is aborted if still pending; `None` waits forever (timeout 0).
     deadline: Option<Instant>,
     waiter: Option<oneshot::Sender<Outcome>>,
+}
+
+/// Who acknowledged: the master's own disk, or a secondary.
+#[derive(Debug, Clone, Copy)]
+enum Ack {
+    Master,
+    Secondary,
 }
 
 /// What the master knows of one secondary.
@@ -49,6 +62,8 @@ pub struct Follower {
     pub held: u64,
     /// The secondary's decided frontier, as last reported.
     pub decided: u64,
+    /// The master process whose entries it holds, as last reported.
+    pub master_instance: Option<u64>,
     /// Highest id ever acknowledged under this log: counts towards write concerns, never
     /// moves back (an id acknowledged once was held when it counted).
     pub acked: u64,
@@ -71,8 +86,16 @@ pub struct Ledger {
     log: Log,
     pending: BTreeMap<u64, Pending>,
     followers: Vec<Follower>,
-    /// Every id up to here is on the master's disk (or, in memory mode, simply held).
+    /// Every id up to here is synced to the master's disk (in memory mode: held).
     durable: u64,
+    /// Every id up to here is written to the master's file, maybe not yet synced, and may be
+    /// shipped (in memory mode: held).
+    written: u64,
+    /// This master process's number; sent in every request (`master_instance`).
+    instance: u64,
+    /// Every master process's start in this log, this one last: sent to a secondary until it
+    /// reports following this process, so it can drop ids a power failure took from us.
+    starts: Vec<MasterStart>,
     journal: Journal,
 }
 
@@ -80,10 +103,23 @@ impl Ledger {
     /// A ledger over `log`. Everything a recovered log holds is durable and decided: an id
     /// without a tombstone on disk was never answered 500 (the tombstone is written first), so
     /// committing it keeps every promise made before the restart.
-    pub fn new(mut log: Log, secondaries: usize, journal: Journal) -> Self {
+    ///
+    /// `starts` lists every master process's start in this log as `(instance, recovered)`,
+    /// this process last (see [`Record::MasterStart`]).
+    pub fn new(mut log: Log, secondaries: usize, journal: Journal, starts: &[(u64, u64)]) -> Self {
+        let starts: Vec<MasterStart> = starts
+            .iter()
+            .map(|&(instance, recovered)| MasterStart {
+                instance,
+                recovered,
+            })
+            .collect();
         log.set_decided(log.last_id());
         Self {
             durable: log.last_id(),
+            written: log.last_id(),
+            instance: starts.last().map_or(0, |s| s.instance),
+            starts,
             log,
             pending: BTreeMap::new(),
             followers: vec![Follower::default(); secondaries],
@@ -120,7 +156,8 @@ impl Ledger {
         self.pending.insert(
             id,
             Pending {
-                needed: w.max(1),
+                needed: w.max(1) - 1,
+                local: false,
                 aborting: false,
                 deadline,
                 waiter: Some(tx),
@@ -137,9 +174,17 @@ impl Ledger {
                     tracing::error!(id, "the journal is gone; the append cannot become durable");
                 }
             }
-            None => self.on_persisted(Some(id), &[]),
+            None => {
+                self.on_written(id);
+                self.on_persisted(Some(id), &[]);
+            }
         }
         (id, rx)
+    }
+
+    /// The journal wrote entries up to `upto` to the file (not synced yet): they may be shipped.
+    pub fn on_written(&mut self, upto: u64) {
+        self.written = self.written.max(upto);
     }
 
     /// The journal made entries up to `entries_upto` and the tombstones `tombstones` durable.
@@ -147,7 +192,8 @@ impl Ledger {
         if let Some(upto) = entries_upto.filter(|&upto| upto > self.durable) {
             let from = self.durable;
             self.durable = upto;
-            self.acknowledge(from, upto);
+            self.written = self.written.max(upto);
+            self.acknowledge(from, upto, Ack::Master);
         }
         for &id in tombstones {
             if let Some(mut pending) = self.pending.remove(&id) {
@@ -160,14 +206,19 @@ impl Ledger {
         self.advance_decided();
     }
 
-    /// Ids on the master's disk (all held ids in memory mode).
+    /// Ids synced to the master's disk (all held ids in memory mode).
     pub fn durable(&self) -> u64 {
         self.durable
     }
 
-    /// One acknowledgement for every pending id in `(from, to]`; commits those that reach their
-    /// write concern.
-    fn acknowledge(&mut self, from: u64, to: u64) {
+    /// Ids written to the master's file, which may be shipped (all held ids in memory mode).
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// One acknowledgement, by the master's disk or by a secondary, for every pending id in
+    /// `(from, to]`; commits those that reach their write concern.
+    fn acknowledge(&mut self, from: u64, to: u64, by: Ack) {
         if to <= from {
             return;
         }
@@ -176,8 +227,11 @@ impl Ledger {
             if pending.aborting {
                 continue;
             }
-            pending.needed = pending.needed.saturating_sub(1);
-            if pending.needed == 0 {
+            match by {
+                Ack::Master => pending.local = true,
+                Ack::Secondary => pending.needed = pending.needed.saturating_sub(1),
+            }
+            if pending.local && pending.needed == 0 {
                 committed.push(id);
             }
         }
@@ -231,6 +285,13 @@ impl Ledger {
         state: &ReplicaState,
         now: Instant,
     ) -> Result<bool, ForeignLog> {
+        // A secondary that does not follow this process yet may hold ids that an earlier one
+        // lost; only those up to where it will cut count.
+        let held = match state.master_instance {
+            follows if follows == self.instance => state.held,
+            follows => state.held.min(self.kept_after(follows)),
+        }
+        .min(self.written);
         let log_id = self.log.log_id().to_owned();
         let follower = &mut self.followers[index];
         follower.last_contact = Some(now);
@@ -251,13 +312,13 @@ impl Ledger {
             follower.held = follower.held.max(state.held);
         }
         follower.decided = state.decided;
-        let held = state.held.min(self.durable);
+        follower.master_instance = Some(state.master_instance);
         let before = follower.acked;
         if held <= before {
             return Ok(false);
         }
         follower.acked = held;
-        self.acknowledge(before, held);
+        self.acknowledge(before, held, Ack::Secondary);
         Ok(self.advance_decided())
     }
 
@@ -300,7 +361,7 @@ impl Ledger {
         let mut entries = Vec::new();
         let mut bytes = 0;
         let mut id = next.max(1);
-        while id <= self.durable && entries.len() < max_entries {
+        while id <= self.written && entries.len() < max_entries {
             let message = self.log.get(id).cloned().unwrap_or_default();
             if !entries.is_empty() && bytes + message.len() > max_bytes {
                 break;
@@ -317,7 +378,32 @@ impl Ledger {
             log_id: self.log.log_id().to_owned(),
             entries,
             decisions: Some(self.decisions_for(index)),
+            master_instance: self.instance,
+            starts: self.starts_for(index),
         }
+    }
+
+    /// The starts a secondary needs: none once it follows this process, else those after the
+    /// process it follows (all while it has not said).
+    fn starts_for(&self, index: usize) -> Vec<MasterStart> {
+        let follows = self.followers[index].master_instance;
+        if follows == Some(self.instance) {
+            return Vec::new();
+        }
+        self.starts_after(follows.unwrap_or(0)).cloned().collect()
+    }
+
+    fn starts_after(&self, instance: u64) -> impl Iterator<Item = &MasterStart> {
+        self.starts.iter().filter(move |s| s.instance > instance)
+    }
+
+    /// What a secondary that follows process `instance` keeps when it hears this one: every id
+    /// up to the lowest one recovered since (see the secondary's `replica` module).
+    fn kept_after(&self, instance: u64) -> u64 {
+        self.starts_after(instance)
+            .map(|s| s.recovered)
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
@@ -332,7 +418,7 @@ mod tests {
     use std::time::Duration;
 
     fn ledger(secondaries: usize) -> Ledger {
-        Ledger::new(Log::new(new_log_id()), secondaries, None)
+        Ledger::new(Log::new(new_log_id()), secondaries, None, &[(1, 0)])
     }
 
     fn reply(ledger: &Ledger, instance: u64, held: u64) -> ReplicaState {
@@ -341,6 +427,7 @@ mod tests {
             instance,
             held,
             decided: 0,
+            master_instance: 1,
         }
     }
 
@@ -433,6 +520,7 @@ mod tests {
             instance: 1,
             held: 5,
             decided: 5,
+            master_instance: 1,
         };
         assert!(l.on_reply(0, &state, Instant::now()).is_err());
         assert!(rx.try_recv().is_err());
@@ -442,7 +530,7 @@ mod tests {
     #[test]
     fn with_a_journal_nothing_counts_or_ships_before_it_is_durable() {
         let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
-        let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx));
+        let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx), &[(1, 0)]);
         let now = Instant::now();
         let (_, mut rx1) = l.append(Bytes::from("a"), 1, None);
         let (_, mut rx2) = l.append(Bytes::from("b"), 2, Some(now));
@@ -484,7 +572,7 @@ mod tests {
         let mut log = Log::new(new_log_id());
         log.push(Bytes::from("a"), false);
         log.push(Bytes::new(), true);
-        let l = Ledger::new(log, 1, None);
+        let l = Ledger::new(log, 1, None, &[(1, 0)]);
         assert_eq!((l.durable(), l.log().decided()), (2, 2));
         assert_eq!(ids(&l), vec![1]);
     }

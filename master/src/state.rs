@@ -46,6 +46,7 @@ impl Master {
         config: Config,
         log: Log,
         journal: Journal,
+        starts: &[(u64, u64)],
         shutdown: Shutdown,
     ) -> Result<Self, String> {
         let peers = config
@@ -53,7 +54,7 @@ impl Master {
             .iter()
             .map(|address| Peer::new(address, &config))
             .collect::<Result<Vec<_>, _>>()?;
-        let ledger = Ledger::new(log, peers.len(), journal);
+        let ledger = Ledger::new(log, peers.len(), journal, starts);
         // From the ledger, not the raw log: a recovered log is all decided only once in it.
         let (visible, _) = watch::channel(ledger.log().visible_upto());
         Ok(Self {
@@ -254,7 +255,7 @@ impl Node for Master {
                     .map(|t| now.saturating_duration_since(t).as_millis() as u64),
                 acked_id: f.acked,
                 held: f.held,
-                lag: ledger.durable().saturating_sub(f.held),
+                lag: ledger.written().saturating_sub(f.held),
                 last_error: f.last_error.clone(),
             })
             .collect();

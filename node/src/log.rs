@@ -98,6 +98,14 @@ impl Log {
     }
 
     /// Moves the decided frontier forward (never back).
+    /// Drops every entry and tombstone above `keep_upto`. Only an undecided suffix may go: the
+    /// caller checks that `keep_upto >= decided()`, since a decided id may already be shown.
+    pub fn truncate(&mut self, keep_upto: u64) {
+        let keep = usize::try_from(keep_upto).unwrap_or(usize::MAX);
+        self.entries.truncate(keep);
+        self.tombstones.split_off(&(keep_upto.saturating_add(1)));
+    }
+
     pub fn set_decided(&mut self, decided: u64) {
         self.decided = self.decided.max(decided);
     }

@@ -40,3 +40,22 @@ impl RuntimeArgs {
         )
     }
 }
+
+/// Runs blocking file I/O (a write and its fsync) for async code, and returns its result.
+///
+/// On the current-thread scheduler (`WORKER_THREADS=1`) it runs in place. Handing it to the
+/// blocking pool there costs two thread wake-ups per call (there and back), which on a loaded
+/// machine is as much as the fsync itself, while the one thread has nothing to do meanwhile that
+/// the next group commit would not batch anyway: work that arrives during the call waits in the
+/// socket buffers and is taken in one go after it. On a multi-thread runtime it goes to the
+/// blocking pool, so the workers keep serving.
+pub async fn blocking_io<F, R>(f: F) -> Result<R, tokio::task::JoinError>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Ok(f()),
+        _ => tokio::task::spawn_blocking(f).await,
+    }
+}

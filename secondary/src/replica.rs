@@ -3,11 +3,20 @@
 //! Requests may arrive out of order (several are in flight per secondary), so entries beyond the
 //! contiguous prefix wait in a buffer until the gap fills. An id is stored once: a repeated
 //! delivery (a retry after a lost reply or an injected error) is acknowledged and dropped.
+//!
+//! The master ships an entry while its own fsync of it is still running, so a master that loses
+//! power can come back without ids a secondary holds (never committed ones: a commit waits for
+//! the master's fsync), and give those ids to other messages. Every request names the master
+//! process; until the secondary has reported following it, a request also lists the starts of
+//! the processes after the one it follows, each with the last id it recovered. A secondary that
+//! hears a new process first drops what it holds above the lowest of those ids, as a Raft
+//! follower drops an uncommitted suffix in a new term; otherwise it would keep the old messages
+//! where the master now has new ones.
 
 use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
 use replog_node::storage::Record;
-use replog_proto::v1::{Decisions, Entry, ReplicaState, ReplicateRequest};
+use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
 
 #[derive(Debug)]
@@ -17,11 +26,47 @@ pub struct Replica {
     ahead: BTreeMap<u64, (Bytes, bool)>,
     /// Random per process start, so the master notices a restart.
     instance: u64,
+    /// The master process whose entries we hold (0: none heard yet).
+    master: u64,
 }
 
-/// The request came from a master of another log.
+/// Why a request was refused; nothing was changed.
 #[derive(Debug, PartialEq, Eq)]
-pub struct ForeignLog;
+pub enum Refusal {
+    /// It came from a master of another log.
+    ForeignLog,
+    /// A new master process recovered fewer ids than we have seen decided: it lost committed
+    /// entries (a master with `FSYNC=never` after a power failure, or a damaged file). Dropping
+    /// them here would unshow what clients saw, so this secondary refuses until someone looks.
+    MasterLostDecided { recovered: u64, decided: u64 },
+    /// It came from an earlier master process than one already heard (a request still in
+    /// flight from a process that has since restarted).
+    StaleMaster { instance: u64, ours: u64 },
+    /// A new master process did not list the starts since the one we follow.
+    MissingStarts { instance: u64, ours: u64 },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::ForeignLog => f.write_str("the master's log has another identity"),
+            Self::MasterLostDecided { recovered, decided } => write!(
+                f,
+                "the master restarted with ids up to {recovered}, but this secondary holds ids \
+                 up to {decided} as decided: the master lost committed entries"
+            ),
+            Self::StaleMaster { instance, ours } => write!(
+                f,
+                "the request comes from master process {instance}, but process {ours} has \
+                 already been heard"
+            ),
+            Self::MissingStarts { instance, ours } => write!(
+                f,
+                "master process {instance} did not list the starts since process {ours}"
+            ),
+        }
+    }
+}
 
 impl Replica {
     pub fn new(log: Log) -> Self {
@@ -29,11 +74,23 @@ impl Replica {
             log,
             ahead: BTreeMap::new(),
             instance: rand::random(),
+            master: 0,
         }
+    }
+
+    /// The master process whose entries the recovered log holds (see [`Record::MasterStart`]).
+    pub fn with_master(mut self, instance: u64) -> Self {
+        self.master = instance;
+        self
     }
 
     pub fn log(&self) -> &Log {
         &self.log
+    }
+
+    /// The master process whose entries we hold (0: none heard yet).
+    pub fn master(&self) -> u64 {
+        self.master
     }
 
     pub fn state(&self) -> ReplicaState {
@@ -42,14 +99,32 @@ impl Replica {
             instance: self.instance,
             held: self.log.last_id(),
             decided: self.log.decided(),
+            master_instance: self.master,
         }
     }
 
     /// Applies one replication request. Returns the records that make the change durable (to
-    /// be written before the answer), or `ForeignLog` and changes nothing.
-    pub fn receive(&mut self, request: ReplicateRequest) -> Result<Vec<Record>, ForeignLog> {
+    /// be written before the answer), or why it was refused and changes nothing.
+    pub fn receive(&mut self, request: ReplicateRequest) -> Result<Vec<Record>, Refusal> {
+        // Every check comes before the first change, so a refused request changes nothing.
+        let adopt = self.admit(&request.log_id)?;
+        let (ours, decided) = match adopt {
+            true => (0, 0),
+            false => (self.master, self.log.decided()),
+        };
+        let switch = follow(ours, decided, request.master_instance, &request.starts)?;
         let mut records = Vec::new();
-        self.admit(&request.log_id, &mut records)?;
+        if adopt {
+            // Nothing held yet: this replica belongs to whichever master reaches it first.
+            self.log = Log::new(request.log_id.clone());
+            self.master = 0;
+            records.push(Record::Meta {
+                log_id: request.log_id,
+            });
+        }
+        if let Some(recovered) = switch {
+            self.switch_master(request.master_instance, recovered, &mut records);
+        }
         self.store(request.entries, &mut records);
         if let Some(decisions) = &request.decisions {
             self.decide(decisions, &mut records);
@@ -57,20 +132,35 @@ impl Replica {
         Ok(records)
     }
 
-    /// Checks (and on a fresh replica adopts) the master's log identity.
-    fn admit(&mut self, log_id: &str, records: &mut Vec<Record>) -> Result<(), ForeignLog> {
-        if self.log.log_id() != log_id && self.log.last_id() == 0 && self.ahead.is_empty() {
-            // Nothing held yet: this replica belongs to whichever master reaches it first.
-            self.log = Log::new(log_id.to_owned());
-            records.push(Record::Meta {
-                log_id: log_id.to_owned(),
-            });
-        }
+    /// Checks the master's log identity: `Ok(true)` if this replica, holding nothing yet, is to
+    /// adopt it.
+    fn admit(&self, log_id: &str) -> Result<bool, Refusal> {
         if self.log.log_id() == log_id {
-            Ok(())
+            Ok(false)
+        } else if self.log.last_id() == 0 && self.ahead.is_empty() {
+            Ok(true)
         } else {
-            Err(ForeignLog)
+            Err(Refusal::ForeignLog)
         }
+    }
+
+    /// Drops what we hold above `recovered` and follows master process `instance` from now on.
+    fn switch_master(&mut self, instance: u64, recovered: u64, records: &mut Vec<Record>) {
+        let held = self.log.last_id();
+        if held > recovered {
+            tracing::warn!(
+                held,
+                recovered,
+                "a restarted master lost ids above {recovered} before they were committed; dropping ours"
+            );
+        }
+        self.log.truncate(recovered);
+        self.ahead.split_off(&recovered.saturating_add(1));
+        self.master = instance;
+        records.push(Record::MasterStart {
+            instance,
+            recovered,
+        });
     }
 
     /// Stores entries: each id once, in order, buffering those beyond a gap.
@@ -148,6 +238,36 @@ impl Replica {
     }
 }
 
+/// Whether a replica that follows master process `ours`, with ids up to `decided` decided,
+/// takes a request of process `instance`: `Some(recovered)` if it must first drop every id above
+/// `recovered` and follow `instance`, `None` if it already follows it.
+fn follow(
+    ours: u64,
+    decided: u64,
+    instance: u64,
+    starts: &[MasterStart],
+) -> Result<Option<u64>, Refusal> {
+    // 0: a master from before instances existed, which ships only what it has synced.
+    if instance == 0 || instance == ours {
+        return Ok(None);
+    }
+    if instance < ours {
+        return Err(Refusal::StaleMaster { instance, ours });
+    }
+    // Every id above this may have been lost by one of those processes and given out again by
+    // a later one.
+    let recovered = starts
+        .iter()
+        .filter(|s| s.instance > ours && s.instance <= instance)
+        .map(|s| s.recovered)
+        .min()
+        .ok_or(Refusal::MissingStarts { instance, ours })?;
+    if recovered < decided {
+        return Err(Refusal::MasterLostDecided { recovered, decided });
+    }
+    Ok(Some(recovered))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,6 +297,7 @@ mod tests {
             log_id: "L".into(),
             entries,
             decisions,
+            ..Default::default()
         }
     }
 
@@ -193,6 +314,7 @@ mod tests {
                 }
                 Record::Tombstone { id } => replayed.tombstone(id),
                 Record::Decided { upto } => replayed.set_decided(upto),
+                Record::MasterStart { recovered, .. } => replayed.truncate(recovered),
             }
         }
         assert_eq!(
@@ -275,8 +397,97 @@ mod tests {
         apply(&mut r, &mut replayed, request(vec![entry(1, "a")], None));
         let mut other = request(vec![entry(2, "b")], None);
         other.log_id = "L2".into();
-        assert_eq!(r.receive(other), Err(ForeignLog));
+        assert_eq!(r.receive(other), Err(Refusal::ForeignLog));
         assert_eq!(r.state().log_id, "L");
         assert_eq!(r.state().held, 1);
+    }
+
+    /// `req` from master process `instance`, listing the starts `(instance, recovered)`.
+    fn from_master(
+        instance: u64,
+        starts: &[(u64, u64)],
+        req: ReplicateRequest,
+    ) -> ReplicateRequest {
+        let starts = starts
+            .iter()
+            .map(|&(instance, recovered)| MasterStart {
+                instance,
+                recovered,
+            })
+            .collect();
+        ReplicateRequest {
+            master_instance: instance,
+            starts,
+            ..req
+        }
+    }
+
+    #[test]
+    fn a_restarted_master_makes_it_drop_the_undecided_ids_the_master_lost() {
+        let (mut r, mut replayed) = (Replica::new(Log::default()), Log::default());
+        let first = request(
+            vec![entry(1, "a"), entry(2, "b"), entry(3, "c"), entry(5, "e")],
+            decided(1, 0, vec![]),
+        );
+        apply(&mut r, &mut replayed, from_master(1, &[(1, 0)], first));
+        assert_eq!((r.state().held, r.master()), (3, 1));
+        // Process 2 recovered ids up to 2 (3 and 5 were shipped but never synced) and lost power
+        // too; process 3 recovered 3 of its own. We never heard 2: everything above 2 goes, and
+        // process 3's id 3 takes the place of the old one.
+        let again = request(vec![entry(3, "new c")], decided(3, 1, vec![]));
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(3, &[(2, 2), (3, 3)], again),
+        );
+        assert_eq!((r.state().held, r.master()), (3, 3));
+        let texts: Vec<_> = r.page(1, 10).into_iter().map(|m| m.message).collect();
+        assert_eq!(texts, ["a", "b", "new c"]);
+        // Id 4 arrives: the old 5 must not follow it from the buffer.
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(3, &[], request(vec![entry(4, "d")], None)),
+        );
+        assert_eq!(r.state().held, 4);
+        // The same process again drops nothing.
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(3, &[], request(vec![], None)),
+        );
+        assert_eq!(r.state().held, 4);
+    }
+
+    #[test]
+    fn refuses_an_earlier_master_process_and_one_that_lost_decided_ids() {
+        let (mut r, mut replayed) = (Replica::new(Log::default()), Log::default());
+        let first = request(vec![entry(1, "a"), entry(2, "b")], decided(2, 0, vec![]));
+        apply(&mut r, &mut replayed, from_master(3, &[(3, 0)], first));
+        let stale = from_master(2, &[(2, 0)], request(vec![entry(3, "x")], None));
+        assert_eq!(
+            r.receive(stale),
+            Err(Refusal::StaleMaster {
+                instance: 2,
+                ours: 3
+            })
+        );
+        let missing = from_master(4, &[], request(vec![], None));
+        assert_eq!(
+            r.receive(missing),
+            Err(Refusal::MissingStarts {
+                instance: 4,
+                ours: 3
+            })
+        );
+        let lost = from_master(4, &[(4, 1)], request(vec![], None));
+        assert_eq!(
+            r.receive(lost),
+            Err(Refusal::MasterLostDecided {
+                recovered: 1,
+                decided: 2
+            })
+        );
+        assert_eq!((r.state().held, r.master(), shown(&r)), (2, 3, vec![1, 2]));
     }
 }

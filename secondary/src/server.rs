@@ -7,6 +7,7 @@ use crate::replica::Replica;
 use crate::service::ReplicationService;
 use crate::state::Secondary;
 use replog_node::shutdown::Shutdown;
+use replog_node::storage::LogFile;
 use replog_proto::v1::replication_server::ReplicationServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -32,7 +33,7 @@ pub async fn run(
     let forward = Forwarder::new(config.master.as_deref())?;
     let secondary = Arc::new(Secondary::new(
         config,
-        Replica::new(log),
+        Replica::new(log).with_master(file.as_ref().map_or(0, LogFile::master_instance)),
         file,
         forward,
         shutdown.clone(),

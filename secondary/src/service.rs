@@ -83,7 +83,7 @@ impl Secondary {
         let carried_entries = !request.entries.is_empty();
         let secondary = self.clone();
         let received = if secondary.is_durable() {
-            tokio::task::spawn_blocking(move || secondary.receive(request))
+            replog_node::runtime::blocking_io(move || secondary.receive(request))
                 .await
                 .map_err(|e| Status::internal(format!("storing failed: {e}")))?
         } else {
@@ -91,8 +91,9 @@ impl Secondary {
         };
         let state = match received {
             Ok(state) => state,
-            // The master learns our identity from the state and refuses to mix logs.
-            Err(Refused::ForeignLog(state)) => return Ok(state),
+            // The master learns from the state which log and which master process we follow.
+            Err(Refused::Unapplied(state)) => return Ok(state),
+            Err(Refused::Master(why)) => return Err(Status::failed_precondition(why)),
             Err(Refused::Storage(error)) => {
                 return Err(Status::internal(format!("cannot write the log: {error}")))
             }

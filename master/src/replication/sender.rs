@@ -155,7 +155,7 @@ fn fill(
         }
         let request = {
             let ledger = master.ledger();
-            let waiting = (ledger.durable() + 1).saturating_sub(*next);
+            let waiting = (ledger.written() + 1).saturating_sub(*next);
             if session.shipping() > 0 && waiting < PIPELINE_MIN_ENTRIES {
                 // Decisions and the few entries waiting ride on the next request.
                 return Ok(());
@@ -181,7 +181,7 @@ fn fill(
 /// none, so one that is down costs nothing but its heartbeats).
 fn due(master: &Master, known: bool, next: u64, pushed_decided: u64) -> bool {
     let ledger = master.ledger();
-    !known || ledger.durable() >= next || ledger.log().decided() > pushed_decided
+    !known || ledger.written() >= next || ledger.log().decided() > pushed_decided
 }
 
 /// Whether the stream failed, when to try again, and the backoff between tries.

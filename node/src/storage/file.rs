@@ -76,6 +76,8 @@ pub struct LogFile {
     len: u64,
     /// Highest entry id in the file, to refuse appends that recovery would reject.
     last_id: u64,
+    /// Every `MasterStart` record in the file, in order, as `(instance, recovered)`.
+    starts: Vec<(u64, u64)>,
     /// Set after a write or sync failed and the file could not be put back in a known state.
     /// After a failed fsync the kernel may have dropped the dirty pages while reporting them
     /// clean, so retrying cannot be trusted: only a restart (recovery from what is on disk) can.
@@ -87,7 +89,8 @@ impl LogFile {
     ///
     /// A new (or empty) file gets a `Meta` record with `new_log_id()`. An existing one is replayed
     /// record by record: `Meta` sets the identity, `Entry` pushes (its id must be `last_id + 1`),
-    /// `Tombstone` aborts an id, `Decided` moves the frontier. At the first record that fails to
+    /// `Tombstone` aborts an id, `Decided` moves the frontier, `MasterStart` drops
+    /// the ids above the new master's recovered one. At the first record that fails to
     /// decode or to replay, the file is truncated to the end of the last good record and synced,
     /// and [`Recovered::cut`] says what was removed; nothing before it is lost. A file whose first
     /// record is not a valid `Meta` is an error: it is not ours (or its head is damaged), and
@@ -119,7 +122,7 @@ impl LogFile {
             drop(file);
             return Self::create_new(dir, path, policy, new_log_id());
         }
-        let (log, good, reason) = replay(&bytes).map_err(|reason| {
+        let (log, starts, good, reason) = replay(&bytes).map_err(|reason| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
@@ -156,6 +159,7 @@ impl LogFile {
             buf: Vec::new(),
             len: good,
             last_id,
+            starts,
             poisoned: None,
         };
         Ok((log_file, Recovered { log, cut }))
@@ -177,6 +181,7 @@ impl LogFile {
             buf: Vec::new(),
             len,
             last_id: 0,
+            starts: Vec::new(),
             poisoned: None,
         };
         let recovered = Recovered {
@@ -195,6 +200,20 @@ impl LogFile {
     /// adopts), or a record over the size cap. Otherwise acknowledging it would lose it (and all
     /// after it) at the next start.
     pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+        self.write(records, self.policy == FsyncPolicy::Always)
+    }
+
+    /// Appends `records` as one write, like [`append`](Self::append), but never syncs: they
+    /// become durable with the next append that syncs, or whenever the OS flushes. Only for
+    /// records whose loss in a power failure costs nothing, because someone else sends them
+    /// again (a secondary's copy of the master's decisions). A kill -9 loses nothing either way:
+    /// the write is in the page cache. Recovery keeps a prefix of the records (it stops at the
+    /// first bad one), so a record that survives implies that all before it did.
+    pub fn append_unsynced(&mut self, records: &[Record]) -> io::Result<()> {
+        self.write(records, false)
+    }
+
+    fn write(&mut self, records: &[Record], sync: bool) -> io::Result<()> {
         if let Some(why) = &self.poisoned {
             return Err(io::Error::other(format!(
                 "log file {} is unusable after an earlier failure ({why}); restart to recover",
@@ -213,7 +232,7 @@ impl LogFile {
             self.roll_back(&e);
             return Err(e);
         }
-        if self.policy == FsyncPolicy::Always {
+        if sync {
             if let Err(e) = self.file.sync_data() {
                 self.poisoned = Some(format!("fsync failed: {e}"));
                 return Err(e);
@@ -221,6 +240,15 @@ impl LogFile {
         }
         self.len += self.buf.len() as u64;
         self.last_id = last_id;
+        for record in records {
+            if let Record::MasterStart {
+                instance,
+                recovered,
+            } = record
+            {
+                self.starts.push((*instance, *recovered));
+            }
+        }
         // Do not keep a huge buffer around after one large batch.
         if self.buf.capacity() > 4 * 1024 * 1024 {
             self.buf = Vec::new();
@@ -231,6 +259,17 @@ impl LogFile {
     /// Path of the log file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The master process named by the last `MasterStart` record, 0 if there is none: in a
+    /// master's file its last process, in a secondary's the one whose entries it holds.
+    pub fn master_instance(&self) -> u64 {
+        self.starts.last().map_or(0, |&(instance, _)| instance)
+    }
+
+    /// Every `MasterStart` record, in order, as `(instance, recovered)`.
+    pub fn master_starts(&self) -> &[(u64, u64)] {
+        &self.starts
     }
 
     /// The policy this file was opened with.
@@ -265,6 +304,7 @@ impl LogFile {
                 Record::Meta { .. } if last_id > 0 => {
                     return invalid("a Meta record may not follow entries".into())
                 }
+                Record::MasterStart { recovered, .. } => last_id = last_id.min(*recovered),
                 _ => {}
             }
         }
@@ -287,9 +327,12 @@ impl LogFile {
     }
 }
 
-/// Replays a whole file. `Err` if the first record is not a valid Meta; otherwise the log, the
-/// length of the good prefix and, if a tail is bad, why.
-fn replay(bytes: &[u8]) -> Result<(Log, u64, Option<String>), String> {
+/// The log, the `MasterStart` records as `(instance, recovered)`, the length of the good
+/// prefix and, if a tail is bad, why.
+type Replayed = (Log, Vec<(u64, u64)>, u64, Option<String>);
+
+/// Replays a whole file. `Err` if the first record is not a valid Meta.
+fn replay(bytes: &[u8]) -> Result<Replayed, String> {
     let (log_id, mut offset) = match record::decode(bytes) {
         Ok(Some((Record::Meta { log_id }, used))) => (log_id, used),
         Ok(Some((other, _))) => return Err(format!("found {}", kind(&other))),
@@ -297,6 +340,7 @@ fn replay(bytes: &[u8]) -> Result<(Log, u64, Option<String>), String> {
         Err(e) => return Err(e.to_string()),
     };
     let mut log = Log::new(log_id);
+    let mut starts = Vec::new();
     let reason = loop {
         let next = match record::decode(&bytes[offset..]) {
             Ok(None) => break None,
@@ -304,12 +348,20 @@ fn replay(bytes: &[u8]) -> Result<(Log, u64, Option<String>), String> {
             Err(e) => break Some(e.to_string()),
         };
         let (record, used) = next;
+        let start = match record {
+            Record::MasterStart {
+                instance,
+                recovered,
+            } => Some((instance, recovered)),
+            _ => None,
+        };
         if let Err(e) = apply(&mut log, record) {
             break Some(e);
         }
+        starts.extend(start);
         offset += used;
     };
-    Ok((log, offset as u64, reason))
+    Ok((log, starts, offset as u64, reason))
 }
 
 /// Applies one record after the first; `Err` says why it cannot follow what came before.
@@ -337,6 +389,15 @@ fn apply(log: &mut Log, record: Record) -> Result<(), String> {
         Record::Tombstone { id: 0 } => return Err("tombstone of id 0".into()),
         Record::Tombstone { id } => log.tombstone(id),
         Record::Decided { upto } => log.set_decided(upto),
+        Record::MasterStart { recovered, .. } => {
+            if recovered < log.decided() {
+                return Err(format!(
+                    "a MasterStart record drops ids above {recovered}, but ids up to {} are decided",
+                    log.decided()
+                ));
+            }
+            log.truncate(recovered);
+        }
     }
     Ok(())
 }
@@ -347,6 +408,7 @@ fn kind(record: &Record) -> &'static str {
         Record::Entry { .. } => "an Entry record",
         Record::Tombstone { .. } => "a Tombstone record",
         Record::Decided { .. } => "a Decided record",
+        Record::MasterStart { .. } => "a MasterStart record",
     }
 }
 

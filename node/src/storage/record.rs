@@ -17,6 +17,7 @@ const TAG_META: u8 = 1;
 const TAG_ENTRY: u8 = 2;
 const TAG_TOMBSTONE: u8 = 3;
 const TAG_DECIDED: u8 = 4;
+const TAG_MASTER_START: u8 = 5;
 
 /// Entry flag bit: the entry was aborted when it was written.
 const FLAG_TOMBSTONE: u8 = 1;
@@ -37,6 +38,10 @@ pub enum Record {
     Tombstone { id: u64 },
     /// Every id up to `upto` is decided.
     Decided { upto: u64 },
+    /// A secondary heard a new master process, which had recovered ids up to `recovered`:
+    /// every held id above that is dropped (it was never committed; see
+    /// `ReplicateRequest.recovered`), and entries after this record come from that process.
+    MasterStart { instance: u64, recovered: u64 },
 }
 
 /// Why the bytes at some offset are not a record.
@@ -86,6 +91,7 @@ pub fn payload_len(record: &Record) -> usize {
         Record::Meta { log_id } => 4 + log_id.len(),
         Record::Entry { message, .. } => 8 + 1 + 4 + message.len(),
         Record::Tombstone { .. } | Record::Decided { .. } => 8,
+        Record::MasterStart { .. } => 16,
     }
 }
 
@@ -118,6 +124,14 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Decided { upto } => {
             out.push(TAG_DECIDED);
             out.extend_from_slice(&upto.to_le_bytes());
+        }
+        Record::MasterStart {
+            instance,
+            recovered,
+        } => {
+            out.push(TAG_MASTER_START);
+            out.extend_from_slice(&instance.to_le_bytes());
+            out.extend_from_slice(&recovered.to_le_bytes());
         }
     }
     let payload_start = start + HEADER_LEN;
@@ -203,6 +217,14 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
                 .u64()
                 .ok_or(DecodeError::Malformed("short decided frontier"))?,
         },
+        TAG_MASTER_START => Record::MasterStart {
+            instance: r
+                .u64()
+                .ok_or(DecodeError::Malformed("short master instance"))?,
+            recovered: r
+                .u64()
+                .ok_or(DecodeError::Malformed("short recovered id"))?,
+        },
         other => return Err(DecodeError::UnknownTag(other)),
     };
     if !r.rest().is_empty() {
@@ -286,6 +308,10 @@ mod tests {
             Record::Tombstone { id: 7 },
             Record::Decided { upto: 42 },
             Record::Decided { upto: 0 },
+            Record::MasterStart {
+                instance: u64::MAX,
+                recovered: 7,
+            },
         ]
     }
 
