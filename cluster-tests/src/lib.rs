@@ -1186,6 +1186,7 @@ pub mod log_file {
         Entry { id: u64, tombstone: bool },
         Tombstone { id: u64 },
         Decided { upto: u64 },
+        MasterStart { instance: u64, recovered: u64 },
         Unknown(u8),
     }
 
@@ -1228,6 +1229,10 @@ pub mod log_file {
                 },
                 3 => Kind::Tombstone { id: u64_at(1) },
                 4 => Kind::Decided { upto: u64_at(1) },
+                5 => Kind::MasterStart {
+                    instance: u64_at(1),
+                    recovered: u64_at(9),
+                },
                 other => Kind::Unknown(other),
             };
             frames.push(Frame {
@@ -1253,7 +1258,7 @@ pub mod log_file {
                 }
                 Kind::Decided { upto } => decided = upto,
                 Kind::Tombstone { id } => panic!("unexpected tombstone {id}"),
-                Kind::Meta | Kind::Unknown(_) => {}
+                Kind::Meta | Kind::MasterStart { .. } | Kind::Unknown(_) => {}
             }
         }
         (held, decided)

@@ -299,6 +299,99 @@ async fn master_cuts_a_torn_or_corrupt_tail_and_keeps_the_rest() {
     assert_eq!(cluster.messages(&cluster.master).await, expected);
 }
 
+/// Injected: the master ships an entry while its own fsync of it runs, so a power failure can
+/// take from it an entry a secondary already holds. Here: with secondary-2 hung (SIGSTOP), a w=3
+/// append "lost" stays pending while secondary-1 holds it as id 2; then kill -9 of the master,
+/// its log.bin cut back to before that entry (what a power failure before the fsync leaves),
+/// a restart, SIGCONT of secondary-2, and a w=3 append "kept".
+/// Checked: the restarted master is process 2 of its log (a MasterStart record with recovered
+/// 1); "kept" gets id 2; every node lists exactly [first, kept] (secondary-1 dropped its "lost");
+/// and so does secondary-1 after a kill -9 and restart from its own file.
+#[tokio::test]
+async fn a_secondary_drops_an_entry_the_master_lost_before_its_fsync() {
+    let mut cluster = Cluster::start_with(
+        vec![SecondaryOpts::new().durable(), SecondaryOpts::new()],
+        MasterOpts::new().durable().envs(&settings()),
+    )
+    .await;
+
+    let (status, body) = cluster.append("first", Some(3)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], 1, "{body}");
+
+    cluster.secondaries[1].stop();
+    let appender = cluster.appender();
+    let pending = tokio::spawn(async move { appender.append("lost", Some(3)).await });
+    let s1 = &cluster.secondaries[0];
+    wait_until(
+        Duration::from_secs(10),
+        "secondary-1 holds id 2",
+        || async { cluster.held(s1).await == 2 },
+    )
+    .await;
+
+    nix::sys::signal::kill(cluster.master.pid(), nix::sys::signal::Signal::SIGKILL)
+        .expect("SIGKILL the master");
+    cluster.master.kill();
+    pending.abort();
+    let path = cluster.master.log_file();
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let frames = log_file::frames(&bytes);
+    let lost = frames
+        .iter()
+        .find(|f| {
+            f.kind
+                == (Kind::Entry {
+                    id: 2,
+                    tombstone: false,
+                })
+        })
+        .unwrap_or_else(|| panic!("no entry 2 in {}: {frames:?}", path.display()));
+    bytes.truncate(lost.offset);
+    std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+
+    cluster.master.start();
+    cluster.secondaries[1].cont();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(10), cluster.append("kept", Some(3)))
+            .await
+            .expect("the append after the restart answers within 10 s");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["id"], 2,
+        "the restarted master gives id 2 again: {body}"
+    );
+    let restarts: Vec<_> = log_file::frames(&std::fs::read(&path).expect("master log"))
+        .into_iter()
+        .filter_map(|f| match f.kind {
+            Kind::MasterStart {
+                instance,
+                recovered,
+            } => Some((instance, recovered)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restarts,
+        [(1, 0), (2, 1)],
+        "the master's starts in its file"
+    );
+
+    let expected = [(1, "first".to_owned()), (2, "kept".to_owned())];
+    cluster
+        .wait_converged(Duration::from_secs(10), &expected)
+        .await;
+    cluster.secondaries[0].kill();
+    cluster.secondaries[0].start();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    cluster
+        .wait_converged(Duration::from_secs(10), &expected)
+        .await;
+}
+
 /// Injected: ERROR_RATE=0.3 on both durable secondaries (they store, then answer an error), 200
 /// appends with w cycling 1, 2, 3, 8 at a time; after 100 answered, kill -9 of secondary-1 and
 /// a restart with its data, the appends going on.
