@@ -5,8 +5,9 @@
 //! benchmark) do better with one thread each: every hop of an append between tasks (HTTP
 //! connection, replication sender, HTTP/2 connection) is then a queue push instead of a
 //! cross-thread wake-up, which costs a futex call and often an inter-processor interrupt. With
-//! `WORKER_THREADS=1` the node uses tokio's current-thread scheduler; blocking work (file writes,
-//! fsync) still runs on tokio's blocking pool, never on that one thread.
+//! `WORKER_THREADS=1` the node uses tokio's current-thread scheduler, and writes its log file in
+//! place on that thread ([`blocking_io`]); only the master's fsync, which overlaps shipping,
+//! still goes to tokio's blocking pool.
 
 use tokio::runtime::{Builder, Runtime};
 
