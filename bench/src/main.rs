@@ -45,6 +45,13 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
 
+    /// Rounds: every cell runs this many times (for each C, all rows one after the other, then
+    /// again), and the table shows the round with the median ops/s of each cell. On a shared
+    /// machine one cell moves 10-25 % between runs; the median of 3 makes a verdict near a
+    /// target less a matter of luck.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
+    repeat: u32,
+
     /// Rows to run (comma-separated): row keys (see --list-rows) or groups `memory`, `durable`,
     /// `n4`, `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
@@ -314,6 +321,7 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
         ops_ratio: None,
         p99_ratio: None,
         window_s: env.window.as_secs_f64(),
+        rounds_ops_per_sec: Vec::new(),
     })
 }
 
@@ -372,36 +380,42 @@ async fn run(args: Args) -> Result<bool> {
     let rows = select_rows(&args.rows)?;
     let machine = report::Machine::here();
     eprintln!(
-        "bench: {} rows x C = {:?}, warm-up {:?}, measured {:?} per cell; {} CPUs, load {}; servers from {}",
+        "bench: {} rows x C = {:?}, warm-up {:?}, measured {:?} per cell, {} round(s); {} CPUs, load {}; servers from {}",
         rows.len(),
         clients,
         env.warmup,
         env.window,
+        if args.smoke { 1 } else { args.repeat },
         machine.cpus,
         machine.load_average_before,
         env.bin_dir.display()
     );
     // Client count outermost: the rows compared with each other (same C) run minutes apart at
     // most, so a change in the machine's load hits both sides alike.
+    let repeat = if args.smoke { 1 } else { args.repeat };
     let mut results = Vec::new();
     for &c in &clients {
-        for kind in &rows {
-            let result = run_cell(kind, c, &env).await?;
-            eprintln!(
-                "  {:<7} {:<24} C={:<4} {:>9.0} ops/s  p50 {:>7.3} ms  p99 {:>7.3} ms{}",
-                result.system,
-                result.mode,
-                c,
-                result.ops_per_sec,
-                result.p50_ms,
-                result.p99_ms,
-                match &result.first_error {
-                    Some(e) => format!("  ({} errors, first: {e})", result.errors),
-                    None => String::new(),
-                }
-            );
-            results.push(result);
+        let mut rounds: Vec<Vec<RowResult>> = vec![Vec::new(); rows.len()];
+        for _ in 0..repeat {
+            for (kind, runs) in rows.iter().zip(&mut rounds) {
+                runs.push(run_cell(kind, c, &env).await?);
+                let result = runs.last().context("a run")?;
+                eprintln!(
+                    "  {:<7} {:<24} C={:<4} {:>9.0} ops/s  p50 {:>7.3} ms  p99 {:>7.3} ms{}",
+                    result.system,
+                    result.mode,
+                    c,
+                    result.ops_per_sec,
+                    result.p50_ms,
+                    result.p99_ms,
+                    match &result.first_error {
+                        Some(e) => format!("  ({} errors, first: {e})", result.errors),
+                        None => String::new(),
+                    }
+                );
+            }
         }
+        results.extend(rounds.into_iter().filter_map(report::median_round));
     }
     // Table order: row kind, then C.
     results.sort_by_key(|r| (ROWS.iter().position(|k| k.key == r.key), r.clients));
@@ -412,6 +426,11 @@ async fn run(args: Args) -> Result<bool> {
     table.push_str(&format!(
         "(HTTP rows: one keep-alive connection per client; reconnects in the whole run: {reconnects})\n"
     ));
+    if repeat > 1 {
+        table.push_str(&format!(
+            "(each cell: the median of {repeat} rounds by ops/s; every round's ops/s is in results.json)\n"
+        ));
+    }
     let load_after = report::load_average();
     table.push_str(&format!(
         "(load average before / after the run: {} / {load_after} on {} CPUs)\n",
@@ -424,6 +443,7 @@ async fn run(args: Args) -> Result<bool> {
         machine,
         warmup_s: env.warmup.as_secs_f64(),
         window_s: env.window.as_secs_f64(),
+        rounds: repeat,
         message_bytes: MESSAGE_BYTES,
         rows: results,
         targets,

@@ -37,6 +37,21 @@ pub struct RowResult {
     /// p99 of this row divided by the reference's.
     pub p99_ratio: Option<f64>,
     pub window_s: f64,
+    /// ops/s of every round of this cell, in the order run (`--repeat`); the figures above are
+    /// those of the median round.
+    pub rounds_ops_per_sec: Vec<f64>,
+}
+
+/// The round with the median ops/s of one cell (the lower middle of an even count), with every
+/// round's ops/s recorded. Its figures all come from one real run, never a mix of runs.
+pub fn median_round(runs: Vec<RowResult>) -> Option<RowResult> {
+    let all: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
+    let mut sorted = runs;
+    sorted.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+    let middle = sorted.len().checked_sub(1)? / 2;
+    let mut median = sorted.into_iter().nth(middle)?;
+    median.rounds_ops_per_sec = all;
+    Some(median)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -92,6 +107,8 @@ pub struct Report {
     pub load_average_after: String,
     pub warmup_s: f64,
     pub window_s: f64,
+    /// Rounds per cell (`--repeat`).
+    pub rounds: u32,
     pub message_bytes: usize,
     pub rows: Vec<RowResult>,
     pub targets: Vec<Target>,
@@ -469,4 +486,47 @@ pub fn plot(report: &Report) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cell(ops_per_sec: f64, p99_ms: f64) -> RowResult {
+        RowResult {
+            key: "replog-http-w3".into(),
+            group: "memory".into(),
+            system: "replog".into(),
+            mode: "HTTP w=3".into(),
+            clients: 64,
+            connections: 64,
+            ops: ops_per_sec as u64,
+            ops_per_sec,
+            p50_ms: 1.0,
+            p99_ms,
+            p999_ms: 2.0 * p99_ms,
+            max_ms: 3.0 * p99_ms,
+            errors: 0,
+            first_error: None,
+            reconnects: 0,
+            rss_master_mb: 1.0,
+            rss_replica_max_mb: 1.0,
+            reference: None,
+            ops_ratio: None,
+            p99_ratio: None,
+            window_s: 1.0,
+            rounds_ops_per_sec: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_median_round_keeps_one_runs_figures_and_lists_every_round() {
+        let median = median_round(vec![cell(300.0, 3.0), cell(100.0, 1.0), cell(200.0, 9.0)])
+            .expect("three rounds");
+        assert_eq!((median.ops_per_sec, median.p99_ms), (200.0, 9.0));
+        assert_eq!(median.rounds_ops_per_sec, [300.0, 100.0, 200.0]);
+        let lower = median_round(vec![cell(4.0, 1.0), cell(2.0, 1.0)]).expect("two rounds");
+        assert_eq!(lower.ops_per_sec, 2.0);
+        assert!(median_round(Vec::new()).is_none());
+    }
 }
