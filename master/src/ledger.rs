@@ -9,10 +9,10 @@
 //! runs, so the two disks work at the same time; but nothing commits before the master's own
 //! copy is synced, whatever `w` says. So a master that loses power keeps every committed id, and
 //! the ids it loses were never committed: secondaries drop them when they hear the restarted
-//! master (`recovered` in every request; see the secondary's `replica` module). An abort becomes
-//! visible (tombstone, 500) only once its tombstone is on disk, so a restarted master never
-//! commits what it answered 500 for. Records for the journal are queued here, under the lock, so
-//! the file receives them in id order.
+//! master (`master_instance` and `starts` in its requests; see the secondary's `replica`
+//! module). An abort becomes visible (tombstone, 500) only once its tombstone is on disk, so a
+//! restarted master never commits what it answered 500 for. Records for the journal are queued
+//! here, under the lock, so the file receives them in id order.
 
 use bytes::Bytes;
 use replog_node::log::{Log, Message};

@@ -40,7 +40,8 @@ pub enum Record {
     Decided { upto: u64 },
     /// A secondary heard a new master process, which had recovered ids up to `recovered`:
     /// every held id above that is dropped (it was never committed; see
-    /// `ReplicateRequest.recovered`), and entries after this record come from that process.
+    /// `ReplicateRequest.starts`), and entries after this record come from that process. A
+    /// master records one at each start, with the last id it recovered.
     MasterStart { instance: u64, recovered: u64 },
 }
 
