@@ -397,13 +397,9 @@ impl Ledger {
         self.starts.iter().filter(move |s| s.instance > instance)
     }
 
-    /// What a secondary that follows process `instance` keeps when it hears this one: every id
-    /// up to the lowest one recovered since (see the secondary's `replica` module).
+    /// What a secondary that follows process `instance` keeps when it hears this one.
     fn kept_after(&self, instance: u64) -> u64 {
-        self.starts_after(instance)
-            .map(|s| s.recovered)
-            .min()
-            .unwrap_or(u64::MAX)
+        MasterStart::kept_after(&self.starts, instance, self.instance).unwrap_or(u64::MAX)
     }
 
     pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {

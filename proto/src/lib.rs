@@ -12,3 +12,18 @@
 pub mod v1 {
     tonic::include_proto!("replog.v1");
 }
+
+impl v1::MasterStart {
+    /// The cut rule of `ReplicateRequest.starts`, for both ends: a secondary that follows master
+    /// process `follows` and hears process `heard` keeps every id up to the lowest `recovered`
+    /// among the starts in `(follows, heard]`, since any id above it may have been lost by one of
+    /// those processes and given out again by a later one. `None` if `starts` lists none of
+    /// them. The master uses it to count what such a secondary holds, the secondary to cut.
+    pub fn kept_after(starts: &[v1::MasterStart], follows: u64, heard: u64) -> Option<u64> {
+        starts
+            .iter()
+            .filter(|s| s.instance > follows && s.instance <= heard)
+            .map(|s| s.recovered)
+            .min()
+    }
+}

@@ -254,13 +254,7 @@ fn follow(
     if instance < ours {
         return Err(Refusal::StaleMaster { instance, ours });
     }
-    // Every id above this may have been lost by one of those processes and given out again by
-    // a later one.
-    let recovered = starts
-        .iter()
-        .filter(|s| s.instance > ours && s.instance <= instance)
-        .map(|s| s.recovered)
-        .min()
+    let recovered = MasterStart::kept_after(starts, ours, instance)
         .ok_or(Refusal::MissingStarts { instance, ours })?;
     if recovered < decided {
         return Err(Refusal::MasterLostDecided { recovered, decided });
