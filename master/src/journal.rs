@@ -77,17 +77,13 @@ fn take_back(
     master: &Master,
     done: Result<(LogFile, std::io::Result<()>), tokio::task::JoinError>,
 ) -> Option<LogFile> {
-    match done {
-        Ok((file, Ok(()))) => Some(file),
-        Ok((_, Err(error))) => {
-            fail(master, &error.to_string());
-            None
-        }
-        Err(error) => {
-            fail(master, &error.to_string());
-            None
-        }
-    }
+    let error = match done {
+        Ok((file, Ok(()))) => return Some(file),
+        Ok((_, Err(error))) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    fail(master, &error);
+    None
 }
 
 /// A master that cannot write its log must not acknowledge anything more: it stops.

@@ -240,15 +240,8 @@ impl LogFile {
         }
         self.len += self.buf.len() as u64;
         self.last_id = last_id;
-        for record in records {
-            if let Record::MasterStart {
-                instance,
-                recovered,
-            } = record
-            {
-                self.starts.push((*instance, *recovered));
-            }
-        }
+        self.starts
+            .extend(records.iter().filter_map(Record::master_start));
         // Do not keep a huge buffer around after one large batch.
         if self.buf.capacity() > 4 * 1024 * 1024 {
             self.buf = Vec::new();
@@ -348,13 +341,7 @@ fn replay(bytes: &[u8]) -> Result<Replayed, String> {
             Err(e) => break Some(e.to_string()),
         };
         let (record, used) = next;
-        let start = match record {
-            Record::MasterStart {
-                instance,
-                recovered,
-            } => Some((instance, recovered)),
-            _ => None,
-        };
+        let start = record.master_start();
         if let Err(e) = apply(&mut log, record) {
             break Some(e);
         }

@@ -45,6 +45,19 @@ pub enum Record {
     MasterStart { instance: u64, recovered: u64 },
 }
 
+impl Record {
+    /// `(instance, recovered)` of a `MasterStart` record.
+    pub fn master_start(&self) -> Option<(u64, u64)> {
+        match *self {
+            Record::MasterStart {
+                instance,
+                recovered,
+            } => Some((instance, recovered)),
+            _ => None,
+        }
+    }
+}
+
 /// Why the bytes at some offset are not a record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
