@@ -321,7 +321,7 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
         ops_ratio: None,
         p99_ratio: None,
         window_s: env.window.as_secs_f64(),
-        rounds_ops_per_sec: Vec::new(),
+        rounds: Vec::new(),
     })
 }
 
@@ -428,7 +428,7 @@ async fn run(args: Args) -> Result<bool> {
     ));
     if repeat > 1 {
         table.push_str(&format!(
-            "(each cell: the median of {repeat} rounds by ops/s; every round's ops/s is in results.json)\n"
+            "(each cell: the median of {repeat} rounds by ops/s; ratios and targets: the median of the per-round ratios; every round is in results.json)\n"
         ));
     }
     let load_after = report::load_average();
