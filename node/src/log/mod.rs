@@ -5,7 +5,10 @@
 //! its longest decided prefix, so every list only grows by appending and all nodes show the same
 //! order.
 
+mod segments;
+
 use bytes::Bytes;
+use segments::Segments;
 use std::collections::BTreeSet;
 
 /// One visible entry.
@@ -20,8 +23,9 @@ pub struct Message {
 pub struct Log {
     /// Identity of the log, made when it is created; empty until a secondary adopts one.
     log_id: String,
-    /// Payload of id `i + 1` at index `i`; a tombstone keeps an empty payload.
-    entries: Vec<Bytes>,
+    /// Payload of id `i + 1` at index `i`; a tombstone keeps an empty payload. In segments, so
+    /// an append never copies the log (see [`segments`]).
+    entries: Segments<Bytes>,
     /// Aborted ids, including ones beyond `entries` that a secondary learned before the entry.
     tombstones: BTreeSet<u64>,
     /// Every id up to here is decided.
@@ -97,7 +101,6 @@ impl Log {
         range.copied()
     }
 
-    /// Moves the decided frontier forward (never back).
     /// Drops every entry and tombstone above `keep_upto`. Only an undecided suffix may go: the
     /// caller checks that `keep_upto >= decided()`, since a decided id may already be shown.
     pub fn truncate(&mut self, keep_upto: u64) {
@@ -106,6 +109,7 @@ impl Log {
         self.tombstones.split_off(&(keep_upto.saturating_add(1)));
     }
 
+    /// Moves the decided frontier forward (never back).
     pub fn set_decided(&mut self, decided: u64) {
         self.decided = self.decided.max(decided);
     }
