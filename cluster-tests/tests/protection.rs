@@ -367,6 +367,79 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
     }
 }
 
+/// Injected: REQUEST_TIMEOUT_SECONDS=1 on the master; a client that sends an append's headers
+/// and the start of its body, then nothing more; another that sends its body in two parts
+/// 300 ms apart.
+/// Checked: the first is answered 408 with a JSON body naming REQUEST_TIMEOUT_SECONDS, no
+/// sooner than the timeout and well before 5 s, and nothing is appended; the second (each wait
+/// shorter than the timeout) is appended normally: the limit is on each wait for the body, not
+/// on the whole upload.
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_answered_408_and_appends_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new()],
+        &steady_health(&[("REQUEST_TIMEOUT_SECONDS", "1")]),
+    )
+    .await;
+    let port = cluster.master.http_port;
+    let head = |length: usize| {
+        format!(
+            "POST /api/messages HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {length}\r\nconnection: close\r\n\r\n"
+        )
+    };
+
+    let body = r#"{"message": "never finished"}"#;
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    stalled
+        .write_all(format!("{}{}", head(body.len()), &body[..12]).as_bytes())
+        .await
+        .expect("send the headers and the start of the body");
+    let started = Instant::now();
+    let mut answer = String::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), stalled.read_to_string(&mut answer)).await;
+    let took = started.elapsed();
+    assert!(read.is_ok(), "no answer after {took:?}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {took:?}: {answer}"
+    );
+    assert!(answer.contains("REQUEST_TIMEOUT_SECONDS"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}, before the 1 s timeout"
+    );
+
+    let body = r#"{"message": "in two parts"}"#;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    slow.write_all(format!("{}{}", head(body.len()), &body[..10]).as_bytes())
+        .await
+        .expect("send the first part");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    slow.write_all(&body.as_bytes()[10..])
+        .await
+        .expect("send the rest");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), slow.read_to_string(&mut answer))
+        .await
+        .expect("an answer within 5 s")
+        .expect("read the answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let listed: Vec<String> = cluster
+        .messages(&cluster.master)
+        .await
+        .into_iter()
+        .map(|(_, message)| message)
+        .collect();
+    assert_eq!(listed, ["in two parts"]);
+}
+
 /// `GET url` on a connection of its own. Not the cluster's pooled ones: with a 1 s
 /// `REQUEST_TIMEOUT_SECONDS` the nodes close keep-alive connections idle for 1 s, so a pooled
 /// connection may be closing at the moment it is reused.

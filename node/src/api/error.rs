@@ -28,6 +28,8 @@ pub enum ApiError {
     Overloaded(String),
     /// The message or body is larger than the node accepts.
     PayloadTooLarge(String),
+    /// The body stopped arriving for longer than `REQUEST_TIMEOUT_SECONDS`.
+    RequestTimeout(String),
     NotFound(String),
 }
 
@@ -40,6 +42,7 @@ impl ApiError {
             ApiError::ReplicationFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
         }
     }
@@ -54,6 +57,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::PayloadTooLarge(_) => "too_large",
+            ApiError::RequestTimeout(_) => "timeout",
             ApiError::NotFound(_) => "not_found",
         }
     }
@@ -66,6 +70,7 @@ impl ApiError {
             | ApiError::Unavailable(d)
             | ApiError::Overloaded(d)
             | ApiError::PayloadTooLarge(d)
+            | ApiError::RequestTimeout(d)
             | ApiError::NotFound(d) => d,
             ApiError::ReplicationFailed => REPLICATION_FAILED,
         }
@@ -96,6 +101,9 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if let Some(timed_out) = super::body_timeout::timed_out(&rejection) {
+            return ApiError::RequestTimeout(timed_out.to_string());
+        }
         match rejection {
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
                 "expected a JSON body with `Content-Type: application/json`".into(),
@@ -124,6 +132,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::Overloaded(_) => Code::ResourceExhausted,
             ApiError::PayloadTooLarge(_) => Code::OutOfRange,
+            ApiError::RequestTimeout(_) => Code::DeadlineExceeded,
             ApiError::NotFound(_) => Code::NotFound,
         };
         tonic::Status::new(code, error.detail())

@@ -5,6 +5,7 @@
 //! Both encodings call one [`Node`] implementation, so validation, errors and behaviour are the
 //! same whichever a client speaks.
 
+pub mod body_timeout;
 pub mod error;
 pub mod grpc;
 pub mod health;
@@ -21,10 +22,10 @@ use crate::shutdown::Shutdown;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, Method};
 use axum::Router;
+use body_timeout::BodyTimeoutLayer;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 /// What a node offers its clients.
 #[tonic::async_trait]
@@ -122,7 +123,7 @@ pub fn router<N: Node>(
         .merge(openapi::docs_page())
         .layer(DefaultBodyLimit::max(body_limit));
     if !limits.request_timeout_seconds.is_zero() {
-        app = app.layer(RequestBodyTimeoutLayer::new(limits.request_timeout_seconds));
+        app = app.layer(BodyTimeoutLayer::new(limits.request_timeout_seconds));
     }
     let app = app.layer(cors);
     // Per-request spans and events are DEBUG: with them filtered out (the default), the layer
@@ -149,7 +150,7 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 /// leave at once, not wait up to 40 ms for Nagle's algorithm and the peer's delayed ACK.
 ///
 /// An HTTP/1.1 client gets `header_timeout` to send a request's headers (the body has its own
-/// limit, [`RequestBodyTimeoutLayer`]); a client that trickles headers byte by byte would
+/// limit, [`BodyTimeoutLayer`]); a client that trickles headers byte by byte would
 /// otherwise hold its connection forever. `axum::serve` has no such setting, hence this
 /// accept loop over hyper-util's connection builder, with its graceful shutdown: on `shutdown`
 /// no new connection is accepted, idle ones close, and requests in flight finish.
