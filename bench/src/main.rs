@@ -15,6 +15,7 @@ mod procs;
 mod redis_peer;
 mod replog;
 mod report;
+mod wire;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;

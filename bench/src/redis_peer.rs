@@ -3,6 +3,7 @@
 
 use crate::load::Client;
 use crate::procs::{self, wait_until, Proc};
+use crate::wire::{RedisPipeline, Reply};
 use anyhow::{bail, Context, Result};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
@@ -148,18 +149,24 @@ impl Cluster {
 }
 
 /// One client on its own connection: `XADD`, and with `wait` also `WAIT <replicas> 0`,
-/// pipelined in one round trip (one request, one answer, like an HTTP append).
+/// pipelined in one round trip (one request, one answer, like an HTTP append; see
+/// [`crate::wire`]).
 pub struct Append {
-    con: MultiplexedConnection,
-    message: Vec<u8>,
+    pipeline: RedisPipeline,
     wait: Option<usize>,
 }
 
 impl Append {
     pub async fn connect(port: u16, wait: Option<usize>) -> Result<Append> {
+        let message = crate::replog::payload_text("bench");
+        let xadd: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"m", message.as_bytes()];
+        let replicas = wait.map(|n| n.to_string());
+        let mut commands = vec![xadd];
+        if let Some(replicas) = &replicas {
+            commands.push(vec![b"WAIT", replicas.as_bytes(), b"0"]);
+        }
         Ok(Append {
-            con: connect(port).await?,
-            message: crate::replog::payload_text("bench").into_bytes(),
+            pipeline: RedisPipeline::connect(port, &commands).await?,
             wait,
         })
     }
@@ -167,19 +174,11 @@ impl Append {
 
 impl Client for Append {
     async fn call(&mut self) -> Result<()> {
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg("s").arg("*").arg("m").arg(&self.message[..]);
-        match self.wait {
-            None => {
-                let _id: String = xadd.query_async(&mut self.con).await?;
-            }
-            Some(replicas) => {
-                let mut pipe = redis::pipe();
-                pipe.add_command(xadd).cmd("WAIT").arg(replicas).arg(0);
-                let (_id, acked): (String, i64) = pipe.query_async(&mut self.con).await?;
-                if acked < replicas as i64 {
-                    bail!("WAIT {replicas} 0 answered {acked}");
-                }
+        let replies = self.pipeline.call().await?;
+        if let Some(replicas) = self.wait {
+            match replies.last() {
+                Some(Reply::Integer(acked)) if *acked >= replicas as i64 => {}
+                other => bail!("WAIT {replicas} 0 answered {other:?}"),
             }
         }
         Ok(())

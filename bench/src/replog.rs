@@ -4,6 +4,7 @@
 use crate::http::Conn;
 use crate::load::Client;
 use crate::procs::{self, wait_until, Proc};
+use crate::wire::HttpPost;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
@@ -220,10 +221,9 @@ pub fn append_body(message: &str, w: u32) -> Bytes {
     Bytes::from(serde_json::to_vec(&serde_json::json!({ "message": message, "w": w })).unwrap())
 }
 
-/// `POST /api/messages` on one keep-alive connection.
+/// `POST /api/messages` on one keep-alive connection (see [`crate::wire`]).
 pub struct HttpAppend {
-    conn: Conn,
-    body: Bytes,
+    post: HttpPost,
 }
 
 impl HttpAppend {
@@ -233,21 +233,22 @@ impl HttpAppend {
         w: u32,
         reconnects: Arc<AtomicU64>,
     ) -> Result<HttpAppend> {
+        let body = append_body(&payload_text("bench"), w);
         Ok(HttpAppend {
-            conn: Conn::connect_counted(addr, reconnects).await?,
-            body: append_body(&payload_text("bench"), w),
+            post: HttpPost::connect(addr, "/api/messages", &body, reconnects).await?,
         })
     }
 }
 
 impl Client for HttpAppend {
     async fn call(&mut self) -> Result<()> {
-        let (status, body) = self
-            .conn
-            .send(Method::POST, "/api/messages", Some(self.body.clone()))
-            .await?;
-        if status != StatusCode::OK {
-            bail!("{status} {}", String::from_utf8_lossy(&body));
+        let answer = self.post.call().await?;
+        if answer.status != 200 {
+            bail!(
+                "{} {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            );
         }
         Ok(())
     }
