@@ -156,12 +156,17 @@ fn same(log: &replog_node::log::Log) -> impl PartialEq + std::fmt::Debug {
     )
 }
 
-/// Arbitrary bytes as a JSON body, through `AppendBody::parse`: never panics; what it accepts
-/// is an object with a string `message`, an optional non-negative integer `w` and nothing else,
+/// Arbitrary bytes as a JSON body, through `AppendBody::from_json` and `AppendBody::parse`: never
+/// panics, both decide alike; what they accept is an object with a string `message`, an optional non-negative integer `w` and nothing else,
 /// and parsing its canonical form gives the same; what it refuses is a client error (4xx).
 pub fn append_body(data: &[u8]) {
+    // The extractor's path (a fast first pass, then `parse`) decides exactly as `parse` does.
+    let from_json = AppendBody::from_json(data);
     if let Ok(value) = serde_json::from_slice::<Value>(data) {
+        assert_eq!(from_json, AppendBody::parse(value.clone()), "{value}");
         check_body(value);
+    } else {
+        assert!(from_json.is_err_and(|e| e.status().is_client_error()));
     }
     // The bytes as a message: any text is a valid message.
     let text = String::from_utf8_lossy(data).into_owned();
