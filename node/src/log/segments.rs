@@ -11,24 +11,26 @@
 /// to be one division, large enough that a segment's own allocation is rare.
 const SEGMENT: usize = 1 << 16;
 
+/// Every segment but the last is full (`push` starts a new one only then, and `truncate` keeps
+/// a prefix), so the length and an element's place follow from `SEGMENT`.
 #[derive(Debug)]
 pub struct Segments<T> {
     segments: Vec<Vec<T>>,
-    len: usize,
 }
 
 impl<T> Default for Segments<T> {
     fn default() -> Self {
         Self {
             segments: Vec::new(),
-            len: 0,
         }
     }
 }
 
 impl<T> Segments<T> {
     pub fn len(&self) -> usize {
-        self.len
+        self.segments
+            .last()
+            .map_or(0, |last| (self.segments.len() - 1) * SEGMENT + last.len())
     }
 
     pub fn push(&mut self, value: T) {
@@ -46,7 +48,6 @@ impl<T> Segments<T> {
                 self.segments.push(segment);
             }
         }
-        self.len += 1;
     }
 
     pub fn get(&self, index: usize) -> Option<&T> {
@@ -61,14 +62,15 @@ impl<T> Segments<T> {
 
     /// Keeps the first `len` elements (all of them if there are fewer).
     pub fn truncate(&mut self, len: usize) {
-        if len >= self.len {
+        if len >= self.len() {
             return;
         }
-        self.segments.truncate(len.div_ceil(SEGMENT));
+        let kept = len.div_ceil(SEGMENT);
+        self.segments.truncate(kept);
         if let Some(last) = self.segments.last_mut() {
-            last.truncate(len - (len - 1) / SEGMENT * SEGMENT);
+            // The last kept segment holds what is left after the full ones before it.
+            last.truncate(len - (kept - 1) * SEGMENT);
         }
-        self.len = len;
     }
 }
 
