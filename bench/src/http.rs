@@ -1,8 +1,6 @@
-//! A minimal HTTP/1.1 client on hyper: one TCP connection, kept alive, requests one at a time.
-//!
-//! The closed loop gives every client its own [`Conn`], so "C clients" means exactly C
-//! keep-alive connections. A connection is only opened again if the server closed it; such
-//! reconnects are counted, so the results show that connections were really reused.
+//! An HTTP/1.1 client on hyper for everything but the closed loop's appends (readiness checks,
+//! the memory check's reads): one TCP connection, kept alive, requests one at a time, opened
+//! again if the server closed it. The appends use [`crate::wire`].
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -12,8 +10,6 @@ use hyper::header::{CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -21,8 +17,6 @@ pub struct Conn {
     addr: SocketAddr,
     host: String,
     sender: SendRequest<Full<Bytes>>,
-    /// Connections opened after the first one (shared by the clients of one run).
-    reconnects: Arc<AtomicU64>,
 }
 
 async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
@@ -39,23 +33,16 @@ async fn open(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>> {
 
 impl Conn {
     pub async fn connect(addr: SocketAddr) -> Result<Conn> {
-        Conn::connect_counted(addr, Arc::default()).await
-    }
-
-    /// Connects, and counts later reconnects in `reconnects`.
-    pub async fn connect_counted(addr: SocketAddr, reconnects: Arc<AtomicU64>) -> Result<Conn> {
         Ok(Conn {
             addr,
             host: addr.to_string(),
             sender: open(addr).await?,
-            reconnects,
         })
     }
 
     async fn ready(&mut self) -> Result<()> {
         if self.sender.is_closed() || self.sender.ready().await.is_err() {
             self.sender = open(self.addr).await?;
-            self.reconnects.fetch_add(1, Ordering::Relaxed);
             self.sender.ready().await?;
         }
         Ok(())

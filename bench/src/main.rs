@@ -380,20 +380,20 @@ async fn run(args: Args) -> Result<bool> {
     }
     let rows = select_rows(&args.rows)?;
     let machine = report::Machine::here();
+    let repeat = if args.smoke { 1 } else { args.repeat };
     eprintln!(
         "bench: {} rows x C = {:?}, warm-up {:?}, measured {:?} per cell, {} round(s); {} CPUs, load {}; servers from {}",
         rows.len(),
         clients,
         env.warmup,
         env.window,
-        if args.smoke { 1 } else { args.repeat },
+        repeat,
         machine.cpus,
         machine.load_average_before,
         env.bin_dir.display()
     );
     // Client count outermost: the rows compared with each other (same C) run minutes apart at
     // most, so a change in the machine's load hits both sides alike.
-    let repeat = if args.smoke { 1 } else { args.repeat };
     let mut results = Vec::new();
     for &c in &clients {
         let mut rounds: Vec<Vec<RowResult>> = vec![Vec::new(); rows.len()];
