@@ -143,8 +143,11 @@ impl Master {
 
     /// A majority of the n+1 nodes must be reachable, and no secondary may hold another log.
     pub fn quorum(&self) -> Quorum {
-        let now = Instant::now();
-        let ledger = self.ledger();
+        self.quorum_in(&self.ledger(), Instant::now())
+    }
+
+    /// [`Master::quorum`] from a ledger already locked, as of `now`.
+    fn quorum_in(&self, ledger: &Ledger, now: Instant) -> Quorum {
         let nodes = self.config.nodes();
         let mut reachable = 1;
         let mut refusal = None;
@@ -184,25 +187,28 @@ impl Node for Master {
                 message.len()
             )));
         }
-        if let Some(reason) = self.quorum().refusal {
-            return Err(ApiError::Unavailable(reason));
-        }
-        let _slot = self.append_slots.try_acquire().map_err(|_| {
-            ApiError::Overloaded(format!(
-                "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
-                self.config.limits.max_pending_appends
-            ))
-        })?;
         let timeout = self.config.replication_timeout_seconds;
-        let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
-        let (id, outcome) = self.update(|ledger| {
+        let now = Instant::now();
+        let deadline = (!timeout.is_zero()).then(|| now + timeout);
+        // Admission and the id under one lock: the append's whole stay in the ledger's lock on
+        // the master's busiest path.
+        let (_slot, id, outcome) = self.update(|ledger| {
+            if let Some(reason) = self.quorum_in(ledger, now).refusal {
+                return Err(ApiError::Unavailable(reason));
+            }
+            let slot = self.append_slots.try_acquire().map_err(|_| {
+                ApiError::Overloaded(format!(
+                    "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
+                    self.config.limits.max_pending_appends
+                ))
+            })?;
             let was_idle = ledger.pending_count() == 0;
             let (id, rx) = ledger.append(Bytes::from(message), w, deadline);
             if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
                 self.deadline_wake.notify_one();
             }
-            (id, rx)
-        });
+            Ok((slot, id, rx))
+        })?;
         self.wake_senders();
         tokio::select! {
             outcome = outcome => match outcome {
