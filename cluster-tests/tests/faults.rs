@@ -1,6 +1,7 @@
 //! Nodes that die, hang and come back: a secondary killed under load and restarted empty is
 //! caught up to exactly the master's log; a hung secondary turns Suspected, then Unhealthy,
-//! and back to Healthy once it resumes; with both secondaries gone the master is read-only
+//! and back to Healthy once it resumes; a replication stream to a hung secondary is given up
+//! once its keep-alive ping goes unanswered; with both secondaries gone the master is read-only
 //! until one returns.
 
 use cluster_tests::{
@@ -259,4 +260,52 @@ async fn both_secondaries_down_make_the_master_read_only_until_one_returns() {
         .wait_converged(Duration::from_secs(5), &expected)
         .await;
     assert_eq!(cluster.last_id(&cluster.secondaries[0]).await, 4);
+}
+
+/// Injected: SIGSTOP of secondary-1, then a w=2 append shipped to it, with
+/// `RPC_TIMEOUT_SECONDS=60`; then SIGCONT.
+/// Checked: the master gives up its replication stream to secondary-1 once the keep-alive ping
+/// goes unanswered (the master's log names the ping within 5 s, not after the 60 s timeout);
+/// after SIGCONT secondary-1 lists exactly what the master lists.
+#[tokio::test]
+async fn a_stream_to_a_stopped_secondary_is_given_up_when_its_ping_goes_unanswered() {
+    let settings: Vec<_> = RETRIES
+        .iter()
+        .copied()
+        .chain([("RPC_TIMEOUT_SECONDS", "60")])
+        .collect();
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &fast_health(&settings),
+    )
+    .await;
+    let (status, body) = cluster.append("before", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let hung = &cluster.secondaries[0];
+    hung.stop();
+    let (status, body) = cluster.append("while-stopped", Some(2)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_until(
+        Duration::from_secs(5),
+        "the master's log says the stream's ping went unanswered",
+        || async {
+            cluster
+                .master
+                .log_since_start()
+                .contains("no answer to a ping")
+        },
+    )
+    .await;
+
+    hung.cont();
+    wait_until(
+        Duration::from_secs(10),
+        "secondary-1 lists what the master lists",
+        || async {
+            let master = cluster.messages(&cluster.master).await;
+            master.len() == 2 && cluster.messages(hung).await == master
+        },
+    )
+    .await;
 }

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod health;
 pub mod heartbeat;
 pub mod sender;
+pub mod stream;
 
 use crate::config::Config;
 use crate::state::Master;
@@ -16,8 +17,12 @@ use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::Arc;
 use std::time::Duration;
+use stream::{KeepAlive, ReplicationStream};
 use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
+
+/// How long connecting to a secondary may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Largest gRPC message either side accepts; batches stay well below it.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 64 << 20;
@@ -27,18 +32,24 @@ pub struct Peer {
     pub address: String,
     /// Wakes the sender: new entries, new decisions, or a restart seen by the heartbeat.
     pub wake: Notify,
+    /// For the heartbeat's calls.
     client: ReplicationClient<Channel>,
     token: Option<String>,
+    keep_alive: KeepAlive,
 }
 
 impl Peer {
     pub fn new(address: &str, config: &Config) -> Result<Self, String> {
+        let keep_alive = KeepAlive {
+            after: config.heartbeat_interval_ms.max(Duration::from_secs(1)),
+            timeout: config.suspect_after_ms,
+        };
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| format!("secondary `{address}`: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
+            .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(config.heartbeat_interval_ms.max(Duration::from_secs(1)))
-            .keep_alive_timeout(config.suspect_after_ms)
+            .http2_keep_alive_interval(keep_alive.after)
+            .keep_alive_timeout(keep_alive.timeout)
             .keep_alive_while_idle(true);
         let client = ReplicationClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
@@ -48,23 +59,20 @@ impl Peer {
             wake: Notify::new(),
             client,
             token: config.auth.token().map(str::to_owned),
+            keep_alive,
         })
     }
 
-    /// Opens the long-lived replication stream (the `Stream` call) fed by `requests`. No
-    /// deadline: the sender watches for replies that are late instead.
-    pub async fn open_stream(
-        &self,
-        requests: tokio::sync::mpsc::Receiver<ReplicateRequest>,
-    ) -> Result<tonic::Streaming<ReplicaState>, tonic::Status> {
-        let mut request =
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(requests));
-        replog_node::auth::attach(&mut request, self.token.as_deref());
-        self.client
-            .clone()
-            .stream(request)
-            .await
-            .map(tonic::Response::into_inner)
+    /// Opens the long-lived replication stream (the `Stream` call). No deadline: the sender
+    /// watches for replies that are late instead.
+    pub async fn open_stream(&self) -> Result<ReplicationStream, String> {
+        ReplicationStream::open(
+            &self.address,
+            self.token.as_deref(),
+            CONNECT_TIMEOUT,
+            self.keep_alive,
+        )
+        .await
     }
 
     /// One replication call (entries, decisions or a heartbeat) with a deadline and the token.

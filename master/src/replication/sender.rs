@@ -11,12 +11,12 @@
 //! reach every secondary in the end, and nothing is kept per message that could leak.
 
 use super::backoff::Backoff;
+use super::stream::ReplicationStream;
 use super::Peer;
 use crate::state::Master;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 /// Requests in flight per secondary at most.
@@ -103,7 +103,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
         tokio::select! {
             biased;
             _ = master.shutdown.cancelled() => return,
-            reply = next_reply(&mut session), if waiting => match reply {
+            reply = next_reply(&mut session, waiting), if session.is_some() => match reply {
                 Ok(state) => match master.on_reply(index, &state) {
                     Ok(()) => {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
@@ -235,27 +235,24 @@ impl Retry {
     }
 }
 
-/// The next answer on the open stream (only polled while something is in flight).
-async fn next_reply(session: &mut Option<Session>) -> Result<ReplicaState, String> {
+/// The next answer on the open stream. Polled whenever a stream is open, so that the stream's
+/// connection is driven: requests queued by [`Session::send`] are written, the secondary's
+/// frames are answered, and a reply nobody waits for is a broken stream.
+async fn next_reply(session: &mut Option<Session>, waiting: bool) -> Result<ReplicaState, String> {
     let Some(open) = session.as_mut() else {
         return std::future::pending().await;
     };
-    let reply = match open.replies.message().await {
-        Ok(Some(state)) => Ok(state),
-        Ok(None) => Err("the secondary ended the replication stream".to_owned()),
-        Err(status) => Err(format!("{}: {}", status.code(), status.message())),
-    };
-    if reply.is_ok() {
-        open.in_flight.pop_front();
-        open.progress = Instant::now();
+    let reply = open.stream.reply(waiting).await?;
+    if open.in_flight.pop_front().is_none() {
+        return Err("the secondary answered a request it was not sent".to_owned());
     }
-    reply
+    open.progress = Instant::now();
+    Ok(reply)
 }
 
 /// One open `Stream` call to a secondary.
 struct Session {
-    requests: mpsc::Sender<ReplicateRequest>,
-    replies: tonic::Streaming<ReplicaState>,
+    stream: ReplicationStream,
     /// Per request sent and not yet answered, in order: whether it carried entries.
     in_flight: VecDeque<bool>,
     /// Last time the stream moved (a request into an idle stream, or an answer): the answer to
@@ -267,14 +264,11 @@ impl Session {
     /// Opens the stream; a secondary that does not answer within `timeout` (hung, stopped)
     /// counts as a failure like any other.
     async fn open(peer: &Peer, timeout: std::time::Duration) -> Result<Self, String> {
-        let (requests, feed) = mpsc::channel(PIPELINE);
-        let replies = tokio::time::timeout(timeout, peer.open_stream(feed))
+        let stream = tokio::time::timeout(timeout, peer.open_stream())
             .await
-            .map_err(|_| "no answer to opening the replication stream".to_owned())?
-            .map_err(|status| format!("{}: {}", status.code(), status.message()))?;
+            .map_err(|_| "no answer to opening the replication stream".to_owned())??;
         Ok(Self {
-            requests,
-            replies,
+            stream,
             in_flight: VecDeque::with_capacity(PIPELINE),
             progress: Instant::now(),
         })
@@ -293,12 +287,8 @@ impl Session {
         if self.idle() {
             self.progress = Instant::now();
         }
-        let carried = !request.entries.is_empty();
-        // Never full: at most PIPELINE requests are unanswered, and that is its capacity.
-        self.requests
-            .try_send(request)
-            .map_err(|_| "the replication stream closed".to_owned())?;
-        self.in_flight.push_back(carried);
+        self.stream.send(&request)?;
+        self.in_flight.push_back(!request.entries.is_empty());
         Ok(())
     }
 }

@@ -1,0 +1,261 @@
+//! The replication stream to one secondary: gRPC's `Stream` call, spoken over HTTP/2 by the
+//! sender's own task.
+//!
+//! Why not tonic's client, as for the heartbeat's calls: through tonic a batch takes three task
+//! hops on the master before it reaches the socket (the sender feeds a channel, hyper's task
+//! for the request body encodes it into the HTTP/2 stream, the connection's task writes it),
+//! and a reply takes two back (the connection's task reads it and wakes the sender). On the
+//! master's one thread every hop waits behind every task already queued; under load that is
+//! dozens of HTTP connections, so each hop costs up to a whole turn of the run queue, and a
+//! reply that waits a few turns holds up every append of its batch (it was the tail of the
+//! latency: `docs/bench/README.md`). Here the sender's task owns the HTTP/2 connection and
+//! drives it itself: a batch is encoded and written in the turn that decided to send it, and a
+//! reply is read and applied in the turn that saw it arrive.
+//!
+//! What it speaks is plain gRPC (the secondary's tonic server cannot tell the difference):
+//! `POST /replog.v1.Replication/Stream`, `content-type: application/grpc`, each message a
+//! 5-byte prefix (not compressed, big-endian length) and its protobuf bytes, and the outcome in
+//! `grpc-status`, in the answer's headers or trailers. The connection is watched like tonic's
+//! keep-alive did: a stream that stays silent while requests wait is pinged, and one that does
+//! not answer the ping in time counts as failed.
+
+use super::MAX_GRPC_MESSAGE_BYTES;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+const PATH: &str = "/replog.v1.Replication/Stream";
+/// A gRPC message's prefix: a compression flag and the length.
+const PREFIX: usize = 5;
+
+/// When to ping a silent stream, and how long its answer may take.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    pub after: Duration,
+    pub timeout: Duration,
+}
+
+/// One open `Stream` call and the HTTP/2 connection it runs on.
+pub struct ReplicationStream {
+    connection: h2::client::Connection<TcpStream, Bytes>,
+    /// Kept so the connection is not closed for want of users.
+    _client: h2::client::SendRequest<Bytes>,
+    requests: h2::SendStream<Bytes>,
+    replies: h2::RecvStream,
+    /// Reply bytes received and not yet decoded.
+    received: BytesMut,
+    /// Why the connection ended, once it has (it is not polled again).
+    closed: Option<String>,
+    ping_pong: Option<h2::PingPong>,
+    keep_alive: KeepAlive,
+    /// When the stream last showed the secondary alive: opened, a reply, or a pong.
+    heard: Instant,
+    /// The unanswered ping, if one is out.
+    pinged: Option<Instant>,
+}
+
+impl ReplicationStream {
+    /// Connects to `address` and opens the call; done when the secondary answered its headers
+    /// (an unknown token, for one, is refused right there).
+    pub async fn open(
+        address: &str,
+        token: Option<&str>,
+        connect_timeout: Duration,
+        keep_alive: KeepAlive,
+    ) -> Result<Self, String> {
+        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| format!("no connection within {connect_timeout:?}"))?
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let (client, mut connection) = h2::client::handshake(tcp).await.map_err(h2_error)?;
+        let mut request = http::Request::post(format!("http://{address}{PATH}"))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers");
+        if let Some(token) = token {
+            request = request.header(replog_node::auth::HEADER, format!("Bearer {token}"));
+        }
+        let request = request
+            .body(())
+            .map_err(|e| format!("cannot build the request: {e}"))?;
+        // The connection has to be driven while the request goes out and the headers come back.
+        let opening = async {
+            let mut client = client.ready().await.map_err(h2_error)?;
+            let (answer, requests) = client.send_request(request, false).map_err(h2_error)?;
+            let answer = answer.await.map_err(h2_error)?;
+            Ok::<_, String>((client, answer, requests))
+        };
+        let (client, answer, requests) = tokio::select! {
+            opened = opening => opened?,
+            ended = &mut connection => return Err(connection_ended(ended)),
+        };
+        if answer.status() != http::StatusCode::OK {
+            return Err(format!("the secondary answered HTTP {}", answer.status()));
+        }
+        if let Some(status) = tonic::Status::from_header_map(answer.headers()) {
+            if status.code() != tonic::Code::Ok {
+                return Err(status_error(&status));
+            }
+        }
+        let ping_pong = connection.ping_pong();
+        Ok(Self {
+            connection,
+            _client: client,
+            requests,
+            replies: answer.into_body(),
+            received: BytesMut::new(),
+            closed: None,
+            ping_pong,
+            keep_alive,
+            heard: Instant::now(),
+            pinged: None,
+        })
+    }
+
+    /// Queues one request; it is written when the stream is next driven ([`Self::reply`]).
+    pub fn send(&mut self, request: &ReplicateRequest) -> Result<(), String> {
+        let len = request.encoded_len();
+        let mut frame = BytesMut::with_capacity(PREFIX + len);
+        frame.put_u8(0);
+        frame.put_u32(
+            u32::try_from(len).map_err(|_| format!("a request of {len} bytes is too large"))?,
+        );
+        request
+            .encode(&mut frame)
+            .map_err(|e| format!("cannot encode a request: {e}"))?;
+        self.requests
+            .send_data(frame.freeze(), false)
+            .map_err(h2_error)
+    }
+
+    /// Drives the connection (writes what was queued, answers the secondary's frames) until the
+    /// next reply. `waiting` says whether replies are owed: only then is silence suspicious.
+    pub async fn reply(&mut self, waiting: bool) -> Result<ReplicaState, String> {
+        loop {
+            let ping_at = self.heard + self.keep_alive.after;
+            let dead_at = self.pinged.map(|at| at + self.keep_alive.timeout);
+            tokio::select! {
+                biased;
+                reply = poll_fn(|cx| self.poll_reply(cx)) => return reply,
+                // The deadlines are those of when this turn began: a pong since moves them.
+                _ = tokio::time::sleep_until(ping_at), if waiting && dead_at.is_none() => {
+                    if self.pinged.is_none() && Instant::now() >= self.heard + self.keep_alive.after {
+                        self.ping()?;
+                    }
+                }
+                _ = tokio::time::sleep_until(dead_at.unwrap_or(ping_at)), if waiting && dead_at.is_some() => {
+                    if self.pinged.is_some() {
+                        return Err(format!("no answer to a ping within {:?}", self.keep_alive.timeout));
+                    }
+                }
+            }
+        }
+    }
+
+    fn ping(&mut self) -> Result<(), String> {
+        match &mut self.ping_pong {
+            Some(ping_pong) => {
+                ping_pong.send_ping(h2::Ping::opaque()).map_err(h2_error)?;
+                self.pinged = Some(Instant::now());
+            }
+            // Not to be had (it is taken once, at the start): the late answer still counts.
+            None => self.heard = Instant::now(),
+        }
+        Ok(())
+    }
+
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<ReplicaState, String>> {
+        if self.closed.is_none() {
+            if let Poll::Ready(ended) = Pin::new(&mut self.connection).poll(cx) {
+                self.closed = Some(connection_ended(ended));
+            }
+        }
+        if let Some(ping_pong) = &mut self.ping_pong {
+            if self.pinged.is_some() {
+                if let Poll::Ready(pong) = ping_pong.poll_pong(cx) {
+                    pong.map_err(h2_error)?;
+                    self.pinged = None;
+                    self.heard = Instant::now();
+                }
+            }
+        }
+        loop {
+            if let Some(reply) = self.decode()? {
+                self.heard = Instant::now();
+                return Poll::Ready(Ok(reply));
+            }
+            match self.replies.poll_data(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    // Read at once, so the window opens again at once.
+                    let _ = self.replies.flow_control().release_capacity(chunk.len());
+                    self.received.extend_from_slice(&chunk);
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(h2_error(error))),
+                Poll::Ready(None) => return self.replies.poll_trailers(cx).map(ended_stream),
+                Poll::Pending => {
+                    return match self.closed.clone() {
+                        Some(why) => Poll::Ready(Err(why)),
+                        None => Poll::Pending,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next whole reply in what was received, if there is one.
+    fn decode(&mut self) -> Result<Option<ReplicaState>, String> {
+        let Some(prefix) = self.received.get(..PREFIX) else {
+            return Ok(None);
+        };
+        if prefix[0] != 0 {
+            return Err("the secondary sent a compressed reply, which was not asked for".into());
+        }
+        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
+        if len > MAX_GRPC_MESSAGE_BYTES {
+            return Err(format!("the secondary sent a reply of {len} bytes"));
+        }
+        if self.received.len() < PREFIX + len {
+            return Ok(None);
+        }
+        self.received.advance(PREFIX);
+        let message = self.received.split_to(len);
+        ReplicaState::decode(message)
+            .map(Some)
+            .map_err(|e| format!("the secondary sent an undecodable reply: {e}"))
+    }
+}
+
+/// The outcome of a stream whose replies ended: its trailers' status, an error either way (the
+/// master never ends the stream, so the secondary only ends it to refuse or to stop).
+fn ended_stream(
+    trailers: Result<Option<http::HeaderMap>, h2::Error>,
+) -> Result<ReplicaState, String> {
+    let trailers = trailers.map_err(h2_error)?;
+    match trailers.as_ref().and_then(tonic::Status::from_header_map) {
+        Some(status) if status.code() != tonic::Code::Ok => Err(status_error(&status)),
+        _ => Err("the secondary ended the replication stream".to_owned()),
+    }
+}
+
+fn status_error(status: &tonic::Status) -> String {
+    format!("{}: {}", status.code(), status.message())
+}
+
+fn connection_ended(ended: Result<(), h2::Error>) -> String {
+    match ended {
+        Ok(()) => "the secondary closed the connection".to_owned(),
+        Err(error) => h2_error(error),
+    }
+}
+
+fn h2_error(error: h2::Error) -> String {
+    format!("HTTP/2: {error}")
+}
