@@ -477,6 +477,12 @@ async fn run(args: Args) -> Result<bool> {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // As the nodes do (node/src/memory.rs): a huge page zeroed on first touch stops the load
+    // generator for milliseconds, and that would land in the latency of whichever system it
+    // was measuring.
+    if let Err(error) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("cannot turn transparent huge pages off: {error}");
+    }
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,5 +1,6 @@
 //! The processes themselves: a bad setting stops a node at start with one clear line on stderr,
-//! and SIGTERM shuts it down gracefully (exit 0, promptly).
+//! SIGTERM shuts it down gracefully (exit 0, promptly), and every node runs without transparent
+//! huge pages.
 
 use cluster_tests::{
     free_ports, run_to_exit, steady_health, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
@@ -154,4 +155,22 @@ async fn sigterm_while_an_append_waits_answers_it_and_exits_0() {
         Some(0),
         "secondary-2 after SIGCONT, SIGTERM: {status}"
     );
+}
+
+/// Checked: the kernel's view of every running node (`/proc/<pid>/status`) says transparent
+/// huge pages are off for it (node/src/memory.rs says why), after it took appends.
+#[tokio::test]
+async fn every_node_runs_without_transparent_huge_pages() {
+    let cluster = Cluster::start(vec![SecondaryOpts::new()], &FAST_HEALTH).await;
+    let (status, body) = cluster.append("hello", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for node in [&cluster.master, &cluster.secondaries[0]] {
+        let path = format!("/proc/{}/status", node.pid());
+        let status = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let line = status
+            .lines()
+            .find(|line| line.starts_with("THP_enabled:"))
+            .unwrap_or_else(|| panic!("no THP_enabled line in {path}"));
+        assert_eq!(line.split_whitespace().nth(1), Some("0"), "{path}: {line}");
+    }
 }

@@ -11,6 +11,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     replog_node::telemetry::init();
+    replog_node::memory::no_huge_pages();
     let config: Config = parse_or_exit();
     or_exit(config.validate());
     config.runtime.build_or_exit().block_on(async {

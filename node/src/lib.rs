@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod log;
+pub mod memory;
 pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
