@@ -2,8 +2,9 @@
 //!
 //! Each secondary gets one long-lived [`sender`] task that keeps its ordered stream of entries
 //! (batched, several requests in flight, cumulative acknowledgements, catch-up from the
-//! secondary's high-water mark, backoff on failure) and one [`heartbeat`] task that measures
-//! its [`health`] and pushes decisions even when no entries flow.
+//! secondary's high-water mark, backoff on failure), spoken over HTTP/2 by that task itself
+//! ([`stream`]), and one [`heartbeat`] task that measures its [`health`] and pushes decisions
+//! even when no entries flow.
 
 pub mod backoff;
 pub mod health;
