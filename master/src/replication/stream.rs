@@ -140,22 +140,26 @@ impl ReplicationStream {
     /// next reply. `waiting` says whether replies are owed: only then is silence suspicious.
     pub async fn reply(&mut self, waiting: bool) -> Result<ReplicaState, String> {
         loop {
-            let ping_at = self.heard + self.keep_alive.after;
-            let dead_at = self.pinged.map(|at| at + self.keep_alive.timeout);
+            // One deadline at a time: the ping's while none is out, then its answer's.
+            let deadline = match self.pinged {
+                None => self.heard + self.keep_alive.after,
+                Some(sent) => sent + self.keep_alive.timeout,
+            };
             tokio::select! {
                 biased;
                 reply = poll_fn(|cx| self.poll_reply(cx)) => return reply,
-                // The deadlines are those of when this turn began: a pong since moves them.
-                _ = tokio::time::sleep_until(ping_at), if waiting && dead_at.is_none() => {
-                    if self.pinged.is_none() && Instant::now() >= self.heard + self.keep_alive.after {
-                        self.ping()?;
+                // A pong since this turn began makes the deadline stale: then nothing is due,
+                // and the next turn has the new one.
+                _ = tokio::time::sleep_until(deadline), if waiting => match self.pinged {
+                    Some(sent) if Instant::now() >= sent + self.keep_alive.timeout => {
+                        return Err(format!(
+                            "no answer to a ping within {:?}",
+                            self.keep_alive.timeout
+                        ));
                     }
-                }
-                _ = tokio::time::sleep_until(dead_at.unwrap_or(ping_at)), if waiting && dead_at.is_some() => {
-                    if self.pinged.is_some() {
-                        return Err(format!("no answer to a ping within {:?}", self.keep_alive.timeout));
-                    }
-                }
+                    None if Instant::now() >= self.heard + self.keep_alive.after => self.ping()?,
+                    _ => {}
+                },
             }
         }
     }
