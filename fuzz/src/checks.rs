@@ -156,9 +156,10 @@ fn same(log: &replog_node::log::Log) -> impl PartialEq + std::fmt::Debug {
     )
 }
 
-/// Arbitrary bytes as a JSON body, through `AppendBody::from_json` and `AppendBody::parse`: never
-/// panics, both decide alike; what they accept is an object with a string `message`, an optional non-negative integer `w` and nothing else,
-/// and parsing its canonical form gives the same; what it refuses is a client error (4xx).
+/// Arbitrary bytes as a JSON body, through `AppendBody::from_json` and `AppendBody::parse`:
+/// never panics, and both decide alike; what they accept is an object with a string `message`,
+/// an optional non-negative integer `w` and nothing else, and parsing its canonical form gives
+/// the same; what they refuse is a client error (4xx).
 pub fn append_body(data: &[u8]) {
     // The extractor's path (a fast first pass, then `parse`) decides exactly as `parse` does.
     let from_json = AppendBody::from_json(data);
