@@ -262,3 +262,105 @@ async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
         .wait_all_show(Duration::from_secs(2), &["on master", "via secondary-2"])
         .await;
 }
+
+/// The replication stream's quiet decision pushes, spoken to a real secondary directly.
+/// Injected: a cluster of one secondary makes it adopt the master's log and commit one entry;
+/// the master is stopped, and the test opens the `Stream` call itself (with the secondary's
+/// own log id and master process). Checked: an entry (answered), a quiet push of the decision
+/// that commits it and an answered empty request get exactly two answers, the second already
+/// reporting the quiet decision taken, and the secondary lists the entry; a quiet push the
+/// secondary cannot take (its `since` is past the secondary's frontier) ends the stream with
+/// FAILED_PRECONDITION instead of being dropped in silence, and changes nothing.
+#[tokio::test]
+async fn quiet_decision_pushes_are_taken_unanswered_or_end_the_stream() {
+    use futures::StreamExt;
+    use replog_proto::v1::replication_client::ReplicationClient;
+    use replog_proto::v1::{Decisions, Entry, ReplicateRequest};
+
+    let mut cluster = Cluster::start(vec![SecondaryOpts::new()], &STEADY_HEALTH).await;
+    let (status, body) = cluster.append("first", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_until(Duration::from_secs(5), "the secondary lists it", || async {
+        cluster.messages(&cluster.secondaries[0]).await.len() == 1
+    })
+    .await;
+    cluster.master.terminate(Duration::from_secs(10));
+
+    let endpoint = format!("http://{}", cluster.secondaries[0].grpc_endpoint());
+    let mut client = ReplicationClient::connect(endpoint)
+        .await
+        .expect("connect to the secondary");
+    let state = client
+        .replicate(ReplicateRequest::default())
+        .await
+        .expect("the secondary answers")
+        .into_inner();
+    assert_eq!((state.held, state.decided), (1, 1), "{state:?}");
+    let request =
+        |entries: Vec<Entry>, decisions: Option<Decisions>, quiet: bool| ReplicateRequest {
+            log_id: state.log_id.clone(),
+            master_instance: state.master_instance,
+            entries,
+            decisions,
+            quiet,
+            ..Default::default()
+        };
+    let decided = |decided_upto: u64, since: u64| {
+        Some(Decisions {
+            decided_upto,
+            since,
+            tombstones: Vec::new(),
+        })
+    };
+
+    let second = Entry {
+        id: 2,
+        message: "second".into(),
+        tombstone: false,
+    };
+    let requests = vec![
+        request(vec![second], decided(1, 1), false),
+        request(Vec::new(), decided(2, 1), true),
+        request(Vec::new(), None, false),
+    ];
+    let replies: Vec<_> = client
+        .stream(futures::stream::iter(requests))
+        .await
+        .expect("the stream opens")
+        .into_inner()
+        .collect()
+        .await;
+    let replies: Vec<_> = replies
+        .into_iter()
+        .map(|r| r.map(|s| (s.held, s.decided)).map_err(|e| e.code()))
+        .collect();
+    assert_eq!(replies, [Ok((2, 1)), Ok((2, 2))], "answers: {replies:?}");
+    assert_eq!(
+        cluster.messages(&cluster.secondaries[0]).await,
+        [(1, "first".to_owned()), (2, "second".to_owned())]
+    );
+
+    // Kept open after the push, so that only an error can end it.
+    let requests = futures::stream::iter(vec![request(Vec::new(), decided(3, 3), true)])
+        .chain(futures::stream::pending());
+    let mut replies = client
+        .stream(requests)
+        .await
+        .expect("the stream opens")
+        .into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(5), replies.message())
+        .await
+        .expect("the stream ends within 5 s");
+    let code = ended.as_ref().map_err(tonic::Status::code);
+    assert_eq!(
+        code.map(|_| ()),
+        Err(tonic::Code::FailedPrecondition),
+        "{ended:?}"
+    );
+    let state = client
+        .replicate(ReplicateRequest::default())
+        .await
+        .expect("the secondary answers")
+        .into_inner();
+    assert_eq!((state.held, state.decided), (2, 2), "{state:?}");
+}

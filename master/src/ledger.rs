@@ -380,6 +380,7 @@ impl Ledger {
             decisions: Some(self.decisions_for(index)),
             master_instance: self.instance,
             starts: self.starts_for(index),
+            quiet: false,
         }
     }
 

@@ -18,17 +18,21 @@ impl Replication for ReplicationService {
         &self,
         request: Request<ReplicateRequest>,
     ) -> Result<Response<ReplicaState>, Status> {
-        self.secondary
-            .apply(request.into_inner())
-            .await
+        let mut request = request.into_inner();
+        // A call has exactly one answer: `quiet` means something only on a stream.
+        request.quiet = false;
+        let state = self.secondary.apply(request).await?;
+        state
             .map(Response::new)
+            .ok_or_else(|| Status::internal("an answered request got no answer"))
     }
 
     type StreamStream = Pin<Box<dyn Stream<Item = Result<ReplicaState, Status>> + Send>>;
 
-    /// Applies the master's requests in the order they come and answers each. Ends at the first
-    /// error (the master then starts over from our high-water mark), when the master closes its
-    /// side, or at shutdown (so the stream never holds the server open).
+    /// Applies the master's requests in the order they come and answers each, except the quiet
+    /// ones (`ReplicateRequest.quiet`). Ends at the first error (the master then starts over
+    /// from our high-water mark), when the master closes its side, or at shutdown (so the
+    /// stream never holds the server open).
     async fn stream(
         &self,
         request: Request<Streaming<ReplicateRequest>>,
@@ -39,17 +43,21 @@ impl Replication for ReplicationService {
             let secondary = secondary.clone();
             async move {
                 let mut inbound = inbound?;
-                let next = tokio::select! {
-                    next = inbound.message() => next,
-                    _ = secondary.shutdown.cancelled() => return None,
-                };
-                match next {
-                    Ok(Some(request)) => match secondary.apply(request).await {
-                        Ok(state) => Some((Ok(state), Some(inbound))),
+                loop {
+                    let next = tokio::select! {
+                        next = inbound.message() => next,
+                        _ = secondary.shutdown.cancelled() => return None,
+                    };
+                    return match next {
+                        Ok(Some(request)) => match secondary.apply(request).await {
+                            Ok(Some(state)) => Some((Ok(state), Some(inbound))),
+                            // Quiet, and taken: nothing to say; read the next one.
+                            Ok(None) => continue,
+                            Err(status) => Some((Err(status), None)),
+                        },
+                        Ok(None) => None,
                         Err(status) => Some((Err(status), None)),
-                    },
-                    Ok(None) => None,
-                    Err(status) => Some((Err(status), None)),
+                    };
                 }
             }
         });
@@ -60,10 +68,14 @@ impl Replication for ReplicationService {
 impl Secondary {
     /// One replication request, from a call or a stream: checked, delayed (`DELAY_SECONDS`),
     /// stored, and answered with our state (or an injected error, `ERROR_RATE`).
+    ///
+    /// A quiet request (decisions only, on a stream) is answered with `None` once its decisions
+    /// are taken. One we cannot take is an error: the master believes we took it, and only the
+    /// end of the stream tells it otherwise (it then asks afresh on a new one).
     pub async fn apply(
         self: &Arc<Self>,
         request: ReplicateRequest,
-    ) -> Result<ReplicaState, Status> {
+    ) -> Result<Option<ReplicaState>, Status> {
         if let Some(bad) = request
             .entries
             .iter()
@@ -81,6 +93,8 @@ impl Secondary {
             tokio::time::sleep(config.delay_seconds).await;
         }
         let carried_entries = !request.entries.is_empty();
+        let quiet = request.quiet && !carried_entries;
+        let upto = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
         let secondary = self.clone();
         let received = if secondary.is_durable() {
             replog_node::runtime::blocking_io(move || secondary.receive(request))
@@ -91,8 +105,9 @@ impl Secondary {
         };
         let state = match received {
             Ok(state) => state,
+            Err(Refused::Unapplied(state)) if quiet => return Err(not_taken(&state, upto)),
             // The master learns from the state which log and which master process we follow.
-            Err(Refused::Unapplied(state)) => return Ok(state),
+            Err(Refused::Unapplied(state)) => return Ok(Some(state)),
             Err(Refused::Master(why)) => return Err(Status::failed_precondition(why)),
             Err(Refused::Storage(error)) => {
                 return Err(Status::internal(format!("cannot write the log: {error}")))
@@ -103,6 +118,21 @@ impl Secondary {
                 "injected error after storing (ERROR_RATE)",
             ));
         }
-        Ok(state)
+        if quiet {
+            return match state.decided >= upto {
+                true => Ok(None),
+                false => Err(not_taken(&state, upto)),
+            };
+        }
+        Ok(Some(state))
     }
+}
+
+/// The error that ends a stream on a quiet request we could not take.
+fn not_taken(state: &ReplicaState, upto: u64) -> Status {
+    Status::failed_precondition(format!(
+        "cannot take decisions up to {upto} unanswered (holding {}, decided up to {}); \
+         answering on a new stream",
+        state.held, state.decided
+    ))
 }

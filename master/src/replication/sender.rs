@@ -166,7 +166,7 @@ fn fill(
         let Some(last) = request.entries.last().map(|e| e.id) else {
             if decided > *pushed_decided {
                 *pushed_decided = decided;
-                session.send(request)?;
+                session.push_decisions(request)?;
             }
             return Ok(());
         };
@@ -244,8 +244,15 @@ async fn next_reply(session: &mut Option<Session>, waiting: bool) -> Result<Repl
     };
     let reply = open.stream.reply(waiting).await?;
     if open.in_flight.pop_front().is_none() {
-        return Err("the secondary answered a request it was not sent".to_owned());
+        if !open.quiet || open.quiet_sent == 0 {
+            return Err("the secondary answered a request it was not sent".to_owned());
+        }
+        // A secondary from before quiet pushes answers them all. Its answers are cumulative
+        // states like any other, so this one is still good; send it no more quiet ones.
+        tracing::info!("the secondary answers quiet decision pushes; sending answered ones");
+        open.quiet = false;
     }
+    open.answered = true;
     open.progress = Instant::now();
     Ok(reply)
 }
@@ -258,6 +265,13 @@ struct Session {
     /// Last time the stream moved (a request into an idle stream, or an answer): the answer to
     /// the oldest request is late `RPC_TIMEOUT_SECONDS` after it.
     progress: Instant,
+    /// The secondary has answered on this stream, so we know what it holds and has decided.
+    answered: bool,
+    /// Decisions-only pushes may go unanswered (`ReplicateRequest.quiet`); off for a secondary
+    /// that answers them anyway.
+    quiet: bool,
+    /// Quiet pushes sent on this stream.
+    quiet_sent: u64,
 }
 
 impl Session {
@@ -271,6 +285,9 @@ impl Session {
             stream,
             in_flight: VecDeque::with_capacity(PIPELINE),
             progress: Instant::now(),
+            answered: false,
+            quiet: true,
+            quiet_sent: 0,
         })
     }
 
@@ -289,6 +306,21 @@ impl Session {
         }
         self.stream.send(&request)?;
         self.in_flight.push_back(!request.entries.is_empty());
+        Ok(())
+    }
+
+    /// Pushes decisions (a request without entries). Once the secondary has answered on this
+    /// stream, unanswered: at one client, a commit's push and its answer were two of the
+    /// master's five writes and reads per append. The secondary ends the stream if it cannot
+    /// take them, so nothing is lost by not hearing back; until then, the next answered
+    /// request reports its frontier as before.
+    fn push_decisions(&mut self, mut request: ReplicateRequest) -> Result<(), String> {
+        if !(self.answered && self.quiet) {
+            return self.send(request);
+        }
+        request.quiet = true;
+        self.stream.send(&request)?;
+        self.quiet_sent += 1;
         Ok(())
     }
 }
