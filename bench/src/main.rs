@@ -8,6 +8,7 @@
 //! issue 6. `--memory` instead fills a memory-mode cluster with 1,000,000 messages and measures
 //! each node's RSS and the `GET /api/messages` reads.
 
+mod grpc;
 mod http;
 mod load;
 mod memory;
@@ -270,14 +271,9 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
                 }
                 (load::run(list, env.warmup, env.window).await, clients)
             } else {
-                let channels = replog::grpc_channels(addr, clients.div_ceil(32).min(8)).await?;
-                let list: Vec<_> = (0..clients)
-                    .map(|i| replog::GrpcAppend::new(channels[i % channels.len()].clone(), kind.w))
-                    .collect();
-                (
-                    load::run(list, env.warmup, env.window).await,
-                    channels.len(),
-                )
+                let message = replog::payload_text("bench");
+                let (list, connections) = grpc::appenders(addr, clients, message, kind.w).await?;
+                (load::run(list, env.warmup, env.window).await, connections)
             };
             (outcome, cluster.peak_rss(), conns)
         }

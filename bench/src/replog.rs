@@ -5,11 +5,9 @@ use crate::http::Conn;
 use crate::load::Client;
 use crate::procs::{self, wait_until, Proc};
 use crate::wire::HttpPost;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use replog_proto::v1::log_client::LogClient;
-use replog_proto::v1::AppendRequest;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -17,7 +15,6 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
-use tonic::transport::Channel;
 
 pub struct Cluster {
     pub master: Proc,
@@ -254,45 +251,8 @@ impl Client for HttpAppend {
     }
 }
 
-/// gRPC `replog.v1.Log/Append` (h2c) over a shared channel.
-pub struct GrpcAppend {
-    client: LogClient<Channel>,
-    message: String,
-    w: u32,
-}
-
-/// `count` HTTP/2 channels to `addr`, connected.
-pub async fn grpc_channels(addr: SocketAddr, count: usize) -> Result<Vec<Channel>> {
-    let mut channels = Vec::new();
-    for _ in 0..count {
-        let channel = Channel::from_shared(format!("http://{addr}"))?
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("gRPC connect to {addr}"))?;
-        channels.push(channel);
-    }
-    Ok(channels)
-}
-
-impl GrpcAppend {
-    pub fn new(channel: Channel, w: u32) -> GrpcAppend {
-        GrpcAppend {
-            client: LogClient::new(channel),
-            message: payload_text("bench"),
-            w,
-        }
-    }
-}
-
-impl Client for GrpcAppend {
+impl Client for crate::grpc::GrpcAppend {
     async fn call(&mut self) -> Result<()> {
-        self.client
-            .append(AppendRequest {
-                message: self.message.clone(),
-                w: Some(self.w),
-            })
-            .await?;
-        Ok(())
+        crate::grpc::GrpcAppend::call(self).await.map(drop)
     }
 }
