@@ -117,8 +117,9 @@ impl Master {
         }
     }
 
-    /// Takes a reply from secondary `index`; pushes new decisions at once.
-    pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<(), ForeignLog> {
+    /// Takes a reply from secondary `index`; pushes new decisions at once. `Ok(true)`: the reply
+    /// decided appends.
+    pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<bool, ForeignLog> {
         let (changed, restarted) = self.update(|ledger| {
             let instance = ledger.follower(index).instance;
             let changed = ledger.on_reply(index, state, Instant::now())?;
@@ -129,7 +130,7 @@ impl Master {
         } else if restarted {
             self.peers[index].wake.notify_one();
         }
-        Ok(())
+        Ok(changed)
     }
 
     pub fn status_of(&self, last_contact: Option<Instant>, now: Instant) -> Status {

@@ -105,11 +105,20 @@ pub async fn run(master: Arc<Master>, index: usize) {
             _ = master.shutdown.cancelled() => return,
             reply = next_reply(&mut session, waiting), if session.is_some() => match reply {
                 Ok(state) => match master.on_reply(index, &state) {
-                    Ok(()) => {
+                    Ok(decided) => {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
                             last_rewind = None;
                         }
                         retry.succeeded(&peer.address);
+                        if decided && master.ledger().written() < next {
+                            // This reply decided appends, and all this sender has to send next
+                            // is those decisions, which nobody waits for: the appends' answers
+                            // (woken just now) go out first. On the master's one thread,
+                            // pushing first would put a write to the secondary ahead of them.
+                            // (With entries waiting, the next request carries clients' entries
+                            // too, and goes at once.)
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Err(foreign) => {
                         tracing::warn!(secondary = %peer.address, their_log = %foreign.0, "secondary holds another log; not replicating to it");
