@@ -364,3 +364,123 @@ async fn quiet_decision_pushes_are_taken_unanswered_or_end_the_stream() {
         .into_inner();
     assert_eq!((state.held, state.decided), (2, 2), "{state:?}");
 }
+
+/// A secondary built before quiet pushes, which answers every request on the stream. No such
+/// binary exists in the tree, so this one, in the test's process, speaks the same `Replication`
+/// service with the old rule: apply what it can (entries in order, decisions), answer always.
+mod answers_everything {
+    use replog_proto::v1::replication_server::{Replication, ReplicationServer};
+    use replog_proto::v1::{ReplicaState, ReplicateRequest};
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use tonic::{Request, Response, Status, Streaming};
+
+    #[derive(Default)]
+    pub struct OldSecondary {
+        state: Mutex<ReplicaState>,
+        /// Quiet requests it was sent (and answered, as it does every request).
+        pub quiet_seen: Mutex<u64>,
+    }
+
+    impl OldSecondary {
+        fn apply(&self, request: &ReplicateRequest) -> ReplicaState {
+            if request.quiet {
+                *self.quiet_seen.lock().expect("not poisoned") += 1;
+            }
+            let mut state = self.state.lock().expect("not poisoned");
+            state.instance = 7;
+            state.log_id = request.log_id.clone();
+            state.master_instance = request.master_instance;
+            for entry in &request.entries {
+                if entry.id == state.held + 1 {
+                    state.held = entry.id;
+                }
+            }
+            if let Some(decisions) = &request.decisions {
+                if decisions.since <= state.decided {
+                    state.decided = state.decided.max(decisions.decided_upto);
+                }
+            }
+            state.clone()
+        }
+    }
+
+    pub struct Service(pub Arc<OldSecondary>);
+
+    #[tonic::async_trait]
+    impl Replication for Service {
+        async fn replicate(
+            &self,
+            request: Request<ReplicateRequest>,
+        ) -> Result<Response<ReplicaState>, Status> {
+            Ok(Response::new(self.0.apply(request.get_ref())))
+        }
+
+        type StreamStream =
+            Pin<Box<dyn futures::Stream<Item = Result<ReplicaState, Status>> + Send>>;
+
+        async fn stream(
+            &self,
+            request: Request<Streaming<ReplicateRequest>>,
+        ) -> Result<Response<Self::StreamStream>, Status> {
+            let secondary = self.0.clone();
+            let replies = futures::stream::unfold(request.into_inner(), move |mut inbound| {
+                let secondary = secondary.clone();
+                async move {
+                    let request = inbound.message().await.ok()??;
+                    Some((Ok(secondary.apply(&request)), inbound))
+                }
+            });
+            Ok(Response::new(Box::pin(replies)))
+        }
+    }
+
+    /// Serves it on a free loopback port; returns the address.
+    pub async fn serve(secondary: Arc<OldSecondary>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let address = listener.local_addr().expect("an address").to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(ReplicationServer::new(Service(secondary)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        address
+    }
+}
+
+/// Injected: the master's only secondary answers every request on the stream, quiet decision
+/// pushes included, as a secondary from before them does (a master upgraded first). Checked:
+/// 20 appends with w=2 all answer 200 with ids 1..=20, the old secondary was sent quiet pushes
+/// and answered them, and the master neither failed nor reopened the stream for it: its log says
+/// once that this secondary answers quiet pushes, and never that replication failed.
+#[tokio::test]
+async fn a_secondary_that_answers_quiet_pushes_is_still_followed() {
+    use std::sync::Arc;
+    let old = Arc::new(answers_everything::OldSecondary::default());
+    let address = answers_everything::serve(old.clone()).await;
+    let cluster = Cluster::start(
+        Vec::new(),
+        &steady_health(&[("SECONDARIES", address.as_str())]),
+    )
+    .await;
+    for i in 1..=20u64 {
+        let (status, body) = cluster.append(&format!("m{i}"), Some(2)).await;
+        assert_eq!(status, StatusCode::OK, "append {i}: {body}");
+        assert_eq!(body["id"], i, "{body}");
+    }
+    wait_until(
+        Duration::from_secs(5),
+        "the old secondary was sent a quiet push",
+        || async { *old.quiet_seen.lock().expect("not poisoned") > 0 },
+    )
+    .await;
+    let log = cluster.master.log();
+    assert_eq!(
+        log.matches("answers quiet decision pushes").count(),
+        1,
+        "master log:\n{log}"
+    );
+    assert!(!log.contains("replication failed"), "master log:\n{log}");
+}

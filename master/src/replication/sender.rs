@@ -253,13 +253,18 @@ async fn next_reply(session: &mut Option<Session>, waiting: bool) -> Result<Repl
     };
     let reply = open.stream.reply(waiting).await?;
     if open.in_flight.pop_front().is_none() {
-        if !open.quiet || open.quiet_sent == 0 {
+        // A secondary from before quiet pushes answers them all: one extra answer per quiet
+        // push at most. Its answers are cumulative states like any other, so they are still
+        // good (one may have been taken for the answer to a later request, whose own answer
+        // is then the extra one); it is sent no more quiet pushes.
+        if open.quiet_answered >= open.quiet_sent {
             return Err("the secondary answered a request it was not sent".to_owned());
         }
-        // A secondary from before quiet pushes answers them all. Its answers are cumulative
-        // states like any other, so this one is still good; send it no more quiet ones.
-        tracing::info!("the secondary answers quiet decision pushes; sending answered ones");
-        open.quiet = false;
+        if open.quiet {
+            tracing::info!("the secondary answers quiet decision pushes; sending answered ones");
+            open.quiet = false;
+        }
+        open.quiet_answered += 1;
     }
     open.answered = true;
     open.progress = Instant::now();
@@ -281,6 +286,9 @@ struct Session {
     quiet: bool,
     /// Quiet pushes sent on this stream.
     quiet_sent: u64,
+    /// Answers beyond the requests that wanted one (only from a secondary that answers quiet
+    /// pushes).
+    quiet_answered: u64,
 }
 
 impl Session {
@@ -297,6 +305,7 @@ impl Session {
             answered: false,
             quiet: true,
             quiet_sent: 0,
+            quiet_answered: 0,
         })
     }
 
