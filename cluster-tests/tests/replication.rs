@@ -263,6 +263,18 @@ async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
         .await;
 }
 
+/// A secondary's state, from an empty `Replicate` call: without a log id it applies nothing
+/// (another log's request) and answers what it holds.
+async fn state_of(
+    client: &mut replog_proto::v1::replication_client::ReplicationClient<tonic::transport::Channel>,
+) -> replog_proto::v1::ReplicaState {
+    client
+        .replicate(replog_proto::v1::ReplicateRequest::default())
+        .await
+        .expect("the secondary answers")
+        .into_inner()
+}
+
 /// The replication stream's quiet decision pushes, spoken to a real secondary directly.
 /// Injected: a cluster of one secondary makes it adopt the master's log and commit one entry;
 /// the master is stopped, and the test opens the `Stream` call itself (with the secondary's
@@ -290,11 +302,7 @@ async fn quiet_decision_pushes_are_taken_unanswered_or_end_the_stream() {
     let mut client = ReplicationClient::connect(endpoint)
         .await
         .expect("connect to the secondary");
-    let state = client
-        .replicate(ReplicateRequest::default())
-        .await
-        .expect("the secondary answers")
-        .into_inner();
+    let state = state_of(&mut client).await;
     assert_eq!((state.held, state.decided), (1, 1), "{state:?}");
     let request =
         |entries: Vec<Entry>, decisions: Option<Decisions>, quiet: bool| ReplicateRequest {
@@ -357,11 +365,7 @@ async fn quiet_decision_pushes_are_taken_unanswered_or_end_the_stream() {
         Err(tonic::Code::FailedPrecondition),
         "{ended:?}"
     );
-    let state = client
-        .replicate(ReplicateRequest::default())
-        .await
-        .expect("the secondary answers")
-        .into_inner();
+    let state = state_of(&mut client).await;
     assert_eq!((state.held, state.decided), (2, 2), "{state:?}");
 }
 
