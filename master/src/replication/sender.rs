@@ -9,6 +9,10 @@
 //! with an empty log and a long partition: the secondary is caught up from what it holds, in
 //! batches. Failures back off exponentially with jitter and never stop, so committed entries
 //! reach every secondary in the end, and nothing is kept per message that could leak.
+//!
+//! A push of decisions alone is not in flight: once the stream has answered, it goes quiet
+//! (unanswered, `Session::push_decisions`), and a secondary that cannot take it ends the
+//! stream, which is a failure like any other.
 
 use super::backoff::Backoff;
 use super::stream::ReplicationStream;
