@@ -264,9 +264,8 @@ async fn next_reply(session: &mut Option<Session>, waiting: bool) -> Result<Repl
         if open.quiet_answered >= open.quiet_sent {
             return Err("the secondary answered a request it was not sent".to_owned());
         }
-        if open.quiet {
+        if open.quiet_answered == 0 {
             tracing::info!("the secondary answers quiet decision pushes; sending answered ones");
-            open.quiet = false;
         }
         open.quiet_answered += 1;
     }
@@ -285,13 +284,10 @@ struct Session {
     progress: Instant,
     /// The secondary has answered on this stream, so we know what it holds and has decided.
     answered: bool,
-    /// Decisions-only pushes may go unanswered (`ReplicateRequest.quiet`); off for a secondary
-    /// that answers them anyway.
-    quiet: bool,
-    /// Quiet pushes sent on this stream.
+    /// Quiet pushes sent on this stream (`ReplicateRequest.quiet`).
     quiet_sent: u64,
-    /// Answers beyond the requests that wanted one (only from a secondary that answers quiet
-    /// pushes).
+    /// Answers beyond the requests that wanted one: only a secondary that answers quiet pushes
+    /// gives any, and once it has, it is sent no more of them.
     quiet_answered: u64,
 }
 
@@ -307,7 +303,6 @@ impl Session {
             in_flight: VecDeque::with_capacity(PIPELINE),
             progress: Instant::now(),
             answered: false,
-            quiet: true,
             quiet_sent: 0,
             quiet_answered: 0,
         })
@@ -337,7 +332,7 @@ impl Session {
     /// take them, so nothing is lost by not hearing back; until then, the next answered
     /// request reports its frontier as before.
     fn push_decisions(&mut self, mut request: ReplicateRequest) -> Result<(), String> {
-        if !(self.answered && self.quiet) {
+        if !self.answered || self.quiet_answered > 0 {
             return self.send(request);
         }
         request.quiet = true;
