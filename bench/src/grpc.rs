@@ -13,6 +13,7 @@
 //! The server sees what it saw with tonic: the same connections, and a whole gRPC call per
 //! append (`HEADERS` + `DATA`, answered with `HEADERS`, `DATA` and trailers).
 
+use crate::load::Client;
 use anyhow::{bail, Context, Result};
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
@@ -83,9 +84,9 @@ pub async fn appenders(
     Ok((appenders, count))
 }
 
-impl GrpcAppend {
+impl Client for GrpcAppend {
     /// One `Append` call; an error is any answer but `grpc-status: 0` with a reply.
-    pub async fn call(&mut self) -> Result<AppendReply> {
+    async fn call(&mut self) -> Result<()> {
         let request = http::Request::post(self.uri.clone())
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers")
@@ -114,7 +115,8 @@ impl GrpcAppend {
         let message = received
             .get(PREFIX..)
             .context("an answer without a reply message")?;
-        Ok(AppendReply::decode(message)?)
+        AppendReply::decode(message)?;
+        Ok(())
     }
 }
 

@@ -250,9 +250,3 @@ impl Client for HttpAppend {
         Ok(())
     }
 }
-
-impl Client for crate::grpc::GrpcAppend {
-    async fn call(&mut self) -> Result<()> {
-        crate::grpc::GrpcAppend::call(self).await.map(drop)
-    }
-}
