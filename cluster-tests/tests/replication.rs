@@ -488,3 +488,68 @@ async fn a_secondary_that_answers_quiet_pushes_is_still_followed() {
     );
     assert!(!log.contains("replication failed"), "master log:\n{log}");
 }
+
+/// Decisions reach the secondaries by themselves, not with a heartbeat: with heartbeats a
+/// minute apart, every committed append (through HTTP and through gRPC, one at a time, as one
+/// client does) shows on both secondaries within seconds of its answer. The last append of
+/// each kind has no later request to ride on, so its decision goes as a push of its own, which
+/// the master sends only after the append's answer (`sender::DECISION_DEFERRALS`); the others
+/// may ride on the next append's entry instead. Either way none may wait for the heartbeat.
+#[tokio::test]
+async fn decisions_reach_the_secondaries_without_a_heartbeat() {
+    use replog_proto::v1::log_client::LogClient;
+    use replog_proto::v1::AppendRequest;
+
+    let cluster = Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &[
+            ("HEARTBEAT_INTERVAL_MS", "60000"),
+            ("SUSPECT_AFTER_MS", "120000"),
+            ("UNHEALTHY_AFTER_MS", "240000"),
+        ],
+    )
+    .await;
+    let shows = |id: u64, text: String| {
+        let cluster = &cluster;
+        async move {
+            wait_until(
+                Duration::from_secs(5),
+                format!("both secondaries show id {id} ({text})"),
+                || async {
+                    let mut all = true;
+                    for secondary in &cluster.secondaries {
+                        let list = cluster.messages(secondary).await;
+                        all &= list.iter().any(|(i, m)| *i == id && *m == text);
+                    }
+                    all
+                },
+            )
+            .await;
+        }
+    };
+
+    for i in 1..=10u64 {
+        let text = format!("http-{i}");
+        let (status, body) = cluster.append(&text, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["id"], json!(i));
+    }
+    shows(10, "http-10".into()).await;
+
+    let mut client = LogClient::connect(cluster.master.url(""))
+        .await
+        .expect("a gRPC connection to the master");
+    for i in 11..=20u64 {
+        let text = format!("grpc-{i}");
+        let reply = client
+            .append(AppendRequest {
+                message: text.clone(),
+                w: None,
+            })
+            .await
+            .expect("a committed gRPC append")
+            .into_inner();
+        assert_eq!(reply.id, i);
+        shows(i, text).await;
+    }
+}

@@ -117,9 +117,8 @@ impl Master {
         }
     }
 
-    /// Takes a reply from secondary `index`; pushes new decisions at once. `Ok(true)`: the reply
-    /// decided appends.
-    pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<bool, ForeignLog> {
+    /// Takes a reply from secondary `index`; pushes new decisions at once.
+    pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<(), ForeignLog> {
         let (changed, restarted) = self.update(|ledger| {
             let instance = ledger.follower(index).instance;
             let changed = ledger.on_reply(index, state, Instant::now())?;
@@ -130,7 +129,7 @@ impl Master {
         } else if restarted {
             self.peers[index].wake.notify_one();
         }
-        Ok(changed)
+        Ok(())
     }
 
     pub fn status_of(&self, last_contact: Option<Instant>, now: Instant) -> Status {

@@ -33,6 +33,18 @@ pub const PIPELINE: usize = 4;
 /// request of their own (a long round trip, a burst). An idle stream still sends at once, so
 /// a lone append never waits; no timer is involved.
 pub const PIPELINE_MIN_ENTRIES: u64 = 32;
+/// Times a sender yields before a push of decisions alone.
+///
+/// tokio runs a yielded task again only once every task already queued has run and the
+/// sockets have been polled without blocking; on the master's one thread, that puts the
+/// clients' answers to the appends a commit decided ahead of the decisions' push to the
+/// secondaries. One deferral is enough for an HTTP answer, written by its connection's task;
+/// a gRPC answer takes a turn more (hyper's HTTP/2 server writes it from the connection's task
+/// after the call's task), and with one deferral `strace` showed the push still went first.
+/// The push never waits for an event: a runtime with a yielded task does not sleep, so it
+/// leaves before the master's thread next blocks, and if the next append arrived meanwhile it
+/// rides on that request instead of costing a message of its own.
+pub const DECISION_DEFERRALS: usize = 2;
 /// Entries per request at most.
 pub const MAX_BATCH_ENTRIES: usize = 2048;
 /// Payload bytes per request at most (one larger entry still goes alone).
@@ -50,6 +62,8 @@ pub async fn run(master: Arc<Master>, index: usize) {
     // High-water mark at the last rewind: rewinding twice to the same place without a failure
     // means the secondary is not taking what we send, so the next try waits.
     let mut last_rewind: Option<u64> = None;
+    // This turn's decisions-only push has already waited for the answers (see below).
+    let mut deferred = false;
 
     loop {
         let (held, known) = {
@@ -90,6 +104,18 @@ pub async fn run(master: Arc<Master>, index: usize) {
                 }
             }
             if let Some(open) = session.as_mut() {
+                if !deferred && decisions_alone_due(&master, open, known, next, pushed_decided) {
+                    // All there is to send is decisions, which nobody waits for, while the
+                    // answers to the appends they decide were woken by the same commit: those
+                    // go out first (see DECISION_DEFERRALS). With entries waiting, the request
+                    // carries clients' entries too, and goes at once.
+                    deferred = true;
+                    for _ in 0..DECISION_DEFERRALS {
+                        tokio::task::yield_now().await;
+                    }
+                    continue;
+                }
+                deferred = false;
                 if let Err(error) =
                     fill(&master, index, open, known, &mut next, &mut pushed_decided)
                 {
@@ -109,20 +135,11 @@ pub async fn run(master: Arc<Master>, index: usize) {
             _ = master.shutdown.cancelled() => return,
             reply = next_reply(&mut session, waiting), if session.is_some() => match reply {
                 Ok(state) => match master.on_reply(index, &state) {
-                    Ok(decided) => {
+                    Ok(()) => {
                         if master.ledger().follower(index).held >= next.saturating_sub(1) {
                             last_rewind = None;
                         }
                         retry.succeeded(&peer.address);
-                        if decided && master.ledger().written() < next {
-                            // This reply decided appends, and all this sender has to send next
-                            // is those decisions, which nobody waits for: the appends' answers
-                            // (woken just now) go out first. On the master's one thread,
-                            // pushing first would put a write to the secondary ahead of them.
-                            // (With entries waiting, the next request carries clients' entries
-                            // too, and goes at once.)
-                            tokio::task::yield_now().await;
-                        }
                     }
                     Err(foreign) => {
                         tracing::warn!(secondary = %peer.address, their_log = %foreign.0, "secondary holds another log; not replicating to it");
@@ -188,6 +205,22 @@ fn fill(
         session.send(request)?;
     }
     Ok(())
+}
+
+/// Whether the next thing [`fill`] sends on `session` is a push of decisions alone.
+fn decisions_alone_due(
+    master: &Master,
+    session: &Session,
+    known: bool,
+    next: u64,
+    pushed_decided: u64,
+) -> bool {
+    // As in `fill`: decisions wait for the next request while one with entries is out.
+    if !known || session.in_flight.len() >= PIPELINE || session.shipping() > 0 {
+        return false;
+    }
+    let ledger = master.ledger();
+    ledger.written() < next && ledger.log().decided() > pushed_decided
 }
 
 /// Whether anything waits to be sent: then a stream is worth opening (an idle secondary gets
