@@ -12,7 +12,9 @@
 //!
 //! A push of decisions alone is not in flight: once the stream has answered, it goes quiet
 //! (unanswered, `Session::push_decisions`), and a secondary that cannot take it ends the
-//! stream, which is a failure like any other.
+//! stream, which is a failure like any other. It leaves after the clients' answers to the
+//! appends it decides, in the same busy stretch of the master's thread
+//! ([`DECISION_DEFERRALS`]).
 
 use super::backoff::Backoff;
 use super::stream::ReplicationStream;
