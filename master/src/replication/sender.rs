@@ -64,7 +64,8 @@ pub async fn run(master: Arc<Master>, index: usize) {
     // High-water mark at the last rewind: rewinding twice to the same place without a failure
     // means the secondary is not taking what we send, so the next try waits.
     let mut last_rewind: Option<u64> = None;
-    // This turn's decisions-only push has already waited for the answers (see below).
+    // This turn's decisions-only push has already waited for the answers
+    // (`Filled::DecisionsHeld`).
     let mut deferred = false;
 
     loop {
@@ -106,24 +107,35 @@ pub async fn run(master: Arc<Master>, index: usize) {
                 }
             }
             if let Some(open) = session.as_mut() {
-                if !deferred && decisions_alone_due(&master, open, known, next, pushed_decided) {
-                    // All there is to send is decisions, which nobody waits for, while the
-                    // answers to the appends they decide were woken by the same commit: those
-                    // go out first (see DECISION_DEFERRALS). With entries waiting, the request
-                    // carries clients' entries too, and goes at once.
-                    deferred = true;
-                    for _ in 0..DECISION_DEFERRALS {
-                        tokio::task::yield_now().await;
-                    }
-                    continue;
-                }
+                let filled = fill(
+                    &master,
+                    index,
+                    open,
+                    known,
+                    &mut next,
+                    &mut pushed_decided,
+                    !deferred,
+                );
                 deferred = false;
-                if let Err(error) =
-                    fill(&master, index, open, known, &mut next, &mut pushed_decided)
-                {
-                    session = None;
-                    retry.fail(&master, index, &error);
-                    continue;
+                match filled {
+                    Ok(Filled::All) => {}
+                    Ok(Filled::DecisionsHeld) => {
+                        // All there is to send is decisions, which nobody waits for, while the
+                        // answers to the appends they decide were woken by the same commit:
+                        // those go out first (see DECISION_DEFERRALS), then `fill` pushes them.
+                        // With entries waiting, the request carries clients' entries too, and
+                        // goes at once.
+                        deferred = true;
+                        for _ in 0..DECISION_DEFERRALS {
+                            tokio::task::yield_now().await;
+                        }
+                        continue;
+                    }
+                    Err(error) => {
+                        session = None;
+                        retry.fail(&master, index, &error);
+                        continue;
+                    }
                 }
             }
         }
@@ -166,8 +178,17 @@ pub async fn run(master: Arc<Master>, index: usize) {
     }
 }
 
+/// What [`fill`] left unsent.
+enum Filled {
+    /// Nothing: what is due was sent, or rides on the next request.
+    All,
+    /// A push of decisions alone, which `hold_decisions` asked to keep back.
+    DecisionsHeld,
+}
+
 /// Sends what is due on the open stream: the first question to a secondary not heard from
-/// yet, then batches of entries (see [`PIPELINE_MIN_ENTRIES`]) or a decisions-only push.
+/// yet, then batches of entries (see [`PIPELINE_MIN_ENTRIES`]) or a decisions-only push, which
+/// `hold_decisions` keeps back (nothing else is sent then).
 fn fill(
     master: &Master,
     index: usize,
@@ -175,7 +196,8 @@ fn fill(
     known: bool,
     next: &mut u64,
     pushed_decided: &mut u64,
-) -> Result<(), String> {
+    hold_decisions: bool,
+) -> Result<Filled, String> {
     while session.in_flight.len() < PIPELINE {
         if !known {
             // Until the secondary has answered once, its high-water mark is unknown: ask first
@@ -183,46 +205,33 @@ fn fill(
             if session.idle() {
                 session.send(master.ledger().batch(index, *next, 0, 0))?;
             }
-            return Ok(());
+            return Ok(Filled::All);
         }
         let request = {
             let ledger = master.ledger();
             let waiting = (ledger.written() + 1).saturating_sub(*next);
             if session.shipping() > 0 && waiting < PIPELINE_MIN_ENTRIES {
                 // Decisions and the few entries waiting ride on the next request.
-                return Ok(());
+                return Ok(Filled::All);
             }
             ledger.batch(index, *next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
         };
         let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
         let Some(last) = request.entries.last().map(|e| e.id) else {
             if decided > *pushed_decided {
+                if hold_decisions {
+                    return Ok(Filled::DecisionsHeld);
+                }
                 *pushed_decided = decided;
                 session.push_decisions(request)?;
             }
-            return Ok(());
+            return Ok(Filled::All);
         };
         *next = last + 1;
         *pushed_decided = (*pushed_decided).max(decided);
         session.send(request)?;
     }
-    Ok(())
-}
-
-/// Whether the next thing [`fill`] sends on `session` is a push of decisions alone.
-fn decisions_alone_due(
-    master: &Master,
-    session: &Session,
-    known: bool,
-    next: u64,
-    pushed_decided: u64,
-) -> bool {
-    // As in `fill`: decisions wait for the next request while one with entries is out.
-    if !known || session.in_flight.len() >= PIPELINE || session.shipping() > 0 {
-        return false;
-    }
-    let ledger = master.ledger();
-    ledger.written() < next && ledger.log().decided() > pushed_decided
+    Ok(Filled::All)
 }
 
 /// Whether anything waits to be sent: then a stream is worth opening (an idle secondary gets
