@@ -1,27 +1,33 @@
-//! The closed loop's gRPC appends: `replog.v1.Log/Append` on HTTP/2 connections shared by up
-//! to [`CLIENTS_PER_CONNECTION`] clients, as a gRPC channel is shared by its callers.
+//! The closed loop's gRPC appends: `replog.v1.Log/Append` calls multiplexed on HTTP/2
+//! connections shared by up to [`CLIENTS_PER_CONNECTION`] clients, as a gRPC channel is
+//! shared by its callers.
 //!
-//! Why not tonic's `Channel`, which the bench used first: it hands every call to a buffer task
-//! before the connection's task sees it, and runs it through a tower stack on the way; at 64
-//! clients that cost the load generator 22 µs of CPU per append, twice what an HTTP append
-//! costs it through [`crate::wire`]. On a 2-CPU machine the client shares the CPUs with the
-//! servers, so that overhead lands on replog's gRPC figures and on nothing else. Here a call is
-//! handed straight to `h2`: the client's task queues its frames on the shared connection and
-//! awaits the answer; the connection's own task writes what all its clients queued and reads
-//! their answers (one task per connection is what lets 32 clients share it). A client alone on
-//! its connection (one client in all) drives the connection from its own task: handing every
-//! call to another task and back cost it 37 µs of CPU per append at one client, against 24 µs
-//! driven in place (an HTTP client, which owns its connection, costs 12-15 µs).
+//! Why not a client library, which the bench used first (tonic's `Channel`, then the `h2`
+//! crate): both run a connection's I/O in a task of its own, and every call crosses from the
+//! caller's task to it and back, under a lock on the connection's streams. At 64 clients that
+//! cost the load generator 14-18 µs of CPU per append with `h2` (22 µs with tonic), against
+//! 10 µs for an HTTP append through [`crate::wire`]. On a 2-CPU machine the client shares the
+//! CPUs with the servers, so that overhead lands on replog's gRPC figures and on nothing else:
+//! the master's own CPU per append was the same for gRPC and HTTP.
 //!
-//! The server sees what it saw with tonic: the same connections, and a whole gRPC call per
-//! append (`HEADERS` + `DATA`, answered with `HEADERS`, `DATA` and trailers).
+//! Here one task owns a connection and all its clients ([`Connection`], a [`Driver`]): it
+//! writes every request that is due in one `write`, reads whatever answers have arrived in one
+//! `read`, and sends each answered client's next request at once. The HTTP/2 it speaks is the
+//! little a unary call needs, done by the book: the connection preface and settings, HPACK
+//! header blocks (the request's headers enter the server's table with the first call and are
+//! named by index after, as `h2` did), flow control both ways, `PING` answered, `GOAWAY` and
+//! `RST_STREAM` honoured. The server sees what it saw before: the same connections, and a
+//! whole gRPC call per append (`HEADERS` + `DATA`, answered with `HEADERS`, `DATA` and
+//! trailers).
 
-use crate::load::Client;
+use crate::load::{Driver, Tally, Window, CALL_TIMEOUT};
 use anyhow::{bail, Context, Result};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use replog_proto::v1::{AppendReply, AppendRequest};
 use std::net::SocketAddr;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PATH: &str = "/replog.v1.Log/Append";
@@ -32,27 +38,51 @@ pub const CLIENTS_PER_CONNECTION: usize = 32;
 /// HTTP/2 connections at most, whatever the number of clients.
 pub const MAX_CONNECTIONS: usize = 8;
 
-/// One client's gRPC appends of one fixed message.
-pub struct GrpcAppend {
-    connection: h2::client::SendRequest<Bytes>,
-    /// The connection itself, when this client is its only one: the client's task then drives
-    /// it during its calls, as an HTTP client drives its own connection, instead of waking a
-    /// task of the connection's own and being woken by it for every call.
-    driver: Option<h2::client::Connection<TcpStream, Bytes>>,
-    uri: http::Uri,
-    /// The request message, framed (prefix and protobuf), shared by every call.
-    body: Bytes,
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The largest flow-control window HTTP/2 allows; every window starts at 65,535.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+const DEFAULT_WINDOW: u32 = 65_535;
+/// A frame's header: length (24 bits), type, flags, stream id.
+const FRAME_HEADER: usize = 9;
+
+/// Frame types (RFC 9113, 6).
+mod kind {
+    pub const DATA: u8 = 0x0;
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const WINDOW_UPDATE: u8 = 0x8;
+    pub const CONTINUATION: u8 = 0x9;
+}
+
+/// Frame flags.
+mod flag {
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const PADDED: u8 = 0x8;
+    pub const PRIORITY: u8 = 0x20;
+}
+
+/// Settings (RFC 9113, 6.5.2).
+mod setting {
+    pub const HEADER_TABLE_SIZE: u16 = 0x1;
+    pub const ENABLE_PUSH: u16 = 0x2;
+    pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
 }
 
 /// `clients` appenders of `message` with write concern `w`, on as many connections as
-/// [`CLIENTS_PER_CONNECTION`] and [`MAX_CONNECTIONS`] give. A connection the server closes
-/// fails every later call of its clients: the table counts them as errors.
-pub async fn appenders(
+/// [`CLIENTS_PER_CONNECTION`] and [`MAX_CONNECTIONS`] give; returns the connections.
+pub async fn connections(
     addr: SocketAddr,
     clients: usize,
     message: String,
     w: u32,
-) -> Result<(Vec<GrpcAppend>, usize)> {
+) -> Result<Vec<Connection>> {
     let request = AppendRequest {
         message,
         w: Some(w),
@@ -62,107 +92,563 @@ pub async fn appenders(
     body.put_u32(u32::try_from(request.encoded_len()).context("a huge message")?);
     request.encode(&mut body)?;
     let body = body.freeze();
-    let uri: http::Uri = format!("http://{addr}{PATH}").parse()?;
+    let (first, indexed) = request_headers(&addr.to_string());
 
     let count = clients
         .div_ceil(CLIENTS_PER_CONNECTION)
         .min(MAX_CONNECTIONS);
     let mut connections = Vec::with_capacity(count);
-    let mut drivers = Vec::with_capacity(clients);
-    for _ in 0..count {
+    for i in 0..count {
         let tcp = TcpStream::connect(addr)
             .await
             .with_context(|| format!("gRPC connect to {addr}"))?;
         tcp.set_nodelay(true)?;
-        let (send, connection) = h2::client::handshake(tcp).await?;
-        if count == clients {
-            drivers.push(Some(connection));
-        } else {
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    eprintln!("bench: a gRPC connection ended: {error}");
-                }
+        // Clients spread evenly: the first `clients % count` connections take one more.
+        let share = clients / count + usize::from(i < clients % count);
+        connections.push(Connection::new(
+            tcp,
+            share,
+            body.clone(),
+            first.clone(),
+            indexed.clone(),
+        ));
+    }
+    Ok(connections)
+}
+
+/// The request's two header blocks: the first call's, which adds its headers to the server's
+/// HPACK table ("literal with incremental indexing"), and every later call's, which names the
+/// same headers by their index in that table.
+fn request_headers(authority: &str) -> (Bytes, Bytes) {
+    // Static table (RFC 7541, appendix A): 2 `:method: GET`, 3 `:method: POST`,
+    // 6 `:scheme: http`; names 1 `:authority`, 4 `:path`, 31 `content-type`.
+    const METHOD_POST: u8 = 0x80 | 3;
+    const SCHEME_HTTP: u8 = 0x80 | 6;
+    let mut first = BytesMut::new();
+    first.put_u8(METHOD_POST);
+    first.put_u8(SCHEME_HTTP);
+    // Each entered header becomes index 62, pushing the earlier ones up by one.
+    let entered: [(Option<usize>, &str, &str); 4] = [
+        (Some(4), ":path", PATH),
+        (Some(1), ":authority", authority),
+        (Some(31), "content-type", "application/grpc"),
+        (None, "te", "trailers"),
+    ];
+    for (name_index, name, value) in entered {
+        match name_index {
+            Some(index) => hpack_integer(&mut first, 0x40, 6, index),
+            None => {
+                first.put_u8(0x40);
+                hpack_string(&mut first, name);
+            }
+        }
+        hpack_string(&mut first, value);
+    }
+    let mut indexed = BytesMut::new();
+    indexed.put_u8(METHOD_POST);
+    indexed.put_u8(SCHEME_HTTP);
+    for age in (0..entered.len()).rev() {
+        hpack_integer(&mut indexed, 0x80, 7, 62 + age);
+    }
+    (first.freeze(), indexed.freeze())
+}
+
+/// An HPACK integer with an `n`-bit prefix after the bits in `pattern` (RFC 7541, 5.1).
+fn hpack_integer(out: &mut BytesMut, pattern: u8, n: u32, value: usize) {
+    let max = (1usize << n) - 1;
+    if value < max {
+        out.put_u8(pattern | value as u8);
+        return;
+    }
+    out.put_u8(pattern | max as u8);
+    let mut rest = value - max;
+    while rest >= 128 {
+        out.put_u8((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    out.put_u8(rest as u8);
+}
+
+/// An HPACK string literal, not Huffman-coded (RFC 7541, 5.2).
+fn hpack_string(out: &mut BytesMut, s: &str) {
+    hpack_integer(out, 0, 7, s.len());
+    out.put_slice(s.as_bytes());
+}
+
+/// One HTTP/2 connection and the clients that share it, all driven by one task.
+pub struct Connection {
+    tcp: TcpStream,
+    /// Clients on this connection.
+    clients: usize,
+    /// The request message, framed (prefix and protobuf), shared by every call.
+    body: Bytes,
+    /// The first call's header block, until it is sent; then every call's.
+    first_headers: Option<Bytes>,
+    headers: Bytes,
+    input: BytesMut,
+    output: BytesMut,
+    hpack: loona_hpack::Decoder<'static>,
+    /// A header block that continues in `CONTINUATION` frames: its stream, whether it ends
+    /// the stream, and its fragments so far.
+    partial: Option<(u32, bool, BytesMut)>,
+    next_stream: u32,
+    calls: Vec<Call>,
+    /// Clients whose next request waits for the server's flow-control window.
+    blocked: usize,
+    /// What the server lets us send: on the connection, and on a new stream.
+    send_window: i64,
+    stream_window: i64,
+    /// `DATA` bytes received since the last `WINDOW_UPDATE` we sent.
+    unacknowledged: u32,
+}
+
+/// A call in flight: its stream and what its answer has said so far.
+struct Call {
+    stream: u32,
+    started: Instant,
+    status: Option<u16>,
+    grpc_status: Option<u32>,
+    grpc_message: Option<String>,
+    reply: BytesMut,
+}
+
+impl Call {
+    /// The call's verdict once its stream has ended: success is HTTP 200, `grpc-status: 0`
+    /// and one `AppendReply`.
+    fn verdict(&self) -> Result<()> {
+        match self.status {
+            Some(200) => {}
+            Some(status) => bail!("HTTP {status}"),
+            None => bail!("an answer without :status"),
+        }
+        match self.grpc_status {
+            Some(0) => {}
+            Some(code) => bail!(
+                "{:?}: {}",
+                tonic::Code::from(code as i32),
+                self.grpc_message.as_deref().unwrap_or("")
+            ),
+            None => bail!("an answer without grpc-status"),
+        }
+        let message = self
+            .reply
+            .get(PREFIX..)
+            .context("an answer without a reply message")?;
+        AppendReply::decode(message)?;
+        Ok(())
+    }
+}
+
+impl Driver for Connection {
+    async fn drive(mut self, window: Window) -> Tally {
+        let mut tally = Tally::default();
+        if let Err(error) = self.run(&window, &mut tally).await {
+            // The connection is lost, and with it every call in flight and every later call
+            // of its clients.
+            let calls = self.calls.len() + self.blocked;
+            tally.error(format!("{error:#} ({calls} calls in flight)"));
+        }
+        tally
+    }
+}
+
+impl Connection {
+    fn new(tcp: TcpStream, clients: usize, body: Bytes, first: Bytes, indexed: Bytes) -> Self {
+        Connection {
+            tcp,
+            clients,
+            body,
+            first_headers: Some(first),
+            headers: indexed,
+            input: BytesMut::with_capacity(64 * 1024),
+            output: BytesMut::with_capacity(16 * 1024),
+            hpack: loona_hpack::Decoder::new(),
+            partial: None,
+            next_stream: 1,
+            calls: Vec::with_capacity(clients),
+            blocked: 0,
+            send_window: i64::from(DEFAULT_WINDOW),
+            stream_window: i64::from(DEFAULT_WINDOW),
+            unacknowledged: 0,
+        }
+    }
+
+    async fn run(&mut self, window: &Window, tally: &mut Tally) -> Result<()> {
+        self.output.put_slice(PREFACE);
+        // No pushes; our streams' windows as large as allowed, and the connection's too, so
+        // the server never waits for us and we send a `WINDOW_UPDATE` once per gigabyte.
+        frame(&mut self.output, kind::SETTINGS, 0, 0, 12);
+        for (id, value) in [
+            (setting::ENABLE_PUSH, 0),
+            (setting::INITIAL_WINDOW_SIZE, MAX_WINDOW),
+        ] {
+            self.output.put_u16(id);
+            self.output.put_u32(value);
+        }
+        frame(&mut self.output, kind::WINDOW_UPDATE, 0, 0, 4);
+        self.output.put_u32(MAX_WINDOW - DEFAULT_WINDOW);
+        self.blocked = self.clients;
+        self.start_blocked()?;
+        while !self.calls.is_empty() || self.blocked > 0 {
+            if !self.output.is_empty() {
+                // A few hundred bytes per client: the socket's buffer takes them at once.
+                self.tcp.write_all(&self.output).await?;
+                self.output.clear();
+            }
+            let read = tokio::time::timeout(CALL_TIMEOUT, self.tcp.read_buf(&mut self.input))
+                .await
+                .with_context(|| format!("no frame within {CALL_TIMEOUT:?}"))??;
+            if read == 0 {
+                bail!("the server closed the gRPC connection");
+            }
+            while let Some((header, payload)) = next_frame(&mut self.input)? {
+                self.on_frame(header, payload, window, tally)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the next call of every blocked client the server's windows let through.
+    fn start_blocked(&mut self) -> Result<()> {
+        let size = self.body.len() as i64;
+        if size > self.stream_window {
+            bail!(
+                "the server's stream window ({} bytes) is smaller than one request",
+                self.stream_window
+            );
+        }
+        while self.blocked > 0 && self.send_window >= size {
+            self.blocked -= 1;
+            self.send_window -= size;
+            let stream = self.next_stream;
+            self.next_stream = stream
+                .checked_add(2)
+                .filter(|&next| next <= MAX_WINDOW)
+                .context("stream ids used up")?;
+            let headers = self.first_headers.take().unwrap_or(self.headers.clone());
+            frame(
+                &mut self.output,
+                kind::HEADERS,
+                flag::END_HEADERS,
+                stream,
+                headers.len(),
+            );
+            self.output.put_slice(&headers);
+            frame(
+                &mut self.output,
+                kind::DATA,
+                flag::END_STREAM,
+                stream,
+                self.body.len(),
+            );
+            self.output.put_slice(&self.body);
+            self.calls.push(Call {
+                stream,
+                started: Instant::now(),
+                status: None,
+                grpc_status: None,
+                grpc_message: None,
+                reply: BytesMut::new(),
             });
         }
-        connections.push(send);
+        Ok(())
     }
-    drivers.resize_with(clients, || None);
-    let appenders = drivers
-        .into_iter()
-        .enumerate()
-        .map(|(i, driver)| GrpcAppend {
-            connection: connections[i % count].clone(),
-            driver,
-            uri: uri.clone(),
-            body: body.clone(),
-        })
+
+    fn on_frame(
+        &mut self,
+        header: FrameHeader,
+        mut payload: Bytes,
+        window: &Window,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        if self.partial.is_some() && header.kind != kind::CONTINUATION {
+            bail!(
+                "a header block broken off by a frame of type {}",
+                header.kind
+            );
+        }
+        match header.kind {
+            kind::DATA => {
+                self.unacknowledged += header.length;
+                if self.unacknowledged > MAX_WINDOW / 2 {
+                    frame(&mut self.output, kind::WINDOW_UPDATE, 0, 0, 4);
+                    self.output.put_u32(self.unacknowledged);
+                    self.unacknowledged = 0;
+                }
+                let data = unpad(&mut payload, header.flags)?;
+                if let Some(call) = self.call(header.stream) {
+                    call.reply.extend_from_slice(&data);
+                }
+                if header.flags & flag::END_STREAM != 0 {
+                    self.end(header.stream, None, window, tally)?;
+                }
+            }
+            kind::HEADERS => {
+                let mut block = unpad(&mut payload, header.flags)?;
+                if header.flags & flag::PRIORITY != 0 {
+                    if block.len() < 5 {
+                        bail!("a HEADERS frame too short for its priority");
+                    }
+                    block.advance(5);
+                }
+                let ends = header.flags & flag::END_STREAM != 0;
+                if header.flags & flag::END_HEADERS != 0 {
+                    self.on_headers(header.stream, ends, &block, window, tally)?;
+                } else {
+                    self.partial = Some((header.stream, ends, BytesMut::from(&block[..])));
+                }
+            }
+            kind::CONTINUATION => {
+                let Some((stream, ends, mut block)) = self.partial.take() else {
+                    bail!("a CONTINUATION frame with no header block before it");
+                };
+                if stream != header.stream {
+                    bail!("a CONTINUATION frame on another stream");
+                }
+                block.extend_from_slice(&payload);
+                if header.flags & flag::END_HEADERS != 0 {
+                    self.on_headers(stream, ends, &block, window, tally)?;
+                } else {
+                    self.partial = Some((stream, ends, block));
+                }
+            }
+            kind::RST_STREAM => {
+                let code = payload.get(..4).map(|mut b| b.get_u32());
+                let error = anyhow::anyhow!("the server reset the stream (code {code:?})");
+                self.end(header.stream, Some(error), window, tally)?;
+            }
+            kind::SETTINGS if header.flags & flag::ACK == 0 => {
+                self.on_settings(&payload)?;
+                frame(&mut self.output, kind::SETTINGS, flag::ACK, 0, 0);
+            }
+            kind::PING if header.flags & flag::ACK == 0 => {
+                frame(&mut self.output, kind::PING, flag::ACK, 0, payload.len());
+                self.output.put_slice(&payload);
+            }
+            kind::GOAWAY => {
+                let code = payload.get(4..8).map(|mut b| b.get_u32());
+                bail!("the server sent GOAWAY (code {code:?})");
+            }
+            kind::WINDOW_UPDATE if header.stream == 0 => {
+                let increment = payload.get(..4).context("a short WINDOW_UPDATE")?;
+                let increment =
+                    u32::from_be_bytes([increment[0], increment[1], increment[2], increment[3]])
+                        & MAX_WINDOW;
+                self.send_window += i64::from(increment);
+                self.start_blocked()?;
+            }
+            // Settings and ping acknowledgements, a stream's window (each of ours sends one
+            // small DATA frame, well inside the initial window), priorities, unknown types.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A whole header block: decoded in order whatever its stream (the HPACK table is the
+    /// connection's), and read for the call's status.
+    fn on_headers(
+        &mut self,
+        stream: u32,
+        ends: bool,
+        block: &[u8],
+        window: &Window,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let mut fields = (None, None, None);
+        self.hpack
+            .decode_with_cb(block, |name, value| match &*name {
+                b":status" => fields.0 = number(&value),
+                b"grpc-status" => fields.1 = number(&value),
+                b"grpc-message" => fields.2 = Some(String::from_utf8_lossy(&value).into_owned()),
+                _ => {}
+            })
+            .map_err(|e| anyhow::anyhow!("HPACK: {e:?}"))?;
+        if let Some(call) = self.call(stream) {
+            let (status, grpc_status, grpc_message) = fields;
+            call.status = call.status.or(status);
+            call.grpc_status = grpc_status.or(call.grpc_status);
+            call.grpc_message = grpc_message.or(call.grpc_message.take());
+        }
+        if ends {
+            self.end(stream, None, window, tally)?;
+        }
+        Ok(())
+    }
+
+    fn on_settings(&mut self, payload: &[u8]) -> Result<()> {
+        for entry in payload.chunks(6) {
+            let [a, b, c, d, e, f] = entry else {
+                bail!("a SETTINGS frame of {} bytes", payload.len());
+            };
+            let value = u32::from_be_bytes([*c, *d, *e, *f]);
+            match u16::from_be_bytes([*a, *b]) {
+                setting::INITIAL_WINDOW_SIZE => {
+                    // Applies to streams open now too, but ours have sent all they will.
+                    self.stream_window = i64::from(value);
+                }
+                setting::MAX_CONCURRENT_STREAMS if (value as usize) < self.clients => bail!(
+                    "the server takes {value} streams at a time, fewer than the {} clients of a connection",
+                    self.clients
+                ),
+                // The four headers we enter into its table take 217 bytes.
+                setting::HEADER_TABLE_SIZE if value < 256 => {
+                    bail!("the server's HPACK table ({value} bytes) is too small")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn call(&mut self, stream: u32) -> Option<&mut Call> {
+        self.calls.iter_mut().find(|call| call.stream == stream)
+    }
+
+    /// A stream ended: its call is counted, and its client sends its next call unless the
+    /// window is over.
+    fn end(
+        &mut self,
+        stream: u32,
+        error: Option<anyhow::Error>,
+        window: &Window,
+        tally: &mut Tally,
+    ) -> Result<()> {
+        let Some(position) = self.calls.iter().position(|call| call.stream == stream) else {
+            // A stream of ours already ended (a reset after the end), or none of ours.
+            return Ok(());
+        };
+        let call = self.calls.swap_remove(position);
+        let ended = Instant::now();
+        let result = match error {
+            Some(error) => Err(error),
+            None => call.verdict(),
+        };
+        tally.record(window, call.started, ended, result);
+        if ended < window.end {
+            self.blocked += 1;
+            self.start_blocked()?;
+        }
+        Ok(())
+    }
+}
+
+struct FrameHeader {
+    length: u32,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+/// Appends a frame header to `out`; the payload follows it.
+fn frame(out: &mut BytesMut, kind: u8, flags: u8, stream: u32, length: usize) {
+    let length = length as u32;
+    out.put_slice(&length.to_be_bytes()[1..]);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream);
+}
+
+/// The next whole frame in `input`, if one is there.
+fn next_frame(input: &mut BytesMut) -> Result<Option<(FrameHeader, Bytes)>> {
+    let Some(head) = input.get(..FRAME_HEADER) else {
+        return Ok(None);
+    };
+    let header = FrameHeader {
+        length: u32::from_be_bytes([0, head[0], head[1], head[2]]),
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & MAX_WINDOW,
+    };
+    // Our SETTINGS leave SETTINGS_MAX_FRAME_SIZE at its default.
+    if header.length > 16_384 {
+        bail!(
+            "a frame of {} bytes, over the 16,384 allowed",
+            header.length
+        );
+    }
+    let whole = FRAME_HEADER + header.length as usize;
+    if input.len() < whole {
+        input.reserve(whole - input.len());
+        return Ok(None);
+    }
+    let mut frame = input.split_to(whole);
+    frame.advance(FRAME_HEADER);
+    Ok(Some((header, frame.freeze())))
+}
+
+/// A header's value as a number, if it is one.
+fn number<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// A `DATA` or `HEADERS` payload without its padding.
+fn unpad(payload: &mut Bytes, flags: u8) -> Result<Bytes> {
+    if flags & flag::PADDED == 0 {
+        return Ok(payload.clone());
+    }
+    let pad = *payload
+        .first()
+        .context("a padded frame without its pad length")? as usize;
+    if 1 + pad > payload.len() {
+        bail!("a frame's padding is longer than the frame");
+    }
+    Ok(payload.slice(1..payload.len() - pad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The request's header blocks, read back by an independent HPACK decoder in the order
+    /// the server reads them: the first call's, then later calls' by index.
+    #[test]
+    fn request_headers_decode_to_a_grpc_call() {
+        let (first, indexed) = request_headers("127.0.0.1:7000");
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", PATH),
+            (":authority", "127.0.0.1:7000"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
-    Ok((appenders, count))
-}
-
-impl Client for GrpcAppend {
-    /// One `Append` call; an error is any answer but `grpc-status: 0` with a reply.
-    async fn call(&mut self) -> Result<()> {
-        let call = call(&self.connection, &self.uri, &self.body);
-        match &mut self.driver {
-            None => call.await,
-            // Between calls the connection rests: nothing but its peer's pings can arrive, and
-            // those are answered at the next call.
-            Some(driver) => tokio::select! {
-                result = call => result,
-                ended = driver => match ended {
-                    Ok(()) => bail!("the server closed the gRPC connection"),
-                    Err(error) => Err(error.into()),
-                },
-            },
-        }
+        let mut decoder = loona_hpack::Decoder::new();
+        assert_eq!(decoder.decode(&first).unwrap(), expected);
+        assert_eq!(decoder.decode(&indexed).unwrap(), expected);
+        assert_eq!(decoder.decode(&indexed).unwrap(), expected);
+        assert!(indexed.len() < 8, "later calls name every header by index");
     }
-}
 
-/// One `Append` call on `connection`, whoever drives it.
-async fn call(
-    connection: &h2::client::SendRequest<Bytes>,
-    uri: &http::Uri,
-    body: &Bytes,
-) -> Result<()> {
-    let request = http::Request::post(uri.clone())
-        .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header(http::header::TE, "trailers")
-        .body(())?;
-    let mut connection = connection.clone().ready().await?;
-    let (answer, mut send) = connection.send_request(request, false)?;
-    send.send_data(body.clone(), true)?;
-    let answer = answer.await?;
-    if answer.status() != http::StatusCode::OK {
-        bail!("HTTP {}", answer.status());
+    #[test]
+    fn hpack_integers_past_the_prefix_continue() {
+        // RFC 7541, C.1.2: 1337 with a 5-bit prefix.
+        let mut out = BytesMut::new();
+        hpack_integer(&mut out, 0, 5, 1337);
+        assert_eq!(&out[..], [31, 154, 10]);
     }
-    // A refusal may come as headers alone ("trailers-only").
-    check_status(answer.headers())?;
-    let mut body = answer.into_body();
-    let mut received = BytesMut::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        received.extend_from_slice(&chunk);
-    }
-    let trailers = body
-        .trailers()
-        .await?
-        .context("an answer without trailers")?;
-    check_status(&trailers)?;
-    let message = received
-        .get(PREFIX..)
-        .context("an answer without a reply message")?;
-    AppendReply::decode(message)?;
-    Ok(())
-}
 
-/// Fails on a `grpc-status` other than 0, with the code and message the server gave.
-fn check_status(headers: &http::HeaderMap) -> Result<()> {
-    match tonic::Status::from_header_map(headers) {
-        Some(status) if status.code() != tonic::Code::Ok => {
-            bail!("{:?}: {}", status.code(), status.message())
-        }
-        _ => Ok(()),
+    #[test]
+    fn frames_split_at_their_length() {
+        let mut input = BytesMut::new();
+        frame(&mut input, kind::PING, 0, 0, 8);
+        input.put_slice(&[1; 8]);
+        frame(&mut input, kind::DATA, flag::END_STREAM, 3, 4);
+        input.put_slice(&[2; 3]); // one byte short
+        let (header, payload) = next_frame(&mut input).unwrap().unwrap();
+        assert_eq!(
+            (header.kind, header.length, &payload[..]),
+            (kind::PING, 8, &[1; 8][..])
+        );
+        assert!(next_frame(&mut input).unwrap().is_none());
+        input.put_u8(2);
+        let (header, payload) = next_frame(&mut input).unwrap().unwrap();
+        assert_eq!(
+            (header.kind, header.stream, header.flags),
+            (kind::DATA, 3, flag::END_STREAM)
+        );
+        assert_eq!(&payload[..], &[2; 4]);
     }
 }

@@ -1,9 +1,10 @@
 //! The closed loop: C clients, each sends one append, waits for its answer, sends the next.
 //!
-//! Every client runs as its own tokio task with its own connection. Latency is measured per
-//! call, from just before the request is written to the moment the whole answer is read. Only
-//! calls that start after the warm-up and finish before the end of the measuring window count;
-//! throughput is those calls divided by the window's length.
+//! A [`Driver`] runs as one tokio task: either one [`Client`] with its own connection, or the
+//! clients that share one multiplexed connection (gRPC, see [`crate::grpc`]). Latency is
+//! measured per call, from just before the request is written to the moment the whole answer
+//! is read. Only calls that start after the warm-up and finish before the end of the measuring
+//! window count; throughput is those calls divided by the window's length.
 
 use anyhow::Result;
 use hdrhistogram::Histogram;
@@ -16,8 +17,82 @@ pub trait Client: Send + 'static {
     fn call(&mut self) -> impl Future<Output = Result<()>> + Send;
 }
 
+/// Some of the closed loop's clients, driven by one task until the window ends.
+pub trait Driver: Send + 'static {
+    /// Runs the clients' calls, a client's next only once its last is answered, and counts
+    /// those that fall in `window`.
+    fn drive(self, window: Window) -> impl Future<Output = Tally> + Send;
+}
+
+/// A client alone: its calls one after the other, in its own task.
+impl<C: Client> Driver for C {
+    async fn drive(mut self, window: Window) -> Tally {
+        let mut tally = Tally::default();
+        loop {
+            let t0 = Instant::now();
+            if t0 >= window.end {
+                break;
+            }
+            let result = match tokio::time::timeout(CALL_TIMEOUT, self.call()).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}")),
+            };
+            tally.record(&window, t0, Instant::now(), result);
+        }
+        tally
+    }
+}
+
 /// The longest any single call may take before it counts as an error.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When calls count: those that start at or after `measure_from` and end by `end`.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub measure_from: Instant,
+    pub end: Instant,
+}
+
+/// What one driver counted in the window.
+pub struct Tally {
+    /// Latency of each successful call, in microseconds.
+    hist: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Default for Tally {
+    fn default() -> Tally {
+        Tally {
+            hist: new_histogram(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+}
+
+impl Tally {
+    /// Counts a call that ran from `t0` to `t1`, if it lies in the window.
+    pub fn record(&mut self, window: &Window, t0: Instant, t1: Instant, result: Result<()>) {
+        if t0 < window.measure_from || t1 > window.end {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                let us = (t1 - t0).as_micros().max(1) as u64;
+                self.hist.saturating_record(us);
+            }
+            Err(e) => self.error(format!("{e:#}")),
+        }
+    }
+
+    /// Counts a failure that is no call's in the window (a connection lost, a task panicked):
+    /// it must show in the table whenever it happened.
+    pub fn error(&mut self, error: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+}
 
 /// What one closed-loop run measured.
 pub struct Outcome {
@@ -46,73 +121,39 @@ impl Outcome {
     }
 }
 
-pub fn new_histogram() -> Histogram<u64> {
+fn new_histogram() -> Histogram<u64> {
     // 1 µs .. 120 s at 3 significant digits.
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Runs `clients` in a closed loop: `warmup`, then `window` measured.
-pub async fn run<C: Client>(clients: Vec<C>, warmup: Duration, window: Duration) -> Outcome {
-    let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + window;
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .map(|mut client| {
-            tokio::spawn(async move {
-                let mut hist = new_histogram();
-                let mut errors = 0u64;
-                let mut first_error = None;
-                loop {
-                    let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
-                    }
-                    let result = match tokio::time::timeout(CALL_TIMEOUT, client.call()).await {
-                        Ok(result) => result,
-                        Err(_) => Err(anyhow::anyhow!("no answer within {CALL_TIMEOUT:?}")),
-                    };
-                    let t1 = Instant::now();
-                    if t0 < measure_from || t1 > end {
-                        continue;
-                    }
-                    match result {
-                        Ok(()) => {
-                            let us = (t1 - t0).as_micros().max(1) as u64;
-                            hist.saturating_record(us);
-                        }
-                        Err(e) => {
-                            errors += 1;
-                            first_error.get_or_insert_with(|| format!("{e:#}"));
-                        }
-                    }
-                }
-                (hist, errors, first_error)
-            })
-        })
-        .collect();
-    let mut outcome = Outcome {
-        hist: new_histogram(),
-        errors: 0,
-        first_error: None,
-        window,
+/// Runs `drivers` in a closed loop: `warmup`, then `window` measured.
+pub async fn run<D: Driver>(drivers: Vec<D>, warmup: Duration, window: Duration) -> Outcome {
+    let measure_from = Instant::now() + warmup;
+    let bounds = Window {
+        measure_from,
+        end: measure_from + window,
     };
+    let tasks: Vec<_> = drivers
+        .into_iter()
+        .map(|driver| tokio::spawn(driver.drive(bounds)))
+        .collect();
+    let mut total = Tally::default();
     for task in tasks {
         match task.await {
-            Ok((hist, errors, first_error)) => {
-                outcome.hist.add(&hist).expect("same histogram bounds");
-                outcome.errors += errors;
-                if outcome.first_error.is_none() {
-                    outcome.first_error = first_error;
+            Ok(tally) => {
+                total.hist.add(&tally.hist).expect("same histogram bounds");
+                total.errors += tally.errors;
+                if total.first_error.is_none() {
+                    total.first_error = tally.first_error;
                 }
             }
-            Err(e) => {
-                outcome.errors += 1;
-                outcome
-                    .first_error
-                    .get_or_insert_with(|| format!("client task: {e}"));
-            }
+            Err(e) => total.error(format!("client task: {e}")),
         }
     }
-    outcome
+    Outcome {
+        hist: total.hist,
+        errors: total.errors,
+        first_error: total.first_error,
+        window,
+    }
 }

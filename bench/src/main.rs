@@ -272,7 +272,8 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
                 (load::run(list, env.warmup, env.window).await, clients)
             } else {
                 let message = replog::payload_text("bench");
-                let (list, connections) = grpc::appenders(addr, clients, message, kind.w).await?;
+                let list = grpc::connections(addr, clients, message, kind.w).await?;
+                let connections = list.len();
                 (load::run(list, env.warmup, env.window).await, connections)
             };
             (outcome, cluster.peak_rss(), conns)
