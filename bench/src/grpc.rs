@@ -598,6 +598,47 @@ fn unpad(payload: &mut Bytes, flags: u8) -> Result<Bytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{load, replog};
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// The client against a real master and secondary (the debug builds `cargo build
+    /// --workspace --bins` leaves, as the cluster tests use): committed calls count as
+    /// successes and reach the log; a refused call (a write concern above the nodes) comes back
+    /// as headers alone ("trailers-only") and counts as an error with the server's status.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_are_counted_by_what_the_server_answers() {
+        let bin_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug");
+        let scratch = tempfile::tempdir().unwrap();
+        let cluster = replog::Cluster::start(&replog::Spec {
+            bin_dir: &bin_dir,
+            secondaries: 1,
+            durable: false,
+            log_dir: scratch.path(),
+            tmp_root: scratch.path(),
+        })
+        .await
+        .unwrap();
+        let addr = cluster.master_addr;
+        let window = Duration::from_millis(500);
+
+        // 40 clients: two connections, 20 streams at a time on each.
+        let committed = connections(addr, 40, "hello".into(), 2).await.unwrap();
+        assert_eq!(committed.len(), 2);
+        let outcome = load::run(committed, Duration::ZERO, window).await;
+        assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+        assert!(outcome.ops() > 40, "{} calls answered", outcome.ops());
+        let log = crate::http::get_json(addr, "/api/messages").await.unwrap();
+        let entries = log["messages"].as_array().map_or(0, Vec::len) as u64;
+        assert!(entries >= outcome.ops(), "{entries} entries in the log");
+
+        let refused = connections(addr, 3, "hello".into(), 5).await.unwrap();
+        let outcome = load::run(refused, Duration::ZERO, window).await;
+        assert_eq!(outcome.ops(), 0);
+        assert!(outcome.errors > 3, "{} calls refused", outcome.errors);
+        let error = outcome.first_error.unwrap_or_default();
+        assert!(error.starts_with("InvalidArgument: "), "{error}");
+    }
 
     /// The request's header blocks, read back by an independent HPACK decoder in the order
     /// the server reads them: the first call's, then later calls' by index.
