@@ -289,7 +289,9 @@ impl Connection {
         self.output.put_u32(MAX_WINDOW - DEFAULT_WINDOW);
         self.blocked = self.clients;
         self.start_blocked()?;
-        while !self.calls.is_empty() || self.blocked > 0 {
+        // Clients still waiting for the server's window when the window ends have no call
+        // left to make.
+        while !self.calls.is_empty() || (self.blocked > 0 && Instant::now() < window.end) {
             if !self.output.is_empty() {
                 // A few hundred bytes per client: the socket's buffer takes them at once.
                 self.tcp.write_all(&self.output).await?;
