@@ -182,8 +182,9 @@ pub struct Connection {
     clients: usize,
     /// The request message, framed (prefix and protobuf), shared by every call.
     body: Bytes,
-    /// The first call's header block, until it is sent; then every call's.
+    /// The first call's header block, until it is sent.
     first_headers: Option<Bytes>,
+    /// Every later call's header block.
     headers: Bytes,
     input: BytesMut,
     output: BytesMut,
@@ -359,7 +360,7 @@ impl Connection {
     fn on_frame(
         &mut self,
         header: FrameHeader,
-        mut payload: Bytes,
+        payload: Bytes,
         window: &Window,
         tally: &mut Tally,
     ) -> Result<()> {
@@ -377,7 +378,7 @@ impl Connection {
                     self.output.put_u32(self.unacknowledged);
                     self.unacknowledged = 0;
                 }
-                let data = unpad(&mut payload, header.flags)?;
+                let data = unpad(&payload, header.flags)?;
                 if let Some(call) = self.call(header.stream) {
                     call.reply.extend_from_slice(&data);
                 }
@@ -386,7 +387,7 @@ impl Connection {
                 }
             }
             kind::HEADERS => {
-                let mut block = unpad(&mut payload, header.flags)?;
+                let mut block = unpad(&payload, header.flags)?;
                 if header.flags & flag::PRIORITY != 0 {
                     if block.len() < 5 {
                         bail!("a HEADERS frame too short for its priority");
@@ -584,7 +585,7 @@ fn number<T: std::str::FromStr>(value: &[u8]) -> Option<T> {
 }
 
 /// A `DATA` or `HEADERS` payload without its padding.
-fn unpad(payload: &mut Bytes, flags: u8) -> Result<Bytes> {
+fn unpad(payload: &Bytes, flags: u8) -> Result<Bytes> {
     if flags & flag::PADDED == 0 {
         return Ok(payload.clone());
     }
