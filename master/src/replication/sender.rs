@@ -1,7 +1,7 @@
 //! The ordered stream to one secondary.
 //!
 //! The sender ships entries in id order from `next` over one long-lived gRPC stream (the
-//! `Stream` call, a [`Session`]), up to [`PIPELINE`] requests in flight, each a batch of
+//! `Stream` call, a `Session`), up to [`PIPELINE`] requests in flight, each a batch of
 //! whatever queued up; the secondary answers them one by one, in order. Replies carry the
 //! secondary's contiguous high-water mark; once nothing is in flight (after any failure the
 //! stream is dropped, so nothing is), `next` rewinds to just above it. That one rule covers a
