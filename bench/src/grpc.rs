@@ -433,10 +433,11 @@ impl Connection {
                 bail!("the server sent GOAWAY (code {code:?})");
             }
             kind::WINDOW_UPDATE if header.stream == 0 => {
-                let increment = payload.get(..4).context("a short WINDOW_UPDATE")?;
-                let increment =
-                    u32::from_be_bytes([increment[0], increment[1], increment[2], increment[3]])
-                        & MAX_WINDOW;
+                let increment = payload
+                    .get(..4)
+                    .map(|mut b| b.get_u32())
+                    .context("a short WINDOW_UPDATE")?
+                    & MAX_WINDOW;
                 self.send_window += i64::from(increment);
                 self.start_blocked()?;
             }

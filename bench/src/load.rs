@@ -86,6 +86,15 @@ impl Tally {
         }
     }
 
+    /// Takes in what another driver counted.
+    fn add(&mut self, other: Tally) {
+        self.hist.add(&other.hist).expect("same histogram bounds");
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
     /// Counts a failure that is no call's in the window (a connection lost, a task panicked):
     /// it must show in the table whenever it happened.
     pub fn error(&mut self, error: String) {
@@ -140,13 +149,7 @@ pub async fn run<D: Driver>(drivers: Vec<D>, warmup: Duration, window: Duration)
     let mut total = Tally::default();
     for task in tasks {
         match task.await {
-            Ok(tally) => {
-                total.hist.add(&tally.hist).expect("same histogram bounds");
-                total.errors += tally.errors;
-                if total.first_error.is_none() {
-                    total.first_error = tally.first_error;
-                }
-            }
+            Ok(tally) => total.add(tally),
             Err(e) => total.error(format!("client task: {e}")),
         }
     }
