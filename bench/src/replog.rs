@@ -50,7 +50,10 @@ fn command(bin: &Path, env: &[(&str, String)]) -> Command {
         // Every node of the cluster and the client share this machine's few CPUs: one thread
         // per node (tokio's current-thread scheduler) spares each hop between tasks a
         // cross-thread wake-up. See `replog_node::runtime`.
-        .env("WORKER_THREADS", "1");
+        .env("WORKER_THREADS", "1")
+        // ... and one more thread for client connections beyond the first 16, where one thread
+        // is the limit (`replog_node::api::connections`). A node with fewer never uses it.
+        .env("CONNECTION_THREADS", "1");
     for (key, value) in env {
         command.env(key, value);
     }

@@ -45,6 +45,20 @@ fn a_bad_setting_stops_the_node_with_one_line_naming_it() {
             vec![("HTTP_PORT", &http)],
         ),
         (
+            Binary::Master,
+            ("CONNECTION_THREADS", "1"),
+            vec![("HTTP_PORT", &http)],
+        ),
+        (
+            Binary::Secondary,
+            ("CONNECTION_THREADS", "65"),
+            vec![
+                ("HTTP_PORT", &http),
+                ("GRPC_PORT", &grpc),
+                ("WORKER_THREADS", "1"),
+            ],
+        ),
+        (
             Binary::Secondary,
             ("HTTP_PORT", "abc"),
             vec![("GRPC_PORT", &grpc)],

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::state::Master;
 use crate::{deadlines, journal, replication};
+use replog_node::api::connections::Threads;
 use replog_node::log::new_log_id;
 use replog_node::shutdown::Shutdown;
 use replog_node::storage::{LogFile, Record};
@@ -59,7 +60,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         &master.config.limits,
     );
     let header_timeout = master.config.limits.header_timeout();
-    let served = replog_node::api::serve(listener, app, shutdown.clone(), header_timeout)
+    let threads = Threads::start(master.config.runtime.connection_threads, &master.metrics)
+        .map_err(|e| format!("cannot start a connection thread: {e}"))?;
+    let served = replog_node::api::serve(listener, app, shutdown.clone(), header_timeout, threads)
         .await
         .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub visible: Gauge,
     /// 1 while the node takes appends (master: quorum and no foreign log).
     pub writable: Gauge,
+    /// Open client connections, by the thread that serves them (`api::connections`).
+    connections: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,7 @@ impl Default for Metrics {
             decided: Gauge::default(),
             visible: Gauge::default(),
             writable: Gauge::default(),
+            connections: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +107,11 @@ impl Default for Metrics {
             "1 while the node takes appends",
             metrics.writable.clone(),
         );
+        registry.register(
+            "connections",
+            "Open client connections, by the thread serving them",
+            metrics.connections.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -146,6 +154,13 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(i64::from(name == status));
         }
+    }
+
+    /// The open-connection gauge of one thread (`main`, `extra-1`, ...).
+    pub fn connections(&self, thread: &str) -> Gauge {
+        self.connections
+            .get_or_create(&vec![("thread", thread.to_owned())])
+            .clone()
     }
 
     /// The text exposition format.

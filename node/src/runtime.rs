@@ -17,9 +17,33 @@ pub struct RuntimeArgs {
     /// when several nodes share a few CPUs).
     #[arg(long, env = "WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
+
+    /// Extra threads for client connections once the node's one thread serves 16 (needs
+    /// `WORKER_THREADS=1`); see `api::connections`.
+    #[arg(long, env = "CONNECTION_THREADS", default_value_t = 0)]
+    pub connection_threads: usize,
 }
 
+/// More connection threads than this is a typo: each is a thread with a runtime of its own.
+const MAX_CONNECTION_THREADS: usize = 64;
+
 impl RuntimeArgs {
+    fn validate(&self) -> Result<(), String> {
+        if self.connection_threads > 0 && self.worker_threads != 1 {
+            return Err(format!(
+                "CONNECTION_THREADS={} needs WORKER_THREADS=1: a multi-thread runtime already \
+                 spreads connections over its workers",
+                self.connection_threads
+            ));
+        }
+        if self.connection_threads > MAX_CONNECTION_THREADS {
+            return Err(format!(
+                "CONNECTION_THREADS must be at most {MAX_CONNECTION_THREADS}"
+            ));
+        }
+        Ok(())
+    }
+
     fn build(&self) -> std::io::Result<Runtime> {
         let mut builder = match self.worker_threads {
             1 => Builder::new_current_thread(),
@@ -35,6 +59,7 @@ impl RuntimeArgs {
 
     /// The runtime, or the process stops with one line, as for a bad setting.
     pub fn build_or_exit(&self) -> Runtime {
+        crate::config::or_exit(self.validate());
         crate::config::or_exit(
             self.build()
                 .map_err(|e| format!("cannot start the runtime (WORKER_THREADS): {e}")),

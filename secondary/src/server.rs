@@ -6,6 +6,7 @@ use crate::forward::Forwarder;
 use crate::replica::Replica;
 use crate::service::ReplicationService;
 use crate::state::Secondary;
+use replog_node::api::connections::Threads;
 use replog_node::shutdown::Shutdown;
 use replog_node::storage::LogFile;
 use replog_proto::v1::replication_server::ReplicationServer;
@@ -80,11 +81,17 @@ pub async fn run(
 
     let http_address = http_listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %http_address, "HTTP API listening");
+    let threads = Threads::start(
+        secondary.config.runtime.connection_threads,
+        &secondary.metrics,
+    )
+    .map_err(|e| format!("cannot start a connection thread: {e}"))?;
     let served = replog_node::api::serve(
         http_listener,
         replog_node::api::router(secondary, axum::Router::new(), shutdown.clone(), &limits),
         shutdown.clone(),
         limits.header_timeout(),
+        threads,
     )
     .await
     .map_err(|e| format!("HTTP server: {e}"));

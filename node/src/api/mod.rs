@@ -6,6 +6,7 @@
 //! same whichever a client speaks.
 
 pub mod body_timeout;
+pub mod connections;
 pub mod cors;
 pub mod error;
 pub mod grpc;
@@ -133,7 +134,8 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 }
 
 /// Serves a router until `shutdown` is cancelled. HTTP/1.1 and HTTP/2 (h2c, for native gRPC
-/// clients) on the same port.
+/// clients) on the same port; each connection on the thread `threads` picks for it, and the
+/// threads stopped once every connection has ended.
 ///
 /// Every connection gets `TCP_NODELAY`: small answers (an append's 200, a gRPC frame) must
 /// leave at once, not wait up to 40 ms for Nagle's algorithm and the peer's delayed ACK.
@@ -148,6 +150,7 @@ pub async fn serve(
     router: Router,
     shutdown: Shutdown,
     header_timeout: Option<std::time::Duration>,
+    threads: connections::Threads,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
@@ -176,17 +179,19 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        threads.spawn(tcp, move |tcp| async move {
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+                .into_owned();
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });
     }
     drop(listener);
     graceful.shutdown().await;
+    threads.stop().await;
     Ok(())
 }

@@ -1,0 +1,153 @@
+//! Where each client connection runs: on the node's own thread, or on an extra connection
+//! thread once the node's thread has enough of them (`CONNECTION_THREADS`).
+//!
+//! A node on one thread (`WORKER_THREADS=1`) makes every hop of an append between tasks a queue
+//! push instead of a cross-thread wake-up, which is what few clients want: the benchmark's one
+//! client waits on nothing but those hops. Many clients want the opposite: at 256 clients the
+//! master's one thread is busy all the time, mostly parsing requests and writing answers, work
+//! that belongs to no other connection. So the first [`MAIN_THREAD_CONNECTIONS`] connections run
+//! on the node's thread, and beyond that each new one goes to whichever thread has the fewest
+//! (the node's thread counting only those beyond its first share, since it also runs
+//! replication). A connection stays on its thread for its life: its parsing, its handler and its
+//! answer never cross threads; only the append's hand-over to replication and the commit's
+//! wake-up of the waiting handler do, and under that much load the other thread is awake anyway.
+//!
+//! tokio's multi-thread scheduler was measured for the same job and lost at every client count
+//! (docs/bench/README.md): it moves tasks between workers, so replication tasks and handlers
+//! ping-pong between threads; these threads never steal.
+//!
+//! Each thread is a current-thread runtime of its own. A connection accepted on the node's
+//! runtime is re-registered with the chosen thread's I/O driver (`into_std`, then `from_std` on
+//! that thread), so its socket is polled where it is served. The open connections per thread are
+//! the `replog_connections` gauge, and the same gauge decides the placement.
+
+use crate::metrics::Metrics;
+use prometheus_client::metrics::gauge::Gauge;
+use std::future::Future;
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+
+/// Connections the node's own thread serves before any goes to a connection thread. The
+/// benchmark's cells up to 16 clients are fastest on one thread (no cross-thread wake-ups), and
+/// from 64 on one thread is the limit (docs/bench/README.md, seventh part).
+pub const MAIN_THREAD_CONNECTIONS: i64 = 16;
+
+/// The node's thread and its connection threads, with their open connection counts.
+pub struct Threads {
+    main: Gauge,
+    extra: Vec<Extra>,
+}
+
+/// One connection thread: a current-thread runtime that runs until told to stop.
+struct Extra {
+    handle: Handle,
+    open: Gauge,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Threads {
+    /// Starts `extra` connection threads (0: every connection on the node's thread).
+    pub fn start(extra: usize, metrics: &Metrics) -> std::io::Result<Self> {
+        let main = metrics.connections("main");
+        let extra = (1..=extra)
+            .map(|n| Extra::start(n, metrics.connections(&format!("extra-{n}"))))
+            .collect::<std::io::Result<_>>()?;
+        Ok(Self { main, extra })
+    }
+
+    /// Runs `serve` over `tcp` on the thread whose turn it is, counting the connection there
+    /// while it is open.
+    pub fn spawn<S, F>(&self, tcp: TcpStream, serve: S)
+    where
+        S: FnOnce(TcpStream) -> F + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Some(extra) = self.pick() else {
+            let open = Open::count(&self.main);
+            tokio::spawn(async move {
+                serve(tcp).await;
+                drop(open);
+            });
+            return;
+        };
+        // Deregistered from this runtime's I/O driver, to be registered with the other's.
+        let tcp = match tcp.into_std() {
+            Ok(tcp) => tcp,
+            Err(error) => {
+                tracing::debug!(%error, "cannot hand a connection to a connection thread");
+                return;
+            }
+        };
+        let open = Open::count(&extra.open);
+        extra.handle.spawn(async move {
+            match TcpStream::from_std(tcp) {
+                Ok(tcp) => serve(tcp).await,
+                Err(error) => tracing::debug!(%error, "cannot serve a handed-over connection"),
+            }
+            drop(open);
+        });
+    }
+
+    /// The connection thread for the next connection, or `None` for the node's own thread.
+    fn pick(&self) -> Option<&Extra> {
+        let main = self.main.get();
+        if main < MAIN_THREAD_CONNECTIONS {
+            return None;
+        }
+        let least = self.extra.iter().min_by_key(|extra| extra.open.get())?;
+        (least.open.get() <= main - MAIN_THREAD_CONNECTIONS).then_some(least)
+    }
+
+    /// Stops the connection threads. Call it once every connection has ended (the graceful
+    /// shutdown has waited for them): a task still on a thread is dropped with its runtime.
+    pub async fn stop(self) {
+        for extra in self.extra {
+            let _ = extra.stop.send(());
+            let joined = tokio::task::spawn_blocking(move || extra.thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::warn!("a connection thread ended with a panic");
+            }
+        }
+    }
+}
+
+impl Extra {
+    fn start(n: usize, open: Gauge) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("connections-{n}"))
+            .spawn(move || {
+                runtime.block_on(async {
+                    let _ = stopped.await;
+                });
+            })?;
+        Ok(Self {
+            handle,
+            open,
+            stop,
+            thread,
+        })
+    }
+}
+
+/// One open connection on a thread's gauge, for as long as it lives (also if its task is
+/// dropped unfinished).
+struct Open(Gauge);
+
+impl Open {
+    fn count(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
