@@ -12,9 +12,10 @@
 //! answer never cross threads; only the append's hand-over to replication and the commit's
 //! wake-up of the waiting handler do, and under that much load the other thread is awake anyway.
 //!
-//! tokio's multi-thread scheduler was measured for the same job and lost at every client count
-//! (docs/bench/README.md): it moves tasks between workers, so replication tasks and handlers
-//! ping-pong between threads; these threads never steal.
+//! tokio's multi-thread scheduler was measured for the same job (docs/bench/README.md, fifth
+//! part): 9-10 % faster at 256 clients, but slower at one and much slower at 16, because it
+//! moves tasks between its workers, so replication tasks and the handlers they wake ping-pong
+//! between threads. These threads never steal.
 //!
 //! Each thread is a current-thread runtime of its own. A connection accepted on the node's
 //! runtime is re-registered with the chosen thread's I/O driver (`into_std`, then `from_std` on
