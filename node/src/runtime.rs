@@ -8,6 +8,9 @@
 //! `WORKER_THREADS=1` the node uses tokio's current-thread scheduler, and writes its log file in
 //! place on that thread ([`blocking_io`]); only the master's fsync, which overlaps shipping,
 //! still goes to tokio's blocking pool.
+//!
+//! One thread is the limit when many clients arrive at once. `CONNECTION_THREADS` adds threads
+//! of their own for client connections beyond the first 16, see [`crate::api::connections`].
 
 use tokio::runtime::{Builder, Runtime};
 
