@@ -32,6 +32,9 @@ pub use reqwest::StatusCode;
 /// How long a freshly started cluster may take to be up and in contact.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a node may take to drain and exit after SIGTERM.
+pub const PROMPTLY: Duration = Duration::from_secs(3);
+
 /// The exact detail the master answers when an append is not committed in time.
 pub const REPLICATION_FAILED: &str = "Replication failed. Message not committed.";
 

@@ -3,15 +3,12 @@
 //! either thread commit and replicate alike, the `replog_connections` gauge shows where the
 //! connections are and falls as they close, and SIGTERM still stops the master with exit 0.
 
-use cluster_tests::{fast_health, wait_until, Cluster, SecondaryOpts, StatusCode};
+use cluster_tests::{fast_health, wait_until, Cluster, SecondaryOpts, StatusCode, PROMPTLY};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// More than the master's own thread keeps (16), so that some must go to the other.
 const CLIENTS: usize = 24;
-
-/// How long a node may take to drain and exit after SIGTERM.
-const PROMPTLY: Duration = Duration::from_secs(3);
 
 /// The open connections per thread, from the master's `/metrics`: (main, extra-1).
 async fn open_connections(cluster: &Cluster) -> (i64, i64) {

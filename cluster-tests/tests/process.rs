@@ -4,15 +4,12 @@
 
 use cluster_tests::{
     free_ports, run_to_exit, steady_health, wait_until, Binary, Cluster, SecondaryOpts, StatusCode,
-    FAST_HEALTH,
+    FAST_HEALTH, PROMPTLY,
 };
 use std::time::Duration;
 
 /// A node with a bad setting must be gone this fast.
 const QUICKLY: Duration = Duration::from_secs(3);
-
-/// How long a node may take to drain and exit after SIGTERM.
-const PROMPTLY: Duration = Duration::from_secs(3);
 
 /// The binary, the bad setting, other settings that would otherwise let it start.
 type Case<'a> = (Binary, (&'a str, &'a str), Vec<(&'a str, &'a str)>);

@@ -60,8 +60,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         &master.config.limits,
     );
     let header_timeout = master.config.limits.header_timeout();
-    let threads = Threads::start(master.config.runtime.connection_threads, &master.metrics)
-        .map_err(|e| format!("cannot start a connection thread: {e}"))?;
+    let threads = Threads::start(master.config.runtime.connection_threads, &master.metrics)?;
     let served = replog_node::api::serve(listener, app, shutdown.clone(), header_timeout, threads)
         .await
         .map_err(|e| format!("HTTP server: {e}"));

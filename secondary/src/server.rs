@@ -84,8 +84,7 @@ pub async fn run(
     let threads = Threads::start(
         secondary.config.runtime.connection_threads,
         &secondary.metrics,
-    )
-    .map_err(|e| format!("cannot start a connection thread: {e}"))?;
+    )?;
     let served = replog_node::api::serve(
         http_listener,
         replog_node::api::router(secondary, axum::Router::new(), shutdown.clone(), &limits),

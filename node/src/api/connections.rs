@@ -49,11 +49,12 @@ struct Extra {
 
 impl Threads {
     /// Starts `extra` connection threads (0: every connection on the node's thread).
-    pub fn start(extra: usize, metrics: &Metrics) -> std::io::Result<Self> {
+    pub fn start(extra: usize, metrics: &Metrics) -> Result<Self, String> {
         let main = metrics.connections("main");
         let extra = (1..=extra)
             .map(|n| Extra::start(n, metrics.connections(&format!("extra-{n}"))))
-            .collect::<std::io::Result<_>>()?;
+            .collect::<std::io::Result<_>>()
+            .map_err(|e| format!("cannot start a connection thread: {e}"))?;
         Ok(Self { main, extra })
     }
 
@@ -96,8 +97,12 @@ impl Threads {
         if main < MAIN_THREAD_CONNECTIONS {
             return None;
         }
-        let least = self.extra.iter().min_by_key(|extra| extra.open.get())?;
-        (least.open.get() <= main - MAIN_THREAD_CONNECTIONS).then_some(least)
+        let (open, least) = self
+            .extra
+            .iter()
+            .map(|extra| (extra.open.get(), extra))
+            .min_by_key(|&(open, _)| open)?;
+        (open <= main - MAIN_THREAD_CONNECTIONS).then_some(least)
     }
 
     /// Stops the connection threads. Call it once every connection has ended (the graceful

@@ -179,12 +179,11 @@ pub async fn serve(
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        // The task owns its copy of the builder, so the connection borrows it there.
         let builder = builder.clone();
         let watcher = graceful.watcher();
         threads.spawn(tcp, move |tcp| async move {
-            let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-                .into_owned();
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
             if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
