@@ -629,15 +629,21 @@ mod tests {
         // 40 clients: two connections, 20 streams at a time on each.
         let committed = connections(addr, 40, "hello".into(), 2).await.unwrap();
         assert_eq!(committed.len(), 2);
-        let outcome = load::run(committed, Duration::ZERO, window).await;
+        let outcome = load::run(committed, Duration::ZERO, window, cluster.processes()).await;
         assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
         assert!(outcome.ops() > 40, "{} calls answered", outcome.ops());
+        // Every process worked in the window, and its CPU was counted.
+        let spent = outcome.cpu.expect("CPU time of the window");
+        assert!(
+            spent.primary > 0.0 && spent.replicas > 0.0 && spent.client > 0.0,
+            "{spent:?}"
+        );
         let log = crate::http::get_json(addr, "/api/messages").await.unwrap();
         let entries = log["messages"].as_array().map_or(0, Vec::len) as u64;
         assert!(entries >= outcome.ops(), "{entries} entries in the log");
 
         let refused = connections(addr, 3, "hello".into(), 5).await.unwrap();
-        let outcome = load::run(refused, Duration::ZERO, window).await;
+        let outcome = load::run(refused, Duration::ZERO, window, cluster.processes()).await;
         assert_eq!(outcome.ops(), 0);
         assert!(outcome.errors > 3, "{} calls refused", outcome.errors);
         let error = outcome.first_error.unwrap_or_default();

@@ -6,6 +6,7 @@
 //! is read. Only calls that start after the warm-up and finish before the end of the measuring
 //! window count; throughput is those calls divided by the window's length.
 
+use crate::cpu;
 use anyhow::Result;
 use hdrhistogram::Histogram;
 use std::future::Future;
@@ -110,6 +111,8 @@ pub struct Outcome {
     pub errors: u64,
     pub first_error: Option<String>,
     pub window: Duration,
+    /// CPU the servers and the load generator spent in the window (see [`crate::cpu`]).
+    pub cpu: Option<cpu::Spent>,
 }
 
 impl Outcome {
@@ -135,13 +138,20 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 120_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Runs `drivers` in a closed loop: `warmup`, then `window` measured.
-pub async fn run<D: Driver>(drivers: Vec<D>, warmup: Duration, window: Duration) -> Outcome {
+/// Runs `drivers` in a closed loop: `warmup`, then `window` measured, and what `processes`
+/// (the servers) and this process spend of the CPU meanwhile.
+pub async fn run<D: Driver>(
+    drivers: Vec<D>,
+    warmup: Duration,
+    window: Duration,
+    processes: cpu::Processes,
+) -> Outcome {
     let measure_from = Instant::now() + warmup;
     let bounds = Window {
         measure_from,
         end: measure_from + window,
     };
+    let cpu = tokio::spawn(cpu::measure(processes, bounds));
     let tasks: Vec<_> = drivers
         .into_iter()
         .map(|driver| tokio::spawn(driver.drive(bounds)))
@@ -158,5 +168,6 @@ pub async fn run<D: Driver>(drivers: Vec<D>, warmup: Duration, window: Duration)
         errors: total.errors,
         first_error: total.first_error,
         window,
+        cpu: cpu.await.ok().flatten(),
     }
 }

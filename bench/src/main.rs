@@ -8,6 +8,7 @@
 //! issue 6. `--memory` instead fills a memory-mode cluster with 1,000,000 messages and measures
 //! each node's RSS and the `GET /api/messages` reads.
 
+mod cpu;
 mod grpc;
 mod http;
 mod load;
@@ -269,12 +270,20 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
                 for _ in 0..clients {
                     list.push(replog::HttpAppend::connect(addr, kind.w, reconnects.clone()).await?);
                 }
-                (load::run(list, env.warmup, env.window).await, clients)
+                let processes = cluster.processes();
+                (
+                    load::run(list, env.warmup, env.window, processes).await,
+                    clients,
+                )
             } else {
                 let message = replog::payload_text("bench");
                 let list = grpc::connections(addr, clients, message, kind.w).await?;
                 let connections = list.len();
-                (load::run(list, env.warmup, env.window).await, connections)
+                let processes = cluster.processes();
+                (
+                    load::run(list, env.warmup, env.window, processes).await,
+                    connections,
+                )
             };
             (outcome, cluster.peak_rss(), conns)
         }
@@ -292,11 +301,14 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
             for _ in 0..clients {
                 list.push(redis_peer::Append::connect(cluster.primary_port, wait).await?);
             }
-            let outcome = load::run(list, env.warmup, env.window).await;
+            let outcome = load::run(list, env.warmup, env.window, cluster.processes()).await;
             (outcome, cluster.peak_rss(), clients)
         }
     };
     let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let cpu_us_per_op = outcome
+        .cpu
+        .and_then(|spent| report::CpuPerOp::new(spent, outcome.ops()));
     Ok(RowResult {
         key: kind.key.to_owned(),
         group: kind.group.to_owned(),
@@ -315,6 +327,7 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
         reconnects: reconnects.load(std::sync::atomic::Ordering::Relaxed),
         rss_master_mb: mb(rss.0),
         rss_replica_max_mb: mb(rss.1),
+        cpu_us_per_op,
         reference: kind.reference.map(str::to_owned),
         ops_ratio: None,
         p99_ratio: None,

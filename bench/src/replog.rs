@@ -195,6 +195,14 @@ impl Cluster {
     }
 
     /// Peak RSS of the master, and the largest peak RSS among the secondaries, in bytes.
+    /// The master's and the secondaries' pids, for [`crate::cpu`].
+    pub fn processes(&self) -> crate::cpu::Processes {
+        crate::cpu::Processes {
+            primary: self.master.pid(),
+            replicas: self.secondaries.iter().map(Proc::pid).collect(),
+        }
+    }
+
     pub fn peak_rss(&self) -> (u64, u64) {
         let secondaries = self
             .secondaries

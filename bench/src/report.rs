@@ -30,6 +30,8 @@ pub struct RowResult {
     pub rss_master_mb: f64,
     /// The largest peak RSS among the secondaries / replicas, in MiB.
     pub rss_replica_max_mb: f64,
+    /// CPU time per call over the window, by process (see [`crate::cpu`]).
+    pub cpu_us_per_op: Option<CpuPerOp>,
     /// The row compared with (same C): replog rows against Redis, n=4 against n=2.
     pub reference: Option<String>,
     /// ops/s of this row against the reference's: the median of the per-round ratios (see
@@ -41,6 +43,27 @@ pub struct RowResult {
     /// Every round of this cell, in the order run (`--repeat`); the figures above are those of
     /// the median round.
     pub rounds: Vec<Round>,
+}
+
+/// CPU time per successful call in the window, in µs: the master or primary, all secondaries
+/// or replicas together, and the load generator.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuPerOp {
+    pub primary: f64,
+    pub replicas: f64,
+    pub client: f64,
+}
+
+impl CpuPerOp {
+    /// `None` without calls to divide by.
+    pub fn new(spent: crate::cpu::Spent, ops: u64) -> Option<CpuPerOp> {
+        let per_op = |seconds: f64| seconds * 1e6 / ops as f64;
+        (ops > 0).then(|| CpuPerOp {
+            primary: per_op(spent.primary),
+            replicas: per_op(spent.replicas),
+            client: per_op(spent.client),
+        })
+    }
 }
 
 /// One round's headline figures of a cell.
@@ -304,7 +327,7 @@ pub fn table(rows: &[RowResult]) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:<7} {:<23} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<18} {:>6} {:>6} {:>6}",
+        "{:<7} {:<23} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<18} {:>6} {:>6} {:>6}  {:>6} {:>6} {:>6}",
         "system",
         "mode",
         "C",
@@ -317,10 +340,14 @@ pub fn table(rows: &[RowResult]) -> String {
         "vs (same C)",
         "ops x",
         "p99 x",
-        "errors"
+        "errors",
+        "cpu M",
+        "cpu R",
+        "cpu C"
     );
     let mut group = "";
     for row in rows {
+        let cpu = row.cpu_us_per_op;
         if row.group != group {
             if !group.is_empty() {
                 text.push('\n');
@@ -329,7 +356,7 @@ pub fn table(rows: &[RowResult]) -> String {
         }
         let _ = writeln!(
             text,
-            "{:<7} {:<23} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<18} {:>6} {:>6} {:>6}",
+            "{:<7} {:<23} {:>4} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {:<18} {:>6} {:>6} {:>6}  {:>6} {:>6} {:>6}",
             row.system,
             row.mode,
             row.clients,
@@ -342,10 +369,14 @@ pub fn table(rows: &[RowResult]) -> String {
             row.reference.as_deref().unwrap_or(""),
             row.ops_ratio.map_or("".into(), |r| num(r, 2)),
             row.p99_ratio.map_or("".into(), |r| num(r, 2)),
-            row.errors
+            row.errors,
+            cpu.map_or("-".into(), |c| num(c.primary, 1)),
+            cpu.map_or("-".into(), |c| num(c.replicas, 1)),
+            cpu.map_or("-".into(), |c| num(c.client, 1)),
         );
     }
     text.push_str("(latencies in ms; RSS = peak RSS in MiB of the master/primary and of the largest secondary/replica; ratios = this row / the `vs` row)\n");
+    text.push_str("(cpu = CPU time per call in µs over the window, from /proc/<pid>/stat: M the master/primary, R all secondaries/replicas together, C the load generator)\n");
     text
 }
 
@@ -576,6 +607,7 @@ mod tests {
             reconnects: 0,
             rss_master_mb: 1.0,
             rss_replica_max_mb: 1.0,
+            cpu_us_per_op: None,
             reference: None,
             ops_ratio: None,
             p99_ratio: None,
