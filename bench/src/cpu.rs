@@ -79,7 +79,8 @@ mod tests {
 
     #[test]
     fn user_and_system_time_are_read_after_the_command_name() {
-        // A real line (of a process named "tokio-rt worker)" to make parsing hard).
+        // A line as the kernel writes it, for a process whose name ("tokio-rt worker)") holds
+        // a space and a parenthesis.
         let line = "4242 (tokio-rt worker)) S 1 4242 4242 0 -1 4194560 1234 0 5 0 \
                     731 269 0 0 20 0 3 0 98765 123456789 4567 18446744073709551615";
         assert_eq!(stat_ticks(line), Some(1000));

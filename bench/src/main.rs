@@ -265,12 +265,12 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
             .await
             .with_context(|| format!("starting replog for {}", kind.key))?;
             let addr = cluster.master_addr;
+            let processes = cluster.processes();
             let (outcome, conns) = if kind.driver == Driver::ReplogHttp {
                 let mut list = Vec::with_capacity(clients);
                 for _ in 0..clients {
                     list.push(replog::HttpAppend::connect(addr, kind.w, reconnects.clone()).await?);
                 }
-                let processes = cluster.processes();
                 (
                     load::run(list, env.warmup, env.window, processes).await,
                     clients,
@@ -279,7 +279,6 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
                 let message = replog::payload_text("bench");
                 let list = grpc::connections(addr, clients, message, kind.w).await?;
                 let connections = list.len();
-                let processes = cluster.processes();
                 (
                     load::run(list, env.warmup, env.window, processes).await,
                     connections,
