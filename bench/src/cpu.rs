@@ -9,6 +9,7 @@
 //! the servers' cost from the client's, for both systems alike.
 
 use crate::load::Window;
+use serde::Serialize;
 
 /// The server processes of one cell (the load generator is this process).
 pub struct Processes {
@@ -16,22 +17,43 @@ pub struct Processes {
     pub replicas: Vec<u32>,
 }
 
-/// CPU seconds spent: by the master or primary, by all secondaries or replicas together, and
-/// by the load generator.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Spent {
+/// One figure for each part of a cell: the master or primary, all secondaries or replicas
+/// together, and the load generator (CPU seconds spent, or µs per call in the report).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PerProcess {
     pub primary: f64,
     pub replicas: f64,
     pub client: f64,
 }
 
+impl PerProcess {
+    /// Each figure through `f`.
+    pub fn map(self, f: impl Fn(f64) -> f64) -> PerProcess {
+        PerProcess {
+            primary: f(self.primary),
+            replicas: f(self.replicas),
+            client: f(self.client),
+        }
+    }
+
+    /// What was added to each figure since `earlier`.
+    fn since(self, earlier: PerProcess) -> PerProcess {
+        PerProcess {
+            primary: self.primary - earlier.primary,
+            replicas: self.replicas - earlier.replicas,
+            client: self.client - earlier.client,
+        }
+    }
+}
+
 impl Processes {
-    fn sample(&self) -> Option<Spent> {
+    /// CPU seconds spent so far.
+    fn sample(&self) -> Option<PerProcess> {
         let mut replicas = 0.0;
         for &pid in &self.replicas {
             replicas += seconds(pid)?;
         }
-        Some(Spent {
+        Some(PerProcess {
             primary: seconds(self.primary)?,
             replicas,
             client: seconds(std::process::id())?,
@@ -39,18 +61,13 @@ impl Processes {
     }
 }
 
-/// The CPU the processes spend within `window`; `None` if a process cannot be read (not
-/// Linux, or one exited, which the cell reports as an error anyway).
-pub async fn measure(processes: Processes, window: Window) -> Option<Spent> {
+/// The CPU seconds the processes spend within `window`; `None` if a process cannot be read
+/// (not Linux, or one exited, which the cell reports as an error anyway).
+pub async fn measure(processes: Processes, window: Window) -> Option<PerProcess> {
     tokio::time::sleep_until(window.measure_from.into()).await;
     let start = processes.sample()?;
     tokio::time::sleep_until(window.end.into()).await;
-    let end = processes.sample()?;
-    Some(Spent {
-        primary: end.primary - start.primary,
-        replicas: end.replicas - start.replicas,
-        client: end.client - start.client,
-    })
+    Some(processes.sample()?.since(start))
 }
 
 /// A process's user plus system time so far, every thread's, in seconds.

@@ -111,8 +111,9 @@ pub struct Outcome {
     pub errors: u64,
     pub first_error: Option<String>,
     pub window: Duration,
-    /// CPU the servers and the load generator spent in the window (see [`crate::cpu`]).
-    pub cpu: Option<cpu::Spent>,
+    /// CPU seconds the servers and the load generator spent in the window (see
+    /// [`crate::cpu`]).
+    pub cpu: Option<cpu::PerProcess>,
 }
 
 impl Outcome {

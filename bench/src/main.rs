@@ -305,9 +305,11 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
         }
     };
     let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let ops = outcome.ops();
     let cpu_us_per_op = outcome
         .cpu
-        .and_then(|spent| report::CpuPerOp::new(spent, outcome.ops()));
+        .filter(|_| ops > 0)
+        .map(|spent| spent.map(|seconds| seconds * 1e6 / ops as f64));
     Ok(RowResult {
         key: kind.key.to_owned(),
         group: kind.group.to_owned(),

@@ -30,8 +30,8 @@ pub struct RowResult {
     pub rss_master_mb: f64,
     /// The largest peak RSS among the secondaries / replicas, in MiB.
     pub rss_replica_max_mb: f64,
-    /// CPU time per call over the window, by process (see [`crate::cpu`]).
-    pub cpu_us_per_op: Option<CpuPerOp>,
+    /// CPU time per successful call over the window, in µs, by process (see [`crate::cpu`]).
+    pub cpu_us_per_op: Option<crate::cpu::PerProcess>,
     /// The row compared with (same C): replog rows against Redis, n=4 against n=2.
     pub reference: Option<String>,
     /// ops/s of this row against the reference's: the median of the per-round ratios (see
@@ -43,27 +43,6 @@ pub struct RowResult {
     /// Every round of this cell, in the order run (`--repeat`); the figures above are those of
     /// the median round.
     pub rounds: Vec<Round>,
-}
-
-/// CPU time per successful call in the window, in µs: the master or primary, all secondaries
-/// or replicas together, and the load generator.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct CpuPerOp {
-    pub primary: f64,
-    pub replicas: f64,
-    pub client: f64,
-}
-
-impl CpuPerOp {
-    /// `None` without calls to divide by.
-    pub fn new(spent: crate::cpu::Spent, ops: u64) -> Option<CpuPerOp> {
-        let per_op = |seconds: f64| seconds * 1e6 / ops as f64;
-        (ops > 0).then(|| CpuPerOp {
-            primary: per_op(spent.primary),
-            replicas: per_op(spent.replicas),
-            client: per_op(spent.client),
-        })
-    }
 }
 
 /// One round's headline figures of a cell.
