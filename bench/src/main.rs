@@ -317,7 +317,7 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
         mode: kind.mode.to_owned(),
         clients,
         connections: conns,
-        ops: outcome.ops(),
+        ops,
         ops_per_sec: outcome.ops_per_sec(),
         p50_ms: outcome.ms(0.50),
         p99_ms: outcome.ms(0.99),

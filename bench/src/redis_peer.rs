@@ -141,7 +141,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Peak RSS of the primary, and the largest peak RSS among the replicas, in bytes.
     /// The primary's and the replicas' pids, for [`crate::cpu`].
     pub fn processes(&self) -> crate::cpu::Processes {
         crate::cpu::Processes {
@@ -150,6 +149,7 @@ impl Cluster {
         }
     }
 
+    /// Peak RSS of the primary, and the largest peak RSS among the replicas, in bytes.
     pub fn peak_rss(&self) -> (u64, u64) {
         let replicas = self.replicas.iter().map(Proc::peak_rss).max().unwrap_or(0);
         (self.primary.peak_rss(), replicas)

@@ -194,7 +194,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// Peak RSS of the master, and the largest peak RSS among the secondaries, in bytes.
     /// The master's and the secondaries' pids, for [`crate::cpu`].
     pub fn processes(&self) -> crate::cpu::Processes {
         crate::cpu::Processes {
@@ -203,6 +202,7 @@ impl Cluster {
         }
     }
 
+    /// Peak RSS of the master, and the largest peak RSS among the secondaries, in bytes.
     pub fn peak_rss(&self) -> (u64, u64) {
         let secondaries = self
             .secondaries
