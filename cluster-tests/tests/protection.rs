@@ -371,9 +371,8 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
 /// and the start of its body, then nothing more; another that sends its body in two parts
 /// 300 ms apart.
 /// Checked: the first is answered 408 with a JSON body naming REQUEST_TIMEOUT_SECONDS, no
-/// sooner than the timeout and well before 5 s, and nothing is appended; the second (each wait
-/// shorter than the timeout) is appended normally: the limit is on each wait for the body, not
-/// on the whole upload.
+/// sooner than the timeout and well before 5 s, and nothing is appended; the second (a pause,
+/// but the whole body within the timeout) is appended normally.
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_answered_408_and_appends_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -59,9 +59,9 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         shutdown.clone(),
         &master.config.limits,
     );
-    let header_timeout = master.config.limits.header_timeout();
+    let limits = master.config.limits.clone();
     let threads = Threads::start(master.config.runtime.connection_threads, &master.metrics)?;
-    let served = replog_node::api::serve(listener, app, shutdown.clone(), header_timeout, threads)
+    let served = replog_node::api::serve(listener, app, shutdown.clone(), limits, threads)
         .await
         .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();

@@ -196,12 +196,20 @@ impl Node for Master {
             if let Some(reason) = self.quorum_in(ledger, now).refusal {
                 return Err(ApiError::Unavailable(reason));
             }
-            let slot = self.append_slots.try_acquire().map_err(|_| {
-                ApiError::Overloaded(format!(
-                    "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
-                    self.config.limits.max_pending_appends
-                ))
-            })?;
+            // A w=1 append waits for nobody but the master's own disk, so others' waiting
+            // must not refuse it, and it takes no slot; such appends cannot pile up behind a
+            // slow secondary, and their number is bounded by the connections
+            // (MAX_CONNECTIONS) and the streams each may have open.
+            let slot = if w > 1 {
+                Some(self.append_slots.try_acquire().map_err(|_| {
+                    ApiError::Overloaded(format!(
+                        "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
+                        self.config.limits.max_pending_appends
+                    ))
+                })?)
+            } else {
+                None
+            };
             let was_idle = ledger.pending_count() == 0;
             let (id, rx) = ledger.append(Bytes::from(message), w, deadline);
             if was_idle && ledger.pending_count() > 0 && deadline.is_some() {

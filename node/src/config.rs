@@ -67,22 +67,35 @@ impl AuthArgs {
     }
 }
 
-/// Limits that keep a node responsive under large or many requests.
+/// Limits that keep a node responsive under large, many or hostile requests, and who may call
+/// it from a browser.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LimitArgs {
     /// Largest message accepted, in bytes (larger: 413).
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1 << 20)]
     pub max_message_bytes: usize,
 
-    /// Appends waiting for their write concern at once; beyond it appends answer 503 with
-    /// `Retry-After` instead of piling up.
+    /// Appends (with `w` of 2 or more) waiting for their write concern at once; beyond it such
+    /// appends answer 503 with `Retry-After` instead of piling up. A `w=1` append waits for no
+    /// other node and is not counted.
     #[arg(long, env = "MAX_PENDING_APPENDS", default_value_t = 10_000)]
     pub max_pending_appends: usize,
 
-    /// Seconds a client may take to send a request's headers, and again its body (0 = no
-    /// limit). An idle keep-alive connection is closed after as long.
+    /// Seconds a connection may go without a complete request while none is in flight (from
+    /// its start, or the end of its last answer), on HTTP/1 and HTTP/2, and a request's whole
+    /// body may take (0 = no limit).
     #[arg(long, env = "REQUEST_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
     pub request_timeout_seconds: Duration,
+
+    /// Client connections served at once on the HTTP port; one more is closed as soon as it is
+    /// accepted (logged, and counted in `replog_connections_refused_total`).
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1024, value_parser = max_connections)]
+    pub max_connections: usize,
+
+    /// Origins whose web pages may call the API (CORS): a comma list of exact origins
+    /// (`http://localhost:8080`), or `*` for any. Unset: none, only same-origin pages.
+    #[arg(long, env = "CORS_ORIGINS", value_parser = crate::api::cors::parse_origins)]
+    pub cors_origins: Option<crate::api::cors::CorsOrigins>,
 }
 
 impl LimitArgs {
@@ -90,6 +103,22 @@ impl LimitArgs {
     pub fn header_timeout(&self) -> Option<Duration> {
         (!self.request_timeout_seconds.is_zero()).then_some(self.request_timeout_seconds)
     }
+}
+
+/// The most `MAX_CONNECTIONS` may be: far beyond what one node serves well, and what an open-file
+/// limit allows.
+const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
+
+/// `MAX_CONNECTIONS`: a whole number from 1 to [`MAX_CONNECTIONS_CEILING`].
+fn max_connections(value: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| (1..=MAX_CONNECTIONS_CEILING).contains(n))
+        .ok_or_else(|| {
+            format!("`{value}` is not a whole number from 1 to {MAX_CONNECTIONS_CEILING}")
+        })
 }
 
 /// Parses the command line and environment, or exits with one line naming the bad setting.

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub writable: Gauge,
     /// Open client connections, by the thread that serves them (`api::connections`).
     connections: Family<Labels, Gauge>,
+    /// Client connections closed at once because `MAX_CONNECTIONS` were open.
+    pub connections_refused: Counter,
+    /// Replication requests a secondary refused, by reason (`zero_id`, `divergent_entry`, ...).
+    pub replication_refused: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -59,6 +63,8 @@ impl Default for Metrics {
             visible: Gauge::default(),
             writable: Gauge::default(),
             connections: Family::default(),
+            connections_refused: Counter::default(),
+            replication_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -111,6 +117,16 @@ impl Default for Metrics {
             "connections",
             "Open client connections, by the thread serving them",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because MAX_CONNECTIONS were open",
+            metrics.connections_refused.clone(),
+        );
+        registry.register(
+            "replication_refused",
+            "Replication requests a secondary refused, by reason",
+            metrics.replication_refused.clone(),
         );
         Self {
             registry,

@@ -89,7 +89,7 @@ pub async fn run(
         http_listener,
         replog_node::api::router(secondary, axum::Router::new(), shutdown.clone(), &limits),
         shutdown.clone(),
-        limits.header_timeout(),
+        limits.clone(),
         threads,
     )
     .await

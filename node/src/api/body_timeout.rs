@@ -1,12 +1,15 @@
-//! A deadline for each wait on a request's body (`REQUEST_TIMEOUT_SECONDS`), so a client that
-//! sends its headers and then trickles the body, or stops, cannot hold a request open forever.
+//! A deadline for a request's body (`REQUEST_TIMEOUT_SECONDS`), so a client that sends its
+//! headers and then trickles the body, or stops, cannot hold a request open forever.
 //!
-//! tower-http's `RequestBodyTimeoutLayer` does the same, but starts a timer on every read of
-//! the body, even when the bytes are already there: two timer registrations per request (the
-//! data, then the end), on the one thread that serves every client. Here the timer starts only
-//! when the body is actually not there yet, which for an append that arrived in one packet is
-//! never. The rule is the same: the time between two parts of the body is limited, not the
-//! whole upload. A request that times out is answered 408 (see [`timed_out`]).
+//! The whole body must arrive within the timeout of the first moment the node waits for it.
+//! That bounds every gap between two parts of the body too, and also a body trickled one byte
+//! at a time with each gap short, which a limit on gaps alone would let run forever.
+//!
+//! tower-http's `RequestBodyTimeoutLayer` limits each gap only, and starts a timer on every
+//! read of the body, even when the bytes are already there: two timer registrations per
+//! request (the data, then the end), on the one thread that serves every client. Here one timer
+//! starts only when the body is actually not there yet, which for an append that arrived in one
+//! packet is never. A request that times out is answered 408 (see [`timed_out`]).
 
 use axum::http::Request;
 use bytes::Bytes;
@@ -72,13 +75,13 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A request body that fails with [`BodyTimedOut`] when its next part takes longer than
-    /// the timeout to arrive.
+    /// A request body that fails with [`BodyTimedOut`] when it has not all arrived within the
+    /// timeout of the first wait for it.
     pub struct PatientBody<B> {
         #[pin]
         body: B,
         timeout: Duration,
-        // Armed only while the body is pending.
+        // Armed at the first wait for the body, never moved.
         #[pin]
         sleep: Option<Sleep>,
     }
@@ -98,7 +101,6 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         if let Poll::Ready(frame) = this.body.poll_frame(cx) {
-            this.sleep.set(None);
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if this.sleep.is_none() {
@@ -119,7 +121,7 @@ where
     }
 }
 
-/// The body stopped arriving for longer than the timeout.
+/// The body did not all arrive within the timeout.
 #[derive(Debug)]
 pub struct BodyTimedOut(Duration);
 
@@ -127,7 +129,7 @@ impl std::fmt::Display for BodyTimedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "the request body stopped arriving for {:?} (REQUEST_TIMEOUT_SECONDS)",
+            "the request body did not arrive within {:?} (REQUEST_TIMEOUT_SECONDS)",
             self.0
         )
     }

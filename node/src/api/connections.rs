@@ -23,6 +23,7 @@
 //! the `replog_connections` gauge, and the same gauge decides the placement.
 
 use crate::metrics::Metrics;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use std::future::Future;
 use tokio::net::TcpStream;
@@ -37,6 +38,8 @@ pub const MAIN_THREAD_CONNECTIONS: i64 = 16;
 pub struct Threads {
     main: Gauge,
     extra: Vec<Extra>,
+    /// Connections refused for `MAX_CONNECTIONS` (see [`Refusals`]).
+    refused: Counter,
 }
 
 /// One connection thread: a current-thread runtime that runs until told to stop.
@@ -55,7 +58,16 @@ impl Threads {
             .map(|n| Extra::start(n, metrics.connections(&format!("extra-{n}"))))
             .collect::<std::io::Result<_>>()
             .map_err(|e| format!("cannot start a connection thread: {e}"))?;
-        Ok(Self { main, extra })
+        Ok(Self {
+            main,
+            extra,
+            refused: metrics.connections_refused.clone(),
+        })
+    }
+
+    /// The counter of connections refused for `MAX_CONNECTIONS`.
+    pub fn refused(&self) -> Counter {
+        self.refused.clone()
     }
 
     /// Runs `serve` over `tcp` on the thread whose turn it is, counting the connection there
@@ -156,4 +168,80 @@ impl Drop for Open {
     fn drop(&mut self) {
         self.0.dec();
     }
+}
+
+/// How often at most a node logs that it refuses connections.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections closed as soon as they are accepted because `MAX_CONNECTIONS` are open: each is
+/// counted, and a warning is logged at most every [`REFUSAL_LOG_EVERY`], with the number
+/// refused since the last one, so that a flood of connections does not flood the log too.
+pub struct Refusals {
+    counter: Counter,
+    max_connections: usize,
+    last_logged: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl Refusals {
+    pub fn new(counter: Counter, max_connections: usize) -> Self {
+        Self {
+            counter,
+            max_connections,
+            last_logged: None,
+            unlogged: 0,
+        }
+    }
+
+    /// Closes `tcp` at once, counts it, and logs if it is time to.
+    pub fn refuse(&mut self, tcp: TcpStream) {
+        drop(tcp);
+        self.counter.inc();
+        self.unlogged += 1;
+        let now = tokio::time::Instant::now();
+        if self
+            .last_logged
+            .is_some_and(|last| now < last + REFUSAL_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            refused = self.unlogged,
+            max_connections = self.max_connections,
+            "refusing client connections: MAX_CONNECTIONS are open"
+        );
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+/// Open files a node needs besides its client connections: its log file, listeners,
+/// replication and forwarding connections, and some to spare.
+const OTHER_OPEN_FILES: u64 = 64;
+
+/// Makes sure the process may open `MAX_CONNECTIONS` client connections plus what it needs
+/// otherwise, raising its soft open-file limit up to the hard one if that is needed. Beyond the
+/// limit, `accept` would fail and every client, not only the newest, would wait.
+pub fn check_open_files(max_connections: usize) -> Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let needed = max_connections as u64 + OTHER_OPEN_FILES;
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
+            .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
+        if soft >= needed {
+            return Ok(());
+        }
+        if hard < needed {
+            return Err(format!(
+                "MAX_CONNECTIONS={max_connections} needs {needed} open files, but the limit (ulimit -n) is {hard}: lower MAX_CONNECTIONS or raise the limit"
+            ));
+        }
+        setrlimit(Resource::RLIMIT_NOFILE, needed, hard).map_err(|e| {
+            format!("MAX_CONNECTIONS={max_connections} needs {needed} open files; cannot raise the limit from {soft}: {e}")
+        })?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (max_connections, OTHER_OPEN_FILES);
+    Ok(())
 }

@@ -11,6 +11,7 @@ pub mod cors;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod idle;
 pub mod json;
 pub mod openapi;
 
@@ -99,7 +100,7 @@ pub fn render_metrics<N: Node>(node: &N) -> String {
 }
 
 /// The node's whole public HTTP app: JSON routes, extra node-specific routes, gRPC + gRPC-Web,
-/// and CORS that browsers accept for both.
+/// and CORS for both when `CORS_ORIGINS` allows other origins.
 pub fn router<N: Node>(
     node: Arc<N>,
     extra: Router<Arc<N>>,
@@ -115,7 +116,9 @@ pub fn router<N: Node>(
     if !limits.request_timeout_seconds.is_zero() {
         app = app.layer(BodyTimeoutLayer::new(limits.request_timeout_seconds));
     }
-    let app = app.layer(cors::layer());
+    if let Some(cors) = cors::layer(limits.cors_origins.as_ref()) {
+        app = app.layer(cors);
+    }
     // Per-request spans and events are DEBUG: with them filtered out (the default), the layer
     // would only cost every request clock reads and allocations, so it is left out.
     if tracing::enabled!(target: "tower_http::trace", tracing::Level::DEBUG) {
@@ -140,26 +143,33 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 /// Every connection gets `TCP_NODELAY`: small answers (an append's 200, a gRPC frame) must
 /// leave at once, not wait up to 40 ms for Nagle's algorithm and the peer's delayed ACK.
 ///
-/// An HTTP/1.1 client gets `header_timeout` to send a request's headers (the body has its own
-/// limit, [`BodyTimeoutLayer`]); a client that trickles headers byte by byte would
-/// otherwise hold its connection forever. `axum::serve` has no such setting, hence this
-/// accept loop over hyper-util's connection builder, with its graceful shutdown: on `shutdown`
-/// no new connection is accepted, idle ones close, and requests in flight finish.
+/// Hostile or broken clients cannot hold the node: at most `MAX_CONNECTIONS` connections are
+/// served at once (one more is closed as soon as it is accepted, see [`connections::Refusals`]),
+/// and with `REQUEST_TIMEOUT_SECONDS` a connection without a complete request for that long is
+/// closed ([`idle`]); an HTTP/1.1 client also has that long to send a request's headers (the
+/// body has its own limit, [`BodyTimeoutLayer`]). `axum::serve` has none of these settings,
+/// hence this accept loop over hyper-util's connection builder. On `shutdown` no new connection
+/// is accepted, idle ones close, and requests in flight finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
-    header_timeout: Option<std::time::Duration>,
+    limits: LimitArgs,
     threads: connections::Threads,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
+    let max_connections = limits.max_connections;
+    crate::config::or_exit(connections::check_open_files(max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
-    if let Some(timeout) = header_timeout {
+    let idle_timeout = limits.header_timeout();
+    if let Some(timeout) = idle_timeout {
         builder.http1().header_read_timeout(timeout);
     }
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // One permit per open connection; all of them back once every connection has ended.
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut refusals = connections::Refusals::new(threads.refused(), max_connections);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -175,22 +185,76 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            refusals.refuse(tcp);
+            continue;
+        };
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let activity = Arc::new(idle::Activity::default());
+        let service = hyper_util::service::TowerToHyperService::new(idle::Tracked::new(
+            router.clone(),
+            activity.clone(),
+        ));
         // The task owns its copy of the builder, so the connection borrows it there.
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
         threads.spawn(tcp, move |tcp| async move {
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            if let Err(error) = watcher.watch(connection).await {
-                tracing::debug!(%error, "connection ended with an error");
+            tokio::pin!(connection);
+            // Set when the connection was told to close; `hard` when, idle, it is dropped
+            // even if it has not closed by itself (an HTTP/2 peer that never ends its header
+            // block does not let it).
+            let mut closing = false;
+            let mut hard: Option<tokio::time::Instant> = None;
+            loop {
+                let idle = async {
+                    match idle_timeout {
+                        Some(timeout) if hard.is_none() => activity.idle_for(timeout).await,
+                        _ => std::future::pending().await,
+                    }
+                };
+                let forced = async {
+                    match hard {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ended = connection.as_mut() => {
+                        if let Err(error) = ended {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = shutdown.cancelled(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    _ = idle => {
+                        tracing::debug!("closing a connection without a request in time (REQUEST_TIMEOUT_SECONDS)");
+                        if !closing {
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                        hard = Some(tokio::time::Instant::now() + idle::CLOSE_GRACE);
+                    }
+                    _ = forced => {
+                        if activity.in_flight() == 0 {
+                            break;
+                        }
+                        hard = None;
+                    }
+                }
             }
+            drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    // Every connection has seen the shutdown and closes once its requests are answered.
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
     threads.stop().await;
     Ok(())
 }

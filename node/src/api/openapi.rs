@@ -54,11 +54,48 @@ pub fn document(nodes: Option<u64>) -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// The interactive docs page at `/docs` (Swagger UI, its assets served by the node).
+/// The interactive docs page at `/docs`: Swagger UI, its assets served by the node.
+///
+/// The page is ours rather than the crate's so that it sets `validatorUrl: null`: without it,
+/// Swagger UI opened through any host but localhost sends the document's URL to an external
+/// validator (validator.swagger.io), a call to the internet the node never needs.
 pub fn docs_page() -> axum::Router {
-    swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
+    use axum::routing::get;
+    let assets = swagger_ui_dist::generate_routes(swagger_ui_dist::ApiDefinition {
         uri_prefix: "/docs",
         api_definition: swagger_ui_dist::OpenApiSource::Uri("/openapi.json"),
         title: Some("replog API"),
-    })
+    });
+    axum::Router::new()
+        .route("/docs", get(docs_index))
+        .route("/docs/", get(docs_index))
+        .route_service("/docs/{*asset}", assets.into_service::<axum::body::Body>())
 }
+
+/// The page that loads Swagger UI from `/docs/` and points it at `/openapi.json`.
+async fn docs_index() -> axum::response::Html<&'static str> {
+    axum::response::Html(DOCS_INDEX)
+}
+
+const DOCS_INDEX: &str = r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+    <meta charset="utf-8" />
+    <meta name="viewport" content="width=device-width, initial-scale=1" />
+    <title>replog API</title>
+    <link rel="stylesheet" href="/docs/swagger-ui.css" />
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/docs/swagger-ui-bundle.js" crossorigin></script>
+<script>
+    window.onload = () => {
+    window.ui = SwaggerUIBundle({
+        url: '/openapi.json',
+        dom_id: '#swagger-ui',
+        validatorUrl: null,
+    });
+    };
+</script>
+</body>
+</html>"#;
