@@ -17,6 +17,8 @@
 //! - **No hopeful sleeps.** Anything that depends on timing waits for a condition with a deadline
 //!   ([`wait_until`], [`wait_for`]) and fails with a message that says what it waited for.
 
+pub mod history;
+
 use serde_json::{json, Value};
 use std::fmt::Display;
 use std::fs::OpenOptions;
@@ -660,11 +662,16 @@ impl Cluster {
                 let Some(health) = self.try_health(&self.master).await else {
                     return false;
                 };
-                running.iter().all(|address| {
-                    secondary_health(&health, address).is_some_and(|s| {
-                        s["status"] == "healthy" && s["last_contact_ms_ago"].is_u64()
+                // A master that has not yet asked the secondaries what they hold serves nothing.
+                let starting = health["read_only_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("starting:"));
+                !starting
+                    && running.iter().all(|address| {
+                        secondary_health(&health, address).is_some_and(|s| {
+                            s["status"] == "healthy" && s["last_contact_ms_ago"].is_u64()
+                        })
                     })
-                })
             },
         )
         .await;

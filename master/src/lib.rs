@@ -4,8 +4,10 @@
 
 pub mod config;
 pub mod deadlines;
+pub mod idempotency;
 pub mod journal;
 pub mod ledger;
+pub mod recovery;
 pub mod replication;
 pub mod server;
 pub mod state;

@@ -1,70 +1,65 @@
 //! Wires the master together: storage, state, replication tasks, the deadline task, the journal
-//! and the HTTP server, all stopped by one shutdown token.
+//! and the HTTP server, stopped in the order of [`Phases`]: SIGTERM stops the taking of appends,
+//! the waiting ones get their decision (or "unknown" once the grace period ends), and only
+//! then do replication, the journal and the other tasks stop.
 
 use crate::config::Config;
+use crate::ledger::Ledger;
 use crate::state::Master;
-use crate::{deadlines, journal, replication};
+use crate::{deadlines, journal, recovery, replication};
 use replog_node::api::connections::Threads;
-use replog_node::log::new_log_id;
-use replog_node::shutdown::Shutdown;
+use replog_node::config::Opened;
+use replog_node::log::{new_log_id, Log};
+use replog_node::shutdown::{Phases, Shutdown};
 use replog_node::storage::{LogFile, Record};
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), String> {
-    let (log, mut file) = config.storage.open(new_log_id)?;
-    let starts = match file.as_mut() {
-        Some(file) => {
-            start_instance(file, log.last_id())?;
-            file.master_starts().to_vec()
-        }
-        // A master in memory starts a new log every time: its first process is the only one.
-        None => vec![(1, 0)],
-    };
-    let instance = starts.last().map_or(0, |&(instance, _)| instance);
-    tracing::info!(
-        log_id = log.log_id(),
-        secondaries = ?config.secondaries,
-        timeout = ?config.replication_timeout_seconds,
-        durable = file.is_some(),
-        instance,
-        "master starting"
-    );
-    let (journal, records) = match file {
-        Some(_) => {
-            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-            (Some(tx), Some(rx))
-        }
-        None => (None, None),
-    };
+    // The signal starts the drain; `phases.stop` is the token every task watches.
+    let phases = Phases::after(shutdown, config.shutdown.shutdown_grace_seconds);
+    let Opened { log, file, doubt } = config.storage.open(new_log_id)?;
     config.auth.warn_if_open();
+    // Until it serves its log, the master holds an empty ledger of the same identity: it shows
+    // nothing and, while recovering, takes nothing.
     let master = Arc::new(Master::new(
         config,
-        log,
-        journal,
-        &starts,
-        shutdown.clone(),
+        Log::new(log.log_id().to_owned()),
+        None,
+        &[],
+        phases.clone(),
     )?);
-    let mut tasks = replication::spawn(&master);
-    tasks.push(tokio::spawn(deadlines::run(master.clone())));
-    if let (Some(file), Some(records)) = (file, records) {
-        tasks.push(tokio::spawn(journal::run(master.clone(), file, records)));
-    }
+    master.set_recovering(Some(match doubt {
+        Some(_) => "recovering: asking the secondaries what they hold".into(),
+        None => "starting: asking the secondaries what they hold".into(),
+    }));
+    let recovering = master.clone();
+    let tasks = vec![
+        tokio::spawn(deadlines::run(master.clone())),
+        tokio::spawn(async move {
+            for task in recovery::run(recovering, log, file, doubt).await {
+                let _ = task.await;
+            }
+        }),
+    ];
 
     let address = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(%address, "HTTP API listening");
     let app = replog_node::api::router(
         master.clone(),
         axum::Router::new(),
-        shutdown.clone(),
+        phases.draining.clone(),
         &master.config.limits,
     );
     let limits = master.config.limits.clone();
     let threads = Threads::start(master.config.runtime.connection_threads, &master.metrics)?;
-    let served = replog_node::api::serve(listener, app, shutdown.clone(), limits, threads)
+    let serving = replog_node::api::serve(listener, app, phases.draining.clone(), limits, threads);
+    let served = phases
+        .drain(serving)
         .await
+        .unwrap_or(Ok(()))
         .map_err(|e| format!("HTTP server: {e}"));
-    shutdown.cancel();
     for task in tasks {
         let _ = task.await;
     }
@@ -75,12 +70,50 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     served
 }
 
-/// Numbers this master process one above the last recorded in the file, and records that
-/// (synced whatever `FSYNC` says) before anything is shipped. Secondaries compare the number:
-/// a higher one is a restarted master, whose lost unsynced ids they drop; a lower one is a
-/// request from a process that is gone, which they refuse.
-fn start_instance(file: &mut LogFile, recovered: u64) -> Result<(), String> {
-    let instance = file.master_instance() + 1;
+/// Starts serving `log`: numbers this master process, installs the ledger over the log and
+/// starts replication and (with `DATA_DIR`) the journal. `floor` is the highest master process
+/// any secondary was heard to follow (0 if none was asked); this one is numbered above it.
+pub fn serve_log(
+    master: &Arc<Master>,
+    log: Log,
+    mut file: Option<LogFile>,
+    floor: u64,
+) -> Result<Vec<JoinHandle<()>>, String> {
+    let recovered = log.last_id();
+    let (starts, journal, records) = match file.as_mut() {
+        Some(file) => {
+            start_instance(file, recovered, floor)?;
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (file.master_starts().to_vec(), Some(tx), Some(rx))
+        }
+        // A master in memory has no earlier start of its own to list.
+        None => (vec![(floor + 1, recovered)], None, None),
+    };
+    let instance = starts.last().map_or(0, |&(instance, _)| instance);
+    tracing::info!(
+        log_id = log.log_id(),
+        last_id = recovered,
+        secondaries = ?master.config.secondaries,
+        timeout = ?master.config.replication_timeout_seconds,
+        durable = file.is_some(),
+        instance,
+        "master serving"
+    );
+    master.install(Ledger::new(log, master.peers.len(), journal, &starts));
+    master.set_recovering(None);
+    let mut tasks = replication::spawn(master);
+    if let (Some(file), Some(records)) = (file, records) {
+        tasks.push(tokio::spawn(journal::run(master.clone(), file, records)));
+    }
+    Ok(tasks)
+}
+
+/// Numbers this master process above the last recorded in the file and above `floor`, and
+/// records that (synced whatever `FSYNC` says) before anything is shipped. Secondaries compare
+/// the number: a higher one is a restarted master, whose lost unsynced ids they drop; a lower
+/// one is a request from a process that is gone, which they refuse.
+fn start_instance(file: &mut LogFile, recovered: u64, floor: u64) -> Result<(), String> {
+    let instance = file.master_instance().max(floor) + 1;
     file.append(&[Record::MasterStart {
         instance,
         recovered,

@@ -2,6 +2,7 @@
 //! deadline task all hold.
 
 use crate::config::Config;
+use crate::idempotency::{self, Claim, Keys};
 use crate::ledger::{ForeignLog, Journal, Ledger, Outcome};
 use crate::replication::health::{self, Status};
 use crate::replication::Peer;
@@ -9,7 +10,7 @@ use bytes::Bytes;
 use replog_node::api::{ApiError, Health, Node, SecondaryHealth};
 use replog_node::log::{Log, Message};
 use replog_node::metrics::Metrics;
-use replog_node::shutdown::Shutdown;
+use replog_node::shutdown::{Phases, Shutdown};
 use replog_proto::v1::ReplicaState;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
@@ -17,6 +18,10 @@ use tokio::sync::{watch, Notify, Semaphore};
 
 pub struct Master {
     pub config: Config,
+    /// The order of the master's stop; `shutdown` is its last phase.
+    pub phases: Phases,
+    /// Idempotency keys of recent appends.
+    keys: Keys,
     ledger: Mutex<Ledger>,
     pub peers: Vec<Peer>,
     /// Wakes the deadline task when a pending append with a deadline arrives.
@@ -29,7 +34,13 @@ pub struct Master {
     storage_failed: std::sync::atomic::AtomicBool,
     /// One permit per append allowed to wait at once (`MAX_PENDING_APPENDS`).
     append_slots: Semaphore,
+    /// Why no append is taken while the log is recovered from the secondaries
+    /// ([`crate::recovery`]); `None` once it serves.
+    recovering: Mutex<Option<String>>,
     pub metrics: Metrics,
+    /// When the master itself was not running, so that its own stall is not taken for the
+    /// secondaries' silence.
+    pub stalls: health::Stalls,
 }
 
 /// Whether the master may take appends.
@@ -47,7 +58,7 @@ impl Master {
         log: Log,
         journal: Journal,
         starts: &[(u64, u64)],
-        shutdown: Shutdown,
+        phases: Phases,
     ) -> Result<Self, String> {
         let peers = config
             .secondaries
@@ -63,10 +74,14 @@ impl Master {
             deadline_wake: Notify::new(),
             visible,
             started: Instant::now(),
-            shutdown,
+            shutdown: phases.stop.clone(),
+            phases,
+            keys: Keys::new(&config.keys),
             storage_failed: Default::default(),
             append_slots: Semaphore::new(config.limits.max_pending_appends),
+            recovering: Mutex::new(None),
             metrics: Metrics::default(),
+            stalls: Default::default(),
             config,
         })
     }
@@ -96,6 +111,23 @@ impl Master {
         let upto = ledger.log().visible_upto();
         replog_node::api::publish_visible(&self.visible, upto);
         result
+    }
+
+    /// Sets or clears why the master is read-only while it recovers its log.
+    pub fn set_recovering(&self, reason: Option<String>) {
+        *self.recovering.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+    }
+
+    fn recovering(&self) -> Option<String> {
+        self.recovering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the ledger with one over the log to serve (after recovery) and publishes it.
+    pub fn install(&self, ledger: Ledger) {
+        self.update(|current| *current = ledger);
     }
 
     /// Checks `w` against the cluster: 1..=n+1, default n+1 (all nodes).
@@ -132,12 +164,13 @@ impl Master {
         Ok(())
     }
 
+    /// The health of a secondary last heard from at `last_contact`, as of `now`: silence counts
+    /// only while the master itself ran (see [`health::Stalls`]).
     pub fn status_of(&self, last_contact: Option<Instant>, now: Instant) -> Status {
-        health::status(
+        self.stalls.status(
             last_contact.unwrap_or(self.started),
             now,
-            self.config.suspect_after_ms,
-            self.config.unhealthy_after_ms,
+            health::Thresholds::from_config(&self.config),
         )
     }
 
@@ -150,7 +183,7 @@ impl Master {
     fn quorum_in(&self, ledger: &Ledger, now: Instant) -> Quorum {
         let nodes = self.config.nodes();
         let mut reachable = 1;
-        let mut refusal = None;
+        let mut refusal = self.recovering();
         for (peer, follower) in self.peers.iter().zip(ledger.followers()) {
             if let Some(foreign) = &follower.foreign_log {
                 refusal = Some(format!(
@@ -175,10 +208,72 @@ impl Master {
     }
 }
 
+impl Master {
+    /// The answer of the attempt behind a key, once it is decided or the grace period of a
+    /// shutdown ends; `None` if it was refused before it appended (the key is free again).
+    async fn answer_keyed(
+        &self,
+        state: tokio::sync::watch::Receiver<idempotency::State>,
+    ) -> Option<Result<u64, ApiError>> {
+        use idempotency::State;
+        let last = state.clone();
+        let state = tokio::select! {
+            biased;
+            state = idempotency::settled(state) => state,
+            _ = self.phases.grace_over.cancelled() => *last.borrow(),
+        };
+        match state {
+            State::Decided(id, outcome) => Some(answer(id, Some(outcome))),
+            State::Pending(id) | State::Unknown(id) => Some(answer(id, None)),
+            State::Admitting | State::Released => None,
+        }
+    }
+}
+
+/// The answer to an append given `id`, from its decision (`None`: the master stopped waiting
+/// before there was one).
+fn answer(id: u64, decided: Option<Outcome>) -> Result<u64, ApiError> {
+    match decided {
+        Some(Outcome::Committed) => {
+            tracing::debug!(id, "append committed");
+            Ok(id)
+        }
+        Some(Outcome::Aborted) => {
+            tracing::warn!(id, "append aborted: write concern not met in time");
+            Err(ApiError::ReplicationFailed)
+        }
+        None => {
+            tracing::warn!(
+                id,
+                "append answered unknown: the master stops before its decision"
+            );
+            Err(outcome_unknown(id))
+        }
+    }
+}
+
+/// The master took the append as `id` but stops before deciding it: it may commit (its entry
+/// is in the log and may be on the secondaries) or not.
+fn outcome_unknown(id: u64) -> ApiError {
+    ApiError::OutcomeUnknown(format!(
+        "the master is shutting down before the append (id {id}) was decided: it may or may not be committed; once the master is back, id {id} in the log shows whether it was"
+    ))
+}
+
 #[tonic::async_trait]
 impl Node for Master {
     /// The append's life: admission, id, replication, commit or abort (ARCHITECTURE.md).
-    async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError> {
+    async fn append(
+        &self,
+        message: String,
+        w: Option<u64>,
+        key: Option<String>,
+    ) -> Result<u64, ApiError> {
+        if self.phases.draining.is_cancelled() {
+            return Err(ApiError::Unavailable(
+                "the master is shutting down; nothing was appended".into(),
+            ));
+        }
         let w = self.write_concern(w)?;
         let limit = self.config.limits.max_message_bytes;
         if message.len() > limit {
@@ -187,6 +282,27 @@ impl Node for Master {
                 message.len()
             )));
         }
+        let message = Bytes::from(message);
+        // A known key answers what became of its first attempt; a new one is held by this
+        // attempt (and freed if it is refused before it appends).
+        let ticket = match key {
+            None => None,
+            Some(key) => loop {
+                if self.phases.draining.is_cancelled() {
+                    return Err(ApiError::Unavailable(
+                        "the master is shutting down; nothing was appended".into(),
+                    ));
+                }
+                match self.keys.claim(key.clone(), &message, Instant::now())? {
+                    Claim::First(ticket) => break Some(ticket),
+                    Claim::Retry(state) => {
+                        if let Some(answer) = self.answer_keyed(state).await {
+                            return answer;
+                        }
+                    }
+                }
+            },
+        };
         let timeout = self.config.replication_timeout_seconds;
         let now = Instant::now();
         let deadline = (!timeout.is_zero()).then(|| now + timeout);
@@ -211,29 +327,26 @@ impl Node for Master {
                 None
             };
             let was_idle = ledger.pending_count() == 0;
-            let (id, rx) = ledger.append(Bytes::from(message), w, deadline);
+            let (id, rx) = ledger.append(message, w, deadline);
             if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
                 self.deadline_wake.notify_one();
             }
             Ok((slot, id, rx))
         })?;
         self.wake_senders();
-        tokio::select! {
-            outcome = outcome => match outcome {
-                Ok(Outcome::Committed) => {
-                    tracing::debug!(id, w, "append committed");
-                    Ok(id)
-                }
-                Ok(Outcome::Aborted) => {
-                    tracing::warn!(id, w, "append aborted: write concern not met in time");
-                    Err(ApiError::ReplicationFailed)
-                }
-                Err(_) => Err(ApiError::Unavailable("the master is shutting down".into())),
-            },
-            _ = self.shutdown.cancelled() => Err(ApiError::Unavailable(
-                "the master is shutting down; the message may not be committed".into(),
-            )),
+        if let Some(ticket) = ticket {
+            let answer = self.answer_keyed(ticket.bind(id, outcome)).await;
+            return answer.unwrap_or_else(|| Err(outcome_unknown(id)));
         }
+        // The decision if it comes before the grace period of a shutdown ends (`biased`: one
+        // that came is never answered "unknown"); the ledger dropping the append without one
+        // happens only when the master stops, and is unknown too.
+        let decided = tokio::select! {
+            biased;
+            outcome = outcome => outcome.ok(),
+            _ = self.phases.grace_over.cancelled() => None,
+        };
+        answer(id, decided)
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {

@@ -27,21 +27,45 @@ impl StorageArgs {
     /// The node's log: recovered from `DATA_DIR` (reporting a cut tail), or a fresh one in
     /// memory. `new_log_id` names a log created here (the master makes one; a secondary passes
     /// an empty id and adopts the master's on first contact).
-    pub fn open(
-        &self,
-        new_log_id: impl FnOnce() -> String,
-    ) -> Result<(crate::log::Log, Option<crate::storage::LogFile>), String> {
+    pub fn open(&self, new_log_id: impl FnOnce() -> String) -> Result<Opened, String> {
         let Some(dir) = &self.data_dir else {
-            return Ok((crate::log::Log::new(new_log_id()), None));
+            return Ok(Opened {
+                log: crate::log::Log::new(new_log_id()),
+                file: None,
+                doubt: Some("the log is kept in memory only (no DATA_DIR)".into()),
+            });
         };
         let (file, recovered) = crate::storage::LogFile::open(dir, self.fsync, new_log_id)
             .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
-        if let Some(cut) = &recovered.cut {
-            tracing::warn!(offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log file");
-        }
+        let doubt = match (&recovered.cut, recovered.created) {
+            (Some(cut), _) => Some(format!(
+                "a torn or corrupt tail was cut off the log file ({})",
+                cut.reason
+            )),
+            (None, Some(why)) => Some(format!("DATA_DIR held no log: {why}")),
+            (None, None) if self.fsync == crate::storage::FsyncPolicy::Never => {
+                Some("FSYNC=never: a power failure may have taken acknowledged entries".into())
+            }
+            (None, None) => None,
+        };
         tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), log_id = recovered.log.log_id(), fsync = %self.fsync, "log recovered");
-        Ok((recovered.log, Some(file)))
+        Ok(Opened {
+            log: recovered.log,
+            file: Some(file),
+            doubt,
+        })
     }
+}
+
+/// A node's log as found at start.
+pub struct Opened {
+    pub log: crate::log::Log,
+    /// The file it lives in; `None` in memory.
+    pub file: Option<crate::storage::LogFile>,
+    /// Why this log may lack entries that were acknowledged before this start, if it may: kept
+    /// in memory only, no log in `DATA_DIR`, a cut tail, or `FSYNC=never`. A master with a doubt
+    /// recovers the log from its secondaries before it takes an append.
+    pub doubt: Option<String>,
 }
 
 /// Authentication of the internal replication service, the same on master and secondaries.

@@ -3,6 +3,7 @@
 //! the configuration and binds the ports.
 
 pub mod config;
+pub mod fetch;
 pub mod forward;
 pub mod replica;
 pub mod server;

@@ -28,7 +28,7 @@ pub async fn run(
         "secondary starting"
     );
     // A fresh log has no identity yet: it adopts the master's on first contact.
-    let (log, file) = config.storage.open(String::new)?;
+    let replog_node::config::Opened { log, file, .. } = config.storage.open(String::new)?;
     config.auth.warn_if_open();
     let limits = config.limits.clone();
     let forward = Forwarder::new(config.master.as_deref())?;
@@ -81,6 +81,7 @@ pub async fn run(
 
     let http_address = http_listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %http_address, "HTTP API listening");
+    let secondary_failed = secondary.clone();
     let threads = Threads::start(
         secondary.config.runtime.connection_threads,
         &secondary.metrics,
@@ -99,6 +100,9 @@ pub async fn run(
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(format!("replication server: {e}")),
         Err(e) => return Err(format!("replication server task: {e}")),
+    }
+    if secondary_failed.has_storage_failed() {
+        return Err("the log could not be written to DATA_DIR".into());
     }
     tracing::info!("secondary stopped");
     served

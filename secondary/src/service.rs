@@ -3,7 +3,7 @@
 use crate::state::{Refused, Secondary};
 use futures::Stream;
 use replog_proto::v1::replication_server::Replication;
-use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
 use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
@@ -14,6 +14,10 @@ pub struct ReplicationService {
 
 #[tonic::async_trait]
 impl Replication for ReplicationService {
+    async fn fetch(&self, request: Request<FetchRequest>) -> Result<Response<FetchReply>, Status> {
+        Ok(Response::new(self.secondary.fetch(&request.into_inner())))
+    }
+
     async fn replicate(
         &self,
         request: Request<ReplicateRequest>,
@@ -81,10 +85,9 @@ impl Secondary {
             .iter()
             .find(|e| std::str::from_utf8(&e.message).is_err())
         {
-            return Err(Status::invalid_argument(format!(
-                "entry {} is not valid UTF-8",
-                bad.id
-            )));
+            let why = format!("entry {} is not valid UTF-8", bad.id);
+            self.refuse("invalid_utf8", &why);
+            return Err(Status::invalid_argument(why));
         }
         let config = &self.config;
         // The seed's test knob: the acknowledgement of entries (not of heartbeats) is late,
@@ -109,6 +112,7 @@ impl Secondary {
             // The master learns from the state which log and which master process we follow.
             Err(Refused::Unapplied(state)) => return Ok(Some(state)),
             Err(Refused::Master(why)) => return Err(Status::failed_precondition(why)),
+            Err(Refused::Invalid(why)) => return Err(Status::invalid_argument(why)),
             Err(Refused::Storage(error)) => {
                 return Err(Status::internal(format!("cannot write the log: {error}")))
             }
@@ -119,7 +123,9 @@ impl Secondary {
             ));
         }
         if quiet {
-            return match state.decided >= upto {
+            // Our frontier stops at what we hold (`Replica::decide`); the entries beyond come
+            // later with the decisions again.
+            return match state.decided >= upto.min(state.held) {
                 true => Ok(None),
                 false => Err(not_taken(&state, upto)),
             };

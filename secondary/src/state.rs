@@ -9,6 +9,7 @@ use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
 use replog_node::storage::{LogFile, Record};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -24,6 +25,8 @@ pub struct Secondary {
     forward: Forwarder,
     pub shutdown: Shutdown,
     pub metrics: Metrics,
+    /// The log file could not be written: the process stops, and exits non-zero.
+    storage_failed: AtomicBool,
 }
 
 /// The replica and its file under one lock, so records reach the file in the order the
@@ -39,8 +42,10 @@ pub enum Refused {
     /// Not applied, and our state tells the master why: it names another log identity, or a
     /// master process that the request's starts did not reach back to.
     Unapplied(ReplicaState),
-    /// The master process is not one we can follow (see [`Refusal`]).
+    /// The request contradicts what we hold or follow (see [`Refusal`]).
     Master(String),
+    /// The request is wrong in itself (see [`Refusal::is_malformed`]).
+    Invalid(String),
     /// The log file could not be written; the secondary is stopping.
     Storage(String),
 }
@@ -62,11 +67,23 @@ impl Secondary {
             forward,
             shutdown,
             metrics: Metrics::default(),
+            storage_failed: AtomicBool::new(false),
         }
     }
 
-    fn store(&self) -> MutexGuard<'_, Store> {
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a write of the log file failed (the secondary is then stopping).
+    pub fn has_storage_failed(&self) -> bool {
+        self.storage_failed.load(Ordering::Relaxed)
+    }
+
+    /// Counts and logs a refused replication request.
+    pub fn refuse(&self, reason: &'static str, why: &dyn std::fmt::Display) {
+        tracing::warn!(reason, %why, "refusing a replication request; nothing changed");
+        self.metrics.replication_refused(reason);
     }
 
     pub fn is_durable(&self) -> bool {
@@ -86,8 +103,9 @@ impl Secondary {
         let Store { replica, file } = &mut *store;
         let records = match replica.receive(request) {
             Ok(records) => records,
-            Err(Refusal::ForeignLog) => {
+            Err(refusal @ Refusal::ForeignLog) => {
                 tracing::warn!(ours = replica.log().log_id(), %theirs, "refusing entries of another log identity");
+                self.metrics.replication_refused(refusal.reason());
                 return Err(Refused::Unapplied(replica.state()));
             }
             // The master sent no starts because it thought we follow it (we restarted since):
@@ -97,8 +115,11 @@ impl Secondary {
                 return Err(Refused::Unapplied(replica.state()));
             }
             Err(refusal) => {
-                tracing::error!(%refusal, "refusing the master");
-                return Err(Refused::Master(refusal.to_string()));
+                self.refuse(refusal.reason(), &refusal);
+                return Err(match refusal.is_malformed() {
+                    true => Refused::Invalid(refusal.to_string()),
+                    false => Refused::Master(refusal.to_string()),
+                });
             }
         };
         if let (Some(file), false) = (file.as_mut(), records.is_empty()) {
@@ -121,6 +142,7 @@ impl Secondary {
             self.metrics.log_write(started.elapsed());
             if let Err(error) = written {
                 tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
+                self.storage_failed.store(true, Ordering::Relaxed);
                 self.shutdown.cancel();
                 return Err(Refused::Storage(error.to_string()));
             }
@@ -140,8 +162,13 @@ impl Secondary {
 
 #[tonic::async_trait]
 impl Node for Secondary {
-    async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError> {
-        self.forward.append(message, w).await
+    async fn append(
+        &self,
+        message: String,
+        w: Option<u64>,
+        key: Option<String>,
+    ) -> Result<u64, ApiError> {
+        self.forward.append(message, w, key).await
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {

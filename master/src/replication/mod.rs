@@ -15,7 +15,7 @@ pub mod stream;
 use crate::config::Config;
 use crate::state::Master;
 use replog_proto::v1::replication_client::ReplicationClient;
-use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
 use std::sync::Arc;
 use std::time::Duration;
 use stream::{KeepAlive, ReplicationStream};
@@ -88,6 +88,24 @@ impl Peer {
         self.client
             .clone()
             .replicate(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+}
+
+impl Peer {
+    /// Reads the secondary's state and entries without changing anything (recovery).
+    pub async fn fetch(
+        &self,
+        request: FetchRequest,
+        timeout: Duration,
+    ) -> Result<FetchReply, tonic::Status> {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(timeout);
+        replog_node::auth::attach(&mut request, self.token.as_deref());
+        self.client
+            .clone()
+            .fetch(request)
             .await
             .map(tonic::Response::into_inner)
     }

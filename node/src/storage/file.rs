@@ -50,6 +50,8 @@ pub struct Recovered {
     pub log: Log,
     /// Set when a torn or corrupt tail was cut off.
     pub cut: Option<Cut>,
+    /// Set when no log was there and this one was just created: why (no file, an empty file).
+    pub created: Option<&'static str>,
 }
 
 /// A tail removed at recovery.
@@ -115,12 +117,17 @@ impl LogFile {
                 file.read_to_end(&mut bytes)?;
                 file
             }
-            None => return Self::create_new(dir, path, policy, new_log_id()),
+            None => {
+                return Self::create_new(dir, path, policy, new_log_id(), "no log file was there")
+            }
         };
         if bytes.is_empty() {
-            // An empty file holds nothing to lose (e.g. truncated by hand): start afresh.
+            // An empty file (truncated, or a link to /dev/null) holds nothing to replay: a new
+            // file takes its place, and `created` says why, so the master recovers the log from
+            // its secondaries instead of serving a new one as if nothing had happened.
             drop(file);
-            return Self::create_new(dir, path, policy, new_log_id());
+            tracing::warn!(path = %path.display(), "the log file is empty; starting a new file");
+            return Self::create_new(dir, path, policy, new_log_id(), "the log file was empty");
         }
         let (log, starts, good, reason) = replay(&bytes).map_err(|reason| {
             io::Error::new(
@@ -162,7 +169,14 @@ impl LogFile {
             starts,
             poisoned: None,
         };
-        Ok((log_file, Recovered { log, cut }))
+        Ok((
+            log_file,
+            Recovered {
+                log,
+                cut,
+                created: None,
+            },
+        ))
     }
 
     /// Starts a new log file holding only its Meta record.
@@ -171,6 +185,7 @@ impl LogFile {
         path: PathBuf,
         policy: FsyncPolicy,
         log_id: String,
+        why: &'static str,
     ) -> io::Result<(LogFile, Recovered)> {
         let file = create(dir, &path, log_id.clone())?;
         let len = file.metadata()?.len();
@@ -187,6 +202,7 @@ impl LogFile {
         let recovered = Recovered {
             log: Log::new(log_id),
             cut: None,
+            created: Some(why),
         };
         Ok((log_file, recovered))
     }

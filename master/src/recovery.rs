@@ -1,0 +1,464 @@
+//! Recovery from the quorum: a master whose own log may be incomplete takes no append before it
+//! has learned what the secondaries hold and copied what it lacks.
+//!
+//! The quorum's log is the truth, not one disk. A master whose log may lack acknowledged
+//! entries (kept in memory only, no log in `DATA_DIR`, a cut tail, `FSYNC=never`; see
+//! [`replog_node::config::Opened::doubt`]) cannot count itself: an append acknowledged with
+//! `w >= 2` may be held by only one secondary, so it waits until it has heard from every
+//! secondary, takes the most complete log among them (highest master process followed, then
+//! most entries held, as Raft's election restriction compares last term, then length), copies
+//! the entries above its own over the read-only `Fetch` call, in batches, with every tombstone
+//! any secondary holds, makes them durable, and only then starts a new master process and
+//! serves. Until then it is read-only and its reason names the secondaries it waits for.
+//!
+//! One exception keeps a new cluster startable with a secondary down: a master that holds
+//! nothing, and hears from a majority of the nodes (itself included) that none of them holds
+//! anything either, starts a new log. Appends acknowledged with `w=1` by a master that lost its
+//! disk before shipping them are gone with it, as Redis documents for `WAIT`.
+//!
+//! [`plan`] decides from what has been heard, without I/O; [`run`] does the calls.
+
+use crate::state::Master;
+use replog_node::log::Log;
+use replog_node::storage::{LogFile, Record};
+use replog_proto::v1::{FetchRequest, ReplicaState};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Entries asked for per `Fetch` call.
+const BATCH_ENTRIES: u32 = 4096;
+/// Bytes asked for per `Fetch` call, well below the gRPC message limit.
+const BATCH_BYTES: u64 = 8 << 20;
+/// Pause between rounds of asking the secondaries that have not answered.
+const ROUND: Duration = Duration::from_millis(200);
+
+/// What one secondary said, as recovery needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heard {
+    pub state: ReplicaState,
+    pub tombstones: Vec<u64>,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Not enough is known yet: stay read-only for this reason.
+    Wait(String),
+    /// Serve the master's own log as it is (nothing beyond it anywhere).
+    Serve,
+    /// Copy `log_id`'s entries up to `upto` from secondary `source`, then serve.
+    Copy {
+        source: usize,
+        log_id: String,
+        upto: u64,
+    },
+}
+
+/// The master's own log as found at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Own {
+    pub log_id: String,
+    pub last_id: u64,
+    /// The last master process recorded in its file (0: none).
+    pub instance: u64,
+    /// The log may lack acknowledged entries ([`replog_node::config::Opened::doubt`]).
+    pub doubt: bool,
+}
+
+/// Decides from the master's own log and what each secondary said (`None`: not heard yet),
+/// named by `addresses` for the reason.
+///
+/// A master without doubt has every entry its own processes acknowledged, so it needs only a
+/// majority (itself included), as any quorum does; but if a secondary it hears follows a
+/// later master process than its file names, another process served this log after it (one
+/// that recovered it from the secondaries), and its file is old: serving it would give ids
+/// again that the cluster has already given. It stays read-only and says so.
+pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
+    let (log_id, last_id) = (own.log_id.as_str(), own.last_id);
+    let nodes = heard.len() + 1;
+    let missing: Vec<&str> = heard
+        .iter()
+        .zip(addresses)
+        .filter(|(h, _)| h.is_none())
+        .map(|(_, a)| a.as_str())
+        .collect();
+    let holders: Vec<(usize, &ReplicaState)> = heard
+        .iter()
+        .enumerate()
+        .filter_map(|(i, h)| h.as_ref().map(|h| (i, &h.state)))
+        .filter(|(_, s)| s.held > 0)
+        .collect();
+    if last_id == 0 && holders.is_empty() && missing.len() < heard.len() {
+        // Every secondary heard holds nothing, like this master.
+        let empty = 1 + heard.len() - missing.len();
+        if empty * 2 > nodes {
+            return Plan::Serve;
+        }
+    }
+    if !own.doubt {
+        let newer = heard
+            .iter()
+            .zip(addresses)
+            .filter_map(|(h, a)| h.as_ref().map(|h| (&h.state, a)))
+            .find(|(s, _)| s.log_id == log_id && s.master_instance > own.instance);
+        if let Some((state, address)) = newer {
+            return Plan::Wait(format!(
+                "this master's log is older than the cluster's: secondary {address} follows \
+                 master process {} but this file's last is {}; start this master with an empty \
+                 DATA_DIR to recover the log from the secondaries",
+                state.master_instance, own.instance
+            ));
+        }
+        if (1 + heard.len() - missing.len()) * 2 > nodes {
+            return Plan::Serve;
+        }
+        return Plan::Wait(format!(
+            "starting: waiting to hear from a majority of the nodes; not yet from {}",
+            missing.join(", ")
+        ));
+    }
+    if !missing.is_empty() {
+        return Plan::Wait(format!(
+            "recovering: this master's log may be incomplete, so it takes no append before \
+             every secondary has said what it holds; waiting for {}",
+            missing.join(", ")
+        ));
+    }
+    // Whose log counts: ours if we hold any, else the one the secondaries share.
+    let ours = (last_id > 0).then(|| log_id.to_owned());
+    let logs: BTreeSet<&str> = holders.iter().map(|(_, s)| s.log_id.as_str()).collect();
+    let log_id = match ours {
+        Some(ours) => ours,
+        None if logs.len() > 1 => {
+            return Plan::Wait(format!(
+                "recovering: this master holds no log and the secondaries hold different ones \
+                 ({}); start the master with its data, or wipe the secondaries that are wrong",
+                logs.into_iter().collect::<Vec<_>>().join(", ")
+            ))
+        }
+        None => match logs.into_iter().next() {
+            Some(theirs) => theirs.to_owned(),
+            None => return Plan::Serve,
+        },
+    };
+    let best = holders
+        .iter()
+        .filter(|(_, s)| s.log_id == log_id)
+        .max_by_key(|(_, s)| (s.master_instance, s.held));
+    match best {
+        Some(&(source, state)) if state.held > last_id => Plan::Copy {
+            source,
+            log_id,
+            upto: state.held,
+        },
+        _ => Plan::Serve,
+    }
+}
+
+/// The highest master process any secondary follows: the new process is numbered above it,
+/// so no secondary takes it for one it has already left behind.
+fn highest_instance(heard: &[Option<Heard>]) -> u64 {
+    heard
+        .iter()
+        .flatten()
+        .map(|h| h.state.master_instance)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Recovers the log as [`plan`] says, makes it durable, then starts serving through
+/// [`crate::server::serve_log`]; returns the tasks that started, for the caller to await.
+pub async fn run(
+    master: Arc<Master>,
+    mut log: Log,
+    mut file: Option<LogFile>,
+    doubt: Option<String>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if let Some(doubt) = &doubt {
+        tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
+    }
+    let own_instance = file.as_ref().map_or(0, LogFile::master_instance);
+    let addresses: Vec<String> = master.peers.iter().map(|p| p.address.clone()).collect();
+    let timeout = master.config.suspect_after_ms;
+    let mut heard: Vec<Option<Heard>> = vec![None; master.peers.len()];
+    let mut records = Vec::new();
+    loop {
+        for (index, peer) in master.peers.iter().enumerate() {
+            let request = FetchRequest {
+                from_id: 0,
+                max_entries: 0,
+                max_bytes: 0,
+                tombstones: true,
+            };
+            let reply = tokio::select! {
+                _ = master.shutdown.cancelled() => return Vec::new(),
+                reply = peer.fetch(request, timeout) => reply,
+            };
+            match reply {
+                Ok(reply) => {
+                    heard[index] = reply.state.map(|state| Heard {
+                        state,
+                        tombstones: reply.tombstones,
+                    })
+                }
+                Err(status) => {
+                    tracing::debug!(secondary = %peer.address, %status, "recovery: no answer");
+                    master
+                        .ledger()
+                        .on_failure(index, format!("{}: {}", status.code(), status.message()));
+                    heard[index] = None;
+                }
+            }
+        }
+        let own = Own {
+            log_id: log.log_id().to_owned(),
+            last_id: log.last_id(),
+            instance: own_instance,
+            doubt: doubt.is_some(),
+        };
+        match plan(&own, &heard, &addresses) {
+            Plan::Wait(reason) => master.set_recovering(Some(reason)),
+            Plan::Serve => break,
+            Plan::Copy {
+                source,
+                log_id,
+                upto,
+            } => {
+                if log.last_id() == 0 && log.log_id() != log_id {
+                    log = Log::new(log_id.clone());
+                    records.push(Record::Meta { log_id });
+                }
+                match copy(&master, source, &mut log, upto, &mut records).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        tracing::warn!(secondary = %addresses[source], %error, "recovery: copying failed; asking again");
+                        master.set_recovering(Some(format!(
+                            "recovering: copying entries from {} failed ({error}); asking again",
+                            addresses[source]
+                        )));
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = master.shutdown.cancelled() => return Vec::new(),
+            _ = tokio::time::sleep(ROUND) => {}
+        }
+    }
+    // A tombstone any secondary holds is a 500 the master answered: it stays one.
+    let last = log.last_id();
+    let tombstones: BTreeSet<u64> = heard
+        .iter()
+        .flatten()
+        .filter(|h| h.state.log_id == log.log_id())
+        .flat_map(|h| h.tombstones.iter().copied())
+        .filter(|&id| id >= 1 && id <= last && !log.is_tombstone(id))
+        .collect();
+    for id in tombstones {
+        log.tombstone(id);
+        records.push(Record::Tombstone { id });
+    }
+    let copied = records
+        .iter()
+        .filter(|r| matches!(r, Record::Entry { .. }))
+        .count();
+    if let Some(file) = file.as_mut() {
+        let written = file.append(&records).and_then(|()| file.sync());
+        if let Err(error) = written {
+            tracing::error!(%error, "recovery: cannot write the recovered log to DATA_DIR");
+            master.storage_failed();
+            return Vec::new();
+        }
+    }
+    tracing::info!(
+        log_id = log.log_id(),
+        last_id = log.last_id(),
+        copied,
+        "recovered the log from the secondaries"
+    );
+    match crate::server::serve_log(&master, log, file, highest_instance(&heard)) {
+        Ok(tasks) => tasks,
+        Err(error) => {
+            tracing::error!(%error, "recovery: cannot start serving");
+            master.storage_failed();
+            Vec::new()
+        }
+    }
+}
+
+/// Copies the entries after `log`'s last one up to `upto` from secondary `source`, in batches.
+async fn copy(
+    master: &Master,
+    source: usize,
+    log: &mut Log,
+    upto: u64,
+    records: &mut Vec<Record>,
+) -> Result<(), String> {
+    let peer = &master.peers[source];
+    while log.last_id() < upto {
+        let request = FetchRequest {
+            from_id: log.last_id() + 1,
+            max_entries: BATCH_ENTRIES,
+            max_bytes: BATCH_BYTES,
+            tombstones: false,
+        };
+        let reply = peer
+            .fetch(request, master.config.rpc_timeout_seconds)
+            .await
+            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+        if reply.entries.is_empty() {
+            return Err(format!(
+                "it holds no entry after {} any more",
+                log.last_id()
+            ));
+        }
+        for entry in reply.entries {
+            if entry.id != log.last_id() + 1 || entry.id > upto {
+                break;
+            }
+            if std::str::from_utf8(&entry.message).is_err() {
+                return Err(format!("entry {} is not valid UTF-8", entry.id));
+            }
+            let id = log.push(entry.message.clone(), entry.tombstone);
+            records.push(Record::Entry {
+                id,
+                message: entry.message,
+                tombstone: entry.tombstone,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn own(log_id: &str, last_id: u64) -> Own {
+        Own {
+            log_id: log_id.into(),
+            last_id,
+            instance: 1,
+            doubt: true,
+        }
+    }
+
+    fn addresses(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("s{i}")).collect()
+    }
+
+    fn holds(log_id: &str, held: u64, master_instance: u64) -> Option<Heard> {
+        Some(Heard {
+            state: ReplicaState {
+                log_id: log_id.into(),
+                instance: 1,
+                held,
+                decided: held,
+                master_instance,
+            },
+            tombstones: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn waits_for_every_secondary_and_names_the_missing() {
+        let heard = [holds("L", 5, 1), None];
+        match plan(&own("L", 3), &heard, &addresses(2)) {
+            Plan::Wait(reason) => assert!(reason.contains("s2") && !reason.contains("s1")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_master_waits_while_a_secondary_it_heard_holds_a_log() {
+        let heard = [holds("L", 5, 1), None];
+        assert!(matches!(
+            plan(&own("new", 0), &heard, &addresses(2)),
+            Plan::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_new_cluster_starts_with_a_majority_that_holds_nothing() {
+        let heard = [holds("", 0, 0), None];
+        assert_eq!(plan(&own("new", 0), &heard, &addresses(2)), Plan::Serve);
+        // One of four nodes heard, with the master two of four: no majority.
+        let heard = [holds("", 0, 0), None, None];
+        assert!(matches!(
+            plan(&own("new", 0), &heard, &addresses(3)),
+            Plan::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn copies_from_the_most_complete_secondary_of_the_latest_master() {
+        let heard = [holds("L", 9, 2), holds("L", 7, 3)];
+        assert_eq!(
+            plan(&own("new", 0), &heard, &addresses(2)),
+            Plan::Copy {
+                source: 1,
+                log_id: "L".into(),
+                upto: 7
+            }
+        );
+        let heard = [holds("L", 9, 3), holds("L", 7, 3)];
+        assert_eq!(
+            plan(&own("L", 4), &heard, &addresses(2)),
+            Plan::Copy {
+                source: 0,
+                log_id: "L".into(),
+                upto: 9
+            }
+        );
+    }
+
+    #[test]
+    fn serves_its_own_log_when_nobody_holds_more() {
+        let heard = [holds("L", 4, 3), holds("L", 2, 3)];
+        assert_eq!(plan(&own("L", 4), &heard, &addresses(2)), Plan::Serve);
+    }
+
+    #[test]
+    fn a_master_with_a_log_ignores_secondaries_of_another() {
+        let heard = [holds("other", 50, 9), holds("L", 2, 3)];
+        assert_eq!(plan(&own("L", 4), &heard, &addresses(2)), Plan::Serve);
+    }
+
+    #[test]
+    fn an_empty_master_refuses_to_choose_between_two_logs() {
+        let heard = [holds("A", 5, 1), holds("B", 5, 1)];
+        match plan(&own("new", 0), &heard, &addresses(2)) {
+            Plan::Wait(reason) => assert!(reason.contains("A, B")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_complete_master_needs_a_majority_and_refuses_when_its_file_is_old() {
+        let complete = Own {
+            doubt: false,
+            ..own("L", 4)
+        };
+        assert!(matches!(
+            plan(&complete, &[None, None], &addresses(2)),
+            Plan::Wait(_)
+        ));
+        assert_eq!(
+            plan(&complete, &[holds("L", 4, 1), None], &addresses(2)),
+            Plan::Serve
+        );
+        match plan(&complete, &[None, holds("L", 6, 2)], &addresses(2)) {
+            Plan::Wait(reason) => assert!(reason.contains("s2") && reason.contains("older")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_new_process_is_numbered_above_every_secondarys() {
+        assert_eq!(
+            highest_instance(&[holds("L", 1, 4), None, holds("L", 1, 7)]),
+            7
+        );
+    }
+}
