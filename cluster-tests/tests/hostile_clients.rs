@@ -300,3 +300,29 @@ async fn the_docs_page_calls_no_external_validator() {
         assert_eq!(answer.status(), StatusCode::OK, "{asset}");
     }
 }
+
+/// Injected: MAX_CONNECTIONS values that are not a whole number from 1 to 2^20.
+/// Checked: the master stops at start with one line naming MAX_CONNECTIONS.
+#[test]
+fn bad_max_connections_stop_the_node_at_start() {
+    let port = cluster_tests::free_port().to_string();
+    for value in ["0", "-1", "many", "2000000"] {
+        let env = [
+            ("HOST", "127.0.0.1"),
+            ("HTTP_PORT", port.as_str()),
+            ("MAX_CONNECTIONS", value),
+        ];
+        let output = cluster_tests::run_to_exit(
+            cluster_tests::Binary::Master,
+            &env,
+            Duration::from_secs(10),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(
+            !output.status.success() && lines.len() == 1 && lines[0].contains("MAX_CONNECTIONS"),
+            "MAX_CONNECTIONS={value}: {}, stderr {stderr:?}",
+            output.status
+        );
+    }
+}
