@@ -4,14 +4,42 @@
 //! measures liveness, not load. Its reply carries the secondary's identity, instance and
 //! high-water mark: a restart is noticed here even while no entries flow, and the sender is
 //! woken to catch the secondary up. It also carries the master's decisions.
+//!
+//! The first secondary's task also keeps the master's pulse: it notes that the master runs,
+//! often, so that a stall of the master itself is seen as one ([`super::health::Stalls`]).
 
-use super::health::Status;
+use super::health::{Status, Thresholds};
 use crate::state::Master;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::time::MissedTickBehavior;
 
 pub async fn run(master: Arc<Master>, index: usize) {
+    if index == 0 {
+        tokio::select! {
+            _ = heartbeats(&master, index) => {}
+            _ = pulse(&master) => {}
+        }
+    } else {
+        heartbeats(&master, index).await
+    }
+}
+
+/// Notes every [`Thresholds::pulse`] that the master runs, until shutdown.
+async fn pulse(master: &Master) {
+    let thresholds = Thresholds::from_config(&master.config);
+    let mut ticker = tokio::time::interval(thresholds.pulse());
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = master.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        master.stalls.observe(Instant::now(), thresholds);
+    }
+}
+
+async fn heartbeats(master: &Master, index: usize) {
     let peer = &master.peers[index];
     let mut ticker = tokio::time::interval(master.config.heartbeat_interval_ms);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
