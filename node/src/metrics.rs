@@ -179,6 +179,13 @@ impl Metrics {
             .clone()
     }
 
+    /// Counts a replication request a secondary refused.
+    pub fn replication_refused(&self, reason: &'static str) {
+        self.replication_refused
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -12,6 +12,13 @@
 //! hears a new process first drops what it holds above the lowest of those ids, as a Raft
 //! follower drops an uncommitted suffix in a new term; otherwise it would keep the old messages
 //! where the master now has new ones.
+//!
+//! The replication token is the first wall, not the only one: every request is checked against
+//! what this secondary knows before anything changes (see [`Refusal`]). Ids start at 1; an id
+//! held with one message takes no other; an id held as decided and committed is never
+//! tombstoned; the decided frontier never moves back and is recorded only up to what is held
+//! (see `decide`); a new master process must list the start of every process since the one
+//! followed (see [`MAX_INSTANCE_JUMP`]).
 
 use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
@@ -44,6 +51,50 @@ pub enum Refusal {
     StaleMaster { instance: u64, ours: u64 },
     /// A new master process did not list the starts since the one we follow.
     MissingStarts { instance: u64, ours: u64 },
+    /// An entry or a tombstone names id 0: ids start at 1.
+    ZeroId,
+    /// The entries are not in ascending id order (the master ships every batch in id order).
+    Unordered { id: u64 },
+    /// A tombstone for an id this secondary holds as decided and committed: it may already be
+    /// shown, and a list never loses an entry it showed.
+    Committed { id: u64 },
+    /// An entry at an id held with another message: the master gives an id one message (a
+    /// restarted master that gave it another first makes us drop it, see the module doc).
+    Divergent { id: u64 },
+    /// A master process more than [`MAX_INSTANCE_JUMP`] above the one we follow, or one whose
+    /// starts do not list every process since that one, once each, in order.
+    ImplausibleInstance { instance: u64, ours: u64 },
+}
+
+/// How far above the master process it follows a secondary believes a new one: every start of
+/// a master with `DATA_DIR` is one more than the last, so this many restarts while a secondary
+/// was not listening is more than any crash loop makes. Beyond it (2^63, say), the request did
+/// not come from this log's master, and following it would refuse the real one as stale.
+/// A secondary that follows none yet has no number to compare with (and holds nothing, or a
+/// log of a master from before process numbers): there only the starts' consistency is checked.
+pub const MAX_INSTANCE_JUMP: u64 = 1 << 16;
+
+impl Refusal {
+    /// The `reason` label of `replog_replication_refused_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ForeignLog => "foreign_log",
+            Self::MasterLostDecided { .. } => "master_lost_decided",
+            Self::StaleMaster { .. } => "stale_master",
+            Self::MissingStarts { .. } => "missing_starts",
+            Self::ZeroId => "zero_id",
+            Self::Unordered { .. } => "unordered",
+            Self::Committed { .. } => "tombstone_of_committed",
+            Self::Divergent { .. } => "divergent_entry",
+            Self::ImplausibleInstance { .. } => "implausible_instance",
+        }
+    }
+
+    /// Whether the request is wrong in itself (gRPC `InvalidArgument`), rather than at odds
+    /// with what this secondary knows (`FailedPrecondition`).
+    pub fn is_malformed(&self) -> bool {
+        matches!(self, Self::ZeroId | Self::Unordered { .. })
+    }
 }
 
 impl std::fmt::Display for Refusal {
@@ -63,6 +114,22 @@ impl std::fmt::Display for Refusal {
             Self::MissingStarts { instance, ours } => write!(
                 f,
                 "master process {instance} did not list the starts since process {ours}"
+            ),
+            Self::ZeroId => f.write_str("id 0 named: ids start at 1"),
+            Self::Unordered { id } => write!(f, "entry {id} is out of id order"),
+            Self::Committed { id } => write!(
+                f,
+                "id {id} is decided and committed here: it cannot become a tombstone"
+            ),
+            Self::Divergent { id } => write!(
+                f,
+                "id {id} is held here with another message: an id has one message"
+            ),
+            Self::ImplausibleInstance { instance, ours } => write!(
+                f,
+                "master process {instance} is not a plausible successor of process {ours} \
+                 (more than {MAX_INSTANCE_JUMP} above it, or its starts do not list every \
+                 process since)"
             ),
         }
     }
@@ -113,6 +180,12 @@ impl Replica {
             false => (self.master, self.log.decided()),
         };
         let switch = follow(ours, decided, request.master_instance, &request.starts)?;
+        // What survives the switch to a new master process (nothing, for a log adopted anew).
+        let keep = match adopt {
+            true => 0,
+            false => switch.unwrap_or(u64::MAX),
+        };
+        self.check(&request, keep, decided)?;
         let mut records = Vec::new();
         if adopt {
             // Nothing held yet: this replica belongs to whichever master reaches it first.
@@ -141,6 +214,68 @@ impl Replica {
             Ok(true)
         } else {
             Err(Refusal::ForeignLog)
+        }
+    }
+
+    /// Checks the request's entries and tombstones against what we hold, counting only ids up
+    /// to `keep` (the rest is dropped before they are stored) and ids up to `decided` as
+    /// decided.
+    fn check(&self, request: &ReplicateRequest, keep: u64, decided: u64) -> Result<(), Refusal> {
+        let mut previous = 0;
+        for entry in &request.entries {
+            let id = entry.id;
+            if id == 0 {
+                return Err(Refusal::ZeroId);
+            }
+            if id <= previous {
+                return Err(Refusal::Unordered { id });
+            }
+            previous = id;
+            if self.aborted(id, keep) {
+                // The master's message that raced its own abort, or the tombstone again: the
+                // id stays aborted either way.
+                continue;
+            }
+            if entry.tombstone {
+                // Aborting an undecided id, held or not, is the master's to do; a decided one
+                // that is no tombstone here was committed.
+                if id <= decided {
+                    return Err(Refusal::Committed { id });
+                }
+            } else if self
+                .held_message(id, keep)
+                .is_some_and(|held| *held != entry.message)
+            {
+                return Err(Refusal::Divergent { id });
+            }
+        }
+        if let Some(decisions) = &request.decisions {
+            for &id in &decisions.tombstones {
+                if id == 0 {
+                    return Err(Refusal::ZeroId);
+                }
+                if id <= decided && !self.aborted(id, keep) {
+                    return Err(Refusal::Committed { id });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `id` is a tombstone here and stays one after a cut at `keep`.
+    fn aborted(&self, id: u64, keep: u64) -> bool {
+        id <= keep && (self.log.is_tombstone(id) || self.ahead.get(&id).is_some_and(|&(_, t)| t))
+    }
+
+    /// The message held at `id`, in the log or buffered beyond a gap, if it survives a cut at
+    /// `keep`.
+    fn held_message(&self, id: u64, keep: u64) -> Option<&Bytes> {
+        if id > keep {
+            None
+        } else if id <= self.log.last_id() {
+            self.log.get(id)
+        } else {
+            self.ahead.get(&id).map(|(message, _)| message)
         }
     }
 
@@ -212,11 +347,20 @@ impl Replica {
         });
     }
 
-    /// Applies the master's decisions. The frontier moves only if the tombstones cover
-    /// everything between our frontier and the new one.
+    /// Applies the master's decisions (checked by `check`). The frontier moves only if the
+    /// tombstones cover everything between our frontier and the new one, and never back.
+    ///
+    /// It moves at most to what we hold contiguously, whatever `decided_upto` says. The master
+    /// legitimately decides beyond that (a lagging secondary, entries still on their way), but
+    /// a frontier recorded beyond what we hold would show each later entry the moment it
+    /// arrives, before the master has decided it: a forged `decided_upto` of 2^64-1 would show
+    /// messages later answered 500. Refusing such a frontier would refuse every lagging
+    /// catch-up, so it is clamped instead: what lies beyond is remembered only as its
+    /// tombstones, and every request that ships the missing entries carries the master's
+    /// decisions again (`since` is the frontier we report), which moves ours over them.
     fn decide(&mut self, decisions: &Decisions, records: &mut Vec<Record>) {
         for &id in &decisions.tombstones {
-            if id == 0 || self.log.is_tombstone(id) {
+            if self.log.is_tombstone(id) {
                 continue;
             }
             self.log.tombstone(id);
@@ -225,11 +369,10 @@ impl Replica {
                 *slot = (Bytes::new(), true);
             }
         }
-        if decisions.since <= self.log.decided() && decisions.decided_upto > self.log.decided() {
-            self.log.set_decided(decisions.decided_upto);
-            records.push(Record::Decided {
-                upto: decisions.decided_upto,
-            });
+        let upto = decisions.decided_upto.min(self.log.last_id());
+        if decisions.since <= self.log.decided() && upto > self.log.decided() {
+            self.log.set_decided(upto);
+            records.push(Record::Decided { upto });
         }
     }
 
@@ -254,8 +397,22 @@ fn follow(
     if instance < ours {
         return Err(Refusal::StaleMaster { instance, ours });
     }
+    if ours > 0 && instance - ours > MAX_INSTANCE_JUMP {
+        return Err(Refusal::ImplausibleInstance { instance, ours });
+    }
     let recovered = MasterStart::kept_after(starts, ours, instance)
         .ok_or(Refusal::MissingStarts { instance, ours })?;
+    // Each start is one more than the last, and the master lists all of them since `ours`
+    // (since its first, for a secondary that follows none yet).
+    let mut listed = starts
+        .iter()
+        .filter(|s| s.instance > ours && s.instance <= instance)
+        .map(|s| s.instance);
+    let first = listed.next().unwrap_or(0);
+    let consecutive = listed.try_fold(first, |last, next| (next == last + 1).then_some(next));
+    if (ours > 0 && first != ours + 1) || consecutive != Some(instance) {
+        return Err(Refusal::ImplausibleInstance { instance, ours });
+    }
     if recovered < decided {
         return Err(Refusal::MasterLostDecided { recovered, decided });
     }
@@ -333,7 +490,7 @@ mod tests {
             request(vec![entry(1, "a"), entry(2, "b")], None),
         );
         assert_eq!(r.state().held, 4);
-        let again = request(vec![entry(2, "B"), entry(3, "C")], None);
+        let again = request(vec![entry(2, "b"), entry(3, "c")], None);
         assert_eq!(
             r.receive(again),
             Ok(vec![]),
@@ -483,5 +640,197 @@ mod tests {
             })
         );
         assert_eq!((r.state().held, r.master(), shown(&r)), (2, 3, vec![1, 2]));
+    }
+
+    /// Asserts `req` is refused with `why` and changes nothing we show, hold or report.
+    fn refused(r: &mut Replica, req: ReplicateRequest, why: Refusal) {
+        let before = (r.state(), shown(r), r.ahead.clone());
+        assert_eq!(r.receive(req), Err(why));
+        assert_eq!((r.state(), shown(r), r.ahead.clone()), before);
+    }
+
+    fn tombstone(id: u64) -> Entry {
+        Entry {
+            id,
+            message: Bytes::new(),
+            tombstone: true,
+        }
+    }
+
+    /// Ids 1..=3 held, 1 and 2 decided and committed, 3 undecided.
+    fn holding_three() -> (Replica, Log) {
+        let (mut r, mut replayed) = (Replica::new(Log::default()), Log::default());
+        let first = request(
+            vec![entry(1, "a"), entry(2, "b"), entry(3, "c")],
+            decided(2, 0, vec![]),
+        );
+        apply(&mut r, &mut replayed, from_master(1, &[(1, 0)], first));
+        (r, replayed)
+    }
+
+    #[test]
+    fn refuses_id_zero() {
+        let (mut r, _) = holding_three();
+        let zero = Entry {
+            id: 0,
+            message: Bytes::new(),
+            tombstone: true,
+        };
+        refused(&mut r, request(vec![zero], None), Refusal::ZeroId);
+        refused(&mut r, request(vec![entry(0, "x")], None), Refusal::ZeroId);
+        let in_decisions = request(vec![entry(4, "d")], decided(2, 2, vec![0]));
+        refused(&mut r, in_decisions, Refusal::ZeroId);
+        assert!(Refusal::ZeroId.is_malformed());
+    }
+
+    #[test]
+    fn refuses_entries_out_of_id_order() {
+        let (mut r, _) = holding_three();
+        let unordered = request(vec![entry(5, "e"), entry(4, "d")], None);
+        refused(&mut r, unordered, Refusal::Unordered { id: 4 });
+        let twice = request(vec![entry(4, "d"), entry(4, "D")], None);
+        refused(&mut r, twice, Refusal::Unordered { id: 4 });
+    }
+
+    #[test]
+    fn never_tombstones_a_committed_id() {
+        let (mut r, mut replayed) = holding_three();
+        refused(
+            &mut r,
+            request(vec![], decided(3, 0, vec![2])),
+            Refusal::Committed { id: 2 },
+        );
+        refused(
+            &mut r,
+            request(vec![tombstone(1)], None),
+            Refusal::Committed { id: 1 },
+        );
+        // An undecided id, held or not yet, may still be aborted, and a decided tombstone may
+        // be named again.
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![tombstone(3)], decided(4, 2, vec![3, 4])),
+        );
+        apply(
+            &mut r,
+            &mut replayed,
+            request(
+                vec![tombstone(3), entry(4, "late")],
+                decided(4, 0, vec![3, 4]),
+            ),
+        );
+        assert_eq!(
+            (r.state().held, r.state().decided, shown(&r)),
+            (4, 4, vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn refuses_another_message_at_a_held_id() {
+        let (mut r, mut replayed) = holding_three();
+        apply(&mut r, &mut replayed, request(vec![entry(6, "f")], None));
+        refused(
+            &mut r,
+            request(vec![entry(2, "planted")], None),
+            Refusal::Divergent { id: 2 },
+        );
+        refused(
+            &mut r,
+            request(vec![entry(3, "planted")], None),
+            Refusal::Divergent { id: 3 },
+        );
+        refused(
+            &mut r,
+            request(vec![entry(4, "d"), entry(6, "planted")], None),
+            Refusal::Divergent { id: 6 },
+        );
+        // The same messages again are a repeated delivery.
+        apply(
+            &mut r,
+            &mut replayed,
+            request(
+                vec![entry(3, "c"), entry(4, "d"), entry(5, "e"), entry(6, "f")],
+                None,
+            ),
+        );
+        assert_eq!(r.state().held, 6);
+    }
+
+    #[test]
+    fn records_a_frontier_only_up_to_what_it_holds() {
+        let (mut r, mut replayed) = holding_three();
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![], decided(u64::MAX, 2, vec![])),
+        );
+        assert_eq!(r.state().decided, 3, "clamped to what is held");
+        // Id 4 arrives undecided: it must not show until the master decides it.
+        apply(&mut r, &mut replayed, request(vec![entry(4, "d")], None));
+        assert_eq!(shown(&r), vec![1, 2, 3]);
+        // A lagging secondary: the frontier beyond what it holds moves over each batch.
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![entry(5, "e")], decided(9, 3, vec![7])),
+        );
+        assert_eq!((r.state().decided, shown(&r)), (5, vec![1, 2, 3, 4, 5]));
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![entry(6, "f"), entry(7, "g")], decided(9, 5, vec![7])),
+        );
+        assert_eq!((r.state().decided, shown(&r)), (7, vec![1, 2, 3, 4, 5, 6]));
+        // A decision never moves the frontier back.
+        apply(
+            &mut r,
+            &mut replayed,
+            request(vec![], decided(1, 0, vec![])),
+        );
+        assert_eq!(r.state().decided, 7);
+    }
+
+    #[test]
+    fn refuses_an_implausible_master_process() {
+        let (mut r, mut replayed) = holding_three();
+        let far = 1u64 << 63;
+        refused(
+            &mut r,
+            from_master(far, &[(far, 3)], request(vec![], None)),
+            Refusal::ImplausibleInstance {
+                instance: far,
+                ours: 1,
+            },
+        );
+        // Within the bound, but the starts skip a process.
+        refused(
+            &mut r,
+            from_master(4, &[(2, 3), (4, 3)], request(vec![], None)),
+            Refusal::ImplausibleInstance {
+                instance: 4,
+                ours: 1,
+            },
+        );
+        refused(
+            &mut r,
+            from_master(3, &[(3, 3)], request(vec![], None)),
+            Refusal::ImplausibleInstance {
+                instance: 3,
+                ours: 1,
+            },
+        );
+        // The real master keeps replicating, and its next process is followed.
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(1, &[], request(vec![entry(4, "d")], None)),
+        );
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(2, &[(1, 0), (2, 4)], request(vec![entry(5, "e")], None)),
+        );
+        assert_eq!((r.master(), r.state().held), (2, 5));
     }
 }

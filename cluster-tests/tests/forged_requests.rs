@@ -1,0 +1,298 @@
+//! A secondary checks what it is sent: replication requests forged by someone who holds the
+//! replication token, sent straight to a secondary's replication port (both `Replicate` and
+//! `Stream`), are refused with a clear gRPC status and change nothing, and the real master keeps
+//! replicating.
+
+use cluster_tests::{fast_health, wait_until, Cluster, Node, SecondaryOpts, StatusCode, PROMPTLY};
+use replog_proto::v1::replication_client::ReplicationClient;
+use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicateRequest};
+use serde_json::Value;
+use std::time::Duration;
+use tokio_stream::StreamExt as _;
+use tonic::Code;
+
+const TOKEN: &str = "forged-requests-token";
+
+/// The in-memory master's one process: every request of the real master names it.
+const MASTER_INSTANCE: u64 = 1;
+
+/// A cluster of a master and two secondaries (secondary-1 durable, the target of the forged
+/// requests) sharing a replication token, with a 1 s replication timeout. It has committed
+/// "one" and "two" (ids 1 and 2) and answered 500 to "aborted" (id 3, appended w=3 while
+/// secondary-2 was stopped); every node holds ids 1..=3 and shows only the first two.
+async fn cluster_with_a_500() -> Cluster {
+    let cluster = Cluster::start(
+        vec![
+            SecondaryOpts::new()
+                .env("REPLICATION_TOKEN", TOKEN)
+                .durable(),
+            SecondaryOpts::new().env("REPLICATION_TOKEN", TOKEN),
+        ],
+        &fast_health(&[
+            ("REPLICATION_TOKEN", TOKEN),
+            ("REPLICATION_TIMEOUT_SECONDS", "1"),
+            ("RETRY_MAX_MS", "200"),
+        ]),
+    )
+    .await;
+    for message in ["one", "two"] {
+        let (status, body) = cluster.append(message, Some(3)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    cluster.secondaries[1].stop();
+    let (status, body) = cluster.append("aborted", Some(3)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    cluster.secondaries[1].cont();
+    cluster.wait_all_show(PROMPTLY, &["one", "two"]).await;
+    wait_until(
+        PROMPTLY,
+        "every node holds and has decided id 3",
+        || async {
+            let mut all = true;
+            for node in cluster.nodes() {
+                let health = cluster.health(node).await;
+                all &= health["last_id"] == 3 && health["decided"] == 3;
+            }
+            all
+        },
+    )
+    .await;
+    cluster
+}
+
+/// What a forged request must not change: the list and the log's state in `/api/health`.
+async fn snapshot(cluster: &Cluster, node: &Node) -> (Vec<(u64, String)>, Vec<Value>) {
+    let health = cluster.health(node).await;
+    let fields = ["log_id", "last_id", "decided", "visible"]
+        .iter()
+        .map(|field| health[field].clone())
+        .collect();
+    (cluster.messages(node).await, fields)
+}
+
+/// A request as the real master would send it to a secondary that follows it.
+async fn like_the_master(cluster: &Cluster) -> ReplicateRequest {
+    let health = cluster.health(&cluster.master).await;
+    let log_id = health["log_id"].as_str().expect("a log_id").to_owned();
+    ReplicateRequest {
+        log_id,
+        master_instance: MASTER_INSTANCE,
+        ..Default::default()
+    }
+}
+
+async fn client(node: &Node) -> ReplicationClient<tonic::transport::Channel> {
+    let endpoint = node.grpc_endpoint();
+    ReplicationClient::connect(format!("http://{endpoint}"))
+        .await
+        .unwrap_or_else(|e| panic!("connect to {endpoint}: {e}"))
+}
+
+fn with_token<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    // The header `replog_node::auth` checks.
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("a header value"),
+    );
+    request
+}
+
+/// Sends `forged` to `node` as a `Replicate` call: its gRPC code (`Ok` if taken).
+async fn replicate(node: &Node, forged: ReplicateRequest) -> Code {
+    match client(node).await.replicate(with_token(forged)).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Sends `forged` to `node` as the first request of a `Stream`: the code of its answer.
+async fn stream(node: &Node, forged: ReplicateRequest) -> Code {
+    let requests = tokio_stream::iter([forged]).chain(tokio_stream::pending());
+    let answered = match client(node).await.stream(with_token(requests)).await {
+        Ok(response) => response.into_inner().message().await,
+        Err(status) => Err(status),
+    };
+    match answered {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Sends `forged` to secondary-1 over `Replicate` and then over `Stream`, and checks that each
+/// is refused with `code` and changes nothing there.
+async fn refused_both_ways(cluster: &Cluster, forged: ReplicateRequest, code: Code) {
+    let target = &cluster.secondaries[0];
+    let before = snapshot(cluster, target).await;
+    assert_eq!(replicate(target, forged.clone()).await, code, "Replicate");
+    assert_eq!(snapshot(cluster, target).await, before, "after Replicate");
+    assert_eq!(stream(target, forged).await, code, "Stream");
+    assert_eq!(snapshot(cluster, target).await, before, "after Stream");
+    assert!(
+        target
+            .log_since_start()
+            .contains("refusing a replication request"),
+        "the refusal is logged"
+    );
+    let metrics = cluster
+        .client
+        .get(target.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("a metrics body");
+    assert!(
+        metrics.contains("replog_replication_refused_total{"),
+        "the refusal is counted: {metrics}"
+    );
+}
+
+/// The real master still replicates to every node: a w=3 append answers 200 and every node
+/// shows it after "one" and "two" (and never "aborted").
+async fn master_keeps_replicating(cluster: &Cluster) {
+    let (status, body) = cluster.append("after", Some(3)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    cluster
+        .wait_all_show(PROMPTLY, &["one", "two", "after"])
+        .await;
+}
+
+fn tombstone(id: u64) -> Entry {
+    Entry {
+        id,
+        message: Default::default(),
+        tombstone: true,
+    }
+}
+
+/// Injected: a tombstone of committed id 1, as a decision and as an entry. Checked: refused
+/// with FAILED_PRECONDITION, id 1 still shown, the master keeps replicating.
+#[tokio::test]
+async fn a_forged_tombstone_of_a_committed_id_is_refused() {
+    let cluster = cluster_with_a_500().await;
+    let as_decision = ReplicateRequest {
+        decisions: Some(Decisions {
+            decided_upto: 3,
+            tombstones: vec![1],
+            since: 0,
+        }),
+        ..like_the_master(&cluster).await
+    };
+    refused_both_ways(&cluster, as_decision, Code::FailedPrecondition).await;
+    let as_entry = ReplicateRequest {
+        entries: vec![tombstone(1)],
+        ..like_the_master(&cluster).await
+    };
+    refused_both_ways(&cluster, as_entry, Code::FailedPrecondition).await;
+    master_keeps_replicating(&cluster).await;
+}
+
+/// Injected: another message at id 2, which secondary-1 holds as "two". Checked: refused with
+/// FAILED_PRECONDITION, "two" still shown, the master keeps replicating.
+#[tokio::test]
+async fn a_forged_entry_at_a_held_id_is_refused() {
+    let cluster = cluster_with_a_500().await;
+    let planted = ReplicateRequest {
+        entries: vec![Entry {
+            id: 2,
+            message: "planted".into(),
+            tombstone: false,
+        }],
+        ..like_the_master(&cluster).await
+    };
+    refused_both_ways(&cluster, planted, Code::FailedPrecondition).await;
+    master_keeps_replicating(&cluster).await;
+}
+
+/// Injected: `master_instance = 2^63` with starts that name it. Checked: refused with
+/// FAILED_PRECONDITION, and the real master is not locked out (a later w=3 append answers 200
+/// and shows everywhere).
+#[tokio::test]
+async fn a_forged_master_instance_does_not_lock_the_master_out() {
+    let cluster = cluster_with_a_500().await;
+    let far = 1u64 << 63;
+    let forged = ReplicateRequest {
+        master_instance: far,
+        starts: vec![MasterStart {
+            instance: far,
+            recovered: 3,
+        }],
+        ..like_the_master(&cluster).await
+    };
+    refused_both_ways(&cluster, forged, Code::FailedPrecondition).await;
+    master_keeps_replicating(&cluster).await;
+}
+
+/// Injected: `Entry { id: 0, tombstone: true }` (and an id-0 message) to the durable
+/// secondary-1. Checked: refused with INVALID_ARGUMENT, secondary-1 still runs and the master
+/// keeps replicating to it.
+#[tokio::test]
+async fn a_forged_id_zero_does_not_stop_a_durable_secondary() {
+    let mut cluster = cluster_with_a_500().await;
+    for entry in [
+        tombstone(0),
+        Entry {
+            id: 0,
+            message: "zero".into(),
+            tombstone: false,
+        },
+    ] {
+        let forged = ReplicateRequest {
+            entries: vec![entry],
+            ..like_the_master(&cluster).await
+        };
+        refused_both_ways(&cluster, forged, Code::InvalidArgument).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cluster.secondaries[0].exited(), None, "secondary-1 stopped");
+    master_keeps_replicating(&cluster).await;
+}
+
+/// Injected: `decided_upto = 2^64-1` to secondary-1, then an append w=3 while secondary-2 is
+/// stopped, which secondary-1 receives and the master answers 500 a second later. Checked:
+/// the forged frontier changes nothing secondary-1 reports, and the message answered 500 is
+/// never shown there, neither while secondary-1 holds it undecided nor after.
+#[tokio::test]
+async fn a_forged_frontier_never_shows_a_message_answered_500() {
+    let cluster = cluster_with_a_500().await;
+    let target = &cluster.secondaries[0];
+    let before = snapshot(&cluster, target).await;
+    let forged = ReplicateRequest {
+        decisions: Some(Decisions {
+            decided_upto: u64::MAX,
+            tombstones: vec![],
+            since: 0,
+        }),
+        ..like_the_master(&cluster).await
+    };
+    // A frontier beyond what the secondary holds is legitimate (a lagging secondary): it is
+    // taken only up to what is held, so the answer is OK and nothing changes.
+    assert_eq!(replicate(target, forged.clone()).await, Code::Ok);
+    assert_eq!(stream(target, forged).await, Code::Ok);
+    assert_eq!(snapshot(&cluster, target).await, before);
+
+    cluster.secondaries[1].stop();
+    let appender = cluster.appender();
+    let answer = tokio::spawn(async move { appender.append("answered 500", Some(3)).await });
+    wait_until(PROMPTLY, "secondary-1 holds id 4", || async {
+        cluster.health(target).await["last_id"] == 4
+    })
+    .await;
+    let shows_it = |list: &[(u64, String)]| list.iter().any(|(_, m)| m == "answered 500");
+    while !answer.is_finished() {
+        let list = cluster.messages(target).await;
+        assert!(
+            !shows_it(&list),
+            "secondary-1 shows an undecided message: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = answer.await.expect("the append task");
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    cluster.secondaries[1].cont();
+    master_keeps_replicating(&cluster).await;
+    let list = cluster.messages(target).await;
+    assert!(!shows_it(&list), "{list:?}");
+}
