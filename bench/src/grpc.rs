@@ -86,6 +86,7 @@ pub async fn connections(
     let request = AppendRequest {
         message,
         w: Some(w),
+        key: None,
     };
     let mut body = BytesMut::with_capacity(PREFIX + request.encoded_len());
     body.put_u8(0);

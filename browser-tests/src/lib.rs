@@ -709,6 +709,7 @@ mod tests {
         let request = replog_proto::v1::AppendRequest {
             message: "hi".into(),
             w: Some(2),
+            key: None,
         };
         let mut buffer = BytesMut::from(&grpc_web_frame(&request)[..]);
         buffer.extend_from_slice(&[0x80, 0, 0, 0, 15]);

@@ -27,6 +27,7 @@ fn append(message: &str, w: Option<u32>) -> AppendRequest {
     AppendRequest {
         message: message.to_owned(),
         w,
+        key: None,
     }
 }
 

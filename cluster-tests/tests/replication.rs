@@ -545,6 +545,7 @@ async fn decisions_reach_the_secondaries_without_a_heartbeat() {
             .append(AppendRequest {
                 message: text.clone(),
                 w: None,
+                key: None,
             })
             .await
             .expect("a committed gRPC append")

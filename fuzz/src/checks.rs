@@ -158,7 +158,7 @@ fn same(log: &replog_node::log::Log) -> impl PartialEq + std::fmt::Debug {
 
 /// Arbitrary bytes as a JSON body, through `AppendBody::from_json` and `AppendBody::parse`:
 /// never panics, and both decide alike; what they accept is an object with a string `message`,
-/// an optional non-negative integer `w` and nothing else, and parsing its canonical form gives
+/// an optional non-negative integer `w`, an optional string `key` and nothing else, and parsing its canonical form gives
 /// the same; what they refuse is a client error (4xx).
 pub fn append_body(data: &[u8]) {
     // The extractor's path (a fast first pass, then `parse`) decides exactly as `parse` does.
@@ -176,7 +176,8 @@ pub fn append_body(data: &[u8]) {
         parsed,
         Ok(AppendBody {
             message: text,
-            w: None
+            w: None,
+            key: None
         })
     );
 }
@@ -185,7 +186,9 @@ fn check_body(value: Value) {
     match AppendBody::parse(value.clone()) {
         Ok(body) => {
             let object = value.as_object().expect("only an object is accepted");
-            assert!(object.keys().all(|k| k == "message" || k == "w"));
+            assert!(object
+                .keys()
+                .all(|k| k == "message" || k == "w" || k == "key"));
             assert_eq!(
                 object.get("message").and_then(Value::as_str),
                 Some(&*body.message)
@@ -201,7 +204,12 @@ fn check_body(value: Value) {
                 })
             });
             assert_eq!(w, body.w);
-            let canonical = json!({ "message": body.message.clone(), "w": body.w });
+            assert_eq!(
+                object.get("key").and_then(Value::as_str),
+                body.key.as_deref()
+            );
+            let canonical =
+                json!({ "message": body.message.clone(), "w": body.w, "key": body.key });
             assert_eq!(AppendBody::parse(canonical), Ok(body));
         }
         Err(error) => {

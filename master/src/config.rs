@@ -61,6 +61,12 @@ pub struct Config {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 
+    #[command(flatten)]
+    pub shutdown: replog_node::shutdown::ShutdownArgs,
+
+    #[command(flatten)]
+    pub keys: crate::idempotency::KeyArgs,
+
     /// Longest wait for a secondary's answer to one replication request (or heartbeat), in
     /// seconds; later, the stream is dropped and opened again. Must exceed DELAY_SECONDS.
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]

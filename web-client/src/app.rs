@@ -56,6 +56,11 @@ struct App {
     columns: Vec<RefCell<Column>>,
     awaiting: RefCell<Option<Awaiting>>,
     append_seq: RefCell<u64>,
+    /// When the page started, in ms since the epoch: part of every append's key.
+    started_ms: f64,
+    /// The message and key of the last append whose outcome was unknown: appending the same
+    /// message again reuses its key, so the retry cannot append it twice.
+    unknown: RefCell<Option<(String, String)>>,
 }
 
 pub fn start() {
@@ -69,6 +74,8 @@ pub fn start() {
         columns: NODES.iter().map(|_| RefCell::default()).collect(),
         awaiting: RefCell::new(None),
         append_seq: RefCell::new(0),
+        started_ms: js_sys::Date::now(),
+        unknown: RefCell::new(None),
     });
     app.fill_form();
     app.wire_form();
@@ -159,6 +166,10 @@ impl App {
             *seq += 1;
             *seq
         };
+        let key = match &*self.unknown.borrow() {
+            Some((unknown, key)) if *unknown == message => key.clone(),
+            _ => model::append_key(self.started_ms, seq),
+        };
         let label = NODES[index].label;
         self.show_result(
             "pending",
@@ -173,10 +184,21 @@ impl App {
                 .append(AppendRequest {
                     message: message.clone(),
                     w: Some(w),
+                    key: Some(key.clone()),
                 })
                 .await;
             let took = now_ms() - started_ms;
             let latest = *app.append_seq.borrow() == seq;
+            {
+                let mut unknown = app.unknown.borrow_mut();
+                match &reply {
+                    Err(status) if model::outcome_unknown(i32::from(status.code())) => {
+                        *unknown = Some((message.clone(), key));
+                    }
+                    _ if unknown.as_ref().is_some_and(|(_, k)| *k == key) => *unknown = None,
+                    _ => {}
+                }
+            }
             match reply {
                 Ok(reply) => {
                     let id = reply.into_inner().id;
@@ -193,10 +215,16 @@ impl App {
                     }
                 }
                 Err(status) => {
-                    let text = model::describe_error(i32::from(status.code()), status.message());
-                    app.add_history("error", &format!("{text} (via {label}, w={w})"));
+                    let code = i32::from(status.code());
+                    let text = model::describe_append_error(code, status.message());
+                    let state = if model::outcome_unknown(code) {
+                        "unknown"
+                    } else {
+                        "error"
+                    };
+                    app.add_history(state, &format!("{text} (via {label}, w={w})"));
                     if latest {
-                        app.show_result("error", &text, None);
+                        app.show_result(state, &text, None);
                     }
                 }
             }

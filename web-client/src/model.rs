@@ -80,6 +80,31 @@ pub fn describe_error(code: i32, message: &str) -> String {
     format!("{}: {message}", code_name(code))
 }
 
+/// Whether a failed append's answer leaves its outcome unknown (gRPC `UNKNOWN`: the node lost
+/// the master's answer, the master stopped before deciding, or the request failed in the
+/// browser after it may have been sent): it may be in the log or not.
+pub fn outcome_unknown(code: i32) -> bool {
+    code == 2
+}
+
+/// A failed append in words; an unknown outcome says so and how to find out.
+pub fn describe_append_error(code: i32, message: &str) -> String {
+    let text = describe_error(code, message);
+    if outcome_unknown(code) {
+        format!(
+            "Outcome unknown: {text} (append the same message again to find out: it is retried with the same key, so it is not appended twice)"
+        )
+    } else {
+        text
+    }
+}
+
+/// The idempotency key of a new append: the page's start, in ms since the epoch, and a count
+/// of its appends keep keys apart across pages and reloads.
+pub fn append_key(page_started_ms: f64, seq: u64) -> String {
+    format!("web-{:.0}-{seq}", page_started_ms.max(0.0))
+}
+
 /// How a node's badge reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Badge {
@@ -217,6 +242,29 @@ mod tests {
             "UNKNOWN: the node cannot be reached"
         );
         assert_eq!(describe_error(3, ""), "INVALID_ARGUMENT: no answer");
+    }
+
+    #[test]
+    fn an_unknown_outcome_says_so_and_how_to_find_out() {
+        let text = describe_append_error(2, "the master's answer did not come back");
+        assert!(
+            text.starts_with("Outcome unknown: UNKNOWN: the master's answer"),
+            "{text}"
+        );
+        assert!(text.contains("same key"), "{text}");
+        assert_eq!(
+            describe_append_error(10, "Replication failed. Message not committed."),
+            "ABORTED: Replication failed. Message not committed."
+        );
+    }
+
+    #[test]
+    fn keys_fit_the_apis_alphabet() {
+        let key = append_key(1_764_655_200_123.4, 7);
+        assert_eq!(key, "web-1764655200123-7");
+        assert!(key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! One error type for every API call, with its HTTP status, its JSON body and its gRPC status.
 //!
-//! Errors always answer `{"status": "error", "detail": "..."}` over HTTP so that a client can
-//! show `detail` whatever went wrong; over gRPC the same detail is the status message.
+//! Errors answer `{"status": "error", "detail": "..."}` over HTTP so that a client can show
+//! `detail` whatever went wrong; over gRPC the same detail is the status message. The one
+//! exception is an outcome the node cannot know ([`ApiError::OutcomeUnknown`]): it answers
+//! `{"status": "unknown", "detail": "..."}`, because it is not an error a client may take as
+//! "nothing happened".
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -22,8 +25,15 @@ pub enum ApiError {
     Unprocessable(String),
     /// The write concern was not met in time; the id became a tombstone.
     ReplicationFailed,
-    /// The node cannot take appends now (no quorum, shutting down, master unreachable).
+    /// The node cannot take appends now (no quorum, shutting down, master unreachable), and
+    /// nothing was appended: safe to retry.
     Unavailable(String),
+    /// The append may or may not have been appended: the request reached the master but its
+    /// answer did not come back, or the master stopped before deciding. Answered 504, never 503
+    /// (503 promises nothing was appended); a retry with the same idempotency key finds out.
+    OutcomeUnknown(String),
+    /// The idempotency key was used for another message; nothing was appended.
+    Conflict(String),
     /// Too many appends are waiting; the client should retry after a moment.
     Overloaded(String),
     /// The message or body is larger than the node accepts.
@@ -41,6 +51,8 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::ReplicationFailed => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) | ApiError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -55,6 +67,8 @@ impl ApiError {
             | ApiError::Unprocessable(_) => "invalid",
             ApiError::ReplicationFailed => "aborted",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::OutcomeUnknown(_) => "unknown",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Overloaded(_) => "overloaded",
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::RequestTimeout(_) => "timeout",
@@ -68,6 +82,8 @@ impl ApiError {
             | ApiError::UnsupportedMediaType(d)
             | ApiError::Unprocessable(d)
             | ApiError::Unavailable(d)
+            | ApiError::OutcomeUnknown(d)
+            | ApiError::Conflict(d)
             | ApiError::Overloaded(d)
             | ApiError::PayloadTooLarge(d)
             | ApiError::RequestTimeout(d)
@@ -87,7 +103,11 @@ impl std::error::Error for ApiError {}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "status": "error", "detail": self.detail() });
+        let status = match self {
+            ApiError::OutcomeUnknown(_) => "unknown",
+            _ => "error",
+        };
+        let body = serde_json::json!({ "status": status, "detail": self.detail() });
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(self, ApiError::Overloaded(_)) {
             response.headers_mut().insert(
@@ -123,6 +143,11 @@ impl From<QueryRejection> for ApiError {
 }
 
 impl From<ApiError> for tonic::Status {
+    /// An unknown outcome is `UNKNOWN`: gRPC defines it as an error about which not enough is
+    /// known, which is exactly the case, and no other answer of this API uses it. `DATA_LOSS`
+    /// would claim data was lost, `DEADLINE_EXCEEDED` already means the request's body timed
+    /// out, and `UNAVAILABLE` promises, as the 503 does, that nothing was appended. A conflicting
+    /// idempotency key is `ALREADY_EXISTS`: the key names another append.
     fn from(error: ApiError) -> Self {
         let code = match error {
             ApiError::BadRequest(_)
@@ -130,6 +155,8 @@ impl From<ApiError> for tonic::Status {
             | ApiError::Unprocessable(_) => Code::InvalidArgument,
             ApiError::ReplicationFailed => Code::Aborted,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::OutcomeUnknown(_) => Code::Unknown,
+            ApiError::Conflict(_) => Code::AlreadyExists,
             ApiError::Overloaded(_) => Code::ResourceExhausted,
             ApiError::PayloadTooLarge(_) => Code::OutOfRange,
             ApiError::RequestTimeout(_) => Code::DeadlineExceeded,
@@ -141,7 +168,12 @@ impl From<ApiError> for tonic::Status {
 
 impl From<tonic::Status> for ApiError {
     /// The way back, for a secondary that forwards an append to the master and answers the
-    /// master's verdict as its own.
+    /// master's verdict as its own. Only a status the master answered belongs here: one that
+    /// tonic made from a transport error says nothing of what the master did (the forwarder
+    /// sorts those out first).
+    ///
+    /// The codes this API answers map back to their errors; any other code (`INTERNAL`,
+    /// `CANCELLED`, ...) is an outcome this node cannot know, never "nothing appended".
     fn from(status: tonic::Status) -> Self {
         let detail = status.message().to_owned();
         match status.code() {
@@ -150,7 +182,51 @@ impl From<tonic::Status> for ApiError {
             Code::ResourceExhausted => ApiError::Overloaded(detail),
             Code::Aborted => ApiError::ReplicationFailed,
             Code::NotFound => ApiError::NotFound(detail),
-            _ => ApiError::Unavailable(format!("the master did not take the append: {detail}")),
+            Code::AlreadyExists => ApiError::Conflict(detail),
+            Code::DeadlineExceeded => ApiError::RequestTimeout(detail),
+            Code::Unavailable => ApiError::Unavailable(detail),
+            Code::Unknown => ApiError::OutcomeUnknown(detail),
+            code => ApiError::OutcomeUnknown(format!(
+                "the master's answer was {code:?}: {detail}; the append may or may not be in the log"
+            )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_survives_the_trip_through_grpc() {
+        let errors = [
+            ApiError::Unprocessable("w".into()),
+            ApiError::ReplicationFailed,
+            ApiError::Unavailable("no quorum".into()),
+            ApiError::OutcomeUnknown("the master stopped".into()),
+            ApiError::Conflict("key".into()),
+            ApiError::Overloaded("full".into()),
+            ApiError::PayloadTooLarge("big".into()),
+            ApiError::RequestTimeout("slow".into()),
+            ApiError::NotFound("gone".into()),
+        ];
+        for error in errors {
+            let back = ApiError::from(tonic::Status::from(error.clone()));
+            assert_eq!(back, error);
+        }
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_a_504_that_says_unknown() {
+        let error = ApiError::OutcomeUnknown("the master stopped".into());
+        assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(error.outcome(), "unknown");
+        assert_eq!(tonic::Status::from(error).code(), Code::Unknown);
+    }
+
+    #[test]
+    fn a_code_this_api_never_answers_is_unknown_not_unavailable() {
+        let back = ApiError::from(tonic::Status::internal("h2 protocol error"));
+        assert!(matches!(back, ApiError::OutcomeUnknown(_)), "{back:?}");
     }
 }

@@ -51,6 +51,7 @@ impl<N: Node> Log for LogService<N> {
             &*self.node,
             request.message.clone(),
             request.w.map(u64::from),
+            request.key,
         )
         .await?;
         Ok(Response::new(pb::AppendReply {

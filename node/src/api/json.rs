@@ -42,16 +42,18 @@ pub fn routes<N: Node>(extra: Router<Arc<N>>) -> Router<Arc<N>> {
         (status = 408, description = "The body stopped arriving for REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
         (status = 413, description = "Message or body too large", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
-        (status = 422, description = "Invalid message or w", body = ErrorBody),
+        (status = 409, description = "The key was used for another message; nothing appended", body = ErrorBody),
+        (status = 422, description = "Invalid message, w or key", body = ErrorBody),
         (status = 500, description = "Replication failed. Message not committed.", body = ErrorBody),
-        (status = 503, description = "No quorum (read-only), overloaded (Retry-After), or shutting down", body = ErrorBody),
+        (status = 503, description = "Nothing appended: no quorum (read-only), overloaded (Retry-After), shutting down, or the master unreachable", body = ErrorBody),
+        (status = 504, description = "Outcome unknown (status \"unknown\"): the append may be in the log; retry with the same key to find out", body = ErrorBody),
     )
 )]
 async fn append<N: Node>(
     State(node): State<Arc<N>>,
     body: AppendBody,
 ) -> Result<Json<AppendedBody>, ApiError> {
-    let id = super::append(&*node, body.message.clone(), body.w).await?;
+    let id = super::append(&*node, body.message.clone(), body.w, body.key).await?;
     Ok(Json(AppendedBody {
         status: "success".into(),
         id,
@@ -59,8 +61,9 @@ async fn append<N: Node>(
     }))
 }
 
-/// An append as JSON: `message` a string, `w` an optional integer, nothing else. The range of
-/// `w` depends on the cluster and is checked by the master, for JSON and gRPC alike.
+/// An append as JSON: `message` a string, `w` an optional integer, `key` an optional string,
+/// nothing else. The range of `w` depends on the cluster and is checked by the master, the
+/// length of `key` by [`super::append`], for JSON and gRPC alike.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"message": "hello", "w": 2}))]
@@ -71,6 +74,16 @@ pub struct AppendBody {
     /// 1..=n+1, default n+1 (all).
     #[schema(minimum = 1)]
     pub w: Option<u64>,
+    /// Idempotency key, chosen by the client (1 to 128 characters of `A-Za-z0-9._:-`): a retry with the same key and
+    /// message gets the first attempt's answer instead of appending again, for a window of
+    /// time on the same master process.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[A-Za-z0-9._:-]{1,128}$"
+    )]
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 /// The answer to a committed append.
@@ -85,7 +98,7 @@ pub struct AppendedBody {
 /// Every error: `detail` says what went wrong.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
-    /// Always "error".
+    /// "error", or "unknown" when the append's outcome cannot be known (504).
     pub status: String,
     pub detail: String,
 }
@@ -170,12 +183,22 @@ impl AppendBody {
                 )))
             }
         };
+        let key = match fields.remove("key") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(key)) => Some(key),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "`key` must be a string, not {}",
+                    kind(&other)
+                )))
+            }
+        };
         if let Some(unknown) = fields.keys().next() {
             return Err(invalid(format!(
-                "unknown field `{unknown}`; expected `message` and optional `w`"
+                "unknown field `{unknown}`; expected `message`, optional `w` and optional `key`"
             )));
         }
-        Ok(AppendBody { message, w })
+        Ok(AppendBody { message, w, key })
     }
 }
 
@@ -426,5 +449,14 @@ mod tests {
         assert!(detail(json!({"message": 5})).contains("must be a string"));
         assert!(detail(json!(["a"])).contains("JSON object"));
         assert!(detail(json!({"message": "a", "W": 2})).contains("unknown field `W`"));
+        assert!(detail(json!({"message": "a", "key": 5})).contains("`key` must be a string"));
+    }
+
+    #[test]
+    fn takes_an_optional_key() {
+        let body = AppendBody::from_json(br#"{"message": "a", "key": "k-1"}"#);
+        assert_eq!(body.map(|b| b.key), Ok(Some("k-1".to_owned())));
+        let body = AppendBody::parse(json!({"message": "a", "key": null, "w": 2.0}));
+        assert_eq!(body.map(|b| b.key), Ok(None));
     }
 }

@@ -32,8 +32,14 @@ use tokio::sync::watch;
 #[tonic::async_trait]
 pub trait Node: Send + Sync + 'static {
     /// Appends `message` with write concern `w` (default: all nodes). On a secondary this
-    /// forwards to the master.
-    async fn append(&self, message: String, w: Option<u64>) -> Result<u64, ApiError>;
+    /// forwards to the master. With an idempotency `key` (checked by [`check_key`]), a retry
+    /// with the same key gets the first attempt's answer instead of appending again.
+    async fn append(
+        &self,
+        message: String,
+        w: Option<u64>,
+        key: Option<String>,
+    ) -> Result<u64, ApiError>;
 
     /// Visible entries from `from_id` on, at most `limit`.
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message>;
@@ -65,10 +71,35 @@ pub fn publish_visible(visible: &watch::Sender<u64>, upto: u64) {
     });
 }
 
+/// Longest idempotency key, in bytes.
+pub const MAX_KEY_BYTES: usize = 128;
+
+/// An idempotency key is 1 to [`MAX_KEY_BYTES`] of `A-Z a-z 0-9 . _ : -`: enough for a UUID or
+/// a client's own counter, and plain ASCII so that its length in bytes and in characters (what
+/// the OpenAPI schema can say) are the same.
+pub fn check_key(key: &str) -> Result<(), ApiError> {
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-');
+    if (1..=MAX_KEY_BYTES).contains(&key.len()) && key.bytes().all(allowed) {
+        Ok(())
+    } else {
+        Err(ApiError::Unprocessable(format!(
+            "`key` must be 1 to {MAX_KEY_BYTES} characters of A-Z, a-z, 0-9, `.`, `_`, `:`, `-`"
+        )))
+    }
+}
+
 /// An append through either encoding: the node's verdict, counted in the metrics.
-pub async fn append<N: Node>(node: &N, message: String, w: Option<u64>) -> Result<u64, ApiError> {
+pub async fn append<N: Node>(
+    node: &N,
+    message: String,
+    w: Option<u64>,
+    key: Option<String>,
+) -> Result<u64, ApiError> {
     let started = std::time::Instant::now();
-    let result = node.append(message, w).await;
+    let result = match key.as_deref().map(check_key) {
+        Some(Err(error)) => Err(error),
+        _ => node.append(message, w, key).await,
+    };
     let metrics = node.metrics();
     match &result {
         Ok(_) => {

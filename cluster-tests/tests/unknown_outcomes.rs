@@ -1,0 +1,216 @@
+//! Answers when the outcome of an append cannot be known: a 503 means nothing was appended, so
+//! an append that may have reached the master's log is answered 504 `"status": "unknown"`,
+//! never 503; and a master stopped with SIGTERM gives its waiting appends their real decision
+//! if it comes within `SHUTDOWN_GRACE_SECONDS`.
+
+use cluster_tests::{
+    steady_health, wait_until, Cluster, MasterOpts, Node, SecondaryOpts, StatusCode, PROMPTLY,
+};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+/// A master that keeps its log (so a restart shows what it had written), appends that wait
+/// without limit, and `grace` seconds of SIGTERM grace.
+fn durable_master(grace: &str) -> MasterOpts {
+    MasterOpts::new().durable().envs(&steady_health(&[
+        ("REPLICATION_TIMEOUT_SECONDS", "0"),
+        ("SHUTDOWN_GRACE_SECONDS", grace),
+    ]))
+}
+
+/// Waits until the master shows at least one append pending.
+async fn wait_pending(cluster: &Cluster) {
+    wait_until(PROMPTLY, "the master shows the append pending", || async {
+        cluster
+            .try_health(&cluster.master)
+            .await
+            .is_some_and(|h| h["pending"].as_u64().is_some_and(|p| p >= 1))
+    })
+    .await;
+}
+
+/// Sends SIGTERM without waiting for the exit.
+fn sigterm(node: &Node) {
+    nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGTERM)
+        .unwrap_or_else(|e| panic!("cannot send SIGTERM to {}: {e}", node.name));
+}
+
+/// Waits for a node that was sent SIGTERM to exit on its own.
+async fn wait_exit(node: &mut Node, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = node.exited() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not exit within {timeout:?} of SIGTERM",
+            node.name
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How many times each node lists `message`, once every running node lists the same log.
+async fn converged_count(cluster: &Cluster, message: &str) -> usize {
+    wait_until(
+        Duration::from_secs(10),
+        "every node lists the same log",
+        || async {
+            let lists = cluster.all_messages().await;
+            lists.iter().all(|(_, list)| *list == lists[0].1)
+        },
+    )
+    .await;
+    let lists = cluster.all_messages().await;
+    let count = lists[0].1.iter().filter(|(_, m)| m == message).count();
+    assert!(
+        count <= 1,
+        "{message:?} shown {count} times: {:?}",
+        lists[0]
+    );
+    count
+}
+
+/// Injected: secondary-2 paused, a w=3 append through secondary-1 (forwarded to the master),
+/// which secondary-1 already holds; then SIGKILL of the master. The master had written the
+/// append to its file, so after its restart it is committed.
+/// Checked: secondary-1 answers 504 with `"status": "unknown"` (not 503, which would say nothing
+/// was appended); after the master's restart and secondary-2's return every node shows the
+/// message exactly once, which the unknown answer allowed.
+#[tokio::test]
+async fn a_forwarded_append_whose_master_dies_answers_unknown() {
+    let mut cluster = Cluster::start_with(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        durable_master("5"),
+    )
+    .await;
+    cluster.secondaries[1].stop();
+    let appender = cluster.appender_on(&cluster.secondaries[0]);
+    let waiting = tokio::spawn(async move { appender.append("fate unknown", Some(3)).await });
+    wait_pending(&cluster).await;
+    wait_until(PROMPTLY, "secondary-1 holds the append", || async {
+        cluster.held(&cluster.secondaries[0]).await >= 1
+    })
+    .await;
+    cluster.master.kill();
+
+    let (status, body) = tokio::time::timeout(PROMPTLY, waiting)
+        .await
+        .expect("secondary-1 answered once the master was gone")
+        .expect("the append task");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["status"], "unknown", "{body}");
+    assert!(
+        body["detail"].as_str().is_some_and(|d| !d.is_empty()),
+        "{body}"
+    );
+
+    cluster.secondaries[1].cont();
+    cluster.master.start();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    assert_eq!(converged_count(&cluster, "fate unknown").await, 1);
+}
+
+/// Injected: a w=3 append on the master waits for paused secondary-2; SIGTERM of the master
+/// (grace 10 s); an append sent to the master after the signal; secondary-2 resumed 1 s later.
+/// Checked: the waiting append answers 200 (its real decision came within the grace period);
+/// the append sent during shutdown is refused or not connected (nothing appended); the master
+/// exits 0; after its restart every node shows the committed message once and not the other.
+#[tokio::test]
+async fn sigterm_gives_a_waiting_append_its_decision_within_the_grace_period() {
+    let mut cluster = Cluster::start_with(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        durable_master("10"),
+    )
+    .await;
+    cluster.secondaries[1].stop();
+    let appender = cluster.appender();
+    let waiting = tokio::spawn(async move { appender.append("decided in grace", Some(3)).await });
+    wait_pending(&cluster).await;
+
+    sigterm(&cluster.master);
+    // A fresh client: no pooled connection to the master.
+    cluster.renew_client();
+    wait_until(PROMPTLY, "the master takes no new append", || async {
+        let sent = cluster
+            .client
+            .post(cluster.master.url("/api/messages"))
+            .json(&serde_json::json!({"message": "sent during shutdown", "w": 1}))
+            .send()
+            .await;
+        match sent {
+            // Not connected: the master stopped listening.
+            Err(_) => true,
+            Ok(response) => {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+                assert!(body.contains("shutting down"), "{body}");
+                true
+            }
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the append was answered before its decision"
+    );
+    cluster.secondaries[1].cont();
+
+    let (status, body) = tokio::time::timeout(PROMPTLY, waiting)
+        .await
+        .expect("the append was answered once secondary-2 returned")
+        .expect("the append task");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let status = wait_exit(&mut cluster.master, PROMPTLY).await;
+    assert_eq!(status.code(), Some(0), "master after SIGTERM: {status}");
+
+    cluster.master.start();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    assert_eq!(converged_count(&cluster, "decided in grace").await, 1);
+    assert_eq!(converged_count(&cluster, "sent during shutdown").await, 0);
+}
+
+/// Injected: a w=3 append on the master waits for paused secondary-2; SIGTERM of the master with
+/// a 2 s grace period; secondary-2 stays paused.
+/// Checked: the append is answered 504 `"status": "unknown"` (not 503) no sooner than the grace
+/// period, and the master exits 0; after its restart the message is shown at most once on every
+/// node (either fate agrees with "unknown").
+#[tokio::test]
+async fn sigterm_answers_unknown_once_the_grace_period_ends() {
+    let mut cluster = Cluster::start_with(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        durable_master("2"),
+    )
+    .await;
+    cluster.secondaries[1].stop();
+    let appender = cluster.appender();
+    let waiting = tokio::spawn(async move { appender.append("undecided", Some(3)).await });
+    wait_pending(&cluster).await;
+
+    let signalled = Instant::now();
+    sigterm(&cluster.master);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(2) + PROMPTLY, waiting)
+        .await
+        .expect("the append was answered after the grace period")
+        .expect("the append task");
+    let took = signalled.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["status"], "unknown", "{body}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "answered after {took:?}"
+    );
+    let status = wait_exit(&mut cluster.master, PROMPTLY).await;
+    assert_eq!(status.code(), Some(0), "master after SIGTERM: {status}");
+
+    cluster.secondaries[1].cont();
+    cluster.master.start();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    converged_count(&cluster, "undecided").await;
+}
