@@ -90,6 +90,10 @@ impl Secondary {
         self.store().file.is_some()
     }
 
+    fn contacted(&self) {
+        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
     fn last_contact(&self) -> Option<Instant> {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -97,7 +101,6 @@ impl Secondary {
     /// Applies one replication request, makes it durable (with `DATA_DIR`) and answers the
     /// resulting state. Blocking: with a file, call it off the async workers.
     pub fn receive(&self, request: ReplicateRequest) -> Result<ReplicaState, Refused> {
-        *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let theirs = request.log_id.clone();
         let mut store = self.store();
         let Store { replica, file } = &mut *store;
@@ -112,6 +115,7 @@ impl Secondary {
             // our state says which process we follow, and the next request brings them.
             Err(refusal @ Refusal::MissingStarts { .. }) => {
                 tracing::info!(%refusal, "asking the master for its starts");
+                self.contacted();
                 return Err(Refused::Unapplied(replica.state()));
             }
             Err(refusal) => {
@@ -122,6 +126,9 @@ impl Secondary {
                 });
             }
         };
+        // Only a request we take (or the handshake above) is contact with our master: a refused
+        // one changes nothing, our health included.
+        self.contacted();
         if let (Some(file), false) = (file.as_mut(), records.is_empty()) {
             let started = Instant::now();
             // What we hold is on disk before we say we hold it. The master's decisions need no
