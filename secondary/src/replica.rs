@@ -17,8 +17,8 @@
 //! what this secondary knows before anything changes (see [`Refusal`]). Ids start at 1; an id
 //! held with one message takes no other; an id held as decided and committed is never
 //! tombstoned; the decided frontier never moves back and is recorded only up to what is held
-//! (see `decide`); a new master process must list the start of every process since the one
-//! followed (see [`MAX_INSTANCE_JUMP`]).
+//! (see `decide`); a new master process must be a plausible successor of the one followed (see
+//! [`MAX_INSTANCE_JUMP`]).
 
 use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
@@ -62,14 +62,16 @@ pub enum Refusal {
     /// restarted master that gave it another first makes us drop it, see the module doc).
     Divergent { id: u64 },
     /// A master process more than [`MAX_INSTANCE_JUMP`] above the one we follow, or one whose
-    /// starts do not list every process since that one, once each, in order.
+    /// starts since that one are not in ascending order with its own start last.
     ImplausibleInstance { instance: u64, ours: u64 },
 }
 
-/// How far above the master process it follows a secondary believes a new one: every start of
-/// a master with `DATA_DIR` is one more than the last, so this many restarts while a secondary
-/// was not listening is more than any crash loop makes. Beyond it (2^63, say), the request did
-/// not come from this log's master, and following it would refuse the real one as stale.
+/// How far above the master process it follows a secondary believes a new one. A master
+/// numbers each start one above both its file's last and the highest process any secondary
+/// follows, so a real master is a few above the one we follow (more only after as many restarts
+/// while we were not listening): this many is more than any crash loop makes. Beyond it (2^63,
+/// say) the request did not come from this log's master: following it would refuse the real one
+/// as stale, and push the numbers every later master takes towards overflow.
 /// A secondary that follows none yet has no number to compare with (and holds nothing, or a
 /// log of a master from before process numbers): there only the starts' consistency is checked.
 pub const MAX_INSTANCE_JUMP: u64 = 1 << 16;
@@ -128,8 +130,8 @@ impl std::fmt::Display for Refusal {
             Self::ImplausibleInstance { instance, ours } => write!(
                 f,
                 "master process {instance} is not a plausible successor of process {ours} \
-                 (more than {MAX_INSTANCE_JUMP} above it, or its starts do not list every \
-                 process since)"
+                 (more than {MAX_INSTANCE_JUMP} above it, or its starts since are not in \
+                 ascending order with its own last)"
             ),
         }
     }
@@ -402,15 +404,15 @@ fn follow(
     }
     let recovered = MasterStart::kept_after(starts, ours, instance)
         .ok_or(Refusal::MissingStarts { instance, ours })?;
-    // Each start is one more than the last, and the master lists all of them since `ours`
-    // (since its first, for a secondary that follows none yet).
-    let mut listed = starts
+    // The master lists the starts since `ours` as its file records them, in ascending order,
+    // its own last. (Numbers may be skipped: a master numbers itself above every process a
+    // secondary follows.)
+    let ascending = starts
         .iter()
-        .filter(|s| s.instance > ours && s.instance <= instance)
-        .map(|s| s.instance);
-    let first = listed.next().unwrap_or(0);
-    let consecutive = listed.try_fold(first, |last, next| (next == last + 1).then_some(next));
-    if (ours > 0 && first != ours + 1) || consecutive != Some(instance) {
+        .map(|s| s.instance)
+        .filter(|&i| i > ours && i <= instance)
+        .try_fold(ours, |last, next| (next > last).then_some(next));
+    if ascending != Some(instance) {
         return Err(Refusal::ImplausibleInstance { instance, ours });
     }
     if recovered < decided {
@@ -803,10 +805,10 @@ mod tests {
                 ours: 1,
             },
         );
-        // Within the bound, but the starts skip a process.
+        // Within the bound, but its own start is not the last, or the starts are out of order.
         refused(
             &mut r,
-            from_master(4, &[(2, 3), (4, 3)], request(vec![], None)),
+            from_master(4, &[(2, 3), (3, 3)], request(vec![], None)),
             Refusal::ImplausibleInstance {
                 instance: 4,
                 ours: 1,
@@ -814,9 +816,9 @@ mod tests {
         );
         refused(
             &mut r,
-            from_master(3, &[(3, 3)], request(vec![], None)),
+            from_master(4, &[(3, 3), (2, 3), (4, 3)], request(vec![], None)),
             Refusal::ImplausibleInstance {
-                instance: 3,
+                instance: 4,
                 ours: 1,
             },
         );
@@ -832,5 +834,16 @@ mod tests {
             from_master(2, &[(1, 0), (2, 4)], request(vec![entry(5, "e")], None)),
         );
         assert_eq!((r.master(), r.state().held), (2, 5));
+        // A master that numbered itself above a process we never heard of.
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(
+                7,
+                &[(1, 0), (2, 4), (7, 5)],
+                request(vec![entry(6, "f")], None),
+            ),
+        );
+        assert_eq!((r.master(), r.state().held), (7, 6));
     }
 }
