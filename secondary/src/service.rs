@@ -97,7 +97,10 @@ impl Secondary {
         }
         let carried_entries = !request.entries.is_empty();
         let quiet = request.quiet && !carried_entries;
-        let upto = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
+        let (upto, since) = request
+            .decisions
+            .as_ref()
+            .map_or((0, 0), |d| (d.decided_upto, d.since));
         let secondary = self.clone();
         let received = if secondary.is_durable() {
             replog_node::runtime::blocking_io(move || secondary.receive(request))
@@ -123,9 +126,10 @@ impl Secondary {
             ));
         }
         if quiet {
-            // Our frontier stops at what we hold (`Replica::decide`); the entries beyond come
-            // later with the decisions again.
-            return match state.decided >= upto.min(state.held) {
+            // Taken if our frontier reached `since` (so the tombstones covered it) and then went
+            // as far as the push says, or to what we hold: it stops there (`Replica::decide`),
+            // and the entries beyond come later with the decisions again.
+            return match state.decided >= since && state.decided >= upto.min(state.held) {
                 true => Ok(None),
                 false => Err(not_taken(&state, upto)),
             };
