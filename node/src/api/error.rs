@@ -172,8 +172,9 @@ impl From<tonic::Status> for ApiError {
     /// tonic made from a transport error says nothing of what the master did (the forwarder
     /// sorts those out first).
     ///
-    /// The codes this API answers map back to their errors; any other code (`INTERNAL`,
-    /// `CANCELLED`, ...) is an outcome this node cannot know, never "nothing appended".
+    /// The codes this API answers map back to their errors, and codes that refuse a call
+    /// before it runs mean nothing was appended; any other code (`INTERNAL`, `CANCELLED`, ...)
+    /// is an outcome this node cannot know, never "nothing appended".
     fn from(status: tonic::Status) -> Self {
         let detail = status.message().to_owned();
         match status.code() {
@@ -186,6 +187,12 @@ impl From<tonic::Status> for ApiError {
             Code::DeadlineExceeded => ApiError::RequestTimeout(detail),
             Code::Unavailable => ApiError::Unavailable(detail),
             Code::Unknown => ApiError::OutcomeUnknown(detail),
+            // Refused before the handler ran (another build, a proxy's rule): nothing appended.
+            code @ (Code::Unimplemented | Code::Unauthenticated | Code::PermissionDenied) => {
+                ApiError::Unavailable(format!(
+                    "the master refused the append ({code:?}): {detail}; nothing was appended"
+                ))
+            }
             code => ApiError::OutcomeUnknown(format!(
                 "the master's answer was {code:?}: {detail}; the append may or may not be in the log"
             )),
