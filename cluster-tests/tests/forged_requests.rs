@@ -296,3 +296,63 @@ async fn a_forged_frontier_never_shows_a_message_answered_500() {
     let list = cluster.messages(target).await;
     assert!(!shows_it(&list), "{list:?}");
 }
+
+/// Injected: a durable secondary whose log file may not grow past 32 KiB (`ulimit -f`, with
+/// SIGXFSZ ignored so that the write fails instead of the signal killing it), sent one entry of
+/// 64 KiB. Checked: the write fails, and the secondary stops with a non-zero exit code.
+#[tokio::test]
+async fn a_secondary_that_cannot_write_its_log_exits_non_zero() {
+    let dir = cluster_tests::fresh_log_dir();
+    let ports = cluster_tests::free_ports(2);
+    let log_path = dir.join("secondary.log");
+    let log = std::fs::File::create(&log_path).expect("a log file");
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        // 64 blocks of 512 bytes, the unit of POSIX `ulimit -f`.
+        .arg("trap '' XFSZ; ulimit -f 64; exec \"$0\"")
+        .arg(cluster_tests::Binary::Secondary.path())
+        .env_clear()
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("HOST", "127.0.0.1")
+        .env("HTTP_PORT", ports[0].to_string())
+        .env("GRPC_PORT", ports[1].to_string())
+        .env("DATA_DIR", dir.join("data").display().to_string())
+        .stdout(log.try_clone().expect("a second handle"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the secondary");
+    let endpoint = format!("http://127.0.0.1:{}", ports[1]);
+    let mut client = cluster_tests::wait_for(PROMPTLY, "the replication port answers", || {
+        let endpoint = endpoint.clone();
+        async move { ReplicationClient::connect(endpoint).await.ok() }
+    })
+    .await;
+    let big = ReplicateRequest {
+        log_id: "a-log".into(),
+        master_instance: 1,
+        starts: vec![MasterStart {
+            instance: 1,
+            recovered: 0,
+        }],
+        entries: vec![Entry {
+            id: 1,
+            message: "x".repeat(64 << 10).into(),
+            tombstone: false,
+        }],
+        ..Default::default()
+    };
+    let answer = client.replicate(big).await;
+    assert_eq!(
+        answer.as_ref().map_err(tonic::Status::code).map(|_| ()),
+        Err(Code::Internal),
+        "{answer:?}"
+    );
+    let status = tokio::time::timeout(PROMPTLY, child.wait())
+        .await
+        .expect("the secondary stops")
+        .expect("its exit status");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!status.success(), "exit status {status}; log:\n{log}");
+}
