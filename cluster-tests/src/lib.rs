@@ -948,6 +948,38 @@ impl Appender {
     }
 }
 
+impl Appender {
+    /// The same appender on its own connections, giving up on an answer after `timeout`: for
+    /// clients that must not hang on a stopped node.
+    pub fn with_timeout(&self, timeout: Duration) -> Appender {
+        Appender {
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(timeout)
+                .build()
+                .expect("an HTTP client"),
+            url: self.url.clone(),
+        }
+    }
+
+    /// Like [`Appender::append`], but a failed request (refused, reset, timed out) is an `Err`
+    /// instead of a panic: under fault injection, a node may die while it is asked.
+    pub async fn try_append(
+        &self,
+        message: &str,
+        w: Option<u64>,
+    ) -> Result<(StatusCode, Value), reqwest::Error> {
+        let mut body = json!({ "message": message });
+        if let Some(w) = w {
+            body["w"] = json!(w);
+        }
+        let response = self.client.post(&self.url).json(&body).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}
+
 /// The entry for the secondary at `address` in the master's `/api/health`.
 pub fn secondary_health<'a>(master_health: &'a Value, address: &str) -> Option<&'a Value> {
     master_health["secondaries"]

@@ -1,0 +1,544 @@
+//! A randomized fault run: concurrent clients append through every node while a nemesis kills,
+//! pauses, wipes and stops nodes; at the end the cluster is healed and the whole history is
+//! checked ([`cluster_tests::history`]).
+//!
+//! Settings (environment):
+//! - `REPLOG_NEMESIS_SECONDS`: how long faults are injected (default 45);
+//! - `REPLOG_NEMESIS_SEED`: the seed of every random choice (default 1; `random` picks one and
+//!   prints it). Process timing is not seeded, so a seed replays the same faults and requests,
+//!   not the same interleaving;
+//! - `REPLOG_NEMESIS_SKIP`: fault kinds left out, comma-separated (`kill`, `pause`,
+//!   `wipe-secondary`, `term`);
+//! - `REPLOG_NEMESIS_WIPE_MASTER=1`: also restart the master with an empty data directory.
+
+use cluster_tests::history::{Append, History, Outcome, Violation};
+use cluster_tests::{steady_health, Appender, Cluster, MasterOpts, SecondaryOpts};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CLIENTS: usize = 6;
+
+/// Longest wait for one answer: above `REPLICATION_TIMEOUT_SECONDS` and any pause.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a node may take to exit after SIGTERM.
+const TERM_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long the healed cluster may take to agree.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Short aborts, so that appends waiting on a dead secondary are decided within the run, and
+/// short retries, so that a returning node is found at once.
+const MASTER_SETTINGS: &[(&str, &str)] = &[
+    ("REPLICATION_TIMEOUT_SECONDS", "3"),
+    ("RETRY_BASE_MS", "10"),
+    ("RETRY_MAX_MS", "200"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL, down for a while, start.
+    Kill,
+    /// SIGSTOP for a while, SIGCONT.
+    Pause,
+    /// SIGKILL a secondary, delete its data directory, start it empty.
+    WipeSecondary,
+    /// SIGTERM (it must exit 0 in time), down for a while, start.
+    Term,
+    /// SIGKILL the master, delete its data directory, start it empty.
+    WipeMaster,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill",
+            Fault::Pause => "pause",
+            Fault::WipeSecondary => "wipe-secondary",
+            Fault::Term => "term",
+            Fault::WipeMaster => "wipe-master",
+        }
+    }
+}
+
+/// What the run is told by its environment.
+struct Settings {
+    seconds: u64,
+    seed: u64,
+    faults: Vec<Fault>,
+}
+
+impl Settings {
+    fn from_env() -> Settings {
+        let seconds = match std::env::var("REPLOG_NEMESIS_SECONDS") {
+            Ok(v) => v
+                .parse()
+                .unwrap_or_else(|_| panic!("REPLOG_NEMESIS_SECONDS must be seconds, got {v:?}")),
+            Err(_) => 45,
+        };
+        let seed = match std::env::var("REPLOG_NEMESIS_SEED").as_deref() {
+            Ok("random") => rand::rng().random(),
+            Ok(v) => v.parse().unwrap_or_else(|_| {
+                panic!("REPLOG_NEMESIS_SEED must be a u64 or `random`, got {v:?}")
+            }),
+            Err(_) => 1,
+        };
+        let skip = std::env::var("REPLOG_NEMESIS_SKIP").unwrap_or_default();
+        let skip: Vec<&str> = skip
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let mut faults = vec![Fault::Kill, Fault::Pause, Fault::WipeSecondary, Fault::Term];
+        for name in &skip {
+            assert!(
+                faults.iter().any(|f| f.name() == *name),
+                "REPLOG_NEMESIS_SKIP: unknown fault kind {name:?}"
+            );
+        }
+        faults.retain(|f| !skip.contains(&f.name()));
+        if std::env::var("REPLOG_NEMESIS_WIPE_MASTER").as_deref() == Ok("1") {
+            faults.push(Fault::WipeMaster);
+        }
+        assert!(
+            !faults.is_empty(),
+            "REPLOG_NEMESIS_SKIP leaves no fault kind"
+        );
+        Settings {
+            seconds,
+            seed,
+            faults,
+        }
+    }
+}
+
+/// A node's state as the nemesis left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Up,
+    Paused { until: Instant },
+    Down { until: Instant },
+}
+
+/// The fault injector: one fault at a time is started, every 1-3 s, on a node that is up; each
+/// lasts a random while, so faults on different nodes overlap.
+struct Nemesis<'a> {
+    cluster: &'a mut Cluster,
+    rng: StdRng,
+    faults: Vec<Fault>,
+    states: Vec<State>,
+    /// Each node's epoch: one more at every wipe of its disk (see `History::record_list`).
+    epochs: Arc<Vec<AtomicU64>>,
+    history: Arc<Mutex<History>>,
+    start: Instant,
+    /// What was done when, for the report.
+    log: Vec<String>,
+    /// Rules the processes broke (a node that exits by itself, or badly after SIGTERM).
+    found: Vec<Violation>,
+}
+
+impl Nemesis<'_> {
+    fn node(&mut self, i: usize) -> &mut cluster_tests::Node {
+        if i == 0 {
+            &mut self.cluster.master
+        } else {
+            &mut self.cluster.secondaries[i - 1]
+        }
+    }
+
+    fn note(&mut self, what: String) {
+        let line = format!("{:>8.3}s {what}", self.start.elapsed().as_secs_f64());
+        eprintln!("nemesis: {line}");
+        self.log.push(line);
+    }
+
+    /// Ends the faults whose time has come, and notices nodes that exited on their own.
+    fn heal_due(&mut self, now: Instant) {
+        for i in 0..self.states.len() {
+            match self.states[i] {
+                State::Paused { until } if until <= now => {
+                    self.node(i).cont();
+                    self.states[i] = State::Up;
+                    let name = self.node(i).name.clone();
+                    self.note(format!("SIGCONT {name}"));
+                }
+                State::Down { until } if until <= now => {
+                    self.node(i).start();
+                    self.states[i] = State::Up;
+                    let name = self.node(i).name.clone();
+                    self.note(format!("start {name}"));
+                }
+                State::Up => {
+                    if let Some(status) = self.node(i).exited() {
+                        let name = self.node(i).name.clone();
+                        self.found.push(Violation(format!(
+                            "{name} exited by itself ({status}) at {:?}",
+                            self.start.elapsed()
+                        )));
+                        self.note(format!("{name} exited by itself ({status}); start it"));
+                        self.node(i).start();
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Starts one random fault on a node that is up, unless two nodes are already out.
+    fn strike(&mut self) {
+        let out = self.states.iter().filter(|s| **s != State::Up).count();
+        if out >= 2 {
+            return;
+        }
+        let fault = self.faults[self.rng.random_range(0..self.faults.len())];
+        let candidates: Vec<usize> = (0..self.states.len())
+            .filter(|i| self.states[*i] == State::Up)
+            .filter(|i| match fault {
+                Fault::WipeSecondary => *i > 0,
+                Fault::WipeMaster => *i == 0,
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let i = candidates[self.rng.random_range(0..candidates.len())];
+        let lasts = Duration::from_millis(self.rng.random_range(200..2500));
+        let until = Instant::now() + lasts;
+        let name = self.node(i).name.clone();
+        match fault {
+            Fault::Kill => {
+                self.node(i).kill();
+                self.states[i] = State::Down { until };
+                self.note(format!("SIGKILL {name}, down for {lasts:?}"));
+            }
+            Fault::Pause => {
+                self.node(i).stop();
+                self.states[i] = State::Paused { until };
+                self.note(format!("SIGSTOP {name} for {lasts:?}"));
+            }
+            Fault::WipeSecondary | Fault::WipeMaster => {
+                self.epochs[i].fetch_add(1, Ordering::SeqCst);
+                self.node(i).kill();
+                self.node(i).wipe_data();
+                if i == 0 {
+                    let at = self.start.elapsed();
+                    self.history
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record_master_wipe(at);
+                }
+                self.states[i] = State::Down { until };
+                self.note(format!(
+                    "SIGKILL {name} and wipe its data directory, down for {lasts:?}"
+                ));
+            }
+            Fault::Term => {
+                self.note(format!("SIGTERM {name}"));
+                let status = tokio::task::block_in_place(|| self.sigterm(i));
+                match status {
+                    Some(status) if status.success() => {}
+                    Some(status) => self.found.push(Violation(format!(
+                        "{name} exited {status} after SIGTERM at {:?}",
+                        self.start.elapsed()
+                    ))),
+                    None => self.found.push(Violation(format!(
+                        "{name} did not exit within {TERM_TIMEOUT:?} of SIGTERM at {:?}",
+                        self.start.elapsed()
+                    ))),
+                }
+                self.states[i] = State::Down { until };
+                self.note(format!("{name} exited ({status:?}), down for {lasts:?}"));
+            }
+        }
+    }
+
+    /// SIGTERM and wait for the exit; `None` (and SIGKILL) if it does not come in time.
+    fn sigterm(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let node = self.node(i);
+        nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGTERM)
+            .unwrap_or_else(|e| panic!("cannot send SIGTERM to {}: {e}", node.name));
+        let deadline = Instant::now() + TERM_TIMEOUT;
+        loop {
+            if let Some(status) = node.exited() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                node.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every node up: SIGCONT the paused, start the stopped.
+    fn heal_all(&mut self) {
+        for i in 0..self.states.len() {
+            match self.states[i] {
+                State::Paused { .. } => self.states[i] = State::Paused { until: self.start },
+                State::Down { .. } => self.states[i] = State::Down { until: self.start },
+                State::Up => {}
+            }
+        }
+        self.heal_due(Instant::now());
+    }
+}
+
+/// One client: appends `"c{client}-{n}"` with a random `w` through a random node until told to
+/// stop, recording every answer.
+async fn client(
+    client: usize,
+    seed: u64,
+    appenders: Vec<Appender>,
+    names: Vec<String>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+) -> Vec<Append> {
+    let mut rng =
+        StdRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(client as u64 + 1)));
+    let mut appends = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let node = rng.random_range(0..appenders.len());
+        let w = rng.random_range(1..=3u64);
+        let message = format!("c{client}-{n}");
+        n += 1;
+        let sent = start.elapsed();
+        let answer = appenders[node].try_append(&message, Some(w)).await;
+        let answered = start.elapsed();
+        let outcome = match &answer {
+            Ok((status, body)) => Outcome::of_answer(status.as_u16(), body["id"].as_u64()),
+            Err(_) => Outcome::Unknown,
+        };
+        let definite = matches!(outcome, Outcome::Committed(_));
+        appends.push(Append {
+            client,
+            node: names[node].clone(),
+            message,
+            w,
+            sent,
+            answered,
+            outcome,
+        });
+        if !definite {
+            // A node that is down answers at once; do not spin on it.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    appends
+}
+
+/// Lists node `i`'s log every 300 ms into the history, with the node's epoch (a list whose
+/// request straddled a wipe is dropped).
+async fn poller(
+    i: usize,
+    name: String,
+    url: String,
+    epochs: Arc<Vec<AtomicU64>>,
+    history: Arc<Mutex<History>>,
+    start: Instant,
+    stop: Arc<AtomicBool>,
+) -> usize {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let mut lists = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let epoch = epochs[i].load(Ordering::SeqCst);
+        if let Some(list) = list_of(&client, &url).await {
+            if epochs[i].load(Ordering::SeqCst) == epoch {
+                let at = start.elapsed();
+                history
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .record_list(&name, epoch, at, list);
+                lists += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    lists
+}
+
+/// `GET url` as a list of `(id, message)`, or `None` if it does not answer 200 with one.
+async fn list_of(client: &reqwest::Client, url: &str) -> Option<Vec<(u64, String)>> {
+    let response = client.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["messages"]
+        .as_array()?
+        .iter()
+        .map(|m| Some((m["id"].as_u64()?, m["message"].as_str()?.to_owned())))
+        .collect()
+}
+
+/// Injected: for `REPLOG_NEMESIS_SECONDS`, every 1-3 s one of SIGKILL + restart, SIGSTOP +
+/// SIGCONT, SIGKILL + wipe + restart of a secondary, SIGTERM + restart (and, with
+/// `REPLOG_NEMESIS_WIPE_MASTER=1`, SIGKILL + wipe + restart of the master), each lasting
+/// 0.2-2.5 s, at most two nodes out at once; meanwhile 6 clients append unique messages with a
+/// random `w` through random nodes (durable master and secondaries, FSYNC always).
+/// Checked, after every node is back and the cluster converged: the history rules of
+/// [`cluster_tests::history`], and that every node exits 0 on SIGTERM and none exits by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_faults_keep_every_promise() {
+    let settings = Settings::from_env();
+    let faults: Vec<&str> = settings.faults.iter().map(|f| f.name()).collect();
+    eprintln!(
+        "nemesis: seed {} (REPLOG_NEMESIS_SEED={}), {} s of faults: {faults:?}",
+        settings.seed, settings.seed, settings.seconds
+    );
+    let mut cluster = Cluster::start_with(
+        vec![
+            SecondaryOpts::new().durable(),
+            SecondaryOpts::new().durable(),
+        ],
+        MasterOpts::new()
+            .durable()
+            .envs(&steady_health(MASTER_SETTINGS)),
+    )
+    .await;
+    let start = Instant::now();
+    let history = Arc::new(Mutex::new(History::new()));
+    let epochs: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
+    let names: Vec<String> = cluster.nodes().map(|n| n.name.clone()).collect();
+    let appenders: Vec<Appender> = cluster.nodes().map(|n| cluster.appender_on(n)).collect();
+
+    let stop_clients = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(client(
+                c,
+                settings.seed,
+                appenders
+                    .iter()
+                    .map(|a| a.with_timeout(ANSWER_TIMEOUT))
+                    .collect(),
+                names.clone(),
+                start,
+                stop_clients.clone(),
+            ))
+        })
+        .collect();
+    let stop_polls = Arc::new(AtomicBool::new(false));
+    let pollers: Vec<_> = cluster
+        .nodes()
+        .enumerate()
+        .map(|(i, node)| {
+            tokio::spawn(poller(
+                i,
+                node.name.clone(),
+                node.url("/api/messages"),
+                epochs.clone(),
+                history.clone(),
+                start,
+                stop_polls.clone(),
+            ))
+        })
+        .collect();
+
+    let mut nemesis = Nemesis {
+        cluster: &mut cluster,
+        rng: StdRng::seed_from_u64(settings.seed),
+        faults: settings.faults.clone(),
+        states: vec![State::Up; 3],
+        epochs: epochs.clone(),
+        history: history.clone(),
+        start,
+        log: Vec::new(),
+        found: Vec::new(),
+    };
+    let end = start + Duration::from_secs(settings.seconds);
+    let mut next = start + Duration::from_millis(nemesis.rng.random_range(1000..3000));
+    while Instant::now() < end {
+        let now = Instant::now();
+        nemesis.heal_due(now);
+        if now >= next {
+            nemesis.strike();
+            next = Instant::now() + Duration::from_millis(nemesis.rng.random_range(1000..3000));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nemesis.heal_all();
+    nemesis.note("healed: every node runs".into());
+    let (fault_log, mut found) = (nemesis.log, nemesis.found);
+
+    stop_clients.store(true, Ordering::Relaxed);
+    let mut appends = Vec::new();
+    for task in clients {
+        let done = tokio::time::timeout(ANSWER_TIMEOUT * 2, task)
+            .await
+            .expect("every client's last append is answered or times out");
+        appends.extend(done.expect("a client task"));
+    }
+
+    // Converged: nothing pending on the master, and every node lists the same log.
+    let deadline = Instant::now() + CONVERGE_TIMEOUT;
+    let list_client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("an HTTP client");
+    let finals = loop {
+        let mut lists = Vec::new();
+        for node in cluster.nodes() {
+            lists.push((
+                node.name.clone(),
+                list_of(&list_client, &node.url("/api/messages")).await,
+            ));
+        }
+        let pending = cluster
+            .try_health(&cluster.master)
+            .await
+            .and_then(|h| h["pending"].as_u64());
+        let agreed = lists.iter().all(|(_, l)| l.is_some() && *l == lists[0].1);
+        if (agreed && pending == Some(0)) || Instant::now() >= deadline {
+            break lists;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop_polls.store(true, Ordering::Relaxed);
+    let mut polled = 0;
+    for task in pollers {
+        polled += task.await.expect("a poller task");
+    }
+
+    let mut count = std::collections::BTreeMap::new();
+    for append in &appends {
+        let kind = match &append.outcome {
+            Outcome::Committed(_) => "200".to_owned(),
+            Outcome::Refused(status) => status.to_string(),
+            Outcome::Unknown => "unknown".to_owned(),
+            Outcome::Unexpected(what) => what.clone(),
+        };
+        *count.entry(kind).or_insert(0) += 1;
+    }
+    let mut history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
+    for append in appends {
+        history.record_append(append);
+    }
+    found.extend(history.check(&finals));
+    eprintln!(
+        "nemesis: seed {}: {} faults, answers {count:?}, {polled} lists polled, final log {} entries",
+        settings.seed,
+        fault_log.len(),
+        finals[0].1.as_ref().map_or(0, Vec::len)
+    );
+    if !found.is_empty() {
+        let shown: Vec<String> = found.iter().take(40).map(|v| format!("  - {v}")).collect();
+        panic!(
+            "seed {} (REPLOG_NEMESIS_SEED={}): {} violations:\n{}\nfaults:\n  {}",
+            settings.seed,
+            settings.seed,
+            found.len(),
+            shown.join("\n"),
+            fault_log.join("\n  ")
+        );
+    }
+}
