@@ -359,7 +359,9 @@ impl Replica {
     /// messages later answered 500. Refusing such a frontier would refuse every lagging
     /// catch-up, so it is clamped instead: what lies beyond is remembered only as its
     /// tombstones, and every request that ships the missing entries carries the master's
-    /// decisions again (`since` is the frontier we report), which moves ours over them.
+    /// decisions again (`since` is the frontier we report), which moves ours over them. (A
+    /// frontier within what we hold cannot be told from the master's own: there the token is
+    /// the only wall.)
     fn decide(&mut self, decisions: &Decisions, records: &mut Vec<Record>) {
         for &id in &decisions.tombstones {
             if self.log.is_tombstone(id) {

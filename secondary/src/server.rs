@@ -68,14 +68,20 @@ pub async fn run(
     );
     let grpc_shutdown = shutdown.clone();
     let grpc = tokio::spawn(async move {
-        tonic::transport::Server::builder()
+        let served = tonic::transport::Server::builder()
             // The master's batches (up to 4 MiB) arrive on one long-lived stream: windows larger
             // than a batch let each flow in without waiting for window updates.
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(16 << 20))
             .add_service(service)
-            .serve_with_incoming_shutdown(incoming, grpc_shutdown.cancelled_owned())
-            .await
+            .serve_with_incoming_shutdown(incoming, grpc_shutdown.clone().cancelled_owned())
+            .await;
+        // A secondary that no longer takes replication stops (and exits non-zero, see below)
+        // rather than serving an ever older log.
+        if served.is_err() {
+            grpc_shutdown.cancel();
+        }
+        served
     });
     tracing::info!(address = %grpc_address, "replication service listening");
 
