@@ -374,7 +374,7 @@ async fn quiet_decision_pushes_are_taken_unanswered_or_end_the_stream() {
 /// service with the old rule: apply what it can (entries in order, decisions), answer always.
 mod answers_everything {
     use replog_proto::v1::replication_server::{Replication, ReplicationServer};
-    use replog_proto::v1::{ReplicaState, ReplicateRequest};
+    use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
     use std::pin::Pin;
     use std::sync::{Arc, Mutex};
     use tonic::{Request, Response, Status, Streaming};
@@ -413,6 +413,17 @@ mod answers_everything {
 
     #[tonic::async_trait]
     impl Replication for Service {
+        async fn fetch(
+            &self,
+            _: Request<FetchRequest>,
+        ) -> Result<Response<FetchReply>, Status> {
+            let state = self.0.state.lock().expect("not poisoned").clone();
+            Ok(Response::new(FetchReply {
+                state: Some(state),
+                ..FetchReply::default()
+            }))
+        }
+
         async fn replicate(
             &self,
             request: Request<ReplicateRequest>,
