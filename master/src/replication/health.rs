@@ -107,9 +107,9 @@ pub fn status(
 
 /// The master's recent stalls, noticed from gaps between the moments it is seen running.
 ///
-/// A task notes a pulse every [`Thresholds::pulse`] ([`Stalls::observe`]); every health
-/// decision notes one too, so the first decision after a stall already knows of it, even if
-/// the pulse task has not run yet since the master resumed.
+/// A task notes a pulse every [`Thresholds::pulse`] ([`Stalls::observe`]); while it runs, every
+/// health decision notes one too, so the first decision after a stall already knows of it, even
+/// if the pulse task has not run yet since the master resumed.
 #[derive(Debug, Default)]
 pub struct Stalls {
     seen: Mutex<Seen>,
@@ -136,10 +136,19 @@ impl Stalls {
         seen.observe(now, thresholds)
     }
 
-    /// [`status`] with the stalls seen so far, after noting that the master runs at `now`.
+    /// Stops judging gaps until the next [`Stalls::observe`]: without the pulse (not started
+    /// yet, or stopped for shutdown), a gap between two health decisions proves nothing.
+    pub fn unpulsed(&self) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).last = None;
+    }
+
+    /// [`status`] with the stalls seen so far, after noting that the master runs at `now` (if
+    /// the pulse runs).
     pub fn status(&self, last_contact: Instant, now: Instant, thresholds: Thresholds) -> Status {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.observe(now, thresholds);
+        if seen.last.is_some() {
+            seen.observe(now, thresholds);
+        }
         status(last_contact, now, seen.recent.make_contiguous(), thresholds)
     }
 }
@@ -282,6 +291,7 @@ mod tests {
         // A health decision notes the gap itself, before any pulse after the stall.
         let end = t + 10 * S;
         assert_eq!(stalls.status(t, end, th), Status::Healthy);
+        assert_eq!(stalls.seen.lock().unwrap().recent.len(), 1);
         let mut now = end;
         while now < end + 4 * S {
             now += th.pulse();
@@ -297,5 +307,10 @@ mod tests {
                 end: now + th.stall()
             })
         );
+        // Without the pulse, a gap between health decisions is no stall.
+        stalls.unpulsed();
+        let later = now + 10 * S;
+        assert_eq!(stalls.status(later, later + 10 * S, th), Status::Unhealthy);
+        assert_eq!(stalls.seen.lock().unwrap().recent.len(), 2);
     }
 }

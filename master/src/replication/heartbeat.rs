@@ -20,6 +20,7 @@ pub async fn run(master: Arc<Master>, index: usize) {
             _ = heartbeats(&master, index) => {}
             _ = pulse(&master) => {}
         }
+        master.stalls.unpulsed();
     } else {
         heartbeats(&master, index).await
     }
