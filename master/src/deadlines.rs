@@ -3,10 +3,28 @@
 //! The decision is the master's and must not depend on the client still waiting: a client
 //! that hangs up does not leave its id pending forever (which would block visibility of every
 //! later id). So one task owns the clock and turns expired appends into tombstones.
+//!
+//! The same task bounds how long the client of an aborted append waits for a secondary to
+//! confirm the tombstone (the 500 waits for that; see [`crate::ledger`]): once more
+//! `REPLICATION_TIMEOUT_SECONDS` after the abort, then it hears "unknown".
 
 use crate::state::Master;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long an aborted append's client waits for a secondary to confirm the tombstone when
+/// `REPLICATION_TIMEOUT_SECONDS` is 0. Nothing is aborted then (no append has a deadline), so
+/// this only keeps the bound defined.
+pub const CONFIRM_WITHOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long an aborted append's client waits for a secondary to confirm its tombstone.
+fn confirm_within(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        CONFIRM_WITHOUT_TIMEOUT
+    } else {
+        timeout
+    }
+}
 
 pub async fn run(master: Arc<Master>) {
     loop {
@@ -15,10 +33,20 @@ pub async fn run(master: Arc<Master>) {
             _ = master.shutdown.cancelled() => return,
             _ = master.deadline_wake.notified() => continue,
             _ = sleep_until(next) => {
-                let aborted = master.update(|ledger| ledger.abort_expired(Instant::now()));
+                let within = confirm_within(master.config.replication_timeout_seconds);
+                let (aborted, unconfirmed) = master.update(|ledger| {
+                    let now = Instant::now();
+                    (ledger.abort_expired(now, within), ledger.expire_unconfirmed(now))
+                });
                 if !aborted.is_empty() {
                     tracing::warn!(ids = ?aborted, "appends aborted at their deadline");
                     master.wake_senders();
+                }
+                if !unconfirmed.is_empty() {
+                    tracing::warn!(
+                        ids = ?unconfirmed,
+                        "aborted appends answered unknown: no secondary has confirmed their tombstones"
+                    );
                 }
             }
         }

@@ -4,7 +4,8 @@
 //!
 //! A retry with a known key and the same message gets the first attempt's answer: its id once
 //! committed, 500 if it was aborted, and while it is still pending it waits for that decision
-//! (it never appends a second time). The same key with another message is a conflict. A key
+//! (it never appends a second time). An abort no secondary has confirmed yet is answered
+//! "unknown" until one does, then 500 (see [`crate::ledger::Progress`]). The same key with another message is a conflict. A key
 //! whose first attempt was refused before it appended (no quorum, overloaded) is free again.
 //!
 //! Keys live in this process's memory only: a restarted master knows none of them, so a retry
@@ -12,7 +13,7 @@
 //! their append was taken, or earlier, oldest first, once `capacity` keys are held; an append
 //! still undecided when its window ends keeps its key for another window.
 
-use crate::ledger::Outcome;
+use crate::ledger::{self, Outcome, Progress, Verdict};
 use bytes::Bytes;
 use clap::Args;
 use replog_node::api::ApiError;
@@ -20,7 +21,7 @@ use replog_node::config::seconds;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 /// The idempotency settings.
 #[derive(Debug, Clone, Args)]
@@ -42,6 +43,9 @@ pub enum State {
     /// Appended under this id, not decided yet.
     Pending(u64),
     Decided(u64, Outcome),
+    /// Aborted, but no secondary has confirmed the abort yet: answered "unknown", and still
+    /// waiting for the confirmation that makes it 500.
+    AbortUnconfirmed(u64),
     /// The master stopped waiting for the decision (it is shutting down).
     Unknown(u64),
     /// Refused before anything was appended; the key is free again.
@@ -54,6 +58,11 @@ impl State {
             self,
             State::Decided(..) | State::Unknown(_) | State::Released
         )
+    }
+
+    /// An attempt in this state gets an answer now (final or not).
+    fn is_answered(self) -> bool {
+        self.is_final() || matches!(self, State::AbortUnconfirmed(_))
     }
 }
 
@@ -193,19 +202,34 @@ pub struct Ticket<'a> {
 }
 
 impl Ticket<'_> {
-    /// The append was given `id`; `outcome` will learn its decision. The decision is recorded
+    /// The append was given `id`; `verdict` will learn its decision. The decision is recorded
     /// under the key whether or not this attempt's client still waits for it (a task waits for
     /// it), so a retry always learns it. Returns what every attempt waits on.
-    pub fn bind(mut self, id: u64, outcome: oneshot::Receiver<Outcome>) -> watch::Receiver<State> {
+    pub fn bind(mut self, id: u64, mut verdict: Verdict) -> watch::Receiver<State> {
         let sender = self.sender.take().expect("a ticket is bound once");
         sender.send_replace(State::Pending(id));
         let state = sender.subscribe();
         tokio::spawn(async move {
-            let decided = match outcome.await {
-                Ok(outcome) => State::Decided(id, outcome),
-                Err(_) => State::Unknown(id),
-            };
-            sender.send_replace(decided);
+            let mut seen = *verdict.borrow_and_update();
+            loop {
+                match seen {
+                    Progress::Waiting => {}
+                    Progress::AbortUnconfirmed => {
+                        sender.send_replace(State::AbortUnconfirmed(id));
+                    }
+                    Progress::Decided(outcome) => {
+                        sender.send_replace(State::Decided(id, outcome));
+                        return;
+                    }
+                }
+                match ledger::progress(&mut verdict).await {
+                    Some(next) => seen = next,
+                    None => {
+                        sender.send_replace(State::Unknown(id));
+                        return;
+                    }
+                }
+            }
         });
         state
     }
@@ -221,17 +245,18 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Waits until the attempt behind `state` is decided (or released, or given up on).
+/// Waits until the attempt behind `state` is decided (or released, or given up on, or its
+/// abort awaits confirmation).
 pub async fn settled(mut state: watch::Receiver<State>) -> State {
     loop {
         let now = *state.borrow_and_update();
-        if now.is_final() {
+        if now.is_answered() {
             return now;
         }
         if state.changed().await.is_err() {
             // The task that records the decision is gone (the runtime is stopping).
             return match now {
-                State::Pending(id) => State::Unknown(id),
+                State::Pending(id) | State::AbortUnconfirmed(id) => State::Unknown(id),
                 _ => State::Released,
             };
         }
@@ -273,10 +298,10 @@ mod tests {
         let ticket = first(keys.claim("k".into(), &hello, now));
         let waiting = retry(keys.claim("k".into(), &hello, now));
         assert_eq!(*waiting.borrow(), State::Admitting);
-        let (decide, outcome) = oneshot::channel();
-        let mine = ticket.bind(7, outcome);
+        let (decide, verdict) = watch::channel(Progress::Waiting);
+        let mine = ticket.bind(7, verdict);
         assert_eq!(*waiting.borrow(), State::Pending(7));
-        decide.send(Outcome::Committed).expect("the task waits");
+        decide.send_replace(Progress::Decided(Outcome::Committed));
         let decided = State::Decided(7, Outcome::Committed);
         assert_eq!(settled(mine).await, decided);
         assert_eq!(settled(waiting).await, decided);
@@ -288,17 +313,42 @@ mod tests {
     async fn an_abort_stays_the_answer_and_a_lost_decision_is_unknown() {
         let keys = keys(300, 10);
         let now = Instant::now();
-        let (decide, outcome) = oneshot::channel();
-        let state = first(keys.claim("a".into(), &Bytes::from("x"), now)).bind(1, outcome);
-        decide.send(Outcome::Aborted).expect("the task waits");
+        let (decide, verdict) = watch::channel(Progress::Waiting);
+        let state = first(keys.claim("a".into(), &Bytes::from("x"), now)).bind(1, verdict);
+        decide.send_replace(Progress::Decided(Outcome::Aborted));
         assert_eq!(settled(state).await, State::Decided(1, Outcome::Aborted));
         let again = retry(keys.claim("a".into(), &Bytes::from("x"), now));
         assert_eq!(settled(again).await, State::Decided(1, Outcome::Aborted));
 
-        let (decide, outcome) = oneshot::channel::<Outcome>();
-        let state = first(keys.claim("b".into(), &Bytes::from("y"), now)).bind(2, outcome);
+        let (decide, verdict) = watch::channel(Progress::Waiting);
+        let state = first(keys.claim("b".into(), &Bytes::from("y"), now)).bind(2, verdict);
         drop(decide);
         assert_eq!(settled(state).await, State::Unknown(2));
+    }
+
+    #[tokio::test]
+    async fn an_unconfirmed_abort_is_unknown_until_confirmed_then_500() {
+        let keys = keys(1, 10);
+        let start = Instant::now();
+        let (decide, verdict) = watch::channel(Progress::Waiting);
+        let hello = Bytes::from("x");
+        let state = first(keys.claim("k".into(), &hello, start)).bind(3, verdict);
+        decide.send_replace(Progress::AbortUnconfirmed);
+        assert_eq!(settled(state).await, State::AbortUnconfirmed(3));
+        // Not final: kept past its window, and a retry hears "unknown" at once.
+        let later = start + Duration::from_secs(2);
+        let again = retry(keys.claim("k".into(), &hello, later));
+        assert_eq!(settled(again).await, State::AbortUnconfirmed(3));
+        decide.send_replace(Progress::Decided(Outcome::Aborted));
+        let mut confirmed = retry(keys.claim("k".into(), &hello, later));
+        let decided = State::Decided(3, Outcome::Aborted);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            confirmed.wait_for(|s| *s == decided),
+        )
+        .await
+        .expect("the confirmation is recorded under the key")
+        .expect("the record stays");
     }
 
     #[test]
@@ -335,9 +385,9 @@ mod tests {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
-        let (decide, done) = oneshot::channel();
+        let (decide, done) = watch::channel(Progress::Waiting);
         let state = rt.block_on(async { ticket.bind(1, done) });
-        decide.send(Outcome::Committed).expect("the task waits");
+        decide.send_replace(Progress::Decided(Outcome::Committed));
         rt.block_on(settled(state));
 
         let later = start + Duration::from_secs(11);

@@ -10,23 +10,52 @@
 //! copy is synced, whatever `w` says. So a master that loses power keeps every committed id, and
 //! the ids it loses were never committed: secondaries drop them when they hear the restarted
 //! master (`master_instance` and `starts` in its requests; see the secondary's `replica`
-//! module). An abort becomes visible (tombstone, 500) only once its tombstone is on disk, so a
-//! restarted master never commits what it answered 500 for. Records for the journal are queued
-//! here, under the lock, so the file receives them in id order.
+//! module). An abort is decided (tombstone) only once its tombstone is on disk, so a restarted
+//! master never commits what it answered 500 for. Its client hears 500 only once a secondary has
+//! also reported a decided frontier at or past the id: a master that loses its disk recovers
+//! its log from the secondaries ([`crate::recovery`]), and must find the tombstone there. Records
+//! for the journal are queued here, under the lock, so the file receives them in id order.
 
 use bytes::Bytes;
 use replog_node::log::{Log, Message};
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use std::time::Instant;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 /// The fate of one append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Committed,
     Aborted,
+}
+
+/// What the client of one append may be told, as it becomes known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// Nothing yet.
+    Waiting,
+    /// Aborted on the master's disk, but no secondary has confirmed the tombstone within the
+    /// bound: the client hears "unknown", since a master that lost its disk now would recover
+    /// the entry from a secondary that holds it. [`Outcome::Aborted`] follows once a secondary
+    /// confirms.
+    AbortUnconfirmed,
+    Decided(Outcome),
+}
+
+/// Where an append's progress is published; the last value stays readable after the ledger
+/// lets go of it (a closed channel before a decision means the master stopped).
+pub type Verdict = watch::Receiver<Progress>;
+
+/// Waits for the next progress of an append beyond what `verdict` has seen; `None` once the
+/// ledger dropped it without more to tell (the master stops).
+pub async fn progress(verdict: &mut Verdict) -> Option<Progress> {
+    if verdict.changed().await.is_err() {
+        return None;
+    }
+    Some(*verdict.borrow_and_update())
 }
 
 /// An append that has not reached its write concern yet.
@@ -43,7 +72,19 @@ struct Pending {
     aborting: bool,
     /// When it is aborted if still pending; `None` waits forever (timeout 0).
     deadline: Option<Instant>,
-    waiter: Option<oneshot::Sender<Outcome>>,
+    /// Set when it starts aborting: until when its client waits for a secondary to confirm
+    /// the tombstone before it hears "unknown".
+    confirm_by: Option<Instant>,
+    waiter: Option<watch::Sender<Progress>>,
+}
+
+/// An aborted append whose tombstone is on the master's disk but no secondary has reported
+/// deciding yet: its client is not told 500 before one has.
+#[derive(Debug)]
+struct Unconfirmed {
+    waiter: watch::Sender<Progress>,
+    /// When the client hears "unknown" instead; `None` once it has.
+    answer_by: Option<Instant>,
 }
 
 /// Who acknowledged: the master's own disk, or a secondary.
@@ -85,6 +126,8 @@ pub type Journal = Option<tokio::sync::mpsc::UnboundedSender<Record>>;
 pub struct Ledger {
     log: Log,
     pending: BTreeMap<u64, Pending>,
+    /// Aborted ids no secondary has confirmed yet, with their clients.
+    unconfirmed: BTreeMap<u64, Unconfirmed>,
     followers: Vec<Follower>,
     /// Every id up to here is synced to the master's disk (in memory mode: held).
     durable: u64,
@@ -122,6 +165,7 @@ impl Ledger {
             starts,
             log,
             pending: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
             followers: vec![Follower::default(); secondaries],
             journal,
         }
@@ -150,8 +194,8 @@ impl Ledger {
         message: Bytes,
         w: usize,
         deadline: Option<Instant>,
-    ) -> (u64, oneshot::Receiver<Outcome>) {
-        let (tx, rx) = oneshot::channel();
+    ) -> (u64, Verdict) {
+        let (tx, rx) = watch::channel(Progress::Waiting);
         let id = self.log.push(message.clone(), false);
         self.pending.insert(
             id,
@@ -160,6 +204,7 @@ impl Ledger {
                 local: false,
                 aborting: false,
                 deadline,
+                confirm_by: None,
                 waiter: Some(tx),
             },
         );
@@ -199,11 +244,76 @@ impl Ledger {
             if let Some(mut pending) = self.pending.remove(&id) {
                 self.log.tombstone(id);
                 if let Some(waiter) = pending.waiter.take() {
-                    let _ = waiter.send(Outcome::Aborted);
+                    self.unconfirmed.insert(
+                        id,
+                        Unconfirmed {
+                            waiter,
+                            answer_by: pending.confirm_by,
+                        },
+                    );
                 }
             }
         }
         self.advance_decided();
+        self.confirm_aborts();
+    }
+
+    /// Answers 500 to the clients of aborted ids a secondary has decided (it holds the
+    /// tombstone), or every one when there is no secondary (the master's disk is the log).
+    fn confirm_aborts(&mut self) {
+        let Some(&first) = self.unconfirmed.keys().next() else {
+            return;
+        };
+        let upto = self
+            .followers
+            .iter()
+            .map(|f| f.decided)
+            .max()
+            .unwrap_or(u64::MAX);
+        if upto < first {
+            return;
+        }
+        let rest = match upto.checked_add(1) {
+            Some(next) => self.unconfirmed.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        for (_, unconfirmed) in std::mem::replace(&mut self.unconfirmed, rest) {
+            unconfirmed
+                .waiter
+                .send_replace(Progress::Decided(Outcome::Aborted));
+        }
+    }
+
+    /// Tells the clients of aborted ids still unconfirmed at their bound that the outcome is
+    /// unknown; they stay listed, so a later confirmation still records the 500 (for an
+    /// idempotency key's retry). Forgets those nobody listens to any more. Returns the ids.
+    /// An abort whose tombstone is not even synced by then is unknown to its client as well.
+    pub fn expire_unconfirmed(&mut self, now: Instant) -> Vec<u64> {
+        let mut expired = Vec::new();
+        for (&id, pending) in self.pending.iter_mut() {
+            if pending.confirm_by.is_some_and(|at| at <= now) {
+                pending.confirm_by = None;
+                if let Some(waiter) = &pending.waiter {
+                    waiter.send_replace(Progress::AbortUnconfirmed);
+                }
+                expired.push(id);
+            }
+        }
+        self.unconfirmed.retain(|&id, unconfirmed| {
+            if unconfirmed.answer_by.is_some_and(|at| at <= now) {
+                unconfirmed.answer_by = None;
+                unconfirmed.waiter.send_replace(Progress::AbortUnconfirmed);
+                expired.push(id);
+            }
+            unconfirmed.answer_by.is_some() || !unconfirmed.waiter.is_closed()
+        });
+        expired
+    }
+
+    /// Aborted ids whose clients still wait for a secondary to confirm the tombstone, or were
+    /// told "unknown" and may still learn the 500.
+    pub fn unconfirmed_count(&self) -> usize {
+        self.unconfirmed.len()
     }
 
     /// Ids synced to the master's disk (all held ids in memory mode).
@@ -238,29 +348,40 @@ impl Ledger {
         for id in committed {
             if let Some(mut pending) = self.pending.remove(&id) {
                 if let Some(waiter) = pending.waiter.take() {
-                    let _ = waiter.send(Outcome::Committed);
+                    waiter.send_replace(Progress::Decided(Outcome::Committed));
                 }
             }
         }
     }
 
-    /// Earliest deadline among pending appends. Ids are given in time order and the timeout is
-    /// one setting, so the first pending id with a deadline carries the earliest one.
+    /// Earliest deadline among pending appends and aborted ones waiting for confirmation. Ids
+    /// are given in time order and the timeout is one setting, so the first pending id with a
+    /// deadline carries the earliest one.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.pending
+        let abort = self
+            .pending
             .values()
             .filter(|p| !p.aborting)
-            .find_map(|p| p.deadline)
+            .find_map(|p| p.deadline);
+        let syncing = self
+            .pending
+            .values()
+            .filter(|p| p.aborting)
+            .find_map(|p| p.confirm_by);
+        let answer = self.unconfirmed.values().filter_map(|u| u.answer_by).min();
+        abort.into_iter().chain(syncing).chain(answer).min()
     }
 
     /// Starts aborting every pending append whose deadline has passed: from now on no
-    /// acknowledgement commits it, and once its tombstone is durable it is decided (aborted)
-    /// and its client answered. Returns the ids.
-    pub fn abort_expired(&mut self, now: Instant) -> Vec<u64> {
+    /// acknowledgement commits it, and once its tombstone is durable it is decided (aborted).
+    /// Its client hears 500 once a secondary confirms the tombstone too, or "unknown" if none
+    /// has within `confirm_within` from now ([`Ledger::expire_unconfirmed`]). Returns the ids.
+    pub fn abort_expired(&mut self, now: Instant, confirm_within: Duration) -> Vec<u64> {
         let mut expired = Vec::new();
         for (&id, pending) in self.pending.iter_mut() {
             if !pending.aborting && pending.deadline.is_some_and(|d| d <= now) {
                 pending.aborting = true;
+                pending.confirm_by = Some(now + confirm_within);
                 expired.push(id);
             }
         }
@@ -314,10 +435,11 @@ impl Ledger {
         follower.decided = state.decided;
         follower.master_instance = Some(state.master_instance);
         let before = follower.acked;
+        follower.acked = follower.acked.max(held);
+        self.confirm_aborts();
         if held <= before {
             return Ok(false);
         }
-        follower.acked = held;
         self.acknowledge(before, held, Ack::Secondary);
         Ok(self.advance_decided())
     }
@@ -428,6 +550,16 @@ mod tests {
         }
     }
 
+    /// A reply that also reports the secondary's decided frontier.
+    fn decided(ledger: &Ledger, instance: u64, held: u64, decided: u64) -> ReplicaState {
+        ReplicaState {
+            decided,
+            ..reply(ledger, instance, held)
+        }
+    }
+
+    const BOUND: Duration = Duration::from_secs(1);
+
     fn ids(ledger: &Ledger) -> Vec<u64> {
         ledger.page(1, usize::MAX).iter().map(|m| m.id).collect()
     }
@@ -435,14 +567,17 @@ mod tests {
     #[test]
     fn commits_when_enough_secondaries_hold_it() {
         let mut l = ledger(2);
-        let (id, mut rx) = l.append(Bytes::from("a"), 3, None);
+        let (id, rx) = l.append(Bytes::from("a"), 3, None);
         assert_eq!(id, 1);
         let state = reply(&l, 7, 1);
         assert_eq!(l.on_reply(0, &state, Instant::now()), Ok(false));
-        assert!(rx.try_recv().is_err(), "one of two acknowledgements");
+        assert!(
+            *rx.borrow() == Progress::Waiting,
+            "one of two acknowledgements"
+        );
         let state = reply(&l, 8, 1);
         assert_eq!(l.on_reply(1, &state, Instant::now()), Ok(true));
-        assert_eq!(rx.try_recv(), Ok(Outcome::Committed));
+        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Committed));
         assert_eq!(ids(&l), vec![1]);
     }
 
@@ -450,8 +585,8 @@ mod tests {
     fn w1_answers_at_once_but_shows_only_after_earlier_ids_are_decided() {
         let mut l = ledger(2);
         let (_, _rx1) = l.append(Bytes::from("slow"), 3, None);
-        let (id2, mut rx2) = l.append(Bytes::from("fast"), 1, None);
-        assert_eq!(rx2.try_recv(), Ok(Outcome::Committed));
+        let (id2, rx2) = l.append(Bytes::from("fast"), 1, None);
+        assert_eq!(*rx2.borrow(), Progress::Decided(Outcome::Committed));
         assert!(ids(&l).is_empty(), "id 1 is still pending");
         let state = reply(&l, 1, id2);
         l.on_reply(0, &state, Instant::now()).ok();
@@ -464,11 +599,14 @@ mod tests {
     fn expired_appends_become_tombstones_and_are_never_shown() {
         let mut l = ledger(1);
         let now = Instant::now();
-        let (_, mut rx) = l.append(Bytes::from("lost"), 2, Some(now));
+        let (_, rx) = l.append(Bytes::from("lost"), 2, Some(now));
         let (_, _rx2) = l.append(Bytes::from("kept"), 1, None);
-        assert_eq!(l.abort_expired(now + Duration::from_millis(1)), vec![1]);
-        assert_eq!(rx.try_recv(), Ok(Outcome::Aborted));
+        assert_eq!(
+            l.abort_expired(now + Duration::from_millis(1), BOUND),
+            vec![1]
+        );
         assert_eq!(ids(&l), vec![2]);
+        assert_eq!(l.log().decided(), 2, "decided at once");
         // A late acknowledgement does not resurrect it.
         let state = reply(&l, 1, 2);
         l.on_reply(0, &state, Instant::now()).ok();
@@ -477,6 +615,114 @@ mod tests {
         assert!(request.entries[0].tombstone);
         assert!(request.entries[0].message.is_empty());
         assert_eq!(request.decisions.map(|d| d.tombstones), Some(vec![1]));
+        assert_eq!(
+            *rx.borrow(),
+            Progress::Waiting,
+            "no secondary decided it yet"
+        );
+        let state = decided(&l, 1, 2, 2);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(l.unconfirmed_count(), 0);
+    }
+
+    #[test]
+    fn an_abort_is_answered_500_only_once_a_secondary_reports_it_decided() {
+        let mut l = ledger(2);
+        let now = Instant::now();
+        let (_, rx1) = l.append(Bytes::from("one"), 3, Some(now));
+        let (_, rx2) = l.append(Bytes::from("two"), 3, Some(now));
+        // Secondary 0 holds both entries, secondary 1 nothing; both abort.
+        let state = reply(&l, 1, 2);
+        l.on_reply(0, &state, now).ok();
+        assert_eq!(l.abort_expired(now, BOUND), vec![1, 2]);
+        assert!(ids(&l).is_empty());
+        assert_eq!(l.next_deadline(), Some(now + BOUND));
+        // A reply that decided less than an id confirms nothing past it.
+        let state = decided(&l, 1, 2, 0);
+        l.on_reply(0, &state, now).ok();
+        assert_eq!(*rx1.borrow(), Progress::Waiting);
+        let state = decided(&l, 2, 0, 1);
+        l.on_reply(1, &state, now).ok();
+        assert_eq!(*rx1.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(
+            *rx2.borrow(),
+            Progress::Waiting,
+            "id 2 is not decided there"
+        );
+        // A heartbeat's reply (held unchanged) confirms as well.
+        let state = decided(&l, 1, 2, 2);
+        l.on_reply(0, &state, now).ok();
+        assert_eq!(*rx2.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(l.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_unconfirmed_abort_is_unknown_at_its_bound_and_500_once_confirmed() {
+        let mut l = ledger(2);
+        let now = Instant::now();
+        let (_, rx) = l.append(Bytes::from("held"), 3, Some(now));
+        let state = reply(&l, 1, 1);
+        l.on_reply(0, &state, now).ok();
+        l.abort_expired(now, BOUND);
+        assert!(l.expire_unconfirmed(now + BOUND / 2).is_empty());
+        assert_eq!(*rx.borrow(), Progress::Waiting);
+        assert_eq!(l.expire_unconfirmed(now + BOUND), vec![1]);
+        assert_eq!(*rx.borrow(), Progress::AbortUnconfirmed);
+        assert_eq!(l.next_deadline(), None, "told once");
+        // Still listened to (an idempotency key's record): a later confirmation is the 500.
+        let state = decided(&l, 1, 1, 1);
+        l.on_reply(0, &state, now + BOUND * 3).ok();
+        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+    }
+
+    #[test]
+    fn an_unconfirmed_abort_nobody_listens_to_is_forgotten() {
+        let mut l = ledger(1);
+        let now = Instant::now();
+        let (_, rx) = l.append(Bytes::from("gone"), 2, Some(now));
+        l.abort_expired(now, BOUND);
+        assert_eq!(l.expire_unconfirmed(now + BOUND), vec![1]);
+        assert_eq!(l.unconfirmed_count(), 1);
+        drop(rx);
+        assert!(l.expire_unconfirmed(now + BOUND).is_empty());
+        assert_eq!(l.unconfirmed_count(), 0);
+    }
+
+    #[test]
+    fn without_secondaries_the_masters_disk_suffices_for_the_500() {
+        let (tx, _records) = tokio::sync::mpsc::unbounded_channel();
+        let mut l = Ledger::new(Log::new(new_log_id()), 0, Some(tx), &[(1, 0)]);
+        let now = Instant::now();
+        let (_, rx) = l.append(Bytes::from("a"), 1, Some(now));
+        assert_eq!(l.abort_expired(now, BOUND), vec![1]);
+        assert_eq!(
+            *rx.borrow(),
+            Progress::Waiting,
+            "the tombstone is not synced"
+        );
+        l.on_persisted(None, &[1]);
+        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+    }
+
+    #[test]
+    fn an_abort_not_synced_by_its_bound_is_unknown_and_the_clock_moves_on() {
+        let (tx, _records) = tokio::sync::mpsc::unbounded_channel();
+        let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx), &[(1, 0)]);
+        let now = Instant::now();
+        let (_, rx) = l.append(Bytes::from("a"), 2, Some(now));
+        l.on_persisted(Some(1), &[]);
+        l.abort_expired(now, BOUND);
+        assert_eq!(l.next_deadline(), Some(now + BOUND));
+        assert_eq!(l.expire_unconfirmed(now + BOUND), vec![1]);
+        assert_eq!(*rx.borrow(), Progress::AbortUnconfirmed);
+        assert_eq!(l.next_deadline(), None, "no deadline left in the past");
+        l.on_persisted(None, &[1]);
+        assert_eq!(*rx.borrow(), Progress::AbortUnconfirmed);
+        assert_eq!(l.next_deadline(), None);
+        let state = decided(&l, 1, 1, 1);
+        l.on_reply(0, &state, now).ok();
+        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
     }
 
     #[test]
@@ -486,7 +732,7 @@ mod tests {
         let state = reply(&l, 1, 1);
         l.on_reply(0, &state, Instant::now()).ok();
         // Restart: empty again, then it catches up past id 2.
-        let (_, mut rx) = l.append(Bytes::from("b"), 3, None);
+        let (_, rx) = l.append(Bytes::from("b"), 3, None);
         let state = reply(&l, 2, 0);
         l.on_reply(0, &state, Instant::now()).ok();
         assert_eq!(
@@ -497,21 +743,24 @@ mod tests {
         let state = reply(&l, 2, 1);
         l.on_reply(0, &state, Instant::now()).ok();
         assert!(
-            rx.try_recv().is_err(),
+            *rx.borrow() == Progress::Waiting,
             "id 1 again is no acknowledgement of id 2"
         );
         let state = reply(&l, 2, 2);
         l.on_reply(0, &state, Instant::now()).ok();
-        assert!(rx.try_recv().is_err(), "w=3 needs the second secondary too");
+        assert!(
+            *rx.borrow() == Progress::Waiting,
+            "w=3 needs the second secondary too"
+        );
         let state = reply(&l, 9, 2);
         l.on_reply(1, &state, Instant::now()).ok();
-        assert_eq!(rx.try_recv(), Ok(Outcome::Committed));
+        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Committed));
     }
 
     #[test]
     fn a_foreign_log_is_no_acknowledgement() {
         let mut l = ledger(1);
-        let (_, mut rx) = l.append(Bytes::from("a"), 2, None);
+        let (_, rx) = l.append(Bytes::from("a"), 2, None);
         let state = ReplicaState {
             log_id: "other".into(),
             instance: 1,
@@ -520,7 +769,7 @@ mod tests {
             master_instance: 1,
         };
         assert!(l.on_reply(0, &state, Instant::now()).is_err());
-        assert!(rx.try_recv().is_err());
+        assert!(*rx.borrow() == Progress::Waiting);
         assert!(l.follower(0).foreign_log.is_some());
     }
 
@@ -529,10 +778,10 @@ mod tests {
         let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
         let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx), &[(1, 0)]);
         let now = Instant::now();
-        let (_, mut rx1) = l.append(Bytes::from("a"), 1, None);
-        let (_, mut rx2) = l.append(Bytes::from("b"), 2, Some(now));
+        let (_, rx1) = l.append(Bytes::from("a"), 1, None);
+        let (_, rx2) = l.append(Bytes::from("b"), 2, Some(now));
         assert!(
-            rx1.try_recv().is_err(),
+            *rx1.borrow() == Progress::Waiting,
             "w=1 waits for the master's own disk"
         );
         assert!(
@@ -548,20 +797,27 @@ mod tests {
             Ok(Record::Entry { id: 2, .. })
         ));
         l.on_persisted(Some(2), &[]);
-        assert_eq!(rx1.try_recv(), Ok(Outcome::Committed));
+        assert_eq!(*rx1.borrow(), Progress::Decided(Outcome::Committed));
         assert_eq!(l.batch(0, 1, 10, 1 << 20).entries.len(), 2);
         // Id 2 expires: it is aborting, but not aborted before its tombstone is durable, and a
         // late acknowledgement no longer commits it.
-        assert_eq!(l.abort_expired(now), vec![2]);
+        assert_eq!(l.abort_expired(now, BOUND), vec![2]);
         assert_eq!(records.try_recv(), Ok(Record::Tombstone { id: 2 }));
         let state = reply(&l, 1, 2);
         l.on_reply(0, &state, Instant::now()).ok();
-        assert!(rx2.try_recv().is_err());
+        assert!(*rx2.borrow() == Progress::Waiting);
         assert_eq!(l.log().decided(), 1);
         l.on_persisted(None, &[2]);
-        assert_eq!(rx2.try_recv(), Ok(Outcome::Aborted));
         assert_eq!(l.log().decided(), 2);
         assert_eq!(ids(&l), vec![1]);
+        assert_eq!(
+            *rx2.borrow(),
+            Progress::Waiting,
+            "no secondary decided it yet"
+        );
+        let state = decided(&l, 1, 2, 2);
+        l.on_reply(0, &state, Instant::now()).ok();
+        assert_eq!(*rx2.borrow(), Progress::Decided(Outcome::Aborted));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::idempotency::{self, Claim, Keys};
-use crate::ledger::{ForeignLog, Journal, Ledger, Outcome};
+use crate::ledger::{self, ForeignLog, Journal, Ledger, Outcome, Progress, Verdict};
 use crate::replication::health::{self, Status};
 use crate::replication::Peer;
 use bytes::Bytes;
@@ -223,26 +223,34 @@ impl Master {
             _ = self.phases.grace_over.cancelled() => *last.borrow(),
         };
         match state {
-            State::Decided(id, outcome) => Some(answer(id, Some(outcome))),
+            State::Decided(id, outcome) => Some(answer(id, Some(Progress::Decided(outcome)))),
+            State::AbortUnconfirmed(id) => Some(answer(id, Some(Progress::AbortUnconfirmed))),
             State::Pending(id) | State::Unknown(id) => Some(answer(id, None)),
             State::Admitting | State::Released => None,
         }
     }
 }
 
-/// The answer to an append given `id`, from its decision (`None`: the master stopped waiting
-/// before there was one).
-fn answer(id: u64, decided: Option<Outcome>) -> Result<u64, ApiError> {
-    match decided {
-        Some(Outcome::Committed) => {
+/// The answer to an append given `id`, from what is known of it (`None`: the master stopped
+/// waiting before there was a decision).
+fn answer(id: u64, progress: Option<Progress>) -> Result<u64, ApiError> {
+    match progress {
+        Some(Progress::Decided(Outcome::Committed)) => {
             tracing::debug!(id, "append committed");
             Ok(id)
         }
-        Some(Outcome::Aborted) => {
+        Some(Progress::Decided(Outcome::Aborted)) => {
             tracing::warn!(id, "append aborted: write concern not met in time");
             Err(ApiError::ReplicationFailed)
         }
-        None => {
+        Some(Progress::AbortUnconfirmed) => {
+            tracing::warn!(
+                id,
+                "append answered unknown: aborted, but no secondary has confirmed the abort"
+            );
+            Err(abort_unconfirmed(id))
+        }
+        Some(Progress::Waiting) | None => {
             tracing::warn!(
                 id,
                 "append answered unknown: the master stops before its decision"
@@ -258,6 +266,25 @@ fn outcome_unknown(id: u64) -> ApiError {
     ApiError::OutcomeUnknown(format!(
         "the master is shutting down before the append (id {id}) was decided: it may or may not be committed; once the master is back, id {id} in the log shows whether it was"
     ))
+}
+
+/// The master aborted the append as `id` and holds its tombstone, but no secondary has
+/// confirmed it: a master that lost its disk now would recover the log from the secondaries,
+/// and one of them may hold the entry, so "not committed" is not yet a promise it can keep.
+fn abort_unconfirmed(id: u64) -> ApiError {
+    ApiError::OutcomeUnknown(format!(
+        "the append (id {id}) was not replicated in time and the master aborted it, but no secondary has confirmed the abort yet (the master holds it, on its disk with DATA_DIR): a master that lost its disk now could still commit it; a retry with the same idempotency key learns the final answer (500 once a secondary confirms)"
+    ))
+}
+
+/// Waits until `verdict` says something the client can be told: a decision, or that an abort
+/// is not confirmed; `None` when the ledger dropped the append first (the master stops).
+async fn told(mut verdict: Verdict) -> Option<Progress> {
+    let mut now = *verdict.borrow_and_update();
+    while now == Progress::Waiting {
+        now = ledger::progress(&mut verdict).await?;
+    }
+    Some(now)
 }
 
 #[tonic::async_trait]
@@ -341,12 +368,12 @@ impl Node for Master {
         // The decision if it comes before the grace period of a shutdown ends (`biased`: one
         // that came is never answered "unknown"); the ledger dropping the append without one
         // happens only when the master stops, and is unknown too.
-        let decided = tokio::select! {
+        let progress = tokio::select! {
             biased;
-            outcome = outcome => outcome.ok(),
+            progress = told(outcome) => progress,
             _ = self.phases.grace_over.cancelled() => None,
         };
-        answer(id, decided)
+        answer(id, progress)
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {

@@ -30,14 +30,14 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::strategy::Union;
 use proptest::test_runner::Config as ProptestConfig;
-use replog_master::ledger::{Ledger, Outcome};
+use replog_master::ledger::{Ledger, Outcome, Progress, Verdict};
 use replog_node::log::{new_log_id, Log, Message};
 use replog_node::storage::Record;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use replog_secondary::replica::{Refusal, Replica};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Secondaries in the simulated cluster (n); write concerns range over 1..=n+1.
 const SECONDARIES: usize = 2;
@@ -184,6 +184,9 @@ enum Answer {
     Waiting,
     Committed,
     Aborted,
+    /// Aborted, but no secondary had confirmed the abort in time (504 "unknown"); a later
+    /// confirmation still makes it `Aborted`.
+    Unknown,
     /// The master restarted before answering (the client sees a connection error).
     Lost,
 }
@@ -191,7 +194,7 @@ enum Answer {
 #[derive(Debug)]
 struct Append {
     message: Bytes,
-    rx: Option<oneshot::Receiver<Outcome>>,
+    rx: Option<Verdict>,
     answer: Answer,
 }
 
@@ -365,7 +368,9 @@ impl Sim {
             Action::Tick { ms } => {
                 self.now += ms;
                 let now = self.instant();
-                self.ledger.abort_expired(now);
+                self.ledger
+                    .abort_expired(now, Duration::from_millis(self.timeout));
+                self.ledger.expire_unconfirmed(now);
             }
             Action::Persist { count } => self.persist(count),
             Action::Sync => self.sync(),
@@ -490,12 +495,11 @@ impl Sim {
             let id = index as u64 + 1;
             if append.answer == Answer::Waiting {
                 append.answer = Answer::Lost;
-                append.rx = None;
             }
+            append.rx = None;
             if id > recovered {
-                assert_eq!(
-                    append.answer,
-                    Answer::Lost,
+                assert!(
+                    matches!(append.answer, Answer::Lost | Answer::Unknown),
                     "id {id} was answered but is not on the master's disk"
                 );
                 assert!(
@@ -526,18 +530,22 @@ impl Sim {
             let Some(rx) = append.rx.as_mut() else {
                 continue;
             };
-            match rx.try_recv() {
-                Ok(outcome) => {
+            match *rx.borrow_and_update() {
+                Progress::Waiting => {}
+                Progress::AbortUnconfirmed => append.answer = Answer::Unknown,
+                Progress::Decided(outcome) => {
                     append.answer = match outcome {
                         Outcome::Committed => Answer::Committed,
                         Outcome::Aborted => Answer::Aborted,
                     };
-                    append.rx = None;
                 }
-                Err(oneshot::error::TryRecvError::Empty) => {}
-                Err(oneshot::error::TryRecvError::Closed) => {
+            }
+            match append.answer {
+                Answer::Committed | Answer::Aborted => append.rx = None,
+                _ if rx.has_changed().is_err() => {
                     panic!("id {} lost its waiter without an answer", index + 1)
                 }
+                _ => {}
             }
         }
     }
@@ -592,7 +600,7 @@ impl Sim {
                     assert!(id <= durable, "id {id} committed before it was durable");
                 }
                 Answer::Aborted => assert!(log.is_tombstone(id), "id {id} aborted, no tombstone"),
-                Answer::Waiting | Answer::Lost => {}
+                Answer::Waiting | Answer::Lost | Answer::Unknown => {}
             }
         }
         for &id in &self.ever_visible {
@@ -726,6 +734,12 @@ impl Sim {
                 Answer::Lost => assert!(
                     shown.contains(&id) || self.ledger.log().is_tombstone(id),
                     "recovered id {id} neither shown nor aborted"
+                ),
+                // Told "unknown", and the master restarted before a secondary confirmed the
+                // abort (else the confirmation made it `Aborted`): either may hold.
+                Answer::Unknown => assert!(
+                    shown.contains(&id) || self.ledger.log().is_tombstone(id),
+                    "unknown id {id} neither shown nor aborted"
                 ),
             }
         }
