@@ -24,8 +24,9 @@ const CLIENTS: usize = 6;
 /// Longest wait for one answer: above `REPLICATION_TIMEOUT_SECONDS` and any pause.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// How long a node may take to exit after SIGTERM.
-const TERM_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a node may take to exit after SIGTERM: `SHUTDOWN_GRACE_SECONDS` (5), a second for
+/// the last answers, and room for a loaded machine; compose's `stop_grace_period` is 10 s too.
+const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the healed cluster may take to agree.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,8 +120,17 @@ impl Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Up,
-    Paused { until: Instant },
-    Down { until: Instant },
+    Paused {
+        until: Instant,
+    },
+    /// Sent SIGTERM; must exit by `deadline`, then stays down for `down`.
+    Stopping {
+        deadline: Instant,
+        down: Duration,
+    },
+    Down {
+        until: Instant,
+    },
 }
 
 /// The fault injector: one fault at a time is started, every 1-3 s, on a node that is up; each
@@ -171,6 +181,29 @@ impl Nemesis<'_> {
                     let name = self.node(i).name.clone();
                     self.note(format!("start {name}"));
                 }
+                State::Stopping { deadline, down } => {
+                    let name = self.node(i).name.clone();
+                    let elapsed = self.start.elapsed();
+                    match self.node(i).exited() {
+                        Some(status) => {
+                            if !status.success() {
+                                self.found.push(Violation(format!(
+                                    "{name} exited {status} after SIGTERM (at {elapsed:?})"
+                                )));
+                            }
+                            self.note(format!("{name} exited ({status}), down for {down:?}"));
+                        }
+                        None if deadline <= now => {
+                            self.found.push(Violation(format!(
+                                "{name} did not exit within {TERM_TIMEOUT:?} of SIGTERM (at {elapsed:?})"
+                            )));
+                            self.node(i).kill();
+                            self.note(format!("{name} still runs {TERM_TIMEOUT:?} after SIGTERM: SIGKILL, down for {down:?}"));
+                        }
+                        None => continue,
+                    }
+                    self.states[i] = State::Down { until: now + down };
+                }
                 State::Up => {
                     if let Some(status) = self.node(i).exited() {
                         let name = self.node(i).name.clone();
@@ -206,7 +239,10 @@ impl Nemesis<'_> {
             return;
         }
         let i = candidates[self.rng.random_range(0..candidates.len())];
-        let lasts = Duration::from_millis(self.rng.random_range(200..2500));
+        // A pause may outlast the master's UNHEALTHY_AFTER_MS (3 s): a stalled master, or a
+        // secondary it must count out of the quorum.
+        let longest = if fault == Fault::Pause { 4000 } else { 2500 };
+        let lasts = Duration::from_millis(self.rng.random_range(200..longest));
         let until = Instant::now() + lasts;
         let name = self.node(i).name.clone();
         match fault {
@@ -237,50 +273,33 @@ impl Nemesis<'_> {
                 ));
             }
             Fault::Term => {
+                let node = self.node(i);
+                nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGTERM)
+                    .unwrap_or_else(|e| panic!("cannot send SIGTERM to {name}: {e}"));
+                self.states[i] = State::Stopping {
+                    deadline: Instant::now() + TERM_TIMEOUT,
+                    down: lasts,
+                };
                 self.note(format!("SIGTERM {name}"));
-                let status = tokio::task::block_in_place(|| self.sigterm(i));
-                match status {
-                    Some(status) if status.success() => {}
-                    Some(status) => self.found.push(Violation(format!(
-                        "{name} exited {status} after SIGTERM at {:?}",
-                        self.start.elapsed()
-                    ))),
-                    None => self.found.push(Violation(format!(
-                        "{name} did not exit within {TERM_TIMEOUT:?} of SIGTERM at {:?}",
-                        self.start.elapsed()
-                    ))),
-                }
-                self.states[i] = State::Down { until };
-                self.note(format!("{name} exited ({status:?}), down for {lasts:?}"));
             }
         }
     }
 
-    /// SIGTERM and wait for the exit; `None` (and SIGKILL) if it does not come in time.
-    fn sigterm(&mut self, i: usize) -> Option<std::process::ExitStatus> {
-        let node = self.node(i);
-        nix::sys::signal::kill(node.pid(), nix::sys::signal::Signal::SIGTERM)
-            .unwrap_or_else(|e| panic!("cannot send SIGTERM to {}: {e}", node.name));
-        let deadline = Instant::now() + TERM_TIMEOUT;
-        loop {
-            if let Some(status) = node.exited() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                node.kill();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+    /// Every node up: SIGCONT the paused, start the stopped (after those stopping exited).
+    async fn heal_all(&mut self) {
+        while self
+            .states
+            .iter()
+            .any(|s| matches!(s, State::Stopping { .. }))
+        {
+            self.heal_due(Instant::now());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Every node up: SIGCONT the paused, start the stopped.
-    fn heal_all(&mut self) {
         for i in 0..self.states.len() {
             match self.states[i] {
                 State::Paused { .. } => self.states[i] = State::Paused { until: self.start },
                 State::Down { .. } => self.states[i] = State::Down { until: self.start },
-                State::Up => {}
+                State::Up | State::Stopping { .. } => {}
             }
         }
         self.heal_due(Instant::now());
@@ -382,7 +401,7 @@ async fn list_of(client: &reqwest::Client, url: &str) -> Option<Vec<(u64, String
 /// Injected: for `REPLOG_NEMESIS_SECONDS`, every 1-3 s one of SIGKILL + restart, SIGSTOP +
 /// SIGCONT, SIGKILL + wipe + restart of a secondary, SIGTERM + restart (and, with
 /// `REPLOG_NEMESIS_WIPE_MASTER=1`, SIGKILL + wipe + restart of the master), each lasting
-/// 0.2-2.5 s, at most two nodes out at once; meanwhile 6 clients append unique messages with a
+/// 0.2-2.5 s (a pause up to 4 s), at most two nodes out at once; meanwhile 6 clients append unique messages with a
 /// random `w` through random nodes (durable master and secondaries, FSYNC always).
 /// Checked, after every node is back and the cluster converged: the history rules of
 /// [`cluster_tests::history`], and that every node exits 0 on SIGTERM and none exits by itself.
@@ -465,7 +484,7 @@ async fn random_faults_keep_every_promise() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    nemesis.heal_all();
+    nemesis.heal_all().await;
     nemesis.note("healed: every node runs".into());
     let (fault_log, mut found) = (nemesis.log, nemesis.found);
 
