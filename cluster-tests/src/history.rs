@@ -4,7 +4,8 @@
 //! - every append answered 200 is on every node at the end, at its id, with its message (a `w=1`
 //!   append acknowledged before the master lost its disk is excepted: it lived on that disk
 //!   only);
-//! - an append answered 500, 503, 429 or 4xx is never shown by any node;
+//! - an append answered 500, 503, 429 or 4xx is never shown by any node, nor one whose
+//!   connection could not be made;
 //! - no id ever shows two messages, on one node or across nodes, and no message shows under two
 //!   ids (nor one that was never sent);
 //! - each node's list only grows: every list it shows starts with the one it showed before
@@ -35,6 +36,8 @@ pub enum Outcome {
     Committed(u64),
     /// 500, 503, 429 or another 4xx: nothing appended.
     Refused(u16),
+    /// The connection could not be made: the request never reached a node.
+    NotSent,
     /// 504, or no answer (the connection failed or timed out): it may or may not be appended.
     Unknown,
     /// Any other answer, or a 200 without an id: not in the answer table.
@@ -257,6 +260,14 @@ impl History {
                         ));
                     }
                 }
+                Outcome::NotSent => {
+                    if let Some(id) = shown {
+                        found.push(format!(
+                            "{:?} (w={}, via {}) could not connect at {:?}, yet shows at id {id}",
+                            append.message, append.w, append.node, append.sent
+                        ));
+                    }
+                }
                 Outcome::Unknown => {}
                 Outcome::Unexpected(what) => found.push(format!(
                     "{:?} (w={}, via {}) got an answer outside the answer table: {what}",
@@ -411,6 +422,7 @@ mod tests {
         h.record_append(append("c", 1, 20, 25, Outcome::Committed(3)));
         h.record_append(append("x", 3, 40, 50, Outcome::Refused(500)));
         h.record_append(append("u", 2, 40, 60, Outcome::Unknown));
+        h.record_append(append("n", 2, 40, 41, Outcome::NotSent));
         h
     }
 
@@ -458,6 +470,15 @@ mod tests {
         );
         // secondary-2 showed id 4 and then no longer did.
         assert!(all.contains("secondary-2 showed 4 entries"), "{all}");
+    }
+
+    #[test]
+    fn an_append_that_never_connected_shown_anywhere_is_found() {
+        let all = texts(&base().check(&all(&[(1, "a"), (2, "b"), (3, "c"), (4, "n")])));
+        assert!(
+            all.contains("\"n\" (w=2, via master) could not connect"),
+            "{all}"
+        );
     }
 
     #[test]

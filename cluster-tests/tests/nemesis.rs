@@ -330,6 +330,7 @@ async fn client(
         let answered = start.elapsed();
         let outcome = match &answer {
             Ok((status, body)) => Outcome::of_answer(status.as_u16(), body["id"].as_u64()),
+            Err(e) if e.is_connect() => Outcome::NotSent,
             Err(_) => Outcome::Unknown,
         };
         let definite = matches!(outcome, Outcome::Committed(_));
@@ -534,6 +535,7 @@ async fn random_faults_keep_every_promise() {
             Outcome::Committed(_) => "200".to_owned(),
             Outcome::Refused(status) => status.to_string(),
             Outcome::Unknown => "unknown".to_owned(),
+            Outcome::NotSent => "not sent".to_owned(),
             Outcome::Unexpected(what) => what.clone(),
         };
         *count.entry(kind).or_insert(0) += 1;
