@@ -134,13 +134,59 @@ pub fn log_dir() -> PathBuf {
     target.join("cluster-tests").join(name)
 }
 
-/// [`log_dir`], emptied of an earlier run's logs.
+/// [`log_dir`], emptied of an earlier run's logs, and held by this process until it exits.
+///
+/// Another process may run the same test at this moment (a second terminal, someone else's run
+/// of the whole suite in the same checkout): its nodes keep their logs and data directories
+/// there. A run that finds the directory held takes `<test>-<pid>/` instead, so that two
+/// clusters never delete or share each other's data.
 pub fn fresh_log_dir() -> PathBuf {
-    let dir = log_dir();
+    let mut dir = log_dir();
+    if !hold(&dir) {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        dir = dir.with_file_name(format!("{name}-{}", std::process::id()));
+        hold(&dir);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)
         .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
+}
+
+/// Locks `<dir>.lock` for the rest of this process's life (the lock goes with the process, even
+/// a killed one); `false` if another process holds it. A lock that cannot be taken for another
+/// reason counts as held: the directory is then used as if no lock existed.
+fn hold(dir: &Path) -> bool {
+    static HELD: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+    if held.iter().any(|(path, _)| path == dir) {
+        return true;
+    }
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name()) else {
+        return true;
+    };
+    let _ = std::fs::create_dir_all(parent);
+    let lock = parent.join(format!("{}.lock", name.to_string_lossy()));
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+    else {
+        return true;
+    };
+    match file.try_lock() {
+        Ok(()) => {
+            held.push((dir.to_path_buf(), file));
+            true
+        }
+        Err(std::fs::TryLockError::WouldBlock) => false,
+        Err(std::fs::TryLockError::Error(_)) => true,
+    }
 }
 
 /// A port that was free a moment ago: bind port 0 on loopback, read the port, let it go.
