@@ -97,6 +97,8 @@ pub struct History {
     by_id: BTreeMap<u64, (String, Sighting)>,
     /// Every message shown anywhere, with the first id seen for it.
     by_message: HashMap<String, u64>,
+    /// Ids and messages already reported as shown twice: each is reported once.
+    conflicts: std::collections::HashSet<(u64, String)>,
     /// Times the master started over with an empty data directory.
     master_wipes: Vec<Duration>,
     /// Violations found while recording.
@@ -160,6 +162,7 @@ impl History {
         };
         match self.by_id.get(&id) {
             Some((first, _)) if first == message => {}
+            Some(_) if !self.conflicts.insert((id, String::new())) => {}
             Some((first, first_seen)) => {
                 let text = format!(
                     "id {id} shows {first:?} ({} at {:?}) and {message:?} ({node} at {at:?})",
@@ -172,7 +175,7 @@ impl History {
             }
         }
         match self.by_message.get(message) {
-            Some(first) if *first != id => {
+            Some(first) if *first != id && self.conflicts.insert((0, message.to_owned())) => {
                 let text =
                     format!("{message:?} shows under ids {first} and {id} ({node} at {at:?})");
                 self.violation(text);
