@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub const CONFIRM_WITHOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long an aborted append's client waits for a secondary to confirm its tombstone.
-fn confirm_within(timeout: Duration) -> Duration {
+pub fn confirm_within(timeout: Duration) -> Duration {
     if timeout.is_zero() {
         CONFIRM_WITHOUT_TIMEOUT
     } else {

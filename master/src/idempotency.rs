@@ -263,6 +263,23 @@ pub async fn settled(mut state: watch::Receiver<State>) -> State {
     }
 }
 
+/// Waits until the attempt behind `state` is decided for good (or released, or given up on):
+/// past an abort that awaits confirmation.
+pub async fn decided(mut state: watch::Receiver<State>) -> State {
+    loop {
+        let now = *state.borrow_and_update();
+        if now.is_final() {
+            return now;
+        }
+        if state.changed().await.is_err() {
+            return match now {
+                State::Pending(id) | State::AbortUnconfirmed(id) => State::Unknown(id),
+                _ => State::Released,
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,7 +356,10 @@ mod tests {
         let later = start + Duration::from_secs(2);
         let again = retry(keys.claim("k".into(), &hello, later));
         assert_eq!(settled(again).await, State::AbortUnconfirmed(3));
-        decide.send_replace(Progress::Decided(Outcome::Aborted));
+        let waiting = retry(keys.claim("k".into(), &hello, later));
+        let confirm = async { decide.send_replace(Progress::Decided(Outcome::Aborted)) };
+        let (learned, _) = tokio::join!(decided(waiting), confirm);
+        assert_eq!(learned, State::Decided(3, Outcome::Aborted));
         let mut confirmed = retry(keys.claim("k".into(), &hello, later));
         let decided = State::Decided(3, Outcome::Aborted);
         tokio::time::timeout(

@@ -2,6 +2,7 @@
 //! deadline task all hold.
 
 use crate::config::Config;
+use crate::deadlines;
 use crate::idempotency::{self, Claim, Keys};
 use crate::ledger::{self, ForeignLog, Journal, Ledger, Outcome, Progress, Verdict};
 use crate::replication::health::{self, Status};
@@ -211,15 +212,30 @@ impl Master {
 impl Master {
     /// The answer of the attempt behind a key, once it is decided or the grace period of a
     /// shutdown ends; `None` if it was refused before it appended (the key is free again).
+    /// A `retry` of an abort no secondary has confirmed yet waits for the confirmation once
+    /// more as long as the first attempt did, so a client retrying at once does not spin on
+    /// "unknown".
     async fn answer_keyed(
         &self,
         state: tokio::sync::watch::Receiver<idempotency::State>,
+        retry: bool,
     ) -> Option<Result<u64, ApiError>> {
         use idempotency::State;
         let last = state.clone();
+        let settle = async {
+            match idempotency::settled(state.clone()).await {
+                unconfirmed @ State::AbortUnconfirmed(_) if retry => {
+                    let within = deadlines::confirm_within(self.config.replication_timeout_seconds);
+                    tokio::time::timeout(within, idempotency::decided(state))
+                        .await
+                        .unwrap_or(unconfirmed)
+                }
+                settled => settled,
+            }
+        };
         let state = tokio::select! {
             biased;
-            state = idempotency::settled(state) => state,
+            state = settle => state,
             _ = self.phases.grace_over.cancelled() => *last.borrow(),
         };
         match state {
@@ -323,7 +339,7 @@ impl Node for Master {
                 match self.keys.claim(key.clone(), &message, Instant::now())? {
                     Claim::First(ticket) => break Some(ticket),
                     Claim::Retry(state) => {
-                        if let Some(answer) = self.answer_keyed(state).await {
+                        if let Some(answer) = self.answer_keyed(state, true).await {
                             return answer;
                         }
                     }
@@ -362,7 +378,7 @@ impl Node for Master {
         })?;
         self.wake_senders();
         if let Some(ticket) = ticket {
-            let answer = self.answer_keyed(ticket.bind(id, outcome)).await;
+            let answer = self.answer_keyed(ticket.bind(id, outcome), false).await;
             return answer.unwrap_or_else(|| Err(outcome_unknown(id)));
         }
         // The decision if it comes before the grace period of a shutdown ends (`biased`: one
