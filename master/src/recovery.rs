@@ -18,6 +18,7 @@
 //!
 //! [`plan`] decides from what has been heard, without I/O; [`run`] does the calls.
 
+use crate::ledger::Ledger;
 use crate::state::Master;
 use replog_node::log::Log;
 use replog_node::storage::{LogFile, Record};
@@ -45,6 +46,9 @@ pub struct Heard {
 pub enum Plan {
     /// Not enough is known yet: stay read-only for this reason.
     Wait(String),
+    /// The master's file is older than the cluster's log: stay read-only for this reason, and
+    /// show nothing (the file may hold ids the cluster has since given to other messages).
+    Older(String),
     /// Serve the master's own log as it is (nothing beyond it anywhere).
     Serve,
     /// Copy `log_id`'s entries up to `upto` from secondary `source`, then serve.
@@ -103,7 +107,7 @@ pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
             .filter_map(|(h, a)| h.as_ref().map(|h| (&h.state, a)))
             .find(|(s, _)| s.log_id == log_id && s.master_instance > own.instance);
         if let Some((state, address)) = newer {
-            return Plan::Wait(format!(
+            return Plan::Older(format!(
                 "this master's log is older than the cluster's: secondary {address} follows \
                  master process {} but this file's last is {}; start this master with an empty \
                  DATA_DIR to recover the log from the secondaries",
@@ -219,6 +223,11 @@ pub async fn run(
         };
         match plan(&own, &heard, &addresses) {
             Plan::Wait(reason) => master.set_recovering(Some(reason)),
+            Plan::Older(reason) => {
+                let hidden = Log::new(own.log_id);
+                master.install(Ledger::new(hidden, master.peers.len(), None, &[]));
+                master.set_recovering(Some(reason));
+            }
             Plan::Serve => break,
             Plan::Copy {
                 source,
@@ -449,7 +458,7 @@ mod tests {
             Plan::Serve
         );
         match plan(&complete, &[None, holds("L", 6, 2)], &addresses(2)) {
-            Plan::Wait(reason) => assert!(reason.contains("s2") && reason.contains("older")),
+            Plan::Older(reason) => assert!(reason.contains("s2") && reason.contains("older")),
             other => panic!("{other:?}"),
         }
     }

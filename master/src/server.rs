@@ -21,15 +21,13 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let phases = Phases::after(shutdown, config.shutdown.shutdown_grace_seconds);
     let Opened { log, file, doubt } = config.storage.open(new_log_id)?;
     config.auth.warn_if_open();
-    // Until it serves its log, the master holds an empty ledger of the same identity: it shows
-    // nothing and, while recovering, takes nothing.
-    let master = Arc::new(Master::new(
-        config,
-        Log::new(log.log_id().to_owned()),
-        None,
-        &[],
-        phases.clone(),
-    )?);
+    // Until it serves, the master takes nothing. It shows its own log meanwhile only if that is
+    // complete: one that may lack entries may also lack the tombstone of a message answered 500.
+    let shown = match doubt {
+        None => log.clone(),
+        Some(_) => Log::new(log.log_id().to_owned()),
+    };
+    let master = Arc::new(Master::new(config, shown, None, &[], phases.clone())?);
     master.set_recovering(Some(match doubt {
         Some(_) => "recovering: asking the secondaries what they hold".into(),
         None => "starting: asking the secondaries what they hold".into(),

@@ -18,8 +18,9 @@ pub struct Message {
     pub message: Bytes,
 }
 
-/// A contiguous log held by one node.
-#[derive(Debug, Default)]
+/// A contiguous log held by one node. A clone shares the payloads (`Bytes`) and copies only
+/// their handles.
+#[derive(Debug, Default, Clone)]
 pub struct Log {
     /// Identity of the log, made when it is created; empty until a secondary adopts one.
     log_id: String,

@@ -13,7 +13,7 @@ const SEGMENT: usize = 1 << 16;
 
 /// Every segment but the last is full (`push` starts a new one only then, and `truncate` keeps
 /// a prefix), so the length and an element's place follow from `SEGMENT`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Segments<T> {
     segments: Vec<Vec<T>>,
 }
