@@ -28,6 +28,10 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// the last answers, and room for a loaded machine; compose's `stop_grace_period` is 10 s too.
 const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A node started this recently gets no SIGTERM: it may not handle signals yet (the default
+/// action, dying by the signal, says nothing about its shutdown).
+const JUST_STARTED: Duration = Duration::from_secs(1);
+
 /// How long the healed cluster may take to agree.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -140,6 +144,8 @@ struct Nemesis<'a> {
     rng: StdRng,
     faults: Vec<Fault>,
     states: Vec<State>,
+    /// When each node was last started: a process has no SIGTERM handler in its first moments.
+    started: Vec<Instant>,
     /// Each node's epoch: one more at every wipe of its disk (see `History::record_list`).
     epochs: Arc<Vec<AtomicU64>>,
     history: Arc<Mutex<History>>,
@@ -178,6 +184,7 @@ impl Nemesis<'_> {
                 State::Down { until } if until <= now => {
                     self.node(i).start();
                     self.states[i] = State::Up;
+                    self.started[i] = Instant::now();
                     let name = self.node(i).name.clone();
                     self.note(format!("start {name}"));
                 }
@@ -213,6 +220,7 @@ impl Nemesis<'_> {
                         )));
                         self.note(format!("{name} exited by itself ({status}); start it"));
                         self.node(i).start();
+                        self.started[i] = Instant::now();
                     }
                 }
                 _ => {}
@@ -232,6 +240,7 @@ impl Nemesis<'_> {
             .filter(|i| match fault {
                 Fault::WipeSecondary => *i > 0,
                 Fault::WipeMaster => *i == 0,
+                Fault::Term => self.started[*i].elapsed() >= JUST_STARTED,
                 _ => true,
             })
             .collect();
@@ -468,6 +477,7 @@ async fn random_faults_keep_every_promise() {
         rng: StdRng::seed_from_u64(settings.seed),
         faults: settings.faults.clone(),
         states: vec![State::Up; 3],
+        started: vec![start; 3],
         epochs: epochs.clone(),
         history: history.clone(),
         start,
