@@ -220,3 +220,32 @@ async fn sigterm_answers_unknown_once_the_grace_period_ends() {
     cluster.wait_ready().await;
     converged_count(&cluster, "undecided").await;
 }
+
+/// Injected: the master paused (SIGSTOP); an append through secondary-1 (grace 1 s), which
+/// forwards it and waits; SIGTERM of secondary-1.
+/// Checked: secondary-1 answers the append 504 `"status": "unknown"` once its grace period ends
+/// and exits 0 right after, instead of waiting for the master for as long as it is paused.
+#[tokio::test]
+async fn a_secondary_stopped_while_its_forward_waits_answers_unknown_and_exits() {
+    let mut cluster = Cluster::start(
+        vec![SecondaryOpts::new().env("SHUTDOWN_GRACE_SECONDS", "1")],
+        &steady_health(&[]),
+    )
+    .await;
+    cluster.master.stop();
+    let appender = cluster.appender_on(&cluster.secondaries[0]);
+    let waiting = tokio::spawn(async move { appender.append("forwarded", Some(2)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "answered with the master paused");
+
+    sigterm(&cluster.secondaries[0]);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(1) + PROMPTLY, waiting)
+        .await
+        .expect("the forwarded append was answered after the grace period")
+        .expect("the append task");
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["status"], "unknown", "{body}");
+    let status = wait_exit(&mut cluster.secondaries[0], PROMPTLY).await;
+    assert_eq!(status.code(), Some(0), "secondary after SIGTERM: {status}");
+    cluster.master.cont();
+}

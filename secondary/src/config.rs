@@ -41,6 +41,9 @@ pub struct Config {
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 
+    #[command(flatten)]
+    pub shutdown: replog_node::shutdown::ShutdownArgs,
+
     /// Seconds to wait before storing and acknowledging each batch of entries (test knob).
     #[arg(long, env = "DELAY_SECONDS", default_value = "0", value_parser = seconds)]
     pub delay_seconds: Duration,

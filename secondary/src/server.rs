@@ -16,6 +16,9 @@ use tokio::net::TcpListener;
 /// Largest replication request accepted (the master's batches stay far below it).
 const MAX_GRPC_MESSAGE_BYTES: usize = 64 << 20;
 
+/// How long the replication server may take to close the master's connection at shutdown.
+const REPLICATION_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn run(
     config: Config,
     http_listener: TcpListener,
@@ -102,10 +105,17 @@ pub async fn run(
     .await
     .map_err(|e| format!("HTTP server: {e}"));
     shutdown.cancel();
-    match grpc.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("replication server: {e}")),
-        Err(e) => return Err(format!("replication server task: {e}")),
+    // A master that does not close its connection (paused, or gone without a FIN) would hold
+    // the graceful stop of the replication server open: it gets a moment, then is dropped.
+    let mut grpc = grpc;
+    match tokio::time::timeout(REPLICATION_LINGER, &mut grpc).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(format!("replication server: {e}")),
+        Ok(Err(e)) => return Err(format!("replication server task: {e}")),
+        Err(_) => {
+            tracing::info!(linger = ?REPLICATION_LINGER, "the master's connection did not close; dropping it");
+            grpc.abort();
+        }
     }
     if secondary_failed.has_storage_failed() {
         return Err("the log could not be written to DATA_DIR".into());

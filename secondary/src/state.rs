@@ -175,7 +175,20 @@ impl Node for Secondary {
         w: Option<u64>,
         key: Option<String>,
     ) -> Result<u64, ApiError> {
-        self.forward.append(message, w, key).await
+        // After SIGTERM, a forwarded append may wait for the master's answer for the grace
+        // period; then this node stops, and the outcome is the master's to know, not ours.
+        let grace_over = async {
+            self.shutdown.cancelled().await;
+            tokio::time::sleep(self.config.shutdown.shutdown_grace_seconds).await;
+        };
+        tokio::select! {
+            answer = self.forward.append(message, w, key) => answer,
+            _ = grace_over => Err(ApiError::OutcomeUnknown(
+                "this secondary is shutting down and the master has not answered the forwarded \
+                 append; it may be committed: retry with the same key to find out"
+                    .into(),
+            )),
+        }
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
