@@ -187,3 +187,52 @@ async fn a_master_in_memory_recovers_the_log_after_a_restart() {
     .await;
     assert_eq!(cluster.messages(&cluster.master).await, expected);
 }
+
+/// Injected: a durable cluster; "a" w=3; secondary-2 paused; "b" w=2 (held by the master and
+/// secondary-1); the master killed and its log.bin torn (3 bytes cut off "b"'s record);
+/// secondary-1 paused, secondary-2 resumed; the master started, killed while it waits, and
+/// started again.
+/// Checked: the second start still knows its log was cut (the cut itself is on disk since the
+/// first start) and waits for secondary-1 instead of serving with a majority that lacks "b";
+/// once secondary-1 resumes, "b" is recovered at id 2 and every node converges.
+#[tokio::test]
+async fn a_master_killed_while_it_recovers_still_recovers_at_its_next_start() {
+    let mut cluster = Cluster::start_with(
+        vec![
+            SecondaryOpts::new().durable(),
+            SecondaryOpts::new().durable(),
+        ],
+        MasterOpts::new().durable().envs(&settings()),
+    )
+    .await;
+    let mut expected = append_all(&cluster, &["a"], Some(3)).await;
+    cluster.secondaries[1].stop();
+    expected.extend(append_all(&cluster, &["b"], Some(2)).await);
+    cluster.master.kill();
+    let path = cluster.master.log_file();
+    let mut bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.truncate(bytes.len() - 3);
+    std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    cluster.secondaries[0].stop();
+    cluster.secondaries[1].cont();
+
+    let s1 = cluster.secondaries[0].grpc_endpoint();
+    for start in ["first", "second"] {
+        cluster.master.start();
+        cluster.renew_client();
+        let reason = wait_read_only(&cluster, &s1).await;
+        eprintln!("{start} start: {reason}");
+        let (status, body) = cluster.append("refused", Some(1)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{start}: {body}");
+        cluster.master.kill();
+    }
+    cluster.master.start();
+    cluster.secondaries[0].cont();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    assert_eq!(cluster.messages(&cluster.master).await, expected);
+    expected.extend(append_all(&cluster, &["c"], Some(3)).await);
+    cluster
+        .wait_converged(Duration::from_secs(10), &expected)
+        .await;
+}

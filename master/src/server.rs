@@ -81,6 +81,8 @@ pub fn serve_log(
     let (starts, journal, records) = match file.as_mut() {
         Some(file) => {
             start_instance(file, recovered, floor)?;
+            file.mark_complete()
+                .map_err(|e| format!("DATA_DIR {}: {e}", file.path().display()))?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             (file.master_starts().to_vec(), Some(tx), Some(rx))
         }

@@ -43,6 +43,9 @@ impl StorageArgs {
                 cut.reason
             )),
             (None, Some(why)) => Some(format!("DATA_DIR held no log: {why}")),
+            (None, None) if recovered.unfinished => Some(
+                "an earlier start found the log incomplete and did not finish recovering it".into(),
+            ),
             (None, None) if self.fsync == crate::storage::FsyncPolicy::Never => {
                 Some("FSYNC=never: a power failure may have taken acknowledged entries".into())
             }

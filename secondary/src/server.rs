@@ -32,6 +32,11 @@ pub async fn run(
     );
     // A fresh log has no identity yet: it adopts the master's on first contact.
     let replog_node::config::Opened { log, file, .. } = config.storage.open(String::new)?;
+    // A secondary's log is whole by definition: the master catches it up.
+    if let Some(file) = &file {
+        file.mark_complete()
+            .map_err(|e| format!("DATA_DIR {}: {e}", file.path().display()))?;
+    }
     config.auth.warn_if_open();
     let limits = config.limits.clone();
     let forward = Forwarder::new(config.master.as_deref())?;

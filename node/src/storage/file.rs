@@ -9,6 +9,12 @@ use std::path::{Path, PathBuf};
 /// Name of the log file inside the data directory.
 pub const FILE_NAME: &str = "log.bin";
 
+/// Name of the marker that says the log in the data directory may lack acknowledged entries
+/// (it was created new, or a tail was cut) and nobody has completed it since
+/// ([`LogFile::mark_complete`]). It outlives a crash, so a master killed while it recovers its
+/// log from the secondaries still knows, at its next start, that its file is not the whole log.
+pub const INCOMPLETE_MARKER: &str = "log.incomplete";
+
 /// When an append is made durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum FsyncPolicy {
@@ -52,6 +58,9 @@ pub struct Recovered {
     pub cut: Option<Cut>,
     /// Set when no log was there and this one was just created: why (no file, an empty file).
     pub created: Option<&'static str>,
+    /// The incomplete marker was there at open: an earlier start found the log incomplete and
+    /// did not complete it.
+    pub unfinished: bool,
 }
 
 /// A tail removed at recovery.
@@ -104,6 +113,7 @@ impl LogFile {
     ) -> io::Result<(LogFile, Recovered)> {
         fs::create_dir_all(dir)?;
         let path = dir.join(FILE_NAME);
+        let unfinished = dir.join(INCOMPLETE_MARKER).exists();
         let existing = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => Some(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -118,7 +128,17 @@ impl LogFile {
                 file
             }
             None => {
+                mark_incomplete(dir)?;
                 return Self::create_new(dir, path, policy, new_log_id(), "no log file was there")
+                    .map(|(file, recovered)| {
+                        (
+                            file,
+                            Recovered {
+                                unfinished,
+                                ..recovered
+                            },
+                        )
+                    });
             }
         };
         if bytes.is_empty() {
@@ -127,7 +147,17 @@ impl LogFile {
             // its secondaries instead of serving a new one as if nothing had happened.
             drop(file);
             tracing::warn!(path = %path.display(), "the log file is empty; starting a new file");
-            return Self::create_new(dir, path, policy, new_log_id(), "the log file was empty");
+            mark_incomplete(dir)?;
+            return Self::create_new(dir, path, policy, new_log_id(), "the log file was empty")
+                .map(|(file, recovered)| {
+                    (
+                        file,
+                        Recovered {
+                            unfinished,
+                            ..recovered
+                        },
+                    )
+                });
         }
         let (log, starts, good, reason) = replay(&bytes).map_err(|reason| {
             io::Error::new(
@@ -142,6 +172,7 @@ impl LogFile {
             None => None,
             Some(reason) => {
                 let total = bytes.len() as u64;
+                mark_incomplete(dir)?;
                 file.set_len(good)?;
                 file.sync_all()?;
                 tracing::warn!(
@@ -175,6 +206,7 @@ impl LogFile {
                 log,
                 cut,
                 created: None,
+                unfinished,
             },
         ))
     }
@@ -203,6 +235,7 @@ impl LogFile {
             log: Log::new(log_id),
             cut: None,
             created: Some(why),
+            unfinished: false,
         };
         Ok((log_file, recovered))
     }
@@ -263,6 +296,19 @@ impl LogFile {
             self.buf = Vec::new();
         }
         Ok(())
+    }
+
+    /// Says that the log in this file is whole again (a master recovered it from its
+    /// secondaries): removes the incomplete marker, durably.
+    pub fn mark_complete(&self) -> io::Result<()> {
+        let Some(dir) = self.path.parent() else {
+            return Ok(());
+        };
+        match fs::remove_file(dir.join(INCOMPLETE_MARKER)) {
+            Ok(()) => sync_dir(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Path of the log file.
@@ -434,6 +480,12 @@ fn create(dir: &Path, path: &Path, log_id: String) -> io::Result<File> {
     Ok(file)
 }
 
+/// Creates the incomplete marker in `dir`, durably, before the log there is cut or created.
+fn mark_incomplete(dir: &Path) -> io::Result<()> {
+    File::create(dir.join(INCOMPLETE_MARKER))?.sync_all()?;
+    sync_dir(dir)
+}
+
 /// Makes a rename or creation in `dir` durable (POSIX needs the directory itself synced).
 fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
@@ -476,6 +528,35 @@ mod tests {
 
     fn open(dir: &Path) -> (LogFile, Recovered) {
         LogFile::open(dir, FsyncPolicy::Always, || "log-a".to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_created_or_cut_log_stays_incomplete_until_marked_complete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (file, recovered) = open(tmp.path());
+        assert!(recovered.created.is_some() && !recovered.unfinished);
+        drop(file);
+        // A crash before anyone completed it: the next open still knows.
+        let (file, recovered) = open(tmp.path());
+        assert!(recovered.created.is_none() && recovered.unfinished);
+        file.mark_complete().unwrap();
+        drop(file);
+        let (mut file, recovered) = open(tmp.path());
+        assert!(!recovered.unfinished);
+        file.append(&[entry(1, "a")]).unwrap();
+        drop(file);
+        let path = tmp.path().join(FILE_NAME);
+        let len = fs::metadata(&path).unwrap().len();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 1)
+            .unwrap();
+        let (_, recovered) = open(tmp.path());
+        assert!(recovered.cut.is_some());
+        let (_, recovered) = open(tmp.path());
+        assert!(recovered.cut.is_none() && recovered.unfinished);
     }
 
     fn file_len(dir: &Path) -> u64 {
