@@ -32,6 +32,10 @@ const TERM_TIMEOUT: Duration = Duration::from_secs(10);
 /// action, dying by the signal, says nothing about its shutdown).
 const JUST_STARTED: Duration = Duration::from_secs(1);
 
+/// Least time between two wiped disks: the first wiped node is back (at most 2.5 s) and caught
+/// up long before, so no two disks are ever lost at once.
+const WIPE_SPACING: Duration = Duration::from_secs(8);
+
 /// How long the healed cluster may take to agree.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -154,6 +158,9 @@ struct Nemesis<'a> {
     log: Vec<String>,
     /// Rules the processes broke (a node that exits by itself, or badly after SIGTERM).
     found: Vec<Violation>,
+    /// When a disk was last wiped: the contract covers the loss of one node, its disk included,
+    /// so a second disk is wiped only once the first node has had time to be caught up again.
+    last_wipe: Option<Instant>,
 }
 
 impl Nemesis<'_> {
@@ -238,6 +245,11 @@ impl Nemesis<'_> {
         let candidates: Vec<usize> = (0..self.states.len())
             .filter(|i| self.states[*i] == State::Up)
             .filter(|i| match fault {
+                _ if matches!(fault, Fault::WipeSecondary | Fault::WipeMaster)
+                    && self.last_wipe.is_some_and(|t| t.elapsed() < WIPE_SPACING) =>
+                {
+                    false
+                }
                 Fault::WipeSecondary => *i > 0,
                 Fault::WipeMaster => *i == 0,
                 Fault::Term => self.started[*i].elapsed() >= JUST_STARTED,
@@ -266,6 +278,7 @@ impl Nemesis<'_> {
                 self.note(format!("SIGSTOP {name} for {lasts:?}"));
             }
             Fault::WipeSecondary | Fault::WipeMaster => {
+                self.last_wipe = Some(Instant::now());
                 self.epochs[i].fetch_add(1, Ordering::SeqCst);
                 self.node(i).kill();
                 self.node(i).wipe_data();
@@ -483,6 +496,7 @@ async fn random_faults_keep_every_promise() {
         start,
         log: Vec::new(),
         found: Vec::new(),
+        last_wipe: None,
     };
     let end = start + Duration::from_secs(settings.seconds);
     let mut next = start + Duration::from_millis(nemesis.rng.random_range(1000..3000));
