@@ -413,10 +413,7 @@ mod answers_everything {
 
     #[tonic::async_trait]
     impl Replication for Service {
-        async fn fetch(
-            &self,
-            _: Request<FetchRequest>,
-        ) -> Result<Response<FetchReply>, Status> {
+        async fn fetch(&self, _: Request<FetchRequest>) -> Result<Response<FetchReply>, Status> {
             let state = self.0.state.lock().expect("not poisoned").clone();
             Ok(Response::new(FetchReply {
                 state: Some(state),
