@@ -174,7 +174,7 @@ impl Drop for Open {
 const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Connections closed as soon as they are accepted because `MAX_CONNECTIONS` are open: each is
-/// counted, and a warning is logged at most every [`REFUSAL_LOG_EVERY`], with the number
+/// counted, and a warning is logged at most every 10 s (`REFUSAL_LOG_EVERY`), with the number
 /// refused since the last one, so that a flood of connections does not flood the log too.
 pub struct Refusals {
     counter: Counter,
