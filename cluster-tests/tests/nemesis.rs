@@ -8,8 +8,7 @@
 //!   prints it). Process timing is not seeded, so a seed replays the same faults and requests,
 //!   not the same interleaving;
 //! - `REPLOG_NEMESIS_SKIP`: fault kinds left out, comma-separated (`kill`, `pause`,
-//!   `wipe-secondary`, `term`);
-//! - `REPLOG_NEMESIS_WIPE_MASTER=1`: also restart the master with an empty data directory.
+//!   `wipe-secondary`, `wipe-master`, `term`).
 
 use cluster_tests::history::{Append, History, Outcome, Violation};
 use cluster_tests::{steady_health, Appender, Cluster, MasterOpts, SecondaryOpts};
@@ -101,7 +100,13 @@ impl Settings {
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        let mut faults = vec![Fault::Kill, Fault::Pause, Fault::WipeSecondary, Fault::Term];
+        let mut faults = vec![
+            Fault::Kill,
+            Fault::Pause,
+            Fault::WipeSecondary,
+            Fault::WipeMaster,
+            Fault::Term,
+        ];
         for name in &skip {
             assert!(
                 faults.iter().any(|f| f.name() == *name),
@@ -109,9 +114,6 @@ impl Settings {
             );
         }
         faults.retain(|f| !skip.contains(&f.name()));
-        if std::env::var("REPLOG_NEMESIS_WIPE_MASTER").as_deref() == Ok("1") {
-            faults.push(Fault::WipeMaster);
-        }
         assert!(
             !faults.is_empty(),
             "REPLOG_NEMESIS_SKIP leaves no fault kind"
@@ -422,10 +424,10 @@ async fn list_of(client: &reqwest::Client, url: &str) -> Option<Vec<(u64, String
 }
 
 /// Injected: for `REPLOG_NEMESIS_SECONDS`, every 1-3 s one of SIGKILL + restart, SIGSTOP +
-/// SIGCONT, SIGKILL + wipe + restart of a secondary, SIGTERM + restart (and, with
-/// `REPLOG_NEMESIS_WIPE_MASTER=1`, SIGKILL + wipe + restart of the master), each lasting
-/// 0.2-2.5 s (a pause up to 4 s), at most two nodes out at once; meanwhile 6 clients append unique messages with a
-/// random `w` through random nodes (durable master and secondaries, FSYNC always).
+/// SIGCONT, SIGKILL + wipe + restart of a secondary or of the master (never two disks within
+/// `WIPE_SPACING`), SIGTERM + restart, each lasting 0.2-2.5 s (a pause up to 4 s), at most two
+/// nodes out at once; meanwhile 6 clients append unique messages with a random `w` through
+/// random nodes (durable master and secondaries, FSYNC always).
 /// Checked, after every node is back and the cluster converged: the history rules of
 /// [`cluster_tests::history`], and that every node exits 0 on SIGTERM and none exits by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
