@@ -82,32 +82,34 @@ impl Peer {
         request: ReplicateRequest,
         timeout: Duration,
     ) -> Result<ReplicaState, tonic::Status> {
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(timeout);
-        replog_node::auth::attach(&mut request, self.token.as_deref());
+        let request = self.request(request, timeout);
         self.client
             .clone()
             .replicate(request)
             .await
             .map(tonic::Response::into_inner)
     }
-}
 
-impl Peer {
     /// Reads the secondary's state and entries without changing anything (recovery).
     pub async fn fetch(
         &self,
         request: FetchRequest,
         timeout: Duration,
     ) -> Result<FetchReply, tonic::Status> {
-        let mut request = tonic::Request::new(request);
-        request.set_timeout(timeout);
-        replog_node::auth::attach(&mut request, self.token.as_deref());
+        let request = self.request(request, timeout);
         self.client
             .clone()
             .fetch(request)
             .await
             .map(tonic::Response::into_inner)
+    }
+
+    /// A unary call's request: the message, its deadline and the token.
+    fn request<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(timeout);
+        replog_node::auth::attach(&mut request, self.token.as_deref());
+        request
     }
 }
 
