@@ -946,6 +946,13 @@ impl Appender {
             .await
     }
 
+    /// `POST /api/messages` with `{"message", "w", "key"}`: an append with an idempotency key.
+    pub async fn append_keyed(&self, message: &str, w: u64, key: &str) -> (StatusCode, Value) {
+        let body = json!({ "message": message, "w": w, "key": key });
+        self.append_raw(&body.to_string(), Some("application/json"))
+            .await
+    }
+
     /// Like [`Appender::append`], with the answer's headers (e.g. `Retry-After`).
     pub async fn append_with_headers(
         &self,

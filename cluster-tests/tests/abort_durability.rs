@@ -4,10 +4,10 @@
 //! is answered 504 "unknown", and a retry with the same idempotency key learns the 500 later.
 
 use cluster_tests::{
-    steady_health, wait_for, wait_until, Appender, Cluster, MasterOpts, SecondaryOpts, StatusCode,
+    steady_health, wait_for, wait_until, Cluster, MasterOpts, SecondaryOpts, StatusCode,
     REPLICATION_FAILED,
 };
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -30,19 +30,6 @@ async fn durable_cluster(timeout: &'static str) -> Cluster {
     .await
 }
 
-/// `POST /api/messages` with `{"message", "w", "key"}`.
-async fn append_keyed(
-    appender: &Appender,
-    message: &str,
-    w: u64,
-    key: &str,
-) -> (StatusCode, Value) {
-    let body = json!({ "message": message, "w": w, "key": key });
-    appender
-        .append_raw(&body.to_string(), Some("application/json"))
-        .await
-}
-
 /// Appends "before" with w=3 (id 1, on every node).
 async fn append_before(cluster: &Cluster) -> (u64, String) {
     let (status, body) = cluster.append("before", Some(3)).await;
@@ -58,7 +45,7 @@ async fn hold_on_secondary_1_only(cluster: &Cluster, key: &str) -> JoinHandle<(S
     cluster.secondaries[1].stop();
     let appender = cluster.appender();
     let key = key.to_owned();
-    let answer = tokio::spawn(async move { append_keyed(&appender, "raced", 3, &key).await });
+    let answer = tokio::spawn(async move { appender.append_keyed("raced", 3, &key).await });
     wait_until(Duration::from_secs(5), "secondary-1 holds id 2", || async {
         cluster.held(&cluster.secondaries[0]).await >= 2
     })
@@ -209,7 +196,7 @@ async fn a_retry_with_the_key_learns_the_500_once_a_secondary_confirms() {
         Duration::from_secs(10),
         "a retry with the key answers 500",
         || async {
-            let (status, body) = append_keyed(&appender, "raced", 3, "race-retry").await;
+            let (status, body) = appender.append_keyed("raced", 3, "race-retry").await;
             assert!(
                 status == StatusCode::INTERNAL_SERVER_ERROR
                     || status == StatusCode::GATEWAY_TIMEOUT,

@@ -2,24 +2,9 @@
 //! (through any node) gets the first attempt's answer instead of appending twice.
 
 use cluster_tests::{
-    steady_health, wait_until, Appender, Cluster, SecondaryOpts, StatusCode, PROMPTLY,
-    REPLICATION_FAILED,
+    steady_health, wait_until, Cluster, SecondaryOpts, StatusCode, PROMPTLY, REPLICATION_FAILED,
 };
-use serde_json::{json, Value};
 use std::time::Duration;
-
-/// `POST /api/messages` with `{"message", "w", "key"}`.
-async fn append_keyed(
-    appender: &Appender,
-    message: &str,
-    w: u64,
-    key: &str,
-) -> (StatusCode, Value) {
-    let body = json!({ "message": message, "w": w, "key": key });
-    appender
-        .append_raw(&body.to_string(), Some("application/json"))
-        .await
-}
 
 /// How many times `node`'s list shows `message`.
 async fn shown(cluster: &Cluster, node: &cluster_tests::Node, message: &str) -> usize {
@@ -46,17 +31,17 @@ async fn a_retry_with_the_same_key_gets_the_first_id() {
     let master = cluster.appender();
     let secondary = cluster.appender_on(&cluster.secondaries[0]);
 
-    let (status, first) = append_keyed(&master, "once", 3, "k-1").await;
+    let (status, first) = master.append_keyed("once", 3, "k-1").await;
     assert_eq!(status, StatusCode::OK, "{first}");
     let id = first["id"].as_u64().expect("an id");
     for (via, appender) in [("master", &master), ("secondary-1", &secondary)] {
-        let (status, again) = append_keyed(appender, "once", 3, "k-1").await;
+        let (status, again) = appender.append_keyed("once", 3, "k-1").await;
         assert_eq!(status, StatusCode::OK, "retry via {via}: {again}");
         assert_eq!(again["id"], id, "retry via {via}: {again}");
         assert_eq!(again["message"], "once", "retry via {via}: {again}");
     }
 
-    let (status, conflict) = append_keyed(&secondary, "another", 3, "k-1").await;
+    let (status, conflict) = secondary.append_keyed("another", 3, "k-1").await;
     assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
     assert!(
         conflict["detail"]
@@ -65,7 +50,7 @@ async fn a_retry_with_the_same_key_gets_the_first_id() {
         "{conflict}"
     );
 
-    let (status, next) = append_keyed(&master, "twice", 3, "k-2").await;
+    let (status, next) = master.append_keyed("twice", 3, "k-2").await;
     assert_eq!(status, StatusCode::OK, "{next}");
     assert_eq!(next["id"], id + 1, "{next}");
 
@@ -86,12 +71,12 @@ async fn a_retry_while_the_first_attempt_waits_gets_its_outcome() {
     cluster.secondaries[1].stop();
     let master = cluster.appender();
     let secondary = cluster.appender_on(&cluster.secondaries[0]);
-    let first = tokio::spawn(async move { append_keyed(&master, "slow", 3, "slow").await });
+    let first = tokio::spawn(async move { master.append_keyed("slow", 3, "slow").await });
     wait_until(PROMPTLY, "the master shows the append pending", || async {
         cluster.health(&cluster.master).await["pending"].as_u64() == Some(1)
     })
     .await;
-    let retry = tokio::spawn(async move { append_keyed(&secondary, "slow", 3, "slow").await });
+    let retry = tokio::spawn(async move { secondary.append_keyed("slow", 3, "slow").await });
     // The retry reaches the master and waits there (a second id would show as pending 2).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -135,11 +120,11 @@ async fn a_retry_after_an_abort_answers_500_again() {
     cluster.secondaries[1].stop();
     let master = cluster.appender();
     let secondary = cluster.appender_on(&cluster.secondaries[0]);
-    let (status, body) = append_keyed(&master, "doomed", 3, "doomed").await;
+    let (status, body) = master.append_keyed("doomed", 3, "doomed").await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     for (via, appender) in [("master", &master), ("secondary-1", &secondary)] {
         let started = std::time::Instant::now();
-        let (status, body) = append_keyed(appender, "doomed", 3, "doomed").await;
+        let (status, body) = appender.append_keyed("doomed", 3, "doomed").await;
         assert_eq!(
             status,
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -159,7 +144,7 @@ async fn a_retry_after_an_abort_answers_500_again() {
     );
     cluster.secondaries[1].cont();
 
-    let (status, body) = append_keyed(&master, "fine", 3, "fresh").await;
+    let (status, body) = master.append_keyed("fine", 3, "fresh").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["id"], 2, "{body}");
     for node in cluster.nodes() {

@@ -15,6 +15,18 @@ fn settings() -> Vec<(&'static str, &'static str)> {
     ])
 }
 
+/// A master and two secondaries, all keeping their logs in `DATA_DIR`.
+async fn durable_cluster() -> Cluster {
+    Cluster::start_with(
+        vec![
+            SecondaryOpts::new().durable(),
+            SecondaryOpts::new().durable(),
+        ],
+        MasterOpts::new().durable().envs(&settings()),
+    )
+    .await
+}
+
 /// Appends `texts` with `w` and returns the acknowledged `(id, text)` pairs.
 async fn append_all(cluster: &Cluster, texts: &[&str], w: Option<u64>) -> Vec<(u64, String)> {
     let mut acked = Vec::new();
@@ -49,14 +61,7 @@ async fn wait_read_only(cluster: &Cluster, needle: &str) -> String {
 /// and the next append gets id 3 on every node.
 #[tokio::test]
 async fn a_master_that_lost_its_disk_waits_for_every_secondary_and_recovers_their_log() {
-    let mut cluster = Cluster::start_with(
-        vec![
-            SecondaryOpts::new().durable(),
-            SecondaryOpts::new().durable(),
-        ],
-        MasterOpts::new().durable().envs(&settings()),
-    )
-    .await;
+    let mut cluster = durable_cluster().await;
     let mut expected = append_all(&cluster, &["a"], Some(3)).await;
     let log_id = cluster.health(&cluster.master).await["log_id"].clone();
     cluster.secondaries[1].stop();
@@ -98,14 +103,7 @@ async fn a_master_that_lost_its_disk_waits_for_every_secondary_and_recovers_thei
 /// after them (never an id a secondary holds with another message), and every node converges.
 #[tokio::test]
 async fn a_cut_tail_or_an_empty_log_file_is_recovered_from_the_secondaries() {
-    let mut cluster = Cluster::start_with(
-        vec![
-            SecondaryOpts::new().durable(),
-            SecondaryOpts::new().durable(),
-        ],
-        MasterOpts::new().durable().envs(&settings()),
-    )
-    .await;
+    let mut cluster = durable_cluster().await;
     let mut expected = append_all(&cluster, &["1", "2", "3", "4", "5", "6"], Some(3)).await;
     for round in ["torn", "empty"] {
         cluster.secondaries[1].stop();
@@ -197,14 +195,7 @@ async fn a_master_in_memory_recovers_the_log_after_a_restart() {
 /// once secondary-1 resumes, "b" is recovered at id 2 and every node converges.
 #[tokio::test]
 async fn a_master_killed_while_it_recovers_still_recovers_at_its_next_start() {
-    let mut cluster = Cluster::start_with(
-        vec![
-            SecondaryOpts::new().durable(),
-            SecondaryOpts::new().durable(),
-        ],
-        MasterOpts::new().durable().envs(&settings()),
-    )
-    .await;
+    let mut cluster = durable_cluster().await;
     let mut expected = append_all(&cluster, &["a"], Some(3)).await;
     cluster.secondaries[1].stop();
     expected.extend(append_all(&cluster, &["b"], Some(2)).await);
