@@ -1,7 +1,7 @@
 //! Clients that hold what a node has without ever asking for anything: connections that never
 //! send a complete request (HTTP/1 and HTTP/2), more connections than a node serves
-//! (`MAX_CONNECTIONS`), a body trickled forever, `w=1` appends behind a full
-//! `MAX_PENDING_APPENDS`, and the docs page's external validator.
+//! (`MAX_CONNECTIONS`), a body trickled forever, and the docs page's external validator. (`w=1`
+//! appends behind a full `MAX_PENDING_APPENDS`: `protection.rs`.)
 
 use cluster_tests::{
     steady_health, wait_for, wait_until, Cluster, SecondaryOpts, StatusCode, REPLICATION_FAILED,
@@ -226,57 +226,6 @@ async fn a_body_trickled_forever_is_cut_after_the_request_timeout() {
         "answered after {took:?}, before the 1 s timeout"
     );
     assert!(cluster.messages(&cluster.master).await.is_empty());
-}
-
-/// Injected: MAX_PENDING_APPENDS=3, no replication timeout, secondary-2 SIGSTOPped; 3 w=3
-/// appends wait for it; then a w=1 append and a w=3 append.
-/// Checked: the w=1 append answers 200 at once (it waits for nobody, so others' waiting does
-/// not refuse it); the w=3 one answers 503; after SIGCONT the 3 waiting appends answer 200.
-#[tokio::test]
-async fn w1_appends_are_not_refused_for_others_waiting() {
-    let cluster = Cluster::start(
-        vec![SecondaryOpts::new(), SecondaryOpts::new()],
-        &steady_health(&[
-            ("MAX_PENDING_APPENDS", "3"),
-            ("REPLICATION_TIMEOUT_SECONDS", "0"),
-            ("RETRY_MAX_MS", "200"),
-        ]),
-    )
-    .await;
-    cluster.secondaries[1].stop();
-    let waiting: Vec<_> = (1..=3)
-        .map(|i| {
-            let appender = cluster.appender();
-            tokio::spawn(async move { appender.append(&format!("wait-{i}"), Some(3)).await })
-        })
-        .collect();
-    wait_until(
-        Duration::from_secs(3),
-        "the master shows 3 appends pending",
-        || async { cluster.health(&cluster.master).await["pending"] == 3 },
-    )
-    .await;
-
-    let started = Instant::now();
-    let (status, body) = cluster.append("waits for nobody", Some(1)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "took {:?}",
-        started.elapsed()
-    );
-    assert_eq!(body["id"], 4, "{body}");
-    let (status, body) = cluster.append("one too many", Some(3)).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-
-    cluster.secondaries[1].cont();
-    for task in waiting {
-        let (status, body) = tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the waiting appends answer after SIGCONT")
-            .expect("an append task");
-        assert_eq!(status, StatusCode::OK, "{body}");
-    }
 }
 
 /// Checked: the `/docs` page (and `/docs/`) tells Swagger UI not to send the document to an

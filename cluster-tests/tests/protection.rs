@@ -243,10 +243,11 @@ async fn messages_over_the_limit_answer_413_and_change_nothing() {
 }
 
 /// Injected: MAX_PENDING_APPENDS=5, no replication timeout, secondary-2 SIGSTOPped; 5 w=3
-/// appends (they wait for it), then a sixth.
+/// appends (they wait for it), then a sixth, then a w=1 append.
 /// Checked: the master shows 5 pending; the sixth answers 503 at once with "status":"error"
-/// and a `Retry-After` header, and takes no id; after SIGCONT the 5 answer 200 with ids 1..=5
-/// and every node lists exactly them.
+/// and a `Retry-After` header, and takes no id; the w=1 append answers 200 at once with id 6
+/// (it waits for nobody, so others' waiting does not refuse it); after SIGCONT the 5 answer 200
+/// with ids 1..=5 and every node lists exactly the 6.
 #[tokio::test]
 async fn too_many_waiting_appends_answer_503_with_retry_after() {
     let cluster = Cluster::start(
@@ -293,6 +294,17 @@ async fn too_many_waiting_appends_answer_503_with_retry_after() {
     );
     assert_eq!(cluster.last_id(&cluster.master).await, 5);
 
+    let started = Instant::now();
+    let (status, body) = cluster.append("waits for nobody", Some(1)).await;
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "w=1 behind a full MAX_PENDING_APPENDS: {body}"
+    );
+    assert_eq!(body["id"], 6, "{body}");
+    assert!(took < AT_ONCE, "the w=1 append took {took:?}");
+
     cluster.secondaries[1].cont();
     let mut answered = Vec::new();
     for task in waiting {
@@ -309,6 +321,7 @@ async fn too_many_waiting_appends_answer_503_with_retry_after() {
     answered.sort();
     let ids: Vec<u64> = answered.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, [1, 2, 3, 4, 5]);
+    answered.push((6, "waits for nobody".to_owned()));
     cluster
         .wait_converged(Duration::from_secs(5), &answered)
         .await;
