@@ -787,6 +787,16 @@ impl Cluster {
             .collect()
     }
 
+    /// The status `GET /api/messages` on `node` answers (panics if it does not answer).
+    pub async fn list_status(&self, node: &Node) -> StatusCode {
+        self.client
+            .get(node.url("/api/messages"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /api/messages on {}: {e}", node.name))
+            .status()
+    }
+
     /// `GET /api/messages` on `node`, or `None` if it does not answer 200 with a list (e.g. while
     /// it restarts).
     pub async fn try_messages(&self, node: &Node) -> Option<Vec<(u64, String)>> {

@@ -111,7 +111,11 @@ async fn check_refusal(cluster: &Cluster, needle: &str, expected: &[(u64, String
         );
         assert!(took < AT_ONCE, "the refusal took {took:?}");
     }
-    assert!(cluster.messages(&cluster.master).await.is_empty());
+    assert_eq!(
+        cluster.list_status(&cluster.master).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a master whose file is older than the cluster does not list it"
+    );
     for secondary in &cluster.secondaries {
         assert_eq!(
             cluster.messages(secondary).await,

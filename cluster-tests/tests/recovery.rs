@@ -81,7 +81,11 @@ async fn a_master_that_lost_its_disk_waits_for_every_secondary_and_recovers_thei
     );
     let (status, body) = cluster.append("refused", Some(1)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert!(cluster.messages(&cluster.master).await.is_empty());
+    assert_eq!(
+        cluster.list_status(&cluster.master).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a recovering master does not list an empty log"
+    );
 
     cluster.secondaries[0].cont();
     cluster.wait_ready().await;

@@ -226,6 +226,7 @@ pub async fn run(
             Plan::Older(reason) => {
                 let hidden = Log::new(own.log_id);
                 master.install(Ledger::new(hidden, master.peers.len(), None, &[]));
+                master.set_known(false);
                 master.set_recovering(Some(reason));
             }
             Plan::Serve => break,

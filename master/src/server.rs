@@ -28,6 +28,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         Some(_) => Log::new(log.log_id().to_owned()),
     };
     let master = Arc::new(Master::new(config, shown, None, &[], phases.clone())?);
+    master.set_known(doubt.is_none());
     master.set_recovering(Some(match doubt {
         Some(_) => "recovering: asking the secondaries what they hold".into(),
         None => "starting: asking the secondaries what they hold".into(),
@@ -100,6 +101,7 @@ pub fn serve_log(
         "master serving"
     );
     master.install(Ledger::new(log, master.peers.len(), journal, &starts));
+    master.set_known(true);
     master.set_recovering(None);
     let mut tasks = replication::spawn(master);
     if let (Some(file), Some(records)) = (file, records) {

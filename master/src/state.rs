@@ -38,6 +38,10 @@ pub struct Master {
     /// Why no append is taken while the log is recovered from the secondaries
     /// ([`crate::recovery`]); `None` once it serves.
     recovering: Mutex<Option<String>>,
+    /// Whether the ledger holds the log this master serves or will serve. Cleared while a log
+    /// that may be incomplete is recovered, or when the file is older than the cluster's:
+    /// lists then answer 503 rather than an empty log.
+    known: std::sync::atomic::AtomicBool,
     pub metrics: Metrics,
     /// When the master itself was not running, so that its own stall is not taken for the
     /// secondaries' silence.
@@ -81,6 +85,7 @@ impl Master {
             storage_failed: Default::default(),
             append_slots: Semaphore::new(config.limits.max_pending_appends),
             recovering: Mutex::new(None),
+            known: std::sync::atomic::AtomicBool::new(true),
             metrics: Metrics::default(),
             stalls: Default::default(),
             config,
@@ -124,6 +129,11 @@ impl Master {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Says whether the ledger holds the log this master knows to be its own (see `known`).
+    pub fn set_known(&self, known: bool) {
+        self.known.store(known, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Replaces the ledger with one over the log to serve (after recovery) and publishes it.
@@ -394,6 +404,16 @@ impl Node for Master {
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
         self.ledger().page(from_id, limit)
+    }
+
+    fn readable(&self) -> Result<(), ApiError> {
+        if self.known.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let reason = self.recovering().unwrap_or_default();
+        Err(ApiError::Unavailable(format!(
+            "{reason}; the log is listed once this master serves it"
+        )))
     }
 
     fn metrics(&self) -> &Metrics {

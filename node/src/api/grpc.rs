@@ -65,6 +65,7 @@ impl<N: Node> Log for LogService<N> {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListReply>, Status> {
         let request = request.into_inner();
+        self.node.readable()?;
         let limit = match request.limit {
             0 => usize::MAX,
             n => n as usize,

@@ -294,6 +294,7 @@ const STREAM_PAGE: usize = 1024;
     responses(
         (status = 200, description = "Visible entries in id order", body = MessagesBody),
         (status = 400, description = "Bad query string", body = ErrorBody),
+        (status = 503, description = "The master does not know its log yet (it recovers it from the secondaries)", body = ErrorBody),
     )
 )]
 ///
@@ -307,6 +308,7 @@ async fn list<N: Node>(
 ) -> Result<Response, ApiError> {
     let Query(query) = query?;
     let (from_id, limit) = query.bounds()?;
+    node.readable()?;
     if limit <= STREAM_PAGE {
         let messages = node
             .page(from_id, limit)

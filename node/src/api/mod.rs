@@ -44,6 +44,13 @@ pub trait Node: Send + Sync + 'static {
     /// Visible entries from `from_id` on, at most `limit`.
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message>;
 
+    /// Whether this node can list its log now. A master that does not know its log yet (it
+    /// recovers it from the secondaries, or its file is older than the cluster's) answers 503
+    /// instead of an empty list, which would say the log is empty.
+    fn readable(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+
     /// The highest visible id, updated whenever it moves (for `Watch`).
     fn visible(&self) -> watch::Receiver<u64>;
 
