@@ -708,10 +708,13 @@ impl Cluster {
                 let Some(health) = self.try_health(&self.master).await else {
                     return false;
                 };
-                // A master that has not yet asked the secondaries what they hold serves nothing.
-                let starting = health["read_only_reason"]
-                    .as_str()
-                    .is_some_and(|r| r.starts_with("starting:"));
+                // A master that has not yet asked the secondaries what they hold (or, with a
+                // complete log, not yet heard a majority) takes nothing: not ready. One that has
+                // asked and waits for a secondary that is down is as ready as it will get.
+                let starting = health["read_only_reason"].as_str().is_some_and(|r| {
+                    r.starts_with("starting:")
+                        || r.contains("asking the secondaries what they hold")
+                });
                 !starting
                     && running.iter().all(|address| {
                         secondary_health(&health, address).is_some_and(|s| {
