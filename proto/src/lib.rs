@@ -7,6 +7,10 @@
 //! (native). Without it, only the messages and clients generic over any
 //! `tonic::client::GrpcService` (e.g. gRPC-Web from a browser through
 //! `tonic-web-wasm-client`), which compile for `wasm32-unknown-unknown`.
+//!
+//! [`framing`] is gRPC's message framing and size limit, for the ends that speak it by hand.
+
+pub mod framing;
 
 /// `replog.v1`: both services.
 pub mod v1 {
