@@ -7,10 +7,10 @@
 pub mod api;
 pub mod auth;
 pub mod config;
-pub mod log;
 pub mod memory;
 pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
-pub mod storage;
 pub mod telemetry;
+
+pub use replog_log::{log, storage};
