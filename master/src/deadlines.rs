@@ -5,7 +5,7 @@
 //! later id). So one task owns the clock and turns expired appends into tombstones.
 //!
 //! The same task bounds how long the client of an aborted append waits for a secondary to
-//! confirm the tombstone (the 500 waits for that; see [`crate::ledger`]): once more
+//! confirm the tombstone (the 500 waits for that; see [`crate::core::ledger`]): once more
 //! `REPLICATION_TIMEOUT_SECONDS` after the abort, then it hears "unknown".
 
 use crate::state::Master;
@@ -28,19 +28,14 @@ pub fn confirm_within(timeout: Duration) -> Duration {
 
 pub async fn run(master: Arc<Master>) {
     loop {
-        let next = master.ledger().next_deadline();
+        let next = master.read(|core| core.next_deadline());
         tokio::select! {
             _ = master.shutdown.cancelled() => return,
             _ = master.deadline_wake.notified() => continue,
             _ = sleep_until(next) => {
-                let within = confirm_within(master.config.replication_timeout_seconds);
-                let (aborted, unconfirmed) = master.update(|ledger| {
-                    let now = Instant::now();
-                    (ledger.abort_expired(now, within), ledger.expire_unconfirmed(now))
-                });
+                let (aborted, unconfirmed) = master.tick(Instant::now());
                 if !aborted.is_empty() {
                     tracing::warn!(ids = ?aborted, "appends aborted at their deadline");
-                    master.wake_senders();
                 }
                 if !unconfirmed.is_empty() {
                     tracing::warn!(

@@ -5,7 +5,7 @@
 //! A retry with a known key and the same message gets the first attempt's answer: its id once
 //! committed, 500 if it was aborted, and while it is still pending it waits for that decision
 //! (it never appends a second time). An abort no secondary has confirmed yet is answered
-//! "unknown" until one does, then 500 (see [`crate::ledger::Progress`]). The same key with another message is a conflict. A key
+//! "unknown" until one does, then 500 (see [`crate::core::Progress`]). The same key with another message is a conflict. A key
 //! whose first attempt was refused before it appended (no quorum, overloaded) is free again.
 //!
 //! Keys live in this process's memory only: a restarted master knows none of them, so a retry
@@ -13,7 +13,8 @@
 //! their append was taken, or earlier, oldest first, once `capacity` keys are held; an append
 //! still undecided when its window ends keeps its key for another window.
 
-use crate::ledger::{self, Outcome, Progress, Verdict};
+use crate::answers::{self, Verdict};
+use crate::core::{Outcome, Progress};
 use bytes::Bytes;
 use clap::Args;
 use replog_node::api::ApiError;
@@ -222,7 +223,7 @@ impl Ticket<'_> {
                         return;
                     }
                 }
-                match ledger::progress(&mut verdict).await {
+                match answers::progress(&mut verdict).await {
                     Some(next) => seen = next,
                     None => {
                         sender.send_replace(State::Unknown(id));

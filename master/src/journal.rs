@@ -1,11 +1,11 @@
 //! The master's journal: makes entries and tombstones durable in `DATA_DIR`, many at a time.
 //!
-//! The ledger queues records in id order under its lock; this task takes whatever has queued
-//! up and writes it in one write (group commit). Then it tells the ledger the entries are
-//! written, so they are shipped at once, and only then syncs them (one fsync), on the blocking
-//! pool: the secondaries receive and sync their copies while ours syncs, instead of after it.
-//! When the sync ends, the ledger counts the master's own acknowledgement (no commit happens
-//! before it) and finishes aborts.
+//! The core asks for records in id order ([`crate::core::Effect::Persist`]); this task takes
+//! whatever has queued up and writes it in one write (group commit). Then it tells the core the
+//! entries are written, so they are shipped at once, and only then syncs them (one fsync), on
+//! the blocking pool: the secondaries receive and sync their copies while ours syncs, instead
+//! of after it. When the sync ends, the core counts the master's own acknowledgement (no
+//! commit happens before it) and finishes aborts.
 
 use crate::state::Master;
 use replog_node::runtime::blocking_io;
@@ -50,8 +50,7 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
         };
         file = back;
         if let Some(upto) = entries_upto {
-            master.update(|ledger| ledger.on_written(upto));
-            master.wake_senders();
+            master.update(|core| core.on_written(upto));
         }
         if file.policy() == FsyncPolicy::Always {
             // Not `blocking_io`: run in place on a one-thread runtime, the sync would hold back
@@ -67,8 +66,7 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
             file = back;
         }
         master.metrics.log_write(started.elapsed());
-        master.update(|ledger| ledger.on_persisted(entries_upto, &tombstones));
-        master.wake_senders();
+        master.update(|core| core.on_persisted(entries_upto, &tombstones));
     }
 }
 

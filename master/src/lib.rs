@@ -2,11 +2,12 @@
 //! or abort. `server::run` puts the pieces together; the binary in `main.rs` only parses the
 //! configuration and binds the port.
 
+pub mod answers;
 pub mod config;
+pub mod core;
 pub mod deadlines;
 pub mod idempotency;
 pub mod journal;
-pub mod ledger;
 pub mod recovery;
 pub mod replication;
 pub mod server;

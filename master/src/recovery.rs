@@ -18,13 +18,12 @@
 //!
 //! [`plan`] decides from what has been heard, without I/O; [`run`] does the calls.
 
-use crate::ledger::Ledger;
+use crate::replication::Peer;
 use crate::state::Master;
 use replog_node::log::Log;
 use replog_node::storage::{LogFile, Record};
 use replog_proto::v1::{FetchRequest, ReplicaState};
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Entries asked for per `Fetch` call.
@@ -171,24 +170,25 @@ fn highest_instance(heard: &[Option<Heard>]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Recovers the log as [`plan`] says, makes it durable, then starts serving through
-/// [`crate::server::serve_log`]; returns the tasks that started, for the caller to await.
+/// Recovers the log as [`plan`] says and makes it durable; returns it for the caller to serve
+/// (`None` if the master stops first).
 pub async fn run(
-    master: Arc<Master>,
+    master: &Master,
+    peers: &[Peer],
     mut log: Log,
     mut file: Option<LogFile>,
     doubt: Option<String>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Option<Recovered> {
     if let Some(doubt) = &doubt {
         tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
     }
     let own_instance = file.as_ref().map_or(0, LogFile::master_instance);
-    let addresses: Vec<String> = master.peers.iter().map(|p| p.address.clone()).collect();
+    let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
     let timeout = master.config.suspect_after_ms;
-    let mut heard: Vec<Option<Heard>> = vec![None; master.peers.len()];
+    let mut heard: Vec<Option<Heard>> = vec![None; peers.len()];
     let mut records = Vec::new();
     loop {
-        for (index, peer) in master.peers.iter().enumerate() {
+        for (index, peer) in peers.iter().enumerate() {
             let request = FetchRequest {
                 from_id: 0,
                 max_entries: 0,
@@ -196,7 +196,7 @@ pub async fn run(
                 tombstones: true,
             };
             let reply = tokio::select! {
-                _ = master.shutdown.cancelled() => return Vec::new(),
+                _ = master.shutdown.cancelled() => return None,
                 reply = peer.fetch(request, timeout) => reply,
             };
             match reply {
@@ -208,9 +208,8 @@ pub async fn run(
                 }
                 Err(status) => {
                     tracing::debug!(secondary = %peer.address, %status, "recovery: no answer");
-                    master
-                        .ledger()
-                        .on_failure(index, format!("{}: {}", status.code(), status.message()));
+                    let error = format!("{}: {}", status.code(), status.message());
+                    master.update(|core| core.contact_failed(index, error));
                     heard[index] = None;
                 }
             }
@@ -225,7 +224,7 @@ pub async fn run(
             Plan::Wait(reason) => master.set_recovering(Some(reason)),
             Plan::Older(reason) => {
                 let hidden = Log::new(own.log_id);
-                master.install(Ledger::new(hidden, master.peers.len(), None, &[]));
+                master.install(hidden, None, &[]);
                 master.set_known(false);
                 master.set_recovering(Some(reason));
             }
@@ -239,7 +238,7 @@ pub async fn run(
                     log = Log::new(log_id.clone());
                     records.push(Record::Meta { log_id });
                 }
-                match copy(&master, source, &mut log, upto, &mut records).await {
+                match copy(master, &peers[source], &mut log, upto, &mut records).await {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!(secondary = %addresses[source], %error, "recovery: copying failed; asking again");
@@ -252,7 +251,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = master.shutdown.cancelled() => return Vec::new(),
+            _ = master.shutdown.cancelled() => return None,
             _ = tokio::time::sleep(ROUND) => {}
         }
     }
@@ -278,7 +277,7 @@ pub async fn run(
         if let Err(error) = written {
             tracing::error!(%error, "recovery: cannot write the recovered log to DATA_DIR");
             master.storage_failed();
-            return Vec::new();
+            return None;
         }
     }
     tracing::info!(
@@ -287,25 +286,30 @@ pub async fn run(
         copied,
         "recovered the log from the secondaries"
     );
-    match crate::server::serve_log(&master, log, file, highest_instance(&heard)) {
-        Ok(tasks) => tasks,
-        Err(error) => {
-            tracing::error!(%error, "recovery: cannot start serving");
-            master.storage_failed();
-            Vec::new()
-        }
-    }
+    Some(Recovered {
+        log,
+        file,
+        floor: highest_instance(&heard),
+    })
+}
+
+/// The log to serve, as recovery left it.
+pub struct Recovered {
+    pub log: Log,
+    pub file: Option<LogFile>,
+    /// The highest master process any secondary was heard to follow (0 if none was asked):
+    /// the new process is numbered above it.
+    pub floor: u64,
 }
 
 /// Copies the entries after `log`'s last one up to `upto` from secondary `source`, in batches.
 async fn copy(
     master: &Master,
-    source: usize,
+    peer: &Peer,
     log: &mut Log,
     upto: u64,
     records: &mut Vec<Record>,
 ) -> Result<(), String> {
-    let peer = &master.peers[source];
     while log.last_id() < upto {
         let request = FetchRequest {
             from_id: log.last_id() + 1,

@@ -4,7 +4,7 @@
 //! then do replication, the journal and the other tasks stop.
 
 use crate::config::Config;
-use crate::ledger::Ledger;
+use crate::replication::Peer;
 use crate::state::Master;
 use crate::{deadlines, journal, recovery, replication};
 use replog_node::api::connections::Threads;
@@ -27,7 +27,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         None => log.clone(),
         Some(_) => Log::new(log.log_id().to_owned()),
     };
-    let master = Arc::new(Master::new(config, shown, None, &[], phases.clone())?);
+    let peers = replication::peers(&config)?;
+    let master = Arc::new(Master::new(config, shown, phases.clone()));
     master.set_known(doubt.is_none());
     master.set_recovering(Some(match doubt {
         Some(_) => "recovering: asking the secondaries what they hold".into(),
@@ -37,8 +38,20 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     let tasks = vec![
         tokio::spawn(deadlines::run(master.clone())),
         tokio::spawn(async move {
-            for task in recovery::run(recovering, log, file, doubt).await {
-                let _ = task.await;
+            let Some(recovered) = recovery::run(&recovering, &peers, log, file, doubt).await else {
+                return;
+            };
+            let served = serve_log(&recovering, &peers, recovered);
+            match served {
+                Ok(tasks) => {
+                    for task in tasks {
+                        let _ = task.await;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot start serving");
+                    recovering.storage_failed();
+                }
             }
         }),
     ];
@@ -69,15 +82,18 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
     served
 }
 
-/// Starts serving `log`: numbers this master process, installs the ledger over the log and
-/// starts replication and (with `DATA_DIR`) the journal. `floor` is the highest master process
-/// any secondary was heard to follow (0 if none was asked); this one is numbered above it.
+/// Starts serving the recovered log: numbers this master process above the recovered `floor`,
+/// installs the log in the core and starts replication and (with `DATA_DIR`) the journal.
 pub fn serve_log(
     master: &Arc<Master>,
-    log: Log,
-    mut file: Option<LogFile>,
-    floor: u64,
+    peers: &Arc<[Peer]>,
+    recovered: recovery::Recovered,
 ) -> Result<Vec<JoinHandle<()>>, String> {
+    let recovery::Recovered {
+        log,
+        mut file,
+        floor,
+    } = recovered;
     let recovered = log.last_id();
     let (starts, journal, records) = match file.as_mut() {
         Some(file) => {
@@ -100,10 +116,10 @@ pub fn serve_log(
         instance,
         "master serving"
     );
-    master.install(Ledger::new(log, master.peers.len(), journal, &starts));
+    master.install(log, journal, &starts);
     master.set_known(true);
     master.set_recovering(None);
-    let mut tasks = replication::spawn(master);
+    let mut tasks = replication::spawn(master, peers);
     if let (Some(file), Some(records)) = (file, records) {
         tasks.push(tokio::spawn(journal::run(master.clone(), file, records)));
     }

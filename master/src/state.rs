@@ -1,21 +1,26 @@
-//! The master's shared state, one `Arc`'d struct that the API, the replication tasks and the
-//! deadline task all hold.
+//! The master's driver state: the [`Core`] behind one mutex, with the channels that carry out
+//! its effects (the clients' verdicts, the journal, the link drivers' wake-ups), shared as one
+//! `Arc` by the API, the link drivers, the journal and the timer.
 
+use crate::answers::{self, Verdict, Waiters};
 use crate::config::Config;
+use crate::core::{Core, Effect, Outcome, Progress, Quorum, Settings};
 use crate::deadlines;
 use crate::idempotency::{self, Claim, Keys};
-use crate::ledger::{self, ForeignLog, Journal, Ledger, Outcome, Progress, Verdict};
-use crate::replication::health::{self, Status};
-use crate::replication::Peer;
 use bytes::Bytes;
 use replog_node::api::{ApiError, Health, Node, SecondaryHealth};
 use replog_node::log::{Log, Message};
 use replog_node::metrics::Metrics;
 use replog_node::shutdown::{Phases, Shutdown};
-use replog_proto::v1::ReplicaState;
+use replog_node::storage::Record;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify, Semaphore};
+
+/// Where records go to be made durable; `None` keeps the log in memory only.
+pub type Journal = Option<UnboundedSender<Record>>;
 
 pub struct Master {
     pub config: Config,
@@ -23,199 +28,177 @@ pub struct Master {
     pub phases: Phases,
     /// Idempotency keys of recent appends.
     keys: Keys,
-    ledger: Mutex<Ledger>,
-    pub peers: Vec<Peer>,
-    /// Wakes the deadline task when a pending append with a deadline arrives.
+    inner: Mutex<Inner>,
+    /// Wakes each link's driver: new entries, new decisions, a restarted secondary.
+    wakes: Vec<Notify>,
+    /// Wakes the timer when a pending append with a deadline arrives.
     pub deadline_wake: Notify,
     /// The highest visible id, for `Watch` streams.
     visible: watch::Sender<u64>,
-    pub started: Instant,
     pub shutdown: Shutdown,
     /// Set when the journal failed: the process stops with an error.
-    storage_failed: std::sync::atomic::AtomicBool,
+    storage_failed: AtomicBool,
     /// One permit per append allowed to wait at once (`MAX_PENDING_APPENDS`).
     append_slots: Semaphore,
-    /// Why no append is taken while the log is recovered from the secondaries
-    /// ([`crate::recovery`]); `None` once it serves.
-    recovering: Mutex<Option<String>>,
-    /// Whether the ledger holds the log this master serves or will serve. Cleared while a log
+    /// Whether the core holds the log this master serves or will serve. Cleared while a log
     /// that may be incomplete is recovered, or when the file is older than the cluster's:
     /// lists then answer 503 rather than an empty log.
-    known: std::sync::atomic::AtomicBool,
+    known: AtomicBool,
     pub metrics: Metrics,
-    /// When the master itself was not running, so that its own stall is not taken for the
-    /// secondaries' silence.
-    pub stalls: health::Stalls,
 }
 
-/// Whether the master may take appends.
-#[derive(Debug, Clone)]
-pub struct Quorum {
-    pub reachable: usize,
-    pub nodes: usize,
-    /// Why appends are refused, if they are.
-    pub refusal: Option<String>,
+/// What the mutex guards: the core and where its effects go.
+struct Inner {
+    core: Core,
+    waiters: Waiters,
+    journal: Journal,
 }
 
 impl Master {
-    pub fn new(
-        config: Config,
-        log: Log,
-        journal: Journal,
-        starts: &[(u64, u64)],
-        phases: Phases,
-    ) -> Result<Self, String> {
-        let peers = config
-            .secondaries
-            .iter()
-            .map(|address| Peer::new(address, &config))
-            .collect::<Result<Vec<_>, _>>()?;
-        let ledger = Ledger::new(log, peers.len(), journal, starts);
-        // From the ledger, not the raw log: a recovered log is all decided only once in it.
-        let (visible, _) = watch::channel(ledger.log().visible_upto());
-        Ok(Self {
-            ledger: Mutex::new(ledger),
-            peers,
+    pub fn new(config: Config, log: Log, phases: Phases) -> Self {
+        let core = Core::new(Settings::from_config(&config), log, false, &[], Instant::now());
+        // From the core, not the raw log: a recovered log is all decided only once in it.
+        let (visible, _) = watch::channel(core.ledger().log().visible_upto());
+        Self {
+            inner: Mutex::new(Inner {
+                core,
+                waiters: Waiters::default(),
+                journal: None,
+            }),
+            wakes: config.secondaries.iter().map(|_| Notify::new()).collect(),
             deadline_wake: Notify::new(),
             visible,
-            started: Instant::now(),
             shutdown: phases.stop.clone(),
             phases,
             keys: Keys::new(&config.keys),
-            storage_failed: Default::default(),
+            storage_failed: AtomicBool::new(false),
             append_slots: Semaphore::new(config.limits.max_pending_appends),
-            recovering: Mutex::new(None),
-            known: std::sync::atomic::AtomicBool::new(true),
+            known: AtomicBool::new(true),
             metrics: Metrics::default(),
-            stalls: Default::default(),
             config,
-        })
+        }
     }
 
     /// Stops the master because its log cannot be written.
     pub fn storage_failed(&self) {
-        self.storage_failed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.storage_failed.store(true, Ordering::SeqCst);
         self.shutdown.cancel();
     }
 
     pub fn has_storage_failed(&self) -> bool {
-        self.storage_failed
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.storage_failed.load(Ordering::SeqCst)
     }
 
-    /// The ledger, for reading. A panic while it was held cannot leave it half-updated in a way
-    /// a reader could misread, so poisoning is not fatal.
-    pub fn ledger(&self) -> MutexGuard<'_, Ledger> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    /// A panic while the lock was held cannot leave the core half-updated in a way a reader
+    /// could misread, so poisoning is not fatal.
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Changes the ledger and publishes the visible frontier if it moved: the one way to write.
-    pub fn update<T>(&self, change: impl FnOnce(&mut Ledger) -> T) -> T {
-        let mut ledger = self.ledger();
-        let result = change(&mut ledger);
-        let upto = ledger.log().visible_upto();
-        replog_node::api::publish_visible(&self.visible, upto);
+    /// Reads the core.
+    pub fn read<T>(&self, look: impl FnOnce(&Core) -> T) -> T {
+        look(&self.inner().core)
+    }
+
+    /// Changes the core and carries out its effects: the one way to write.
+    pub fn update<T>(&self, change: impl FnOnce(&mut Core) -> T) -> T {
+        let mut inner = self.inner();
+        let result = change(&mut inner.core);
+        self.apply(&mut inner);
         result
+    }
+
+    /// Carries out the core's effects and publishes the visible frontier if it moved.
+    fn apply(&self, inner: &mut Inner) {
+        for effect in inner.core.take_effects() {
+            match effect {
+                Effect::Persist(record) => {
+                    let sent = inner.journal.as_ref().map(|j| j.send(record));
+                    if !matches!(sent, Some(Ok(()))) {
+                        tracing::error!("the journal is gone; a record cannot become durable");
+                    }
+                }
+                Effect::Answer { id, progress } => inner.waiters.answer(id, progress),
+                Effect::Wake(Some(index)) => self.wakes[index].notify_one(),
+                Effect::Wake(None) => self.wakes.iter().for_each(Notify::notify_one),
+                Effect::Timer => self.deadline_wake.notify_one(),
+            }
+        }
+        let upto = inner.core.ledger().log().visible_upto();
+        replog_node::api::publish_visible(&self.visible, upto);
+    }
+
+    /// Time passed: aborts what expired and answers "unknown" to unconfirmed aborts past their
+    /// bound. Returns the ids aborted and those answered "unknown".
+    pub fn tick(&self, now: Instant) -> (Vec<u64>, Vec<u64>) {
+        let within = deadlines::confirm_within(self.config.replication_timeout_seconds);
+        let mut inner = self.inner();
+        let Inner { core, waiters, .. } = &mut *inner;
+        let ticked = core.tick(now, within, |id| waiters.listened(id));
+        waiters.forget_unheard();
+        self.apply(&mut inner);
+        ticked
+    }
+
+    /// The driver of link `index` waits on this for something to send.
+    pub fn wake(&self, index: usize) -> &Notify {
+        &self.wakes[index]
+    }
+
+    /// Starts over with `log`: see [`Core::install`]. `journal` is where its records go.
+    pub fn install(&self, log: Log, journal: Journal, starts: &[(u64, u64)]) {
+        let mut inner = self.inner();
+        inner.core.install(log, journal.is_some(), starts);
+        inner.journal = journal;
+        self.apply(&mut inner);
     }
 
     /// Sets or clears why the master is read-only while it recovers its log.
     pub fn set_recovering(&self, reason: Option<String>) {
-        *self.recovering.lock().unwrap_or_else(|p| p.into_inner()) = reason;
+        self.update(|core| core.set_recovering(reason));
     }
 
-    fn recovering(&self) -> Option<String> {
-        self.recovering
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// Says whether the ledger holds the log this master knows to be its own (see `known`).
+    /// Says whether the core holds the log this master knows to be its own (see `known`).
     pub fn set_known(&self, known: bool) {
-        self.known.store(known, std::sync::atomic::Ordering::SeqCst);
+        self.known.store(known, Ordering::SeqCst);
     }
 
-    /// Replaces the ledger with one over the log to serve (after recovery) and publishes it.
-    pub fn install(&self, ledger: Ledger) {
-        self.update(|current| *current = ledger);
-    }
-
-    /// Checks `w` against the cluster: 1..=n+1, default n+1 (all nodes).
-    fn write_concern(&self, w: Option<u64>) -> Result<usize, ApiError> {
-        let nodes = self.config.nodes();
-        match w {
-            None => Ok(nodes),
-            Some(w) if (1..=nodes as u64).contains(&w) => Ok(w as usize),
-            Some(w) => Err(ApiError::Unprocessable(format!(
-                "`w` must be between 1 and {nodes} (the nodes in the cluster), got {w}"
-            ))),
-        }
-    }
-
-    /// Tells every sender there is work: new entries or new decisions.
-    pub fn wake_senders(&self) {
-        for peer in &self.peers {
-            peer.wake.notify_one();
-        }
-    }
-
-    /// Takes a reply from secondary `index`; pushes new decisions at once.
-    pub fn on_reply(&self, index: usize, state: &ReplicaState) -> Result<(), ForeignLog> {
-        let (changed, restarted) = self.update(|ledger| {
-            let instance = ledger.follower(index).instance;
-            let changed = ledger.on_reply(index, state, Instant::now())?;
-            Ok((changed, instance.is_some_and(|i| i != state.instance)))
-        })?;
-        if changed {
-            self.wake_senders();
-        } else if restarted {
-            self.peers[index].wake.notify_one();
-        }
-        Ok(())
-    }
-
-    /// The health of a secondary last heard from at `last_contact`, as of `now`: silence counts
-    /// only while the master itself ran (see [`health::Stalls`]).
-    pub fn status_of(&self, last_contact: Option<Instant>, now: Instant) -> Status {
-        self.stalls.status(
-            last_contact.unwrap_or(self.started),
-            now,
-            health::Thresholds::from_config(&self.config),
-        )
-    }
-
-    /// A majority of the n+1 nodes must be reachable, and no secondary may hold another log.
+    /// See [`Core::quorum`].
     pub fn quorum(&self) -> Quorum {
-        self.quorum_in(&self.ledger(), Instant::now())
+        self.update(|core| core.quorum(Instant::now()))
     }
 
-    /// [`Master::quorum`] from a ledger already locked, as of `now`.
-    fn quorum_in(&self, ledger: &Ledger, now: Instant) -> Quorum {
-        let nodes = self.config.nodes();
-        let mut reachable = 1;
-        let mut refusal = self.recovering();
-        for (peer, follower) in self.peers.iter().zip(ledger.followers()) {
-            if let Some(foreign) = &follower.foreign_log {
-                refusal = Some(format!(
-                    "secondary {} holds log {foreign}, not this master's log {}: restart the master with its data, or wipe that secondary",
-                    peer.address,
-                    ledger.log().log_id()
-                ));
-            } else if self.status_of(follower.last_contact, now) != Status::Unhealthy {
-                reachable += 1;
-            }
-        }
-        if refusal.is_none() && reachable * 2 <= nodes {
-            refusal = Some(format!(
-                "no quorum: {reachable} of {nodes} nodes reachable; the master is read-only"
-            ));
-        }
-        Quorum {
-            reachable,
-            nodes,
-            refusal,
-        }
+    /// Admission, the id and the client's channel, under one lock: the append's whole stay in
+    /// the lock on the master's busiest path.
+    fn admit(
+        &self,
+        message: Bytes,
+        w: usize,
+        deadline: Option<Instant>,
+        now: Instant,
+    ) -> Result<(Option<tokio::sync::SemaphorePermit<'_>>, u64, Verdict), ApiError> {
+        let mut inner = self.inner();
+        let Inner { core, waiters, .. } = &mut *inner;
+        core.admit(now)
+            .map_err(|refused| ApiError::Unavailable(refused.0))?;
+        // A w=1 append waits for nobody but the master's own disk, so others' waiting must not
+        // refuse it, and it takes no slot; such appends cannot pile up behind a slow
+        // secondary, and their number is bounded by the connections (MAX_CONNECTIONS) and the
+        // streams each may have open.
+        let slot = if w > 1 {
+            Some(self.append_slots.try_acquire().map_err(|_| {
+                ApiError::Overloaded(format!(
+                    "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
+                    self.config.limits.max_pending_appends
+                ))
+            })?)
+        } else {
+            None
+        };
+        let id = core.append(message, w, deadline);
+        let verdict = waiters.register(id);
+        self.apply(&mut inner);
+        Ok((slot, id, verdict))
     }
 }
 
@@ -308,7 +291,7 @@ fn abort_unconfirmed(id: u64) -> ApiError {
 async fn told(mut verdict: Verdict) -> Option<Progress> {
     let mut now = *verdict.borrow_and_update();
     while now == Progress::Waiting {
-        now = ledger::progress(&mut verdict).await?;
+        now = answers::progress(&mut verdict).await?;
     }
     Some(now)
 }
@@ -327,7 +310,9 @@ impl Node for Master {
                 "the master is shutting down; nothing was appended".into(),
             ));
         }
-        let w = self.write_concern(w)?;
+        let w = self
+            .read(|core| core.write_concern(w))
+            .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
         let limit = self.config.limits.max_message_bytes;
         if message.len() > limit {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -359,34 +344,7 @@ impl Node for Master {
         let timeout = self.config.replication_timeout_seconds;
         let now = Instant::now();
         let deadline = (!timeout.is_zero()).then(|| now + timeout);
-        // Admission and the id under one lock: the append's whole stay in the ledger's lock on
-        // the master's busiest path.
-        let (_slot, id, outcome) = self.update(|ledger| {
-            if let Some(reason) = self.quorum_in(ledger, now).refusal {
-                return Err(ApiError::Unavailable(reason));
-            }
-            // A w=1 append waits for nobody but the master's own disk, so others' waiting
-            // must not refuse it, and it takes no slot; such appends cannot pile up behind a
-            // slow secondary, and their number is bounded by the connections
-            // (MAX_CONNECTIONS) and the streams each may have open.
-            let slot = if w > 1 {
-                Some(self.append_slots.try_acquire().map_err(|_| {
-                    ApiError::Overloaded(format!(
-                        "{} appends are already waiting (MAX_PENDING_APPENDS); retry shortly",
-                        self.config.limits.max_pending_appends
-                    ))
-                })?)
-            } else {
-                None
-            };
-            let was_idle = ledger.pending_count() == 0;
-            let (id, rx) = ledger.append(message, w, deadline);
-            if was_idle && ledger.pending_count() > 0 && deadline.is_some() {
-                self.deadline_wake.notify_one();
-            }
-            Ok((slot, id, rx))
-        })?;
-        self.wake_senders();
+        let (_slot, id, outcome) = self.admit(message, w, deadline, now)?;
         if let Some(ticket) = ticket {
             let answer = self.answer_keyed(ticket.bind(id, outcome), false).await;
             return answer.unwrap_or_else(|| Err(outcome_unknown(id)));
@@ -403,14 +361,14 @@ impl Node for Master {
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.ledger().page(from_id, limit)
+        self.read(|core| core.ledger().page(from_id, limit))
     }
 
     fn readable(&self) -> Result<(), ApiError> {
         if self.known.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
         }
-        let reason = self.recovering().unwrap_or_default();
+        let reason = self.read(|core| core.recovering().unwrap_or_default().to_owned());
         Err(ApiError::Unavailable(format!(
             "{reason}; the log is listed once this master serves it"
         )))
@@ -429,40 +387,47 @@ impl Node for Master {
     }
 
     fn health(&self) -> Health {
-        let quorum = self.quorum();
         let now = Instant::now();
-        let ledger = self.ledger();
-        let log = ledger.log();
-        let secondaries = self
-            .peers
-            .iter()
-            .zip(ledger.followers())
-            .map(|(peer, f)| SecondaryHealth {
-                address: peer.address.clone(),
-                status: self.status_of(f.last_contact, now).name(),
-                last_contact_ms_ago: f
-                    .last_contact
-                    .map(|t| now.saturating_duration_since(t).as_millis() as u64),
-                acked_id: f.acked,
-                held: f.held,
-                lag: ledger.written().saturating_sub(f.held),
-                last_error: f.last_error.clone(),
-            })
-            .collect();
-        Health {
-            role: "master",
-            log_id: log.log_id().to_owned(),
-            last_id: log.last_id(),
-            decided: log.decided(),
-            visible: log.visible_count(),
-            pending: Some(ledger.pending_count() as u64),
-            nodes: Some(quorum.nodes as u64),
-            reachable: Some(quorum.reachable as u64),
-            quorum: quorum.reachable * 2 > quorum.nodes,
-            read_only: quorum.refusal.is_some(),
-            read_only_reason: quorum.refusal,
-            secondaries,
-            last_contact_ms_ago: None,
-        }
+        self.update(|core| {
+            let quorum = core.quorum(now);
+            let statuses: Vec<_> = (0..self.wakes.len())
+                .map(|index| core.status(index, now))
+                .collect();
+            let ledger = core.ledger();
+            let log = ledger.log();
+            let secondaries = core
+                .settings()
+                .secondaries
+                .iter()
+                .zip(ledger.followers())
+                .zip(statuses)
+                .map(|((address, f), status)| SecondaryHealth {
+                    address: address.clone(),
+                    status: status.name(),
+                    last_contact_ms_ago: f
+                        .last_contact
+                        .map(|t| now.saturating_duration_since(t).as_millis() as u64),
+                    acked_id: f.acked,
+                    held: f.held,
+                    lag: ledger.written().saturating_sub(f.held),
+                    last_error: f.last_error.clone(),
+                })
+                .collect();
+            Health {
+                role: "master",
+                log_id: log.log_id().to_owned(),
+                last_id: log.last_id(),
+                decided: log.decided(),
+                visible: log.visible_count(),
+                pending: Some(ledger.pending_count() as u64),
+                nodes: Some(quorum.nodes as u64),
+                reachable: Some(quorum.reachable as u64),
+                quorum: quorum.reachable * 2 > quorum.nodes,
+                read_only: quorum.refusal.is_some(),
+                read_only_reason: quorum.refusal,
+                secondaries,
+                last_contact_ms_ago: None,
+            }
+        })
     }
 }

@@ -6,23 +6,24 @@
 //! woken to catch the secondary up. It also carries the master's decisions.
 //!
 //! The first secondary's task also keeps the master's pulse: it notes that the master runs,
-//! often, so that a stall of the master itself is seen as one ([`super::health::Stalls`]).
+//! often, so that a stall of the master itself is seen as one ([`crate::core::health::Stalls`]).
 
-use super::health::{Status, Thresholds};
+use super::Peer;
+use crate::core::health::{Status, Thresholds};
 use crate::state::Master;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::time::MissedTickBehavior;
 
-pub async fn run(master: Arc<Master>, index: usize) {
+pub async fn run(master: Arc<Master>, peers: Arc<[Peer]>, index: usize) {
     if index == 0 {
         tokio::select! {
-            _ = heartbeats(&master, index) => {}
+            _ = heartbeats(&master, &peers[index], index) => {}
             _ = pulse(&master) => {}
         }
-        master.stalls.unpulsed();
+        master.update(|core| core.unpulsed());
     } else {
-        heartbeats(&master, index).await
+        heartbeats(&master, &peers[index], index).await
     }
 }
 
@@ -36,12 +37,11 @@ async fn pulse(master: &Master) {
             _ = master.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        master.stalls.observe(Instant::now(), thresholds);
+        master.update(|core| core.pulse(Instant::now()));
     }
 }
 
-async fn heartbeats(master: &Master, index: usize) {
-    let peer = &master.peers[index];
+async fn heartbeats(master: &Master, peer: &Peer, index: usize) {
     let mut ticker = tokio::time::interval(master.config.heartbeat_interval_ms);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_status: Option<Status> = None;
@@ -50,28 +50,21 @@ async fn heartbeats(master: &Master, index: usize) {
             _ = master.shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let request = master.ledger().batch(index, u64::MAX, 0, 0);
+        let request = master.read(|core| core.heartbeat(index));
         let result = tokio::select! {
             _ = master.shutdown.cancelled() => return,
             // A slow answer is still contact: only silence past UNHEALTHY_AFTER_MS is not.
             result = peer.call(request, master.config.unhealthy_after_ms) => result,
         };
-        match result {
-            Ok(reply) => {
-                if let Err(foreign) = master.on_reply(index, &reply) {
-                    tracing::debug!(secondary = %peer.address, their_log = %foreign.0, "heartbeat: secondary holds another log");
-                }
-            }
-            Err(status) => master
-                .ledger()
-                .on_failure(index, format!("{}: {}", status.code(), status.message())),
+        let answer = result.map_err(|status| format!("{}: {}", status.code(), status.message()));
+        let (taken, status, held) = master.update(|core| {
+            let now = Instant::now();
+            let taken = core.heartbeat_answered(index, answer.as_ref().map_err(Clone::clone), now);
+            (taken, core.status(index, now), core.ledger().follower(index).held)
+        });
+        if let Err(foreign) = taken {
+            tracing::debug!(secondary = %peer.address, their_log = %foreign.0, "heartbeat: secondary holds another log");
         }
-        let (last_contact, held) = {
-            let ledger = master.ledger();
-            let f = ledger.follower(index);
-            (f.last_contact, f.held)
-        };
-        let status = master.status_of(last_contact, Instant::now());
         if last_status != Some(status) {
             match status {
                 Status::Healthy => {

@@ -1,39 +1,31 @@
-//! Replication from the master to its secondaries.
+//! Replication from the master to its secondaries: the drivers of the core's links.
 //!
-//! Each secondary gets one long-lived [`sender`] task that keeps its ordered stream of entries
-//! (batched, several requests in flight, cumulative acknowledgements, catch-up from the
-//! secondary's high-water mark, backoff on failure), spoken over HTTP/2 by that task itself
-//! ([`stream`]), and one [`heartbeat`] task that measures its [`health`] and pushes decisions
-//! even when no entries flow.
+//! Each secondary gets one long-lived [`sender`] task that carries out its link's decisions
+//! ([`crate::core::link`]: batches, requests in flight, catch-up, backoff) on a stream spoken
+//! over HTTP/2 by that task itself ([`stream`]), and one [`heartbeat`] task that measures its
+//! health and pushes decisions even when no entries flow.
 
-pub mod backoff;
-pub mod health;
 pub mod heartbeat;
 pub mod sender;
 pub mod stream;
 
 use crate::config::Config;
 use crate::state::Master;
+use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
 use std::sync::Arc;
 use std::time::Duration;
 use stream::{KeepAlive, ReplicationStream};
-use tokio::sync::Notify;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long connecting to a secondary may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Largest gRPC message either side accepts; batches stay well below it.
-pub const MAX_GRPC_MESSAGE_BYTES: usize = 64 << 20;
-
 /// One secondary as the master sees it.
 pub struct Peer {
     pub address: String,
-    /// Wakes the sender: new entries, new decisions, or a restart seen by the heartbeat.
-    pub wake: Notify,
-    /// For the heartbeat's calls.
+    /// For the heartbeat's and recovery's calls.
     client: ReplicationClient<Channel>,
     token: Option<String>,
     keep_alive: KeepAlive,
@@ -53,11 +45,10 @@ impl Peer {
             .keep_alive_timeout(keep_alive.timeout)
             .keep_alive_while_idle(true);
         let client = ReplicationClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
             address: address.to_owned(),
-            wake: Notify::new(),
             client,
             token: config.auth.token().map(str::to_owned),
             keep_alive,
@@ -113,12 +104,29 @@ impl Peer {
     }
 }
 
+/// One [`Peer`] per configured secondary, in the order of their indexes.
+pub fn peers(config: &Config) -> Result<Arc<[Peer]>, String> {
+    config
+        .secondaries
+        .iter()
+        .map(|address| Peer::new(address, config))
+        .collect()
+}
+
 /// Starts the sender and heartbeat tasks of every secondary.
-pub fn spawn(master: &Arc<Master>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn(master: &Arc<Master>, peers: &Arc<[Peer]>) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
-    for index in 0..master.peers.len() {
-        tasks.push(tokio::spawn(sender::run(master.clone(), index)));
-        tasks.push(tokio::spawn(heartbeat::run(master.clone(), index)));
+    for index in 0..peers.len() {
+        tasks.push(tokio::spawn(sender::run(
+            master.clone(),
+            peers.clone(),
+            index,
+        )));
+        tasks.push(tokio::spawn(heartbeat::run(
+            master.clone(),
+            peers.clone(),
+            index,
+        )));
     }
     tasks
 }

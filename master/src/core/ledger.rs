@@ -1,9 +1,10 @@
-//! The master's decision state: its log, the appends still waiting for acknowledgements, and
+//! The decision log: the master's log, the appends still waiting for acknowledgements, and
 //! what each secondary has reported.
 //!
-//! Everything here is synchronous and runs under one short mutex: assigning an id, counting a
-//! cumulative acknowledgement, committing, aborting. No lock is held across an `.await`, so
-//! appends from many clients proceed in parallel and only serialise for these few steps.
+//! Assigning an id, counting a cumulative acknowledgement, committing, aborting: each is a
+//! short synchronous step that records what must happen outside in [`Effect`]s (a record to
+//! make durable, a client to answer, a link to wake), which the caller takes with
+//! [`Ledger::take_effects`] and carries out.
 //!
 //! With `DATA_DIR`, an entry is shipped once it is written to the master's file, while its fsync
 //! runs, so the two disks work at the same time; but nothing commits before the master's own
@@ -13,9 +14,10 @@
 //! module). An abort is decided (tombstone) only once its tombstone is on disk, so a restarted
 //! master never commits what it answered 500 for. Its client hears 500 only once a secondary has
 //! also reported a decided frontier at or past the id: a master that loses its disk recovers
-//! its log from the secondaries ([`crate::recovery`]), and must find the tombstone there. Records
-//! for the journal are queued here, under the lock, so the file receives them in id order.
+//! its log from the secondaries ([`crate::recovery`]), and must find the tombstone there.
+//! Records are queued in id order, so the file receives them in that order.
 
+use super::Effect;
 use bytes::Bytes;
 use replog_node::log::{Log, Message};
 use replog_node::storage::Record;
@@ -23,7 +25,6 @@ use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateReq
 use std::collections::BTreeMap;
 use std::time::Duration;
 use std::time::Instant;
-use tokio::sync::watch;
 
 /// The fate of one append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,19 +46,6 @@ pub enum Progress {
     Decided(Outcome),
 }
 
-/// Where an append's progress is published; the last value stays readable after the ledger
-/// lets go of it (a closed channel before a decision means the master stopped).
-pub type Verdict = watch::Receiver<Progress>;
-
-/// Waits for the next progress of an append beyond what `verdict` has seen; `None` once the
-/// ledger dropped it without more to tell (the master stops).
-pub async fn progress(verdict: &mut Verdict) -> Option<Progress> {
-    if verdict.changed().await.is_err() {
-        return None;
-    }
-    Some(*verdict.borrow_and_update())
-}
-
 /// An append that has not reached its write concern yet.
 #[derive(Debug)]
 struct Pending {
@@ -75,14 +63,12 @@ struct Pending {
     /// Set when it starts aborting: until when its client waits for a secondary to confirm
     /// the tombstone before it hears "unknown".
     confirm_by: Option<Instant>,
-    waiter: Option<watch::Sender<Progress>>,
 }
 
 /// An aborted append whose tombstone is on the master's disk but no secondary has reported
 /// deciding yet: its client is not told 500 before one has.
 #[derive(Debug)]
 struct Unconfirmed {
-    waiter: watch::Sender<Progress>,
     /// When the client hears "unknown" instead; `None` once it has.
     answer_by: Option<Instant>,
 }
@@ -116,17 +102,15 @@ pub struct Follower {
 }
 
 /// Why a reply was not taken as an acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the secondary holds log {0}, not the master's")]
 pub struct ForeignLog(pub String);
-
-/// Where the ledger sends records to make them durable; `None` keeps the log in memory only.
-pub type Journal = Option<tokio::sync::mpsc::UnboundedSender<Record>>;
 
 #[derive(Debug)]
 pub struct Ledger {
     log: Log,
     pending: BTreeMap<u64, Pending>,
-    /// Aborted ids no secondary has confirmed yet, with their clients.
+    /// Aborted ids no secondary has confirmed yet.
     unconfirmed: BTreeMap<u64, Unconfirmed>,
     followers: Vec<Follower>,
     /// Every id up to here is synced to the master's disk (in memory mode: held).
@@ -139,7 +123,10 @@ pub struct Ledger {
     /// Every master process's start in this log, this one last: sent to a secondary until it
     /// reports following this process, so it can drop ids a power failure took from us.
     starts: Vec<MasterStart>,
-    journal: Journal,
+    /// Records go to a file (`DATA_DIR`), which reports back; without one, the log is in
+    /// memory only and everything held is durable at once.
+    journal: bool,
+    effects: Vec<Effect>,
 }
 
 impl Ledger {
@@ -149,7 +136,10 @@ impl Ledger {
     ///
     /// `starts` lists every master process's start in this log as `(instance, recovered)`,
     /// this process last (see [`Record::MasterStart`]).
-    pub fn new(mut log: Log, secondaries: usize, journal: Journal, starts: &[(u64, u64)]) -> Self {
+    ///
+    /// `journal` says whether records go to a file ([`Effect::Persist`]), which reports back
+    /// through [`Ledger::on_written`] and [`Ledger::on_persisted`].
+    pub fn new(mut log: Log, secondaries: usize, journal: bool, starts: &[(u64, u64)]) -> Self {
         let starts: Vec<MasterStart> = starts
             .iter()
             .map(|&(instance, recovered)| MasterStart {
@@ -168,7 +158,18 @@ impl Ledger {
             unconfirmed: BTreeMap::new(),
             followers: vec![Follower::default(); secondaries],
             journal,
+            effects: Vec::new(),
         }
+    }
+
+    /// What the steps since the last call asked to be done, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Asks for `effect` to be carried out.
+    pub(super) fn push_effect(&mut self, effect: Effect) {
+        self.effects.push(effect);
     }
 
     pub fn log(&self) -> &Log {
@@ -188,15 +189,12 @@ impl Ledger {
     }
 
     /// Assigns the next id to an append with write concern `w` (nodes, the master included);
-    /// the returned receiver learns its outcome.
-    pub fn append(
-        &mut self,
-        message: Bytes,
-        w: usize,
-        deadline: Option<Instant>,
-    ) -> (u64, Verdict) {
-        let (tx, rx) = watch::channel(Progress::Waiting);
+    /// its client learns the outcome through [`Effect::Answer`]s for this id.
+    pub fn append(&mut self, message: Bytes, w: usize, deadline: Option<Instant>) -> u64 {
         let id = self.log.push(message.clone(), false);
+        if deadline.is_some() && self.pending.is_empty() {
+            self.effects.push(Effect::Timer);
+        }
         self.pending.insert(
             id,
             Pending {
@@ -205,31 +203,28 @@ impl Ledger {
                 aborting: false,
                 deadline,
                 confirm_by: None,
-                waiter: Some(tx),
             },
         );
-        match &self.journal {
-            Some(journal) => {
-                let record = Record::Entry {
-                    id,
-                    message,
-                    tombstone: false,
-                };
-                if journal.send(record).is_err() {
-                    tracing::error!(id, "the journal is gone; the append cannot become durable");
-                }
-            }
-            None => {
-                self.on_written(id);
-                self.on_persisted(Some(id), &[]);
-            }
+        if self.journal {
+            self.effects.push(Effect::Persist(Record::Entry {
+                id,
+                message,
+                tombstone: false,
+            }));
+        } else {
+            self.on_written(id);
+            self.on_persisted(Some(id), &[]);
         }
-        (id, rx)
+        self.effects.push(Effect::Wake(None));
+        id
     }
 
     /// The journal wrote entries up to `upto` to the file (not synced yet): they may be shipped.
     pub fn on_written(&mut self, upto: u64) {
-        self.written = self.written.max(upto);
+        if upto > self.written {
+            self.written = upto;
+            self.effects.push(Effect::Wake(None));
+        }
     }
 
     /// The journal made entries up to `entries_upto` and the tombstones `tombstones` durable.
@@ -241,20 +236,19 @@ impl Ledger {
             self.acknowledge(from, upto, Ack::Master);
         }
         for &id in tombstones {
-            if let Some(mut pending) = self.pending.remove(&id) {
+            if let Some(pending) = self.pending.remove(&id) {
                 self.log.tombstone(id);
-                if let Some(waiter) = pending.waiter.take() {
-                    self.unconfirmed.insert(
-                        id,
-                        Unconfirmed {
-                            waiter,
-                            answer_by: pending.confirm_by,
-                        },
-                    );
-                }
+                self.unconfirmed.insert(
+                    id,
+                    Unconfirmed {
+                        answer_by: pending.confirm_by,
+                    },
+                );
             }
         }
-        self.advance_decided();
+        if self.advance_decided() {
+            self.effects.push(Effect::Wake(None));
+        }
         self.confirm_aborts();
     }
 
@@ -277,36 +271,43 @@ impl Ledger {
             Some(next) => self.unconfirmed.split_off(&next),
             None => BTreeMap::new(),
         };
-        for (_, unconfirmed) in std::mem::replace(&mut self.unconfirmed, rest) {
-            unconfirmed
-                .waiter
-                .send_replace(Progress::Decided(Outcome::Aborted));
+        for id in std::mem::replace(&mut self.unconfirmed, rest).into_keys() {
+            self.effects.push(Effect::Answer {
+                id,
+                progress: Progress::Decided(Outcome::Aborted),
+            });
         }
     }
 
     /// Tells the clients of aborted ids still unconfirmed at their bound that the outcome is
-    /// unknown; they stay listed, so a later confirmation still records the 500 (for an
-    /// idempotency key's retry). Forgets those nobody listens to any more. Returns the ids.
+    /// unknown; they stay listed while `listened(id)` (an idempotency key's record may still
+    /// learn the 500 from a later confirmation), and are forgotten after. Returns the ids told.
     /// An abort whose tombstone is not even synced by then is unknown to its client as well.
-    pub fn expire_unconfirmed(&mut self, now: Instant) -> Vec<u64> {
+    pub fn expire_unconfirmed(
+        &mut self,
+        now: Instant,
+        listened: impl Fn(u64) -> bool,
+    ) -> Vec<u64> {
         let mut expired = Vec::new();
         for (&id, pending) in self.pending.iter_mut() {
             if pending.confirm_by.is_some_and(|at| at <= now) {
                 pending.confirm_by = None;
-                if let Some(waiter) = &pending.waiter {
-                    waiter.send_replace(Progress::AbortUnconfirmed);
-                }
                 expired.push(id);
             }
         }
         self.unconfirmed.retain(|&id, unconfirmed| {
             if unconfirmed.answer_by.is_some_and(|at| at <= now) {
                 unconfirmed.answer_by = None;
-                unconfirmed.waiter.send_replace(Progress::AbortUnconfirmed);
                 expired.push(id);
             }
-            unconfirmed.answer_by.is_some() || !unconfirmed.waiter.is_closed()
+            unconfirmed.answer_by.is_some() || listened(id)
         });
+        for &id in &expired {
+            self.effects.push(Effect::Answer {
+                id,
+                progress: Progress::AbortUnconfirmed,
+            });
+        }
         expired
     }
 
@@ -346,11 +347,11 @@ impl Ledger {
             }
         }
         for id in committed {
-            if let Some(mut pending) = self.pending.remove(&id) {
-                if let Some(waiter) = pending.waiter.take() {
-                    waiter.send_replace(Progress::Decided(Outcome::Committed));
-                }
-            }
+            self.pending.remove(&id);
+            self.effects.push(Effect::Answer {
+                id,
+                progress: Progress::Decided(Outcome::Committed),
+            });
         }
     }
 
@@ -385,15 +386,15 @@ impl Ledger {
                 expired.push(id);
             }
         }
-        match &self.journal {
-            Some(journal) => {
-                for &id in &expired {
-                    if journal.send(Record::Tombstone { id }).is_err() {
-                        tracing::error!(id, "the journal is gone; the abort cannot become durable");
-                    }
-                }
+        if self.journal {
+            for &id in &expired {
+                self.effects.push(Effect::Persist(Record::Tombstone { id }));
             }
-            None => self.on_persisted(None, &expired),
+        } else {
+            self.on_persisted(None, &expired);
+        }
+        if !expired.is_empty() {
+            self.effects.push(Effect::Wake(None));
         }
         expired
     }
@@ -441,7 +442,11 @@ impl Ledger {
             return Ok(false);
         }
         self.acknowledge(before, held, Ack::Secondary);
-        Ok(self.advance_decided())
+        let moved = self.advance_decided();
+        if moved {
+            self.effects.push(Effect::Wake(None));
+        }
+        Ok(moved)
     }
 
     /// Records a failed call to a secondary.
@@ -537,7 +542,36 @@ mod tests {
     use std::time::Duration;
 
     fn ledger(secondaries: usize) -> Ledger {
-        Ledger::new(Log::new(new_log_id()), secondaries, None, &[(1, 0)])
+        Ledger::new(Log::new(new_log_id()), secondaries, false, &[(1, 0)])
+    }
+
+    /// What the client of append `id` was last told.
+    fn told(ledger: &Ledger, id: u64) -> Progress {
+        ledger
+            .effects
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                Effect::Answer { id: told, progress } if *told == id => Some(*progress),
+                _ => None,
+            })
+            .unwrap_or(Progress::Waiting)
+    }
+
+    /// The records the ledger asked to make durable, oldest first, taken.
+    fn records(ledger: &mut Ledger) -> Vec<Record> {
+        let (records, rest) = ledger
+            .take_effects()
+            .into_iter()
+            .partition::<Vec<_>, _>(|e| matches!(e, Effect::Persist(_)));
+        ledger.effects = rest;
+        records
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Persist(record) => Some(record),
+                _ => None,
+            })
+            .collect()
     }
 
     fn reply(ledger: &Ledger, instance: u64, held: u64) -> ReplicaState {
@@ -567,26 +601,26 @@ mod tests {
     #[test]
     fn commits_when_enough_secondaries_hold_it() {
         let mut l = ledger(2);
-        let (id, rx) = l.append(Bytes::from("a"), 3, None);
+        let id = l.append(Bytes::from("a"), 3, None);
         assert_eq!(id, 1);
         let state = reply(&l, 7, 1);
         assert_eq!(l.on_reply(0, &state, Instant::now()), Ok(false));
         assert!(
-            *rx.borrow() == Progress::Waiting,
+            told(&l, id) == Progress::Waiting,
             "one of two acknowledgements"
         );
         let state = reply(&l, 8, 1);
         assert_eq!(l.on_reply(1, &state, Instant::now()), Ok(true));
-        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Committed));
+        assert_eq!(told(&l, id), Progress::Decided(Outcome::Committed));
         assert_eq!(ids(&l), vec![1]);
     }
 
     #[test]
     fn w1_answers_at_once_but_shows_only_after_earlier_ids_are_decided() {
         let mut l = ledger(2);
-        let (_, _rx1) = l.append(Bytes::from("slow"), 3, None);
-        let (id2, rx2) = l.append(Bytes::from("fast"), 1, None);
-        assert_eq!(*rx2.borrow(), Progress::Decided(Outcome::Committed));
+        let _rx1 = l.append(Bytes::from("slow"), 3, None);
+        let id2 = l.append(Bytes::from("fast"), 1, None);
+        assert_eq!(told(&l, id2), Progress::Decided(Outcome::Committed));
         assert!(ids(&l).is_empty(), "id 1 is still pending");
         let state = reply(&l, 1, id2);
         l.on_reply(0, &state, Instant::now()).ok();
@@ -599,8 +633,8 @@ mod tests {
     fn expired_appends_become_tombstones_and_are_never_shown() {
         let mut l = ledger(1);
         let now = Instant::now();
-        let (_, rx) = l.append(Bytes::from("lost"), 2, Some(now));
-        let (_, _rx2) = l.append(Bytes::from("kept"), 1, None);
+        let rx = l.append(Bytes::from("lost"), 2, Some(now));
+        let _rx2 = l.append(Bytes::from("kept"), 1, None);
         assert_eq!(
             l.abort_expired(now + Duration::from_millis(1), BOUND),
             vec![1]
@@ -616,13 +650,13 @@ mod tests {
         assert!(request.entries[0].message.is_empty());
         assert_eq!(request.decisions.map(|d| d.tombstones), Some(vec![1]));
         assert_eq!(
-            *rx.borrow(),
+            told(&l, rx),
             Progress::Waiting,
             "no secondary decided it yet"
         );
         let state = decided(&l, 1, 2, 2);
         l.on_reply(0, &state, Instant::now()).ok();
-        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx), Progress::Decided(Outcome::Aborted));
         assert_eq!(l.unconfirmed_count(), 0);
     }
 
@@ -630,8 +664,8 @@ mod tests {
     fn an_abort_is_answered_500_only_once_a_secondary_reports_it_decided() {
         let mut l = ledger(2);
         let now = Instant::now();
-        let (_, rx1) = l.append(Bytes::from("one"), 3, Some(now));
-        let (_, rx2) = l.append(Bytes::from("two"), 3, Some(now));
+        let rx1 = l.append(Bytes::from("one"), 3, Some(now));
+        let rx2 = l.append(Bytes::from("two"), 3, Some(now));
         // Secondary 0 holds both entries, secondary 1 nothing; both abort.
         let state = reply(&l, 1, 2);
         l.on_reply(0, &state, now).ok();
@@ -641,19 +675,19 @@ mod tests {
         // A reply that decided less than an id confirms nothing past it.
         let state = decided(&l, 1, 2, 0);
         l.on_reply(0, &state, now).ok();
-        assert_eq!(*rx1.borrow(), Progress::Waiting);
+        assert_eq!(told(&l, rx1), Progress::Waiting);
         let state = decided(&l, 2, 0, 1);
         l.on_reply(1, &state, now).ok();
-        assert_eq!(*rx1.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx1), Progress::Decided(Outcome::Aborted));
         assert_eq!(
-            *rx2.borrow(),
+            told(&l, rx2),
             Progress::Waiting,
             "id 2 is not decided there"
         );
         // A heartbeat's reply (held unchanged) confirms as well.
         let state = decided(&l, 1, 2, 2);
         l.on_reply(0, &state, now).ok();
-        assert_eq!(*rx2.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx2), Progress::Decided(Outcome::Aborted));
         assert_eq!(l.next_deadline(), None);
     }
 
@@ -661,78 +695,77 @@ mod tests {
     fn an_unconfirmed_abort_is_unknown_at_its_bound_and_500_once_confirmed() {
         let mut l = ledger(2);
         let now = Instant::now();
-        let (_, rx) = l.append(Bytes::from("held"), 3, Some(now));
+        let rx = l.append(Bytes::from("held"), 3, Some(now));
         let state = reply(&l, 1, 1);
         l.on_reply(0, &state, now).ok();
         l.abort_expired(now, BOUND);
-        assert!(l.expire_unconfirmed(now + BOUND / 2).is_empty());
-        assert_eq!(*rx.borrow(), Progress::Waiting);
-        assert_eq!(l.expire_unconfirmed(now + BOUND), vec![1]);
-        assert_eq!(*rx.borrow(), Progress::AbortUnconfirmed);
+        assert!(l.expire_unconfirmed(now + BOUND / 2, |_| true).is_empty());
+        assert_eq!(told(&l, rx), Progress::Waiting);
+        assert_eq!(l.expire_unconfirmed(now + BOUND, |_| true), vec![1]);
+        assert_eq!(told(&l, rx), Progress::AbortUnconfirmed);
         assert_eq!(l.next_deadline(), None, "told once");
         // Still listened to (an idempotency key's record): a later confirmation is the 500.
         let state = decided(&l, 1, 1, 1);
         l.on_reply(0, &state, now + BOUND * 3).ok();
-        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx), Progress::Decided(Outcome::Aborted));
     }
 
     #[test]
     fn an_unconfirmed_abort_nobody_listens_to_is_forgotten() {
         let mut l = ledger(1);
         let now = Instant::now();
-        let (_, rx) = l.append(Bytes::from("gone"), 2, Some(now));
+        let rx = l.append(Bytes::from("gone"), 2, Some(now));
         l.abort_expired(now, BOUND);
-        assert_eq!(l.expire_unconfirmed(now + BOUND), vec![1]);
+        assert_eq!(l.expire_unconfirmed(now + BOUND, |_| true), vec![1]);
         assert_eq!(l.unconfirmed_count(), 1);
-        drop(rx);
-        assert!(l.expire_unconfirmed(now + BOUND).is_empty());
+        assert_eq!(told(&l, rx), Progress::AbortUnconfirmed);
+        // Its client hung up.
+        assert!(l.expire_unconfirmed(now + BOUND, |_| false).is_empty());
         assert_eq!(l.unconfirmed_count(), 0);
     }
 
     #[test]
     fn without_secondaries_the_masters_disk_suffices_for_the_500() {
-        let (tx, _records) = tokio::sync::mpsc::unbounded_channel();
-        let mut l = Ledger::new(Log::new(new_log_id()), 0, Some(tx), &[(1, 0)]);
+        let mut l = Ledger::new(Log::new(new_log_id()), 0, true, &[(1, 0)]);
         let now = Instant::now();
-        let (_, rx) = l.append(Bytes::from("a"), 1, Some(now));
+        let rx = l.append(Bytes::from("a"), 1, Some(now));
         assert_eq!(l.abort_expired(now, BOUND), vec![1]);
         assert_eq!(
-            *rx.borrow(),
+            told(&l, rx),
             Progress::Waiting,
             "the tombstone is not synced"
         );
         l.on_persisted(None, &[1]);
-        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx), Progress::Decided(Outcome::Aborted));
     }
 
     #[test]
     fn an_abort_not_synced_by_its_bound_is_unknown_and_the_clock_moves_on() {
-        let (tx, _records) = tokio::sync::mpsc::unbounded_channel();
-        let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx), &[(1, 0)]);
+        let mut l = Ledger::new(Log::new(new_log_id()), 1, true, &[(1, 0)]);
         let now = Instant::now();
-        let (_, rx) = l.append(Bytes::from("a"), 2, Some(now));
+        let rx = l.append(Bytes::from("a"), 2, Some(now));
         l.on_persisted(Some(1), &[]);
         l.abort_expired(now, BOUND);
         assert_eq!(l.next_deadline(), Some(now + BOUND));
-        assert_eq!(l.expire_unconfirmed(now + BOUND), vec![1]);
-        assert_eq!(*rx.borrow(), Progress::AbortUnconfirmed);
+        assert_eq!(l.expire_unconfirmed(now + BOUND, |_| true), vec![1]);
+        assert_eq!(told(&l, rx), Progress::AbortUnconfirmed);
         assert_eq!(l.next_deadline(), None, "no deadline left in the past");
         l.on_persisted(None, &[1]);
-        assert_eq!(*rx.borrow(), Progress::AbortUnconfirmed);
+        assert_eq!(told(&l, rx), Progress::AbortUnconfirmed);
         assert_eq!(l.next_deadline(), None);
         let state = decided(&l, 1, 1, 1);
         l.on_reply(0, &state, now).ok();
-        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx), Progress::Decided(Outcome::Aborted));
     }
 
     #[test]
     fn a_restarted_secondary_is_not_counted_twice() {
         let mut l = ledger(2);
-        let (_, _) = l.append(Bytes::from("a"), 1, None);
+        l.append(Bytes::from("a"), 1, None);
         let state = reply(&l, 1, 1);
         l.on_reply(0, &state, Instant::now()).ok();
         // Restart: empty again, then it catches up past id 2.
-        let (_, rx) = l.append(Bytes::from("b"), 3, None);
+        let rx = l.append(Bytes::from("b"), 3, None);
         let state = reply(&l, 2, 0);
         l.on_reply(0, &state, Instant::now()).ok();
         assert_eq!(
@@ -743,24 +776,24 @@ mod tests {
         let state = reply(&l, 2, 1);
         l.on_reply(0, &state, Instant::now()).ok();
         assert!(
-            *rx.borrow() == Progress::Waiting,
+            told(&l, rx) == Progress::Waiting,
             "id 1 again is no acknowledgement of id 2"
         );
         let state = reply(&l, 2, 2);
         l.on_reply(0, &state, Instant::now()).ok();
         assert!(
-            *rx.borrow() == Progress::Waiting,
+            told(&l, rx) == Progress::Waiting,
             "w=3 needs the second secondary too"
         );
         let state = reply(&l, 9, 2);
         l.on_reply(1, &state, Instant::now()).ok();
-        assert_eq!(*rx.borrow(), Progress::Decided(Outcome::Committed));
+        assert_eq!(told(&l, rx), Progress::Decided(Outcome::Committed));
     }
 
     #[test]
     fn a_foreign_log_is_no_acknowledgement() {
         let mut l = ledger(1);
-        let (_, rx) = l.append(Bytes::from("a"), 2, None);
+        let rx = l.append(Bytes::from("a"), 2, None);
         let state = ReplicaState {
             log_id: "other".into(),
             instance: 1,
@@ -769,19 +802,18 @@ mod tests {
             master_instance: 1,
         };
         assert!(l.on_reply(0, &state, Instant::now()).is_err());
-        assert!(*rx.borrow() == Progress::Waiting);
+        assert!(told(&l, rx) == Progress::Waiting);
         assert!(l.follower(0).foreign_log.is_some());
     }
 
     #[test]
     fn with_a_journal_nothing_counts_or_ships_before_it_is_durable() {
-        let (tx, mut records) = tokio::sync::mpsc::unbounded_channel();
-        let mut l = Ledger::new(Log::new(new_log_id()), 1, Some(tx), &[(1, 0)]);
+        let mut l = Ledger::new(Log::new(new_log_id()), 1, true, &[(1, 0)]);
         let now = Instant::now();
-        let (_, rx1) = l.append(Bytes::from("a"), 1, None);
-        let (_, rx2) = l.append(Bytes::from("b"), 2, Some(now));
+        let rx1 = l.append(Bytes::from("a"), 1, None);
+        let rx2 = l.append(Bytes::from("b"), 2, Some(now));
         assert!(
-            *rx1.borrow() == Progress::Waiting,
+            told(&l, rx1) == Progress::Waiting,
             "w=1 waits for the master's own disk"
         );
         assert!(
@@ -789,35 +821,31 @@ mod tests {
             "nothing ships before"
         );
         assert!(matches!(
-            records.try_recv(),
-            Ok(Record::Entry { id: 1, .. })
-        ));
-        assert!(matches!(
-            records.try_recv(),
-            Ok(Record::Entry { id: 2, .. })
+            records(&mut l)[..],
+            [Record::Entry { id: 1, .. }, Record::Entry { id: 2, .. }]
         ));
         l.on_persisted(Some(2), &[]);
-        assert_eq!(*rx1.borrow(), Progress::Decided(Outcome::Committed));
+        assert_eq!(told(&l, rx1), Progress::Decided(Outcome::Committed));
         assert_eq!(l.batch(0, 1, 10, 1 << 20).entries.len(), 2);
         // Id 2 expires: it is aborting, but not aborted before its tombstone is durable, and a
         // late acknowledgement no longer commits it.
         assert_eq!(l.abort_expired(now, BOUND), vec![2]);
-        assert_eq!(records.try_recv(), Ok(Record::Tombstone { id: 2 }));
+        assert_eq!(records(&mut l), vec![Record::Tombstone { id: 2 }]);
         let state = reply(&l, 1, 2);
         l.on_reply(0, &state, Instant::now()).ok();
-        assert!(*rx2.borrow() == Progress::Waiting);
+        assert!(told(&l, rx2) == Progress::Waiting);
         assert_eq!(l.log().decided(), 1);
         l.on_persisted(None, &[2]);
         assert_eq!(l.log().decided(), 2);
         assert_eq!(ids(&l), vec![1]);
         assert_eq!(
-            *rx2.borrow(),
+            told(&l, rx2),
             Progress::Waiting,
             "no secondary decided it yet"
         );
         let state = decided(&l, 1, 2, 2);
         l.on_reply(0, &state, Instant::now()).ok();
-        assert_eq!(*rx2.borrow(), Progress::Decided(Outcome::Aborted));
+        assert_eq!(told(&l, rx2), Progress::Decided(Outcome::Aborted));
     }
 
     #[test]
@@ -825,7 +853,7 @@ mod tests {
         let mut log = Log::new(new_log_id());
         log.push(Bytes::from("a"), false);
         log.push(Bytes::new(), true);
-        let l = Ledger::new(log, 1, None, &[(1, 0)]);
+        let l = Ledger::new(log, 1, false, &[(1, 0)]);
         assert_eq!((l.durable(), l.log().decided()), (2, 2));
         assert_eq!(ids(&l), vec![1]);
     }

@@ -1,0 +1,321 @@
+//! One secondary's replication progress: what to ship next, what is in flight, when to try
+//! again. Decisions only; the link's driver (`crate::replication::sender`) owns the stream.
+//!
+//! Entries go out in id order from `next` over one long-lived stream, up to [`PIPELINE`]
+//! requests in flight, each a batch of whatever queued up; the secondary answers them one by
+//! one, in order. Replies carry the secondary's contiguous high-water mark; once nothing is in
+//! flight (after any failure the stream is dropped, so nothing is), `next` rewinds to just
+//! above it. That one rule covers a lost request, an error after storing (the resent entry is
+//! dropped as a duplicate), a restart with an empty log and a long partition: the secondary is
+//! caught up from what it holds, in batches. Failures back off exponentially with jitter and
+//! never stop, so committed entries reach every secondary in the end, and nothing is kept per
+//! message that could leak.
+//!
+//! A push of decisions alone is not in flight: once the stream has answered, it goes quiet
+//! (`ReplicateRequest.quiet`, unanswered), and a secondary that cannot take it ends the stream,
+//! which is a failure like any other.
+
+use super::backoff::Backoff;
+use super::ledger::Ledger;
+use replog_proto::v1::ReplicateRequest;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Requests in flight per secondary at most.
+pub const PIPELINE: usize = 4;
+/// Entries that must be waiting before a request is sent while another is still in flight.
+///
+/// Each request costs both ends a fixed amount of CPU (HTTP/2 frames, syscalls, wake-ups), so on
+/// a busy node fewer, larger batches finish sooner than many small ones: while one request is
+/// out, new entries collect for the next unless there are enough of them to be worth a
+/// request of their own (a long round trip, a burst). An idle stream still sends at once, so
+/// a lone append never waits; no timer is involved.
+pub const PIPELINE_MIN_ENTRIES: u64 = 32;
+/// Entries per request at most.
+pub const MAX_BATCH_ENTRIES: usize = 2048;
+/// Payload bytes per request at most (one larger entry still goes alone).
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+
+/// What a link's driver should do next.
+#[derive(Debug, PartialEq)]
+pub enum Poll {
+    /// Open a stream, then report [`Link::opened`] or a failure.
+    Open,
+    /// Send these requests on the open stream, in order (possibly none).
+    Send(Vec<ReplicateRequest>),
+    /// All there is to send is a push of decisions, which `hold_decisions` kept back.
+    DecisionsHeld,
+    /// Nothing before [`Link::wait`]'s moments or a wake-up.
+    Wait,
+}
+
+/// When a link's driver must look again without being woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    /// Requests are in flight: the driver reads replies.
+    pub waiting: bool,
+    /// The oldest request in flight is late from then on ([`Link::late`]).
+    pub late_at: Option<Instant>,
+    /// The backoff after a failure ends then.
+    pub retry_at: Option<Instant>,
+}
+
+/// Why a reply was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the secondary answered a request it was not sent")]
+    Unsolicited,
+    #[error("the secondary holds log {0}, not this master's")]
+    ForeignLog(String),
+}
+
+/// One secondary's progress.
+#[derive(Debug)]
+pub struct Link {
+    /// The next id to ship.
+    next: u64,
+    /// Decided frontier carried by the last request, so new decisions are pushed at once.
+    pushed_decided: u64,
+    /// High-water mark at the last rewind: rewinding twice to the same place without a failure
+    /// means the secondary is not taking what it is sent, so the next try waits.
+    last_rewind: Option<u64>,
+    retry: Retry,
+    /// The open stream, if any; closed on any failure, which empties what was in flight.
+    stream: Option<Stream>,
+    /// How long the answer to the oldest request in flight may take (`RPC_TIMEOUT_SECONDS`).
+    timeout: Duration,
+}
+
+/// One open stream as the link sees it.
+#[derive(Debug)]
+struct Stream {
+    /// Per request sent and not yet answered, in order: whether it carried entries.
+    in_flight: VecDeque<bool>,
+    /// Last time the stream moved (a request into an idle stream, or an answer): the answer to
+    /// the oldest request is late `timeout` after it.
+    progress: Instant,
+    /// The secondary has answered on this stream, so its frontier is known: decision pushes
+    /// may go quiet.
+    answered: bool,
+}
+
+impl Stream {
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Requests in flight that carry entries (the others only push decisions or ask).
+    fn shipping(&self) -> usize {
+        self.in_flight.iter().filter(|carried| **carried).count()
+    }
+
+    fn send(&mut self, request: ReplicateRequest, now: Instant, out: &mut Vec<ReplicateRequest>) {
+        if self.idle() {
+            self.progress = now;
+        }
+        self.in_flight.push_back(!request.entries.is_empty());
+        out.push(request);
+    }
+
+    /// Pushes decisions (a request without entries): quiet once the secondary has answered on
+    /// this stream, so a commit costs one message to each secondary, not two.
+    fn push_decisions(
+        &mut self,
+        mut request: ReplicateRequest,
+        now: Instant,
+        out: &mut Vec<ReplicateRequest>,
+    ) {
+        if !self.answered {
+            return self.send(request, now, out);
+        }
+        request.quiet = true;
+        out.push(request);
+    }
+}
+
+/// Whether the stream failed, when to try again, and the backoff between tries.
+#[derive(Debug)]
+struct Retry {
+    backoff: Backoff,
+    /// No request before this.
+    at: Option<Instant>,
+    /// Failed since the last rewind: the next one resends from the high-water mark.
+    failed: bool,
+    /// Failing since the last success: only the first failure of a streak is a warning.
+    failing: bool,
+}
+
+impl Retry {
+    fn wait(&mut self, now: Instant) {
+        self.at = Some(now + self.backoff.next_delay());
+    }
+}
+
+impl Link {
+    /// A link that starts from what the secondary was last known to hold (`held`).
+    pub fn new(held: u64, backoff: Backoff, timeout: Duration) -> Self {
+        Self {
+            next: held + 1,
+            pushed_decided: 0,
+            last_rewind: None,
+            retry: Retry {
+                backoff,
+                at: None,
+                failed: false,
+                failing: false,
+            },
+            stream: None,
+            timeout,
+        }
+    }
+
+    /// The next id to ship.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
+
+    /// Requests in flight on the open stream.
+    pub fn in_flight(&self) -> usize {
+        self.stream.as_ref().map_or(0, |s| s.in_flight.len())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// What to do next for secondary `index` of `ledger`, as of `now`. With `hold_decisions`,
+    /// a push of decisions alone is not sent but reported ([`Poll::DecisionsHeld`]).
+    pub fn poll(
+        &mut self,
+        ledger: &Ledger,
+        index: usize,
+        now: Instant,
+        hold_decisions: bool,
+    ) -> Poll {
+        let follower = ledger.follower(index);
+        let (held, known) = (follower.held, follower.instance.is_some());
+        if self.stream.as_ref().is_none_or(Stream::idle) {
+            if known && !self.retry.failed && held + 1 > self.next {
+                // The secondary already holds more (a restarted master, or its first contact):
+                // skip what it has instead of shipping it again.
+                self.next = held + 1;
+            }
+            if self.retry.failed || held + 1 < self.next {
+                if !self.retry.failed && self.last_rewind == Some(held) && self.retry.at.is_none()
+                {
+                    self.retry.wait(now);
+                }
+                tracing::debug!(index, from = held + 1, "resending from the secondary's high-water mark");
+                self.next = held + 1;
+                self.pushed_decided = 0;
+                self.last_rewind = Some(held);
+                self.retry.failed = false;
+            }
+        }
+        if self.retry.at.is_some_and(|at| at > now) {
+            return Poll::Wait;
+        }
+        self.retry.at = None;
+        let Some(stream) = self.stream.as_mut() else {
+            // An idle secondary gets no stream, so one that is down costs nothing but its
+            // heartbeats.
+            let due = !known
+                || ledger.written() >= self.next
+                || ledger.log().decided() > self.pushed_decided;
+            return if due { Poll::Open } else { Poll::Wait };
+        };
+        let mut out = Vec::new();
+        while stream.in_flight.len() < PIPELINE {
+            if !known {
+                // Until the secondary has answered once, its high-water mark is unknown: ask
+                // first (an empty request), ship after.
+                if stream.idle() {
+                    stream.send(ledger.batch(index, self.next, 0, 0), now, &mut out);
+                }
+                break;
+            }
+            let waiting = (ledger.written() + 1).saturating_sub(self.next);
+            if stream.shipping() > 0 && waiting < PIPELINE_MIN_ENTRIES {
+                // Decisions and the few entries waiting ride on the next request.
+                break;
+            }
+            let request = ledger.batch(index, self.next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES);
+            let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
+            let Some(last) = request.entries.last().map(|e| e.id) else {
+                if decided > self.pushed_decided {
+                    if hold_decisions && out.is_empty() {
+                        return Poll::DecisionsHeld;
+                    }
+                    self.pushed_decided = decided;
+                    stream.push_decisions(request, now, &mut out);
+                }
+                break;
+            };
+            self.next = last + 1;
+            self.pushed_decided = self.pushed_decided.max(decided);
+            stream.send(request, now, &mut out);
+        }
+        Poll::Send(out)
+    }
+
+    /// When the driver must look again without being woken.
+    pub fn wait(&self) -> Wait {
+        let waiting = self.stream.as_ref().is_some_and(|s| !s.idle());
+        Wait {
+            waiting,
+            late_at: self
+                .stream
+                .as_ref()
+                .filter(|_| waiting)
+                .map(|s| s.progress + self.timeout),
+            retry_at: self.retry.at,
+        }
+    }
+
+    /// Whether the oldest request in flight has waited longer than the timeout at `now`.
+    pub fn late(&self, now: Instant) -> bool {
+        self.wait().late_at.is_some_and(|at| at <= now)
+    }
+
+    /// The driver opened a stream.
+    pub fn opened(&mut self, now: Instant) {
+        self.stream = Some(Stream {
+            in_flight: VecDeque::with_capacity(PIPELINE),
+            progress: now,
+            answered: false,
+        });
+    }
+
+    /// A reply arrived on the stream: the answer to the oldest request in flight.
+    pub(super) fn answered(&mut self, now: Instant) -> Result<(), ReplyError> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Err(ReplyError::Unsolicited);
+        };
+        if stream.in_flight.pop_front().is_none() {
+            return Err(ReplyError::Unsolicited);
+        }
+        stream.answered = true;
+        stream.progress = now;
+        Ok(())
+    }
+
+    /// The ledger took the reply; the secondary holds `held`. Returns whether calls succeed
+    /// again after a streak of failures.
+    pub(super) fn took(&mut self, held: u64) -> bool {
+        if held >= self.next.saturating_sub(1) {
+            self.last_rewind = None;
+        }
+        self.retry.backoff.reset();
+        std::mem::take(&mut self.retry.failing)
+    }
+
+    /// The stream failed (or its reply was refused): it is closed, and the next try waits for
+    /// the backoff and resends from the secondary's high-water mark. Returns whether this is
+    /// the first failure of a streak.
+    pub fn failed(&mut self, now: Instant) -> bool {
+        self.stream = None;
+        self.retry.failed = true;
+        self.retry.wait(now);
+        !std::mem::replace(&mut self.retry.failing, true)
+    }
+}

@@ -1,0 +1,360 @@
+//! The master's decisions, without I/O: the [`Ledger`] (ids, acknowledgements, commit and
+//! abort), each secondary's replication [`Link`] (what to ship, what is in flight, backoff)
+//! and the health and quorum policy ([`health`]).
+//!
+//! [`Core`] takes events as method calls (an append, a reply, the journal's progress, a link
+//! that failed, time passing) and answers with [`Effect`]s for the drivers to carry out (make a
+//! record durable, answer a client, wake a link), in the manner of raft-rs's `RawNode` and
+//! openraft's `Engine`. The drivers (`crate::state`, `crate::replication`, `crate::journal`,
+//! `crate::deadlines`) hold the sockets, files and channels, and nothing here waits for them;
+//! so everything here is tested as plain values, the model test included
+//! (`master/tests/replication_model.rs`).
+
+pub mod backoff;
+pub mod health;
+pub mod ledger;
+pub mod link;
+
+use crate::config::Config;
+use backoff::Backoff;
+use bytes::Bytes;
+use health::{Stalls, Status, Thresholds};
+pub use ledger::{Follower, ForeignLog, Ledger, Outcome, Progress};
+use link::{Link, Poll, ReplyError};
+use replog_node::log::Log;
+use replog_node::storage::Record;
+use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::time::{Duration, Instant};
+
+/// Something the drivers must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Make a record durable (`DATA_DIR`); the journal reports back with
+    /// [`Core::on_written`] and [`Core::on_persisted`].
+    Persist(Record),
+    /// Tell the client of append `id` what is known of it.
+    Answer { id: u64, progress: Progress },
+    /// Wake the driver of link `index` (`None`: every link): it has something to send.
+    Wake(Option<usize>),
+    /// An append with a deadline arrived while none was pending: the timer must look again.
+    Timer,
+}
+
+/// Whether the master may take appends.
+#[derive(Debug, Clone)]
+pub struct Quorum {
+    pub reachable: usize,
+    pub nodes: usize,
+    /// Why appends are refused, if they are.
+    pub refusal: Option<String>,
+}
+
+/// What the master's settings say about its decisions.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The secondaries' addresses, in the order of their indexes.
+    pub secondaries: Vec<String>,
+    pub thresholds: Thresholds,
+    /// How long a reply on a stream may take (`RPC_TIMEOUT_SECONDS`).
+    pub rpc_timeout: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            secondaries: config.secondaries.clone(),
+            thresholds: Thresholds::from_config(config),
+            rpc_timeout: config.rpc_timeout_seconds,
+            retry_base: config.retry_base_ms,
+            retry_max: config.retry_max_ms,
+        }
+    }
+
+    /// Nodes in the cluster: the master and its secondaries.
+    pub fn nodes(&self) -> usize {
+        self.secondaries.len() + 1
+    }
+}
+
+/// The master's decision state.
+#[derive(Debug)]
+pub struct Core {
+    settings: Settings,
+    ledger: Ledger,
+    links: Vec<Link>,
+    /// When the master itself was not running, so that its own stall is not taken for the
+    /// secondaries' silence.
+    stalls: Stalls,
+    /// When the master started: a secondary never heard from is silent since then.
+    started: Instant,
+    /// Why no append is taken while the log is recovered from the secondaries; `None` once
+    /// it serves.
+    recovering: Option<String>,
+}
+
+impl Core {
+    /// A core over `log`; see [`Ledger::new`] for `journal` and `starts`.
+    pub fn new(
+        settings: Settings,
+        log: Log,
+        journal: bool,
+        starts: &[(u64, u64)],
+        now: Instant,
+    ) -> Self {
+        let ledger = Ledger::new(log, settings.secondaries.len(), journal, starts);
+        let mut core = Self {
+            links: Vec::new(),
+            ledger,
+            stalls: Stalls::default(),
+            started: now,
+            recovering: None,
+            settings,
+        };
+        core.links = core.new_links();
+        core
+    }
+
+    fn new_links(&self) -> Vec<Link> {
+        let s = &self.settings;
+        self.ledger
+            .followers()
+            .iter()
+            .map(|f| Link::new(f.held, Backoff::new(s.retry_base, s.retry_max), s.rpc_timeout))
+            .collect()
+    }
+
+    /// Starts over with `log` (recovery's result, or an empty log while the file is older
+    /// than the cluster's): a new ledger and new links.
+    pub fn install(&mut self, log: Log, journal: bool, starts: &[(u64, u64)]) {
+        self.ledger = Ledger::new(log, self.links.len(), journal, starts);
+        self.links = self.new_links();
+        self.ledger.push_effect(Effect::Wake(None));
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn link(&self, index: usize) -> &Link {
+        &self.links[index]
+    }
+
+    /// What the steps since the last call asked to be done, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.ledger.take_effects()
+    }
+
+    /// Sets or clears why the master is read-only while it recovers its log.
+    pub fn set_recovering(&mut self, reason: Option<String>) {
+        self.recovering = reason;
+    }
+
+    pub fn recovering(&self) -> Option<&str> {
+        self.recovering.as_deref()
+    }
+
+    /// Checks `w` against the cluster: 1..=n+1, default n+1 (all nodes).
+    pub fn write_concern(&self, w: Option<u64>) -> Result<usize, WriteConcernError> {
+        let nodes = self.settings.nodes();
+        match w {
+            None => Ok(nodes),
+            Some(w) if (1..=nodes as u64).contains(&w) => Ok(w as usize),
+            Some(w) => Err(WriteConcernError { w, nodes }),
+        }
+    }
+
+    /// Whether an append may be taken at `now`: see [`Core::quorum`].
+    pub fn admit(&mut self, now: Instant) -> Result<(), Refused> {
+        match self.quorum(now).refusal {
+            Some(reason) => Err(Refused(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes an append ([`Core::admit`] said yes): its id. See [`Ledger::append`].
+    pub fn append(&mut self, message: Bytes, w: usize, deadline: Option<Instant>) -> u64 {
+        self.ledger.append(message, w, deadline)
+    }
+
+    /// The journal wrote entries up to `upto` (not synced yet): they may be shipped.
+    pub fn on_written(&mut self, upto: u64) {
+        self.ledger.on_written(upto);
+    }
+
+    /// The journal made entries up to `entries_upto` and the tombstones `tombstones` durable.
+    pub fn on_persisted(&mut self, entries_upto: Option<u64>, tombstones: &[u64]) {
+        self.ledger.on_persisted(entries_upto, tombstones);
+    }
+
+    /// Time passed: aborts the appends whose deadline is over, and tells the clients of aborts
+    /// no secondary confirmed in `confirm_within` that the outcome is unknown (forgetting those
+    /// nobody `listened` to any more). Returns the ids aborted and the ids told "unknown".
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        confirm_within: Duration,
+        listened: impl Fn(u64) -> bool,
+    ) -> (Vec<u64>, Vec<u64>) {
+        let aborted = self.ledger.abort_expired(now, confirm_within);
+        let unknown = self.ledger.expire_unconfirmed(now, listened);
+        (aborted, unknown)
+    }
+
+    /// When [`Core::tick`] has something to do next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.ledger.next_deadline()
+    }
+
+    /// A reply from secondary `index`, by its link or its heartbeat.
+    fn on_reply(
+        &mut self,
+        index: usize,
+        state: &ReplicaState,
+        now: Instant,
+    ) -> Result<(), ForeignLog> {
+        let instance = self.ledger.follower(index).instance;
+        self.ledger.on_reply(index, state, now)?;
+        if instance.is_some_and(|i| i != state.instance) {
+            // A restarted secondary: its link starts again from what it holds.
+            self.ledger.push_effect(Effect::Wake(Some(index)));
+        }
+        Ok(())
+    }
+
+    /// What link `index`'s driver should do next.
+    pub fn poll_link(&mut self, index: usize, now: Instant, hold_decisions: bool) -> Poll {
+        self.links[index].poll(&self.ledger, index, now, hold_decisions)
+    }
+
+    /// Link `index`'s driver opened its stream.
+    pub fn link_opened(&mut self, index: usize, now: Instant) {
+        self.links[index].opened(now);
+    }
+
+    /// A reply on link `index`'s stream. A refused one closes the stream (the driver drops
+    /// it) and waits for the backoff. `Ok(true)` when calls succeed again after failures.
+    pub fn link_reply(
+        &mut self,
+        index: usize,
+        state: &ReplicaState,
+        now: Instant,
+    ) -> Result<bool, ReplyError> {
+        if let Err(error) = self.links[index].answered(now) {
+            self.link_failed(index, &error.to_string(), now);
+            return Err(error);
+        }
+        match self.on_reply(index, state, now) {
+            Ok(()) => {
+                let held = self.ledger.follower(index).held;
+                Ok(self.links[index].took(held))
+            }
+            Err(ForeignLog(theirs)) => {
+                self.links[index].failed(now);
+                Err(ReplyError::ForeignLog(theirs))
+            }
+        }
+    }
+
+    /// Link `index`'s stream failed: recorded for the health view; the link closes and backs
+    /// off. Returns whether this is the first failure of a streak.
+    pub fn link_failed(&mut self, index: usize, error: &str, now: Instant) -> bool {
+        self.ledger.on_failure(index, error.to_owned());
+        self.links[index].failed(now)
+    }
+
+    /// A heartbeat's request for secondary `index`: no entries, the current decisions.
+    pub fn heartbeat(&self, index: usize) -> ReplicateRequest {
+        self.ledger.batch(index, u64::MAX, 0, 0)
+    }
+
+    /// A heartbeat's answer: `Ok` with the reply, or why the call failed.
+    pub fn heartbeat_answered(
+        &mut self,
+        index: usize,
+        answer: Result<&ReplicaState, String>,
+        now: Instant,
+    ) -> Result<(), ForeignLog> {
+        match answer {
+            Ok(state) => self.on_reply(index, state, now),
+            Err(error) => {
+                self.ledger.on_failure(index, error);
+                Ok(())
+            }
+        }
+    }
+
+    /// A call to secondary `index` outside replication failed (recovery's questions).
+    pub fn contact_failed(&mut self, index: usize, error: String) {
+        self.ledger.on_failure(index, error);
+    }
+
+    /// The master runs at `now` (its pulse); see [`Stalls`].
+    pub fn pulse(&mut self, now: Instant) {
+        self.stalls.observe(now, self.settings.thresholds);
+    }
+
+    /// The pulse stopped: gaps between health decisions prove nothing any more.
+    pub fn unpulsed(&mut self) {
+        self.stalls.unpulsed();
+    }
+
+    /// The health of secondary `index` as of `now`: silence counts only while the master
+    /// itself ran.
+    pub fn status(&mut self, index: usize, now: Instant) -> Status {
+        let last = self.ledger.follower(index).last_contact;
+        self.stalls.status(
+            last.unwrap_or(self.started),
+            now,
+            self.settings.thresholds,
+        )
+    }
+
+    /// A majority of the n+1 nodes must be reachable, no secondary may hold another log, and
+    /// the log must be recovered.
+    pub fn quorum(&mut self, now: Instant) -> Quorum {
+        let nodes = self.settings.nodes();
+        let mut reachable = 1;
+        let mut refusal = self.recovering.clone();
+        for index in 0..self.links.len() {
+            let follower = self.ledger.follower(index);
+            if let Some(foreign) = &follower.foreign_log {
+                refusal = Some(format!(
+                    "secondary {} holds log {foreign}, not this master's log {}: restart the master with its data, or wipe that secondary",
+                    self.settings.secondaries[index],
+                    self.ledger.log().log_id()
+                ));
+            } else if self.status(index, now) != Status::Unhealthy {
+                reachable += 1;
+            }
+        }
+        if refusal.is_none() && reachable * 2 <= nodes {
+            refusal = Some(format!(
+                "no quorum: {reachable} of {nodes} nodes reachable; the master is read-only"
+            ));
+        }
+        Quorum {
+            reachable,
+            nodes,
+            refusal,
+        }
+    }
+}
+
+/// A `w` outside 1..=n+1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`w` must be between 1 and {nodes} (the nodes in the cluster), got {w}")]
+pub struct WriteConcernError {
+    pub w: u64,
+    pub nodes: usize,
+}
+
+/// The master takes no appends now, and says why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
