@@ -1,17 +1,18 @@
-//! A deadline for a request's body (`REQUEST_TIMEOUT_SECONDS`), so a client that sends its
+//! A deadline for a request's whole body (`REQUEST_TIMEOUT_SECONDS`), so a client that sends its
 //! headers and then trickles the body, or stops, cannot hold a request open forever.
 //!
 //! The whole body must arrive within the timeout of the first moment the node waits for it.
-//! That bounds every gap between two parts of the body too, and also a body trickled one byte
-//! at a time with each gap short, which a limit on gaps alone would let run forever.
+//! That bounds every gap between two parts of the body, and also a body trickled one byte at a
+//! time with each gap short.
 //!
-//! tower-http's `RequestBodyTimeoutLayer` limits each gap only, and starts a timer on every
-//! read of the body, even when the bytes are already there: two timer registrations per
-//! request (the data, then the end), on the one thread that serves every client. Here one timer
-//! starts only when the body is actually not there yet, which for an append that arrived in one
-//! packet is never. A request that times out is answered 408 (see [`timed_out`]).
+//! The layer is tower-http's `MapRequestBodyLayer`; the body, [`DeadlineBody`], is this
+//! module's because tower-http's `TimeoutBody` (`RequestBodyTimeoutLayer`) expresses another
+//! rule: it restarts its timer at every frame, so it bounds each gap only, and a body trickled
+//! with short gaps never times out. A request whose body times out is answered 408 naming
+//! `REQUEST_TIMEOUT_SECONDS`: the JSON routes find [`BodyTimedOut`] in their extractor's
+//! rejection ([`timed_out`]) and answer [`super::ApiError::RequestTimeout`].
 
-use axum::http::Request;
+use axum::body::Body as AxumBody;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::Future;
@@ -19,65 +20,24 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
-use tower::{Layer, Service};
+use tower_http::map_request_body::MapRequestBodyLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Wraps every request's body in a [`PatientBody`].
-#[derive(Clone, Copy, Debug)]
-pub struct BodyTimeoutLayer {
+/// The layer that gives every request's body `timeout` to arrive whole.
+pub fn layer(
     timeout: Duration,
-}
-
-impl BodyTimeoutLayer {
-    pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
-    }
-}
-
-impl<S> Layer<S> for BodyTimeoutLayer {
-    type Service = BodyTimeout<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        BodyTimeout {
-            inner,
-            timeout: self.timeout,
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct BodyTimeout<S> {
-    inner: S,
-    timeout: Duration,
-}
-
-impl<S, B> Service<Request<B>> for BodyTimeout<S>
-where
-    S: Service<Request<PatientBody<B>>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let timeout = self.timeout;
-        self.inner.call(request.map(|body| PatientBody {
-            body,
-            timeout,
-            sleep: None,
-        }))
-    }
+) -> MapRequestBodyLayer<impl Fn(AxumBody) -> DeadlineBody<AxumBody> + Clone> {
+    MapRequestBodyLayer::new(move |body| DeadlineBody::new(body, timeout))
 }
 
 pin_project_lite::pin_project! {
     /// A request body that fails with [`BodyTimedOut`] when it has not all arrived within the
     /// timeout of the first wait for it.
-    pub struct PatientBody<B> {
+    ///
+    /// The body is polled before the timer, and the timer is armed only when the body is not
+    /// there yet: a body that arrived with its headers never arms one.
+    pub struct DeadlineBody<B> {
         #[pin]
         body: B,
         timeout: Duration,
@@ -87,7 +47,17 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> Body for PatientBody<B>
+impl<B> DeadlineBody<B> {
+    pub fn new(body: B, timeout: Duration) -> Self {
+        Self {
+            body,
+            timeout,
+            sleep: None,
+        }
+    }
+}
+
+impl<B> Body for DeadlineBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -122,20 +92,9 @@ where
 }
 
 /// The body did not all arrive within the timeout.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {0:?} (REQUEST_TIMEOUT_SECONDS)")]
 pub struct BodyTimedOut(Duration);
-
-impl std::fmt::Display for BodyTimedOut {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the request body did not arrive within {:?} (REQUEST_TIMEOUT_SECONDS)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for BodyTimedOut {}
 
 /// The [`BodyTimedOut`] somewhere in an error's chain of sources (a body error reaches a
 /// handler wrapped in the extractor's own rejection).

@@ -1,21 +1,22 @@
-//! Where each client connection runs: on the node's own thread, or on an extra connection
-//! thread once the node's thread has enough of them (`CONNECTION_THREADS`).
+//! Where each client connection runs when the node runs on one thread (`WORKER_THREADS=1`): on
+//! that thread, or on an extra connection thread once it serves enough of them
+//! (`CONNECTION_THREADS`).
 //!
-//! A node on one thread (`WORKER_THREADS=1`) makes every hop of an append between tasks a queue
-//! push instead of a cross-thread wake-up, which is what few clients want: the benchmark's one
-//! client waits on nothing but those hops. Many clients want the opposite: at 256 clients the
-//! master's one thread is busy all the time, mostly parsing requests and writing answers, work
-//! that belongs to no other connection. So the first [`MAIN_THREAD_CONNECTIONS`] connections run
+//! On one thread every hop of an append between tasks (connection, replication, commit) is a
+//! queue push instead of a cross-thread wake-up, and with few clients those hops are all an
+//! append waits for. With many clients the one thread is busy all the time, mostly parsing
+//! requests and writing answers: work that belongs to no other connection, so it can run
+//! elsewhere without waking anything. So the first [`MAIN_THREAD_CONNECTIONS`] connections run
 //! on the node's thread, and beyond that each new one goes to whichever thread has the fewest
 //! (the node's thread counting only those beyond its first share, since it also runs
 //! replication). A connection stays on its thread for its life: its parsing, its handler and its
 //! answer never cross threads; only the append's hand-over to replication and the commit's
 //! wake-up of the waiting handler do, and under that much load the other thread is awake anyway.
 //!
-//! tokio's multi-thread scheduler was measured for the same job (docs/bench/README.md, fifth
-//! part): 9-10 % faster at 256 clients, but slower at one and much slower at 16, because it
-//! moves tasks between its workers, so replication tasks and the handlers they wake ping-pong
-//! between threads. These threads never steal.
+//! The threads never take work from each other. tokio's multi-thread scheduler does: it moves
+//! tasks between its workers, so replication tasks and the handlers they wake can bounce between
+//! threads, which costs the few-client case the wake-ups one thread avoids (docs/bench/README.md
+//! compares the two).
 //!
 //! Each thread is a current-thread runtime of its own. A connection accepted on the node's
 //! runtime is re-registered with the chosen thread's I/O driver (`into_std`, then `from_std` on
@@ -29,9 +30,9 @@ use std::future::Future;
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
-/// Connections the node's own thread serves before any goes to a connection thread. The
-/// benchmark's cells up to 16 clients are fastest on one thread (no cross-thread wake-ups), and
-/// from 64 on one thread is the limit (docs/bench/README.md, seventh part).
+/// Connections the node's own thread serves before any goes to a connection thread: up to this
+/// many clients, one thread with no cross-thread wake-ups serves them best (docs/bench/README.md,
+/// "A second thread for many connections").
 pub const MAIN_THREAD_CONNECTIONS: i64 = 16;
 
 /// The node's thread and its connection threads, with their open connection counts.
@@ -40,6 +41,18 @@ pub struct Threads {
     extra: Vec<Extra>,
     /// Connections refused for `MAX_CONNECTIONS` (see [`Refusals`]).
     refused: Counter,
+}
+
+/// A connection thread (its runtime or the thread itself) could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start a connection thread: {0}")]
+pub struct ThreadStartError(#[from] std::io::Error);
+
+/// A node's start-up reports its errors as one line of text.
+impl From<ThreadStartError> for String {
+    fn from(error: ThreadStartError) -> Self {
+        error.to_string()
+    }
 }
 
 /// One connection thread: a current-thread runtime that runs until told to stop.
@@ -52,12 +65,11 @@ struct Extra {
 
 impl Threads {
     /// Starts `extra` connection threads (0: every connection on the node's thread).
-    pub fn start(extra: usize, metrics: &Metrics) -> Result<Self, String> {
+    pub fn start(extra: usize, metrics: &Metrics) -> Result<Self, ThreadStartError> {
         let main = metrics.connections("main");
         let extra = (1..=extra)
             .map(|n| Extra::start(n, metrics.connections(&format!("extra-{n}"))))
-            .collect::<std::io::Result<_>>()
-            .map_err(|e| format!("cannot start a connection thread: {e}"))?;
+            .collect::<std::io::Result<_>>()?;
         Ok(Self {
             main,
             extra,
@@ -219,26 +231,54 @@ impl Refusals {
 /// replication and forwarding connections, and some to spare.
 const OTHER_OPEN_FILES: u64 = 64;
 
+/// The process may not open the files `MAX_CONNECTIONS` needs (see [`check_open_files`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenFilesError {
+    #[error("cannot read the open-file limit: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("MAX_CONNECTIONS={max_connections} needs {needed} open files, but the limit (ulimit -n) is {hard}: lower MAX_CONNECTIONS or raise the limit")]
+    LimitTooLow {
+        max_connections: usize,
+        needed: u64,
+        hard: u64,
+    },
+    #[error("MAX_CONNECTIONS={max_connections} needs {needed} open files; cannot raise the limit from {soft}: {source}")]
+    Raise {
+        max_connections: usize,
+        needed: u64,
+        soft: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Makes sure the process may open `MAX_CONNECTIONS` client connections plus what it needs
 /// otherwise, raising its soft open-file limit up to the hard one if that is needed. Beyond the
 /// limit, `accept` would fail and every client, not only the newest, would wait.
-pub fn check_open_files(max_connections: usize) -> Result<(), String> {
+pub fn check_open_files(max_connections: usize) -> Result<(), OpenFilesError> {
     #[cfg(target_os = "linux")]
     {
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
         let needed = max_connections as u64 + OTHER_OPEN_FILES;
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)
-            .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
+            .map_err(|errno| OpenFilesError::Read(errno.into()))?;
         if soft >= needed {
             return Ok(());
         }
         if hard < needed {
-            return Err(format!(
-                "MAX_CONNECTIONS={max_connections} needs {needed} open files, but the limit (ulimit -n) is {hard}: lower MAX_CONNECTIONS or raise the limit"
-            ));
+            return Err(OpenFilesError::LimitTooLow {
+                max_connections,
+                needed,
+                hard,
+            });
         }
-        setrlimit(Resource::RLIMIT_NOFILE, needed, hard).map_err(|e| {
-            format!("MAX_CONNECTIONS={max_connections} needs {needed} open files; cannot raise the limit from {soft}: {e}")
+        setrlimit(Resource::RLIMIT_NOFILE, needed, hard).map_err(|errno| {
+            OpenFilesError::Raise {
+                max_connections,
+                needed,
+                soft,
+                source: errno.into(),
+            }
         })?;
     }
     #[cfg(not(target_os = "linux"))]

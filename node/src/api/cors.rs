@@ -6,21 +6,12 @@
 //! visitor can reach. `CORS_ORIGINS` lists the exact origins allowed, or `*` for any; `null`
 //! (sandboxed frames, `file:` pages) is never allowed, since any page can make itself `null`.
 //!
-//! tower-http's [`CorsLayer`] adds `Vary` and `Access-Control-Expose-Headers` to every answer.
-//! A browser sends `Origin` with every cross-origin request and with every `POST`, so a `POST`
-//! without it comes from curl, a script or a server (the bulk of appends), and its answer is
-//! never cached (a `POST`'s answer is not cacheable without explicit freshness, which replog
-//! never gives). For those requests the headers are ~140 bytes of every append's answer that
-//! both ends would build, send and parse for nothing, so [`OriginOnly`] skips the layer for them.
-//! Everything else goes through the layer: every request with `Origin`, every `OPTIONS` (a
-//! preflight), and every `GET`, whose answer may be cached and so must say that it varies with
-//! `Origin`.
+//! The rules are tower-http's [`CorsLayer`]; this module only parses `CORS_ORIGINS` strictly
+//! (a typo in an origin would otherwise silently allow nothing) and names the methods and
+//! headers the JSON API and gRPC-Web need.
 
-use axum::http::{header, HeaderName, HeaderValue, Method, Request};
-use futures::future::Either;
-use std::task::{Context, Poll};
-use tower::{Layer, Service};
-use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// The origins allowed to call the API from a browser (`CORS_ORIGINS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +22,31 @@ pub enum CorsOrigins {
     List(Vec<HeaderValue>),
 }
 
+/// Why a `CORS_ORIGINS` entry is not an exact origin.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{origin}` {problem}; want e.g. http://localhost:8080")]
+pub struct BadOrigin {
+    /// The entry as given.
+    pub origin: String,
+    pub problem: OriginProblem,
+}
+
+/// What is wrong with a [`BadOrigin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OriginProblem {
+    #[error("may only stand alone, meaning every origin")]
+    StarInList,
+    #[error("is never allowed (any page can make its origin null)")]
+    Null,
+    #[error("is not an origin (scheme://host[:port])")]
+    NotAnOrigin,
+    #[error("is not an exact origin (lower-case scheme://host[:port], no path)")]
+    NotExact,
+}
+
 /// Parses `CORS_ORIGINS`: `*`, or a comma-separated list of exact origins
 /// (`scheme://host[:port]`, no path, never `null`).
-pub fn parse_origins(value: &str) -> Result<CorsOrigins, String> {
+pub fn parse_origins(value: &str) -> Result<CorsOrigins, BadOrigin> {
     if value.trim() == "*" {
         return Ok(CorsOrigins::Any);
     }
@@ -41,27 +54,30 @@ pub fn parse_origins(value: &str) -> Result<CorsOrigins, String> {
         .split(',')
         .map(|origin| {
             let origin = origin.trim();
-            check_origin(origin)?;
-            HeaderValue::from_str(origin).map_err(|_| format!("`{origin}` is not an origin"))
+            let bad = |problem| BadOrigin {
+                origin: origin.to_owned(),
+                problem,
+            };
+            check_origin(origin).map_err(bad)?;
+            HeaderValue::from_str(origin).map_err(|_| bad(OriginProblem::NotAnOrigin))
         })
         .collect::<Result<_, _>>()
         .map(CorsOrigins::List)
 }
 
 /// An origin as a browser sends it: `http` or `https`, a host, an optional port, nothing else.
-fn check_origin(origin: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("`{origin}` {why}; want e.g. http://localhost:8080"));
+fn check_origin(origin: &str) -> Result<(), OriginProblem> {
     if origin == "*" {
-        return bad("may only stand alone, meaning every origin");
+        return Err(OriginProblem::StarInList);
     }
     if origin.eq_ignore_ascii_case("null") {
-        return bad("is never allowed (any page can make its origin null)");
+        return Err(OriginProblem::Null);
     }
     let Some(authority) = origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))
     else {
-        return bad("is not an origin (scheme://host[:port])");
+        return Err(OriginProblem::NotAnOrigin);
     };
     // An IPv6 host is bracketed (`[::1]:8080`); any other host has no colon of its own.
     let host_end = authority.rfind(']').unwrap_or(0);
@@ -84,7 +100,7 @@ fn check_origin(origin: &str) -> Result<(), String> {
     };
     let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port != 0));
     if !host_ok || !port_ok || origin.chars().any(|c| c.is_ascii_uppercase()) {
-        return bad("is not an exact origin (lower-case scheme://host[:port], no path)");
+        return Err(OriginProblem::NotExact);
     }
     Ok(())
 }
@@ -92,12 +108,12 @@ fn check_origin(origin: &str) -> Result<(), String> {
 /// The API's CORS rules for `origins`: none at all when unset, else the listed origins (or
 /// any), the methods and headers of the JSON API and gRPC-Web, and gRPC's status headers
 /// readable by the page.
-pub fn layer(origins: Option<&CorsOrigins>) -> Option<OriginOnlyLayer> {
+pub fn layer(origins: Option<&CorsOrigins>) -> Option<CorsLayer> {
     let allow = match origins? {
         CorsOrigins::Any => AllowOrigin::any(),
         CorsOrigins::List(list) => AllowOrigin::list(list.iter().cloned()),
     };
-    Some(OriginOnlyLayer(
+    Some(
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
@@ -113,50 +129,7 @@ pub fn layer(origins: Option<&CorsOrigins>) -> Option<OriginOnlyLayer> {
                 HeaderName::from_static("grpc-message"),
                 HeaderName::from_static("grpc-status-details-bin"),
             ]),
-    ))
-}
-
-/// A [`CorsLayer`] that [`OriginOnly`] bypasses for a `POST` without `Origin`.
-#[derive(Clone)]
-pub struct OriginOnlyLayer(CorsLayer);
-
-impl<S> Layer<S> for OriginOnlyLayer {
-    type Service = OriginOnly<S>;
-
-    fn layer(&self, inner: S) -> OriginOnly<S> {
-        OriginOnly(self.0.layer(inner))
-    }
-}
-
-#[derive(Clone)]
-pub struct OriginOnly<S>(Cors<S>);
-
-/// Whether a request skips CORS: a `POST` that no browser sent (see the module's doc).
-fn skips_cors<B>(request: &Request<B>) -> bool {
-    request.method() == Method::POST && !request.headers().contains_key(header::ORIGIN)
-}
-
-impl<S, B, ResBody> Service<Request<B>> for OriginOnly<S>
-where
-    S: Service<Request<B>, Response = axum::http::Response<ResBody>>,
-    ResBody: Default,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Either<<Cors<S> as Service<Request<B>>>::Future, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        // `Cors` is ready exactly when the service it wraps is.
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        if skips_cors(&request) {
-            Either::Right(self.0.get_mut().call(request))
-        } else {
-            Either::Left(self.0.call(request))
-        }
-    }
+    )
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use tonic::Code;
 
-/// The exact detail the seed answers when an append is not committed.
+/// The detail of an append that was not committed, word for word: clients match on it.
 pub const REPLICATION_FAILED: &str = "Replication failed. Message not committed.";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub enum ApiError {
     Overloaded(String),
     /// The message or body is larger than the node accepts.
     PayloadTooLarge(String),
-    /// The body stopped arriving for longer than `REQUEST_TIMEOUT_SECONDS`.
+    /// The body did not arrive whole within `REQUEST_TIMEOUT_SECONDS`.
     RequestTimeout(String),
     NotFound(String),
 }

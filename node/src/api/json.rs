@@ -39,7 +39,7 @@ pub fn routes<N: Node>(extra: Router<Arc<N>>) -> Router<Arc<N>> {
     responses(
         (status = 200, description = "Committed", body = AppendedBody),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 408, description = "The body stopped arriving for REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
         (status = 413, description = "Message or body too large", body = ErrorBody),
         (status = 415, description = "Body is not application/json", body = ErrorBody),
         (status = 409, description = "The key was used for another message; nothing appended", body = ErrorBody),

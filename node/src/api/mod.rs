@@ -24,7 +24,6 @@ use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
-use body_timeout::BodyTimeoutLayer;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -152,7 +151,7 @@ pub fn router<N: Node>(
         .merge(openapi::docs_page())
         .layer(DefaultBodyLimit::max(body_limit));
     if !limits.request_timeout_seconds.is_zero() {
-        app = app.layer(BodyTimeoutLayer::new(limits.request_timeout_seconds));
+        app = app.layer(body_timeout::layer(limits.request_timeout_seconds));
     }
     if let Some(cors) = cors::layer(limits.cors_origins.as_ref()) {
         app = app.layer(cors);
@@ -185,7 +184,7 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 /// served at once (one more is closed as soon as it is accepted, see [`connections::Refusals`]),
 /// and with `REQUEST_TIMEOUT_SECONDS` a connection without a complete request for that long is
 /// closed ([`idle`]); an HTTP/1.1 client also has that long to send a request's headers (the
-/// body has its own limit, [`BodyTimeoutLayer`]). `axum::serve` has none of these settings,
+/// body has its own limit, [`body_timeout`]). `axum::serve` has none of these settings,
 /// hence this accept loop over hyper-util's connection builder. On `shutdown` no new connection
 /// is accepted, idle ones close, and requests in flight finish.
 pub async fn serve(
@@ -198,7 +197,9 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     let max_connections = limits.max_connections;
-    crate::config::or_exit(connections::check_open_files(max_connections));
+    crate::config::or_exit(
+        connections::check_open_files(max_connections).map_err(|error| error.to_string()),
+    );
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     let idle_timeout = limits.header_timeout();
