@@ -9,12 +9,10 @@ use crate::state::Secondary;
 use replog_node::api::connections::Threads;
 use replog_node::shutdown::Shutdown;
 use replog_node::storage::LogFile;
+use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_server::ReplicationServer;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-
-/// Largest replication request accepted (the master's batches stay far below it).
-const MAX_GRPC_MESSAGE_BYTES: usize = 64 << 20;
 
 /// How long the replication server may take to close the master's connection at shutdown.
 const REPLICATION_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
@@ -52,8 +50,8 @@ pub async fn run(
     let server = ReplicationServer::new(ReplicationService {
         secondary: secondary.clone(),
     })
-    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let service = tonic::service::interceptor::InterceptedService::new(
         server,
         move |request: tonic::Request<()>| {

@@ -7,21 +7,20 @@
 //! and a reply takes two back (the connection's task reads it and wakes the sender). On the
 //! master's one thread every hop waits behind every task already queued; under load that is
 //! dozens of HTTP connections, so each hop costs up to a whole turn of the run queue, and a
-//! reply that waits a few turns holds up every append of its batch (it was the tail of the
-//! latency: `docs/bench/README.md`). Here the sender's task owns the HTTP/2 connection and
+//! reply that waits a few turns holds up every append of its batch (`docs/bench/README.md`).
+//! Here the sender's task owns the HTTP/2 connection and
 //! drives it itself: a batch is encoded and written in the turn that decided to send it, and a
 //! reply is read and applied in the turn that saw it arrive.
 //!
 //! What it speaks is plain gRPC (the secondary's tonic server cannot tell the difference):
-//! `POST /replog.v1.Replication/Stream`, `content-type: application/grpc`, each message a
-//! 5-byte prefix (not compressed, big-endian length) and its protobuf bytes, and the outcome in
-//! `grpc-status`, in the answer's headers or trailers. The connection is watched like tonic's
-//! keep-alive did: a stream that stays silent while requests wait is pinged, and one that does
-//! not answer the ping in time counts as failed.
+//! `POST /replog.v1.Replication/Stream`, `content-type: application/grpc`, each message framed
+//! by [`replog_proto::framing`], and the outcome in `grpc-status`, in the answer's headers or
+//! trailers. The connection is watched as tonic's keep-alive watches one: a stream that stays
+//! silent while requests wait is pinged, and one that does not answer the ping in time counts
+//! as failed.
 
-use super::MAX_GRPC_MESSAGE_BYTES;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost::Message;
+use bytes::{Bytes, BytesMut};
+use replog_proto::framing::{self, Decoder};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -31,8 +30,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const PATH: &str = "/replog.v1.Replication/Stream";
-/// A gRPC message's prefix: a compression flag and the length.
-const PREFIX: usize = 5;
 
 /// When to ping a silent stream, and how long its answer may take.
 #[derive(Debug, Clone, Copy)]
@@ -122,18 +119,8 @@ impl ReplicationStream {
 
     /// Queues one request; it is written when the stream is next driven ([`Self::reply`]).
     pub fn send(&mut self, request: &ReplicateRequest) -> Result<(), String> {
-        let len = request.encoded_len();
-        let mut frame = BytesMut::with_capacity(PREFIX + len);
-        frame.put_u8(0);
-        frame.put_u32(
-            u32::try_from(len).map_err(|_| format!("a request of {len} bytes is too large"))?,
-        );
-        request
-            .encode(&mut frame)
-            .map_err(|e| format!("cannot encode a request: {e}"))?;
-        self.requests
-            .send_data(frame.freeze(), false)
-            .map_err(h2_error)
+        let frame = framing::encode(request).map_err(|e| format!("a request: {e}"))?;
+        self.requests.send_data(frame, false).map_err(h2_error)
     }
 
     /// Drives the connection (writes what was queued, answers the secondary's frames) until the
@@ -192,7 +179,7 @@ impl ReplicationStream {
             }
         }
         loop {
-            if let Some(reply) = self.decode()? {
+            if let Some(reply) = decode(&mut self.received)? {
                 self.heard = Instant::now();
                 return Poll::Ready(Ok(reply));
             }
@@ -213,28 +200,13 @@ impl ReplicationStream {
             }
         }
     }
+}
 
-    /// The next whole reply in what was received, if there is one.
-    fn decode(&mut self) -> Result<Option<ReplicaState>, String> {
-        let Some(prefix) = self.received.get(..PREFIX) else {
-            return Ok(None);
-        };
-        if prefix[0] != 0 {
-            return Err("the secondary sent a compressed reply, which was not asked for".into());
-        }
-        let len = u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize;
-        if len > MAX_GRPC_MESSAGE_BYTES {
-            return Err(format!("the secondary sent a reply of {len} bytes"));
-        }
-        if self.received.len() < PREFIX + len {
-            return Ok(None);
-        }
-        self.received.advance(PREFIX);
-        let message = self.received.split_to(len);
-        ReplicaState::decode(message)
-            .map(Some)
-            .map_err(|e| format!("the secondary sent an undecodable reply: {e}"))
-    }
+/// The next whole reply in `received`, taken off it, if one is there.
+fn decode(received: &mut BytesMut) -> Result<Option<ReplicaState>, String> {
+    Decoder::grpc()
+        .next_message(received)
+        .map_err(|e| format!("the secondary sent {e}"))
 }
 
 /// The outcome of a stream whose replies ended: its trailers' status, an error either way (the
@@ -262,4 +234,75 @@ fn connection_ended(ended: Result<(), h2::Error>) -> String {
 
 fn h2_error(error: h2::Error) -> String {
     format!("HTTP/2: {error}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replog_proto::framing::MAX_MESSAGE_BYTES;
+
+    fn state(held: u64) -> ReplicaState {
+        ReplicaState {
+            held,
+            ..ReplicaState::default()
+        }
+    }
+
+    #[test]
+    fn replies_come_out_whole_however_they_arrive() {
+        let mut wire = BytesMut::new();
+        for id in [7, 8] {
+            framing::encode_into(&state(id), &mut wire).unwrap();
+        }
+        let mut received = BytesMut::new();
+        let mut replies = Vec::new();
+        // One byte per chunk: every split of the prefix and of the body.
+        for byte in wire.iter() {
+            received.extend_from_slice(&[*byte]);
+            while let Some(reply) = decode(&mut received).unwrap() {
+                replies.push(reply);
+            }
+        }
+        assert_eq!(replies, [state(7), state(8)]);
+        assert!(received.is_empty());
+    }
+
+    #[test]
+    fn an_oversized_or_compressed_reply_fails_the_stream() {
+        let len = u32::try_from(MAX_MESSAGE_BYTES + 1).unwrap();
+        let mut received = BytesMut::from(&[0][..]);
+        received.extend_from_slice(&len.to_be_bytes());
+        let error = decode(&mut received).unwrap_err();
+        assert!(
+            error.starts_with("the secondary sent a gRPC message of"),
+            "{error}"
+        );
+
+        let mut received = BytesMut::from(&framing::encode(&state(1)).unwrap()[..]);
+        received[0] = framing::COMPRESSED;
+        let error = decode(&mut received).unwrap_err();
+        assert!(error.contains("compressed"), "{error}");
+    }
+
+    #[test]
+    fn an_ended_stream_reports_the_trailers_status() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("7"));
+        trailers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static("unknown%20token"),
+        );
+        let error = ended_stream(Ok(Some(trailers))).unwrap_err();
+        assert_eq!(
+            error,
+            format!("{}: unknown token", tonic::Code::PermissionDenied)
+        );
+
+        let mut ok = http::HeaderMap::new();
+        ok.insert("grpc-status", http::HeaderValue::from_static("0"));
+        for trailers in [Some(ok), None] {
+            let error = ended_stream(Ok(trailers)).unwrap_err();
+            assert_eq!(error, "the secondary ended the replication stream");
+        }
+    }
 }
