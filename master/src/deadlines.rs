@@ -10,21 +10,7 @@
 
 use crate::state::Master;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How long an aborted append's client waits for a secondary to confirm the tombstone when
-/// `REPLICATION_TIMEOUT_SECONDS` is 0. Nothing is aborted then (no append has a deadline), so
-/// this only keeps the bound defined.
-pub const CONFIRM_WITHOUT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long an aborted append's client waits for a secondary to confirm its tombstone.
-pub fn confirm_within(timeout: Duration) -> Duration {
-    if timeout.is_zero() {
-        CONFIRM_WITHOUT_TIMEOUT
-    } else {
-        timeout
-    }
-}
+use std::time::Instant;
 
 pub async fn run(master: Arc<Master>) {
     loop {

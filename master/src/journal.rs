@@ -71,9 +71,9 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
 }
 
 /// The file back from a blocking write or sync; `None` once the master stopped because it failed.
-fn take_back(
+fn take_back<E: std::fmt::Display>(
     master: &Master,
-    done: Result<(LogFile, std::io::Result<()>), tokio::task::JoinError>,
+    done: Result<(LogFile, Result<(), E>), tokio::task::JoinError>,
 ) -> Option<LogFile> {
     let error = match done {
         Ok((file, Ok(()))) => return Some(file),

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), String> {
     // The signal starts the drain; `phases.stop` is the token every task watches.
     let phases = Phases::after(shutdown, config.shutdown.shutdown_grace_seconds);
-    let Opened { log, file, doubt } = config.storage.open(new_log_id)?;
+    let Opened { log, file, doubt } = config.storage.open(new_log_id).map_err(|e| e.to_string())?;
     config.auth.warn_if_open();
     // Until it serves, the master takes nothing. It shows its own log meanwhile only if that is
     // complete: one that may lack entries may also lack the tombstone of a message answered 500.

@@ -5,7 +5,6 @@
 use crate::answers::{self, Verdict, Waiters};
 use crate::config::Config;
 use crate::core::{Core, Effect, Outcome, Progress, Quorum, Settings};
-use crate::deadlines;
 use crate::idempotency::{self, Claim, Keys};
 use bytes::Bytes;
 use replog_node::api::{ApiError, Health, Node, SecondaryHealth};
@@ -56,7 +55,13 @@ struct Inner {
 
 impl Master {
     pub fn new(config: Config, log: Log, phases: Phases) -> Self {
-        let core = Core::new(Settings::from_config(&config), log, false, &[], Instant::now());
+        let core = Core::new(
+            Settings::from_config(&config),
+            log,
+            false,
+            &[],
+            Instant::now(),
+        );
         // From the core, not the raw log: a recovered log is all decided only once in it.
         let (visible, _) = watch::channel(core.ledger().log().visible_upto());
         Self {
@@ -131,10 +136,9 @@ impl Master {
     /// Time passed: aborts what expired and answers "unknown" to unconfirmed aborts past their
     /// bound. Returns the ids aborted and those answered "unknown".
     pub fn tick(&self, now: Instant) -> (Vec<u64>, Vec<u64>) {
-        let within = deadlines::confirm_within(self.config.replication_timeout_seconds);
         let mut inner = self.inner();
         let Inner { core, waiters, .. } = &mut *inner;
-        let ticked = core.tick(now, within, |id| waiters.listened(id));
+        let ticked = core.tick(now, |id| waiters.listened(id));
         waiters.forget_unheard();
         self.apply(&mut inner);
         ticked
@@ -218,7 +222,7 @@ impl Master {
         let settle = async {
             match idempotency::settled(state.clone()).await {
                 unconfirmed @ State::AbortUnconfirmed(_) if retry => {
-                    let within = deadlines::confirm_within(self.config.replication_timeout_seconds);
+                    let within = self.read(|core| core.settings().confirm_within());
                     tokio::time::timeout(within, idempotency::decided(state))
                         .await
                         .unwrap_or(unconfirmed)

@@ -14,7 +14,6 @@
 
 use crate::config::Config;
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +111,6 @@ pub fn status(
 /// if the pulse task has not run yet since the master resumed.
 #[derive(Debug, Default)]
 pub struct Stalls {
-    seen: Mutex<Seen>,
-}
-
-#[derive(Debug, Default)]
-struct Seen {
     /// The latest moment the master was seen running.
     last: Option<Instant>,
     /// Oldest first, at most [`KEPT_STALLS`].
@@ -131,30 +125,7 @@ const KEPT_STALLS: usize = 32;
 impl Stalls {
     /// Notes that the master runs at `now`; returns the stall that just ended, if the gap since
     /// it was last seen running is one.
-    pub fn observe(&self, now: Instant, thresholds: Thresholds) -> Option<Stall> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.observe(now, thresholds)
-    }
-
-    /// Stops judging gaps until the next [`Stalls::observe`]: without the pulse (not started
-    /// yet, or stopped for shutdown), a gap between two health decisions proves nothing.
-    pub fn unpulsed(&self) {
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).last = None;
-    }
-
-    /// [`status`] with the stalls seen so far, after noting that the master runs at `now` (if
-    /// the pulse runs).
-    pub fn status(&self, last_contact: Instant, now: Instant, thresholds: Thresholds) -> Status {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.last.is_some() {
-            seen.observe(now, thresholds);
-        }
-        status(last_contact, now, seen.recent.make_contiguous(), thresholds)
-    }
-}
-
-impl Seen {
-    fn observe(&mut self, now: Instant, thresholds: Thresholds) -> Option<Stall> {
+    pub fn observe(&mut self, now: Instant, thresholds: Thresholds) -> Option<Stall> {
         let last = self
             .last
             .replace(self.last.map_or(now, |last| last.max(now)))?;
@@ -174,6 +145,26 @@ impl Seen {
             "the master was not running; each secondary's silence is counted from now"
         );
         Some(stall)
+    }
+
+    /// Stops judging gaps until the next [`Stalls::observe`]: without the pulse (not started
+    /// yet, or stopped for shutdown), a gap between two health decisions proves nothing.
+    pub fn unpulsed(&mut self) {
+        self.last = None;
+    }
+
+    /// [`status`] with the stalls seen so far, after noting that the master runs at `now` (if
+    /// the pulse runs).
+    pub fn status(
+        &mut self,
+        last_contact: Instant,
+        now: Instant,
+        thresholds: Thresholds,
+    ) -> Status {
+        if self.last.is_some() {
+            self.observe(now, thresholds);
+        }
+        status(last_contact, now, self.recent.make_contiguous(), thresholds)
     }
 }
 
@@ -285,13 +276,13 @@ mod tests {
     fn gaps_shorter_than_a_stall_are_not_stalls() {
         let t = Instant::now();
         let th = thresholds();
-        let stalls = Stalls::default();
+        let mut stalls = Stalls::default();
         assert_eq!(stalls.observe(t, th), None);
         assert_eq!(stalls.observe(t + th.stall() / 2, th), None);
         // A health decision notes the gap itself, before any pulse after the stall.
         let end = t + 10 * S;
         assert_eq!(stalls.status(t, end, th), Status::Healthy);
-        assert_eq!(stalls.seen.lock().unwrap().recent.len(), 1);
+        assert_eq!(stalls.recent.len(), 1);
         let mut now = end;
         while now < end + 4 * S {
             now += th.pulse();
@@ -311,6 +302,6 @@ mod tests {
         stalls.unpulsed();
         let later = now + 10 * S;
         assert_eq!(stalls.status(later, later + 10 * S, th), Status::Unhealthy);
-        assert_eq!(stalls.seen.lock().unwrap().recent.len(), 2);
+        assert_eq!(stalls.recent.len(), 2);
     }
 }

@@ -283,11 +283,7 @@ impl Ledger {
     /// unknown; they stay listed while `listened(id)` (an idempotency key's record may still
     /// learn the 500 from a later confirmation), and are forgotten after. Returns the ids told.
     /// An abort whose tombstone is not even synced by then is unknown to its client as well.
-    pub fn expire_unconfirmed(
-        &mut self,
-        now: Instant,
-        listened: impl Fn(u64) -> bool,
-    ) -> Vec<u64> {
+    pub fn expire_unconfirmed(&mut self, now: Instant, listened: impl Fn(u64) -> bool) -> Vec<u64> {
         let mut expired = Vec::new();
         for (&id, pending) in self.pending.iter_mut() {
             if pending.confirm_by.is_some_and(|at| at <= now) {

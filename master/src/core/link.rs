@@ -201,11 +201,14 @@ impl Link {
                 self.next = held + 1;
             }
             if self.retry.failed || held + 1 < self.next {
-                if !self.retry.failed && self.last_rewind == Some(held) && self.retry.at.is_none()
-                {
+                if !self.retry.failed && self.last_rewind == Some(held) && self.retry.at.is_none() {
                     self.retry.wait(now);
                 }
-                tracing::debug!(index, from = held + 1, "resending from the secondary's high-water mark");
+                tracing::debug!(
+                    index,
+                    from = held + 1,
+                    "resending from the secondary's high-water mark"
+                );
                 self.next = held + 1;
                 self.pushed_decided = 0;
                 self.last_rewind = Some(held);

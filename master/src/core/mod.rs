@@ -49,6 +49,11 @@ pub struct Quorum {
     pub refusal: Option<String>,
 }
 
+/// How long an aborted append's client waits for a secondary to confirm the tombstone when
+/// `REPLICATION_TIMEOUT_SECONDS` is 0. Nothing is aborted then (no append has a deadline), so
+/// this only keeps the bound defined.
+pub const CONFIRM_WITHOUT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the master's settings say about its decisions.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -59,6 +64,9 @@ pub struct Settings {
     pub rpc_timeout: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// How long an append may wait for its write concern (`REPLICATION_TIMEOUT_SECONDS`; 0:
+    /// forever).
+    pub replication_timeout: Duration,
 }
 
 impl Settings {
@@ -69,6 +77,17 @@ impl Settings {
             rpc_timeout: config.rpc_timeout_seconds,
             retry_base: config.retry_base_ms,
             retry_max: config.retry_max_ms,
+            replication_timeout: config.replication_timeout_seconds,
+        }
+    }
+
+    /// How long an aborted append's client waits for a secondary to confirm its tombstone:
+    /// as long again as the append could wait.
+    pub fn confirm_within(&self) -> Duration {
+        if self.replication_timeout.is_zero() {
+            CONFIRM_WITHOUT_TIMEOUT
+        } else {
+            self.replication_timeout
         }
     }
 
@@ -121,7 +140,13 @@ impl Core {
         self.ledger
             .followers()
             .iter()
-            .map(|f| Link::new(f.held, Backoff::new(s.retry_base, s.retry_max), s.rpc_timeout))
+            .map(|f| {
+                Link::new(
+                    f.held,
+                    Backoff::new(s.retry_base, s.retry_max),
+                    s.rpc_timeout,
+                )
+            })
             .collect()
     }
 
@@ -193,15 +218,12 @@ impl Core {
     }
 
     /// Time passed: aborts the appends whose deadline is over, and tells the clients of aborts
-    /// no secondary confirmed in `confirm_within` that the outcome is unknown (forgetting those
-    /// nobody `listened` to any more). Returns the ids aborted and the ids told "unknown".
-    pub fn tick(
-        &mut self,
-        now: Instant,
-        confirm_within: Duration,
-        listened: impl Fn(u64) -> bool,
-    ) -> (Vec<u64>, Vec<u64>) {
-        let aborted = self.ledger.abort_expired(now, confirm_within);
+    /// no secondary confirmed in [`Settings::confirm_within`] that the outcome is unknown
+    /// (forgetting those nobody `listened` to any more). Returns the ids aborted and the ids
+    /// told "unknown".
+    pub fn tick(&mut self, now: Instant, listened: impl Fn(u64) -> bool) -> (Vec<u64>, Vec<u64>) {
+        let within = self.settings.confirm_within();
+        let aborted = self.ledger.abort_expired(now, within);
         let unknown = self.ledger.expire_unconfirmed(now, listened);
         (aborted, unknown)
     }
@@ -308,11 +330,8 @@ impl Core {
     /// itself ran.
     pub fn status(&mut self, index: usize, now: Instant) -> Status {
         let last = self.ledger.follower(index).last_contact;
-        self.stalls.status(
-            last.unwrap_or(self.started),
-            now,
-            self.settings.thresholds,
-        )
+        self.stalls
+            .status(last.unwrap_or(self.started), now, self.settings.thresholds)
     }
 
     /// A majority of the n+1 nodes must be reachable, no secondary may hold another log, and
