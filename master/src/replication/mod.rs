@@ -12,7 +12,6 @@ pub mod stream;
 use crate::config::Config;
 use crate::state::Master;
 use replog_proto::framing::MAX_MESSAGE_BYTES;
-use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
 use std::sync::Arc;
