@@ -2,28 +2,28 @@
 //! connections shared by up to [`CLIENTS_PER_CONNECTION`] clients, as a gRPC channel is
 //! shared by its callers.
 //!
-//! Why not a client library, which the bench used first (tonic's `Channel`, then the `h2`
-//! crate): both run a connection's I/O in a task of its own, and every call crosses from the
-//! caller's task to it and back, under a lock on the connection's streams. At 64 clients that
-//! cost the load generator 14-18 µs of CPU per append with `h2` (22 µs with tonic), against
-//! 10 µs for an HTTP append through [`crate::wire`]. On a 2-CPU machine the client shares the
-//! CPUs with the servers, so that overhead lands on replog's gRPC figures and on nothing else:
-//! the master's own CPU per append was the same for gRPC and HTTP.
+//! Why not a client library (tonic's `Channel`, or the `h2` crate): both run a connection's I/O
+//! in a task of its own, and every call crosses from the caller's task to it and back, under a
+//! lock on the connection's streams. At 64 clients that cost the load generator 14-18 µs of CPU
+//! per append with `h2` (22 µs with tonic), against 10 µs for an HTTP append through
+//! [`crate::wire`]. On a 2-CPU machine the client shares the CPUs with the servers, so that
+//! overhead lands on replog's gRPC figures and on nothing else: the master's own CPU per append
+//! is the same for gRPC and HTTP.
 //!
 //! Here one task owns a connection and all its clients ([`Connection`], a [`Driver`]): it
 //! writes every request that is due in one `write`, reads whatever answers have arrived in one
 //! `read`, and sends each answered client's next request at once. The HTTP/2 it speaks is the
 //! little a unary call needs, done by the book: the connection preface and settings, HPACK
 //! header blocks (the request's headers enter the server's table with the first call and are
-//! named by index after, as `h2` did), flow control both ways, `PING` answered, `GOAWAY` and
-//! `RST_STREAM` honoured. The server sees what it saw before: the same connections, and a
-//! whole gRPC call per append (`HEADERS` + `DATA`, answered with `HEADERS`, `DATA` and
-//! trailers).
+//! named by index after, as `h2` does), flow control both ways, `PING` answered, `GOAWAY` and
+//! `RST_STREAM` honoured, messages framed by [`replog_proto::framing`]. The server sees what a
+//! gRPC client library would send: the same connections, and a whole gRPC call per append
+//! (`HEADERS` + `DATA`, answered with `HEADERS`, `DATA` and trailers).
 
 use crate::load::{Driver, Tally, Window, CALL_TIMEOUT};
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost::Message;
+use replog_proto::framing::{self, Decoder};
 use replog_proto::v1::{AppendReply, AppendRequest};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -31,8 +31,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const PATH: &str = "/replog.v1.Log/Append";
-/// A gRPC message's prefix: a compression flag and the length.
-const PREFIX: usize = 5;
 /// Clients per HTTP/2 connection.
 pub const CLIENTS_PER_CONNECTION: usize = 32;
 /// HTTP/2 connections at most, whatever the number of clients.
@@ -88,11 +86,7 @@ pub async fn connections(
         w: Some(w),
         key: None,
     };
-    let mut body = BytesMut::with_capacity(PREFIX + request.encoded_len());
-    body.put_u8(0);
-    body.put_u32(u32::try_from(request.encoded_len()).context("a huge message")?);
-    request.encode(&mut body)?;
-    let body = body.freeze();
+    let body = framing::encode(&request)?;
     let (first, indexed) = request_headers(&addr.to_string());
 
     let count = clients
@@ -217,7 +211,7 @@ struct Call {
 impl Call {
     /// The call's verdict once its stream has ended: success is HTTP 200, `grpc-status: 0`
     /// and one `AppendReply`.
-    fn verdict(&self) -> Result<()> {
+    fn verdict(&mut self) -> Result<()> {
         match self.status {
             Some(200) => {}
             Some(status) => bail!("HTTP {status}"),
@@ -232,11 +226,9 @@ impl Call {
             ),
             None => bail!("an answer without grpc-status"),
         }
-        let message = self
-            .reply
-            .get(PREFIX..)
-            .context("an answer without a reply message")?;
-        AppendReply::decode(message)?;
+        Decoder::grpc()
+            .next_message::<AppendReply>(&mut self.reply)?
+            .context("an answer without a whole reply message")?;
         Ok(())
     }
 }
@@ -464,7 +456,9 @@ impl Connection {
             .decode_with_cb(block, |name, value| match &*name {
                 b":status" => fields.0 = number(&value),
                 b"grpc-status" => fields.1 = number(&value),
-                b"grpc-message" => fields.2 = Some(String::from_utf8_lossy(&value).into_owned()),
+                b"grpc-message" => {
+                    fields.2 = Some(framing::percent_decode(&String::from_utf8_lossy(&value)));
+                }
                 _ => {}
             })
             .map_err(|e| anyhow::anyhow!("HPACK: {e:?}"))?;
@@ -522,7 +516,7 @@ impl Connection {
             // A stream of ours already ended (a reset after the end), or none of ours.
             return Ok(());
         };
-        let call = self.calls.swap_remove(position);
+        let mut call = self.calls.swap_remove(position);
         let ended = Instant::now();
         let result = match error {
             Some(error) => Err(error),

@@ -1,16 +1,16 @@
 //! The closed loop's connections: one request written, one answer read, on a plain TCP
 //! stream, in the client's own task.
 //!
-//! Why not hyper's client and redis-rs, which the bench used first: both run each connection
-//! as a task of its own and hand every request and answer across a channel, and each costs the
-//! load generator its own amount of CPU per call (measured at 64 clients: 14 µs per HTTP append,
-//! 10-19 µs per Redis call). On a 2-CPU machine the client shares the CPUs with the servers it
-//! measures, so a client library's overhead lands on one system's figures and not the other's.
-//! Here both systems get the same minimal client: the request is encoded once, then every call
-//! is a `write` of those bytes and `read`s until one whole answer is in, with no task, channel
-//! or lock between the client and its socket. The servers see exactly what they saw before: one
-//! keep-alive connection per client, `TCP_NODELAY`, one request at a time (`XADD` and `WAIT`
-//! pipelined in one write, as before).
+//! Why not hyper's client and redis-rs: both run each connection as a task of its own and hand
+//! every request and answer across a channel, and each costs the load generator its own amount
+//! of CPU per call (measured at 64 clients: 14 µs per HTTP append, 10-19 µs per Redis call). On
+//! a 2-CPU machine the client shares the CPUs with the servers it measures, so a client
+//! library's overhead lands on one system's figures and not the other's. Here both systems get
+//! the same minimal client: the request is encoded once, then every call is a `write` of those
+//! bytes and `read`s until one whole answer is in, with no task, channel or lock between the
+//! client and its socket. The servers see what those libraries would send: one keep-alive
+//! connection per client, `TCP_NODELAY`, one request at a time (`XADD` and `WAIT` pipelined in
+//! one write).
 
 use anyhow::{bail, Context, Result};
 use std::net::SocketAddr;
