@@ -3,9 +3,9 @@
 //!
 //! Every function panics when a property fails; a clean error for bad input is fine.
 
+use replog_log::storage::record::{payload_len, HEADER_LEN};
+use replog_log::storage::{decode, encode, DecodeError, FsyncPolicy, LogFile, OpenError, Record};
 use replog_node::api::json::AppendBody;
-use replog_node::storage::record::{payload_len, HEADER_LEN};
-use replog_node::storage::{decode, encode, DecodeError, FsyncPolicy, LogFile, Record};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -80,18 +80,18 @@ fn scratch() -> PathBuf {
 const FRESH_ID: &str = "fresh-log-id";
 
 /// Arbitrary bytes as `log.bin`, recovered with `LogFile::open`: never panics. Either a clean
-/// `InvalidData` error that leaves the file as it was (its head is not a Meta record: not ours),
+/// `OpenError::NotALog` that leaves the file as it was (its head is not a Meta record: not ours),
 /// or a log whose file now ends exactly after the good records; opening it again recovers the
 /// same log with nothing cut, and appending the next entry works and survives another reopen.
 pub fn log_replay(data: &[u8]) {
     let dir = scratch();
-    let path = dir.join(replog_node::storage::FILE_NAME);
+    let path = dir.join(replog_log::storage::FILE_NAME);
     std::fs::write(&path, data).expect("write log.bin");
     let opened = LogFile::open(&dir, FsyncPolicy::Never, || FRESH_ID.to_owned());
     let (file, recovered) = match opened {
         Ok(opened) => opened,
         Err(error) => {
-            assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}");
+            assert!(matches!(error, OpenError::NotALog { .. }), "{error}");
             assert!(!data.is_empty(), "an empty file is started afresh");
             let after = std::fs::read(&path).expect("read log.bin");
             assert_eq!(after, data, "a file that is not ours must not be changed");
@@ -109,7 +109,7 @@ pub fn log_replay(data: &[u8]) {
             Some(cut) => {
                 assert_eq!(cut.offset, len, "the file ends where the cut was");
                 assert_eq!(cut.offset + cut.bytes_cut, data.len() as u64);
-                assert!(!cut.reason.is_empty());
+                assert!(!cut.reason.to_string().is_empty());
             }
         }
         let kept = std::fs::read(&path).expect("read log.bin");
@@ -146,7 +146,7 @@ fn bytes_of(text: &'static str) -> bytes::Bytes {
 }
 
 /// What a recovered log shows, to compare two recoveries.
-fn same(log: &replog_node::log::Log) -> impl PartialEq + std::fmt::Debug {
+fn same(log: &replog_log::log::Log) -> impl PartialEq + std::fmt::Debug {
     (
         log.log_id().to_owned(),
         log.last_id(),

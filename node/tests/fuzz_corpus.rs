@@ -11,7 +11,7 @@
 mod checks;
 
 use bytes::Bytes;
-use replog_node::storage::{encode, Record};
+use replog_log::storage::{encode, Record};
 use std::path::PathBuf;
 
 /// A fuzz target's check: panics when a property fails.

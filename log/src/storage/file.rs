@@ -1,5 +1,6 @@
 //! The log file on disk: open and recover, append (group commit), sync.
 
+use super::error::{At, CutReason, InvalidRecord, IoError, NotMeta, Op, OpenError, StorageError};
 use super::record::{self, Record, MAX_PAYLOAD};
 use crate::log::Log;
 use std::fs::{self, File, OpenOptions};
@@ -27,16 +28,19 @@ pub enum FsyncPolicy {
     Never,
 }
 
+/// A name that is no [`FsyncPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown fsync policy {0:?}: expected \"always\" or \"never\"")]
+pub struct UnknownFsyncPolicy(pub String);
+
 impl std::str::FromStr for FsyncPolicy {
-    type Err = String;
+    type Err = UnknownFsyncPolicy;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "always" => Ok(Self::Always),
             "never" => Ok(Self::Never),
-            _ => Err(format!(
-                "unknown fsync policy {s:?}: expected \"always\" or \"never\""
-            )),
+            _ => Err(UnknownFsyncPolicy(s.to_owned())),
         }
     }
 }
@@ -71,7 +75,7 @@ pub struct Cut {
     /// How many bytes were removed.
     pub bytes_cut: u64,
     /// Why the record at `offset` was rejected.
-    pub reason: String,
+    pub reason: CutReason,
 }
 
 /// One node's log file, open for appending.
@@ -92,7 +96,7 @@ pub struct LogFile {
     /// Set after a write or sync failed and the file could not be put back in a known state.
     /// After a failed fsync the kernel may have dropped the dirty pages while reporting them
     /// clean, so retrying cannot be trusted: only a restart (recovery from what is on disk) can.
-    poisoned: Option<String>,
+    poisoned: Option<IoError>,
 }
 
 impl LogFile {
@@ -104,77 +108,65 @@ impl LogFile {
     /// the ids above the new master's recovered one. At the first record that fails to
     /// decode or to replay, the file is truncated to the end of the last good record and synced,
     /// and [`Recovered::cut`] says what was removed; nothing before it is lost. A file whose first
-    /// record is not a valid `Meta` is an error: it is not ours (or its head is damaged), and
-    /// cutting it would throw away the whole log.
+    /// record is not a valid `Meta` is [`OpenError::NotALog`]: it is not ours (or its head is
+    /// damaged), and cutting it would throw away the whole log.
     pub fn open(
         dir: &Path,
         policy: FsyncPolicy,
         new_log_id: impl FnOnce() -> String,
-    ) -> io::Result<(LogFile, Recovered)> {
-        fs::create_dir_all(dir)?;
+    ) -> Result<(LogFile, Recovered), OpenError> {
+        fs::create_dir_all(dir).at(Op::CreateDir, dir)?;
         let path = dir.join(FILE_NAME);
         let unfinished = dir.join(INCOMPLETE_MARKER).exists();
         let existing = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => Some(file),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+            Err(e) => return Err(IoError::new(Op::Open, &path, e).into()),
         };
         // The whole file is read at once: recovery replays all of it into memory anyway, and a
         // contiguous slice lets the decoder stay free of I/O.
         let mut bytes = Vec::new();
-        let file = match existing {
+        let created = match existing {
             Some(mut file) => {
-                file.read_to_end(&mut bytes)?;
-                file
+                file.read_to_end(&mut bytes).at(Op::Read, &path)?;
+                if bytes.is_empty() {
+                    // An empty file (truncated, or a link to /dev/null) holds nothing to
+                    // replay: a new file takes its place, and `created` says why, so the master
+                    // recovers the log from its secondaries instead of serving a new one as if
+                    // nothing had happened.
+                    tracing::warn!(path = %path.display(), "the log file is empty; starting a new file");
+                    Err("the log file was empty")
+                } else {
+                    Ok(file)
+                }
             }
-            None => {
+            None => Err("no log file was there"),
+        };
+        let file = match created {
+            Ok(file) => file,
+            Err(why) => {
                 mark_incomplete(dir)?;
-                return Self::create_new(dir, path, policy, new_log_id(), "no log file was there")
-                    .map(|(file, recovered)| {
-                        (
-                            file,
-                            Recovered {
-                                unfinished,
-                                ..recovered
-                            },
-                        )
-                    });
+                let (file, recovered) = Self::create_new(dir, path, policy, new_log_id(), why)?;
+                return Ok((
+                    file,
+                    Recovered {
+                        unfinished,
+                        ..recovered
+                    },
+                ));
             }
         };
-        if bytes.is_empty() {
-            // An empty file (truncated, or a link to /dev/null) holds nothing to replay: a new
-            // file takes its place, and `created` says why, so the master recovers the log from
-            // its secondaries instead of serving a new one as if nothing had happened.
-            drop(file);
-            tracing::warn!(path = %path.display(), "the log file is empty; starting a new file");
-            mark_incomplete(dir)?;
-            return Self::create_new(dir, path, policy, new_log_id(), "the log file was empty")
-                .map(|(file, recovered)| {
-                    (
-                        file,
-                        Recovered {
-                            unfinished,
-                            ..recovered
-                        },
-                    )
-                });
-        }
-        let (log, starts, good, reason) = replay(&bytes).map_err(|reason| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!(
-                    "{} is not a replog log file: its first record is not a valid Meta record ({reason})",
-                    path.display()
-                ),
-            )
+        let (log, starts, good, reason) = replay(&bytes).map_err(|reason| OpenError::NotALog {
+            path: path.clone(),
+            reason,
         })?;
         let cut = match reason {
             None => None,
             Some(reason) => {
                 let total = bytes.len() as u64;
                 mark_incomplete(dir)?;
-                file.set_len(good)?;
-                file.sync_all()?;
+                file.set_len(good).at(Op::Truncate, &path)?;
+                file.sync_all().at(Op::Sync, &path)?;
                 tracing::warn!(
                     path = %path.display(),
                     offset = good,
@@ -218,9 +210,9 @@ impl LogFile {
         policy: FsyncPolicy,
         log_id: String,
         why: &'static str,
-    ) -> io::Result<(LogFile, Recovered)> {
+    ) -> Result<(LogFile, Recovered), IoError> {
         let file = create(dir, &path, log_id.clone())?;
-        let len = file.metadata()?.len();
+        let len = file.metadata().at(Op::Read, &path)?.len();
         let log_file = LogFile {
             file,
             path,
@@ -243,12 +235,12 @@ impl LogFile {
     /// Appends `records` as one write (group commit: callers pass many at once), then syncs if
     /// the policy says so. Returns when they are durable per the policy.
     ///
-    /// Records that recovery would reject are refused up front with `InvalidInput`, nothing
-    /// written: an `Entry` whose id is not the next one, a `Tombstone` of id 0, a `Meta` after the
-    /// first entry (a `Meta` before any entry is how a fresh secondary records the identity it
-    /// adopts), or a record over the size cap. Otherwise acknowledging it would lose it (and all
-    /// after it) at the next start.
-    pub fn append(&mut self, records: &[Record]) -> io::Result<()> {
+    /// Records that recovery would reject are refused up front ([`StorageError::Refused`]),
+    /// nothing written: an `Entry` whose id is not the next one, a `Tombstone` of id 0, a `Meta`
+    /// after the first entry (a `Meta` before any entry is how a fresh secondary records the
+    /// identity it adopts), or a record over the size cap. Otherwise acknowledging it would lose
+    /// it (and all after it) at the next start.
+    pub fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
         self.write(records, self.policy == FsyncPolicy::Always)
     }
 
@@ -258,17 +250,12 @@ impl LogFile {
     /// again (a secondary's copy of the master's decisions). A kill -9 loses nothing either way:
     /// the write is in the page cache. Recovery keeps a prefix of the records (it stops at the
     /// first bad one), so a record that survives implies that all before it did.
-    pub fn append_unsynced(&mut self, records: &[Record]) -> io::Result<()> {
+    pub fn append_unsynced(&mut self, records: &[Record]) -> Result<(), StorageError> {
         self.write(records, false)
     }
 
-    fn write(&mut self, records: &[Record], sync: bool) -> io::Result<()> {
-        if let Some(why) = &self.poisoned {
-            return Err(io::Error::other(format!(
-                "log file {} is unusable after an earlier failure ({why}); restart to recover",
-                self.path.display()
-            )));
-        }
+    fn write(&mut self, records: &[Record], sync: bool) -> Result<(), StorageError> {
+        self.usable()?;
         if records.is_empty() {
             return Ok(());
         }
@@ -277,15 +264,12 @@ impl LogFile {
         for record in records {
             record::encode(record, &mut self.buf);
         }
-        if let Err(e) = self.write_buf() {
-            self.roll_back(&e);
-            return Err(e);
+        if let Err(e) = self.write_buf().at(Op::Write, &self.path) {
+            self.roll_back();
+            return Err(e.into());
         }
         if sync {
-            if let Err(e) = self.file.sync_data() {
-                self.poisoned = Some(format!("fsync failed: {e}"));
-                return Err(e);
-            }
+            self.sync_data()?;
         }
         self.len += self.buf.len() as u64;
         self.last_id = last_id;
@@ -300,14 +284,15 @@ impl LogFile {
 
     /// Says that the log in this file is whole again (a master recovered it from its
     /// secondaries): removes the incomplete marker, durably.
-    pub fn mark_complete(&self) -> io::Result<()> {
+    pub fn mark_complete(&self) -> Result<(), StorageError> {
         let Some(dir) = self.path.parent() else {
             return Ok(());
         };
-        match fs::remove_file(dir.join(INCOMPLETE_MARKER)) {
-            Ok(()) => sync_dir(dir),
+        let marker = dir.join(INCOMPLETE_MARKER);
+        match fs::remove_file(&marker) {
+            Ok(()) => Ok(sync_dir(dir)?),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+            Err(e) => Err(IoError::new(Op::Remove, &marker, e).into()),
         }
     }
 
@@ -333,31 +318,49 @@ impl LogFile {
     }
 
     /// Forces everything appended so far to disk, whatever the policy (e.g. at shutdown).
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.file.sync_data().inspect_err(|e| {
-            self.poisoned = Some(format!("fsync failed: {e}"));
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.usable()?;
+        self.sync_data()
+    }
+
+    /// `fdatasync`; a failure makes the file unusable.
+    fn sync_data(&mut self) -> Result<(), StorageError> {
+        self.file.sync_data().at(Op::Sync, &self.path).map_err(|e| {
+            self.poisoned = Some(e.clone());
+            e.into()
         })
     }
 
+    /// `Err` once an earlier failure made the file unusable.
+    fn usable(&self) -> Result<(), StorageError> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(cause) => Err(StorageError::Unusable {
+                path: self.path.clone(),
+                cause: cause.clone(),
+            }),
+        }
+    }
+
     /// Validates a batch against what recovery accepts; returns the last entry id after it.
-    fn check(&self, records: &[Record]) -> io::Result<u64> {
-        let invalid = |what: String| Err(io::Error::new(io::ErrorKind::InvalidInput, what));
+    fn check(&self, records: &[Record]) -> Result<u64, InvalidRecord> {
         let mut last_id = self.last_id;
         for record in records {
             let len = record::payload_len(record);
             if len > MAX_PAYLOAD {
-                return invalid(format!(
-                    "record of {len} bytes exceeds the maximum of {MAX_PAYLOAD}"
-                ));
+                return Err(InvalidRecord::TooLarge { len });
             }
             match record {
                 Record::Entry { id, .. } if *id != last_id + 1 => {
-                    return invalid(format!("entry id {id} is not the next id {}", last_id + 1))
+                    return Err(InvalidRecord::NotNext {
+                        id: *id,
+                        expected: last_id + 1,
+                    })
                 }
                 Record::Entry { id, .. } => last_id = *id,
-                Record::Tombstone { id: 0 } => return invalid("tombstone of id 0".into()),
+                Record::Tombstone { id: 0 } => return Err(InvalidRecord::TombstoneZero),
                 Record::Meta { .. } if last_id > 0 => {
-                    return invalid("a Meta record may not follow entries".into())
+                    return Err(InvalidRecord::MetaAfterEntries { last_id })
                 }
                 Record::MasterStart { recovered, .. } => last_id = last_id.min(*recovered),
                 _ => {}
@@ -372,27 +375,29 @@ impl LogFile {
     }
 
     /// After a failed write, removes whatever part of the batch reached the file, so later
-    /// appends follow the last good record. If even that fails, the file is poisoned.
-    fn roll_back(&mut self, cause: &io::Error) {
-        if let Err(e) = self.file.set_len(self.len) {
-            self.poisoned = Some(format!(
-                "write failed ({cause}) and truncating back failed ({e})"
-            ));
+    /// appends follow the last good record. If even that fails, the file is unusable.
+    fn roll_back(&mut self) {
+        if let Err(e) = self.file.set_len(self.len).at(Op::Truncate, &self.path) {
+            self.poisoned = Some(e);
         }
     }
 }
 
 /// The log, the `MasterStart` records as `(instance, recovered)`, the length of the good
 /// prefix and, if a tail is bad, why.
-type Replayed = (Log, Vec<(u64, u64)>, u64, Option<String>);
+type Replayed = (Log, Vec<(u64, u64)>, u64, Option<CutReason>);
 
 /// Replays a whole file. `Err` if the first record is not a valid Meta.
-fn replay(bytes: &[u8]) -> Result<Replayed, String> {
-    let (log_id, mut offset) = match record::decode(bytes) {
-        Ok(Some((Record::Meta { log_id }, used))) => (log_id, used),
-        Ok(Some((other, _))) => return Err(format!("found {}", kind(&other))),
-        Ok(None) => return Err("empty".into()),
-        Err(e) => return Err(e.to_string()),
+fn replay(bytes: &[u8]) -> Result<Replayed, NotMeta> {
+    let (log_id, mut offset) = match record::decode(bytes)? {
+        Some((Record::Meta { log_id }, used)) => (log_id, used),
+        Some((other, _)) => return Err(NotMeta::Other(kind(&other))),
+        None => {
+            return Err(NotMeta::Decode(record::DecodeError::Torn {
+                needed: record::HEADER_LEN,
+                available: 0,
+            }))
+        }
     };
     let mut log = Log::new(log_id);
     let mut starts = Vec::new();
@@ -400,12 +405,12 @@ fn replay(bytes: &[u8]) -> Result<Replayed, String> {
         let next = match record::decode(&bytes[offset..]) {
             Ok(None) => break None,
             Ok(Some(next)) => next,
-            Err(e) => break Some(e.to_string()),
+            Err(e) => break Some(e.into()),
         };
         let (record, used) = next;
         let start = record.master_start();
         if let Err(e) = apply(&mut log, record) {
-            break Some(e);
+            break Some(e.into());
         }
         starts.extend(start);
         offset += used;
@@ -414,13 +419,15 @@ fn replay(bytes: &[u8]) -> Result<Replayed, String> {
 }
 
 /// Applies one record after the first; `Err` says why it cannot follow what came before.
-fn apply(log: &mut Log, record: Record) -> Result<(), String> {
+fn apply(log: &mut Log, record: Record) -> Result<(), InvalidRecord> {
     match record {
         Record::Meta { log_id } => {
             // A fresh secondary adopts the master's identity before it holds any entry, by
             // starting a new log under that identity; replay does the same.
             if log.last_id() > 0 {
-                return Err(format!("a Meta record follows entry {}", log.last_id()));
+                return Err(InvalidRecord::MetaAfterEntries {
+                    last_id: log.last_id(),
+                });
             }
             *log = Log::new(log_id);
         }
@@ -429,21 +436,21 @@ fn apply(log: &mut Log, record: Record) -> Result<(), String> {
             message,
             tombstone,
         } => {
-            let next = log.last_id() + 1;
-            if id != next {
-                return Err(format!("entry id {id} where {next} was expected"));
+            let expected = log.last_id() + 1;
+            if id != expected {
+                return Err(InvalidRecord::NotNext { id, expected });
             }
             log.push(message, tombstone);
         }
-        Record::Tombstone { id: 0 } => return Err("tombstone of id 0".into()),
+        Record::Tombstone { id: 0 } => return Err(InvalidRecord::TombstoneZero),
         Record::Tombstone { id } => log.tombstone(id),
         Record::Decided { upto } => log.set_decided(upto),
         Record::MasterStart { recovered, .. } => {
             if recovered < log.decided() {
-                return Err(format!(
-                    "a MasterStart record drops ids above {recovered}, but ids up to {} are decided",
-                    log.decided()
-                ));
+                return Err(InvalidRecord::DropsDecided {
+                    recovered,
+                    decided: log.decided(),
+                });
             }
             log.truncate(recovered);
         }
@@ -464,33 +471,42 @@ fn kind(record: &Record) -> &'static str {
 /// Creates `path` holding only a Meta record, atomically: written to a temporary file, synced,
 /// renamed into place, directory synced. A crash at any point leaves either no log file or one
 /// with a complete Meta, never a file with a torn head that `open` would refuse.
-fn create(dir: &Path, path: &Path, log_id: String) -> io::Result<File> {
+fn create(dir: &Path, path: &Path, log_id: String) -> Result<File, IoError> {
     let tmp = dir.join(format!("{FILE_NAME}.tmp"));
     let mut buf = Vec::new();
     record::encode(&Record::Meta { log_id }, &mut buf);
     {
-        let mut file = File::create(&tmp)?;
-        file.write_all(&buf)?;
-        file.sync_all()?;
+        let mut file = File::create(&tmp).at(Op::Create, &tmp)?;
+        file.write_all(&buf).at(Op::Write, &tmp)?;
+        file.sync_all().at(Op::Sync, &tmp)?;
     }
-    fs::rename(&tmp, path)?;
+    fs::rename(&tmp, path).at(Op::Rename, &tmp)?;
     sync_dir(dir)?;
-    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    file.seek(SeekFrom::End(0))?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(Op::Open, path)?;
+    file.seek(SeekFrom::End(0)).at(Op::Open, path)?;
     Ok(file)
 }
 
 /// Creates the incomplete marker in `dir`, durably, before the log there is cut or created.
-fn mark_incomplete(dir: &Path) -> io::Result<()> {
-    File::create(dir.join(INCOMPLETE_MARKER))?.sync_all()?;
+fn mark_incomplete(dir: &Path) -> Result<(), IoError> {
+    let marker = dir.join(INCOMPLETE_MARKER);
+    File::create(&marker)
+        .and_then(|file| file.sync_all())
+        .at(Op::Create, &marker)?;
     sync_dir(dir)
 }
 
 /// Makes a rename or creation in `dir` durable (POSIX needs the directory itself synced).
-fn sync_dir(dir: &Path) -> io::Result<()> {
+fn sync_dir(dir: &Path) -> Result<(), IoError> {
     #[cfg(unix)]
     {
-        File::open(dir)?.sync_all()?;
+        File::open(dir)
+            .and_then(|dir| dir.sync_all())
+            .at(Op::Sync, dir)?;
     }
     #[cfg(not(unix))]
     {
@@ -502,6 +518,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::DecodeError;
     use bytes::Bytes;
 
     type Snapshot = (String, u64, u64, Vec<(u64, Bytes)>, Vec<u64>);
@@ -669,7 +686,7 @@ mod tests {
             fs::write(dir.join(FILE_NAME), &bytes[..torn as usize]).unwrap();
             let cut = check_cut(&dir, good);
             assert_eq!(cut.bytes_cut, torn - good);
-            assert!(cut.reason.contains("torn"), "{}", cut.reason);
+            assert!(cut.reason.to_string().contains("torn"), "{}", cut.reason);
         }
     }
 
@@ -683,7 +700,11 @@ mod tests {
         bytes[last] ^= 0x20;
         fs::write(&path, &bytes).unwrap();
         let cut = check_cut(tmp.path(), good);
-        assert!(cut.reason.contains("checksum"), "{}", cut.reason);
+        assert!(
+            matches!(cut.reason, CutReason::Decode(DecodeError::Checksum { .. })),
+            "{}",
+            cut.reason
+        );
     }
 
     #[test]
@@ -697,7 +718,15 @@ mod tests {
         record::encode(&entry(6, "after"), &mut bytes);
         fs::write(&path, &bytes).unwrap();
         let cut = check_cut(tmp.path(), good);
-        assert!(cut.reason.contains("entry id 5"), "{}", cut.reason);
+        assert_eq!(
+            cut.reason,
+            CutReason::Invalid(InvalidRecord::NotNext { id: 5, expected: 4 })
+        );
+        assert!(
+            cut.reason.to_string().contains("entry id 5"),
+            "{}",
+            cut.reason
+        );
         assert_eq!(cut.bytes_cut, bytes.len() as u64 - good);
     }
 
@@ -709,18 +738,54 @@ mod tests {
         record::encode(&entry(1, "a"), &mut bytes);
         fs::write(&path, &bytes).unwrap();
         let err = LogFile::open(tmp.path(), FsyncPolicy::Always, || "x".into()).unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            matches!(&err, OpenError::NotALog { path: at, reason: NotMeta::Other(_) } if *at == path),
+            "{err}"
+        );
         assert!(err.to_string().contains("Meta"), "{err}");
         assert_eq!(fs::read(&path).unwrap(), bytes, "left untouched");
 
         fs::write(&path, b"garbage!garbage!").unwrap();
-        assert!(LogFile::open(tmp.path(), FsyncPolicy::Always, || "x".into()).is_err());
+        let err = LogFile::open(tmp.path(), FsyncPolicy::Always, || "x".into()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                OpenError::NotALog {
+                    reason: NotMeta::Decode(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         fs::write(&path, b"").unwrap();
         let (_, recovered) = open(tmp.path());
         assert_eq!(recovered.log.log_id(), "log-a");
         let (_, again) = LogFile::open(tmp.path(), FsyncPolicy::Always, || unreachable!()).unwrap();
         assert_eq!(again.log.log_id(), "log-a");
+    }
+
+    #[test]
+    fn a_failed_open_names_the_call_and_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let not_a_dir = tmp.path().join("file");
+        fs::write(&not_a_dir, b"x").unwrap();
+        let dir = not_a_dir.join("data");
+        let err = LogFile::open(&dir, FsyncPolicy::Always, || "x".into()).unwrap_err();
+        let OpenError::Io(io) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!((io.op, &io.path), (Op::CreateDir, &dir));
+        let expected = format!("cannot create the directory {}: ", dir.display());
+        assert!(err.to_string().starts_with(&expected), "{err}");
+
+        fs::create_dir(tmp.path().join(FILE_NAME)).unwrap();
+        let err = LogFile::open(tmp.path(), FsyncPolicy::Always, || "x".into()).unwrap_err();
+        let OpenError::Io(io) = &err else {
+            panic!("{err}")
+        };
+        assert_eq!((io.op, &io.path), (Op::Open, &tmp.path().join(FILE_NAME)));
+        assert!(err.to_string().contains(FILE_NAME), "{err}");
     }
 
     #[test]
@@ -741,7 +806,13 @@ mod tests {
                 log_id: "other".into(),
             }])
             .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            matches!(
+                err,
+                StorageError::Refused(InvalidRecord::MetaAfterEntries { last_id: 1 })
+            ),
+            "{err}"
+        );
         drop(file);
         let (_, again) = open(tmp.path());
         assert!(again.cut.is_none());
@@ -760,7 +831,7 @@ mod tests {
             vec![Record::Tombstone { id: 0 }],
         ] {
             let err = file.append(&bad).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+            assert!(matches!(err, StorageError::Refused(_)), "{err}");
             assert_eq!(file_len(tmp.path()), before, "nothing written");
         }
         file.append(&[entry(1, "a")]).unwrap();
@@ -774,7 +845,7 @@ mod tests {
     fn fsync_policy_parses() {
         assert_eq!("always".parse(), Ok(FsyncPolicy::Always));
         assert_eq!("Never".parse(), Ok(FsyncPolicy::Never));
-        let err = "sometimes".parse::<FsyncPolicy>().unwrap_err();
+        let err = "sometimes".parse::<FsyncPolicy>().unwrap_err().to_string();
         assert!(err.contains("always") && err.contains("never"), "{err}");
         assert_eq!(FsyncPolicy::default(), FsyncPolicy::Always);
         assert_eq!(FsyncPolicy::Never.to_string(), "never");

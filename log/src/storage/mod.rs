@@ -35,15 +35,17 @@
 //!   the first bad one and truncates the file there, so appends continue after good data.
 //! - **Replayed into a [`crate::log::Log`]**: the file stores the same events the in-memory log
 //!   receives (`push`, `tombstone`, `set_decided`), so recovery is replay and the visibility rule
-//!   still lives only in `log.rs`.
+//!   still lives only in [`crate::log`].
 //! - **Group commit**: [`LogFile::append`] takes many records, writes them in one `write` and
 //!   syncs once, so the cost of `fdatasync` (policy [`FsyncPolicy::Always`]) is shared by every
 //!   append waiting at that moment.
 //!
 //! All I/O here is blocking `std`; callers run it on a dedicated thread or `spawn_blocking`.
 
+mod error;
 mod file;
 pub mod record;
 
-pub use file::{Cut, FsyncPolicy, LogFile, Recovered, FILE_NAME};
+pub use error::{CutReason, InvalidRecord, IoError, NotMeta, Op, OpenError, StorageError};
+pub use file::{Cut, FsyncPolicy, LogFile, Recovered, UnknownFsyncPolicy, FILE_NAME};
 pub use record::{decode, encode, DecodeError, Record};

@@ -4,7 +4,6 @@
 //! (and fuzzed) on arbitrary input: every failure is a [`DecodeError`], never a panic.
 
 use bytes::Bytes;
-use std::fmt;
 
 /// Bytes before the payload: `u32` LE payload length, then `u32` LE CRC-32 of the payload.
 pub const HEADER_LEN: usize = 8;
@@ -59,42 +58,24 @@ impl Record {
 }
 
 /// Why the bytes at some offset are not a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
     /// Fewer bytes than the header or the announced payload: a write cut short by a crash.
+    #[error("torn record: needs {needed} bytes, only {available} present")]
     Torn { needed: usize, available: usize },
     /// The length field exceeds [`MAX_PAYLOAD`]: a corrupt header.
+    #[error("record length {len} exceeds the maximum of {MAX_PAYLOAD} bytes")]
     TooLong { len: usize },
     /// The payload does not match its checksum.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
     /// The checksum matched but the first payload byte names no known record kind.
+    #[error("unknown record tag {0}")]
     UnknownTag(u8),
     /// The checksum matched but the fields do not parse (short, trailing bytes, bad UTF-8, ...).
+    #[error("malformed record payload: {0}")]
     Malformed(&'static str),
 }
-
-impl fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Torn { needed, available } => write!(
-                f,
-                "torn record: needs {needed} bytes, only {available} present"
-            ),
-            Self::TooLong { len } => write!(
-                f,
-                "record length {len} exceeds the maximum of {MAX_PAYLOAD} bytes"
-            ),
-            Self::Checksum { stored, computed } => write!(
-                f,
-                "checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"
-            ),
-            Self::UnknownTag(tag) => write!(f, "unknown record tag {tag}"),
-            Self::Malformed(what) => write!(f, "malformed record payload: {what}"),
-        }
-    }
-}
-
-impl std::error::Error for DecodeError {}
 
 /// Length of the payload `encode` writes for `record` (without the header).
 ///
