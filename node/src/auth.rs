@@ -39,10 +39,15 @@ pub fn check<T>(request: &Request<T>, expected: Option<&str>) -> Result<(), Stat
     }
 }
 
+/// A `REPLICATION_TOKEN` that cannot travel as a header value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("REPLICATION_TOKEN must be printable ASCII without spaces")]
+pub struct InvalidToken;
+
 /// A token must be usable as a header value; checked at start. Empty means unset.
-pub fn validate(token: &str) -> Result<String, String> {
+pub fn validate(token: &str) -> Result<String, InvalidToken> {
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("REPLICATION_TOKEN must be printable ASCII without spaces".into());
+        return Err(InvalidToken);
     }
     Ok(token.to_owned())
 }
@@ -63,7 +68,8 @@ mod tests {
         assert!(check(&request, Some("s3cret")).is_err());
         attach(&mut request, Some("s3cret"));
         assert!(check(&request, Some("s3cret")).is_ok());
-        assert!(validate("has space").is_err());
+        assert_eq!(validate("has space"), Err(InvalidToken));
+        assert_eq!(validate("tab\there"), Err(InvalidToken));
         assert_eq!(validate(""), Ok(String::new()));
     }
 }

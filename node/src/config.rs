@@ -4,11 +4,51 @@
 //! `--http-port`). A bad setting stops the process at start with one clear line, because a node
 //! that half-starts with a wrong setting is harder to debug than one that refuses.
 
-use crate::storage::FsyncPolicy;
+use crate::storage::{FsyncPolicy, OpenError};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// A bad setting. Its message is the one line a process stops with ([`or_exit`]); clap prefixes
+/// the setting's name for the ones it parses.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("`{0}` is not a number of seconds")]
+    NotSeconds(String),
+    #[error("`{0}` must be a finite number >= 0")]
+    NegativeSeconds(String),
+    #[error("`{value}`: {source}")]
+    SecondsOutOfRange {
+        value: String,
+        source: std::time::TryFromFloatSecsError,
+    },
+    #[error("`{0}` is not a whole number of milliseconds")]
+    NotMillis(String),
+    #[error("must be at least 1 ms")]
+    ZeroMillis,
+    #[error("`{0}` is not a number")]
+    NotANumber(String),
+    #[error("`{0}` must be between 0 and 1")]
+    NotAProbability(String),
+    #[error("`{0}` is not host:port")]
+    NotHostPort(String),
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    #[error("`{0}` has no valid port")]
+    NoPort(String),
+    #[error("HOST `{host}`: {source}")]
+    Host {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("HOST `{0}` resolves to no address")]
+    HostUnresolved(String),
+    #[error("`{0}` is not a whole number from 1 to {MAX_CONNECTIONS_CEILING}")]
+    MaxConnections(String),
+    #[error("DATA_DIR: {0}")]
+    DataDir(#[from] OpenError),
+}
 
 /// Where a node keeps its log; the same settings on every node.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,7 +67,7 @@ impl StorageArgs {
     /// The node's log: recovered from `DATA_DIR` (reporting a cut tail), or a fresh one in
     /// memory. `new_log_id` names a log created here (the master makes one; a secondary passes
     /// an empty id and adopts the master's on first contact).
-    pub fn open(&self, new_log_id: impl FnOnce() -> String) -> Result<Opened, String> {
+    pub fn open(&self, new_log_id: impl FnOnce() -> String) -> Result<Opened, ConfigError> {
         let Some(dir) = &self.data_dir else {
             return Ok(Opened {
                 log: crate::log::Log::new(new_log_id()),
@@ -35,8 +75,7 @@ impl StorageArgs {
                 doubt: Some("the log is kept in memory only (no DATA_DIR)".into()),
             });
         };
-        let (file, recovered) = crate::storage::LogFile::open(dir, self.fsync, new_log_id)
-            .map_err(|e| format!("DATA_DIR {}: {e}", dir.display()))?;
+        let (file, recovered) = crate::storage::LogFile::open(dir, self.fsync, new_log_id)?;
         let doubt = match (&recovered.cut, recovered.created) {
             (Some(cut), _) => Some(format!(
                 "a torn or corrupt tail was cut off the log file ({})",
@@ -137,15 +176,13 @@ impl LimitArgs {
 const MAX_CONNECTIONS_CEILING: usize = 1 << 20;
 
 /// `MAX_CONNECTIONS`: a whole number from 1 to [`MAX_CONNECTIONS_CEILING`].
-fn max_connections(value: &str) -> Result<usize, String> {
+fn max_connections(value: &str) -> Result<usize, ConfigError> {
     value
         .trim()
         .parse()
         .ok()
         .filter(|n| (1..=MAX_CONNECTIONS_CEILING).contains(n))
-        .ok_or_else(|| {
-            format!("`{value}` is not a whole number from 1 to {MAX_CONNECTIONS_CEILING}")
-        })
+        .ok_or_else(|| ConfigError::MaxConnections(value.to_owned()))
 }
 
 /// Parses the command line and environment, or exits with one line naming the bad setting.
@@ -173,7 +210,7 @@ pub fn parse_or_exit<T: Parser>() -> T {
 }
 
 /// Stops the process with one line when a setting is bad.
-pub fn or_exit<T>(checked: Result<T, String>) -> T {
+pub fn or_exit<T, E: std::fmt::Display>(checked: Result<T, E>) -> T {
     checked.unwrap_or_else(|line| {
         eprintln!("configuration error: {line}");
         std::process::exit(2);
@@ -193,43 +230,46 @@ pub async fn listen_or_exit(host: &str, port: u16) -> tokio::net::TcpListener {
 }
 
 /// A non-negative number of seconds, fractions allowed (`DELAY_SECONDS=0.5`).
-pub fn seconds(value: &str) -> Result<Duration, String> {
+pub fn seconds(value: &str) -> Result<Duration, ConfigError> {
     let secs: f64 = value
         .trim()
         .parse()
-        .map_err(|_| format!("`{value}` is not a number of seconds"))?;
+        .map_err(|_| ConfigError::NotSeconds(value.to_owned()))?;
     if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("`{value}` must be a finite number >= 0"));
+        return Err(ConfigError::NegativeSeconds(value.to_owned()));
     }
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("`{value}`: {e}"))
+    Duration::try_from_secs_f64(secs).map_err(|source| ConfigError::SecondsOutOfRange {
+        value: value.to_owned(),
+        source,
+    })
 }
 
 /// A whole number of milliseconds, at least 1.
-pub fn millis(value: &str) -> Result<Duration, String> {
+pub fn millis(value: &str) -> Result<Duration, ConfigError> {
     let ms: u64 = value
         .trim()
         .parse()
-        .map_err(|_| format!("`{value}` is not a whole number of milliseconds"))?;
+        .map_err(|_| ConfigError::NotMillis(value.to_owned()))?;
     if ms == 0 {
-        return Err("must be at least 1 ms".into());
+        return Err(ConfigError::ZeroMillis);
     }
     Ok(Duration::from_millis(ms))
 }
 
 /// A probability in `0..=1`.
-pub fn rate(value: &str) -> Result<f64, String> {
+pub fn rate(value: &str) -> Result<f64, ConfigError> {
     let rate: f64 = value
         .trim()
         .parse()
-        .map_err(|_| format!("`{value}` is not a number"))?;
+        .map_err(|_| ConfigError::NotANumber(value.to_owned()))?;
     if !(0.0..=1.0).contains(&rate) {
-        return Err(format!("`{value}` must be between 0 and 1"));
+        return Err(ConfigError::NotAProbability(value.to_owned()));
     }
     Ok(rate)
 }
 
 /// A `host:port` endpoint (host may be a name, resolved when connecting).
-pub fn endpoint(value: &str) -> Result<String, String> {
+pub fn endpoint(value: &str) -> Result<String, ConfigError> {
     let value = value.trim();
     let value = value
         .strip_prefix("http://")
@@ -237,25 +277,28 @@ pub fn endpoint(value: &str) -> Result<String, String> {
         .trim_end_matches('/');
     let (host, port) = value
         .rsplit_once(':')
-        .ok_or_else(|| format!("`{value}` is not host:port"))?;
+        .ok_or_else(|| ConfigError::NotHostPort(value.to_owned()))?;
     if host.is_empty() {
-        return Err(format!("`{value}` has no host"));
+        return Err(ConfigError::NoHost(value.to_owned()));
     }
     port.parse::<u16>()
         .ok()
         .filter(|&p| p != 0)
-        .ok_or_else(|| format!("`{value}` has no valid port"))?;
+        .ok_or_else(|| ConfigError::NoPort(value.to_owned()))?;
     Ok(value.to_owned())
 }
 
 /// Resolves the bind address for a port on `HOST`.
-pub fn bind_addr(host: &str, port: u16) -> Result<SocketAddr, String> {
+pub fn bind_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
     use std::net::ToSocketAddrs;
     (host, port)
         .to_socket_addrs()
-        .map_err(|e| format!("HOST `{host}`: {e}"))?
+        .map_err(|source| ConfigError::Host {
+            host: host.to_owned(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("HOST `{host}` resolves to no address"))
+        .ok_or_else(|| ConfigError::HostUnresolved(host.to_owned()))
 }
 
 #[cfg(test)]
@@ -264,15 +307,30 @@ mod tests {
 
     #[test]
     fn parses_and_rejects_settings() {
-        assert_eq!(seconds("1.5"), Ok(Duration::from_millis(1500)));
-        assert!(seconds("-1").is_err());
-        assert!(seconds("soon").is_err());
+        assert_eq!(seconds("1.5").ok(), Some(Duration::from_millis(1500)));
+        assert!(matches!(
+            seconds("-1"),
+            Err(ConfigError::NegativeSeconds(_))
+        ));
+        assert!(matches!(seconds("soon"), Err(ConfigError::NotSeconds(_))));
+        assert!(matches!(
+            seconds("1e30"),
+            Err(ConfigError::SecondsOutOfRange { .. })
+        ));
         assert!(rate("0.3").is_ok());
-        assert!(rate("1.5").is_err());
-        assert_eq!(endpoint("http://s1:50051/"), Ok("s1:50051".into()));
-        assert!(endpoint("s1").is_err());
-        assert!(endpoint(":50051").is_err());
-        assert!(endpoint("s1:0").is_err());
-        assert!(millis("0").is_err());
+        assert!(matches!(rate("1.5"), Err(ConfigError::NotAProbability(_))));
+        assert_eq!(endpoint("http://s1:50051/").ok(), Some("s1:50051".into()));
+        assert!(matches!(endpoint("s1"), Err(ConfigError::NotHostPort(_))));
+        assert!(matches!(endpoint(":50051"), Err(ConfigError::NoHost(_))));
+        assert!(matches!(endpoint("s1:0"), Err(ConfigError::NoPort(_))));
+        assert!(matches!(millis("0"), Err(ConfigError::ZeroMillis)));
+        assert_eq!(
+            max_connections("0").unwrap_err().to_string(),
+            format!("`0` is not a whole number from 1 to {MAX_CONNECTIONS_CEILING}")
+        );
+        assert_eq!(
+            seconds("soon").unwrap_err().to_string(),
+            "`soon` is not a number of seconds"
+        );
     }
 }

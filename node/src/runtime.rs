@@ -30,19 +30,29 @@ pub struct RuntimeArgs {
 /// More connection threads than this is a typo: each is a thread with a runtime of its own.
 const MAX_CONNECTION_THREADS: usize = 64;
 
+/// Why the runtime cannot be built as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "CONNECTION_THREADS={0} needs WORKER_THREADS=1: a multi-thread runtime already spreads \
+         connections over its workers"
+    )]
+    ConnectionThreadsNeedOneWorker(usize),
+    #[error("CONNECTION_THREADS must be at most {MAX_CONNECTION_THREADS}")]
+    TooManyConnectionThreads,
+    #[error("cannot start the runtime (WORKER_THREADS): {0}")]
+    Build(#[source] std::io::Error),
+}
+
 impl RuntimeArgs {
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), RuntimeError> {
         if self.connection_threads > 0 && self.worker_threads != 1 {
-            return Err(format!(
-                "CONNECTION_THREADS={} needs WORKER_THREADS=1: a multi-thread runtime already \
-                 spreads connections over its workers",
-                self.connection_threads
+            return Err(RuntimeError::ConnectionThreadsNeedOneWorker(
+                self.connection_threads,
             ));
         }
         if self.connection_threads > MAX_CONNECTION_THREADS {
-            return Err(format!(
-                "CONNECTION_THREADS must be at most {MAX_CONNECTION_THREADS}"
-            ));
+            return Err(RuntimeError::TooManyConnectionThreads);
         }
         Ok(())
     }
@@ -63,10 +73,7 @@ impl RuntimeArgs {
     /// The runtime, or the process stops with one line, as for a bad setting.
     pub fn build_or_exit(&self) -> Runtime {
         crate::config::or_exit(self.validate());
-        crate::config::or_exit(
-            self.build()
-                .map_err(|e| format!("cannot start the runtime (WORKER_THREADS): {e}")),
-        )
+        crate::config::or_exit(self.build().map_err(RuntimeError::Build))
     }
 }
 
@@ -86,5 +93,37 @@ where
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Ok(f()),
         _ => tokio::task::spawn_blocking(f).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(worker_threads: usize, connection_threads: usize) -> RuntimeArgs {
+        RuntimeArgs {
+            worker_threads,
+            connection_threads,
+        }
+    }
+
+    #[test]
+    fn connection_threads_need_one_worker_and_a_bound() {
+        assert!(args(1, 4).validate().is_ok());
+        assert!(args(0, 0).validate().is_ok());
+        let error = args(0, 4).validate().unwrap_err();
+        assert!(matches!(
+            error,
+            RuntimeError::ConnectionThreadsNeedOneWorker(4)
+        ));
+        assert_eq!(
+            error.to_string(),
+            "CONNECTION_THREADS=4 needs WORKER_THREADS=1: a multi-thread runtime already spreads \
+             connections over its workers"
+        );
+        assert!(matches!(
+            args(1, MAX_CONNECTION_THREADS + 1).validate(),
+            Err(RuntimeError::TooManyConnectionThreads)
+        ));
     }
 }

@@ -53,13 +53,18 @@ pub struct Config {
     pub error_rate: f64,
 }
 
+/// Settings that disagree with one another.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("HTTP_PORT and GRPC_PORT are both {0}; they must differ")]
+    SamePort(u16),
+}
+
 impl Config {
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks that settings agree with one another.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.http_port != 0 && self.http_port == self.grpc_port {
-            return Err(format!(
-                "HTTP_PORT and GRPC_PORT are both {}; they must differ",
-                self.http_port
-            ));
+            return Err(ConfigError::SamePort(self.http_port));
         }
         Ok(())
     }

@@ -29,7 +29,10 @@ pub async fn run(
         "secondary starting"
     );
     // A fresh log has no identity yet: it adopts the master's on first contact.
-    let replog_node::config::Opened { log, file, .. } = config.storage.open(String::new)?;
+    let replog_node::config::Opened { log, file, .. } = config
+        .storage
+        .open(String::new)
+        .map_err(|e| e.to_string())?;
     // A secondary's log is whole by definition: the master catches it up.
     if let Some(file) = &file {
         file.mark_complete()
