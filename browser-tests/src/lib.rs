@@ -6,9 +6,10 @@
 //! Processes are started by the `cluster-tests` harness's [`Node`] (killed on drop, logs under
 //! `target/cluster-tests/<test>/`); nginx and chromedriver are killed on drop too.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use cluster_tests::{free_port, log_dir, wait_until, Binary, Node, START_TIMEOUT};
 use prost::Message;
+use replog_proto::framing::{self, Decoder, Frame, Trailers};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -568,68 +569,6 @@ pub struct GrpcWebReply {
     pub grpc_message: String,
 }
 
-/// Frames one gRPC-Web message: flag byte 0, big-endian length, protobuf bytes.
-pub fn grpc_web_frame(message: &impl Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut frame = BytesMut::with_capacity(5 + body.len());
-    frame.put_u8(0);
-    frame.put_u32(body.len() as u32);
-    frame.put_slice(&body);
-    frame.freeze()
-}
-
-/// Splits complete frames off the front of `buffer`: `(flag, payload)`.
-pub fn take_frames(buffer: &mut BytesMut) -> Vec<(u8, Bytes)> {
-    let mut frames = Vec::new();
-    while buffer.len() >= 5 {
-        let len = u32::from_be_bytes([buffer[1], buffer[2], buffer[3], buffer[4]]) as usize;
-        if buffer.len() < 5 + len {
-            break;
-        }
-        let flag = buffer.get_u8();
-        buffer.advance(4);
-        frames.push((flag, buffer.split_to(len).freeze()));
-    }
-    frames
-}
-
-/// Parses a trailers frame (`name: value\r\n` lines) into `(grpc-status, grpc-message)`.
-pub fn parse_trailers(payload: &[u8]) -> (Option<i32>, String) {
-    let text = String::from_utf8_lossy(payload);
-    let mut status = None;
-    let mut message = String::new();
-    for line in text.split("\r\n") {
-        if let Some((name, value)) = line.split_once(':') {
-            match name.trim().to_ascii_lowercase().as_str() {
-                "grpc-status" => status = value.trim().parse().ok(),
-                "grpc-message" => message = percent_decode(value.trim()),
-                _ => {}
-            }
-        }
-    }
-    (status, message)
-}
-
-/// `grpc-message` is percent-encoded on the wire.
-pub fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
-            if let Ok(byte) = u8::from_str_radix(hex, 16) {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// A unary or server-streaming gRPC-Web call over HTTP/1.1 (as a browser makes it), reading
 /// the whole answer. `base` is e.g. `http://127.0.0.1:8000` or `http://127.0.0.1:8080/node/master`.
 pub async fn grpc_web_call(
@@ -648,16 +587,19 @@ pub async fn grpc_web_call(
             .map(str::to_owned)
     };
     let header_status = header("grpc-status").and_then(|s| s.parse().ok());
-    let header_message = header("grpc-message").map(|m| percent_decode(&m));
+    let header_message = header("grpc-message").map(|m| framing::percent_decode(&m));
     let body = response.bytes().await.expect("the gRPC-Web body");
     let mut buffer = BytesMut::from(&body[..]);
     let mut messages = Vec::new();
-    let mut trailers = (None, String::new());
-    for (flag, payload) in take_frames(&mut buffer) {
-        if flag & 0x80 != 0 {
-            trailers = parse_trailers(&payload);
-        } else {
-            messages.push(payload);
+    let mut trailers = Trailers::default();
+    let decoder = Decoder::grpc_web();
+    while let Some(frame) = decoder
+        .next(&mut buffer)
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+    {
+        match frame {
+            Frame::Message(payload) => messages.push(payload),
+            Frame::Trailers(payload) => trailers = framing::parse_trailers(&payload),
         }
     }
     assert!(
@@ -665,11 +607,11 @@ pub async fn grpc_web_call(
         "{method}: a partial gRPC-Web frame is left"
     );
     let grpc_status = trailers
-        .0
+        .status
         .or(header_status)
         .unwrap_or_else(|| panic!("{method}: no grpc-status in trailers or headers"));
-    let grpc_message = if trailers.0.is_some() {
-        trailers.1
+    let grpc_message = if trailers.status.is_some() {
+        trailers.message
     } else {
         header_message.unwrap_or_default()
     };
@@ -690,45 +632,13 @@ pub async fn grpc_web_send(
     request: &impl Message,
 ) -> reqwest::Response {
     let url = format!("{base}/replog.v1.Log/{method}");
+    let body = framing::encode(request).unwrap_or_else(|e| panic!("{method}: {e}"));
     http.post(&url)
         .header("content-type", "application/grpc-web+proto")
         .header("accept", "application/grpc-web+proto")
         .header("x-grpc-web", "1")
-        .body(grpc_web_frame(request))
+        .body(body)
         .send()
         .await
         .unwrap_or_else(|e| panic!("POST {url}: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn frames_round_trip() {
-        let request = replog_proto::v1::AppendRequest {
-            message: "hi".into(),
-            w: Some(2),
-            key: None,
-        };
-        let mut buffer = BytesMut::from(&grpc_web_frame(&request)[..]);
-        buffer.extend_from_slice(&[0x80, 0, 0, 0, 15]);
-        buffer.extend_from_slice(b"grpc-status:0\r\n");
-        buffer.extend_from_slice(&[0, 0]);
-        let frames = take_frames(&mut buffer);
-        assert_eq!(frames.len(), 2);
-        assert_eq!(
-            replog_proto::v1::AppendRequest::decode(frames[0].1.clone()).unwrap(),
-            request
-        );
-        assert_eq!(parse_trailers(&frames[1].1), (Some(0), String::new()));
-        assert_eq!(&buffer[..], &[0, 0], "a partial frame stays");
-    }
-
-    #[test]
-    fn grpc_messages_are_percent_decoded() {
-        assert_eq!(percent_decode("w%20must%20be%201..=3"), "w must be 1..=3");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("a%2"), "a%2");
-    }
 }

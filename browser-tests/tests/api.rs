@@ -2,10 +2,11 @@
 //! (framed by hand over HTTP/1.1, as a browser sends it), straight to the nodes and through
 //! nginx.
 
-use browser_tests::{grpc_web_call, grpc_web_send, nginx_tools, take_frames, Nginx, Stack};
+use browser_tests::{grpc_web_call, grpc_web_send, nginx_tools, Nginx, Stack};
 use bytes::BytesMut;
 use cluster_tests::{wait_for, wait_until, REPLICATION_FAILED};
 use prost::Message;
+use replog_proto::framing::Decoder;
 use replog_proto::v1::log_client::LogClient;
 use replog_proto::v1::{
     AppendReply, AppendRequest, HealthReply, HealthRequest, ListReply, ListRequest, LogEntry,
@@ -306,9 +307,10 @@ async fn grpc_web_round_trip(http: &reqwest::Client, append_base: &str, watch_ba
                 .expect("the Watch stream reads")
                 .expect("the Watch stream stays open");
             buffer.extend_from_slice(&chunk);
-            for (flag, payload) in take_frames(&mut buffer) {
-                assert_eq!(flag, 0, "a data frame, not trailers: {payload:?}");
-                let entry = LogEntry::decode(payload).expect("LogEntry");
+            while let Some(entry) = Decoder::grpc_web()
+                .next_message::<LogEntry>(&mut buffer)
+                .expect("a LogEntry frame, not trailers")
+            {
                 if entry.id == appended.id {
                     return entry;
                 }
