@@ -9,15 +9,22 @@
 //!
 //! - **Own ports, own processes.** Every [`Cluster`] picks fresh ports, so tests run in parallel
 //!   (cargo-nextest runs each test in its own process).
-//! - **No process left behind.** A [`Node`] kills its child on `Drop`, which also runs while a
-//!   failing test unwinds.
+//! - **No process left behind.** Every child is held by a [`Process`], which kills it (and its
+//!   process group) on `Drop`, also while a failing test unwinds, and which the kernel kills if
+//!   the test process dies first.
 //! - **Logs kept for the post-mortem.** Each node writes stdout and stderr to
 //!   `target/cluster-tests/<test>/<node>.log`; when a test panics, the cluster prints those paths
 //!   and the last lines of each log.
 //! - **No hopeful sleeps.** Anything that depends on timing waits for a condition with a deadline
 //!   ([`wait_until`], [`wait_for`]) and fails with a message that says what it waited for.
+//!
+//! The benchmark (`bench/`) and the browser tests start their processes with the same
+//! [`Process`], on ports from the same [`free_ports`], and wait with the same [`try_wait_for`].
 
 pub mod history;
+pub mod process;
+
+pub use process::{Exited, Process};
 
 use serde_json::{json, Value};
 use std::fmt::Display;
@@ -26,7 +33,7 @@ use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use reqwest::StatusCode;
@@ -68,9 +75,6 @@ pub fn steady_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)
 pub fn fast_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     FAST_HEALTH.iter().chain(extra).copied().collect()
 }
-
-/// Starts the line the harness writes into a node's log file at each start.
-const START_MARK_PREFIX: &str = "===== harness: starting ";
 
 /// The two binaries under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,27 +195,62 @@ fn hold(dir: &Path) -> bool {
 
 /// A port that was free a moment ago: bind port 0 on loopback, read the port, let it go.
 ///
-/// Another process could take it before the node binds it; the node then exits with "cannot
-/// listen on ...: Address already in use", loudly rather than silently, and
-/// [`Cluster::start`] starts over on new ports.
+/// Another process could take it before the server binds it; the server then exits with
+/// "Address already in use" ([`Exited::port_taken`]), loudly rather than silently, and
+/// [`on_free_ports`] starts over on new ports.
 pub fn free_port() -> u16 {
     free_ports(1)[0]
 }
 
-/// `n` distinct free ports. All are held bound until every one is chosen: ports picked one
-/// after another can repeat, since the kernel may hand a just-released port out again.
+/// `n` distinct free loopback ports (panics if the system has none).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
-        .collect();
+    try_free_ports(n).unwrap_or_else(|e| panic!("{n} free loopback ports: {e}"))
+}
+
+/// `n` distinct free loopback ports. All are held bound until every one is chosen: ports
+/// picked one after another can repeat, since the kernel may hand a just-released port out
+/// again.
+pub fn try_free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
     listeners
         .iter()
-        .map(|l| l.local_addr().expect("a bound address").port())
+        .map(|l| l.local_addr().map(|a| a.port()))
         .collect()
 }
 
+/// How many times [`on_free_ports`] starts over.
+const PORT_ATTEMPTS: usize = 3;
+
+/// Runs `start`, which picks its ports with [`free_ports`] and starts servers on them, again on
+/// new ports while a server exits because another process took its port first
+/// ([`Exited::port_taken`]), so that parallel tests do not flake. Panics on any other exit.
+pub async fn on_free_ports<T, F, Fut>(mut start: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Exited>>,
+{
+    for attempt in 1..=PORT_ATTEMPTS {
+        match start().await {
+            Ok(started) => return started,
+            Err(exited) if exited.port_taken() && attempt < PORT_ATTEMPTS => {
+                eprintln!(
+                    "{} lost its port to another process; starting over",
+                    exited.name
+                );
+            }
+            Err(exited) if exited.port_taken() => {
+                panic!("{exited}\n(its port was taken {PORT_ATTEMPTS} times)")
+            }
+            Err(exited) => panic!("{exited}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
 /// One node process: its command line (kept, so it can be restarted with the same settings on
-/// the same ports) and, while it runs, the child.
+/// the same ports) and, while it runs, its [`Process`].
 pub struct Node {
     pub name: String,
     pub binary: Binary,
@@ -220,7 +259,7 @@ pub struct Node {
     pub grpc_port: Option<u16>,
     env: Vec<(String, String)>,
     log_path: PathBuf,
-    child: Option<Child>,
+    process: Option<Process>,
 }
 
 impl Node {
@@ -240,7 +279,7 @@ impl Node {
             grpc_port,
             env,
             log_path: dir.join(format!("{name}.log")),
-            child: None,
+            process: None,
         }
     }
 
@@ -248,14 +287,7 @@ impl Node {
     /// `RUST_LOG`, default `info`), so that settings of the shell running the tests cannot leak
     /// in. Output is appended to the node's log file, across restarts.
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "{} is already running", self.name);
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log_path.display()));
-        let _ = writeln!(log, "{START_MARK_PREFIX}{} =====", self.name);
-        let stderr = log.try_clone().expect("a second handle on the log file");
+        assert!(self.process.is_none(), "{} is already running", self.name);
         let mut command = Command::new(self.binary.path());
         command
             .env_clear()
@@ -265,46 +297,42 @@ impl Node {
             )
             // Plain text logs: the files are read by people, not terminals.
             .env("NO_COLOR", "1")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(stderr);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.name));
-        self.child = Some(child);
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        let process = Process::spawn(&self.name, command, &self.log_path)
+            .unwrap_or_else(|e| panic!("{e} (log: {})", self.log_path.display()));
+        self.process = Some(process);
     }
 
     /// The exit status if the process has ended on its own (it is then no longer running).
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
+        let status = self.process.as_mut()?.exited()?;
+        self.process = None;
         Some(status)
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
+    }
+
+    fn process(&self) -> &Process {
+        self.process
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
-        let child = self
-            .child
-            .as_ref()
-            .unwrap_or_else(|| panic!("{} is not running", self.name));
-        nix::unistd::Pid::from_raw(child.id() as i32)
+        self.process().pid()
     }
 
     fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(self.pid(), signal)
+        self.process()
+            .signal(signal)
             .unwrap_or_else(|e| panic!("cannot send {signal} to {}: {e}", self.name));
     }
 
     /// SIGKILL, and reap the child: the node is gone at once, as after a crash.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process = None;
     }
 
     /// SIGSTOP: the process stays, its sockets stay open, but it answers nothing (a hung node).
@@ -352,26 +380,14 @@ impl Node {
     /// SIGTERM, then wait for the exit (at most `timeout`; panics after it).
     pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
         self.signal(nix::sys::signal::Signal::SIGTERM);
-        let mut child = self.child.take().expect("running");
-        let deadline = Instant::now() + timeout;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) => return status,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
-                Ok(None) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "{} did not exit within {timeout:?} of SIGTERM (log: {})",
-                        self.name,
-                        self.log_path.display()
-                    );
-                }
-                Err(e) => panic!("cannot wait for {}: {e}", self.name),
-            }
-        }
+        let mut process = self.process.take().expect("running");
+        process.wait_timeout(timeout).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {timeout:?} of SIGTERM (log: {})",
+                self.name,
+                self.log_path.display()
+            )
+        })
     }
 
     /// Kills the node if it runs and starts it again: same settings, same ports.
@@ -438,11 +454,7 @@ impl Node {
 
     /// The node's log output since its latest start (the harness marks each start).
     pub fn log_since_start(&self) -> String {
-        let log = self.log();
-        match log.rfind(START_MARK_PREFIX) {
-            Some(at) => log[at..].to_owned(),
-            None => log,
-        }
+        process::since_start(self.log())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -464,13 +476,6 @@ impl Node {
     /// The node's log file so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-}
-
-impl Drop for Node {
-    /// SIGKILL also ends a stopped (SIGSTOP) process, so a failing test leaves nothing behind.
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -566,25 +571,19 @@ impl Cluster {
     }
 
     /// [`Cluster::start`] with the master described by [`MasterOpts`] (e.g. durable).
+    ///
+    /// A node whose port another process took first exits at once; the whole cluster then
+    /// starts again on new ports ([`on_free_ports`]).
     pub async fn start_with(secondaries: Vec<SecondaryOpts>, master: MasterOpts) -> Cluster {
-        // A port picked by `free_ports` can still be taken by another test's process before
-        // our node binds it; such a node exits at once ("Address already in use"). Then the
-        // whole cluster starts again on new ports, so that parallel tests do not flake.
-        const ATTEMPTS: usize = 3;
-        for attempt in 1..=ATTEMPTS {
-            let mut cluster = Cluster::launch(&secondaries, &master);
-            match cluster.first_contact().await {
-                Ok(()) => {
-                    cluster.wait_ready().await;
-                    return cluster;
-                }
-                Err(node) if attempt < ATTEMPTS => {
-                    eprintln!("{node} lost its port to another process; restarting the cluster");
-                }
-                Err(node) => panic!("{node} could not bind its port in {ATTEMPTS} attempts"),
-            }
-        }
-        unreachable!()
+        let (secondaries, master) = (&secondaries, &master);
+        let cluster = on_free_ports(move || async move {
+            let mut cluster = Cluster::launch(secondaries, master);
+            cluster.first_contact().await?;
+            Ok(cluster)
+        })
+        .await;
+        cluster.wait_ready().await;
+        cluster
     }
 
     /// Starts the processes of a cluster on fresh ports, without waiting for anything.
@@ -642,37 +641,15 @@ impl Cluster {
         }
     }
 
-    /// Waits until every started node answers `GET /health`. `Err(name)` if a node exited
-    /// because its port was taken; panics if one exited for another reason, or at the deadline.
-    async fn first_contact(&mut self) -> Result<(), String> {
+    /// Waits until every started node answers `GET /health`; `Err` if one exits first.
+    async fn first_contact(&mut self) -> Result<(), Exited> {
         let deadline = Instant::now() + START_TIMEOUT;
-        let client = self.client.clone();
         let nodes = std::iter::once(&mut self.master).chain(self.secondaries.iter_mut());
-        for node in nodes.filter(|n| n.is_running()) {
-            loop {
-                let answered = client.get(node.url("/health")).send().await;
-                if answered.is_ok_and(|r| r.status() == StatusCode::OK) {
-                    break;
-                }
-                if let Some(status) = node.exited() {
-                    if node.log().contains("Address already in use") {
-                        return Err(node.name.clone());
-                    }
-                    panic!(
-                        "{} exited at start ({status}); log: {}\n{}",
-                        node.name,
-                        node.log_path.display(),
-                        node.log()
-                    );
-                }
-                if Instant::now() >= deadline {
-                    panic!(
-                        "{} did not answer GET /health within {START_TIMEOUT:?} (log: {})",
-                        node.name,
-                        node.log_path.display()
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        for node in nodes {
+            let url = node.url("/health");
+            if let Some(process) = node.process.as_mut() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                process.wait_answering(&self.client, &url, left).await?;
             }
         }
         Ok(())
@@ -914,14 +891,9 @@ impl Cluster {
         response.json().await.ok()
     }
 
-    /// The highest id a secondary holds contiguously, from its own `/api/health` (`last_id`
-    /// there; `held` in older builds, accepted too).
+    /// The highest id a secondary holds contiguously: its [`Cluster::last_id`].
     pub async fn held(&self, secondary: &Node) -> u64 {
-        let health = self.health(secondary).await;
-        health["held"]
-            .as_u64()
-            .or_else(|| health["last_id"].as_u64())
-            .unwrap_or_else(|| panic!("no `last_id` in {} /api/health: {health}", secondary.name))
+        self.last_id(secondary).await
     }
 
     /// Waits until every running node shows exactly `expected` (messages in this order).
@@ -1063,13 +1035,8 @@ impl Drop for Cluster {
         }
         eprintln!("\n===== cluster logs in {} =====", self.dir.display());
         for node in self.nodes() {
-            let log = node.log();
-            let lines: Vec<&str> = log.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(25)..];
             eprintln!("----- {} ({}) -----", node.name, node.log_path().display());
-            for line in tail {
-                eprintln!("{line}");
-            }
+            eprintln!("{}", process::tail(&node.log(), 25));
         }
     }
 }
@@ -1094,17 +1061,69 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    let polled = try_wait_for(timeout, what, || {
+        let probe = probe();
+        async move { Ok::<_, std::convert::Infallible>(probe.await) }
+    })
+    .await;
+    polled.unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
+/// Polls `probe` every 20 ms until it yields `Ok(Some(value))`. `Ok(None)` means not yet;
+/// `Err` means not yet either, and the last one is shown if `timeout` passes first.
+pub async fn try_wait_for<T, E, F, Fut>(
+    timeout: Duration,
+    what: impl Display,
+    mut probe: F,
+) -> Result<T, TimedOut>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
     let deadline = Instant::now() + timeout;
+    let mut last = None;
     loop {
-        if let Some(value) = probe().await {
-            return value;
+        match probe().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last = Some(format!("{e:#}")),
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {timeout:?} waiting until: {what}");
+            return Err(TimedOut {
+                what: what.to_string(),
+                timeout,
+                last,
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// What [`try_wait_for`] waited for in vain.
+#[derive(Debug)]
+pub struct TimedOut {
+    pub what: String,
+    pub timeout: Duration,
+    /// The last error the probe returned, if any.
+    pub last: Option<String>,
+}
+
+impl Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "timed out after {:?} waiting until: {}",
+            self.timeout, self.what
+        )?;
+        match &self.last {
+            Some(last) => write!(f, " (last: {last})"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// Runs a binary with only `env` set and waits for it to exit (at most `timeout`; panics after
 /// it). For configuration tests: a bad setting must stop the process at once. The run is
@@ -1280,23 +1299,11 @@ impl Load {
     }
 }
 
-/// Reading a node's `DATA_DIR/log.bin` to damage it on purpose: records are framed
-/// `[u32 LE payload length][u32 LE CRC-32 of the payload][payload]`, the payload's first byte
-/// naming the kind (see `node/src/storage/record.rs`).
+/// Reading a node's `DATA_DIR/log.bin` to damage it on purpose, with the nodes' own record
+/// decoder.
 pub mod log_file {
-    /// Bytes before a record's payload.
-    pub const HEADER_LEN: usize = 8;
-
-    /// What a record holds (only what the tests look at).
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub enum Kind {
-        Meta,
-        Entry { id: u64, tombstone: bool },
-        Tombstone { id: u64 },
-        Decided { upto: u64 },
-        MasterStart { instance: u64, recovered: u64 },
-        Unknown(u8),
-    }
+    use replog_node::storage::decode;
+    pub use replog_node::storage::Record;
 
     /// One framed record.
     #[derive(Debug, Clone)]
@@ -1304,7 +1311,7 @@ pub mod log_file {
         pub offset: usize,
         /// Header and payload.
         pub len: usize,
-        pub kind: Kind,
+        pub record: Record,
     }
 
     impl Frame {
@@ -1313,42 +1320,18 @@ pub mod log_file {
         }
     }
 
-    /// The complete frames of `bytes`, in order (stops at an incomplete one; checksums are not
-    /// verified: the files read here were written by a healthy node).
+    /// The records of `bytes`, in order, up to the first that does not decode (torn or
+    /// corrupt).
     pub fn frames(bytes: &[u8]) -> Vec<Frame> {
         let mut frames = Vec::new();
         let mut offset = 0;
-        while bytes.len() >= offset + HEADER_LEN {
-            let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
-            let Some(payload) = bytes.get(offset + HEADER_LEN..offset + HEADER_LEN + len) else {
-                break;
-            };
-            let u64_at = |at: usize| {
-                payload
-                    .get(at..at + 8)
-                    .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
-                    .unwrap_or(0)
-            };
-            let kind = match payload.first().copied().unwrap_or(0) {
-                1 => Kind::Meta,
-                2 => Kind::Entry {
-                    id: u64_at(1),
-                    tombstone: payload.get(9).is_some_and(|f| f & 1 == 1),
-                },
-                3 => Kind::Tombstone { id: u64_at(1) },
-                4 => Kind::Decided { upto: u64_at(1) },
-                5 => Kind::MasterStart {
-                    instance: u64_at(1),
-                    recovered: u64_at(9),
-                },
-                other => Kind::Unknown(other),
-            };
+        while let Ok(Some((record, len))) = decode(&bytes[offset..]) {
             frames.push(Frame {
                 offset,
-                len: HEADER_LEN + len,
-                kind,
+                len,
+                record,
             });
-            offset += HEADER_LEN + len;
+            offset += len;
         }
         frames
     }
@@ -1358,15 +1341,15 @@ pub mod log_file {
     pub fn recovered(frames: &[Frame]) -> (u64, u64) {
         let (mut held, mut decided) = (0, 0);
         for frame in frames {
-            match frame.kind {
-                Kind::Entry { id, tombstone } => {
+            match frame.record {
+                Record::Entry { id, tombstone, .. } => {
                     assert!(!tombstone, "unexpected tombstone entry {id}");
                     assert_eq!(id, held + 1, "entries out of order in the file");
                     held = id;
                 }
-                Kind::Decided { upto } => decided = upto,
-                Kind::Tombstone { id } => panic!("unexpected tombstone {id}"),
-                Kind::Meta | Kind::MasterStart { .. } | Kind::Unknown(_) => {}
+                Record::Decided { upto } => decided = upto,
+                Record::Tombstone { id } => panic!("unexpected tombstone {id}"),
+                _ => {}
             }
         }
         (held, decided)

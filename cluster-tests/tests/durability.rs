@@ -2,7 +2,7 @@
 //! master and a secondary; a torn or corrupt tail of `log.bin` is cut off and reported at start,
 //! and nothing before it is lost; exactly-once holds across a durable secondary's crash.
 
-use cluster_tests::log_file::{self, Kind};
+use cluster_tests::log_file::{self, Record};
 use cluster_tests::{
     acknowledged, assert_no_repeats, secondary_health, steady_health, wait_until, Answer, Appender,
     Cluster, MasterOpts, Node, SecondaryOpts, StatusCode,
@@ -126,7 +126,7 @@ fn damage(node: &Node, how: Damage) -> (Vec<log_file::Frame>, u64, u64) {
     if let Damage::TearLastEntry = how {
         let last_entry = frames
             .iter()
-            .rposition(|f| matches!(f.kind, Kind::Entry { .. }))
+            .rposition(|f| matches!(f.record, Record::Entry { .. }))
             .expect("an entry record");
         frames.truncate(last_entry + 1);
     }
@@ -144,7 +144,7 @@ fn damage(node: &Node, how: Damage) -> (Vec<log_file::Frame>, u64, u64) {
     std::fs::write(&path, &bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     eprintln!(
         "{}: damaged ({how:?}) its last record, {:?} at offset {} ({} bytes)",
-        node.name, last.kind, last.offset, last.len
+        node.name, last.record, last.offset, last.len
     );
     let cut = (bytes.len() - last.offset) as u64;
     (frames, last.offset as u64, cut)
@@ -209,7 +209,8 @@ async fn secondary_cuts_a_torn_or_corrupt_tail_and_keeps_the_rest() {
         let (kept, offset, bytes_cut) = damage(&cluster.secondaries[0], how);
         let (held, decided) = log_file::recovered(&kept);
         assert!(
-            kept.iter().any(|f| matches!(f.kind, Kind::Entry { .. })),
+            kept.iter()
+                .any(|f| matches!(f.record, Record::Entry { .. })),
             "no entry left before the damaged record"
         );
 
@@ -340,11 +341,14 @@ async fn a_secondary_drops_an_entry_the_master_lost_before_its_fsync() {
     let lost = frames
         .iter()
         .find(|f| {
-            f.kind
-                == (Kind::Entry {
+            matches!(
+                f.record,
+                Record::Entry {
                     id: 2,
                     tombstone: false,
-                })
+                    ..
+                }
+            )
         })
         .unwrap_or_else(|| panic!("no entry 2 in {}: {frames:?}", path.display()));
     bytes.truncate(lost.offset);
@@ -365,13 +369,7 @@ async fn a_secondary_drops_an_entry_the_master_lost_before_its_fsync() {
     );
     let restarts: Vec<_> = log_file::frames(&std::fs::read(&path).expect("master log"))
         .into_iter()
-        .filter_map(|f| match f.kind {
-            Kind::MasterStart {
-                instance,
-                recovered,
-            } => Some((instance, recovered)),
-            _ => None,
-        })
+        .filter_map(|f| f.record.master_start())
         .collect();
     assert_eq!(
         restarts,
