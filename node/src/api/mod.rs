@@ -197,9 +197,7 @@ pub async fn serve(
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     let max_connections = limits.max_connections;
-    crate::config::or_exit(
-        connections::check_open_files(max_connections).map_err(|error| error.to_string()),
-    );
+    crate::config::or_exit(connections::check_open_files(max_connections));
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new());
     let idle_timeout = limits.header_timeout();
