@@ -1355,3 +1355,71 @@ pub mod log_file {
         (held, decided)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn exited(log: &str) -> Exited {
+        Exited {
+            name: "server".into(),
+            status: ExitStatus::from_raw(1 << 8),
+            log_path: PathBuf::from("server.log"),
+            log: log.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn on_free_ports_starts_over_only_when_a_port_was_taken() {
+        let mut attempts = 0;
+        let started = on_free_ports(|| {
+            attempts += 1;
+            let attempt = attempts;
+            async move {
+                if attempt < PORT_ATTEMPTS {
+                    Err(exited("bind: Address already in use"))
+                } else {
+                    Ok(attempt)
+                }
+            }
+        })
+        .await;
+        assert_eq!(started, PORT_ATTEMPTS);
+
+        let other = tokio::spawn(on_free_ports(|| async {
+            Err::<(), _>(exited("bad setting"))
+        }));
+        let panic = other.await.expect_err("another exit is a failure");
+        assert!(panic.is_panic());
+        let always = tokio::spawn(on_free_ports(|| async {
+            Err::<(), _>(exited("Address already in use"))
+        }));
+        assert!(always.await.expect_err("gives up").is_panic());
+    }
+
+    #[tokio::test]
+    async fn try_wait_for_shows_the_last_error_when_it_times_out() {
+        let mut polls = 0;
+        let timed_out = try_wait_for(Duration::from_millis(100), "never", || {
+            polls += 1;
+            let polled = polls;
+            async move { Err::<Option<()>, _>(format!("poll {polled}")) }
+        })
+        .await
+        .expect_err("never ready");
+        assert!(polls >= 2, "polled {polls} times");
+        assert_eq!(timed_out.last, Some(format!("poll {polls}")));
+        assert!(timed_out.to_string().contains("waiting until: never"));
+
+        let mut left = 3;
+        let value = try_wait_for(Duration::from_secs(5), "the third poll", || {
+            left -= 1;
+            let ready = left == 0;
+            async move { Ok::<_, String>(ready.then_some(42)) }
+        })
+        .await
+        .expect("ready at the third poll");
+        assert_eq!(value, 42);
+    }
+}

@@ -249,3 +249,109 @@ pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script);
+        command
+    }
+
+    fn log_in(dir: &Path, name: &str) -> PathBuf {
+        dir.join(format!("{name}.log"))
+    }
+
+    /// Whether `pid` still runs (a zombie waiting for a parent that never reaps does not).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            let state = stat[stat.rfind(')').map_or(0, |at| at + 1)..].trim_start();
+            !state.starts_with('Z')
+        })
+    }
+
+    fn wait_for_file(path: &Path) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::fs::read_to_string(path) {
+                Ok(text) if text.ends_with('\n') => return text,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                other => panic!("{} not written: {other:?}", path.display()),
+            }
+        }
+    }
+
+    #[test]
+    fn drop_kills_the_whole_process_group() {
+        let dir = crate::fresh_log_dir();
+        let pid_file = dir.join("grandchild.pid");
+        let script = format!("sleep 100 & echo $! > {}; wait", pid_file.display());
+        let process =
+            Process::spawn("parent", sh(&script), &log_in(&dir, "parent")).expect("start sh");
+        let grandchild: i32 = wait_for_file(&pid_file).trim().parse().expect("a pid");
+        let parent = process.pid().as_raw();
+        assert!(alive(grandchild) && alive(parent));
+        assert!(running().contains(&process.pid()));
+        let group = process.pid();
+        drop(process);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(grandchild) {
+            assert!(
+                Instant::now() < deadline,
+                "the grandchild outlived the guard"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(!alive(parent));
+        assert!(!running().contains(&group));
+    }
+
+    #[test]
+    fn terminate_on_drop_sends_sigterm_first() {
+        let dir = crate::fresh_log_dir();
+        let log = log_in(&dir, "polite");
+        let ready = dir.join("ready");
+        let script = format!(
+            "trap 'echo got TERM; exit 0' TERM; echo > {}; while :; do sleep 0.05; done",
+            ready.display()
+        );
+        let process = Process::spawn("polite", sh(&script), &log)
+            .expect("start sh")
+            .terminate_on_drop(Duration::from_secs(5));
+        wait_for_file(&ready);
+        drop(process);
+        let text = std::fs::read_to_string(&log).expect("the log");
+        assert!(text.starts_with(START_MARK_PREFIX), "{text:?}");
+        assert!(text.contains("got TERM"), "{text:?}");
+    }
+
+    #[test]
+    fn an_exit_names_its_status_and_whether_the_port_was_taken() {
+        let dir = crate::fresh_log_dir();
+        let log = log_in(&dir, "server");
+        let mut first =
+            Process::spawn("server", sh("echo listening; exit 0"), &log).expect("start sh");
+        first.wait_timeout(Duration::from_secs(5)).expect("exits");
+        let mut second = Process::spawn(
+            "server",
+            sh("echo 'bind: Address already in use'; exit 3"),
+            &log,
+        )
+        .expect("start sh");
+        second.wait_timeout(Duration::from_secs(5)).expect("exits");
+        let exited = second.check_running().expect_err("it has exited");
+        assert_eq!(exited.status.code(), Some(3));
+        assert!(exited.port_taken(), "{exited}");
+        assert!(
+            !exited.log.contains("listening"),
+            "only since the latest start"
+        );
+        assert!(exited.to_string().contains("Address already in use"));
+        let mut third =
+            Process::spawn("server", sh("echo other trouble; exit 1"), &log).expect("start sh");
+        third.wait_timeout(Duration::from_secs(5)).expect("exits");
+        assert!(!third.check_running().expect_err("exited").port_taken());
+    }
+}
