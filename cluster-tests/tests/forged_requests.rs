@@ -225,6 +225,30 @@ async fn a_forged_master_instance_does_not_lock_the_master_out() {
     master_keeps_replicating(&cluster).await;
 }
 
+/// Injected: a request that names master process 0, with a new entry at id 4 and a decision
+/// that would show it. Checked: refused with INVALID_ARGUMENT (a master numbers its processes
+/// from 1), nothing changes on secondary-1, the master keeps replicating.
+#[tokio::test]
+async fn a_forged_master_instance_zero_is_refused() {
+    let cluster = cluster_with_a_500().await;
+    let forged = ReplicateRequest {
+        master_instance: 0,
+        entries: vec![Entry {
+            id: 4,
+            message: "from process 0".into(),
+            tombstone: false,
+        }],
+        decisions: Some(Decisions {
+            decided_upto: 4,
+            tombstones: vec![],
+            since: 3,
+        }),
+        ..like_the_master(&cluster).await
+    };
+    refused_both_ways(&cluster, forged, Code::InvalidArgument).await;
+    master_keeps_replicating(&cluster).await;
+}
+
 /// Injected: `Entry { id: 0, tombstone: true }` (and an id-0 message) to the durable
 /// secondary-1. Checked: refused with INVALID_ARGUMENT, secondary-1 still runs and the master
 /// keeps replicating to it.

@@ -14,8 +14,8 @@
 //! where the master now has new ones.
 //!
 //! The replication token is the first wall, not the only one: every request is checked against
-//! what this secondary knows before anything changes (see [`Refusal`]). Ids start at 1; an id
-//! held with one message takes no other; an id held as decided and committed is never
+//! what this secondary knows before anything changes (see [`Refusal`]). Ids and master
+//! processes are numbered from 1; an id held with one message takes no other; an id held as decided and committed is never
 //! tombstoned; the decided frontier never moves back and is recorded only up to what is held
 //! (see `decide`); a new master process must be a plausible successor of the one followed (see
 //! [`MAX_INSTANCE_JUMP`]).
@@ -53,6 +53,9 @@ pub enum Refusal {
     MissingStarts { instance: u64, ours: u64 },
     /// An entry or a tombstone names id 0: ids start at 1.
     ZeroId,
+    /// It names master process 0: a master numbers its processes from 1 (each start records
+    /// one in its `MasterStart`), so no master sends 0.
+    ZeroInstance,
     /// The entries are not in ascending id order (the master ships every batch in id order).
     Unordered { id: u64 },
     /// A tombstone for an id this secondary holds as decided and committed: it may already be
@@ -72,8 +75,8 @@ pub enum Refusal {
 /// while we were not listening): this many is more than any crash loop makes. Beyond it (2^63,
 /// say) the request did not come from this log's master: following it would refuse the real one
 /// as stale, and push the numbers every later master takes towards overflow.
-/// A secondary that follows none yet has no number to compare with (and holds nothing, or a
-/// log of a master from before process numbers): there only the starts' consistency is checked.
+/// A secondary that follows none yet holds nothing and has no number to compare with: there
+/// only the starts' consistency is checked.
 pub const MAX_INSTANCE_JUMP: u64 = 1 << 16;
 
 impl Refusal {
@@ -85,6 +88,7 @@ impl Refusal {
             Self::StaleMaster { .. } => "stale_master",
             Self::MissingStarts { .. } => "missing_starts",
             Self::ZeroId => "zero_id",
+            Self::ZeroInstance => "zero_instance",
             Self::Unordered { .. } => "unordered",
             Self::Committed { .. } => "tombstone_of_committed",
             Self::Divergent { .. } => "divergent_entry",
@@ -95,7 +99,10 @@ impl Refusal {
     /// Whether the request is wrong in itself (gRPC `InvalidArgument`), rather than at odds
     /// with what this secondary knows (`FailedPrecondition`).
     pub fn is_malformed(&self) -> bool {
-        matches!(self, Self::ZeroId | Self::Unordered { .. })
+        matches!(
+            self,
+            Self::ZeroId | Self::ZeroInstance | Self::Unordered { .. }
+        )
     }
 }
 
@@ -118,6 +125,9 @@ impl std::fmt::Display for Refusal {
                 "master process {instance} did not list the starts since process {ours}"
             ),
             Self::ZeroId => f.write_str("id 0 named: ids start at 1"),
+            Self::ZeroInstance => {
+                f.write_str("master process 0 named: master processes are numbered from 1")
+            }
             Self::Unordered { id } => write!(f, "entry {id} is out of id order"),
             Self::Committed { id } => write!(
                 f,
@@ -394,8 +404,10 @@ fn follow(
     instance: u64,
     starts: &[MasterStart],
 ) -> Result<Option<u64>, Refusal> {
-    // 0: a master from before instances existed, which ships only what it has synced.
-    if instance == 0 || instance == ours {
+    if instance == 0 {
+        return Err(Refusal::ZeroInstance);
+    }
+    if instance == ours {
         return Ok(None);
     }
     if instance < ours {
@@ -447,12 +459,19 @@ mod tests {
         })
     }
 
+    /// A request of log "L" from master process 1, its first: a fresh replica follows it from
+    /// the start it lists.
     fn request(entries: Vec<Entry>, decisions: Option<Decisions>) -> ReplicateRequest {
         ReplicateRequest {
             log_id: "L".into(),
             entries,
             decisions,
-            ..Default::default()
+            master_instance: 1,
+            starts: vec![MasterStart {
+                instance: 1,
+                recovered: 0,
+            }],
+            quiet: false,
         }
     }
 
@@ -531,7 +550,7 @@ mod tests {
             &mut replayed,
             request(vec![entry(1, "a"), entry(2, "b")], None),
         );
-        // Built for a previous instance that had decided up to 1: it may omit a tombstone <= 1.
+        // Built for a frontier of 1 (`since`), which ours is not: it may omit a tombstone <= 1.
         apply(
             &mut r,
             &mut replayed,
@@ -685,6 +704,39 @@ mod tests {
         let in_decisions = request(vec![entry(4, "d")], decided(2, 2, vec![0]));
         refused(&mut r, in_decisions, Refusal::ZeroId);
         assert!(Refusal::ZeroId.is_malformed());
+    }
+
+    #[test]
+    fn refuses_master_process_zero() {
+        let zero = |req: ReplicateRequest| ReplicateRequest {
+            master_instance: 0,
+            starts: vec![],
+            ..req
+        };
+        // Nothing held yet: not even the log identity is adopted.
+        let mut fresh = Replica::new(Log::default());
+        refused(
+            &mut fresh,
+            zero(request(vec![entry(1, "a")], None)),
+            Refusal::ZeroInstance,
+        );
+        assert_eq!(fresh.state().log_id, "");
+        let (mut r, mut replayed) = holding_three();
+        refused(
+            &mut r,
+            zero(request(vec![entry(4, "d")], decided(4, 2, vec![3]))),
+            Refusal::ZeroInstance,
+        );
+        refused(
+            &mut r,
+            from_master(0, &[(0, 0)], request(vec![], decided(3, 2, vec![]))),
+            Refusal::ZeroInstance,
+        );
+        assert!(Refusal::ZeroInstance.is_malformed());
+        assert_eq!(Refusal::ZeroInstance.reason(), "zero_instance");
+        // The master it follows is still taken.
+        apply(&mut r, &mut replayed, request(vec![entry(4, "d")], None));
+        assert_eq!((r.master(), r.state().held), (1, 4));
     }
 
     #[test]
