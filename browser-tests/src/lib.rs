@@ -3,19 +3,21 @@
 //! `nginx/render`, as `scripts/run` does), chromedriver, a gRPC-Web client framed by hand over
 //! HTTP/1.1, and the check for the tools the browser test needs.
 //!
-//! Processes are started by the `cluster-tests` harness's [`Node`] (killed on drop, logs under
-//! `target/cluster-tests/<test>/`); nginx and chromedriver are killed on drop too.
+//! The cluster is the `cluster-tests` kit's [`Cluster`]; nginx and chromedriver run under its
+//! [`Process`] guard too (logs under `target/cluster-tests/<test>/`, stopped on drop).
 
 use bytes::{Bytes, BytesMut};
-use cluster_tests::{free_port, log_dir, wait_until, Binary, Node, START_TIMEOUT};
+use cluster_tests::{free_port, on_free_ports, Cluster, Node, Process, START_TIMEOUT};
 use prost::Message;
 use replog_proto::framing::{self, Decoder, Frame, Trailers};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub use cluster_tests;
+
+/// How long nginx and chromedriver get to take their workers and browsers down after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Set (to anything but `0`) where a missing browser, nginx or built client must fail the
 /// browser tests instead of skipping them: CI sets it.
@@ -23,12 +25,12 @@ pub const REQUIRE_ENV: &str = "REPLOG_REQUIRE_BROWSER";
 
 /// The page of an already running stack (e.g. `http://127.0.0.1:8080`, the compose stack
 /// through nginx): when set, the browser test drives that page instead of starting its own
-/// cluster and nginx.
+/// cluster and nginx, and the compose test checks that stack (`tests/compose.rs`).
 pub const BASE_URL_ENV: &str = "REPLOG_BASE_URL";
 
 /// With [`BASE_URL_ENV`]: the compose command of that stack, split on whitespace (e.g.
-/// `docker-compose -p replog -f docker-compose.yml`); the test runs `<it> stop secondary-2` and
-/// `<it> start secondary-2` from the workspace root.
+/// `docker-compose -p replog -f docker-compose.yml`); the tests run it from the workspace root
+/// to stop, start and kill services and to find their containers and ports.
 pub const COMPOSE_ENV: &str = "REPLOG_COMPOSE";
 
 /// [`BASE_URL_ENV`] without a trailing slash, if set and not empty.
@@ -197,18 +199,32 @@ impl Compose {
 
     /// Runs `<compose> ARGS...` and fails the test if it does not succeed within two minutes.
     pub async fn run(&self, args: &[&str]) {
+        self.output(args).await;
+    }
+
+    /// The standard output of `<compose> ARGS...`; fails the test if it does not succeed
+    /// within two minutes.
+    pub async fn output(&self, args: &[&str]) -> String {
         let shown = format!("{} {}", self.command.join(" "), args.join(" "));
-        let output = tokio::time::timeout(Duration::from_secs(120), self.command(args).output())
-            .await
-            .unwrap_or_else(|_| panic!("`{shown}` did not finish within 120 s"))
-            .unwrap_or_else(|e| panic!("run `{shown}`: {e}"));
+        output_of(self.command(args), &shown).await
+    }
+
+    /// The id of `service`'s container.
+    pub async fn container(&self, service: &str) -> String {
+        let id = self.output(&["ps", "-q", service]).await.trim().to_owned();
+        assert!(!id.is_empty(), "{service} has no container");
+        id
+    }
+
+    /// `http://<host>:<port>` where the host publishes `service`'s container port `port`.
+    pub async fn published_url(&self, service: &str, port: u16) -> String {
+        let published = self.output(&["port", service, &port.to_string()]).await;
+        let address = published.lines().next().unwrap_or_default().trim();
         assert!(
-            output.status.success(),
-            "`{shown}` failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+            !address.is_empty(),
+            "{service} does not publish its port {port}"
         );
+        format!("http://{address}")
     }
 
     /// Blocking `<compose> ARGS...`, ignoring the outcome: for putting things back on the way
@@ -225,187 +241,31 @@ impl Compose {
     }
 }
 
-/// A master and two secondaries on free loopback ports; the secondaries know the master
-/// (`MASTER`), so appends on them are forwarded.
-pub struct Stack {
-    pub master: Node,
-    pub secondaries: Vec<Node>,
-    pub http: reqwest::Client,
-    pub dir: PathBuf,
+/// The standard output of `docker ARGS...`; fails the test if it does not succeed within two
+/// minutes.
+pub async fn docker(args: &[&str]) -> String {
+    let mut command = tokio::process::Command::new("docker");
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    output_of(command, &format!("docker {}", args.join(" "))).await
 }
 
-impl Stack {
-    /// Starts the cluster with extra settings for the master and for each secondary, and waits
-    /// until every node answers and the master has contacted both secondaries.
-    pub async fn start(master_env: &[(&str, &str)], secondary_env: &[&[(&str, &str)]]) -> Stack {
-        let dir = log_dir();
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("the test's log directory");
-        let master_http = free_port();
-        let master_addr = format!("127.0.0.1:{master_http}");
-        let mut secondaries = Vec::new();
-        for i in 0..2 {
-            let (http, grpc) = (free_port(), free_port());
-            let mut env = vec![
-                ("HOST".to_owned(), "127.0.0.1".to_owned()),
-                ("HTTP_PORT".to_owned(), http.to_string()),
-                ("GRPC_PORT".to_owned(), grpc.to_string()),
-                ("MASTER".to_owned(), master_addr.clone()),
-            ];
-            if let Some(extra) = secondary_env.get(i) {
-                env.extend(
-                    extra
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-                );
-            }
-            let name = format!("secondary-{}", i + 1);
-            let mut node = Node::new(&name, Binary::Secondary, http, Some(grpc), env, &dir);
-            node.start();
-            secondaries.push(node);
-        }
-        let listed: Vec<String> = secondaries.iter().map(Node::grpc_endpoint).collect();
-        let mut env = vec![
-            ("HOST".to_owned(), "127.0.0.1".to_owned()),
-            ("HTTP_PORT".to_owned(), master_http.to_string()),
-            ("SECONDARIES".to_owned(), listed.join(",")),
-        ];
-        env.extend(
-            master_env
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        let mut master = Node::new("master", Binary::Master, master_http, None, env, &dir);
-        master.start();
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("an HTTP client");
-        let stack = Stack {
-            master,
-            secondaries,
-            http,
-            dir,
-        };
-        stack.wait_ready().await;
-        stack
-    }
-
-    /// Every node, the master first, with the names the page and nginx use.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        std::iter::once(&self.master).chain(self.secondaries.iter())
-    }
-
-    pub async fn wait_ready(&self) {
-        for node in self.nodes().filter(|n| n.is_running()) {
-            let url = node.url("/health");
-            wait_until(
-                START_TIMEOUT,
-                format!("{} GET /health = 200", node.name),
-                || {
-                    let request = self.http.get(&url).send();
-                    async move { request.await.is_ok_and(|r| r.status().is_success()) }
-                },
-            )
-            .await;
-        }
-        let running: Vec<String> = self
-            .secondaries
-            .iter()
-            .filter(|s| s.is_running())
-            .map(Node::grpc_endpoint)
-            .collect();
-        let running = &running;
-        wait_until(
-            START_TIMEOUT,
-            format!("master health shows {running:?} healthy and contacted"),
-            || async move {
-                let Some(health) = self.master_health().await else {
-                    return false;
-                };
-                running.iter().all(|address| {
-                    cluster_tests::secondary_health(&health, address).is_some_and(|s| {
-                        s["status"] == "healthy" && s["last_contact_ms_ago"].is_u64()
-                    })
-                })
-            },
-        )
-        .await;
-    }
-
-    /// The master's `GET /api/health`, if it answers.
-    pub async fn master_health(&self) -> Option<Value> {
-        let response = self
-            .http
-            .get(self.master.url("/api/health"))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json().await.ok()
-    }
-
-    /// `http://127.0.0.1:<http port>` of a node, for tonic and gRPC-Web clients.
-    pub fn endpoint(node: &Node) -> String {
-        node.url("")
-    }
+async fn output_of(mut command: tokio::process::Command, shown: &str) -> String {
+    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("`{shown}` did not finish within 120 s"))
+        .unwrap_or_else(|e| panic!("run `{shown}`: {e}"));
+    assert!(
+        output.status.success(),
+        "`{shown}` failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-impl Drop for Stack {
-    /// On failure, point at the node logs (the processes are gone by the time anyone looks).
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("\n===== node logs in {} =====", self.dir.display());
-            for node in self.nodes() {
-                let log = node.log();
-                let lines: Vec<&str> = log.lines().collect();
-                eprintln!("----- {} -----", node.name);
-                for line in &lines[lines.len().saturating_sub(20)..] {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-}
-
-/// A child process stopped (and reaped) on drop: SIGTERM first, so that nginx's master takes
-/// its workers down and chromedriver its browsers (a SIGKILLed nginx master leaves its workers
-/// running, still listening), then SIGKILL if it has not exited within a few seconds.
-pub struct Process {
-    pub name: String,
-    child: Child,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Process {
-    /// Fails the test if the process has already exited (e.g. nginx rejected its config).
-    pub fn assert_running(&mut self, log: &Path) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("{} exited early ({status}):\n{log}", self.name);
-        }
-    }
-}
-
-/// nginx in front of a [`Stack`], configured exactly as `scripts/run` does it.
+/// nginx in front of a cluster of a master and two secondaries, configured exactly as
+/// `scripts/run` does it.
 pub struct Nginx {
     pub port: u16,
     pub dir: PathBuf,
@@ -413,70 +273,50 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    pub async fn start(tools: &NginxTools, stack: &Stack, dir: &Path) -> Nginx {
-        let port = free_port();
-        let run_dir = dir.join("nginx");
-        let addr = |node: &Node| format!("127.0.0.1:{}", node.http_port);
-        let output = Command::new("bash")
-            .arg(workspace_root().join("nginx/render"))
-            .env("NGINX_RUN_DIR", &run_dir)
-            .env("NGINX_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WEB_ROOT", &tools.web_root)
-            .env("MASTER_ADDR", addr(&stack.master))
-            .env("SECONDARY_1_ADDR", addr(&stack.secondaries[0]))
-            .env("SECONDARY_2_ADDR", addr(&stack.secondaries[1]))
-            .output()
-            .expect("run nginx/render");
-        assert!(
-            output.status.success(),
-            "nginx/render failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let conf = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-        let error_log = run_dir.join("error.log");
-        let log = std::fs::File::create(run_dir.join("nginx.out")).expect("nginx.out");
-        let child = Command::new(&tools.nginx)
-            .arg("-p")
-            .arg(&run_dir)
-            .arg("-c")
-            .arg(&conf)
-            .arg("-e")
-            .arg(&error_log)
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start nginx");
-        let mut process = Process {
-            name: "nginx".into(),
-            child,
-        };
-        let url = format!("http://127.0.0.1:{port}/");
-        let http = &stack.http;
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        loop {
-            process.assert_running(&run_dir.join("nginx.out"));
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
+    pub async fn start(tools: &NginxTools, cluster: &Cluster, dir: &Path) -> Nginx {
+        let run_dir = &dir.join("nginx");
+        on_free_ports(move || async move {
+            let port = free_port();
+            let addr = |node: &Node| format!("127.0.0.1:{}", node.http_port);
+            let output = Command::new("bash")
+                .arg(workspace_root().join("nginx/render"))
+                .env("NGINX_RUN_DIR", run_dir)
+                .env("NGINX_LISTEN", format!("127.0.0.1:{port}"))
+                .env("WEB_ROOT", &tools.web_root)
+                .env("MASTER_ADDR", addr(&cluster.master))
+                .env("SECONDARY_1_ADDR", addr(&cluster.secondaries[0]))
+                .env("SECONDARY_2_ADDR", addr(&cluster.secondaries[1]))
+                .output()
+                .expect("run nginx/render");
             assert!(
-                std::time::Instant::now() < deadline,
-                "nginx did not answer {url} within {START_TIMEOUT:?} (see {})",
-                error_log.display()
+                output.status.success(),
+                "nginx/render failed: {}",
+                String::from_utf8_lossy(&output.stderr)
             );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Nginx {
-            port,
-            dir: run_dir,
-            _process: process,
-        }
+            let conf = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            let mut command = Command::new(&tools.nginx);
+            command
+                .arg("-p")
+                .arg(run_dir)
+                .arg("-c")
+                .arg(&conf)
+                .arg("-e")
+                .arg(run_dir.join("error.log"))
+                .args(["-g", "daemon off;"]);
+            let mut process = Process::spawn("nginx", command, &run_dir.join("nginx.out"))
+                .expect("start nginx")
+                .terminate_on_drop(STOP_GRACE);
+            let url = format!("http://127.0.0.1:{port}/");
+            process
+                .wait_answering(&cluster.client, &url, START_TIMEOUT)
+                .await?;
+            Ok(Nginx {
+                port,
+                dir: run_dir.clone(),
+                _process: process,
+            })
+        })
+        .await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -492,41 +332,22 @@ pub struct Chromedriver {
 
 impl Chromedriver {
     pub async fn start(chromedriver: &Path, dir: &Path, http: &reqwest::Client) -> Chromedriver {
-        let port = free_port();
-        let log = std::fs::File::create(dir.join("chromedriver.log")).expect("chromedriver.log");
-        let child = Command::new(chromedriver)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("start chromedriver");
-        let mut process = Process {
-            name: "chromedriver".into(),
-            child,
-        };
-        let url = format!("http://127.0.0.1:{port}/status");
-        let deadline = std::time::Instant::now() + START_TIMEOUT;
-        loop {
-            process.assert_running(&dir.join("chromedriver.log"));
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "chromedriver did not answer {url} within {START_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Chromedriver {
-            port,
-            _process: process,
-        }
+        on_free_ports(move || async move {
+            let port = free_port();
+            let mut command = Command::new(chromedriver);
+            command.arg(format!("--port={port}"));
+            let mut process =
+                Process::spawn("chromedriver", command, &dir.join("chromedriver.log"))
+                    .expect("start chromedriver")
+                    .terminate_on_drop(STOP_GRACE);
+            let url = format!("http://127.0.0.1:{port}/status");
+            process.wait_answering(http, &url, START_TIMEOUT).await?;
+            Ok(Chromedriver {
+                port,
+                _process: process,
+            })
+        })
+        .await
     }
 
     pub fn url(&self) -> String {

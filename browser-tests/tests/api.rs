@@ -2,9 +2,9 @@
 //! (framed by hand over HTTP/1.1, as a browser sends it), straight to the nodes and through
 //! nginx.
 
-use browser_tests::{grpc_web_call, grpc_web_send, nginx_tools, Nginx, Stack};
+use browser_tests::{grpc_web_call, grpc_web_send, nginx_tools, Nginx};
 use bytes::BytesMut;
-use cluster_tests::{wait_for, wait_until, REPLICATION_FAILED};
+use cluster_tests::{wait_for, wait_until, Cluster, SecondaryOpts, REPLICATION_FAILED};
 use prost::Message;
 use replog_proto::framing::Decoder;
 use replog_proto::v1::log_client::LogClient;
@@ -19,7 +19,7 @@ use tonic::Code;
 const DEADLINE: Duration = Duration::from_secs(10);
 
 async fn client(node: &cluster_tests::Node) -> LogClient<Channel> {
-    LogClient::connect(Stack::endpoint(node))
+    LogClient::connect(node.url(""))
         .await
         .unwrap_or_else(|e| panic!("connect to {}: {e}", node.name))
 }
@@ -50,7 +50,7 @@ async fn list(client: &mut LogClient<Channel>) -> Vec<(u64, String)> {
 
 #[tokio::test]
 async fn grpc_append_via_master_and_secondary_list_and_watch() {
-    let stack = Stack::start(&[], &[]).await;
+    let stack = Cluster::start(vec![SecondaryOpts::new(); 2], &[]).await;
     let mut master = client(&stack.master).await;
     let mut secondary_1 = client(&stack.secondaries[0]).await;
     let mut secondary_2 = client(&stack.secondaries[1]).await;
@@ -157,7 +157,7 @@ async fn grpc_append_via_master_and_secondary_list_and_watch() {
 
 #[tokio::test]
 async fn grpc_bad_write_concern_is_invalid_argument_on_every_node() {
-    let stack = Stack::start(&[], &[]).await;
+    let stack = Cluster::start(vec![SecondaryOpts::new(); 2], &[]).await;
     for node in stack.nodes() {
         let mut client = client(node).await;
         for w in [0, 9] {
@@ -184,13 +184,13 @@ async fn grpc_bad_write_concern_is_invalid_argument_on_every_node() {
 
 #[tokio::test]
 async fn grpc_no_quorum_is_unavailable() {
-    let mut stack = Stack::start(
+    let mut stack = Cluster::start(
+        vec![SecondaryOpts::new(); 2],
         &[
             ("HEARTBEAT_INTERVAL_MS", "100"),
             ("SUSPECT_AFTER_MS", "300"),
             ("UNHEALTHY_AFTER_MS", "800"),
         ],
-        &[],
     )
     .await;
     let mut master = client(&stack.master).await;
@@ -222,9 +222,12 @@ async fn grpc_no_quorum_is_unavailable() {
 
 #[tokio::test]
 async fn grpc_replication_timeout_is_aborted_via_master_and_secondary() {
-    let stack = Stack::start(
+    let stack = Cluster::start(
+        vec![
+            SecondaryOpts::new().env("DELAY_SECONDS", "3"),
+            SecondaryOpts::new(),
+        ],
         &[("REPLICATION_TIMEOUT_SECONDS", "1")],
-        &[&[("DELAY_SECONDS", "3")]],
     )
     .await;
     let mut master = client(&stack.master).await;
@@ -352,11 +355,11 @@ async fn grpc_web_round_trip(http: &reqwest::Client, append_base: &str, watch_ba
 
 #[tokio::test]
 async fn grpc_web_round_trips_direct_and_through_nginx() {
-    let stack = Stack::start(&[], &[]).await;
-    let http = stack.http.clone();
-    let master = Stack::endpoint(&stack.master);
-    let secondary_1 = Stack::endpoint(&stack.secondaries[0]);
-    let secondary_2 = Stack::endpoint(&stack.secondaries[1]);
+    let stack = Cluster::start(vec![SecondaryOpts::new(); 2], &[]).await;
+    let http = stack.client.clone();
+    let master = stack.master.url("");
+    let secondary_1 = stack.secondaries[0].url("");
+    let secondary_2 = stack.secondaries[1].url("");
     grpc_web_round_trip(&http, &master, &secondary_2).await;
     grpc_web_round_trip(&http, &secondary_1, &master).await;
 

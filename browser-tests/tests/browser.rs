@@ -15,9 +15,10 @@
 
 use browser_tests::{
     base_url, browser_tools, chromium_args, chromium_tools, target_dir, Chromedriver, Compose,
-    Nginx, Stack, BASE_URL_ENV, COMPOSE_ENV,
+    Nginx, BASE_URL_ENV, COMPOSE_ENV,
 };
 use cluster_tests::REPLICATION_FAILED;
+use cluster_tests::{Cluster, SecondaryOpts};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
@@ -190,18 +191,18 @@ async fn page_appends_through_any_node_and_shows_every_log_live() {
         return;
     };
     // Quick heartbeats so that the master's view of a killed secondary changes within seconds.
-    let mut stack = Stack::start(
+    let mut stack = Cluster::start(
+        vec![SecondaryOpts::new(); 2],
         &[
             ("HEARTBEAT_INTERVAL_MS", "200"),
             ("SUSPECT_AFTER_MS", "600"),
             ("UNHEALTHY_AFTER_MS", "1500"),
             ("REPLICATION_TIMEOUT_SECONDS", "2"),
         ],
-        &[],
     )
     .await;
     let nginx = Nginx::start(&tools.nginx_tools(), &stack, &stack.dir).await;
-    let driver = Chromedriver::start(&tools.chromedriver, &stack.dir, &stack.http).await;
+    let driver = Chromedriver::start(&tools.chromedriver, &stack.dir, &stack.client).await;
     let profile = tempfile::tempdir().expect("a fresh Chromium profile");
     let browser = open_browser(&tools.chromium, &driver, profile.path()).await;
 
@@ -214,7 +215,7 @@ async fn page_appends_through_any_node_and_shows_every_log_live() {
 /// The scenario, run so that the browser session is closed whatever happens.
 async fn drive(
     browser: &Client,
-    stack: &mut Stack,
+    stack: &mut Cluster,
     nginx: &Nginx,
 ) -> Result<(), Box<dyn std::any::Any + Send>> {
     AssertUnwindSafe(scenario(browser, stack, nginx))
@@ -222,7 +223,7 @@ async fn drive(
         .await
 }
 
-async fn scenario(browser: &Client, stack: &mut Stack, nginx: &Nginx) {
+async fn scenario(browser: &Client, stack: &mut Cluster, nginx: &Nginx) {
     open_page(browser, &nginx.url("/")).await;
 
     let mut timings = Vec::new();
