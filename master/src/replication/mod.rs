@@ -8,6 +8,7 @@
 pub mod heartbeat;
 pub mod sender;
 pub mod stream;
+pub mod transport;
 
 use crate::config::Config;
 use crate::state::Master;
@@ -23,6 +24,7 @@ use tonic::transport::{Channel, Endpoint};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One secondary as the master sees it.
+#[derive(Clone)]
 pub struct Peer {
     pub address: String,
     /// For the heartbeat's and recovery's calls.
@@ -119,7 +121,7 @@ pub fn spawn(master: &Arc<Master>, peers: &Arc<[Peer]>) -> Vec<tokio::task::Join
     for index in 0..peers.len() {
         tasks.push(tokio::spawn(sender::run(
             master.clone(),
-            peers.clone(),
+            peers[index].clone(),
             index,
         )));
         tasks.push(tokio::spawn(heartbeat::run(

@@ -1,11 +1,10 @@
 //! The driver of one secondary's link: carries out [`crate::core::link`]'s decisions on a
-//! [`ReplicationStream`] and reports back what happened (opened, a reply, a failure).
+//! stream of its [`Transport`] and reports back what happened (opened, a reply, a failure).
 //!
 //! A push of decisions alone leaves after the clients' answers to the appends it decides, in
 //! the same busy stretch of the master's thread ([`DECISION_DEFERRALS`]).
 
-use super::stream::ReplicationStream;
-use super::Peer;
+use super::transport::{Stream, Transport};
 use crate::core::link::{Poll, ReplyError};
 use crate::state::Master;
 use replog_proto::v1::ReplicaState;
@@ -24,22 +23,23 @@ use tokio::time::{sleep_until, Instant};
 /// meanwhile it rides on that request instead of costing a message of its own.
 pub const DECISION_DEFERRALS: usize = 2;
 
-pub async fn run(master: Arc<Master>, peers: Arc<[Peer]>, index: usize) {
-    let peer = &peers[index];
+pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
+    let peer = &peer;
     let timeout = master.config.rpc_timeout_seconds;
     // The open stream, if any; dropped whenever the link closes.
-    let mut stream: Option<ReplicationStream> = None;
+    let mut stream: Option<T::Stream> = None;
     // This turn's decisions-only push has already waited for the answers.
     let mut deferred = false;
 
     loop {
-        let poll = master.update(|core| core.poll_link(index, Instant::now().into_std(), !deferred));
+        let poll =
+            master.update(|core| core.poll_link(index, Instant::now().into_std(), !deferred));
         deferred = false;
         match poll {
             Poll::Open => {
                 let opened = tokio::select! {
                     _ = master.shutdown.cancelled() => return,
-                    opened = tokio::time::timeout(timeout, peer.open_stream()) => opened,
+                    opened = tokio::time::timeout(timeout, peer.open()) => opened,
                 };
                 match opened {
                     Ok(Ok(opened)) => {
@@ -102,19 +102,19 @@ fn at(moment: Option<std::time::Instant>) -> Instant {
 }
 
 /// Gives a reply to the core; a refused one closes the stream.
-fn took(
+fn took<T: Transport>(
     master: &Master,
-    peer: &Peer,
+    peer: &T,
     index: usize,
-    stream: &mut Option<ReplicationStream>,
+    stream: &mut Option<T::Stream>,
     state: &ReplicaState,
 ) {
-    let now = std::time::Instant::now();
+    let now = Instant::now().into_std();
     match master.update(|core| core.link_reply(index, state, now)) {
-        Ok(true) => tracing::info!(secondary = %peer.address, "replication calls succeed again"),
+        Ok(true) => tracing::info!(secondary = %peer.address(), "replication calls succeed again"),
         Ok(false) => {}
         Err(ReplyError::ForeignLog(theirs)) => {
-            tracing::warn!(secondary = %peer.address, their_log = %theirs, "secondary holds another log; not replicating to it");
+            tracing::warn!(secondary = %peer.address(), their_log = %theirs, "secondary holds another log; not replicating to it");
             *stream = None;
         }
         Err(error @ ReplyError::Unsolicited) => {
@@ -124,39 +124,40 @@ fn took(
 }
 
 /// A failed stream: the core closes the link and backs off; the driver drops the stream.
-fn failed(
+fn failed<T: Transport>(
     master: &Master,
-    peer: &Peer,
+    peer: &T,
     index: usize,
-    stream: &mut Option<ReplicationStream>,
+    stream: &mut Option<T::Stream>,
     error: &str,
 ) {
-    let first = master.update(|core| core.link_failed(index, error, std::time::Instant::now()));
+    let now = Instant::now().into_std();
+    let first = master.update(|core| core.link_failed(index, error, now));
     failed_logged(master, peer, stream, first, error);
 }
 
 /// Logs a failure once per streak, counts it, and drops the stream.
-fn failed_logged(
+fn failed_logged<T: Transport>(
     master: &Master,
-    peer: &Peer,
-    stream: &mut Option<ReplicationStream>,
+    peer: &T,
+    stream: &mut Option<T::Stream>,
     first: bool,
     error: &str,
 ) {
     if first {
-        tracing::warn!(secondary = %peer.address, %error, "replication failed; retrying with backoff");
+        tracing::warn!(secondary = %peer.address(), %error, "replication failed; retrying with backoff");
     } else {
-        tracing::debug!(secondary = %peer.address, %error, "replication failed again");
+        tracing::debug!(secondary = %peer.address(), %error, "replication failed again");
     }
-    master.metrics.retry(&peer.address);
+    master.metrics.retry(peer.address());
     *stream = None;
 }
 
 /// The next answer on the open stream. Polled whenever a stream is open, so that the stream's
-/// connection is driven: requests queued by [`ReplicationStream::send`] are written, the
-/// secondary's frames are answered, and a reply nobody waits for is a broken stream.
-async fn next_reply(
-    stream: &mut Option<ReplicationStream>,
+/// connection is driven: requests queued by [`Stream::send`] are written, the secondary's
+/// frames are answered, and a reply nobody waits for is a broken stream.
+async fn next_reply<S: Stream>(
+    stream: &mut Option<S>,
     waiting: bool,
 ) -> Result<ReplicaState, String> {
     match stream.as_mut() {

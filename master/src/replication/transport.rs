@@ -1,0 +1,57 @@
+//! What a link's driver needs of the way to one secondary: open a stream, send requests on it,
+//! take its next reply. [`Peer`] speaks it over the network ([`ReplicationStream`]); tests put
+//! an in-memory secondary behind it (`master/tests/link_driver.rs`), so the driver runs without
+//! sockets and on a paused clock.
+
+use super::stream::ReplicationStream;
+use super::Peer;
+use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use std::future::Future;
+
+/// The way to one secondary.
+pub trait Transport: Send + Sync + 'static {
+    type Stream: Stream;
+
+    /// Where it leads, for logs and metrics.
+    fn address(&self) -> &str;
+
+    /// Opens a stream; a secondary that does not answer is the driver's to time out.
+    fn open(&self) -> impl Future<Output = Result<Self::Stream, String>> + Send;
+}
+
+/// One open stream: requests go out in order, and every request that is not quiet gets one
+/// reply, in the same order.
+pub trait Stream: Send + 'static {
+    /// Queues `request`; it leaves when the stream is next driven ([`Stream::reply`]).
+    fn send(&mut self, request: &ReplicateRequest) -> Result<(), String>;
+
+    /// Drives the stream until the next reply. `waiting` says whether replies are owed: only
+    /// then is silence suspicious. An error ends the stream.
+    fn reply(&mut self, waiting: bool)
+        -> impl Future<Output = Result<ReplicaState, String>> + Send;
+}
+
+impl Transport for Peer {
+    type Stream = ReplicationStream;
+
+    fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn open(&self) -> impl Future<Output = Result<ReplicationStream, String>> + Send {
+        self.open_stream()
+    }
+}
+
+impl Stream for ReplicationStream {
+    fn send(&mut self, request: &ReplicateRequest) -> Result<(), String> {
+        ReplicationStream::send(self, request)
+    }
+
+    fn reply(
+        &mut self,
+        waiting: bool,
+    ) -> impl Future<Output = Result<ReplicaState, String>> + Send {
+        ReplicationStream::reply(self, waiting)
+    }
+}
