@@ -3,10 +3,11 @@
 //! (`GET /api/messages?from_id=N/2&limit=100`) and of the full list, streamed.
 
 use crate::http::Conn;
-use crate::procs::{wait_until, Proc};
+use crate::procs;
 use crate::replog::{self, append_body, payload_text};
 use crate::Env;
 use anyhow::{bail, Result};
+use cluster_tests::{try_wait_for, Process};
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -110,9 +111,14 @@ async fn shows(addr: SocketAddr, id: u64) -> Result<bool> {
         .is_some_and(|list| list.iter().any(|m| m["id"].as_u64() == Some(id))))
 }
 
-async fn measure_node(name: &str, proc: &Proc, addr: SocketAddr, page: &str) -> Result<NodeMemory> {
+async fn measure_node(
+    name: &str,
+    process: &Process,
+    addr: SocketAddr,
+    page: &str,
+) -> Result<NodeMemory> {
     let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let (rss, peak) = (proc.rss(), proc.peak_rss());
+    let (rss, peak) = (procs::rss(process), procs::peak_rss(process));
     let mut conn = Conn::connect(addr).await?;
     let (status, body) = conn.send(Method::GET, page, None).await?;
     let listed = serde_json::from_slice::<serde_json::Value>(&body)
@@ -144,7 +150,7 @@ async fn measure_node(name: &str, proc: &Proc, addr: SocketAddr, page: &str) -> 
         page_max_ms: *samples.last().unwrap(),
         full_list_bytes: bytes,
         full_list_ms: elapsed.as_secs_f64() * 1000.0,
-        peak_rss_after_full_list_mb: mb(proc.peak_rss()),
+        peak_rss_after_full_list_mb: mb(procs::peak_rss(process)),
     })
 }
 
@@ -167,19 +173,19 @@ pub async fn run(env: &Env, messages: u64) -> Result<MemoryCheck> {
         .collect();
     for addr in &addrs {
         let addr = *addr;
-        wait_until(
-            &format!("{addr} to show id {last}"),
+        try_wait_for(
             Duration::from_secs(300),
-            || shows(addr, last),
+            format!("{addr} shows id {last}"),
+            || async move { anyhow::Ok(shows(addr, last).await?.then_some(())) },
         )
         .await?;
     }
     let catch_up_seconds = caught_up.elapsed().as_secs_f64();
     let page = format!("/api/messages?from_id={}&limit=100", messages / 2);
     let mut nodes = Vec::new();
-    let procs = std::iter::once(&cluster.master).chain(cluster.secondaries.iter());
-    for (proc, addr) in procs.zip(addrs) {
-        nodes.push(measure_node(&proc.name, proc, addr, &page).await?);
+    let processes = std::iter::once(&cluster.master).chain(cluster.secondaries.iter());
+    for (process, addr) in processes.zip(addrs) {
+        nodes.push(measure_node(process.name(), process, addr, &page).await?);
     }
     Ok(MemoryCheck {
         messages,

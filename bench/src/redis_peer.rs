@@ -2,9 +2,10 @@
 //! (`XADD s * m <message>`, then `WAIT N 0` for the "every replica holds it" row).
 
 use crate::load::Client;
-use crate::procs::{self, wait_until, Proc};
+use crate::procs;
 use crate::wire::{RedisPipeline, Reply};
 use anyhow::{bail, Context, Result};
+use cluster_tests::{try_free_ports, try_wait_for, Process};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use std::path::Path;
@@ -13,8 +14,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub struct Cluster {
-    pub primary: Proc,
-    pub replicas: Vec<Proc>,
+    pub primary: Process,
+    pub replicas: Vec<Process>,
     pub primary_port: u16,
     _dirs: Vec<TempDir>,
 }
@@ -67,7 +68,7 @@ pub async fn connect(port: u16) -> Result<MultiplexedConnection> {
 
 impl Cluster {
     pub async fn start(spec: &Spec<'_>) -> Result<Cluster> {
-        let ports = procs::free_ports(1 + spec.replicas)?;
+        let ports = try_free_ports(1 + spec.replicas)?;
         let mut dirs = Vec::new();
         let dir = |name: &str| -> Result<TempDir> {
             let dir = tempfile::Builder::new()
@@ -77,7 +78,7 @@ impl Cluster {
             Ok(dir)
         };
         let primary_dir = dir("primary")?;
-        let primary = Proc::spawn(
+        let primary = procs::spawn(
             "redis-primary",
             server(ports[0], primary_dir.path(), spec.durable, None),
             spec.log_dir,
@@ -87,7 +88,7 @@ impl Cluster {
         for (i, port) in ports[1..].iter().enumerate() {
             let name = format!("redis-replica-{}", i + 1);
             let replica_dir = dir(&name)?;
-            replicas.push(Proc::spawn(
+            replicas.push(procs::spawn(
                 &name,
                 server(*port, replica_dir.path(), spec.durable, Some(ports[0])),
                 spec.log_dir,
@@ -115,7 +116,7 @@ impl Cluster {
         let port = self.primary_port;
         let want = self.replicas.len();
         let what = format!("{want} redis replicas online");
-        wait_until(&what, Duration::from_secs(20), || async move {
+        try_wait_for(Duration::from_secs(20), &what, || async move {
             let mut con = connect(port).await?;
             let info: String = redis::cmd("INFO")
                 .arg("replication")
@@ -125,7 +126,7 @@ impl Cluster {
                 .lines()
                 .filter(|line| line.starts_with("slave") && line.contains("state=online"))
                 .count();
-            Ok(online >= want)
+            anyhow::Ok((online >= want).then_some(()))
         })
         .await?;
         // And a write reaches them all.
@@ -144,15 +145,15 @@ impl Cluster {
     /// The primary's and the replicas' pids, for [`crate::cpu`].
     pub fn processes(&self) -> crate::cpu::Processes {
         crate::cpu::Processes {
-            primary: self.primary.pid(),
-            replicas: self.replicas.iter().map(Proc::pid).collect(),
+            primary: procs::pid(&self.primary),
+            replicas: self.replicas.iter().map(procs::pid).collect(),
         }
     }
 
     /// Peak RSS of the primary, and the largest peak RSS among the replicas, in bytes.
     pub fn peak_rss(&self) -> (u64, u64) {
-        let replicas = self.replicas.iter().map(Proc::peak_rss).max().unwrap_or(0);
-        (self.primary.peak_rss(), replicas)
+        let replicas = self.replicas.iter().map(procs::peak_rss).max().unwrap_or(0);
+        (procs::peak_rss(&self.primary), replicas)
     }
 }
 

@@ -3,10 +3,11 @@
 
 use crate::http::Conn;
 use crate::load::Client;
-use crate::procs::{self, wait_until, Proc};
+use crate::procs;
 use crate::wire::HttpPost;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use bytes::Bytes;
+use cluster_tests::{try_free_ports, try_wait_for, Process};
 use hyper::{Method, StatusCode};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,8 +18,8 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub struct Cluster {
-    pub master: Proc,
-    pub secondaries: Vec<Proc>,
+    pub master: Process,
+    pub secondaries: Vec<Process>,
     pub master_addr: SocketAddr,
     pub secondary_addrs: Vec<SocketAddr>,
     /// Data directories (durable mode); removed when the cluster is dropped, after the processes
@@ -82,7 +83,7 @@ impl Cluster {
                 );
             }
         }
-        let ports = procs::free_ports(1 + 2 * spec.secondaries)?;
+        let ports = try_free_ports(1 + 2 * spec.secondaries)?;
         let master_port = ports[0];
         let mut dirs = Vec::new();
         let mut storage = |name: &str| -> Result<Vec<(&'static str, String)>> {
@@ -113,7 +114,7 @@ impl Cluster {
                 ("MASTER", format!("127.0.0.1:{master_port}")),
             ];
             env.extend(storage(&name)?);
-            secondaries.push(Proc::spawn(
+            secondaries.push(procs::spawn(
                 &name,
                 command(&secondary_bin, &env),
                 spec.log_dir,
@@ -126,7 +127,7 @@ impl Cluster {
             ("SECONDARIES", replication.join(",")),
         ];
         env.extend(storage("master")?);
-        let master = Proc::spawn("master", command(&master_bin, &env), spec.log_dir)?;
+        let master = procs::spawn("master", command(&master_bin, &env), spec.log_dir)?;
         let mut cluster = Cluster {
             master,
             secondaries,
@@ -159,20 +160,22 @@ impl Cluster {
         for addr in addrs {
             let timeout = Duration::from_secs(20);
             let what = format!("GET /health on {addr}");
-            let result = wait_until(&what, timeout, || async move {
-                Ok(crate::http::get(addr, "/health").await?.0 == StatusCode::OK)
+            let result = try_wait_for(timeout, &what, || async move {
+                let (status, _) = crate::http::get(addr, "/health").await?;
+                ensure!(status == StatusCode::OK, "{status}");
+                anyhow::Ok(Some(()))
             })
             .await;
             if let Err(e) = result {
                 self.check_running()?;
-                return Err(e);
+                return Err(e.into());
             }
         }
         let body = append_body(&payload_text("ready"), self.nodes());
         let addr = self.master_addr;
-        let result = wait_until(
-            "a first append with w = all",
+        let result = try_wait_for(
             Duration::from_secs(20),
+            "a first append with w = all",
             || {
                 let body = body.clone();
                 async move {
@@ -182,14 +185,14 @@ impl Cluster {
                     if status != StatusCode::OK {
                         bail!("{status} {}", String::from_utf8_lossy(&answer));
                     }
-                    Ok(true)
+                    Ok(Some(()))
                 }
             },
         )
         .await;
         if let Err(e) = result {
             self.check_running()?;
-            return Err(e);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -197,8 +200,8 @@ impl Cluster {
     /// The master's and the secondaries' pids, for [`crate::cpu`].
     pub fn processes(&self) -> crate::cpu::Processes {
         crate::cpu::Processes {
-            primary: self.master.pid(),
-            replicas: self.secondaries.iter().map(Proc::pid).collect(),
+            primary: procs::pid(&self.master),
+            replicas: self.secondaries.iter().map(procs::pid).collect(),
         }
     }
 
@@ -207,10 +210,10 @@ impl Cluster {
         let secondaries = self
             .secondaries
             .iter()
-            .map(Proc::peak_rss)
+            .map(procs::peak_rss)
             .max()
             .unwrap_or(0);
-        (self.master.peak_rss(), secondaries)
+        (procs::peak_rss(&self.master), secondaries)
     }
 }
 
