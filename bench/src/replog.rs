@@ -47,14 +47,10 @@ fn command(bin: &Path, env: &[(&str, String)]) -> Command {
         .env_clear()
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
-        .env("HOST", "127.0.0.1")
-        // Every node of the cluster and the client share this machine's few CPUs: one thread
-        // per node (tokio's current-thread scheduler) spares each hop between tasks a
-        // cross-thread wake-up. See `replog_node::runtime`.
-        .env("WORKER_THREADS", "1")
-        // ... and one more thread for client connections beyond the first 16, where one thread
-        // is the limit (`replog_node::api::connections`). A node with fewer never uses it.
-        .env("CONNECTION_THREADS", "1");
+        // The nodes run with what users get (the compose file's settings and the binaries'
+        // defaults: tokio's runtime with a thread per CPU). `BENCH_MASTER_WORKER_THREADS=1`
+        // and the like try other settings (below).
+        .env("HOST", "127.0.0.1");
     for (key, value) in env {
         command.env(key, value);
     }
