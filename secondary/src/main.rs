@@ -5,8 +5,8 @@ use replog_node::config::{listen_or_exit, or_exit, parse_or_exit};
 use replog_secondary::{config::Config, server};
 
 /// mimalloc instead of glibc malloc: the hot path allocates many small, short-lived objects
-/// (requests, headers, batches); `perf` at 64 clients found a quarter of the master's CPU time
-/// in glibc's malloc and free.
+/// (requests, headers, batches), which glibc's malloc and free serve at a higher CPU cost
+/// (see docs/bench/README.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -90,8 +90,8 @@ impl Secondary {
             return Err(Status::invalid_argument(why));
         }
         let config = &self.config;
-        // The seed's test knob: the acknowledgement of entries (not of heartbeats) is late,
-        // and nothing is stored before it, so no reply can acknowledge an entry early.
+        // `DELAY_SECONDS`, a test knob: the acknowledgement of entries (not of heartbeats) is
+        // late, and nothing is stored before it, so no reply can acknowledge an entry early.
         if !request.entries.is_empty() && !config.delay_seconds.is_zero() {
             tokio::time::sleep(config.delay_seconds).await;
         }

@@ -134,7 +134,7 @@ impl Secondary {
             // What we hold is on disk before we say we hold it. The master's decisions need no
             // fsync of their own: if a power failure takes them, we report an older decided
             // frontier and the master sends them again (tombstones included), so it costs only a
-            // moment of showing less. Half the fsyncs at one client were these.
+            // moment of showing less.
             let holds_more = records.iter().any(|r| {
                 matches!(
                     r,
