@@ -4,9 +4,10 @@
 //! `master` + `secondary` from the directory of this binary; Redis: `redis-server` primary +
 //! replicas), drives it with the same closed loop of C clients appending 100-byte messages,
 //! records throughput, latency percentiles and the servers' peak RSS, and stops the cluster.
-//! Then it prints one table, writes `results.json` and `plot.svg`, and checks the targets of
-//! issue 6. `--memory` instead fills a memory-mode cluster with 1,000,000 messages and measures
-//! each node's RSS and the `GET /api/messages` reads.
+//! Then it prints one table, writes `results.json` and `plot.svg`, and checks the benchmark's
+//! targets (replog against Redis at the same client count, see `report::targets`). `--memory`
+//! instead fills a memory-mode cluster with 1,000,000 messages and measures each node's RSS and
+//! the `GET /api/messages` reads.
 
 mod cpu;
 mod grpc;
@@ -50,8 +51,8 @@ struct Args {
 
     /// Rounds: every cell runs this many times (for each C, all rows one after the other, then
     /// again), and the table shows the round with the median ops/s of each cell. On a shared
-    /// machine one cell moves 10-25 % between runs; the median of 3 makes a verdict near a
-    /// target less a matter of luck.
+    /// machine one cell's figures move from run to run (docs/bench/README.md); the median of 3
+    /// makes a verdict near a target less a matter of luck.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     repeat: u32,
 
@@ -481,9 +482,9 @@ async fn run(args: Args) -> Result<bool> {
 }
 
 /// mimalloc, as in the servers: the load generator shares the machine's CPUs with the servers
-/// it measures, and glibc's malloc and free were 15 % of its time (`perf`, gRPC row, 64
-/// clients). Every row's clients allocate, so a cheaper allocator leaves more CPU to the
-/// servers of both systems alike.
+/// it measures, and glibc's malloc and free cost it more of that CPU (docs/bench/README.md).
+/// Every row's clients allocate, so a cheaper allocator leaves more CPU to the servers of both
+/// systems alike.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

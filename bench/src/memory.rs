@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 const FILL_CLIENTS: usize = 128;
 /// Samples of the page read per node.
 const PAGE_SAMPLES: usize = 31;
-/// RSS limit of issue 6, per node.
+/// The memory check's target: each node's peak RSS at most this, the full list read included.
 pub const RSS_LIMIT_MB: f64 = 250.0;
-/// Page time limit of issue 6.
+/// The memory check's target: the median time of a page read below this, on every node.
 pub const PAGE_LIMIT_MS: f64 = 5.0;
 
 #[derive(Debug, Serialize)]

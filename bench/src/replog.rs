@@ -1,5 +1,5 @@
-//! replog under test: a master and N secondaries from `target/release`, and its two clients
-//! (HTTP JSON `POST /api/messages`, and the public gRPC `replog.v1.Log/Append`).
+//! replog under test: a master and N secondaries from the bench's binary directory, and its two
+//! clients (HTTP JSON `POST /api/messages`, and the public gRPC `replog.v1.Log/Append`).
 
 use crate::http::Conn;
 use crate::load::Client;

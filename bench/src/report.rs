@@ -1,4 +1,4 @@
-//! The results: the printed table, the targets of issue 6, `results.json` and `plot.svg`
+//! The results: the printed table, the benchmark's targets, `results.json` and `plot.svg`
 //! (a hand-written SVG, so no font or drawing library is needed).
 
 use anyhow::{Context, Result};
@@ -79,11 +79,12 @@ pub fn median_round(runs: Vec<RowResult>) -> Option<RowResult> {
 /// of those ratios (the lower middle of an even count).
 ///
 /// Why paired: with `--repeat`, round k of both cells ran within a minute or so of each other
-/// (for each C, every row runs once before any runs again), while the machine's speed drifts by
-/// 10-50 % between rounds on a shared host. A ratio within one round cancels most of that
-/// drift; the median of the ratios then drops the odd round out. Comparing the two median
-/// rounds instead can pit a fast round of one side against a slow round of the other. With one
-/// round (or rounds that do not pair up) it is simply the ratio of the two cells' figures.
+/// (for each C, every row runs once before any runs again), while the machine's speed drifts
+/// between rounds on a shared host (docs/bench/README.md). A ratio within one round cancels most
+/// of that drift; the median of the ratios then drops the odd round out. Comparing the two
+/// median rounds instead can pit a fast round of one side against a slow round of the other.
+/// With one round (or rounds that do not pair up) it is simply the ratio of the two cells'
+/// figures.
 pub fn paired(row: &RowResult, reference: &RowResult, figure: fn(&Round) -> f64) -> Paired {
     let rounds: Vec<f64> = if row.rounds.len() > 1 && row.rounds.len() == reference.rounds.len() {
         row.rounds
@@ -197,7 +198,8 @@ pub fn add_ratios(rows: &mut [RowResult]) {
     }
 }
 
-/// The benchmark targets of issue 6 that the table can decide.
+/// The benchmark's targets that the table can decide: replog's throughput and latency against
+/// Redis's at the same client count, durable against durable, and n=4 against n=2.
 pub fn targets(rows: &[RowResult]) -> Vec<Target> {
     let mut out = Vec::new();
     let mut counts: Vec<usize> = rows.iter().map(|r| r.clients).collect();
@@ -281,7 +283,7 @@ fn not_run(target: String) -> Target {
 }
 
 pub fn targets_text(targets: &[Target]) -> String {
-    let mut text = String::from("targets (issue 6):\n");
+    let mut text = String::from("targets:\n");
     for t in targets {
         let mark = match t.met {
             Some(true) => "MET   ",

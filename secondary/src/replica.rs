@@ -15,10 +15,10 @@
 //!
 //! The replication token is the first wall, not the only one: every request is checked against
 //! what this secondary knows before anything changes (see [`Refusal`]). Ids and master
-//! processes are numbered from 1; an id held with one message takes no other; an id held as decided and committed is never
-//! tombstoned; the decided frontier never moves back and is recorded only up to what is held
-//! (see `decide`); a new master process must be a plausible successor of the one followed (see
-//! [`MAX_INSTANCE_JUMP`]).
+//! processes are numbered from 1; an id held with one message takes no other; an id held as
+//! decided and committed is never tombstoned; the decided frontier never moves back and is
+//! recorded only up to what is held (see `decide`); a new master process must be a plausible
+//! successor of the one followed (see [`MAX_INSTANCE_JUMP`]).
 
 use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
