@@ -263,8 +263,8 @@ async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
         .await;
 }
 
-/// A secondary's state, from an empty `Replicate` call: without a log id it applies nothing
-/// (another log's request) and answers what it holds.
+/// The state of a secondary that holds a log, from an empty `Replicate` call: without a log id
+/// it applies nothing (another log's request) and answers what it holds.
 async fn state_of(
     client: &mut replog_proto::v1::replication_client::ReplicationClient<tonic::transport::Channel>,
 ) -> replog_proto::v1::ReplicaState {
