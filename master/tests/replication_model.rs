@@ -1119,18 +1119,32 @@ fn a_stale_entry_on_a_restarted_secondary_stays_hidden() {
             deadline: false,
             count: 1,
         },
-        // The link asks what the secondary holds, then ships both entries.
+        Persist { count: 2 },
+        Sync,
+        // The link asks; the secondary restarts empty, which a heartbeat shows the master.
         Send { to: 0 },
         Deliver { to: 0, pick: None },
         DeliverReply { to: 0, pick: None },
+        RestartSecondary { to: 0, keep: false },
+        Heartbeat { to: 0 },
+        Deliver { to: 0, pick: None },
+        DeliverReply { to: 0, pick: None },
+        // So the link ships both entries with the master's starts, and the request is copied.
         Send { to: 0 },
+        Duplicate { to: 0, pick: 0 },
+        Deliver { to: 0, pick: None },
+        DeliverReply { to: 0, pick: None },
+        // Id 1 is aborted; a heartbeat tells the secondary, which reports it decided.
         Tick { ms: 100 },
+        Persist { count: 1 },
+        Sync,
         Heartbeat { to: 0 },
         Deliver {
             to: 0,
             pick: Some(1),
         },
         DeliverReply { to: 0, pick: None },
+        // The copy reaches the secondary's next instance, then decisions since that frontier.
         RestartSecondary { to: 0, keep: false },
         Deliver { to: 0, pick: None },
         Heartbeat { to: 0 },
