@@ -780,21 +780,7 @@ impl Cluster {
     /// `GET /api/messages` on `node`, or `None` if it does not answer 200 with a list (e.g. while
     /// it restarts).
     pub async fn try_messages(&self, node: &Node) -> Option<Vec<(u64, String)>> {
-        let response = self
-            .client
-            .get(node.url("/api/messages"))
-            .send()
-            .await
-            .ok()?;
-        if response.status() != StatusCode::OK {
-            return None;
-        }
-        let body: Value = response.json().await.ok()?;
-        body["messages"]
-            .as_array()?
-            .iter()
-            .map(|m| Some((m["id"].as_u64()?, m["message"].as_str()?.to_owned())))
-            .collect()
+        try_list(&self.client, &node.url("")).await
     }
 
     /// Replaces the HTTP client (and so its pool of connections): call it after a node was
@@ -856,7 +842,8 @@ impl Cluster {
                     })
                     .collect();
                 panic!(
-                    "timed out after {timeout:?} waiting until every node lists the expected {}                      entries (last {:?}); {}",
+                    "timed out after {timeout:?} waiting until every node lists the expected {} \
+                     entries (last {:?}); {}",
                     expected.len(),
                     expected.last(),
                     summary.join("; ")
@@ -1016,6 +1003,25 @@ impl Appender {
         let text = response.text().await?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
+}
+
+/// `GET <base>/api/messages` as `(id, message)` pairs, or `None` if it does not answer 200 with
+/// a list. `base` is a node's URL (`http://127.0.0.1:<port>`) or a proxy's route to one.
+pub async fn try_list(client: &reqwest::Client, base: &str) -> Option<Vec<(u64, String)>> {
+    let response = client
+        .get(format!("{base}/api/messages"))
+        .send()
+        .await
+        .ok()?;
+    if response.status() != StatusCode::OK {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    body["messages"]
+        .as_array()?
+        .iter()
+        .map(|m| Some((m["id"].as_u64()?, m["message"].as_str()?.to_owned())))
+        .collect()
 }
 
 /// The entry for the secondary at `address` in the master's `/api/health`.
