@@ -1,5 +1,6 @@
 //! The master's settings: environment variables, each also a CLI flag of the same name.
 
+use crate::error::InvalidSettings;
 use clap::Parser;
 use replog_node::config::{endpoint, millis, seconds, AuthArgs, LimitArgs, StorageArgs};
 use replog_node::runtime::RuntimeArgs;
@@ -75,19 +76,19 @@ pub struct Config {
 
 impl Config {
     /// Checks that settings agree with one another.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidSettings> {
         if self.suspect_after_ms >= self.unhealthy_after_ms {
-            return Err("SUSPECT_AFTER_MS must be below UNHEALTHY_AFTER_MS".into());
+            return Err(InvalidSettings::SuspectNotBelowUnhealthy);
         }
         if self.retry_base_ms > self.retry_max_ms {
-            return Err("RETRY_BASE_MS must not exceed RETRY_MAX_MS".into());
+            return Err(InvalidSettings::RetryBaseAboveMax);
         }
         if self.rpc_timeout_seconds.is_zero() {
-            return Err("RPC_TIMEOUT_SECONDS must be above 0".into());
+            return Err(InvalidSettings::ZeroRpcTimeout);
         }
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = self.secondaries.iter().find(|s| !seen.insert(*s)) {
-            return Err(format!("SECONDARIES lists {dup} twice"));
+            return Err(InvalidSettings::DuplicateSecondary(dup.clone()));
         }
         Ok(())
     }

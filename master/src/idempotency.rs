@@ -17,7 +17,6 @@ use crate::answers::{self, Verdict};
 use crate::core::{Outcome, Progress};
 use bytes::Bytes;
 use clap::Args;
-use replog_node::api::ApiError;
 use replog_node::config::seconds;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -67,6 +66,11 @@ impl State {
     }
 }
 
+/// A key already used for another message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the key `{0}` was used for another message; nothing was appended (use a new key for a new message)")]
+pub struct KeyConflict(pub String);
+
 /// The answer to [`Keys::claim`].
 pub enum Claim<'a> {
     /// The key is new: this attempt appends, and tells the key what became of it.
@@ -112,14 +116,17 @@ impl Keys {
     }
 
     /// Looks `key` up for an append of `message` at `now`.
-    pub fn claim(&self, key: String, message: &Bytes, now: Instant) -> Result<Claim<'_>, ApiError> {
+    pub fn claim(
+        &self,
+        key: String,
+        message: &Bytes,
+        now: Instant,
+    ) -> Result<Claim<'_>, KeyConflict> {
         let mut inner = self.inner();
         self.expire(&mut inner, now);
         if let Some(slot) = inner.by_key.get(&key) {
             if slot.message != *message {
-                return Err(ApiError::Conflict(format!(
-                    "the key `{key}` was used for another message; nothing was appended (use a new key for a new message)"
-                )));
+                return Err(KeyConflict(key));
             }
             return Ok(Claim::Retry(slot.state.clone()));
         }
@@ -292,7 +299,7 @@ mod tests {
         })
     }
 
-    fn first(claim: Result<Claim<'_>, ApiError>) -> Ticket<'_> {
+    fn first(claim: Result<Claim<'_>, KeyConflict>) -> Ticket<'_> {
         match claim {
             Ok(Claim::First(ticket)) => ticket,
             Ok(Claim::Retry(state)) => panic!("a retry of {:?}", *state.borrow()),
@@ -300,7 +307,7 @@ mod tests {
         }
     }
 
-    fn retry(claim: Result<Claim<'_>, ApiError>) -> watch::Receiver<State> {
+    fn retry(claim: Result<Claim<'_>, KeyConflict>) -> watch::Receiver<State> {
         match claim {
             Ok(Claim::Retry(state)) => state,
             Ok(Claim::First(_)) => panic!("taken as a first attempt"),
@@ -379,7 +386,7 @@ mod tests {
         let _ticket = first(keys.claim("k".into(), &Bytes::from("one"), now));
         let claim = keys.claim("k".into(), &Bytes::from("two"), now);
         match claim {
-            Err(ApiError::Conflict(detail)) => assert!(detail.contains("`k`"), "{detail}"),
+            Err(KeyConflict(key)) => assert_eq!(key, "k"),
             _ => panic!("not a conflict"),
         }
     }

@@ -6,6 +6,7 @@ pub mod answers;
 pub mod config;
 pub mod core;
 pub mod deadlines;
+pub mod error;
 pub mod idempotency;
 pub mod journal;
 pub mod recovery;

@@ -4,6 +4,7 @@
 //! then do replication, the journal and the other tasks stop.
 
 use crate::config::Config;
+use crate::error::Error;
 use crate::replication::Peer;
 use crate::state::Master;
 use crate::{deadlines, journal, recovery, replication};
@@ -16,10 +17,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), String> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), Error> {
     // The signal starts the drain; `phases.stop` is the token every task watches.
     let phases = Phases::after(shutdown, config.shutdown.shutdown_grace_seconds);
-    let Opened { log, file, doubt } = config.storage.open(new_log_id).map_err(|e| e.to_string())?;
+    let Opened { log, file, doubt } = config.storage.open(new_log_id)?;
     config.auth.warn_if_open();
     // Until it serves, the master takes nothing. It shows its own log meanwhile only if that is
     // complete: one that may lack entries may also lack the tombstone of a message answered 500.
@@ -56,7 +57,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         }),
     ];
 
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let address = listener.local_addr()?;
     tracing::info!(%address, "HTTP API listening");
     let app = replog_node::api::router(
         master.clone(),
@@ -71,12 +72,12 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> R
         .drain(serving)
         .await
         .unwrap_or(Ok(()))
-        .map_err(|e| format!("HTTP server: {e}"));
+        .map_err(Error::Http);
     for task in tasks {
         let _ = task.await;
     }
     if master.has_storage_failed() {
-        return Err("the log could not be written to DATA_DIR".into());
+        return Err(Error::StorageFailed);
     }
     tracing::info!("master stopped");
     served
@@ -88,7 +89,7 @@ pub fn serve_log(
     master: &Arc<Master>,
     peers: &Arc<[Peer]>,
     recovered: recovery::Recovered,
-) -> Result<Vec<JoinHandle<()>>, String> {
+) -> Result<Vec<JoinHandle<()>>, Error> {
     let recovery::Recovered {
         log,
         mut file,
@@ -98,8 +99,10 @@ pub fn serve_log(
     let (starts, journal, records) = match file.as_mut() {
         Some(file) => {
             start_instance(file, recovered, floor)?;
-            file.mark_complete()
-                .map_err(|e| format!("DATA_DIR {}: {e}", file.path().display()))?;
+            file.mark_complete().map_err(|source| Error::Storage {
+                path: file.path().to_owned(),
+                source,
+            })?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             (file.master_starts().to_vec(), Some(tx), Some(rx))
         }
@@ -130,12 +133,15 @@ pub fn serve_log(
 /// records that (synced whatever `FSYNC` says) before anything is shipped. Secondaries compare
 /// the number: a higher one is a restarted master, whose lost unsynced ids they drop; a lower
 /// one is a request from a process that is gone, which they refuse.
-fn start_instance(file: &mut LogFile, recovered: u64, floor: u64) -> Result<(), String> {
+fn start_instance(file: &mut LogFile, recovered: u64, floor: u64) -> Result<(), Error> {
     let instance = file.master_instance().max(floor) + 1;
     file.append(&[Record::MasterStart {
         instance,
         recovered,
     }])
     .and_then(|()| file.sync())
-    .map_err(|e| format!("DATA_DIR {}: {e}", file.path().display()))
+    .map_err(|source| Error::Storage {
+        path: file.path().to_owned(),
+        source,
+    })
 }

@@ -335,7 +335,8 @@ impl Node for Master {
                         "the master is shutting down; nothing was appended".into(),
                     ));
                 }
-                match self.keys.claim(key.clone(), &message, Instant::now())? {
+                let claim = self.keys.claim(key.clone(), &message, Instant::now());
+                match claim.map_err(|conflict| ApiError::Conflict(conflict.to_string()))? {
                     Claim::First(ticket) => break Some(ticket),
                     Claim::Retry(state) => {
                         if let Some(answer) = self.answer_keyed(state, true).await {

@@ -11,6 +11,7 @@ pub mod stream;
 pub mod transport;
 
 use crate::config::Config;
+use crate::error::InvalidSettings;
 use crate::state::Master;
 use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
@@ -34,13 +35,16 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub fn new(address: &str, config: &Config) -> Result<Self, String> {
+    pub fn new(address: &str, config: &Config) -> Result<Self, InvalidSettings> {
         let keep_alive = KeepAlive {
             after: config.heartbeat_interval_ms.max(Duration::from_secs(1)),
             timeout: config.suspect_after_ms,
         };
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| format!("secondary `{address}`: {e}"))?
+            .map_err(|e| InvalidSettings::BadSecondary {
+                address: address.to_owned(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(keep_alive.after)
@@ -107,7 +111,7 @@ impl Peer {
 }
 
 /// One [`Peer`] per configured secondary, in the order of their indexes.
-pub fn peers(config: &Config) -> Result<Arc<[Peer]>, String> {
+pub fn peers(config: &Config) -> Result<Arc<[Peer]>, InvalidSettings> {
     config
         .secondaries
         .iter()
