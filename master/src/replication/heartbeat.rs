@@ -60,7 +60,11 @@ async fn heartbeats(master: &Master, peer: &Peer, index: usize) {
         let (taken, status, held) = master.update(|core| {
             let now = Instant::now();
             let taken = core.heartbeat_answered(index, answer.as_ref().map_err(Clone::clone), now);
-            (taken, core.status(index, now), core.ledger().follower(index).held)
+            (
+                taken,
+                core.status(index, now),
+                core.ledger().follower(index).held,
+            )
         });
         if let Err(foreign) = taken {
             tracing::debug!(secondary = %peer.address, their_log = %foreign.0, "heartbeat: secondary holds another log");
