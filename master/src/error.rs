@@ -4,7 +4,6 @@
 use replog_node::api::connections::ThreadStartError;
 use replog_node::config::ConfigError;
 use replog_node::storage::StorageError;
-use std::path::PathBuf;
 
 /// Settings that contradict one another (see [`crate::config::Config::validate`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,8 +27,9 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Settings(#[from] InvalidSettings),
-    #[error("DATA_DIR {}: {source}", path.display())]
-    Storage { path: PathBuf, source: StorageError },
+    /// The error names the file.
+    #[error("DATA_DIR: {0}")]
+    Storage(#[from] StorageError),
     #[error(transparent)]
     Threads(#[from] ThreadStartError),
     #[error("HTTP server: {0}")]

@@ -99,10 +99,7 @@ pub fn serve_log(
     let (starts, journal, records) = match file.as_mut() {
         Some(file) => {
             start_instance(file, recovered, floor)?;
-            file.mark_complete().map_err(|source| Error::Storage {
-                path: file.path().to_owned(),
-                source,
-            })?;
+            file.mark_complete()?;
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             (file.master_starts().to_vec(), Some(tx), Some(rx))
         }
@@ -140,8 +137,5 @@ fn start_instance(file: &mut LogFile, recovered: u64, floor: u64) -> Result<(), 
         recovered,
     }])
     .and_then(|()| file.sync())
-    .map_err(|source| Error::Storage {
-        path: file.path().to_owned(),
-        source,
-    })
+    .map_err(Error::from)
 }
