@@ -4,8 +4,7 @@ use replog_master::{config::Config, server};
 use replog_node::config::{listen_or_exit, or_exit, parse_or_exit};
 
 /// mimalloc instead of glibc malloc: the hot path allocates many small, short-lived objects
-/// (requests, headers, batches); `perf` at 64 clients found a quarter of the master's CPU time
-/// in glibc's malloc and free.
+/// (requests, headers, batches); docs/bench/README.md has the figures.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
