@@ -240,6 +240,18 @@ enum Reply {
     Error(String),
 }
 
+/// The link's open stream, as the simulation counts it.
+#[derive(Debug, Clone, Copy)]
+struct Open {
+    id: u64,
+    /// Requests sent on it that the secondary answers (all but the quiet ones), less the
+    /// answers taken: the link waits for exactly these.
+    owed: usize,
+    /// When an answer became owed with none owed before, or the last answer was taken: an
+    /// owed answer is late `RPC_TIMEOUT` after.
+    moved: Instant,
+}
+
 /// One secondary, its log file and the network to it.
 struct Secondary {
     replica: Replica,
@@ -249,7 +261,7 @@ struct Secondary {
     /// Each with the master process (instance) its request came from.
     replies: VecDeque<(Via, u64, Reply)>,
     /// The stream the master's link holds open, if any: only its replies reach the master.
-    stream: Option<u64>,
+    stream: Option<Open>,
     /// Streams the secondary ended: what still arrives on them is not read.
     ended: BTreeSet<u64>,
     /// This instance's visible list at the last check.
@@ -566,15 +578,25 @@ impl Sim {
         if poll == Poll::Open {
             self.core.link_opened(to, now);
             self.streams += 1;
-            self.secondaries[to].stream = Some(self.streams);
+            self.secondaries[to].stream = Some(Open {
+                id: self.streams,
+                owed: 0,
+                moved: now,
+            });
             poll = self.core.poll_link(to, now, false);
         }
         match poll {
             Poll::Send(requests) => {
                 let s = &mut self.secondaries[to];
-                let stream = s.stream.expect("a link sends on an open stream");
+                let open = s.stream.as_mut().expect("a link sends on an open stream");
                 for request in requests {
-                    s.requests.push_back((Via::Stream(stream), request));
+                    if !request.quiet {
+                        if open.owed == 0 {
+                            open.moved = now;
+                        }
+                        open.owed += 1;
+                    }
+                    s.requests.push_back((Via::Stream(open.id), request));
                 }
             }
             Poll::Wait => {}
@@ -601,18 +623,27 @@ impl Sim {
             assert!(s.stream.is_some(), "link {to} open without a stream");
             return;
         }
-        if let Some(stream) = s.stream.take() {
-            s.replies.retain(|(via, ..)| *via != Via::Stream(stream));
+        if let Some(open) = s.stream.take() {
+            s.replies.retain(|(via, ..)| *via != Via::Stream(open.id));
         }
     }
 
     /// Time moved to `self.now`: deadlines, and links whose answers are late fail, as their
-    /// drivers' timers would make them.
+    /// drivers' timers would make them. A link is late exactly when an answer it is owed has
+    /// not come for `RPC_TIMEOUT`, counting from its last answer.
     fn tick(&mut self) {
         let now = self.instant();
         self.core.tick(now, |_| true);
         for to in 0..SECONDARIES {
-            if self.core.link(to).late(now) {
+            let late = self.core.link(to).late(now);
+            let owed = self.secondaries[to].stream;
+            assert_eq!(
+                late,
+                owed.is_some_and(|o| o.owed > 0 && now >= o.moved + RPC_TIMEOUT),
+                "link {to} late at {:?}: {owed:?}",
+                now - self.base
+            );
+            if late {
                 self.core
                     .link_failed(to, "no answer within RPC_TIMEOUT_SECONDS", now);
                 self.closed(to);
@@ -643,7 +674,7 @@ impl Sim {
         };
         // Only the running master's open stream, or its call, hears the answer.
         let heard = match via {
-            Via::Stream(stream) => s.stream == Some(stream),
+            Via::Stream(stream) => s.stream.is_some_and(|open| open.id == stream),
             Via::Call => from == current,
         };
         if heard {
@@ -660,19 +691,22 @@ impl Sim {
         let now = self.instant();
         match (via, reply) {
             (Via::Stream(stream), reply) => {
-                assert_eq!(
-                    self.secondaries[to].stream,
-                    Some(stream),
-                    "replies on a closed stream are dropped"
-                );
-                let in_flight = self.core.link(to).in_flight();
+                let open = self.secondaries[to]
+                    .stream
+                    .as_mut()
+                    .filter(|open| open.id == stream)
+                    .expect("replies on a closed stream are dropped");
                 match reply {
+                    // An extra answer (to a duplicate) is one the link was not owed.
                     Reply::State(state) => match self.core.link_reply(to, &state, now) {
-                        Ok(_) => {}
-                        Err(ReplyError::Unsolicited) => assert_eq!(
-                            in_flight, 0,
-                            "a reply with {in_flight} requests in flight is no surprise"
-                        ),
+                        Ok(_) => {
+                            assert!(open.owed > 0, "link {to} took an answer it was not owed");
+                            open.owed -= 1;
+                            open.moved = now;
+                        }
+                        Err(ReplyError::Unsolicited) => {
+                            assert_eq!(open.owed, 0, "link {to} refused an answer it was owed")
+                        }
                         Err(other) => panic!("link {to}: {other}"),
                     },
                     Reply::Error(error) => {
@@ -877,6 +911,11 @@ impl Sim {
             }
             assert_eq!(link.is_open(), s.stream.is_some(), "{node}'s stream");
             assert!(link.in_flight() <= PIPELINE, "{node}: too many in flight");
+            assert_eq!(
+                link.in_flight(),
+                s.stream.map_or(0, |open| open.owed),
+                "{node}: the link waits for the answers it is owed"
+            );
             s.shown = list;
         }
     }
