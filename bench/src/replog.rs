@@ -47,10 +47,12 @@ fn command(bin: &Path, env: &[(&str, String)]) -> Command {
         .env_clear()
         .env("RUST_LOG", "warn")
         .env("NO_COLOR", "1")
-        // The nodes run with what users get (the compose file's settings and the binaries'
-        // defaults: tokio's runtime with a thread per CPU). `BENCH_MASTER_WORKER_THREADS=1`
-        // and the like try other settings (below).
-        .env("HOST", "127.0.0.1");
+        .env("HOST", "127.0.0.1")
+        // The nodes run with what users get: the compose file's settings (one scheduler thread
+        // per node, since the nodes share a host's CPUs, and one connection thread on the
+        // master; a secondary has too few clients to use one).
+        .env("WORKER_THREADS", "1")
+        .env("CONNECTION_THREADS", "1");
     for (key, value) in env {
         command.env(key, value);
     }
