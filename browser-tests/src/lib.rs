@@ -33,6 +33,30 @@ pub const BASE_URL_ENV: &str = "REPLOG_BASE_URL";
 /// to stop, start and kill services and to find their containers and ports.
 pub const COMPOSE_ENV: &str = "REPLOG_COMPOSE";
 
+/// The page ([`BASE_URL_ENV`]) and the compose command ([`COMPOSE_ENV`]) of a running stack, or
+/// `None` (after saying that `test` skips) when [`BASE_URL_ENV`] is not set. Panics when only
+/// the compose command is missing.
+pub fn running_stack(test: &str) -> Option<(String, Compose)> {
+    let Some(base) = base_url() else {
+        eprintln!("SKIPPED {test}: {BASE_URL_ENV} is not set (the page of a running stack)");
+        return None;
+    };
+    let compose = Compose::from_env().unwrap_or_else(|| {
+        panic!("{BASE_URL_ENV} is set but {COMPOSE_ENV} (the stack's compose command) is not")
+    });
+    Some((base, compose))
+}
+
+/// A tag for this run's messages (milliseconds since the epoch): a running stack's log may
+/// hold earlier runs'.
+pub fn run_tag() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// [`BASE_URL_ENV`] without a trailing slash, if set and not empty.
 pub fn base_url() -> Option<String> {
     std::env::var(BASE_URL_ENV)

@@ -14,11 +14,10 @@
 //! `target/screenshots/replog-compose.png`. Without `REPLOG_BASE_URL` that test skips.
 
 use browser_tests::{
-    base_url, browser_tools, chromium_args, chromium_tools, target_dir, Chromedriver, Compose,
-    Nginx, BASE_URL_ENV, COMPOSE_ENV,
+    base_url, browser_tools, chromium_args, chromium_tools, run_tag, running_stack, target_dir,
+    Chromedriver, Compose, Nginx, BASE_URL_ENV,
 };
-use cluster_tests::REPLICATION_FAILED;
-use cluster_tests::{Cluster, SecondaryOpts};
+use cluster_tests::{Cluster, SecondaryOpts, REPLICATION_FAILED};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
@@ -325,13 +324,9 @@ impl Drop for StartOnDrop<'_> {
 /// catches up. Messages carry a unique tag, since the stack's log is not empty.
 #[tokio::test]
 async fn page_on_a_running_stack() {
-    let Some(base) = base_url() else {
-        eprintln!("SKIPPED: {BASE_URL_ENV} is not set (the page of a running stack to drive)");
+    let Some((base, compose)) = running_stack("page_on_a_running_stack") else {
         return;
     };
-    let compose = Compose::from_env().unwrap_or_else(|| {
-        panic!("{BASE_URL_ENV} is set but {COMPOSE_ENV} (the stack's compose command) is not")
-    });
     let Some(tools) = chromium_tools() else {
         return;
     };
@@ -374,10 +369,7 @@ async fn stack_scenario(
     compose: &Compose,
     guard: &mut StartOnDrop<'_>,
 ) {
-    let tag = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
+    let tag = run_tag();
     println!("driving {page} (messages tagged {tag})");
     open_page(browser, page).await;
     for secondary in ["secondary-1", "secondary-2"] {

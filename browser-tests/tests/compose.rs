@@ -1,0 +1,480 @@
+//! The docker-compose stack as a user runs it: what it publishes and how, appends with every
+//! write concern through nginx and through each node's own port, a stopped secondary (w=2 still
+//! commits, w=3 answers 500 after the configured timeout, the master's health shows it, it
+//! catches up when started), and a master restarted, then killed with SIGKILL and started again,
+//! without losing anything it acknowledged.
+//!
+//! Runs against the stack `scripts/test-docker` brings up: `REPLOG_BASE_URL` is its page through
+//! nginx and `REPLOG_COMPOSE` its compose command (used to stop, start and kill services and to
+//! find their containers and published ports). Skips when `REPLOG_BASE_URL` is not set.
+
+use browser_tests::{docker, run_tag, running_stack, Compose};
+use cluster_tests::{try_list, wait_until, StatusCode, REPLICATION_FAILED};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// The services of docker-compose.yml that run a node, and the port each listens on.
+const NODES: [(&str, u16); 3] = [
+    ("master", 8000),
+    ("secondary-1", 8001),
+    ("secondary-2", 8002),
+];
+const SECONDARIES: [&str; 2] = ["secondary-1", "secondary-2"];
+/// Every service of docker-compose.yml.
+const SERVICES: [&str; 4] = ["master", "secondary-1", "secondary-2", "nginx"];
+/// The secondaries' replication port, which stays on the compose network.
+const REPLICATION_PORT: &str = "50051";
+
+type List = Vec<(u64, String)>;
+
+/// The running stack, and what this test appended to it.
+struct Stack {
+    compose: Compose,
+    http: reqwest::Client,
+    /// The page through nginx.
+    nginx: String,
+    /// Each node's service name and its URL on this host, the master first.
+    nodes: Vec<(&'static str, String)>,
+    /// Marks this run's messages: the stack's log may hold earlier runs'.
+    tag: String,
+    /// `(id, message)` of every append answered 200.
+    acked: List,
+    /// Messages of appends answered with an error: never to be listed.
+    refused: Vec<String>,
+}
+
+impl Stack {
+    async fn new(compose: Compose, nginx: String) -> Stack {
+        let mut nodes = Vec::new();
+        for (name, port) in NODES {
+            nodes.push((name, compose.published_url(name, port).await));
+        }
+        Stack {
+            compose,
+            // No idle connections: a restarted container must not get a request on a
+            // connection to the one before it.
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("an HTTP client"),
+            nginx,
+            nodes,
+            tag: run_tag(),
+            acked: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    fn url(&self, node: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|(name, _)| *name == node)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_else(|| panic!("no node {node}"))
+    }
+
+    fn message(&self, text: &str) -> String {
+        format!("{text} [{}]", self.tag)
+    }
+
+    /// `POST <base>/api/messages` with `{"message", "w"}`: the status and the JSON body.
+    async fn append(&self, base: &str, message: &str, w: u64) -> (StatusCode, Value) {
+        let url = format!("{base}/api/messages");
+        let response = self
+            .http
+            .post(&url)
+            .json(&json!({ "message": message, "w": w }))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url} {message:?}: {e}"));
+        let status = response.status();
+        let body = response.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// An append that must answer 200 with an id; it is then acknowledged.
+    async fn append_ok(&mut self, base: &str, text: &str, w: u64) {
+        let message = self.message(text);
+        let (status, body) = self.append(base, &message, w).await;
+        let id = body["id"].as_u64().filter(|_| status == StatusCode::OK);
+        let id = id.unwrap_or_else(|| panic!("POST {base} {message:?} w={w}: {status} {body}"));
+        println!("ok   POST {base}/api/messages {text:?} w={w}: 200, id {id}");
+        self.acked.push((id, message));
+    }
+
+    /// `GET <base>/api/messages` as `(id, message)` pairs; `None` if it does not answer 200
+    /// with a list.
+    async fn list(&self, base: &str) -> Option<List> {
+        try_list(&self.http, base).await
+    }
+
+    /// Every node lists exactly the master's log, which holds every acknowledged append and no
+    /// refused one.
+    async fn all_hold(&self) -> bool {
+        let Some(master) = self.list(&self.url("master")).await else {
+            return false;
+        };
+        for secondary in SECONDARIES {
+            if self.list(&self.url(secondary)).await.as_ref() != Some(&master) {
+                return false;
+            }
+        }
+        let listed: HashSet<&(u64, String)> = master.iter().collect();
+        self.acked.iter().all(|entry| listed.contains(entry))
+            && !master.iter().any(|(_, m)| self.refused.contains(m))
+    }
+
+    /// The status of `secondary` in the master's `/api/health`.
+    async fn status_of(&self, secondary: &str) -> Option<String> {
+        let health: Value = self
+            .http
+            .get(format!("{}/api/health", self.url("master")))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let prefix = format!("{secondary}:");
+        health["secondaries"].as_array()?.iter().find(|s| {
+            s["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&prefix))
+        })?["status"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Docker's view of a service's container: its health, or its state if it has no health
+    /// check.
+    async fn container_health(&self, service: &str) -> String {
+        let id = self.compose.container(service).await;
+        let format = "{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}";
+        docker(&["inspect", "-f", format, &id])
+            .await
+            .trim()
+            .to_owned()
+    }
+
+    /// `GET url` and its body as text, which must answer 200.
+    async fn get_ok(&self, url: &str) -> reqwest::Response {
+        let response = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+        response
+    }
+}
+
+/// Waits until `condition` holds and says how long that took.
+async fn waited<F, Fut>(timeout: Duration, what: &str, condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    wait_until(timeout, what, condition).await;
+    println!("ok   {what} ({:.1} s)", started.elapsed().as_secs_f64());
+}
+
+async fn wait_all_hold(stack: &Stack, timeout: Duration, what: &str) {
+    waited(timeout, what, || stack.all_hold()).await;
+}
+
+async fn wait_both_healthy(stack: &Stack) {
+    for secondary in SECONDARIES {
+        wait_status(stack, secondary, "healthy", true, Duration::from_secs(20)).await;
+    }
+}
+
+/// Waits until the master's `/api/health` shows `secondary` with `status` (`is`), or with
+/// another one (`!is`).
+async fn wait_status(stack: &Stack, secondary: &str, status: &str, is: bool, timeout: Duration) {
+    let not = if is { "" } else { "not " };
+    let what = format!("the master's /api/health shows {secondary} {not}{status}");
+    waited(timeout, &what, || async {
+        let shown = stack.status_of(secondary).await;
+        shown.is_some_and(|shown| (shown == status) == is)
+    })
+    .await;
+}
+
+async fn wait_container_healthy(stack: &Stack, service: &str, what: &str) {
+    waited(Duration::from_secs(60), what, || async {
+        stack.container_health(service).await == "healthy"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn compose_stack_serves_replicates_and_survives_restarts() {
+    let Some((nginx, compose)) =
+        running_stack("compose_stack_serves_replicates_and_survives_restarts")
+    else {
+        return;
+    };
+    let mut stack = Stack::new(compose, nginx).await;
+    serves_what_it_publishes(&stack).await;
+    appends_through_nginx_and_every_node(&mut stack).await;
+    a_stopped_secondary(&mut stack).await;
+    master_restart_and_sigkill(&mut stack).await;
+}
+
+/// Each node answers on its port, nginx serves the client and its wasm, only the HTTP ports
+/// are published and only on 127.0.0.1, and no service runs as root.
+async fn serves_what_it_publishes(stack: &Stack) {
+    for (name, url) in &stack.nodes {
+        stack.get_ok(&format!("{url}/health")).await;
+        println!("ok   GET /health on {name} ({url}) answers 200");
+    }
+    let page = stack.get_ok(&format!("{}/", stack.nginx)).await;
+    let page = page.text().await.expect("the page");
+    assert!(page.contains("<title>replog</title>"), "the page: {page}");
+    println!("ok   nginx serves the client at /");
+    let wasm = page
+        .split(['"', '\'', '/'])
+        .find(|part| part.ends_with(".wasm"))
+        .unwrap_or_else(|| panic!("no .wasm named in the page: {page}"));
+    let response = stack.get_ok(&format!("{}/{wasm}", stack.nginx)).await;
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        content_type.starts_with("application/wasm"),
+        "{wasm} is served as {content_type:?}"
+    );
+    println!("ok   nginx serves the wasm ({wasm}) as application/wasm");
+
+    for service in SERVICES {
+        let id = stack.compose.container(service).await;
+        let ports = docker(&["port", &id]).await;
+        assert!(!ports.trim().is_empty(), "{service} publishes no port");
+        for line in ports.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                line.contains("127.0.0.1"),
+                "{service} publishes beyond 127.0.0.1: {line}"
+            );
+        }
+        if SECONDARIES.contains(&service) {
+            assert!(
+                !ports.contains(REPLICATION_PORT),
+                "{service} publishes its replication port: {ports}"
+            );
+        }
+        let uid = docker(&["exec", &id, "id", "-u"]).await;
+        assert_ne!(uid.trim(), "0", "{service} runs as root");
+    }
+    println!(
+        "ok   published ports bind 127.0.0.1 only, the secondaries publish only their HTTP \
+         port ({REPLICATION_PORT} stays on the compose network), no service runs as root"
+    );
+}
+
+/// w=1, 2 and 3 through nginx, through the master and forwarded by each secondary; every node
+/// lists them all, and nginx's routes list what the nodes list.
+async fn appends_through_nginx_and_every_node(stack: &mut Stack) {
+    wait_both_healthy(stack).await;
+    let nginx = stack.nginx.clone();
+    for w in 1..=3 {
+        stack
+            .append_ok(&nginx, &format!("via nginx w={w}"), w)
+            .await;
+    }
+    let master = stack.url("master");
+    stack.append_ok(&master, "via master w=3", 3).await;
+    let secondary_1 = stack.url("secondary-1");
+    stack
+        .append_ok(&secondary_1, "via secondary-1 w=2 (forwarded)", 2)
+        .await;
+    let secondary_2 = stack.url("secondary-2");
+    stack
+        .append_ok(&secondary_2, "via secondary-2 w=1 (forwarded)", 1)
+        .await;
+    stack
+        .append_ok(
+            &format!("{nginx}/node/secondary-1"),
+            "via nginx /node/secondary-1 w=3",
+            3,
+        )
+        .await;
+    let what = format!(
+        "every node lists the same {} acknowledged messages",
+        stack.acked.len()
+    );
+    wait_all_hold(stack, Duration::from_secs(20), &what).await;
+
+    assert_eq!(
+        stack.list(&nginx).await,
+        stack.list(&master).await,
+        "nginx's /api/messages is the master's"
+    );
+    for (name, url) in &stack.nodes {
+        assert_eq!(
+            stack.list(&format!("{nginx}/node/{name}")).await,
+            stack.list(url).await,
+            "nginx's /node/{name}/api/messages is {name}'s"
+        );
+    }
+    println!("ok   nginx's /api/messages and /node/<name>/api/messages list what the nodes list");
+}
+
+/// `REPLICATION_TIMEOUT_SECONDS` of the master's container.
+async fn replication_timeout(stack: &Stack) -> Duration {
+    let id = stack.compose.container("master").await;
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &id,
+    ])
+    .await;
+    let seconds: f64 = env
+        .lines()
+        .find_map(|line| line.strip_prefix("REPLICATION_TIMEOUT_SECONDS="))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no REPLICATION_TIMEOUT_SECONDS in the master's env:\n{env}"));
+    Duration::from_secs_f64(seconds)
+}
+
+/// secondary-2 stopped: w=2 commits; w=3 answers 500 after the replication timeout and is
+/// listed nowhere; the master's health shows secondary-2 unhealthy and secondary-1 healthy.
+/// Started again, it catches up and w=3 commits.
+async fn a_stopped_secondary(stack: &mut Stack) {
+    let (nginx, master) = (stack.nginx.clone(), stack.url("master"));
+    let timeout = replication_timeout(stack).await;
+    stack.compose.run(&["stop", "secondary-2"]).await;
+    println!("ok   stopped secondary-2");
+    stack
+        .append_ok(&master, "w=2 while secondary-2 is stopped", 2)
+        .await;
+
+    let refused = stack.message("w=3 while secondary-2 is stopped");
+    stack.refused.push(refused.clone());
+    let started = Instant::now();
+    let (status, body) = stack.append(&master, &refused, 3).await;
+    let took = started.elapsed();
+    assert_eq!(
+        (status, body["detail"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some(REPLICATION_FAILED)),
+        "w=3 with secondary-2 stopped: {body}"
+    );
+    let late = took.as_secs_f64() - timeout.as_secs_f64();
+    assert!(
+        (-0.2..5.0).contains(&late),
+        "the 500 came after {took:?}, not after about {timeout:?} (REPLICATION_TIMEOUT_SECONDS)"
+    );
+    println!("ok   w=3 answers 500 {REPLICATION_FAILED:?} after {took:.1?} (timeout {timeout:?})");
+
+    let (secondary_2, quickly) = ("secondary-2", Duration::from_secs(15));
+    wait_status(stack, secondary_2, "healthy", false, quickly).await;
+    wait_status(stack, secondary_2, "unhealthy", true, quickly).await;
+    assert_eq!(
+        stack.status_of("secondary-1").await.as_deref(),
+        Some("healthy"),
+        "secondary-1 in the master's /api/health"
+    );
+    for node in ["master", "secondary-1"] {
+        let list = stack.list(&stack.url(node)).await.expect("a list");
+        assert!(
+            !list.iter().any(|(_, m)| *m == refused),
+            "{node} lists the refused append"
+        );
+    }
+    println!("ok   secondary-1 stays healthy; the refused append is listed nowhere");
+    stack
+        .append_ok(&nginx, "w=1 through nginx while secondary-2 is stopped", 1)
+        .await;
+
+    stack.compose.run(&["start", "secondary-2"]).await;
+    println!("ok   started secondary-2");
+    let secondary_2 = stack.url("secondary-2");
+    waited(
+        Duration::from_secs(60),
+        "secondary-2 caught up: its list equals the master's",
+        || async {
+            let theirs = stack.list(&secondary_2).await;
+            theirs.is_some() && theirs == stack.list(&master).await
+        },
+    )
+    .await;
+    wait_status(
+        stack,
+        "secondary-2",
+        "healthy",
+        true,
+        Duration::from_secs(30),
+    )
+    .await;
+    stack
+        .append_ok(&nginx, "w=3 after secondary-2 returned", 3)
+        .await;
+    wait_all_hold(
+        stack,
+        Duration::from_secs(20),
+        "every node lists every acknowledged message, none refused",
+    )
+    .await;
+}
+
+/// The master restarted, then killed with SIGKILL right after w=1 appends and started: every
+/// node still lists everything acknowledged, and appends go on.
+async fn master_restart_and_sigkill(stack: &mut Stack) {
+    let (nginx, master) = (stack.nginx.clone(), stack.url("master"));
+    stack.compose.run(&["restart", "master"]).await;
+    wait_container_healthy(stack, "master", "the master is healthy after a restart").await;
+    wait_all_hold(
+        stack,
+        Duration::from_secs(30),
+        "nothing acknowledged lost after the restart",
+    )
+    .await;
+    wait_both_healthy(stack).await;
+    stack
+        .append_ok(&nginx, "w=3 after the master's restart", 3)
+        .await;
+
+    for i in 1..=5 {
+        stack
+            .append_ok(&master, &format!("w=1 just before SIGKILL #{i}"), 1)
+            .await;
+    }
+    stack.compose.run(&["kill", "-s", "KILL", "master"]).await;
+    let id = stack.compose.container("master").await;
+    let running = docker(&["inspect", "-f", "{{.State.Running}}", &id]).await;
+    assert_eq!(running.trim(), "false", "the master runs after SIGKILL");
+    println!("ok   the master is down after SIGKILL");
+    stack.compose.run(&["start", "master"]).await;
+    wait_container_healthy(
+        stack,
+        "master",
+        "the master is healthy after SIGKILL and start",
+    )
+    .await;
+    wait_all_hold(
+        stack,
+        Duration::from_secs(30),
+        "nothing acknowledged lost after SIGKILL",
+    )
+    .await;
+    wait_both_healthy(stack).await;
+    stack.append_ok(&nginx, "w=3 after SIGKILL", 3).await;
+    let what = format!(
+        "every node lists the same {} acknowledged messages, none refused",
+        stack.acked.len()
+    );
+    wait_all_hold(stack, Duration::from_secs(20), &what).await;
+    let listed = stack.list(&master).await.map_or(0, |list| list.len());
+    println!(
+        "the master lists {listed} messages; this run's {} were acknowledged",
+        stack.acked.len()
+    );
+}
