@@ -115,21 +115,26 @@ impl Master {
 
     /// Carries out the core's effects and publishes the visible frontier if it moved.
     fn apply(&self, inner: &mut Inner) {
-        for effect in inner.core.take_effects() {
+        let Inner {
+            core,
+            waiters,
+            journal,
+        } = inner;
+        for effect in core.drain_effects() {
             match effect {
                 Effect::Persist(record) => {
-                    let sent = inner.journal.as_ref().map(|j| j.send(record));
+                    let sent = journal.as_ref().map(|j| j.send(record));
                     if !matches!(sent, Some(Ok(()))) {
                         tracing::error!("the journal is gone; a record cannot become durable");
                     }
                 }
-                Effect::Answer { id, progress } => inner.waiters.answer(id, progress),
+                Effect::Answer { id, progress } => waiters.answer(id, progress),
                 Effect::Wake(Some(index)) => self.wakes[index].notify_one(),
                 Effect::Wake(None) => self.wakes.iter().for_each(Notify::notify_one),
                 Effect::Timer => self.deadline_wake.notify_one(),
             }
         }
-        let upto = inner.core.ledger().log().visible_upto();
+        let upto = core.ledger().log().visible_upto();
         replog_node::api::publish_visible(&self.visible, upto);
     }
 

@@ -167,8 +167,18 @@ impl Ledger {
         std::mem::take(&mut self.effects)
     }
 
-    /// Asks for `effect` to be carried out.
+    /// The effects asked for since the last call, in order, taken as they are iterated; the
+    /// buffer keeps its room for the next step.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.effects.drain(..)
+    }
+
+    /// Asks for `effect` to be carried out; a wake-up of every link already asked for since
+    /// the last drain is not asked for twice.
     pub(super) fn push_effect(&mut self, effect: Effect) {
+        if effect == Effect::Wake(None) && self.effects.contains(&Effect::Wake(None)) {
+            return;
+        }
         self.effects.push(effect);
     }
 
@@ -215,7 +225,7 @@ impl Ledger {
             self.on_written(id);
             self.on_persisted(Some(id), &[]);
         }
-        self.effects.push(Effect::Wake(None));
+        self.push_effect(Effect::Wake(None));
         id
     }
 
@@ -223,7 +233,7 @@ impl Ledger {
     pub fn on_written(&mut self, upto: u64) {
         if upto > self.written {
             self.written = upto;
-            self.effects.push(Effect::Wake(None));
+            self.push_effect(Effect::Wake(None));
         }
     }
 
@@ -247,7 +257,7 @@ impl Ledger {
             }
         }
         if self.advance_decided() {
-            self.effects.push(Effect::Wake(None));
+            self.push_effect(Effect::Wake(None));
         }
         self.confirm_aborts();
     }
@@ -390,7 +400,7 @@ impl Ledger {
             self.on_persisted(None, &expired);
         }
         if !expired.is_empty() {
-            self.effects.push(Effect::Wake(None));
+            self.push_effect(Effect::Wake(None));
         }
         expired
     }
@@ -440,7 +450,7 @@ impl Ledger {
         self.acknowledge(before, held, Ack::Secondary);
         let moved = self.advance_decided();
         if moved {
-            self.effects.push(Effect::Wake(None));
+            self.push_effect(Effect::Wake(None));
         }
         Ok(moved)
     }

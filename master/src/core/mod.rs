@@ -175,6 +175,11 @@ impl Core {
         self.ledger.take_effects()
     }
 
+    /// [`Core::take_effects`] without giving up the buffer: the drivers' path.
+    pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
+        self.ledger.drain_effects()
+    }
+
     /// Sets or clears why the master is read-only while it recovers its log.
     pub fn set_recovering(&mut self, reason: Option<String>) {
         self.recovering = reason;
@@ -377,3 +382,127 @@ pub struct WriteConcernError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct Refused(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replog_node::log::new_log_id;
+
+    fn settings() -> Settings {
+        Settings {
+            secondaries: vec!["s1:1".into(), "s2:1".into()],
+            thresholds: Thresholds {
+                suspect_after: Duration::from_secs(1),
+                unhealthy_after: Duration::from_secs(4),
+            },
+            rpc_timeout: Duration::from_secs(30),
+            retry_base: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            replication_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn core(now: Instant) -> Core {
+        Core::new(settings(), Log::new(new_log_id()), false, &[(1, 0)], now)
+    }
+
+    fn state(core: &Core, instance: u64, held: u64) -> ReplicaState {
+        ReplicaState {
+            log_id: core.ledger().log().log_id().to_owned(),
+            instance,
+            held,
+            decided: 0,
+            master_instance: 1,
+        }
+    }
+
+    #[test]
+    fn the_timer_is_woken_by_the_first_deadline_and_the_links_by_every_append() {
+        let now = Instant::now();
+        let mut c = core(now);
+        c.append(Bytes::from("a"), 3, Some(now));
+        let effects = c.take_effects();
+        assert!(effects.contains(&Effect::Timer), "{effects:?}");
+        assert!(effects.contains(&Effect::Wake(None)), "{effects:?}");
+        c.append(Bytes::from("b"), 3, Some(now));
+        let effects = c.take_effects();
+        assert!(
+            !effects.contains(&Effect::Timer),
+            "already pending: {effects:?}"
+        );
+        assert!(effects.contains(&Effect::Wake(None)), "{effects:?}");
+    }
+
+    #[test]
+    fn the_quorum_needs_a_majority_heard_and_no_foreign_log() {
+        let now = Instant::now();
+        let mut c = core(now);
+        assert!(c.admit(now).is_ok(), "silent for less than UNHEALTHY_AFTER");
+        let later = now + Duration::from_secs(5);
+        let refused = c.admit(later).expect_err("both unhealthy");
+        assert!(refused.0.contains("no quorum: 1 of 3"), "{refused}");
+        let heard = state(&c, 7, 0);
+        c.heartbeat_answered(0, Ok(&heard), later)
+            .expect("same log");
+        assert!(c.admit(later).is_ok(), "2 of 3");
+        let foreign = ReplicaState {
+            log_id: "another".into(),
+            ..state(&c, 8, 0)
+        };
+        assert!(c.heartbeat_answered(1, Ok(&foreign), later).is_err());
+        let refused = c.admit(later).expect_err("a foreign log");
+        assert!(refused.0.contains("s2:1 holds log another"), "{refused}");
+        c.set_recovering(Some("recovering".into()));
+        c.heartbeat_answered(1, Ok(&state(&c, 8, 0)), later).ok();
+        assert_eq!(c.admit(later), Err(Refused("recovering".into())));
+    }
+
+    #[test]
+    fn a_restarted_secondary_wakes_its_link_only() {
+        let now = Instant::now();
+        let mut c = core(now);
+        c.heartbeat_answered(1, Ok(&state(&c, 1, 0)), now).ok();
+        c.take_effects();
+        c.heartbeat_answered(1, Ok(&state(&c, 2, 0)), now).ok();
+        assert_eq!(c.take_effects(), vec![Effect::Wake(Some(1))]);
+    }
+
+    #[test]
+    fn answers_come_as_effects_and_the_tick_aborts() {
+        let now = Instant::now();
+        let mut c = core(now);
+        let committed = c.append(Bytes::from("a"), 1, None);
+        let aborted = c.append(Bytes::from("b"), 2, Some(now));
+        let answers: Vec<_> = c
+            .take_effects()
+            .into_iter()
+            .filter(|e| matches!(e, Effect::Answer { .. }))
+            .collect();
+        assert_eq!(
+            answers,
+            vec![Effect::Answer {
+                id: committed,
+                progress: Progress::Decided(Outcome::Committed)
+            }]
+        );
+        assert_eq!(c.tick(now, |_| true), (vec![aborted], vec![]));
+        let later = now + c.settings().confirm_within();
+        assert_eq!(c.tick(later, |_| true), (vec![], vec![aborted]));
+        assert!(c.take_effects().contains(&Effect::Answer {
+            id: aborted,
+            progress: Progress::AbortUnconfirmed
+        }));
+    }
+
+    #[test]
+    fn a_write_concern_beyond_the_cluster_is_refused() {
+        let c = core(Instant::now());
+        assert_eq!(c.write_concern(None), Ok(3));
+        assert_eq!(c.write_concern(Some(1)), Ok(1));
+        assert_eq!(
+            c.write_concern(Some(4)),
+            Err(WriteConcernError { w: 4, nodes: 3 })
+        );
+        assert!(c.write_concern(Some(0)).is_err());
+    }
+}
