@@ -227,7 +227,8 @@ impl Master {
         let settle = async {
             match idempotency::settled(state.clone()).await {
                 unconfirmed @ State::AbortUnconfirmed(_) if retry => {
-                    let within = self.read(|core| core.settings().confirm_within());
+                    let within =
+                        crate::core::confirm_within(self.config.replication_timeout_seconds);
                     tokio::time::timeout(within, idempotency::decided(state))
                         .await
                         .unwrap_or(unconfirmed)
@@ -319,8 +320,8 @@ impl Node for Master {
                 "the master is shutting down; nothing was appended".into(),
             ));
         }
-        let w = self
-            .read(|core| core.write_concern(w))
+        // From the settings alone: no lock on the append's path before admission.
+        let w = crate::core::write_concern(w, self.config.nodes())
             .map_err(|e| ApiError::Unprocessable(e.to_string()))?;
         let limit = self.config.limits.max_message_bytes;
         if message.len() > limit {

@@ -54,6 +54,25 @@ pub struct Quorum {
 /// this only keeps the bound defined.
 pub const CONFIRM_WITHOUT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long an aborted append's client waits for a secondary to confirm its tombstone, for
+/// a `REPLICATION_TIMEOUT_SECONDS` of `timeout`: as long again as the append could wait.
+pub fn confirm_within(timeout: Duration) -> Duration {
+    if timeout.is_zero() {
+        CONFIRM_WITHOUT_TIMEOUT
+    } else {
+        timeout
+    }
+}
+
+/// Checks `w` against a cluster of `nodes` (the master included): 1..=nodes, default all.
+pub fn write_concern(w: Option<u64>, nodes: usize) -> Result<usize, WriteConcernError> {
+    match w {
+        None => Ok(nodes),
+        Some(w) if (1..=nodes as u64).contains(&w) => Ok(w as usize),
+        Some(w) => Err(WriteConcernError { w, nodes }),
+    }
+}
+
 /// What the master's settings say about its decisions.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -81,14 +100,9 @@ impl Settings {
         }
     }
 
-    /// How long an aborted append's client waits for a secondary to confirm its tombstone:
-    /// as long again as the append could wait.
+    /// See [`confirm_within`].
     pub fn confirm_within(&self) -> Duration {
-        if self.replication_timeout.is_zero() {
-            CONFIRM_WITHOUT_TIMEOUT
-        } else {
-            self.replication_timeout
-        }
+        confirm_within(self.replication_timeout)
     }
 
     /// Nodes in the cluster: the master and its secondaries.
@@ -189,14 +203,9 @@ impl Core {
         self.recovering.as_deref()
     }
 
-    /// Checks `w` against the cluster: 1..=n+1, default n+1 (all nodes).
+    /// See [`write_concern`].
     pub fn write_concern(&self, w: Option<u64>) -> Result<usize, WriteConcernError> {
-        let nodes = self.settings.nodes();
-        match w {
-            None => Ok(nodes),
-            Some(w) if (1..=nodes as u64).contains(&w) => Ok(w as usize),
-            Some(w) => Err(WriteConcernError { w, nodes }),
-        }
+        write_concern(w, self.settings.nodes())
     }
 
     /// Whether an append may be taken at `now`: see [`Core::quorum`].

@@ -32,8 +32,12 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
     let mut deferred = false;
 
     loop {
-        let poll =
-            master.update(|core| core.poll_link(index, Instant::now().into_std(), !deferred));
+        // What to do, and when to look again if nothing wakes the driver first: the link
+        // changes only through this driver's calls, so both come from one look at the core.
+        let (poll, wait) = master.update(|core| {
+            let poll = core.poll_link(index, Instant::now().into_std(), !deferred);
+            (poll, core.link(index).wait())
+        });
         deferred = false;
         match poll {
             Poll::Open => {
@@ -79,7 +83,6 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
             Poll::Wait => {}
         }
 
-        let wait = master.read(|core| core.link(index).wait());
         tokio::select! {
             biased;
             _ = master.shutdown.cancelled() => return,
