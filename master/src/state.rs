@@ -438,6 +438,7 @@ impl Node for Master {
                 read_only_reason: quorum.refusal,
                 secondaries,
                 last_contact_ms_ago: None,
+                leadership: None,
             }
         })
     }

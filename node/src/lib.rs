@@ -10,6 +10,7 @@
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod failover;
 pub mod memory;
 pub mod metrics;
 pub mod runtime;

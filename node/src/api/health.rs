@@ -33,6 +33,34 @@ pub struct Health {
     /// Milliseconds since the last contact with the master (secondary only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_contact_ms_ago: Option<u64>,
+    /// Failover mode only: this node's name and who is master, its term and since when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leadership: Option<Leadership>,
+}
+
+/// Failover mode: who leads, as this node last heard from etcd.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Leadership {
+    /// This node's name (`NODE_NAME`).
+    pub node: String,
+    /// The master's name; `null` while there is none.
+    pub master: Option<String>,
+    /// The master's term; 0 while there is none.
+    pub term: u64,
+    /// When that master took over, in milliseconds since the Unix epoch.
+    pub since_unix_ms: Option<u64>,
+}
+
+impl Leadership {
+    /// What node `name` shows, with `leader` as last heard.
+    pub fn of(name: &str, leader: Option<&crate::failover::Leader>) -> Self {
+        Self {
+            node: name.to_owned(),
+            master: leader.map(|l| l.name.clone()),
+            term: leader.map_or(0, |l| l.term),
+            since_unix_ms: leader.map(|l| l.since_unix_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -77,6 +105,12 @@ impl From<Health> for pb::HealthReply {
                 })
                 .collect(),
             last_contact_ms_ago: h.last_contact_ms_ago,
+            leadership: h.leadership.map(|l| pb::Leadership {
+                node: l.node,
+                master: l.master.unwrap_or_default(),
+                term: l.term,
+                since_unix_ms: l.since_unix_ms.unwrap_or_default(),
+            }),
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod json;
 pub mod openapi;
 
 pub use error::{ApiError, REPLICATION_FAILED};
-pub use health::{Health, SecondaryHealth};
+pub use health::{Health, Leadership, SecondaryHealth};
 
 use crate::config::LimitArgs;
 use crate::log::Message;

@@ -1,0 +1,168 @@
+//! What the roles of a failover node share with the node that runs them (the `replog` binary
+//! of the `replog-failover` crate): who leads, the master's lease, and where a secondary
+//! stands in the election.
+//!
+//! In failover mode (`ETCD_ENDPOINTS`) the master and secondary roles run inside one process
+//! that changes role as etcd says. The roles know nothing of etcd: they take these values
+//! through their configs, so static mode (`master`, `secondary`) is the same code with them
+//! absent.
+
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The master as the coordinator names it: stored in etcd under the leader key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Leader {
+    /// The master's node name (`NODE_NAME`).
+    pub name: String,
+    /// Its public HTTP endpoint (host:port): where appends are forwarded.
+    pub http: String,
+    /// Its term: the `MasterStart` instance its log records.
+    pub term: u64,
+    /// When it took over, in milliseconds since the Unix epoch.
+    pub since_unix_ms: u64,
+}
+
+/// Where a node stands in the election, published for the others: Raft's election
+/// restriction compares the last term (the master process it follows), then the length.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Standing {
+    pub name: String,
+    /// Public HTTP endpoint (host:port).
+    pub http: String,
+    /// Replication endpoint (host:port).
+    pub grpc: String,
+    pub log_id: String,
+    /// The master process (term) whose entries it holds.
+    pub master_instance: u64,
+    /// Highest id held contiguously.
+    pub held: u64,
+    pub decided: u64,
+}
+
+impl Standing {
+    /// Raft's "at least as up-to-date": later term first, then the longer log; ties go to the
+    /// smaller name, so every node that sees the same standings names the same best one.
+    pub fn rank(&self) -> (u64, u64, std::cmp::Reverse<&str>) {
+        (
+            self.master_instance,
+            self.held,
+            std::cmp::Reverse(&self.name),
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The master's lease, as this process may count on it: until the last renewal's send time
+/// plus the TTL. etcd expires the lease no earlier than its own receipt of that renewal plus
+/// the TTL, so the master stops deciding before any other node can be elected.
+#[derive(Debug)]
+pub struct LeaseGate {
+    base: Instant,
+    /// Nanoseconds after `base` until which the lease holds; 0: never / revoked.
+    until: AtomicU64,
+}
+
+impl Default for LeaseGate {
+    fn default() -> Self {
+        Self {
+            base: Instant::now(),
+            until: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaseGate {
+    /// The lease holds until `until` (never shortened by a late renewal's answer).
+    pub fn extend_to(&self, until: Instant) {
+        let nanos = until.saturating_duration_since(self.base).as_nanos() as u64;
+        self.until.fetch_max(nanos, Ordering::SeqCst);
+    }
+
+    /// The lease is lost: nothing may be decided any more.
+    pub fn revoke(&self) {
+        self.until.store(0, Ordering::SeqCst);
+    }
+
+    /// Whether the lease holds at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        let until = self.until.load(Ordering::SeqCst);
+        until > 0 && (now.saturating_duration_since(self.base).as_nanos() as u64) < until
+    }
+
+    /// How long the lease still holds at `now`.
+    pub fn remaining(&self, now: Instant) -> Duration {
+        let until = Duration::from_nanos(self.until.load(Ordering::SeqCst));
+        until.saturating_sub(now.saturating_duration_since(self.base))
+    }
+}
+
+/// What the master role needs in failover mode.
+#[derive(Debug, Clone)]
+pub struct MasterRole {
+    /// This node's name.
+    pub name: String,
+    /// The term etcd gave this mastership: the master process is numbered so.
+    pub term: u64,
+    /// Decisions (commit, abort) are taken only while it holds.
+    pub gate: Arc<LeaseGate>,
+    /// Cancelled when the node loses the mastership: the role stops at once, its undecided
+    /// appends answered "unknown".
+    pub depose: CancellationToken,
+    /// Who leads, for health.
+    pub leader: watch::Receiver<Option<Leader>>,
+}
+
+/// What the secondary role needs in failover mode.
+#[derive(Debug, Clone)]
+pub struct SecondaryRole {
+    /// This node's name.
+    pub name: String,
+    /// Who leads: appends are forwarded to its `http`.
+    pub leader: watch::Receiver<Option<Leader>>,
+    /// Where this node stands, updated as it receives entries and decisions (only
+    /// `log_id`, `master_instance`, `held`, `decided` are the role's to fill).
+    pub standing: watch::Sender<Standing>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_holds_until_its_time_and_never_moves_back() {
+        let gate = LeaseGate::default();
+        let now = Instant::now();
+        assert!(!gate.holds(now));
+        gate.extend_to(now + Duration::from_secs(3));
+        assert!(gate.holds(now + Duration::from_secs(2)));
+        assert!(!gate.holds(now + Duration::from_secs(3)));
+        gate.extend_to(now + Duration::from_secs(1));
+        assert!(gate.holds(now + Duration::from_secs(2)));
+        gate.revoke();
+        assert!(!gate.holds(now));
+    }
+
+    #[test]
+    fn the_best_standing_has_the_later_term_then_the_longer_log_then_the_smaller_name() {
+        let s = |name: &str, master_instance, held| Standing {
+            name: name.into(),
+            master_instance,
+            held,
+            ..Standing::default()
+        };
+        assert!(s("b", 2, 1).rank() > s("a", 1, 9).rank());
+        assert!(s("b", 2, 5).rank() > s("a", 2, 4).rank());
+        assert!(s("a", 2, 5).rank() > s("b", 2, 5).rank());
+    }
+}
