@@ -1,20 +1,24 @@
 //! A randomized fault run: concurrent clients append through every node while a nemesis kills,
 //! pauses, wipes and stops nodes; at the end the cluster is healed and the whole history is
-//! checked ([`cluster_tests::history`]).
+//! checked ([`cluster_tests::history`]). Two clusters: static roles (`master`, `secondary`),
+//! and failover nodes (`replog` with etcd), where the master is any node and its loss makes
+//! another take over.
 //!
 //! Settings (environment):
-//! - `REPLOG_NEMESIS_SECONDS`: how long faults are injected (default 45);
+//! - `REPLOG_NEMESIS_SECONDS`: how long faults are injected (default 45; 30 in failover mode);
 //! - `REPLOG_NEMESIS_SEED`: the seed of every random choice (default 1; `random` picks one and
 //!   prints it). Process timing is not seeded, so a seed replays the same faults and requests,
 //!   not the same interleaving;
 //! - `REPLOG_NEMESIS_SKIP`: fault kinds left out, comma-separated (`kill`, `pause`,
 //!   `wipe-secondary`, `wipe-master`, `term`).
 
-use cluster_tests::history::{Append, History, Outcome, Violation};
-use cluster_tests::{steady_health, Appender, Cluster, MasterOpts, SecondaryOpts};
+use cluster_tests::failover::FailoverCluster;
+use cluster_tests::history::{History, Violation};
+use cluster_tests::workload::{list_of, Target, Workload};
+use cluster_tests::{steady_health, Cluster, MasterOpts, Node, SecondaryOpts};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,12 +84,12 @@ struct Settings {
 }
 
 impl Settings {
-    fn from_env() -> Settings {
+    fn from_env(default_seconds: u64) -> Settings {
         let seconds = match std::env::var("REPLOG_NEMESIS_SECONDS") {
             Ok(v) => v
                 .parse()
                 .unwrap_or_else(|_| panic!("REPLOG_NEMESIS_SECONDS must be seconds, got {v:?}")),
-            Err(_) => 45,
+            Err(_) => default_seconds,
         };
         let seed = match std::env::var("REPLOG_NEMESIS_SEED").as_deref() {
             Ok("random") => rand::rng().random(),
@@ -146,7 +150,11 @@ enum State {
 /// The fault injector: one fault at a time is started, every 1-3 s, on a node that is up; each
 /// lasts a random while, so faults on different nodes overlap.
 struct Nemesis<'a> {
-    cluster: &'a mut Cluster,
+    /// Every node; in static mode the master first.
+    nodes: Vec<&'a mut Node>,
+    /// Failover mode: any node may be master, so any fault may take the master (and a `w=1`
+    /// acknowledgement with it), and a wipe may hit any node.
+    failover: bool,
     rng: StdRng,
     faults: Vec<Fault>,
     states: Vec<State>,
@@ -166,12 +174,8 @@ struct Nemesis<'a> {
 }
 
 impl Nemesis<'_> {
-    fn node(&mut self, i: usize) -> &mut cluster_tests::Node {
-        if i == 0 {
-            &mut self.cluster.master
-        } else {
-            &mut self.cluster.secondaries[i - 1]
-        }
+    fn node(&mut self, i: usize) -> &mut Node {
+        self.nodes[i]
     }
 
     fn note(&mut self, what: String) {
@@ -252,8 +256,8 @@ impl Nemesis<'_> {
                 {
                     false
                 }
-                Fault::WipeSecondary => *i > 0,
-                Fault::WipeMaster => *i == 0,
+                Fault::WipeSecondary => *i > 0 || self.failover,
+                Fault::WipeMaster => *i == 0 || self.failover,
                 Fault::Term => self.started[*i].elapsed() >= JUST_STARTED,
                 _ => true,
             })
@@ -268,6 +272,15 @@ impl Nemesis<'_> {
         let lasts = Duration::from_millis(self.rng.random_range(200..longest));
         let until = Instant::now() + lasts;
         let name = self.node(i).name.clone();
+        if self.failover {
+            // Whichever node this is, it may be the master: a `w=1` acknowledgement it gave
+            // may be lost with it (the README's failover guarantees).
+            let at = self.start.elapsed();
+            self.history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_master_wipe(at);
+        }
         match fault {
             Fault::Kill => {
                 self.node(i).kill();
@@ -284,7 +297,7 @@ impl Nemesis<'_> {
                 self.epochs[i].fetch_add(1, Ordering::SeqCst);
                 self.node(i).kill();
                 self.node(i).wipe_data();
-                if i == 0 {
+                if i == 0 && !self.failover {
                     let at = self.start.elapsed();
                     self.history
                         .lock()
@@ -330,99 +343,6 @@ impl Nemesis<'_> {
     }
 }
 
-/// One client: appends `"c{client}-{n}"` with a random `w` through a random node until told to
-/// stop, recording every answer.
-async fn client(
-    client: usize,
-    seed: u64,
-    appenders: Vec<Appender>,
-    names: Vec<String>,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-) -> Vec<Append> {
-    let mut rng =
-        StdRng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(client as u64 + 1)));
-    let mut appends = Vec::new();
-    let mut n = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let node = rng.random_range(0..appenders.len());
-        let w = rng.random_range(1..=3u64);
-        let message = format!("c{client}-{n}");
-        n += 1;
-        let sent = start.elapsed();
-        let answer = appenders[node].try_append(&message, Some(w)).await;
-        let answered = start.elapsed();
-        let outcome = match &answer {
-            Ok((status, body)) => Outcome::of_answer(status.as_u16(), body["id"].as_u64()),
-            Err(e) if e.is_connect() => Outcome::NotSent,
-            Err(_) => Outcome::Unknown,
-        };
-        let definite = matches!(outcome, Outcome::Committed(_));
-        appends.push(Append {
-            client,
-            node: names[node].clone(),
-            message,
-            w,
-            sent,
-            answered,
-            outcome,
-        });
-        if !definite {
-            // A node that is down answers at once; do not spin on it.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    appends
-}
-
-/// Lists node `i`'s log every 300 ms into the history, with the node's epoch (a list whose
-/// request straddled a wipe is dropped).
-async fn poller(
-    i: usize,
-    name: String,
-    url: String,
-    epochs: Arc<Vec<AtomicU64>>,
-    history: Arc<Mutex<History>>,
-    start: Instant,
-    stop: Arc<AtomicBool>,
-) -> usize {
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("an HTTP client");
-    let mut lists = 0;
-    while !stop.load(Ordering::Relaxed) {
-        let epoch = epochs[i].load(Ordering::SeqCst);
-        if let Some(list) = list_of(&client, &url).await {
-            if epochs[i].load(Ordering::SeqCst) == epoch {
-                let at = start.elapsed();
-                history
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .record_list(&name, epoch, at, list);
-                lists += 1;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    lists
-}
-
-/// `GET url` as a list of `(id, message)`, or `None` if it does not answer 200 with one.
-async fn list_of(client: &reqwest::Client, url: &str) -> Option<Vec<(u64, String)>> {
-    let response = client.get(url).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    let body: serde_json::Value = response.json().await.ok()?;
-    body["messages"]
-        .as_array()?
-        .iter()
-        .map(|m| Some((m["id"].as_u64()?, m["message"].as_str()?.to_owned())))
-        .collect()
-}
-
 /// Injected: for `REPLOG_NEMESIS_SECONDS`, every 1-3 s one of SIGKILL + restart, SIGSTOP +
 /// SIGCONT, SIGKILL + wipe + restart of a secondary or of the master (never two disks within
 /// `WIPE_SPACING`), SIGTERM + restart, each lasting 0.2-2.5 s (a pause up to 4 s), at most two
@@ -432,12 +352,7 @@ async fn list_of(client: &reqwest::Client, url: &str) -> Option<Vec<(u64, String
 /// [`cluster_tests::history`], and that every node exits 0 on SIGTERM and none exits by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_faults_keep_every_promise() {
-    let settings = Settings::from_env();
-    let faults: Vec<&str> = settings.faults.iter().map(|f| f.name()).collect();
-    eprintln!(
-        "nemesis: seed {} (REPLOG_NEMESIS_SEED={}), {} s of faults: {faults:?}",
-        settings.seed, settings.seed, settings.seconds
-    );
+    let settings = Settings::from_env(45);
     let mut cluster = Cluster::start_with(
         vec![
             SecondaryOpts::new().durable(),
@@ -448,53 +363,59 @@ async fn random_faults_keep_every_promise() {
             .envs(&steady_health(MASTER_SETTINGS)),
     )
     .await;
-    let start = Instant::now();
-    let history = Arc::new(Mutex::new(History::new()));
-    let epochs: Arc<Vec<AtomicU64>> = Arc::new((0..3).map(|_| AtomicU64::new(0)).collect());
-    let names: Vec<String> = cluster.nodes().map(|n| n.name.clone()).collect();
-    let appenders: Vec<Appender> = cluster.nodes().map(|n| cluster.appender_on(n)).collect();
-
-    let stop_clients = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            tokio::spawn(client(
-                c,
-                settings.seed,
-                appenders
-                    .iter()
-                    .map(|a| a.with_timeout(ANSWER_TIMEOUT))
-                    .collect(),
-                names.clone(),
-                start,
-                stop_clients.clone(),
-            ))
-        })
-        .collect();
-    let stop_polls = Arc::new(AtomicBool::new(false));
-    let pollers: Vec<_> = cluster
+    let targets: Vec<Target> = cluster
         .nodes()
-        .enumerate()
-        .map(|(i, node)| {
-            tokio::spawn(poller(
-                i,
-                node.name.clone(),
-                node.url("/api/messages"),
-                epochs.clone(),
-                history.clone(),
-                start,
-                stop_polls.clone(),
-            ))
+        .map(|n| Target {
+            name: n.name.clone(),
+            appender: cluster.appender_on(n),
+            list_url: n.url("/api/messages"),
         })
         .collect();
+    let nodes: Vec<&mut Node> = std::iter::once(&mut cluster.master)
+        .chain(cluster.secondaries.iter_mut())
+        .collect();
+    run(settings, nodes, false, &targets).await;
+}
 
+/// The same run against three failover nodes and a real etcd (`FAILOVER_TTL_MS` 2 s): every
+/// fault may hit the master, which another node then replaces; a paused master must not
+/// commit after its lease lapsed. `w=1` acknowledgements may be lost with a lost master (the
+/// README says so), `w >= 2` ones never; no id ever shows two messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_faults_with_failover_keep_every_promise() {
+    let settings = Settings::from_env(30);
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let targets: Vec<Target> = (0..cluster.nodes.len())
+        .map(|i| Target {
+            name: cluster.nodes[i].name.clone(),
+            appender: cluster.appender_on(i),
+            list_url: cluster.nodes[i].url("/api/messages"),
+        })
+        .collect();
+    let nodes: Vec<&mut Node> = cluster.nodes.iter_mut().collect();
+    run(settings, nodes, true, &targets).await;
+}
+
+/// Runs the clients, pollers and the nemesis for the settings' time, heals the cluster, waits
+/// until it converged and checks the history.
+async fn run(settings: Settings, nodes: Vec<&mut Node>, failover: bool, targets: &[Target]) {
+    let faults: Vec<&str> = settings.faults.iter().map(|f| f.name()).collect();
+    eprintln!(
+        "nemesis: seed {} (REPLOG_NEMESIS_SEED={}), {} s of faults: {faults:?}",
+        settings.seed, settings.seed, settings.seconds
+    );
+    let mut workload = Workload::start(targets, CLIENTS, settings.seed, 1..=3, ANSWER_TIMEOUT);
+    let start = workload.start;
+    let count = nodes.len();
     let mut nemesis = Nemesis {
-        cluster: &mut cluster,
+        nodes,
+        failover,
         rng: StdRng::seed_from_u64(settings.seed),
         faults: settings.faults.clone(),
-        states: vec![State::Up; 3],
-        started: vec![start; 3],
-        epochs: epochs.clone(),
-        history: history.clone(),
+        states: vec![State::Up; count],
+        started: vec![start; count],
+        epochs: workload.epochs.clone(),
+        history: workload.history.clone(),
         start,
         log: Vec::new(),
         found: Vec::new(),
@@ -515,14 +436,7 @@ async fn random_faults_keep_every_promise() {
     nemesis.note("healed: every node runs".into());
     let (fault_log, mut found) = (nemesis.log, nemesis.found);
 
-    stop_clients.store(true, Ordering::Relaxed);
-    let mut appends = Vec::new();
-    for task in clients {
-        let done = tokio::time::timeout(ANSWER_TIMEOUT * 2, task)
-            .await
-            .expect("every client's last append is answered or times out");
-        appends.extend(done.expect("a client task"));
-    }
+    let appends = workload.stop_clients(ANSWER_TIMEOUT * 2).await;
 
     // Converged: nothing pending on the master, and every node lists the same log.
     let deadline = Instant::now() + CONVERGE_TIMEOUT;
@@ -533,44 +447,27 @@ async fn random_faults_keep_every_promise() {
         .expect("an HTTP client");
     let finals = loop {
         let mut lists = Vec::new();
-        for node in cluster.nodes() {
+        let mut pending = None;
+        for target in targets {
             lists.push((
-                node.name.clone(),
-                list_of(&list_client, &node.url("/api/messages")).await,
+                target.name.clone(),
+                list_of(&list_client, &target.list_url).await,
             ));
+            let health = target.list_url.replace("/api/messages", "/api/health");
+            if let Some(health) = health_of(&list_client, &health).await {
+                if health["role"] == "master" {
+                    pending = health["pending"].as_u64();
+                }
+            }
         }
-        let pending = cluster
-            .try_health(&cluster.master)
-            .await
-            .and_then(|h| h["pending"].as_u64());
         let agreed = lists.iter().all(|(_, l)| l.is_some() && *l == lists[0].1);
         if (agreed && pending == Some(0)) || Instant::now() >= deadline {
             break lists;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    stop_polls.store(true, Ordering::Relaxed);
-    let mut polled = 0;
-    for task in pollers {
-        polled += task.await.expect("a poller task");
-    }
-
-    let mut count = std::collections::BTreeMap::new();
-    for append in &appends {
-        let kind = match &append.outcome {
-            Outcome::Committed(_) => "200".to_owned(),
-            Outcome::Refused(status) => status.to_string(),
-            Outcome::Unknown => "unknown".to_owned(),
-            Outcome::NotSent => "not sent".to_owned(),
-            Outcome::Unexpected(what) => what.clone(),
-        };
-        *count.entry(kind).or_insert(0) += 1;
-    }
-    let mut history = std::mem::take(&mut *history.lock().unwrap_or_else(|p| p.into_inner()));
-    for append in appends {
-        history.record_append(append);
-    }
-    found.extend(history.check(&finals));
+    let (violations, count, polled) = workload.check(appends, &finals).await;
+    found.extend(violations);
     eprintln!(
         "nemesis: seed {}: {} faults, answers {count:?}, {polled} lists polled, final log {} entries",
         settings.seed,
@@ -588,4 +485,9 @@ async fn random_faults_keep_every_promise() {
             fault_log.join("\n  ")
         );
     }
+}
+
+/// `GET url` as JSON, if it answers.
+async fn health_of(client: &reqwest::Client, url: &str) -> Option<serde_json::Value> {
+    client.get(url).send().await.ok()?.json().await.ok()
 }

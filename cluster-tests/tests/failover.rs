@@ -1,0 +1,220 @@
+//! Failover through etcd: three `replog` nodes and a real etcd. The master is lost (SIGKILL,
+//! SIGSTOP longer than its lease, etcd gone) and another node takes over; nothing acknowledged
+//! with `w >= 2` is lost, no id shows two messages, a deposed master rejoins as a secondary.
+
+use cluster_tests::failover::{FailoverCluster, TEST_TTL_MS};
+use cluster_tests::wait_for;
+use cluster_tests::workload::{Target, Workload};
+use std::time::{Duration, Instant};
+
+/// How long a takeover may take: the lease, the election and recovery, on a loaded machine.
+const TAKEOVER: Duration = Duration::from_secs(15);
+const CONVERGE: Duration = Duration::from_secs(30);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn ttl() -> Duration {
+    Duration::from_millis(TEST_TTL_MS)
+}
+
+fn targets(cluster: &FailoverCluster) -> Vec<Target> {
+    (0..cluster.nodes.len())
+        .map(|i| Target {
+            name: cluster.nodes[i].name.clone(),
+            appender: cluster.appender_on(i),
+            list_url: cluster.nodes[i].url("/api/messages"),
+        })
+        .collect()
+}
+
+/// Appends `count` messages with `w=2` through node `via`, each answered 200; returns them.
+async fn append_ok(
+    cluster: &FailoverCluster,
+    via: usize,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let appender = cluster.appender_on(via);
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let message = format!("{prefix}-{n}");
+        let (status, body) = appender.append(&message, Some(2)).await;
+        assert_eq!(
+            status, 200,
+            "{message} through {}: {body}",
+            cluster.nodes[via].name
+        );
+        sent.push(message);
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_forwards_to_the_master_and_names_it() {
+    let cluster = FailoverCluster::start(3, &[]).await;
+    let (master, term) = cluster.wait_master(TAKEOVER, None).await;
+    assert!(term >= 1);
+    let mut sent = Vec::new();
+    for via in 0..3 {
+        sent.extend(append_ok(&cluster, via, &format!("via-{via}"), 3).await);
+    }
+    let list = cluster.wait_converged(CONVERGE).await;
+    let shown: Vec<&str> = list.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(shown, sent);
+    let health = cluster.health(master).await.expect("the master's health");
+    assert_eq!(health["leadership"]["node"], cluster.nodes[master].name);
+    assert!(health["leadership"]["since_unix_ms"]
+        .as_u64()
+        .is_some_and(|t| t > 0));
+}
+
+/// The master is killed, another takes over with a higher term, the old one comes back as a
+/// secondary and catches up; under load, with the history checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_replaced_and_rejoins_as_a_secondary() {
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let targets = targets(&cluster);
+    let mut workload = Workload::start(&targets, 4, 7, 2..=3, ANSWER_TIMEOUT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (old, term) = cluster.wait_master(TAKEOVER, None).await;
+    cluster.nodes[old].kill();
+    let killed = Instant::now();
+    let (new, new_term) = cluster.wait_master(TAKEOVER, Some(old)).await;
+    eprintln!(
+        "takeover by {} in {:?}",
+        cluster.nodes[new].name,
+        killed.elapsed()
+    );
+    assert_ne!(new, old);
+    assert!(new_term > term, "term {new_term} after {term}");
+    let after = append_ok(&cluster, new, "after-kill", 3).await;
+
+    cluster.nodes[old].start();
+    let (still, _) = cluster.wait_master(TAKEOVER, None).await;
+    assert_eq!(
+        still, new,
+        "the returning node does not take the mastership back"
+    );
+    let seen = cluster.seen_by(old).await.expect("the old master answers");
+    assert_eq!(seen.role, "secondary");
+
+    let appends = workload.stop_clients(ANSWER_TIMEOUT * 2).await;
+    let list = cluster.wait_converged(CONVERGE).await;
+    for message in &after {
+        assert!(list.iter().any(|(_, m)| m == message), "{message} is shown");
+    }
+    let finals: Vec<_> = (0..3)
+        .map(|i| (cluster.nodes[i].name.clone(), Some(list.clone())))
+        .collect();
+    let (violations, count, _) = workload.check(appends, &finals).await;
+    eprintln!("answers: {count:?}");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// A master paused for longer than its lease is replaced; when it wakes it commits nothing
+/// (its lease lapsed), answers nothing 200, and rejoins as a secondary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_paused_past_its_lease_commits_nothing_when_it_wakes() {
+    let cluster = FailoverCluster::start(3, &[]).await;
+    let targets = targets(&cluster);
+    let mut workload = Workload::start(&targets, 4, 11, 2..=3, ANSWER_TIMEOUT);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let (old, term) = cluster.wait_master(TAKEOVER, None).await;
+    cluster.nodes[old].stop();
+    let (new, new_term) = cluster.wait_master(TAKEOVER, Some(old)).await;
+    assert!(new_term > term);
+    append_ok(&cluster, new, "while-paused", 3).await;
+    cluster.nodes[old].cont();
+    wait_for(
+        TAKEOVER,
+        "the woken master serves as a secondary",
+        || async {
+            let seen = cluster.seen_by(old).await?;
+            (seen.role == "secondary" && seen.term == new_term).then_some(())
+        },
+    )
+    .await;
+
+    let appends = workload.stop_clients(ANSWER_TIMEOUT * 2).await;
+    let list = cluster.wait_converged(CONVERGE).await;
+    let finals: Vec<_> = (0..3)
+        .map(|i| (cluster.nodes[i].name.clone(), Some(list.clone())))
+        .collect();
+    let (violations, count, _) = workload.check(appends, &finals).await;
+    eprintln!("answers: {count:?}");
+    assert!(violations.is_empty(), "{violations:#?}");
+}
+
+/// Without etcd the master cannot renew its lease: it acknowledges nothing once the lease
+/// lapsed, and nobody else becomes master. With etcd back, a master serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_nothing_commits_after_the_lease_and_it_resumes_after() {
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let (master, _) = cluster.wait_master(TAKEOVER, None).await;
+    let appender = cluster
+        .appender_on(master)
+        .with_timeout(Duration::from_secs(2));
+    append_ok(&cluster, master, "before", 2).await;
+
+    cluster.etcd.pause();
+    let paused = Instant::now();
+    let mut last_ok = None;
+    let mut n = 0;
+    while paused.elapsed() < ttl() * 3 {
+        let message = format!("during-{n}");
+        n += 1;
+        let sent = paused.elapsed();
+        if let Ok((status, _)) = appender.try_append(&message, Some(2)).await {
+            if status == 200 {
+                last_ok = Some(sent);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if let Some(sent) = last_ok {
+        assert!(
+            sent < ttl(),
+            "an append sent {sent:?} after etcd stopped was acknowledged (lease {:?})",
+            ttl()
+        );
+    }
+    let health = cluster.health(master).await;
+    assert!(
+        health
+            .as_ref()
+            .is_none_or(|h| h["role"] != "master" || h["read_only"] == true),
+        "no master without its lease: {health:?}"
+    );
+
+    cluster.etcd.resume();
+    let (again, _) = cluster.wait_master(TAKEOVER * 2, None).await;
+    append_ok(&cluster, again, "after", 2).await;
+    let list = cluster.wait_converged(CONVERGE).await;
+    for message in ["before-0", "before-1", "after-0", "after-1"] {
+        assert!(list.iter().any(|(_, m)| m == message), "{message} is shown");
+    }
+    cluster.etcd.kill();
+}
+
+/// Two masters lost one after the other: the first is killed, then its successor; the first
+/// comes back and, with the third node, elects a master that holds every acknowledged append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_new_master_too_loses_nothing_acknowledged_by_a_majority() {
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let (first, _) = cluster.wait_master(TAKEOVER, None).await;
+    let mut acked = append_ok(&cluster, first, "first", 5).await;
+    cluster.nodes[first].kill();
+    let (second, _) = cluster.wait_master(TAKEOVER, Some(first)).await;
+    acked.extend(append_ok(&cluster, second, "second", 5).await);
+    cluster.nodes[second].kill();
+    cluster.nodes[first].start();
+    let (third, _) = cluster.wait_master(TAKEOVER, Some(second)).await;
+    assert_ne!(third, second);
+    acked.extend(append_ok(&cluster, third, "third", 5).await);
+    cluster.nodes[second].start();
+    cluster.wait_master(TAKEOVER, None).await;
+    let list = cluster.wait_converged(CONVERGE).await;
+    let shown: Vec<&str> = list.iter().map(|(_, m)| m.as_str()).collect();
+    assert_eq!(shown, acked, "every acknowledged append, once, in order");
+}
