@@ -10,6 +10,7 @@
 //! the `GET /api/messages` reads.
 
 mod cpu;
+mod failover;
 mod grpc;
 mod http;
 mod load;
@@ -74,6 +75,15 @@ struct Args {
     /// Skip the memory check that a full run does after the table.
     #[arg(long)]
     no_memory: bool,
+
+    /// Only the failover check: three `replog` nodes and etcd; the master is killed --kills
+    /// times and the time until a new master acknowledges an append is measured.
+    #[arg(long)]
+    failover: bool,
+
+    /// Kills of the master in the failover check.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
 
     /// Messages appended by the memory check.
     #[arg(long, default_value_t = 1_000_000)]
@@ -374,6 +384,16 @@ async fn run(args: Args) -> Result<bool> {
         warmup: Duration::from_secs_f64(if args.smoke { 0.2 } else { args.warmup }),
         window: Duration::from_secs_f64(if args.smoke { 1.0 } else { args.duration }),
     };
+
+    if args.failover {
+        if args.kills == 0 {
+            bail!("--kills needs at least one kill");
+        }
+        let report = failover::run(args.kills).await?;
+        failover::print(&report);
+        failover::write(&report, &out)?;
+        return Ok(report.goal_met);
+    }
 
     if args.memory {
         let check = memory::run(&env, args.messages).await?;
