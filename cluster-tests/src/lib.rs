@@ -21,6 +21,7 @@
 //! The benchmark (`bench/`) and the browser tests start their processes with the same
 //! [`Process`], on ports from the same [`free_ports`], and wait with the same [`try_wait_for`].
 
+pub mod etcd;
 pub mod history;
 pub mod process;
 
