@@ -22,8 +22,10 @@
 //! [`Process`], on ports from the same [`free_ports`], and wait with the same [`try_wait_for`].
 
 pub mod etcd;
+pub mod failover;
 pub mod history;
 pub mod process;
+pub mod workload;
 
 pub use process::{Exited, Process};
 
@@ -77,11 +79,13 @@ pub fn fast_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> 
     FAST_HEALTH.iter().chain(extra).copied().collect()
 }
 
-/// The two binaries under test.
+/// The binaries under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Binary {
     Master,
     Secondary,
+    /// A failover node (`replog`, crate replog-failover).
+    Replog,
 }
 
 impl Binary {
@@ -89,6 +93,7 @@ impl Binary {
         match self {
             Binary::Master => "master",
             Binary::Secondary => "secondary",
+            Binary::Replog => "replog",
         }
     }
 
