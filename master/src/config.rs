@@ -72,6 +72,11 @@ pub struct Config {
     /// seconds; later, the stream is dropped and opened again. Must exceed DELAY_SECONDS.
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
     pub rpc_timeout_seconds: Duration,
+
+    /// Failover mode: the mastership this process holds, given by the node that runs the
+    /// role (the `replog` binary); `None` in static mode. Never read from the environment.
+    #[arg(skip)]
+    pub failover: Option<replog_node::failover::MasterRole>,
 }
 
 impl Config {

@@ -29,6 +29,7 @@ fn master_with(secondaries: usize, log: Log) -> (Core, Instant) {
         retry_base: RETRY_BASE,
         retry_max: RETRY_MAX,
         replication_timeout: Duration::ZERO,
+        quorum_decisions: false,
     };
     let now = Instant::now();
     (Core::new(settings, log, false, &[(1, 0)], now), now)

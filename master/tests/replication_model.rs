@@ -34,6 +34,12 @@
 //! - a link never has more than [`PIPELINE`] requests in flight, and appends are refused exactly
 //!   when no secondary has been heard for `UNHEALTHY_AFTER` (no quorum of three nodes).
 //!
+//! Half the cases run the master of failover mode (`Settings::quorum_decisions`): then the
+//! master shows only what a majority (itself and a secondary) has held, and its lease may lapse
+//! (`Lapse`), after which it decides nothing: no answer `Committed` or `Aborted`, no move of the
+//! decided frontier, every append refused. A restart from its file (journal mode) is this node
+//! elected again, with a new term.
+//!
 //! 768 cases of up to 150 steps run by default (about 10 s in a debug build); set
 //! `MODEL_CASES` for a deeper search, e.g. `MODEL_CASES=20000 cargo test -p replog-master --test
 //! replication_model`. A failure prints the shrunk action sequence; keep it as a `#[test]`.
@@ -44,7 +50,7 @@ use proptest::strategy::Union;
 use proptest::test_runner::Config as ProptestConfig;
 use replog_master::core::health::Thresholds;
 use replog_master::core::link::{Poll, ReplyError, PIPELINE, PIPELINE_MIN_ENTRIES};
-use replog_master::core::{Core, Effect, Outcome, Progress, Settings};
+use replog_master::core::{Core, Effect, Outcome, Progress, Settings, NO_LONGER_MASTER};
 use replog_node::log::{new_log_id, Log, Message};
 use replog_node::storage::Record;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
@@ -138,10 +144,12 @@ enum Action {
     RestartMaster {
         power: bool,
     },
+    /// Failover mode: the master's lease lapses (a no-op in static mode).
+    Lapse,
 }
 
 /// The kinds of action, in the order of [`actions`]' weights.
-const KINDS: usize = 14;
+const KINDS: usize = 15;
 
 /// Strategies for each kind of action, in a fixed order.
 fn kinds() -> [BoxedStrategy<Action>; KINDS] {
@@ -184,6 +192,7 @@ fn kinds() -> [BoxedStrategy<Action>; KINDS] {
         any::<bool>()
             .prop_map(|power| Action::RestartMaster { power })
             .boxed(),
+        Just(Action::Lapse).boxed(),
     ]
 }
 
@@ -192,8 +201,11 @@ fn kinds() -> [BoxedStrategy<Action>; KINDS] {
 /// deeper states than a single fixed mix would, and find more.
 fn actions(max_len: usize) -> impl Strategy<Value = Vec<Action>> {
     // Appends, sends and deliveries always occur; everything else may be switched off.
-    let floors: [u32; KINDS] = [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
-    proptest::array::uniform14(0..4u32).prop_flat_map(move |weights| {
+    let floors: [u32; KINDS] = [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    proptest::array::uniform15(0..4u32).prop_flat_map(move |mut weights| {
+        // A lapse ends the deciding for the rest of the case (unless the master restarts):
+        // in a quarter of the cases, and rarely.
+        weights[KINDS - 1] = u32::from(weights[KINDS - 1] == 3);
         let options = kinds()
             .into_iter()
             .zip(weights.iter().zip(floors))
@@ -386,10 +398,17 @@ struct Sim {
     counter: u64,
     /// Streams opened so far.
     streams: u64,
+    /// Failover mode: quorum decisions, and the lease may lapse.
+    failover: bool,
+    /// Failover mode: the master's decided frontier when its lease lapsed, if it did.
+    lapsed: Option<u64>,
+    /// Every id up to here was held by some secondary (with the message the master gave it,
+    /// or as a tombstone) at some moment: with the master, a majority of three nodes.
+    majority_held: u64,
 }
 
 impl Sim {
-    fn new(journal: bool, timeout: u64) -> Self {
+    fn new(journal: bool, timeout: u64, failover: bool) -> Self {
         let log_id = new_log_id();
         let base = Instant::now();
         let settings = Settings {
@@ -402,6 +421,7 @@ impl Sim {
             retry_base: RETRY,
             retry_max: RETRY,
             replication_timeout: Duration::from_millis(timeout),
+            quorum_decisions: failover,
         };
         let log = Log::new(log_id.clone());
         Self {
@@ -427,6 +447,9 @@ impl Sim {
             ever_visible: BTreeSet::new(),
             counter: 0,
             streams: 0,
+            failover,
+            lapsed: None,
+            majority_held: 0,
         }
     }
 
@@ -500,6 +523,12 @@ impl Sim {
                 }
             }
             Action::RestartMaster { power } => self.restart_master(power),
+            Action::Lapse => {
+                if self.failover && self.lapsed.is_none() {
+                    self.core.freeze();
+                    self.lapsed = Some(self.core.ledger().log().decided());
+                }
+            }
         }
         self.effects();
     }
@@ -542,6 +571,10 @@ impl Sim {
             "the client of id {id} was told {:?}, then {told:?}",
             append.answer
         );
+        assert!(
+            self.lapsed.is_none() || !matches!(told, Answer::Committed | Answer::Aborted),
+            "the client of id {id} was told {told:?} after the lease lapsed"
+        );
         append.answer = told;
     }
 
@@ -556,6 +589,14 @@ impl Sim {
                 now.saturating_duration_since(last.unwrap_or(self.master_started)) < UNHEALTHY_AFTER
             })
             .count();
+        if self.lapsed.is_some() {
+            let refused = self
+                .core
+                .admit(now)
+                .expect_err("admitted after the lease lapsed");
+            assert_eq!(refused.0, NO_LONGER_MASTER);
+            return;
+        }
         if let Err(refused) = self.core.admit(now) {
             assert_eq!(heard, 0, "append refused ({refused}) with a quorum");
             return;
@@ -791,6 +832,13 @@ impl Sim {
         }
         // Ids past the disk were never durable: the restarted master hands them out again.
         self.appends.truncate(recovered as usize);
+        self.majority_held = self.majority_held.min(recovered);
+        if self.failover {
+            // A new term: it decides again, and shows only what it hears a majority hold (the
+            // restarted process is a new list).
+            self.lapsed = None;
+            self.master_shown.clear();
+        }
         self.master_instance = starts.last().map_or(0, |&(instance, _)| instance) + 1;
         self.master_disk.push(Record::MasterStart {
             instance: self.master_instance,
@@ -839,7 +887,43 @@ impl Sim {
         }
     }
 
+    /// Moves [`Sim::majority_held`] over the ids some secondary holds now as the master has
+    /// them.
+    fn note_held(&mut self) {
+        let master = self.core.ledger().log();
+        loop {
+            let id = self.majority_held + 1;
+            let held = self.secondaries.iter().any(|s| {
+                let log = s.replica.log();
+                log.last_id() >= id
+                    && (log.is_tombstone(id)
+                        || master.is_tombstone(id)
+                        || self
+                            .appends
+                            .get(id as usize - 1)
+                            .is_some_and(|a| log.get(id) == Some(&a.message)))
+            });
+            if !held {
+                return;
+            }
+            self.majority_held = id;
+        }
+    }
+
     fn check(&mut self) {
+        self.note_held();
+        if self.failover {
+            let log = self.core.ledger().log();
+            assert!(
+                log.visible_upto() <= self.majority_held,
+                "the master shows up to {} but a majority held only up to {}",
+                log.visible_upto(),
+                self.majority_held
+            );
+            if let Some(decided) = self.lapsed {
+                assert_eq!(log.decided(), decided, "the frontier moved after the lapse");
+            }
+        }
         let ledger = self.core.ledger();
         let durable = ledger.durable();
         let written = ledger.written();
@@ -1049,14 +1133,19 @@ impl Sim {
     }
 }
 
-fn run(journal: bool, timeout: u64, actions: &[Action]) {
-    let mut sim = Sim::new(journal, timeout);
+/// Every combination of (journal, failover) the hand-written cases run in.
+const MODES: [(bool, bool); 4] = [(false, false), (true, false), (false, true), (true, true)];
+
+fn run(journal: bool, timeout: u64, failover: bool, actions: &[Action]) {
+    let mut sim = Sim::new(journal, timeout, failover);
     for action in actions {
         sim.step(action);
         sim.check();
     }
     sim.drain();
-    sim.check_settled();
+    if sim.lapsed.is_none() {
+        sim.check_settled();
+    }
 }
 
 proptest! {
@@ -1070,9 +1159,10 @@ proptest! {
     fn replication_keeps_its_guarantees(
         journal in any::<bool>(),
         timeout in 1..60u64,
+        failover in any::<bool>(),
         actions in actions(150),
     ) {
-        run(journal, timeout, &actions);
+        run(journal, timeout, failover, &actions);
     }
 }
 
@@ -1134,8 +1224,8 @@ fn a_busy_interleaving_settles() {
             pick: Some(3),
         },
     ];
-    for journal in [false, true] {
-        run(journal, 10, &actions);
+    for (journal, failover) in MODES {
+        run(journal, 10, failover, &actions);
     }
 }
 
@@ -1189,8 +1279,8 @@ fn a_stale_entry_on_a_restarted_secondary_stays_hidden() {
         Heartbeat { to: 0 },
         Deliver { to: 0, pick: None },
     ];
-    for journal in [false, true] {
-        run(journal, 10, &actions);
+    for (journal, failover) in MODES {
+        run(journal, 10, failover, &actions);
     }
 }
 
@@ -1228,8 +1318,8 @@ fn a_quiet_push_a_restarted_secondary_cannot_take_ends_the_stream() {
     actions.extend(round_trip(1));
     actions.extend(round_trip(1));
     actions.extend([Send { to: 0 }, Deliver { to: 0, pick: None }]);
-    for journal in [false, true] {
-        let mut sim = Sim::new(journal, 10);
+    for (journal, failover) in MODES {
+        let mut sim = Sim::new(journal, 10, failover);
         for action in &actions {
             sim.step(action);
             if journal {
@@ -1283,8 +1373,8 @@ fn a_full_pipeline_survives_reordering_and_loss() {
         Tick { ms: 5 },
         Send { to: 0 },
     ];
-    for journal in [false, true] {
-        let mut sim = Sim::new(journal, 1000);
+    for (journal, failover) in MODES {
+        let mut sim = Sim::new(journal, 1000, failover);
         for action in &actions {
             sim.step(action);
             sim.step(&Persist { count: usize::MAX });

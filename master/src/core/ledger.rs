@@ -16,6 +16,13 @@
 //! also reported a decided frontier at or past the id: a master that loses its disk recovers
 //! its log from the secondaries ([`crate::recovery`]), and must find the tombstone there.
 //! Records are queued in id order, so the file receives them in that order.
+//!
+//! In failover mode two more rules hold ([`Ledger::with_quorum_decisions`], [`Ledger::freeze`]).
+//! The decided frontier, which makes entries visible here and on the secondaries, moves only up
+//! to what a majority of the nodes holds, so that nothing shown can be lost with one node: the
+//! next master, elected from any majority, holds it. And a 500 waits for a majority (the master
+//! and majority - 1 secondaries) to hold the tombstone. A master whose lease lapsed freezes: it
+//! decides nothing any more, since another may already be elected.
 
 use super::Effect;
 use bytes::Bytes;
@@ -126,6 +133,12 @@ pub struct Ledger {
     /// Records go to a file (`DATA_DIR`), which reports back; without one, the log is in
     /// memory only and everything held is durable at once.
     journal: bool,
+    /// Failover mode: the decided frontier and the confirmation of aborts wait for a majority
+    /// of the nodes (see the module's doc).
+    quorum_decisions: bool,
+    /// Set once this master may no longer decide (its lease lapsed, or it was deposed): no
+    /// commit, abort, confirmation or frontier move happens any more.
+    frozen: bool,
     effects: Vec<Effect>,
 }
 
@@ -139,7 +152,31 @@ impl Ledger {
     ///
     /// `journal` says whether records go to a file ([`Effect::Persist`]), which reports back
     /// through [`Ledger::on_written`] and [`Ledger::on_persisted`].
-    pub fn new(mut log: Log, secondaries: usize, journal: bool, starts: &[(u64, u64)]) -> Self {
+    pub fn new(log: Log, secondaries: usize, journal: bool, starts: &[(u64, u64)]) -> Self {
+        Self::build(log, secondaries, journal, starts, false)
+    }
+
+    /// A ledger of failover mode: as [`Ledger::new`], but the decided frontier moves only up
+    /// to what a majority holds, and a 500 waits for majority - 1 secondaries to report the
+    /// tombstone decided. The recovered log is not taken as decided: it stays decided up to
+    /// `log.decided()` (what earlier masters are known to have decided) until a majority is
+    /// heard to hold more, since the ids above may be held by this node alone.
+    pub fn with_quorum_decisions(
+        log: Log,
+        secondaries: usize,
+        journal: bool,
+        starts: &[(u64, u64)],
+    ) -> Self {
+        Self::build(log, secondaries, journal, starts, true)
+    }
+
+    fn build(
+        mut log: Log,
+        secondaries: usize,
+        journal: bool,
+        starts: &[(u64, u64)],
+        quorum_decisions: bool,
+    ) -> Self {
         let starts: Vec<MasterStart> = starts
             .iter()
             .map(|&(instance, recovered)| MasterStart {
@@ -147,7 +184,9 @@ impl Ledger {
                 recovered,
             })
             .collect();
-        log.set_decided(log.last_id());
+        if !quorum_decisions {
+            log.set_decided(log.last_id());
+        }
         Self {
             durable: log.last_id(),
             written: log.last_id(),
@@ -158,8 +197,27 @@ impl Ledger {
             unconfirmed: BTreeMap::new(),
             followers: vec![Follower::default(); secondaries],
             journal,
+            quorum_decisions,
+            frozen: false,
             effects: Vec::new(),
         }
+    }
+
+    /// Stops deciding for good: this master's lease lapsed or it was deposed, so another
+    /// master may already decide. Acknowledgements, syncs and deadlines still update what is
+    /// known, but nothing commits, aborts, is confirmed or becomes decided any more; the
+    /// waiting clients hear "unknown" when the role stops.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// Whether the frontier and the 500s wait for a majority (failover mode).
+    pub fn quorum_decisions(&self) -> bool {
+        self.quorum_decisions
     }
 
     /// What the steps since the last call asked to be done, in order.
@@ -246,6 +304,9 @@ impl Ledger {
             self.acknowledge(from, upto, Ack::Master);
         }
         for &id in tombstones {
+            if self.frozen {
+                break;
+            }
             if let Some(pending) = self.pending.remove(&id) {
                 self.log.tombstone(id);
                 self.unconfirmed.insert(
@@ -263,17 +324,26 @@ impl Ledger {
     }
 
     /// Answers 500 to the clients of aborted ids a secondary has decided (it holds the
-    /// tombstone), or every one when there is no secondary (the master's disk is the log).
+    /// tombstone), or every one when there is no secondary (the master's disk is the log). With
+    /// quorum decisions, majority - 1 secondaries must have decided them: with the master, a
+    /// majority holds the tombstone, so every majority a next master hears includes one.
     fn confirm_aborts(&mut self) {
+        if self.frozen {
+            return;
+        }
         let Some(&first) = self.unconfirmed.keys().next() else {
             return;
         };
-        let upto = self
-            .followers
-            .iter()
-            .map(|f| f.decided)
-            .max()
-            .unwrap_or(u64::MAX);
+        let upto = if self.quorum_decisions {
+            let needed = self.majority() - 1;
+            kth_highest(self.followers.iter().map(|f| f.decided), needed)
+        } else {
+            self.followers
+                .iter()
+                .map(|f| f.decided)
+                .max()
+                .unwrap_or(u64::MAX)
+        };
         if upto < first {
             return;
         }
@@ -336,7 +406,7 @@ impl Ledger {
     /// One acknowledgement, by the master's disk or by a secondary, for every pending id in
     /// `(from, to]`; commits those that reach their write concern.
     fn acknowledge(&mut self, from: u64, to: u64, by: Ack) {
-        if to <= from {
+        if to <= from || self.frozen {
             return;
         }
         let mut committed = Vec::new();
@@ -385,6 +455,9 @@ impl Ledger {
     /// has within `confirm_within` from now ([`Ledger::expire_unconfirmed`]). Returns the ids.
     pub fn abort_expired(&mut self, now: Instant, confirm_within: Duration) -> Vec<u64> {
         let mut expired = Vec::new();
+        if self.frozen {
+            return expired;
+        }
         for (&id, pending) in self.pending.iter_mut() {
             if !pending.aborting && pending.deadline.is_some_and(|d| d <= now) {
                 pending.aborting = true;
@@ -460,15 +533,35 @@ impl Ledger {
         self.followers[index].last_error = Some(error);
     }
 
-    /// The decided frontier: every id before the first pending one.
+    /// The decided frontier: every id before the first pending one (with quorum decisions,
+    /// only as far as a majority holds).
     fn advance_decided(&mut self) -> bool {
-        let frontier = match self.pending.keys().next() {
+        if self.frozen {
+            return false;
+        }
+        let mut frontier = match self.pending.keys().next() {
             Some(&first) => first - 1,
             None => self.log.last_id(),
         };
+        if self.quorum_decisions {
+            frontier = frontier.min(self.majority_held());
+        }
         let before = self.log.decided();
         self.log.set_decided(frontier);
         self.log.decided() > before
+    }
+
+    /// Nodes that make a majority: of the master and its secondaries.
+    fn majority(&self) -> usize {
+        let nodes = self.followers.len() + 1;
+        nodes / 2 + 1
+    }
+
+    /// The highest id a majority of the nodes holds: the master up to its durable id, each
+    /// secondary up to what it acknowledged.
+    pub fn majority_held(&self) -> u64 {
+        let held = std::iter::once(self.durable).chain(self.followers.iter().map(|f| f.acked));
+        kth_highest(held, self.majority())
     }
 
     /// The master's decisions as one secondary needs them: tombstones since its reported
@@ -539,6 +632,20 @@ impl Ledger {
     pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
         self.log.visible(from_id, limit).collect()
     }
+}
+
+/// The `k`-th highest of `values` (counting repeats): the highest value that at least `k` of
+/// them reach; `u64::MAX` for `k = 0`, 0 when there are fewer than `k`. Quadratic, without
+/// allocating: a cluster has a handful of nodes.
+fn kth_highest(values: impl Iterator<Item = u64> + Clone, k: usize) -> u64 {
+    if k == 0 {
+        return u64::MAX;
+    }
+    values
+        .clone()
+        .filter(|&v| values.clone().filter(|&w| w >= v).count() >= k)
+        .max()
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -862,6 +969,133 @@ mod tests {
         let l = Ledger::new(log, 1, false, &[(1, 0)]);
         assert_eq!((l.durable(), l.log().decided()), (2, 2));
         assert_eq!(ids(&l), vec![1]);
+    }
+
+    fn quorum_ledger(secondaries: usize) -> Ledger {
+        Ledger::with_quorum_decisions(Log::new(new_log_id()), secondaries, false, &[(1, 0)])
+    }
+
+    #[test]
+    fn with_quorum_decisions_a_w1_append_answers_at_once_but_shows_once_a_majority_holds_it() {
+        let mut l = quorum_ledger(2);
+        let id = l.append(Bytes::from("a"), 1, None);
+        assert_eq!(told(&l, id), Progress::Decided(Outcome::Committed));
+        assert_eq!(l.log().decided(), 0, "only the master holds it");
+        assert!(ids(&l).is_empty());
+        assert_eq!(
+            l.decisions_for(0).decided_upto,
+            0,
+            "nor is it pushed as decided"
+        );
+        let state = reply(&l, 1, 1);
+        assert_eq!(l.on_reply(0, &state, Instant::now()), Ok(true));
+        assert_eq!((l.log().decided(), ids(&l)), (1, vec![1]), "two of three");
+        // Without the flag, the master's own copy decides it.
+        let mut l = ledger(2);
+        l.append(Bytes::from("a"), 1, None);
+        assert_eq!(ids(&l), vec![1]);
+    }
+
+    #[test]
+    fn with_quorum_decisions_the_frontier_is_the_majoritys_and_waits_for_the_masters_disk() {
+        let mut l = Ledger::with_quorum_decisions(Log::new(new_log_id()), 4, true, &[(1, 0)]);
+        for _ in 0..3 {
+            l.append(Bytes::from("x"), 1, None);
+        }
+        l.on_written(3);
+        let now = Instant::now();
+        // Two secondaries hold all three, a third one: with the master's disk not synced, no
+        // majority of five holds anything beyond id 1.
+        l.on_reply(0, &reply(&l, 1, 3), now).ok();
+        l.on_reply(1, &reply(&l, 1, 3), now).ok();
+        l.on_reply(2, &reply(&l, 1, 1), now).ok();
+        assert_eq!(
+            l.log().decided(),
+            0,
+            "nothing is committed before the master's sync"
+        );
+        l.on_persisted(Some(3), &[]);
+        assert_eq!(l.majority_held(), 3);
+        assert_eq!(l.log().decided(), 3);
+    }
+
+    #[test]
+    fn a_recovered_log_of_failover_mode_is_decided_only_as_far_as_it_was() {
+        let mut log = Log::new(new_log_id());
+        for _ in 0..3 {
+            log.push(Bytes::from("a"), false);
+        }
+        log.set_decided(1);
+        let mut l = Ledger::with_quorum_decisions(log, 2, false, &[(1, 0), (2, 3)]);
+        assert_eq!((l.durable(), l.log().decided()), (3, 1));
+        let state = ReplicaState {
+            master_instance: 2,
+            ..reply(&l, 1, 3)
+        };
+        l.on_reply(1, &state, Instant::now()).ok();
+        assert_eq!(l.log().decided(), 3, "a secondary holds the rest");
+    }
+
+    #[test]
+    fn with_quorum_decisions_a_500_waits_for_a_majority_to_hold_the_tombstone() {
+        let now = Instant::now();
+        for quorum in [false, true] {
+            let mut l = if quorum { quorum_ledger(4) } else { ledger(4) };
+            let id = l.append(Bytes::from("lost"), 5, Some(now));
+            assert_eq!(l.abort_expired(now, BOUND), vec![id]);
+            l.on_reply(0, &decided(&l, 1, 1, 1), now).ok();
+            if quorum {
+                assert_eq!(
+                    told(&l, id),
+                    Progress::Waiting,
+                    "the master and one of five"
+                );
+                l.on_reply(3, &decided(&l, 1, 1, 1), now).ok();
+            }
+            assert_eq!(told(&l, id), Progress::Decided(Outcome::Aborted));
+        }
+        // Alone, the master's disk is a majority.
+        let mut l = Ledger::with_quorum_decisions(Log::new(new_log_id()), 0, true, &[(1, 0)]);
+        let id = l.append(Bytes::from("a"), 1, Some(now));
+        l.abort_expired(now, BOUND);
+        l.on_persisted(None, &[id]);
+        assert_eq!(told(&l, id), Progress::Decided(Outcome::Aborted));
+    }
+
+    #[test]
+    fn a_frozen_ledger_decides_nothing_and_an_admission_is_refused() {
+        let now = Instant::now();
+        let mut l = Ledger::new(Log::new(new_log_id()), 2, true, &[(1, 0)]);
+        let a = l.append(Bytes::from("a"), 2, Some(now));
+        let b = l.append(Bytes::from("b"), 2, Some(now));
+        l.on_persisted(Some(2), &[]);
+        l.on_reply(0, &reply(&l, 1, 1), now).ok();
+        assert_eq!(told(&l, a), Progress::Decided(Outcome::Committed));
+        assert_eq!(l.log().decided(), 1);
+        l.take_effects();
+        l.freeze();
+        // An acknowledgement, a deadline and a confirmation: none decides anything.
+        l.on_reply(0, &decided(&l, 1, 2, 1), now).ok();
+        assert_eq!(l.abort_expired(now, BOUND), Vec::<u64>::new());
+        l.on_persisted(None, &[b]);
+        assert_eq!(told(&l, b), Progress::Waiting);
+        assert_eq!((l.log().decided(), l.pending_count()), (1, 1));
+        assert!(!l.log().is_tombstone(b));
+        assert!(l
+            .take_effects()
+            .iter()
+            .all(|e| !matches!(e, Effect::Answer { .. } | Effect::Persist(_))));
+    }
+
+    #[test]
+    fn the_kth_highest_counts_repeats() {
+        let v = [3u64, 9, 3, 1];
+        assert_eq!(kth_highest(v.iter().copied(), 0), u64::MAX);
+        assert_eq!(kth_highest(v.iter().copied(), 1), 9);
+        assert_eq!(kth_highest(v.iter().copied(), 2), 3);
+        assert_eq!(kth_highest(v.iter().copied(), 3), 3);
+        assert_eq!(kth_highest(v.iter().copied(), 4), 1);
+        assert_eq!(kth_highest(v.iter().copied(), 5), 0);
     }
 
     #[test]

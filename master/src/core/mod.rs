@@ -86,6 +86,9 @@ pub struct Settings {
     /// How long an append may wait for its write concern (`REPLICATION_TIMEOUT_SECONDS`; 0:
     /// forever).
     pub replication_timeout: Duration,
+    /// Failover mode: the decided frontier moves only up to what a majority holds, and a 500
+    /// waits for majority - 1 secondaries ([`Ledger::with_quorum_decisions`]).
+    pub quorum_decisions: bool,
 }
 
 impl Settings {
@@ -97,6 +100,7 @@ impl Settings {
             retry_base: config.retry_base_ms,
             retry_max: config.retry_max_ms,
             replication_timeout: config.replication_timeout_seconds,
+            quorum_decisions: config.failover.is_some(),
         }
     }
 
@@ -136,7 +140,7 @@ impl Core {
         starts: &[(u64, u64)],
         now: Instant,
     ) -> Self {
-        let ledger = Ledger::new(log, settings.secondaries.len(), journal, starts);
+        let ledger = new_ledger(&settings, log, journal, starts);
         let mut core = Self {
             links: Vec::new(),
             ledger,
@@ -167,7 +171,11 @@ impl Core {
     /// Starts over with `log` (recovery's result, or an empty log while the file is older
     /// than the cluster's): a new ledger and new links.
     pub fn install(&mut self, log: Log, journal: bool, starts: &[(u64, u64)]) {
-        self.ledger = Ledger::new(log, self.links.len(), journal, starts);
+        let frozen = self.ledger.frozen();
+        self.ledger = new_ledger(&self.settings, log, journal, starts);
+        if frozen {
+            self.ledger.freeze();
+        }
         self.links = self.new_links();
         self.ledger.push_effect(Effect::Wake(None));
     }
@@ -192,6 +200,16 @@ impl Core {
     /// [`Core::take_effects`] without giving up the buffer: the drivers' path.
     pub fn drain_effects(&mut self) -> std::vec::Drain<'_, Effect> {
         self.ledger.drain_effects()
+    }
+
+    /// This master may no longer decide (its lease lapsed, or it was deposed): see
+    /// [`Ledger::freeze`]. Appends are refused from now on.
+    pub fn freeze(&mut self) {
+        self.ledger.freeze();
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.ledger.frozen()
     }
 
     /// Sets or clears why the master is read-only while it recovers its log.
@@ -348,15 +366,22 @@ impl Core {
             .status(last.unwrap_or(self.started), now, self.settings.thresholds)
     }
 
-    /// A majority of the n+1 nodes must be reachable, no secondary may hold another log, and
-    /// the log must be recovered.
+    /// A majority of the n+1 nodes must be reachable, no secondary may hold another log, the
+    /// log must be recovered, and the master may still decide (not frozen).
     pub fn quorum(&mut self, now: Instant) -> Quorum {
         let nodes = self.settings.nodes();
         let mut reachable = 1;
-        let mut refusal = self.recovering.clone();
+        let mut refusal = if self.ledger.frozen() {
+            Some(NO_LONGER_MASTER.to_owned())
+        } else {
+            self.recovering.clone()
+        };
         for index in 0..self.links.len() {
             let follower = self.ledger.follower(index);
             if let Some(foreign) = &follower.foreign_log {
+                if self.ledger.frozen() {
+                    continue;
+                }
                 refusal = Some(format!(
                     "secondary {} holds log {foreign}, not this master's log {}: restart the master with its data, or wipe that secondary",
                     self.settings.secondaries[index],
@@ -376,6 +401,19 @@ impl Core {
             nodes,
             refusal,
         }
+    }
+}
+
+/// Why a frozen master refuses appends.
+pub const NO_LONGER_MASTER: &str = "this node is no longer the master (its lease lapsed)";
+
+/// The ledger `settings` ask for.
+fn new_ledger(settings: &Settings, log: Log, journal: bool, starts: &[(u64, u64)]) -> Ledger {
+    let secondaries = settings.secondaries.len();
+    if settings.quorum_decisions {
+        Ledger::with_quorum_decisions(log, secondaries, journal, starts)
+    } else {
+        Ledger::new(log, secondaries, journal, starts)
     }
 }
 
@@ -408,6 +446,7 @@ mod tests {
             retry_base: Duration::from_millis(10),
             retry_max: Duration::from_millis(100),
             replication_timeout: Duration::from_secs(10),
+            quorum_decisions: false,
         }
     }
 
@@ -501,6 +540,18 @@ mod tests {
             id: aborted,
             progress: Progress::AbortUnconfirmed
         }));
+    }
+
+    #[test]
+    fn a_frozen_core_refuses_appends_and_stays_frozen_over_a_new_log() {
+        let now = Instant::now();
+        let mut c = core(now);
+        c.freeze();
+        assert_eq!(c.admit(now), Err(Refused(NO_LONGER_MASTER.into())));
+        assert!(c.quorum(now).refusal.is_some());
+        c.install(Log::new(new_log_id()), false, &[(2, 0)]);
+        assert!(c.frozen());
+        assert!(c.admit(now).is_err());
     }
 
     #[test]
