@@ -51,6 +51,11 @@ pub struct Config {
     /// Probability (0..1) of answering an error after storing a batch, to prove exactly-once.
     #[arg(long, env = "ERROR_RATE", default_value = "0", value_parser = rate)]
     pub error_rate: f64,
+
+    /// Failover mode: the role this secondary plays in a node that etcd may make master (the
+    /// `replog` binary sets it; `MASTER` is then ignored). `None`: static mode.
+    #[arg(skip)]
+    pub failover: Option<replog_node::failover::SecondaryRole>,
 }
 
 /// Settings that disagree with one another.

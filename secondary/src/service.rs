@@ -119,6 +119,7 @@ impl Secondary {
             Err(Refused::Storage(error)) => {
                 return Err(Status::internal(format!("cannot write the log: {error}")))
             }
+            Err(Refused::Stopped) => return Err(Status::unavailable("this secondary has stopped")),
         };
         if carried_entries && config.error_rate > 0.0 && rand::random::<f64>() < config.error_rate {
             return Err(Status::unavailable(

@@ -3,7 +3,7 @@
 use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::replica::{Refusal, Replica};
-use replog_node::api::{ApiError, Health, Node};
+use replog_node::api::{ApiError, Health, Leadership, Node};
 use replog_node::log::Message;
 use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
@@ -34,6 +34,8 @@ pub struct Secondary {
 pub struct Store {
     pub replica: Replica,
     file: Option<LogFile>,
+    /// Set by [`Secondary::close`]: nothing is taken any more, and the file is closed.
+    closed: bool,
 }
 
 /// Why a request was not taken.
@@ -48,6 +50,8 @@ pub enum Refused {
     Invalid(String),
     /// The log file could not be written; the secondary is stopping.
     Storage(String),
+    /// The secondary has stopped (see [`Secondary::close`]).
+    Stopped,
 }
 
 impl Secondary {
@@ -59,9 +63,15 @@ impl Secondary {
         shutdown: Shutdown,
     ) -> Self {
         let (visible, _) = watch::channel(replica.log().visible_upto());
+        // Always announced, changed or not: the node waits for it to know the log was read.
+        publish_standing(&config, &replica, true);
         Self {
             config,
-            store: Mutex::new(Store { replica, file }),
+            store: Mutex::new(Store {
+                replica,
+                file,
+                closed: false,
+            }),
             last_contact: Mutex::new(None),
             visible,
             forward,
@@ -90,6 +100,17 @@ impl Secondary {
         self.store().file.is_some()
     }
 
+    /// Stops taking replication requests and closes the log file. A request being stored holds
+    /// the lock, so it is written whole first; any request after this is refused
+    /// ([`Refused::Stopped`]). After this returns nothing in the process holds the file, even
+    /// if a task still holds the secondary: the failover node may open `DATA_DIR` for the master
+    /// role at once.
+    pub fn close(&self) {
+        let mut store = self.store();
+        store.closed = true;
+        store.file = None;
+    }
+
     fn contacted(&self) {
         *self.last_contact.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
     }
@@ -103,7 +124,14 @@ impl Secondary {
     pub fn receive(&self, request: ReplicateRequest) -> Result<ReplicaState, Refused> {
         let theirs = request.log_id.clone();
         let mut store = self.store();
-        let Store { replica, file } = &mut *store;
+        let Store {
+            replica,
+            file,
+            closed,
+        } = &mut *store;
+        if *closed {
+            return Err(Refused::Stopped);
+        }
         let records = match replica.receive(request) {
             Ok(records) => records,
             Err(refusal @ Refusal::ForeignLog) => {
@@ -161,6 +189,8 @@ impl Secondary {
                 "stored"
             );
         }
+        // Under the lock, so the standing published last is the latest.
+        publish_standing(&self.config, replica, false);
         let upto = replica.log().visible_upto();
         replog_node::api::publish_visible(&self.visible, upto);
         Ok(replica.state())
@@ -205,9 +235,22 @@ impl Node for Secondary {
 
     fn health(&self) -> Health {
         let silence = self.last_contact().map(|t| t.elapsed());
+        let leadership = self
+            .config
+            .failover
+            .as_ref()
+            .map(|role| Leadership::of(&role.name, role.leader.borrow().as_ref()));
+        let leaderless = leadership.as_ref().is_some_and(|l| l.master.is_none());
         let store = self.store();
         let log = store.replica.log();
         let cut_off = silence.is_none_or(|s| s >= MASTER_SILENCE);
+        let read_only_reason = if leaderless {
+            Some(crate::forward::NO_MASTER.to_owned())
+        } else if cut_off {
+            Some("the master has not reached this secondary lately".to_owned())
+        } else {
+            None
+        };
         Health {
             role: "secondary",
             log_id: log.log_id().to_owned(),
@@ -215,12 +258,225 @@ impl Node for Secondary {
             decided: log.decided(),
             visible: log.visible_count(),
             quorum: !cut_off,
-            // Appends here are forwarded; they can only work while the master reaches us.
-            read_only: cut_off,
-            read_only_reason: cut_off
-                .then(|| "the master has not reached this secondary lately".to_owned()),
+            // Appends here are forwarded; they can only work while the master reaches us (and,
+            // in failover mode, while some node leads).
+            read_only: read_only_reason.is_some(),
+            read_only_reason,
             last_contact_ms_ago: silence.map(|s| s.as_millis() as u64),
+            leadership,
             ..Health::default()
         }
+    }
+}
+
+/// Failover mode: publishes where `replica` stands (its fields of the node's standing only),
+/// waking the node's watchers if one changed, or `always`. Static mode: nothing.
+fn publish_standing(config: &Config, replica: &Replica, always: bool) {
+    let Some(role) = &config.failover else {
+        return;
+    };
+    let log = replica.log();
+    role.standing.send_if_modified(|standing| {
+        let changed = standing.log_id != log.log_id()
+            || standing.master_instance != replica.master()
+            || standing.held != log.last_id()
+            || standing.decided != log.decided();
+        if changed {
+            if standing.log_id != log.log_id() {
+                standing.log_id = log.log_id().to_owned();
+            }
+            standing.master_instance = replica.master();
+            standing.held = log.last_id();
+            standing.decided = log.decided();
+        }
+        changed || always
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use replog_node::failover::{Leader, SecondaryRole, Standing};
+    use replog_node::log::Log;
+    use replog_proto::v1::{Decisions, Entry, MasterStart};
+
+    /// A secondary in failover mode as node "b" (in memory), with the node's ends of its role.
+    fn in_failover(
+        replica: Replica,
+    ) -> (
+        Secondary,
+        watch::Sender<Option<Leader>>,
+        watch::Receiver<Standing>,
+    ) {
+        let (leader_tx, leader) = watch::channel(None);
+        let (standing, standing_rx) = watch::channel(Standing {
+            name: "b".into(),
+            http: "b:8001".into(),
+            grpc: "b:50051".into(),
+            ..Standing::default()
+        });
+        let mut config = Config::parse_from(["secondary"]);
+        config.failover = Some(SecondaryRole {
+            name: "b".into(),
+            leader: leader.clone(),
+            standing,
+        });
+        let forward = Forwarder::following("b", leader);
+        let secondary = Secondary::new(config, replica, None, forward, Shutdown::new());
+        (secondary, leader_tx, standing_rx)
+    }
+
+    fn entry(id: u64, text: &str) -> Entry {
+        Entry {
+            id,
+            message: text.as_bytes().to_vec().into(),
+            tombstone: false,
+        }
+    }
+
+    /// Log "L", master process `instance`, listing its start as one that recovered nothing (which
+    /// only a replica that follows no master yet, or follows `instance`, takes as it is).
+    fn request(instance: u64, entries: Vec<Entry>, decided_upto: Option<u64>) -> ReplicateRequest {
+        ReplicateRequest {
+            log_id: "L".into(),
+            entries,
+            decisions: decided_upto.map(|upto| Decisions {
+                decided_upto: upto,
+                tombstones: vec![],
+                since: 0,
+            }),
+            master_instance: instance,
+            starts: vec![MasterStart {
+                instance,
+                recovered: 0,
+            }],
+            quiet: false,
+        }
+    }
+
+    /// The role's fields of a standing, with the node's as `in_failover` set them.
+    fn standing(log_id: &str, master_instance: u64, held: u64, decided: u64) -> Standing {
+        Standing {
+            name: "b".into(),
+            http: "b:8001".into(),
+            grpc: "b:50051".into(),
+            log_id: log_id.into(),
+            master_instance,
+            held,
+            decided,
+        }
+    }
+
+    #[test]
+    fn the_standing_is_published_at_start_and_as_entries_and_decisions_arrive() {
+        let mut log = Log::new("L".into());
+        log.push("a".into(), false);
+        let (secondary, _leader, mut standing_rx) = in_failover(Replica::new(log).with_master(3));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 1, 0));
+
+        let held = secondary.receive(request(3, vec![entry(2, "b"), entry(3, "c")], None));
+        assert!(held.is_ok(), "{held:?}");
+        assert!(standing_rx.has_changed().unwrap_or(false));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 0));
+
+        // An entry beyond a gap is not held yet: nothing to publish.
+        let ahead = secondary.receive(request(3, vec![entry(5, "e")], None));
+        assert!(ahead.is_ok(), "{ahead:?}");
+        assert!(!standing_rx.has_changed().unwrap_or(true));
+
+        let decided = secondary.receive(request(3, vec![], Some(2)));
+        assert!(decided.is_ok(), "{decided:?}");
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 2));
+
+        // A refused request changes nothing, and wakes nobody.
+        let mut foreign = request(3, vec![entry(4, "d")], None);
+        foreign.log_id = "other".into();
+        assert!(matches!(
+            secondary.receive(foreign),
+            Err(Refused::Unapplied(_))
+        ));
+        let stale = secondary.receive(request(2, vec![entry(4, "d")], None));
+        assert!(matches!(stale, Err(Refused::Master(_))), "{stale:?}");
+        assert!(!standing_rx.has_changed().unwrap_or(true));
+
+        // A new master (term) that recovered ids up to 2: the last term moves, what it lacks goes.
+        let mut next = request(4, vec![], None);
+        next.starts = vec![MasterStart {
+            instance: 4,
+            recovered: 2,
+        }];
+        let switched = secondary.receive(next);
+        assert!(switched.is_ok(), "{switched:?}");
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 4, 2, 2));
+    }
+
+    #[test]
+    fn a_fresh_secondary_publishes_the_log_it_adopts() {
+        let (secondary, _leader, mut standing_rx) = in_failover(Replica::new(Log::new("".into())));
+        // Announced even though nothing differs from the node's default: the log was read.
+        assert!(standing_rx.has_changed().unwrap_or(false));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("", 0, 0, 0));
+        let adopted = secondary.receive(request(1, vec![entry(1, "a")], Some(1)));
+        assert!(adopted.is_ok(), "{adopted:?}");
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 1, 1, 1));
+    }
+
+    #[test]
+    fn health_names_the_leader_and_is_read_only_without_one() {
+        let (secondary, leader_tx, _standing) = in_failover(Replica::new(Log::new("L".into())));
+        let health = secondary.health();
+        assert_eq!(
+            health.leadership,
+            Some(Leadership {
+                node: "b".into(),
+                master: None,
+                term: 0,
+                since_unix_ms: None,
+            })
+        );
+        assert!(health.read_only);
+        assert_eq!(
+            health.read_only_reason.as_deref(),
+            Some(crate::forward::NO_MASTER)
+        );
+        leader_tx.send_replace(Some(Leader {
+            name: "a".into(),
+            http: "a:8000".into(),
+            term: 7,
+            since_unix_ms: 1234,
+        }));
+        let leadership = secondary.health().leadership;
+        assert_eq!(
+            leadership,
+            Some(Leadership {
+                node: "b".into(),
+                master: Some("a".into()),
+                term: 7,
+                since_unix_ms: Some(1234),
+            })
+        );
+    }
+
+    #[test]
+    fn static_mode_publishes_nothing_and_shows_no_leadership() {
+        let config = Config::parse_from(["secondary"]);
+        let forward = Forwarder::new(None).expect("no master");
+        let replica = Replica::new(Log::new("L".into()));
+        let secondary = Secondary::new(config, replica, None, forward, Shutdown::new());
+        assert_eq!(secondary.health().leadership, None);
+    }
+
+    #[test]
+    fn a_closed_secondary_takes_nothing_more() {
+        let (secondary, _leader, mut standing_rx) = in_failover(Replica::new(Log::new("".into())));
+        standing_rx.borrow_and_update();
+        secondary.close();
+        assert!(matches!(
+            secondary.receive(request(1, vec![entry(1, "a")], Some(1))),
+            Err(Refused::Stopped)
+        ));
+        assert_eq!(secondary.store().replica.log().last_id(), 0);
+        assert!(!standing_rx.has_changed().unwrap_or(true));
     }
 }
