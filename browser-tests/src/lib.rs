@@ -297,13 +297,31 @@ pub struct Nginx {
 }
 
 impl Nginx {
+    /// nginx as `scripts/run` starts it, its files under `dir/nginx`.
     pub async fn start(tools: &NginxTools, cluster: &Cluster, dir: &Path) -> Nginx {
-        let run_dir = &dir.join("nginx");
+        Self::start_with(tools, cluster, &dir.join("nginx"), None).await
+    }
+
+    /// nginx as [`Nginx::start`] starts it, its files under `run_dir`, with `/nodes.json` (the
+    /// page's columns) answering `nodes_json` when given (nginx/render's `NODES_JSON`).
+    pub async fn start_with(
+        tools: &NginxTools,
+        cluster: &Cluster,
+        run_dir: &Path,
+        nodes_json: Option<&str>,
+    ) -> Nginx {
         on_free_ports(move || async move {
             let port = free_port();
             let addr = |node: &Node| format!("127.0.0.1:{}", node.http_port);
-            let output = Command::new("bash")
+            let mut render = Command::new("bash");
+            render
                 .arg(workspace_root().join("nginx/render"))
+                .env_remove("NGINX_TEMPLATE")
+                .env_remove("NODES_JSON");
+            if let Some(nodes) = nodes_json {
+                render.env("NODES_JSON", nodes);
+            }
+            let output = render
                 .env("NGINX_RUN_DIR", run_dir)
                 .env("NGINX_LISTEN", format!("127.0.0.1:{port}"))
                 .env("WEB_ROOT", &tools.web_root)
@@ -336,7 +354,7 @@ impl Nginx {
                 .await?;
             Ok(Nginx {
                 port,
-                dir: run_dir.clone(),
+                dir: run_dir.to_path_buf(),
                 _process: process,
             })
         })

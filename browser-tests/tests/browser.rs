@@ -1,8 +1,10 @@
 //! End to end in a real browser: headless Chromium (through chromedriver) opens the page
-//! through nginx, appends through the master and through the secondaries, sees each message
-//! show up in all three columns live (the page's Watch streams), sees an error in words, sees a
-//! killed secondary go down and come back, and saves a screenshot to
-//! `target/screenshots/replog.png`.
+//! through nginx, finds the columns `/nodes.json` lists with each node's role badge, appends
+//! through the master and through the secondaries, sees each message show up in all three
+//! columns live (the page's Watch streams), sees an error in words, sees a killed secondary go
+//! down and come back, and saves a screenshot to `target/screenshots/replog.png`. A second
+//! nginx listing other nodes in another order (`NODES_JSON`) shows just those columns, in that
+//! order.
 //!
 //! Needs nginx, chromium, chromedriver and the built client (`scripts/install-web-tools`,
 //! `scripts/build-web`); skips without them unless `REPLOG_REQUIRE_BROWSER` is set.
@@ -15,7 +17,7 @@
 
 use browser_tests::{
     base_url, browser_tools, chromium_args, chromium_tools, run_tag, running_stack, target_dir,
-    Chromedriver, Compose, Nginx, BASE_URL_ENV,
+    BrowserTools, Chromedriver, Compose, Nginx, BASE_URL_ENV,
 };
 use cluster_tests::{Cluster, SecondaryOpts, REPLICATION_FAILED};
 use fantoccini::elements::Element;
@@ -28,6 +30,9 @@ use std::time::{Duration, Instant};
 /// Generous: CI machines are small and the first page load compiles the wasm.
 const DEADLINE: Duration = Duration::from_secs(20);
 const COLUMNS: [&str; 3] = ["master", "secondary-1", "secondary-2"];
+/// The columns' titles and the roles their nodes' health says, in `COLUMNS` order.
+const TITLES: [&str; 3] = ["Master", "Secondary 1", "Secondary 2"];
+const ROLES: [&str; 3] = ["master", "secondary", "secondary"];
 
 async fn wait_css(browser: &Client, css: &str, what: &str) -> Element {
     browser
@@ -142,8 +147,9 @@ async fn open_browser(
         .expect("a Chromium session through chromedriver")
 }
 
-/// Opens the page and waits until the client runs, every column is up with its Watch open and
-/// the cluster summary says up.
+/// Opens the page and waits until the client runs, checks that its columns are the ones
+/// `/nodes.json` lists, and waits until every column is up with its Watch open, its role badge
+/// says what its node is, and the cluster summary says up with the master named.
 async fn open_page(browser: &Client, url: &str) {
     browser.goto(url).await.expect("open the page");
     wait_css(
@@ -152,20 +158,106 @@ async fn open_page(browser: &Client, url: &str) {
         "the wasm client to start",
     )
     .await;
-    for column in COLUMNS {
+    columns_from_nodes_json(browser, &COLUMNS, &TITLES).await;
+    for (column, role) in COLUMNS.iter().zip(ROLES) {
         wait_css(
             browser,
             &format!("#col-{column}[data-status='up'][data-watch='open']"),
             &format!("the {column} column to be up with its Watch open"),
         )
         .await;
+        let badge = wait_css(
+            browser,
+            &format!("#role-{column}[data-role='{role}']:not([hidden])"),
+            &format!("the {column} column's role badge to say {role}"),
+        )
+        .await;
+        assert_eq!(badge.text().await.expect("the role badge's text"), role);
+        // Static nodes have no leadership: the line stays hidden.
+        let leadership = browser
+            .find(Locator::Id(&format!("leadership-{column}")))
+            .await
+            .expect("the column's leadership line");
+        assert!(
+            leadership.attr("hidden").await.expect("hidden").is_some(),
+            "{column}: a static node's column shows a leadership line: {:?}",
+            leadership.text().await
+        );
     }
     wait_css(
         browser,
-        "#cluster[data-state='up']",
-        "the cluster summary to say up",
+        "#cluster[data-state='up'][data-master='master']",
+        "the cluster summary to say up with master as the master",
     )
     .await;
+}
+
+/// The page built its columns from `/nodes.json` (not the built-in list): exactly `names`, in
+/// that order, titled `titles`, and the append form offers exactly those nodes and w = 1..=n.
+async fn columns_from_nodes_json(browser: &Client, names: &[&str], titles: &[&str]) {
+    wait_css(
+        browser,
+        "#columns[data-source='nodes.json']",
+        "the columns to come from /nodes.json",
+    )
+    .await;
+    let mut shown = Vec::new();
+    for section in browser
+        .find_all(Locator::Css("#columns > section.column"))
+        .await
+        .expect("the columns")
+    {
+        let id = section.attr("id").await.expect("id").unwrap_or_default();
+        let node = section
+            .attr("data-node")
+            .await
+            .expect("data-node")
+            .unwrap_or_default();
+        let title = section
+            .find(Locator::Css("h2 .title"))
+            .await
+            .expect("the column's title")
+            .text()
+            .await
+            .expect("the title's text");
+        shown.push((id, node, title));
+    }
+    let expected: Vec<(String, String, String)> = names
+        .iter()
+        .zip(titles)
+        .map(|(name, title)| {
+            (
+                format!("col-{name}"),
+                (*name).to_owned(),
+                (*title).to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(shown, expected, "the page's columns (id, data-node, title)");
+    let values = |select: &'static str| async move {
+        let mut values = Vec::new();
+        for option in browser
+            .find_all(Locator::Css(&format!("#{select} option")))
+            .await
+            .expect("the options")
+        {
+            values.push(
+                option
+                    .attr("value")
+                    .await
+                    .expect("value")
+                    .unwrap_or_default(),
+            );
+        }
+        values
+    };
+    assert_eq!(
+        values("node").await,
+        names,
+        "the nodes the form appends through"
+    );
+    let w: Vec<String> = (1..=names.len()).map(|w| w.to_string()).collect();
+    assert_eq!(values("w").await, w, "the write concerns the form offers");
 }
 
 /// Saves the page as `target/screenshots/<name>`.
@@ -205,7 +297,7 @@ async fn page_appends_through_any_node_and_shows_every_log_live() {
     let profile = tempfile::tempdir().expect("a fresh Chromium profile");
     let browser = open_browser(&tools.chromium, &driver, profile.path()).await;
 
-    let outcome = drive(&browser, &mut stack, &nginx).await;
+    let outcome = drive(&browser, &mut stack, &nginx, &tools).await;
     let _ = browser.close().await;
     drop(nginx);
     outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -216,10 +308,71 @@ async fn drive(
     browser: &Client,
     stack: &mut Cluster,
     nginx: &Nginx,
+    tools: &BrowserTools,
 ) -> Result<(), Box<dyn std::any::Any + Send>> {
-    AssertUnwindSafe(scenario(browser, stack, nginx))
-        .catch_unwind()
+    AssertUnwindSafe(async {
+        scenario(browser, stack, nginx).await;
+        other_nodes_json(browser, stack, tools).await;
+    })
+    .catch_unwind()
+    .await
+}
+
+/// Another nginx in front of the same cluster whose `/nodes.json` lists secondary-2 and the
+/// master, in that order: the page shows those two columns only, in that order (the master's
+/// view of secondary-2 still in secondary-2's column), and an append through secondary-2 shows
+/// in both.
+async fn other_nodes_json(browser: &Client, stack: &Cluster, tools: &BrowserTools) {
+    let nginx = Nginx::start_with(
+        &tools.nginx_tools(),
+        stack,
+        &stack.dir.join("nginx-two-columns"),
+        Some(r#"["secondary-2","master"]"#),
+    )
+    .await;
+    let listed = ["secondary-2", "master"];
+    browser
+        .goto(&nginx.url("/"))
         .await
+        .expect("open the two-column page");
+    wait_css(
+        browser,
+        "body[data-ready='true']",
+        "the wasm client to start",
+    )
+    .await;
+    columns_from_nodes_json(browser, &listed, &["Secondary 2", "Master"]).await;
+    for (column, role) in listed.iter().zip(["secondary", "master"]) {
+        wait_css(
+            browser,
+            &format!("#col-{column}[data-status='up'][data-watch='open']"),
+            &format!("the {column} column to be up with its Watch open"),
+        )
+        .await;
+        wait_css(
+            browser,
+            &format!("#role-{column}[data-role='{role}']"),
+            &format!("the {column} column's role badge to say {role}"),
+        )
+        .await;
+    }
+    wait_css(
+        browser,
+        "#cluster[data-state='up'][data-master='master']",
+        "the cluster summary to say up with master as the master",
+    )
+    .await;
+    wait_css(
+        browser,
+        "#master-view-secondary-2[data-status='healthy']",
+        "the master's view of secondary-2 in its column",
+    )
+    .await;
+    let message = "through secondary-2 on the two-column page";
+    let clicked = append(browser, "secondary-2", 2, message).await;
+    let (id, _, _) = appended_and_shown(browser, clicked, message, &listed).await;
+    println!("two-column page (/nodes.json {listed:?}): append #{id} shown in both columns");
+    screenshot(browser, "replog-two-columns.png").await;
 }
 
 async fn scenario(browser: &Client, stack: &mut Cluster, nginx: &Nginx) {

@@ -1,18 +1,22 @@
-//! The page in the browser: wires the static skeleton of `index.html` to the nodes.
+//! The page in the browser: reads which nodes to show from `/nodes.json` (the static three
+//! when it is missing or bad), builds a column per node into the skeleton of `index.html`, and
+//! wires them to the nodes.
 //!
 //! Per node, two loops run for as long as the page is open:
 //! - the Watch loop keeps a `Watch` stream open and appends each entry to the node's column as
 //!   it arrives; when the stream breaks it marks the column and reconnects with backoff, from
 //!   the entry after the last one shown;
 //! - the Health loop asks `Health` every second (with a timeout, so a hung node reads as down).
+//!   Each answer also says the node's role and, in failover mode, who is master: the master's
+//!   column is worked out again from every answer, so the page follows a failover.
 //!
 //! Everything runs on the browser's one thread, so state is `Rc<RefCell<..>>`.
 
-use crate::model::{self, NODES, W_CHOICES};
+use crate::model::{self, Node};
 use futures_util::future::{select, Either};
 use replog_proto::v1::log_client::LogClient;
 use replog_proto::v1::{AppendRequest, HealthReply, HealthRequest, LogEntry, WatchRequest};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
@@ -29,6 +33,8 @@ const HEALTH_TIMEOUT_MS: u32 = 2_500;
 const MAX_SHOWN: u32 = 500;
 /// Results of earlier appends listed under the form.
 const HISTORY: u32 = 6;
+/// Where the page learns which nodes to show.
+const NODES_PATH: &str = "/nodes.json";
 
 #[derive(Default)]
 struct Column {
@@ -53,7 +59,11 @@ struct Awaiting {
 struct App {
     doc: Document,
     origin: String,
+    /// The nodes shown, in column order.
+    nodes: Vec<Node>,
     columns: Vec<RefCell<Column>>,
+    /// The master's column, as the latest health answers say.
+    master: Cell<Option<usize>>,
     awaiting: RefCell<Option<Awaiting>>,
     append_seq: RefCell<u64>,
     /// When the page started, in ms since the epoch: part of every append's key.
@@ -65,33 +75,87 @@ struct App {
 
 pub fn start() {
     console_log("replog web client starting");
+    spawn_local(run());
+}
+
+async fn run() {
     let window = web_sys::window().expect("a window");
     let doc = window.document().expect("a document");
     let origin = window.location().origin().expect("the page's origin");
+    let started_ms = js_sys::Date::now();
+    let (nodes, source) = match load_nodes(&origin).await {
+        Ok(nodes) => (nodes, "nodes.json"),
+        Err(why) => {
+            console_log(&format!(
+                "{NODES_PATH}: {why}; showing the built-in nodes {:?}",
+                model::DEFAULT_NODES
+            ));
+            (model::default_nodes(), "built-in")
+        }
+    };
+    let master = nodes.iter().position(|n| n.name == "master");
     let app = Rc::new(App {
         doc,
         origin,
-        columns: NODES.iter().map(|_| RefCell::default()).collect(),
+        columns: nodes.iter().map(|_| RefCell::default()).collect(),
+        nodes,
+        master: Cell::new(master),
         awaiting: RefCell::new(None),
         append_seq: RefCell::new(0),
-        started_ms: js_sys::Date::now(),
+        started_ms,
         unknown: RefCell::new(None),
     });
+    app.build_columns(source);
     app.fill_form();
     app.wire_form();
-    for index in 0..NODES.len() {
+    for index in 0..app.nodes.len() {
         app.render_status(index);
+        app.render_master_view(index);
         spawn_local(watch_loop(app.clone(), index));
         spawn_local(health_loop(app.clone(), index));
     }
+    app.render_cluster_summary();
     if let Some(body) = app.doc.body() {
         let _ = body.set_attribute("data-ready", "true");
     }
 }
 
+/// The nodes `/nodes.json` lists, or why it cannot be used (missing, not JSON, bad names).
+async fn load_nodes(origin: &str) -> Result<Vec<Node>, String> {
+    let url = format!("{origin}{NODES_PATH}");
+    let fetch = Box::pin(async move {
+        let response = gloo_net::http::Request::get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.ok() {
+            return Err(format!(
+                "HTTP {} {}",
+                response.status(),
+                response.status_text()
+            ));
+        }
+        response.text().await.map_err(|e| e.to_string())
+    });
+    let text = match select(fetch, Box::pin(sleep(HEALTH_TIMEOUT_MS))).await {
+        Either::Left((text, _)) => text?,
+        Either::Right(_) => return Err(format!("no answer within {HEALTH_TIMEOUT_MS} ms")),
+    };
+    let value = js_sys::JSON::parse(&text).map_err(|_| model::NodesError::NotAList.to_string())?;
+    if !js_sys::Array::is_array(&value) {
+        return Err(model::NodesError::NotAList.to_string());
+    }
+    let names = js_sys::Array::from(&value)
+        .iter()
+        .map(|v| v.as_string().ok_or(model::NodesError::NotAList))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|e| e.to_string())?;
+    model::parse_nodes(&names).map_err(|e| e.to_string())
+}
+
 impl App {
     fn client(&self, index: usize) -> Client {
-        let base = format!("{}{}", self.origin, NODES[index].base_path());
+        let base = format!("{}{}", self.origin, self.nodes[index].base_path());
         LogClient::new(tonic_web_wasm_client::Client::new(base))
     }
 
@@ -112,22 +176,70 @@ impl App {
         element
     }
 
+    /// One column per node, in the list's order. Every element a test or the code finds
+    /// carries the node's name in its id (`col-<name>`, `log-<name>`, ...).
+    fn build_columns(&self, source: &str) {
+        let columns = self.by_id("columns");
+        let _ = columns.set_attribute("data-source", source);
+        let _ = columns.set_attribute("data-count", &self.nodes.len().to_string());
+        for node in &self.nodes {
+            let name = &node.name;
+            let section = self.element("section", "column", "");
+            let _ = section.set_attribute("id", &format!("col-{name}"));
+            let _ = section.set_attribute("data-node", name);
+            let _ = section.set_attribute("data-status", "connecting");
+            let heading = self.element("h2", "", "");
+            let title = self.element("span", "title", &node.label);
+            let _ = title.set_attribute("id", &format!("title-{name}"));
+            let role = self.element("span", "role", "");
+            let _ = role.set_attribute("id", &format!("role-{name}"));
+            let _ = role.set_attribute("hidden", "");
+            let badge = self.element("span", "badge", "connecting…");
+            let _ = badge.set_attribute("id", &format!("badge-{name}"));
+            for part in [&title, &role, &badge] {
+                let _ = heading.append_child(part);
+            }
+            let _ = section.append_child(&heading);
+            for (tag, class, prefix, text) in [
+                ("p", "leadership", "leadership", ""),
+                ("dl", "health", "health", ""),
+                ("p", "master-view", "master-view", ""),
+                ("p", "conn", "conn", ""),
+                ("p", "count", "count", "empty"),
+                ("ol", "log", "log", ""),
+            ] {
+                let part = self.element(tag, class, text);
+                let _ = part.set_attribute("id", &format!("{prefix}-{name}"));
+                let _ = section.append_child(&part);
+            }
+            let _ = columns.append_child(&section);
+        }
+    }
+
     fn fill_form(&self) {
         let node = self.by_id("node");
-        for n in NODES {
-            let option = self.element("option", "", n.label);
-            let _ = option.set_attribute("value", n.name);
+        for n in &self.nodes {
+            let option = self.element("option", "", &n.label);
+            let _ = option.set_attribute("value", &n.name);
             let _ = node.append_child(&option);
         }
         let w = self.by_id("w");
-        for choice in W_CHOICES {
+        let choices = model::w_choices(self.nodes.len());
+        let most = choices.last().copied();
+        for choice in choices {
             let option = self.element("option", "", &choice.to_string());
             let _ = option.set_attribute("value", &choice.to_string());
-            if choice == *W_CHOICES.last().unwrap() {
+            if Some(choice) == most {
                 let _ = option.set_attribute("selected", "");
             }
             let _ = w.append_child(&option);
         }
+    }
+
+    /// What the page calls the node of column `index` now.
+    fn title(&self, index: usize) -> String {
+        let column = self.columns[index].borrow();
+        model::title(&self.nodes[index], column.health.as_ref())
     }
 
     fn wire_form(self: &Rc<Self>) {
@@ -149,13 +261,17 @@ impl App {
             .dyn_into::<HtmlSelectElement>()
             .map(|s| s.value())
             .unwrap_or_default();
-        let index = NODES.iter().position(|n| n.name == node_name).unwrap_or(0);
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .unwrap_or(0);
         let w: u32 = self
             .by_id("w")
             .dyn_into::<HtmlSelectElement>()
             .ok()
             .and_then(|s| s.value().parse().ok())
-            .unwrap_or(3);
+            .unwrap_or(self.nodes.len() as u32);
         let input = self
             .by_id("message")
             .dyn_into::<HtmlInputElement>()
@@ -170,7 +286,7 @@ impl App {
             Some((unknown, key)) if *unknown == message => key.clone(),
             _ => model::append_key(self.started_ms, seq),
         };
-        let label = NODES[index].label;
+        let label = self.title(index);
         self.show_result(
             "pending",
             &format!("Appending via {label} with w={w}…"),
@@ -278,7 +394,7 @@ impl App {
                 let _ = result.set_attribute("data-all-visible-ms", &format!("{took:.0}"));
                 self.by_id("result-visible").set_text_content(Some(&format!(
                     "Shown on all {} nodes {took:.0} ms after the click.",
-                    NODES.len()
+                    self.nodes.len()
                 )));
             }
             *self.awaiting.borrow_mut() = None;
@@ -293,7 +409,7 @@ impl App {
             }
             column.shown = entry.id;
         }
-        let name = NODES[index].name;
+        let name = &self.nodes[index].name;
         let list = self.by_id(&format!("log-{name}"));
         let item = self.element("li", "", "");
         let _ = item.set_attribute("data-id", &entry.id.to_string());
@@ -312,7 +428,7 @@ impl App {
     }
 
     fn render_count(&self, index: usize) {
-        let name = NODES[index].name;
+        let name = &self.nodes[index].name;
         let shown = self.by_id(&format!("log-{name}")).child_element_count();
         let last = self.columns[index].borrow().shown;
         let text = match last {
@@ -331,7 +447,7 @@ impl App {
             column.shown = 0;
             column.epoch += 1;
         }
-        let name = NODES[index].name;
+        let name = &self.nodes[index].name;
         self.by_id(&format!("log-{name}")).set_inner_html("");
         self.render_count(index);
     }
@@ -366,42 +482,91 @@ impl App {
             }
         }
         self.render_status(index);
-        if index == 0 {
-            // The master's view of each secondary shows in that secondary's column.
-            for other in 1..NODES.len() {
-                self.render_master_view(other);
-            }
+        let previous = self.master.get();
+        let master = {
+            let columns: Vec<_> = self.columns.iter().map(|c| c.borrow()).collect();
+            let live: Vec<Option<&HealthReply>> = columns
+                .iter()
+                .map(|c| c.health.as_ref().filter(|_| c.health_error.is_none()))
+                .collect();
+            model::master_index(&self.nodes, &live, previous)
+        };
+        self.master.set(master);
+        // The master's view of each other node shows in that node's column.
+        for other in 0..self.nodes.len() {
+            self.render_master_view(other);
         }
+        self.render_cluster_summary();
+    }
+
+    /// The master's latest health, if a column is the master's and its last call answered.
+    fn master_health(&self) -> Option<(usize, std::cell::Ref<'_, HealthReply>)> {
+        let master = self.master.get()?;
+        let column = self.columns[master].borrow();
+        if column.health_error.is_some() {
+            return None;
+        }
+        std::cell::Ref::filter_map(column, |c| c.health.as_ref())
+            .ok()
+            .map(|h| (master, h))
     }
 
     fn render_master_view(&self, index: usize) {
-        let name = NODES[index].name;
+        let name = &self.nodes[index].name;
         let Some(view) = self.doc.get_element_by_id(&format!("master-view-{name}")) else {
             return;
         };
-        let master = self.columns[0].borrow();
-        let secondary = model::secondary_index(name).and_then(|i| {
-            master
+        if self.master.get() == Some(index) {
+            let _ = view.set_attribute("hidden", "");
+            let _ = view.set_attribute("data-status", "self");
+            view.set_text_content(None);
+            return;
+        }
+        let _ = view.remove_attribute("hidden");
+        let (status, title, text) = match self.master_health() {
+            Some((master, health)) => {
+                match model::secondary_of(&self.nodes, master, index, &health) {
+                    Some(s) => (
+                        s.status.clone(),
+                        s.address.clone(),
+                        format!("Master sees: {}", model::master_view(s)),
+                    ),
+                    None => (
+                        "unknown".to_owned(),
+                        String::new(),
+                        "Master sees: (not among its secondaries)".to_owned(),
+                    ),
+                }
+            }
+            None if self.master.get().is_none() && self.failover_mode() => (
+                "unknown".to_owned(),
+                String::new(),
+                "Master sees: (no master)".to_owned(),
+            ),
+            None => (
+                "unknown".to_owned(),
+                String::new(),
+                "Master sees: (master not reachable)".to_owned(),
+            ),
+        };
+        let _ = view.set_attribute("data-status", &status);
+        let _ = view.set_attribute("title", &title);
+        view.set_text_content(Some(&text));
+    }
+
+    /// Whether any node answered as a failover node.
+    fn failover_mode(&self) -> bool {
+        self.columns.iter().any(|c| {
+            c.borrow()
                 .health
                 .as_ref()
-                .filter(|_| master.health_error.is_none())
-                .and_then(|h| h.secondaries.get(i))
-        });
-        match secondary {
-            Some(s) => {
-                let _ = view.set_attribute("data-status", &s.status);
-                let _ = view.set_attribute("title", &s.address);
-                view.set_text_content(Some(&format!("Master sees: {}", model::master_view(s))));
-            }
-            None => {
-                let _ = view.set_attribute("data-status", "unknown");
-                view.set_text_content(Some("Master sees: (master not reachable)"));
-            }
-        }
+                .is_some_and(|h| h.leadership.is_some())
+        })
     }
 
     fn render_status(&self, index: usize) {
-        let name = NODES[index].name;
+        let node = &self.nodes[index];
+        let name = &node.name;
         let column = self.columns[index].borrow();
         let (status, badge_text) = match (&column.health_error, &column.health) {
             (Some(_), _) => ("down", "down".to_owned()),
@@ -432,6 +597,37 @@ impl App {
         badge.set_text_content(Some(&badge_text));
         let _ = badge.set_attribute("data-status", status);
 
+        self.by_id(&format!("title-{name}"))
+            .set_text_content(Some(&model::title(node, column.health.as_ref())));
+        let role = self.by_id(&format!("role-{name}"));
+        match &column.health {
+            Some(health) => {
+                let text = model::role(health);
+                role.set_text_content(Some(text));
+                let _ = role.set_attribute("data-role", text);
+                let _ = role.remove_attribute("hidden");
+            }
+            None => {
+                let _ = role.set_attribute("hidden", "");
+            }
+        }
+        let leadership = self.by_id(&format!("leadership-{name}"));
+        match column.health.as_ref().and_then(|h| h.leadership.as_ref()) {
+            Some(l) => {
+                let line = model::leadership_line(l, local_time);
+                leadership.set_text_content(Some(&line));
+                let _ = leadership.set_attribute("data-master", &l.master);
+                let _ = leadership.set_attribute("data-term", &l.term.to_string());
+                let _ = leadership.remove_attribute("hidden");
+            }
+            None => {
+                leadership.set_text_content(None);
+                let _ = leadership.remove_attribute("data-master");
+                let _ = leadership.remove_attribute("data-term");
+                let _ = leadership.set_attribute("hidden", "");
+            }
+        }
+
         let facts = self.by_id(&format!("health-{name}"));
         facts.set_inner_html("");
         if let Some(health) = &column.health {
@@ -451,42 +647,31 @@ impl App {
             (None, None, false) => "Opening the Watch stream…".to_owned(),
         };
         connection.set_text_content(Some(&text));
-        if index == 0 {
-            drop(column);
-            self.render_cluster_summary();
-        }
     }
 
-    /// One line over the columns: is the cluster taking appends.
+    /// One line over the columns: is the cluster taking appends, and which node is master.
     fn render_cluster_summary(&self) {
         let summary = self.by_id("cluster");
-        let master = self.columns[0].borrow();
-        let (state, text) = match (&master.health_error, &master.health) {
-            (Some(_), _) => (
-                "down",
-                "The master is unreachable: appends fail on every node.".to_owned(),
-            ),
-            (None, None) => ("connecting", "Connecting…".to_owned()),
-            (None, Some(h)) if h.read_only => (
-                "read-only",
-                format!("The cluster is read-only: {}", h.read_only_reason),
-            ),
-            (None, Some(h)) => {
-                let healthy = h
-                    .secondaries
-                    .iter()
-                    .filter(|s| s.status == "healthy")
-                    .count();
-                (
-                    "up",
-                    format!(
-                        "Taking appends: master has quorum, {healthy} of {} secondaries healthy.",
-                        h.secondaries.len()
-                    ),
-                )
-            }
-        };
+        let master = self.master.get();
+        let title = master.map(|m| self.title(m));
+        let health = self.master_health();
+        let answered = self.columns.iter().any(|c| c.borrow().health.is_some());
+        let (state, text) = model::summary(
+            title
+                .as_deref()
+                .map(|t| (t, health.as_ref().map(|(_, h)| &**h))),
+            self.failover_mode(),
+            answered,
+        );
         let _ = summary.set_attribute("data-state", state);
+        match master {
+            Some(m) => {
+                let _ = summary.set_attribute("data-master", &self.nodes[m].name);
+            }
+            None => {
+                let _ = summary.remove_attribute("data-master");
+            }
+        }
         summary.set_text_content(Some(&text));
     }
 }
@@ -551,7 +736,7 @@ async fn health_loop(app: Rc<App>, index: usize) {
 /// A failed `Health` call, in words: asks the node's plain-HTTP liveness route (`GET
 /// /health`) to tell "the node is gone" (nginx answers 502) from "gRPC-Web failed on a live node".
 async fn explain_failure(app: &App, index: usize, grpc_error: String) -> String {
-    let url = format!("{}{}/health", app.origin, NODES[index].base_path());
+    let url = format!("{}{}/health", app.origin, app.nodes[index].base_path());
     let probe = Box::pin(gloo_net::http::Request::get(&url).send());
     match select(probe, Box::pin(sleep(HEALTH_TIMEOUT_MS))).await {
         Either::Left((Ok(response), _)) if response.ok() => {
@@ -574,6 +759,12 @@ async fn sleep(ms: u32) {
         let _ = window.set_timeout_with_callback_and_timeout_and_arguments_0(&resolve, ms as i32);
     });
     let _ = JsFuture::from(promise).await;
+}
+
+/// A Unix time in ms on the reader's clock (see [`model::local_time`]).
+fn local_time(unix_ms: u64) -> String {
+    let offset = js_sys::Date::new(&JsValue::from_f64(unix_ms as f64)).get_timezone_offset();
+    model::local_time(unix_ms, js_sys::Date::now() as u64, offset as i64)
 }
 
 fn now_ms() -> f64 {
