@@ -7,3 +7,9 @@ pub mod config;
 pub mod coordinator;
 pub mod etcd;
 pub mod node;
+
+/// How long one call to etcd may take: a sixth of the lease, so a few can fail before the
+/// lease lapses, and at most a second.
+pub fn etcd_timeout(ttl: std::time::Duration) -> std::time::Duration {
+    (ttl / 6).min(std::time::Duration::from_secs(1))
+}
