@@ -36,4 +36,8 @@ pub enum Error {
     Http(#[from] std::io::Error),
     #[error("the log could not be written to DATA_DIR")]
     StorageFailed,
+    /// Failover mode: the term the coordinator gave is not above every master process this
+    /// log knows, so it cannot number a new one.
+    #[error("term {term} is not above master process {floor}, which this log already knows")]
+    StaleTerm { term: u64, floor: u64 },
 }

@@ -16,7 +16,20 @@
 //! anything either, starts a new log. Appends acknowledged with `w=1` by a master that lost its
 //! disk before shipping them are gone with it, as Redis documents for `WAIT`.
 //!
-//! [`plan`] decides from what has been heard, without I/O; [`run`] does the calls.
+//! In failover mode ([`plan_failover`]) the coordinator elected this node as the best of the
+//! standings it saw, but those may be stale: it never copies. It waits for a majority (itself
+//! included), and if any node it hears holds a more up-to-date log than its own (Raft's
+//! election restriction: the later master process followed, then the longer log), it gives
+//! up the mastership ([`Plan::Yield`]) so that one can be elected instead. Every id a master
+//! showed or answered 500 for is held by a majority (see [`crate::core::ledger`]), and every
+//! majority meets the one heard here, so the log it serves lacks none of them.
+//!
+//! Tombstones are taken from a node only at ids up to its reported decided frontier: one beyond
+//! it was never confirmed to any client, and in failover mode may come from a master whose
+//! decision a later one never heard of.
+//!
+//! [`plan`] and [`plan_failover`] decide from what has been heard, without I/O; [`run`] does
+//! the calls.
 
 use crate::replication::Peer;
 use crate::state::Master;
@@ -56,6 +69,9 @@ pub enum Plan {
         log_id: String,
         upto: u64,
     },
+    /// Failover mode: another node holds a more up-to-date log (or this one holds none and
+    /// another does): give up the mastership, for this reason.
+    Yield(String),
 }
 
 /// The master's own log as found at start.
@@ -159,6 +175,82 @@ pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
     }
 }
 
+/// Failover mode's plan: serve this node's own log once a majority (itself included) has
+/// answered, unless a node it heard holds a more up-to-date log of the same identity by
+/// (master process followed, held) than its own (`own.instance`, `own.last_id`), or this node
+/// holds nothing and another holds entries: then yield. `own.doubt` plays no part: a log
+/// that lacks entries is a shorter one, which the comparison finds.
+pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
+    let nodes = heard.len() + 1;
+    let answered = heard.iter().zip(addresses);
+    let mut better = answered
+        .clone()
+        .filter_map(|(h, a)| h.as_ref().map(|h| (&h.state, a)));
+    let found = if own.last_id == 0 {
+        better.find(|(s, _)| s.held > 0)
+    } else {
+        better.find(|(s, _)| {
+            s.log_id == own.log_id && (s.master_instance, s.held) > (own.instance, own.last_id)
+        })
+    };
+    if let Some((state, address)) = found {
+        return Plan::Yield(format!(
+            "{address} holds a more up-to-date log ({} entries of log {} from master process {})              than this node ({} entries of log {} from master process {})",
+            state.held,
+            state.log_id,
+            state.master_instance,
+            own.last_id,
+            own.log_id,
+            own.instance
+        ));
+    }
+    let missing: Vec<&str> = answered
+        .filter(|(h, _)| h.is_none())
+        .map(|(_, a)| a.as_str())
+        .collect();
+    if (nodes - missing.len()) * 2 > nodes {
+        return Plan::Serve;
+    }
+    Plan::Wait(format!(
+        "starting: waiting to hear from a majority of the nodes; not yet from {}",
+        missing.join(", ")
+    ))
+}
+
+/// The tombstones of `log`'s ids that a node heard holds as decided and `log` lacks: a
+/// tombstone a secondary holds as decided may be a 500 a master answered, so it stays one.
+fn decided_tombstones(log: &Log, heard: &[Option<Heard>]) -> BTreeSet<u64> {
+    let last = log.last_id();
+    heard
+        .iter()
+        .flatten()
+        .filter(|h| h.state.log_id == log.log_id())
+        .flat_map(|h| {
+            let decided = h.state.decided;
+            h.tombstones
+                .iter()
+                .copied()
+                .filter(move |&id| id <= decided)
+        })
+        .filter(|&id| id >= 1 && id <= last && !log.is_tombstone(id))
+        .collect()
+}
+
+/// Failover mode: how far `log` is decided already, by what the nodes heard report. What
+/// earlier masters decided stays decided (a majority held it, so this log, the most up-to-date
+/// of a majority, holds it too); the rest waits for a majority to be heard holding it.
+fn decided_before(log: &Log, heard: &[Option<Heard>]) -> u64 {
+    heard
+        .iter()
+        .flatten()
+        .filter(|h| h.state.log_id == log.log_id())
+        .map(|h| h.state.decided)
+        .max()
+        .unwrap_or(0)
+        .max(log.decided())
+        .min(log.last_id())
+}
+
 /// The highest master process any secondary follows: the new process is numbered above it,
 /// so no secondary takes it for one it has already left behind.
 fn highest_instance(heard: &[Option<Heard>]) -> u64 {
@@ -170,15 +262,27 @@ fn highest_instance(heard: &[Option<Heard>]) -> u64 {
         .unwrap_or(0)
 }
 
-/// Recovers the log as [`plan`] says and makes it durable; returns it for the caller to serve
-/// (`None` if the master stops first).
+/// How recovery ended.
+pub enum Recovery {
+    /// Serve this log.
+    Serve(Recovered),
+    /// Failover mode: another node holds a more up-to-date log; give up the mastership, for
+    /// this reason.
+    Yield(String),
+    /// The master stops first (or cannot write its file).
+    Stopped,
+}
+
+/// Recovers the log as [`plan`] (in failover mode [`plan_failover`]) says and makes it
+/// durable; returns it for the caller to serve.
 pub async fn run(
     master: &Master,
     peers: &[Peer],
     mut log: Log,
     mut file: Option<LogFile>,
     doubt: Option<String>,
-) -> Option<Recovered> {
+) -> Recovery {
+    let failover = master.config.failover.is_some();
     if let Some(doubt) = &doubt {
         tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
     }
@@ -196,7 +300,7 @@ pub async fn run(
                 tombstones: true,
             };
             let reply = tokio::select! {
-                _ = master.shutdown.cancelled() => return None,
+                _ = master.shutdown.cancelled() => return Recovery::Stopped,
                 reply = peer.fetch(request, timeout) => reply,
             };
             match reply {
@@ -220,8 +324,14 @@ pub async fn run(
             instance: own_instance,
             doubt: doubt.is_some(),
         };
-        match plan(&own, &heard, &addresses) {
+        let planned = if failover {
+            plan_failover(&own, &heard, &addresses)
+        } else {
+            plan(&own, &heard, &addresses)
+        };
+        match planned {
             Plan::Wait(reason) => master.set_recovering(Some(reason)),
+            Plan::Yield(reason) => return Recovery::Yield(reason),
             Plan::Older(reason) => {
                 let hidden = Log::new(own.log_id);
                 master.install(hidden, None, &[]);
@@ -251,20 +361,11 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = master.shutdown.cancelled() => return None,
+            _ = master.shutdown.cancelled() => return Recovery::Stopped,
             _ = tokio::time::sleep(ROUND) => {}
         }
     }
-    // A tombstone any secondary holds is a 500 the master answered: it stays one.
-    let last = log.last_id();
-    let tombstones: BTreeSet<u64> = heard
-        .iter()
-        .flatten()
-        .filter(|h| h.state.log_id == log.log_id())
-        .flat_map(|h| h.tombstones.iter().copied())
-        .filter(|&id| id >= 1 && id <= last && !log.is_tombstone(id))
-        .collect();
-    for id in tombstones {
+    for id in decided_tombstones(&log, &heard) {
         log.tombstone(id);
         records.push(Record::Tombstone { id });
     }
@@ -277,8 +378,11 @@ pub async fn run(
         if let Err(error) = written {
             tracing::error!(%error, "recovery: cannot write the recovered log to DATA_DIR");
             master.storage_failed();
-            return None;
+            return Recovery::Stopped;
         }
+    }
+    if failover {
+        log.set_decided(decided_before(&log, &heard));
     }
     tracing::info!(
         log_id = log.log_id(),
@@ -286,7 +390,7 @@ pub async fn run(
         copied,
         "recovered the log from the secondaries"
     );
-    Some(Recovered {
+    Recovery::Serve(Recovered {
         log,
         file,
         floor: highest_instance(&heard),
@@ -466,6 +570,117 @@ mod tests {
             Plan::Older(reason) => assert!(reason.contains("s2") && reason.contains("older")),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn complete(log_id: &str, last_id: u64, instance: u64) -> Own {
+        Own {
+            log_id: log_id.into(),
+            last_id,
+            instance,
+            doubt: false,
+        }
+    }
+
+    #[test]
+    fn in_failover_mode_a_node_serves_its_own_log_once_a_majority_has_answered() {
+        let own = complete("L", 5, 3);
+        assert!(matches!(
+            plan_failover(&own, &[None, None], &addresses(2)),
+            Plan::Wait(reason) if reason.contains("s1, s2")
+        ));
+        assert_eq!(
+            plan_failover(&own, &[holds("L", 5, 3), None], &addresses(2)),
+            Plan::Serve
+        );
+        // Less up-to-date nodes and another log's do not count against it; nor does doubt.
+        let heard = [holds("L", 9, 2), holds("other", 50, 9)];
+        let doubtful = Own { doubt: true, ..own };
+        assert_eq!(plan_failover(&doubtful, &heard, &addresses(2)), Plan::Serve);
+        // Two of five is no majority.
+        let heard = [holds("L", 1, 3), None, None, None];
+        assert!(matches!(
+            plan_failover(&complete("L", 5, 3), &heard, &addresses(4)),
+            Plan::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn in_failover_mode_a_node_yields_to_a_more_up_to_date_one_and_never_copies() {
+        let own = complete("L", 5, 3);
+        // A later master process followed, however short; the same one, longer.
+        for better in [holds("L", 1, 4), holds("L", 6, 3)] {
+            match plan_failover(&own, &[None, better], &addresses(2)) {
+                Plan::Yield(reason) => assert!(reason.contains("s2"), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An empty node yields to any node that holds entries, whatever its log.
+        assert!(matches!(
+            plan_failover(
+                &complete("new", 0, 0),
+                &[holds("L", 1, 1), None],
+                &addresses(2)
+            ),
+            Plan::Yield(_)
+        ));
+        // A new cluster: a majority holding nothing.
+        assert_eq!(
+            plan_failover(
+                &complete("new", 0, 0),
+                &[holds("", 0, 0), None],
+                &addresses(2)
+            ),
+            Plan::Serve
+        );
+    }
+
+    /// A log of `n` entries named "L".
+    fn entries(n: u64) -> Log {
+        let mut log = Log::new("L".into());
+        for _ in 0..n {
+            log.push(bytes::Bytes::from("m"), false);
+        }
+        log
+    }
+
+    /// `heard` with its decided frontier and tombstones replaced.
+    fn with(heard: Option<Heard>, decided: u64, tombstones: Vec<u64>) -> Option<Heard> {
+        heard.map(|mut h| {
+            h.state.decided = decided;
+            h.tombstones = tombstones;
+            h
+        })
+    }
+
+    #[test]
+    fn only_tombstones_a_node_holds_as_decided_are_taken() {
+        let log = entries(6);
+        let heard = [
+            with(holds("L", 6, 1), 3, vec![2, 4]),
+            with(holds("L", 6, 1), 4, vec![4, 5]),
+            with(holds("other", 6, 1), 6, vec![1]),
+            None,
+        ];
+        assert_eq!(
+            decided_tombstones(&log, &heard)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec![2, 4]
+        );
+    }
+
+    #[test]
+    fn in_failover_mode_the_log_is_decided_as_far_as_a_node_heard_says() {
+        let mut log = entries(6);
+        log.set_decided(2);
+        let heard = |decided| [with(holds("L", 9, 1), decided, Vec::new()), None];
+        assert_eq!(
+            decided_before(&log, &heard(1)),
+            2,
+            "its own file's frontier"
+        );
+        assert_eq!(decided_before(&log, &heard(4)), 4);
+        assert_eq!(decided_before(&log, &heard(8)), 6, "never past its own log");
     }
 
     #[test]

@@ -13,13 +13,28 @@ use replog_node::metrics::Metrics;
 use replog_node::shutdown::{Phases, Shutdown};
 use replog_node::storage::Record;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify, Semaphore};
 
 /// Where records go to be made durable; `None` keeps the log in memory only.
 pub type Journal = Option<UnboundedSender<Record>>;
+
+/// Why the master (or the master role of a failover node) stopped without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The shutdown signal: the process drained and stops.
+    Stopped,
+    /// Failover mode: the node lost the mastership (`MasterRole::depose`).
+    Deposed,
+    /// Failover mode: the lease lapsed before the node heard it was deposed; the node must
+    /// give up the mastership if it still holds it.
+    Lapsed,
+    /// Failover mode: another node holds a more up-to-date log, or the term is not above
+    /// every master process this log knows; the node must give up the mastership.
+    Yielded,
+}
 
 pub struct Master {
     pub config: Config,
@@ -43,6 +58,8 @@ pub struct Master {
     /// that may be incomplete is recovered, or when the file is older than the cluster's:
     /// lists then answer 503 rather than an empty log.
     known: AtomicBool,
+    /// Failover mode: why the role ended, once it did (the first reason wins).
+    ended: OnceLock<Ended>,
     pub metrics: Metrics,
 }
 
@@ -79,6 +96,7 @@ impl Master {
             storage_failed: AtomicBool::new(false),
             append_slots: Semaphore::new(config.limits.max_pending_appends),
             known: AtomicBool::new(true),
+            ended: OnceLock::new(),
             metrics: Metrics::default(),
             config,
         }
@@ -100,6 +118,51 @@ impl Master {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The lock of a step that may decide: in failover mode, a master whose lease no longer
+    /// holds (or that was deposed) freezes its core first, under the same lock, so that no
+    /// decision is taken after the lease ended. The lease is checked after the lock is taken:
+    /// the step runs within it.
+    fn deciding(&self) -> MutexGuard<'_, Inner> {
+        let mut inner = self.inner();
+        if let Some(role) = &self.config.failover {
+            if !inner.core.frozen()
+                && (role.depose.is_cancelled() || !role.gate.holds(Instant::now()))
+            {
+                inner.core.freeze();
+                // The role ends (see `end_role`); that needs no lock.
+                let why = if role.depose.is_cancelled() {
+                    Ended::Deposed
+                } else {
+                    Ended::Lapsed
+                };
+                if self.ended.set(why).is_ok() {
+                    tracing::warn!(
+                        term = role.term,
+                        ?why,
+                        "deciding nothing more: the master role ends"
+                    );
+                }
+                self.shutdown.cancel();
+            }
+        }
+        inner
+    }
+
+    /// Failover mode: the master role ends for `why`: its core decides nothing more, and every
+    /// task stops at once (waiting appends hear "unknown"). The first reason is kept.
+    pub fn end_role(&self, why: Ended) {
+        if self.ended.set(why).is_ok() {
+            tracing::warn!(?why, "the master role ends");
+        }
+        self.update(Core::freeze);
+        self.shutdown.cancel();
+    }
+
+    /// Why the master role ended, if [`Master::end_role`] was called.
+    pub fn ended(&self) -> Option<Ended> {
+        self.ended.get().copied()
+    }
+
     /// Reads the core.
     pub fn read<T>(&self, look: impl FnOnce(&Core) -> T) -> T {
         look(&self.inner().core)
@@ -107,7 +170,7 @@ impl Master {
 
     /// Changes the core and carries out its effects: the one way to write.
     pub fn update<T>(&self, change: impl FnOnce(&mut Core) -> T) -> T {
-        let mut inner = self.inner();
+        let mut inner = self.deciding();
         let result = change(&mut inner.core);
         self.apply(&mut inner);
         result
@@ -141,7 +204,7 @@ impl Master {
     /// Time passed: aborts what expired and answers "unknown" to unconfirmed aborts past their
     /// bound. Returns the ids aborted and those answered "unknown".
     pub fn tick(&self, now: Instant) -> (Vec<u64>, Vec<u64>) {
-        let mut inner = self.inner();
+        let mut inner = self.deciding();
         let Inner { core, waiters, .. } = &mut *inner;
         let ticked = core.tick(now, |id| waiters.listened(id));
         waiters.forget_unheard();
@@ -156,7 +219,7 @@ impl Master {
 
     /// Starts over with `log`: see [`Core::install`]. `journal` is where its records go.
     pub fn install(&self, log: Log, journal: Journal, starts: &[(u64, u64)]) {
-        let mut inner = self.inner();
+        let mut inner = self.deciding();
         inner.core.install(log, journal.is_some(), starts);
         inner.journal = journal;
         self.apply(&mut inner);
@@ -186,7 +249,7 @@ impl Master {
         deadline: Option<Instant>,
         now: Instant,
     ) -> Result<(Option<tokio::sync::SemaphorePermit<'_>>, u64, Verdict), ApiError> {
-        let mut inner = self.inner();
+        let mut inner = self.deciding();
         let Inner { core, waiters, .. } = &mut *inner;
         core.admit(now)
             .map_err(|refused| ApiError::Unavailable(refused.0))?;
@@ -438,7 +501,9 @@ impl Node for Master {
                 read_only_reason: quorum.refusal,
                 secondaries,
                 last_contact_ms_ago: None,
-                leadership: None,
+                leadership: self.config.failover.as_ref().map(|role| {
+                    replog_node::api::Leadership::of(&role.name, role.leader.borrow().as_ref())
+                }),
             }
         })
     }
