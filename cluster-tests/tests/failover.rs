@@ -3,6 +3,7 @@
 //! with `w >= 2` is lost, no id shows two messages, a deposed master rejoins as a secondary.
 
 use cluster_tests::failover::{FailoverCluster, TEST_TTL_MS};
+use cluster_tests::history::{Append, Outcome};
 use cluster_tests::wait_for;
 use cluster_tests::workload::{Target, Workload};
 use std::time::{Duration, Instant};
@@ -48,6 +49,39 @@ async fn append_ok(
     sent
 }
 
+/// [`append_ok`], recorded in the workload's history (as client 1000).
+async fn append_recorded(
+    cluster: &FailoverCluster,
+    workload: &Workload,
+    via: usize,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let appender = cluster.appender_on(via);
+    let mut sent = Vec::new();
+    for n in 0..count {
+        let message = format!("{prefix}-{n}");
+        let at = workload.start.elapsed();
+        let (status, body) = appender.append(&message, Some(2)).await;
+        assert_eq!(status, 200, "{message} through {}: {body}", cluster.nodes[via].name);
+        workload
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record_append(Append {
+                client: 1000,
+                node: cluster.nodes[via].name.clone(),
+                message: message.clone(),
+                w: 2,
+                sent: at,
+                answered: workload.start.elapsed(),
+                outcome: Outcome::Committed(body["id"].as_u64().expect("an id")),
+            });
+        sent.push(message);
+    }
+    sent
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_forwards_to_the_master_and_names_it() {
     let cluster = FailoverCluster::start(3, &[]).await;
@@ -87,7 +121,7 @@ async fn a_killed_master_is_replaced_and_rejoins_as_a_secondary() {
     );
     assert_ne!(new, old);
     assert!(new_term > term, "term {new_term} after {term}");
-    let after = append_ok(&cluster, new, "after-kill", 3).await;
+    let after = append_recorded(&cluster, &workload, new, "after-kill", 3).await;
 
     cluster.nodes[old].start();
     let (still, _) = cluster.wait_master(TAKEOVER, None).await;
@@ -124,7 +158,7 @@ async fn a_master_paused_past_its_lease_commits_nothing_when_it_wakes() {
     cluster.nodes[old].stop();
     let (new, new_term) = cluster.wait_master(TAKEOVER, Some(old)).await;
     assert!(new_term > term);
-    append_ok(&cluster, new, "while-paused", 3).await;
+    append_recorded(&cluster, &workload, new, "while-paused", 3).await;
     cluster.nodes[old].cont();
     wait_for(
         TAKEOVER,
