@@ -89,14 +89,22 @@ pub struct LogFile {
     /// End of the last record known to be written whole. Appends go here, so a failed write
     /// never leaves later records behind garbage that recovery would cut them off with.
     len: u64,
-    /// Highest entry id in the file, to refuse appends that recovery would reject.
-    last_id: u64,
+    /// Where the replayed file stands, to refuse appends that recovery would reject.
+    tail: Tail,
     /// Every `MasterStart` record in the file, in order, as `(instance, recovered)`.
     starts: Vec<(u64, u64)>,
     /// Set after a write or sync failed and the file could not be put back in a known state.
     /// After a failed fsync the kernel may have dropped the dirty pages while reporting them
     /// clean, so retrying cannot be trusted: only a restart (recovery from what is on disk) can.
     poisoned: Option<IoError>,
+}
+
+/// Where a log file stands as recovery would replay it: its last entry id and its decided
+/// frontier.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tail {
+    last_id: u64,
+    decided: u64,
 }
 
 impl LogFile {
@@ -181,14 +189,17 @@ impl LogFile {
                 })
             }
         };
-        let last_id = log.last_id();
+        let tail = Tail {
+            last_id: log.last_id(),
+            decided: log.decided(),
+        };
         let log_file = LogFile {
             file,
             path,
             policy,
             buf: Vec::new(),
             len: good,
-            last_id,
+            tail,
             starts,
             poisoned: None,
         };
@@ -219,7 +230,7 @@ impl LogFile {
             policy,
             buf: Vec::new(),
             len,
-            last_id: 0,
+            tail: Tail::default(),
             starts: Vec::new(),
             poisoned: None,
         };
@@ -238,8 +249,9 @@ impl LogFile {
     /// Records that recovery would reject are refused up front ([`StorageError::Refused`]),
     /// nothing written: an `Entry` whose id is not the next one, a `Tombstone` of id 0, a `Meta`
     /// after the first entry (a `Meta` before any entry is how a fresh secondary records the
-    /// identity it adopts), or a record over the size cap. Otherwise acknowledging it would lose
-    /// it (and all after it) at the next start.
+    /// identity it adopts), a `MasterStart` that would drop ids a `Decided` record before it
+    /// decided, or a record over the size cap. Otherwise acknowledging it would lose it (and all
+    /// after it) at the next start.
     pub fn append(&mut self, records: &[Record]) -> Result<(), StorageError> {
         self.write(records, self.policy == FsyncPolicy::Always)
     }
@@ -259,7 +271,7 @@ impl LogFile {
         if records.is_empty() {
             return Ok(());
         }
-        let last_id = self.check(records)?;
+        let tail = self.check(records)?;
         self.buf.clear();
         for record in records {
             record::encode(record, &mut self.buf);
@@ -272,7 +284,7 @@ impl LogFile {
             self.sync_data()?;
         }
         self.len += self.buf.len() as u64;
-        self.last_id = last_id;
+        self.tail = tail;
         self.starts
             .extend(records.iter().filter_map(Record::master_start));
         // Do not keep a huge buffer around after one large batch.
@@ -342,31 +354,37 @@ impl LogFile {
         }
     }
 
-    /// Validates a batch against what recovery accepts; returns the last entry id after it.
-    fn check(&self, records: &[Record]) -> Result<u64, InvalidRecord> {
-        let mut last_id = self.last_id;
+    /// Validates a batch against what recovery accepts; returns where the file stands after it.
+    fn check(&self, records: &[Record]) -> Result<Tail, InvalidRecord> {
+        let mut tail = self.tail;
         for record in records {
             let len = record::payload_len(record);
             if len > MAX_PAYLOAD {
                 return Err(InvalidRecord::TooLarge { len });
             }
-            match record {
-                Record::Entry { id, .. } if *id != last_id + 1 => {
+            let Tail { last_id, decided } = tail;
+            match *record {
+                Record::Entry { id, .. } if id != last_id + 1 => {
                     return Err(InvalidRecord::NotNext {
-                        id: *id,
+                        id,
                         expected: last_id + 1,
                     })
                 }
-                Record::Entry { id, .. } => last_id = *id,
+                Record::Entry { id, .. } => tail.last_id = id,
                 Record::Tombstone { id: 0 } => return Err(InvalidRecord::TombstoneZero),
+                Record::Tombstone { .. } => {}
                 Record::Meta { .. } if last_id > 0 => {
                     return Err(InvalidRecord::MetaAfterEntries { last_id })
                 }
-                Record::MasterStart { recovered, .. } => last_id = last_id.min(*recovered),
-                _ => {}
+                Record::Meta { .. } => tail = Tail::default(),
+                Record::Decided { upto } => tail.decided = decided.max(upto),
+                Record::MasterStart { recovered, .. } if recovered < decided => {
+                    return Err(InvalidRecord::DropsDecided { recovered, decided })
+                }
+                Record::MasterStart { recovered, .. } => tail.last_id = last_id.min(recovered),
             }
         }
-        Ok(last_id)
+        Ok(tail)
     }
 
     fn write_buf(&mut self) -> io::Result<()> {
@@ -839,6 +857,45 @@ mod tests {
         let (_, again) = open(tmp.path());
         assert!(again.cut.is_none());
         assert_eq!(again.log.last_id(), 1);
+    }
+
+    #[test]
+    fn a_master_start_that_drops_decided_ids_is_refused_before_and_after_a_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut file, _) = open(tmp.path());
+        let start = |recovered| Record::MasterStart {
+            instance: 2,
+            recovered,
+        };
+        file.append(&[entry(1, "a"), entry(2, "b"), entry(3, "c")])
+            .unwrap();
+        let err = file
+            .append(&[Record::Decided { upto: 2 }, start(1)])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StorageError::Refused(InvalidRecord::DropsDecided {
+                    recovered: 1,
+                    decided: 2
+                })
+            ),
+            "{err}"
+        );
+        file.append(&[Record::Decided { upto: 2 }]).unwrap();
+        drop(file);
+        let (mut file, recovered) = open(tmp.path());
+        assert_eq!(recovered.log.decided(), 2);
+        assert!(matches!(
+            file.append(&[start(1)]),
+            Err(StorageError::Refused(InvalidRecord::DropsDecided { .. }))
+        ));
+        file.append(&[start(2), entry(3, "new c")]).unwrap();
+        drop(file);
+        let (file, again) = open(tmp.path());
+        assert!(again.cut.is_none());
+        assert_eq!((again.log.last_id(), again.log.decided()), (3, 2));
+        assert_eq!(file.master_starts(), &[(2, 2)]);
     }
 
     #[test]

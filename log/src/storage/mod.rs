@@ -17,10 +17,12 @@
 //! | 2   | `Entry`     | `id: u64`, `flags: u8` (bit 0 = tombstone), `message: bytes` |
 //! | 3   | `Tombstone` | `id: u64`                                               |
 //! | 4   | `Decided`   | `upto: u64`                                             |
+//! | 5   | `MasterStart` | `instance: u64`, `recovered: u64`                     |
 //!
 //! The first record is always `Meta` (the log's identity); a fresh secondary may append one more
 //! `Meta` before its first entry, when it adopts the master's identity. Entries follow with ids
-//! contiguous from 1; `Tombstone` and `Decided` records are interleaved as the node learns them.
+//! contiguous from 1; `Tombstone`, `Decided` and `MasterStart` records are interleaved as the
+//! node learns them (a `MasterStart` drops the undecided ids above its `recovered`).
 //!
 //! # Why this shape
 //!
