@@ -1,10 +1,14 @@
-# The replog node images, master and secondary, from one multi-stage build:
+# The replog node images from one multi-stage build: master and secondary (static mode), and
+# replog (failover mode: either role, as etcd's election says):
 #
 #   docker build -f docker/node.Dockerfile --target master    -t replog-master .
 #   docker build -f docker/node.Dockerfile --target secondary -t replog-secondary .
+#   docker build -f docker/node.Dockerfile --target replog    -t replog-node .
 #
-# (docker-compose.yml does this for you.) Base images are build arguments with public defaults;
-# CI, which reaches no registry, passes local stand-ins made by scripts/docker-base-images.
+# (docker-compose.yml and docker-compose.failover.yml do this for you.) The builder compiles the
+# three binaries in one cargo run, so every target reuses the same cached stage. Base images are
+# build arguments with public defaults; CI, which reaches no registry, passes local stand-ins made
+# by scripts/docker-base-images.
 ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
@@ -15,8 +19,13 @@ COPY . .
 RUN sh docker/cargo-skeleton /skeleton
 
 # --- Builder: crates.io dependencies first (cached until a manifest or Cargo.lock changes),
-# then the workspace's own crates.
+# then the workspace's own crates. protoc and the well-known types (libprotobuf-dev): etcd-client
+# compiles etcd's .proto files in its build script (the workspace's own protos need neither,
+# proto/build.rs uses protox).
 FROM ${RUST_IMAGE} AS builder
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # No debug info and stripped: small binaries, faster links. Symbols stay for backtraces.
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
@@ -24,12 +33,12 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 COPY --from=planner /skeleton/ ./
-RUN cargo build --release --locked -p replog-master -p replog-secondary
+RUN cargo build --release --locked -p replog-master -p replog-secondary -p replog-failover
 COPY . .
 # The real sources may be older than the stubs' build outputs: make cargo see them as new.
 RUN find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
- && cargo build --release --locked -p replog-master -p replog-secondary \
- && mkdir -p /out && cp target/release/master target/release/secondary /out/
+ && cargo build --release --locked -p replog-master -p replog-secondary -p replog-failover \
+ && mkdir -p /out && cp target/release/master target/release/secondary target/release/replog /out/
 
 # --- Runtime: Debian slim, curl for the healthcheck, a non-root user, /data for DATA_DIR.
 FROM ${RUNTIME_IMAGE} AS runtime
@@ -57,3 +66,11 @@ COPY --from=builder /out/master /usr/local/bin/master
 ENV HTTP_PORT=8000
 EXPOSE 8000
 ENTRYPOINT ["master"]
+
+# Failover mode: NODE_NAME, PEERS and ETCD_ENDPOINTS come from the deployment
+# (docker-compose.failover.yml); HTTP_PORT serves clients, GRPC_PORT replication while secondary.
+FROM runtime AS replog
+COPY --from=builder /out/replog /usr/local/bin/replog
+ENV HTTP_PORT=8000 GRPC_PORT=50051
+EXPOSE 8000 50051
+ENTRYPOINT ["replog"]

@@ -4,12 +4,19 @@
 //! catches up when started), and a master restarted, then killed with SIGKILL and started again,
 //! without losing anything it acknowledged.
 //!
+//! The failover stack (docker-compose.failover.yml) as a user runs it: three `replog` nodes
+//! elect a master through etcd, take appends through nginx and each node, and when the master is
+//! killed another node takes over within the lease's TTL and a few seconds without losing an
+//! acknowledged append; the old master, started again, rejoins as a secondary and catches up.
+//!
 //! Runs against the stack `scripts/test-docker` brings up: `REPLOG_BASE_URL` is its page through
 //! nginx and `REPLOG_COMPOSE` its compose command (used to stop, start and kill services and to
 //! find their containers and published ports). Skips when `REPLOG_BASE_URL` is not set.
+//! `REPLOG_STACK=failover` says the running stack is the failover one: then only the failover
+//! test runs, otherwise only the default stack's.
 
 use browser_tests::{docker, run_tag, running_stack, Compose};
-use cluster_tests::{try_list, wait_until, StatusCode, REPLICATION_FAILED};
+use cluster_tests::{try_list, wait_for, wait_until, StatusCode, REPLICATION_FAILED};
 use serde_json::{json, Value};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -26,7 +33,58 @@ const SERVICES: [&str; 4] = ["master", "secondary-1", "secondary-2", "nginx"];
 /// The secondaries' replication port, which stays on the compose network.
 const REPLICATION_PORT: &str = "50051";
 
+/// Which stack runs: `failover` for docker-compose.failover.yml, anything else (or unset) for
+/// docker-compose.yml.
+const STACK_ENV: &str = "REPLOG_STACK";
+
 type List = Vec<(u64, String)>;
+
+/// Whether the running stack is the failover one ([`STACK_ENV`]).
+fn failover_stack() -> bool {
+    std::env::var(STACK_ENV).is_ok_and(|stack| stack.trim() == "failover")
+}
+
+/// An HTTP client without idle connections: a restarted container must not get a request on a
+/// connection to the one before it.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `POST <base>/api/messages` with `{"message", "w"}`: the status and the JSON body.
+async fn append(http: &reqwest::Client, base: &str, message: &str, w: u64) -> (StatusCode, Value) {
+    let url = format!("{base}/api/messages");
+    let response = http
+        .post(&url)
+        .json(&json!({ "message": message, "w": w }))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url} {message:?}: {e}"));
+    let status = response.status();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+/// The value of `name` in the environment of `service`'s container.
+async fn container_env(compose: &Compose, service: &str, name: &str) -> String {
+    let id = compose.container(service).await;
+    let env = docker(&[
+        "inspect",
+        "-f",
+        "{{range .Config.Env}}{{println .}}{{end}}",
+        &id,
+    ])
+    .await;
+    let prefix = format!("{name}=");
+    env.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} in {service}'s env:\n{env}"))
+}
 
 /// The running stack, and what this test appended to it.
 struct Stack {
@@ -52,14 +110,7 @@ impl Stack {
         }
         Stack {
             compose,
-            // No idle connections: a restarted container must not get a request on a
-            // connection to the one before it.
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("an HTTP client"),
+            http: http_client(),
             nginx,
             nodes,
             tag: run_tag(),
@@ -82,17 +133,7 @@ impl Stack {
 
     /// `POST <base>/api/messages` with `{"message", "w"}`: the status and the JSON body.
     async fn append(&self, base: &str, message: &str, w: u64) -> (StatusCode, Value) {
-        let url = format!("{base}/api/messages");
-        let response = self
-            .http
-            .post(&url)
-            .json(&json!({ "message": message, "w": w }))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {url} {message:?}: {e}"));
-        let status = response.status();
-        let body = response.json().await.unwrap_or(Value::Null);
-        (status, body)
+        append(&self.http, base, message, w).await
     }
 
     /// An append that must answer 200 with an id; it is then acknowledged.
@@ -214,11 +255,14 @@ async fn wait_container_healthy(stack: &Stack, service: &str, what: &str) {
 
 #[tokio::test]
 async fn compose_stack_serves_replicates_and_survives_restarts() {
-    let Some((nginx, compose)) =
-        running_stack("compose_stack_serves_replicates_and_survives_restarts")
-    else {
+    let test = "compose_stack_serves_replicates_and_survives_restarts";
+    let Some((nginx, compose)) = running_stack(test) else {
         return;
     };
+    if failover_stack() {
+        eprintln!("SKIPPED {test}: {STACK_ENV}=failover (the failover stack runs)");
+        return;
+    }
     let mut stack = Stack::new(compose, nginx).await;
     serves_what_it_publishes(&stack).await;
     appends_through_nginx_and_every_node(&mut stack).await;
@@ -329,19 +373,11 @@ async fn appends_through_nginx_and_every_node(stack: &mut Stack) {
 
 /// `REPLICATION_TIMEOUT_SECONDS` of the master's container.
 async fn replication_timeout(stack: &Stack) -> Duration {
-    let id = stack.compose.container("master").await;
-    let env = docker(&[
-        "inspect",
-        "-f",
-        "{{range .Config.Env}}{{println .}}{{end}}",
-        &id,
-    ])
-    .await;
-    let seconds: f64 = env
-        .lines()
-        .find_map(|line| line.strip_prefix("REPLICATION_TIMEOUT_SECONDS="))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no REPLICATION_TIMEOUT_SECONDS in the master's env:\n{env}"));
+    let name = "REPLICATION_TIMEOUT_SECONDS";
+    let value = container_env(&stack.compose, "master", name).await;
+    let seconds: f64 = value
+        .parse()
+        .unwrap_or_else(|_| panic!("the master's {name} is {value:?}"));
     Duration::from_secs_f64(seconds)
 }
 
@@ -475,6 +511,369 @@ async fn master_restart_and_sigkill(stack: &mut Stack) {
     let listed = stack.list(&master).await.map_or(0, |list| list.len());
     println!(
         "the master lists {listed} messages; this run's {} were acknowledged",
+        stack.acked.len()
+    );
+}
+
+/// The services of docker-compose.failover.yml that run a node; each listens on
+/// [`FAILOVER_HTTP_PORT`] in its container.
+const FAILOVER_NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+const FAILOVER_HTTP_PORT: u16 = 8000;
+/// How long the stack may take to elect its first master, and a restarted node to rejoin.
+const ELECTION_AT_START: Duration = Duration::from_secs(60);
+/// Beyond the lease's TTL: how long a failover may take once the dead master's lease expired
+/// (the survivors see the leader key go, elect, and the new master recovers with a majority).
+const FAILOVER_MARGIN: Duration = Duration::from_secs(7);
+
+/// What a failover node's `/api/health` says of its role and who leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Leadership {
+    role: String,
+    /// The master this node knows of, if any.
+    master: Option<String>,
+    term: u64,
+}
+
+/// The running failover stack, and what this test appended to it.
+struct Failover {
+    compose: Compose,
+    http: reqwest::Client,
+    /// The page through nginx.
+    nginx: String,
+    /// Each node's service name and its URL on this host.
+    nodes: Vec<(&'static str, String)>,
+    /// Marks this run's messages: the stack's logs may hold earlier runs'.
+    tag: String,
+    /// `(id, message)` of every append answered 200; all were appended with w >= 2.
+    acked: List,
+}
+
+impl Failover {
+    async fn new(compose: Compose, nginx: String) -> Failover {
+        let mut nodes = Vec::new();
+        for name in FAILOVER_NODES {
+            nodes.push((name, compose.published_url(name, FAILOVER_HTTP_PORT).await));
+        }
+        Failover {
+            compose,
+            http: http_client(),
+            nginx,
+            nodes,
+            tag: run_tag(),
+            acked: Vec::new(),
+        }
+    }
+
+    fn url(&self, node: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|(name, _)| *name == node)
+            .map(|(_, url)| url.clone())
+            .unwrap_or_else(|| panic!("no node {node}"))
+    }
+
+    fn message(&self, text: &str) -> String {
+        format!("{text} [{}]", self.tag)
+    }
+
+    /// An append through `base` (nginx or a node) that must answer 200 with an id.
+    async fn append_ok(&mut self, base: &str, text: &str, w: u64) {
+        let message = self.message(text);
+        let (status, body) = append(&self.http, base, &message, w).await;
+        let id = body["id"].as_u64().filter(|_| status == StatusCode::OK);
+        let id = id.unwrap_or_else(|| panic!("POST {base} {message:?} w={w}: {status} {body}"));
+        println!("ok   POST {base}/api/messages {text:?} w={w}: 200, id {id}");
+        self.acked.push((id, message));
+    }
+
+    /// Appends through `base` until one answers 200 (each attempt a new message; those that
+    /// fail may or may not be in the log, and are not checked); fails after `timeout`.
+    async fn append_until_ok(&mut self, base: &str, text: &str, w: u64, timeout: Duration) {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let message = self.message(&format!("{text} (attempt {attempt})"));
+            let (status, body) = append(&self.http, base, &message, w).await;
+            if let Some(id) = body["id"].as_u64().filter(|_| status == StatusCode::OK) {
+                println!(
+                    "ok   POST {base}/api/messages {text:?} w={w}: 200, id {id}, at attempt \
+                     {attempt} ({:.1} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                self.acked.push((id, message));
+                return;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "POST {base} {text:?} w={w}: no 200 within {timeout:?}; last {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// `GET <node>/api/health` as the node's role and who it says leads; `None` if it does not
+    /// answer with one.
+    async fn leadership(&self, node: &str) -> Option<Leadership> {
+        let health: Value = self
+            .http
+            .get(format!("{}/api/health", self.url(node)))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let leadership = &health["leadership"];
+        Some(Leadership {
+            role: health["role"].as_str()?.to_owned(),
+            master: leadership["master"].as_str().map(str::to_owned),
+            term: leadership["term"].as_u64()?,
+        })
+    }
+
+    /// The master and its term, once one of `nodes` says it is master in a term above `above`
+    /// and every other of `nodes` is its secondary in that term.
+    async fn agreed_master(
+        &self,
+        nodes: &[&'static str],
+        above: u64,
+    ) -> Option<(&'static str, u64)> {
+        let mut views = Vec::new();
+        for &node in nodes {
+            views.push((node, self.leadership(node).await?));
+        }
+        let (master, term) = views.iter().find_map(|(node, view)| {
+            (view.role == "master" && view.master.as_deref() == Some(*node) && view.term > above)
+                .then_some((*node, view.term))
+        })?;
+        let all_follow = views.iter().all(|(node, view)| {
+            view.master.as_deref() == Some(master)
+                && view.term == term
+                && (*node == master || view.role == "secondary")
+        });
+        all_follow.then_some((master, term))
+    }
+
+    /// Every one of `nodes` lists the same log, which holds every acknowledged append.
+    async fn all_hold(&self, nodes: &[&str]) -> bool {
+        let mut first: Option<List> = None;
+        for node in nodes {
+            let Some(list) = try_list(&self.http, &self.url(node)).await else {
+                return false;
+            };
+            match &first {
+                Some(first) if *first != list => return false,
+                Some(_) => {}
+                None => first = Some(list),
+            }
+        }
+        let Some(list) = first else {
+            return false;
+        };
+        let listed: HashSet<&(u64, String)> = list.iter().collect();
+        self.acked.iter().all(|entry| listed.contains(entry))
+    }
+
+    async fn wait_all_hold(&self, nodes: &[&str], timeout: Duration) {
+        let what = format!(
+            "{} list the same log with all {} acknowledged appends",
+            nodes.join(", "),
+            self.acked.len()
+        );
+        waited(timeout, &what, || self.all_hold(nodes)).await;
+    }
+}
+
+#[tokio::test]
+async fn failover_stack_elects_fails_over_and_rejoins() {
+    let test = "failover_stack_elects_fails_over_and_rejoins";
+    let Some((nginx, compose)) = running_stack(test) else {
+        return;
+    };
+    if !failover_stack() {
+        eprintln!("SKIPPED {test}: {STACK_ENV} is not `failover` (the failover stack is not up)");
+        return;
+    }
+    let mut stack = Failover::new(compose, nginx).await;
+    nginx_names_and_routes_the_nodes(&stack).await;
+    let (first, first_term) = first_election_and_appends(&mut stack).await;
+    let (master, term) = the_master_killed(&mut stack, first, first_term).await;
+    the_old_master_rejoins(&mut stack, first, master, term).await;
+}
+
+/// nginx serves the node names for the page and routes `/node/<name>/` to each node.
+async fn nginx_names_and_routes_the_nodes(stack: &Failover) {
+    let url = format!("{}/nodes.json", stack.nginx);
+    let response = stack
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    let names: Value = response.json().await.expect("JSON from /nodes.json");
+    assert_eq!(names, json!(FAILOVER_NODES), "GET {url}");
+    println!("ok   nginx serves /nodes.json: {names}");
+    for node in FAILOVER_NODES {
+        let url = format!("{}/node/{node}/api/health", stack.nginx);
+        let health: Value = wait_for(Duration::from_secs(20), format!("GET {url}"), || async {
+            let response = stack.http.get(&url).send().await.ok()?;
+            response.json::<Value>().await.ok()
+        })
+        .await;
+        assert_eq!(
+            health["leadership"]["node"].as_str(),
+            Some(node),
+            "GET {url}: {health}"
+        );
+    }
+    println!("ok   nginx's /node/<name>/ reaches each node (its health names it)");
+}
+
+/// One node is elected and the others follow it; w=2 appends through nginx, the master and
+/// each secondary (forwarded) are acknowledged and listed by every node.
+async fn first_election_and_appends(stack: &mut Failover) -> (&'static str, u64) {
+    let what = "one node is master and the other two follow it";
+    let started = Instant::now();
+    let (master, term) = wait_for(ELECTION_AT_START, what, || {
+        stack.agreed_master(&FAILOVER_NODES, 0)
+    })
+    .await;
+    println!(
+        "ok   {master} is master in term {term}, the others follow it ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+
+    let nginx = stack.nginx.clone();
+    stack.append_ok(&nginx, "via nginx w=2", 2).await;
+    for node in FAILOVER_NODES {
+        let how = if node == master { "" } else { " (forwarded)" };
+        let url = stack.url(node);
+        stack
+            .append_ok(&url, &format!("via {node} w=2{how}"), 2)
+            .await;
+    }
+    stack.append_ok(&nginx, "via nginx w=3", 3).await;
+    stack
+        .wait_all_hold(&FAILOVER_NODES, Duration::from_secs(20))
+        .await;
+    (master, term)
+}
+
+/// The master killed (SIGKILL): within the lease's TTL and a few seconds another node is master
+/// in a higher term; appends through nginx succeed again; both survivors list every
+/// acknowledged append.
+async fn the_master_killed(
+    stack: &mut Failover,
+    old: &'static str,
+    old_term: u64,
+) -> (&'static str, u64) {
+    let ttl_ms = container_env(&stack.compose, old, "FAILOVER_TTL_MS").await;
+    let ttl = Duration::from_millis(
+        ttl_ms
+            .parse()
+            .unwrap_or_else(|_| panic!("{old}'s FAILOVER_TTL_MS is {ttl_ms:?}")),
+    );
+    let survivors: Vec<&'static str> = FAILOVER_NODES.into_iter().filter(|n| *n != old).collect();
+
+    let killed = Instant::now();
+    stack.compose.run(&["kill", old]).await;
+    let id = stack.compose.container(old).await;
+    let running = docker(&["inspect", "-f", "{{.State.Running}}", &id]).await;
+    assert_eq!(running.trim(), "false", "{old} runs after the kill");
+    println!("ok   killed {old} (the master)");
+    let deadline = ttl + FAILOVER_MARGIN;
+    let what = format!("another node is master in a term above {old_term} within {deadline:?}");
+    let (master, term) = wait_for(deadline.saturating_sub(killed.elapsed()), &what, || async {
+        for &node in &survivors {
+            let view = stack.leadership(node).await;
+            if let Some(view) = view.filter(|v| {
+                v.role == "master" && v.master.as_deref() == Some(node) && v.term > old_term
+            }) {
+                return Some((node, view.term));
+            }
+        }
+        None
+    })
+    .await;
+    println!(
+        "ok   {master} took over in term {term}, {:.1} s after the kill (TTL {ttl:?})",
+        killed.elapsed().as_secs_f64()
+    );
+    let what = format!("the survivors agree that {master} leads in term {term}");
+    let agreed = wait_for(Duration::from_secs(10), &what, || {
+        stack.agreed_master(&survivors, old_term)
+    })
+    .await;
+    assert_eq!(agreed, (master, term), "the survivors' master");
+    println!("ok   {what}");
+
+    let nginx = stack.nginx.clone();
+    stack
+        .append_until_ok(
+            &nginx,
+            "via nginx w=2 after the failover",
+            2,
+            Duration::from_secs(20),
+        )
+        .await;
+    for &node in &survivors {
+        let url = stack.url(node);
+        stack
+            .append_ok(&url, &format!("via {node} w=2 after the failover"), 2)
+            .await;
+    }
+    stack.append_ok(&nginx, "via nginx w=2 again", 2).await;
+    stack
+        .wait_all_hold(&survivors, Duration::from_secs(20))
+        .await;
+    (master, term)
+}
+
+/// The old master started again: it rejoins as a secondary of the new master in its term, lists
+/// the same log, and takes part in w=3 appends.
+async fn the_old_master_rejoins(
+    stack: &mut Failover,
+    stopped: &'static str,
+    master: &'static str,
+    term: u64,
+) {
+    stack.compose.run(&["start", stopped]).await;
+    println!("ok   started {stopped}");
+    let what = format!("{stopped} follows {master} in term {term} as a secondary");
+    waited(ELECTION_AT_START, &what, || async {
+        stack.leadership(stopped).await
+            == Some(Leadership {
+                role: "secondary".to_owned(),
+                master: Some(master.to_owned()),
+                term,
+            })
+    })
+    .await;
+    stack
+        .wait_all_hold(&FAILOVER_NODES, Duration::from_secs(60))
+        .await;
+    let nginx = stack.nginx.clone();
+    stack
+        .append_ok(
+            &nginx,
+            &format!("via nginx w=3 after {stopped} rejoined"),
+            3,
+        )
+        .await;
+    let rejoined = stack.url(stopped);
+    stack
+        .append_ok(&rejoined, &format!("via {stopped} w=2 (forwarded)"), 2)
+        .await;
+    stack
+        .wait_all_hold(&FAILOVER_NODES, Duration::from_secs(20))
+        .await;
+    let listed = try_list(&stack.http, &stack.url(master))
+        .await
+        .map_or(0, |list| list.len());
+    println!(
+        "{master} lists {listed} messages; this run's {} were acknowledged",
         stack.acked.len()
     );
 }
