@@ -96,7 +96,9 @@ pub struct LogFile {
     /// Set after a write or sync failed and the file could not be put back in a known state.
     /// After a failed fsync the kernel may have dropped the dirty pages while reporting them
     /// clean, so retrying cannot be trusted: only a restart (recovery from what is on disk) can.
-    poisoned: Option<IoError>,
+    /// Boxed: a file is moved around whole (a master's recovery hands it on), and this is
+    /// almost always empty.
+    poisoned: Option<Box<IoError>>,
 }
 
 /// Where a log file stands as recovery would replay it: its last entry id and its decided
@@ -338,7 +340,7 @@ impl LogFile {
     /// `fdatasync`; a failure makes the file unusable.
     fn sync_data(&mut self) -> Result<(), StorageError> {
         self.file.sync_data().at(Op::Sync, &self.path).map_err(|e| {
-            self.poisoned = Some(e.clone());
+            self.poisoned = Some(Box::new(e.clone()));
             e.into()
         })
     }
@@ -349,7 +351,7 @@ impl LogFile {
             None => Ok(()),
             Some(cause) => Err(StorageError::Unusable {
                 path: self.path.clone(),
-                cause: cause.clone(),
+                cause: IoError::clone(cause),
             }),
         }
     }
@@ -396,7 +398,7 @@ impl LogFile {
     /// appends follow the last good record. If even that fails, the file is unusable.
     fn roll_back(&mut self) {
         if let Err(e) = self.file.set_len(self.len).at(Op::Truncate, &self.path) {
-            self.poisoned = Some(e);
+            self.poisoned = Some(Box::new(e));
         }
     }
 }
