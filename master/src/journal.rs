@@ -6,6 +6,11 @@
 //! the blocking pool: the secondaries receive and sync their copies while ours syncs, instead
 //! of after it. When the sync ends, the core counts the master's own acknowledgement (no
 //! commit happens before it) and finishes aborts.
+//!
+//! In failover mode the core also asks for the decided frontier as it moves
+//! ([`Record::Decided`]). A group keeps only the latest of these, after its entries and
+//! tombstones; a group of nothing else is written without a sync, riding on the next group's
+//! (a power failure may take it, which costs a little of the frontier, not a promise).
 
 use crate::state::Master;
 use replog_node::runtime::blocking_io;
@@ -30,6 +35,7 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
                 Err(_) => break,
             }
         }
+        let decided = latest_decided(&mut group);
         let mut entries_upto = None;
         let mut tombstones = Vec::new();
         for record in &group {
@@ -39,6 +45,9 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
                 Record::Meta { .. } | Record::Decided { .. } | Record::MasterStart { .. } => {}
             }
         }
+        // Only the frontier moved: nothing waits for this write to be durable.
+        let frontier_only = group.is_empty();
+        group.extend(decided.map(|upto| Record::Decided { upto }));
         let started = std::time::Instant::now();
         let written = blocking_io(move || {
             let result = file.append_unsynced(&group);
@@ -49,6 +58,9 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
             return;
         };
         file = back;
+        if frontier_only {
+            continue;
+        }
         if let Some(upto) = entries_upto {
             master.update(|core| core.on_written(upto));
         }
@@ -70,6 +82,20 @@ pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedR
     }
 }
 
+/// Takes the `Decided` records out of `group`; returns the highest frontier among them. The
+/// frontier only moves forward, so that one says all the others say.
+fn latest_decided(group: &mut Vec<Record>) -> Option<u64> {
+    let mut latest = None;
+    group.retain(|record| match *record {
+        Record::Decided { upto } => {
+            latest = latest.max(Some(upto));
+            false
+        }
+        _ => true,
+    });
+    latest
+}
+
 /// The file back from a blocking write or sync; `None` once the master stopped because it failed.
 fn take_back<E: std::fmt::Display>(
     master: &Master,
@@ -88,4 +114,29 @@ fn take_back<E: std::fmt::Display>(
 fn fail(master: &Master, error: &str) {
     tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
     master.storage_failed();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_keeps_the_latest_frontier_only() {
+        let entry = |id| Record::Entry {
+            id,
+            message: "m".into(),
+            tombstone: false,
+        };
+        let mut group = vec![
+            Record::Decided { upto: 3 },
+            entry(5),
+            Record::Decided { upto: 4 },
+            Record::Tombstone { id: 5 },
+        ];
+        assert_eq!(latest_decided(&mut group), Some(4));
+        assert_eq!(group, vec![entry(5), Record::Tombstone { id: 5 }]);
+        let mut none = vec![entry(6)];
+        assert_eq!(latest_decided(&mut none), None);
+        assert_eq!(none, vec![entry(6)]);
+    }
 }

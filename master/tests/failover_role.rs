@@ -274,6 +274,25 @@ async fn a_deposed_master_stops_at_once_and_its_waiting_appends_hear_unknown() {
 }
 
 #[tokio::test]
+async fn a_deposed_master_reads_back_the_frontier_it_showed() {
+    // Alone, the node is its own majority: what its disk holds is decided.
+    let dir = Dir::new();
+    let role = start(&dir.0, &[], 3, Duration::from_secs(60)).await;
+    wait_for_health(role.http, "serving", serving).await;
+    for message in ["one", "two", "three"] {
+        let (status, body) = append(role.http, message, 1).await.expect("task");
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_for_health(role.http, "showing three", |h| h["visible"] == 3).await;
+    role.depose.cancel();
+    assert_eq!(ended(role).await, Ended::Deposed);
+    // The node's next role opens the file: it shows what this one showed.
+    let (_, log) = reopen(&dir.0);
+    assert_eq!((log.last_id(), log.decided()), (3, 3));
+    assert_eq!(log.visible_count(), 3);
+}
+
+#[tokio::test]
 async fn a_master_whose_lease_lapses_decides_nothing_more_and_stops() {
     let other = stand_in(empty()).await;
     let dir = Dir::new();

@@ -187,6 +187,14 @@ impl Ledger {
         if !quorum_decisions {
             log.set_decided(log.last_id());
         }
+        let mut effects = Vec::new();
+        if quorum_decisions && journal && log.decided() > 0 {
+            // Recovery may have learned a frontier from the nodes it heard that the file does
+            // not hold yet; this process shows it from now on.
+            effects.push(Effect::Persist(Record::Decided {
+                upto: log.decided(),
+            }));
+        }
         Self {
             durable: log.last_id(),
             written: log.last_id(),
@@ -199,7 +207,7 @@ impl Ledger {
             journal,
             quorum_decisions,
             frozen: false,
-            effects: Vec::new(),
+            effects,
         }
     }
 
@@ -535,6 +543,14 @@ impl Ledger {
 
     /// The decided frontier: every id before the first pending one (with quorum decisions,
     /// only as far as a majority holds).
+    ///
+    /// With quorum decisions and a journal, each move is also a [`Record::Decided`] for the
+    /// master's file, which the journal writes once per group, the latest only, without a sync
+    /// of its own. Without it, a node that stops being master reads back the frontier its file
+    /// had and shows less than it showed. What a majority holds is safe to record as decided;
+    /// a power failure may take the last of these records back, as it may a secondary's (its
+    /// list then resumes a little shorter). In static mode the recovered log is decided as a
+    /// whole, so the file needs none.
     fn advance_decided(&mut self) -> bool {
         if self.frozen {
             return false;
@@ -548,7 +564,13 @@ impl Ledger {
         }
         let before = self.log.decided();
         self.log.set_decided(frontier);
-        self.log.decided() > before
+        let moved = self.log.decided() > before;
+        if moved && self.quorum_decisions && self.journal {
+            self.effects.push(Effect::Persist(Record::Decided {
+                upto: self.log.decided(),
+            }));
+        }
+        moved
     }
 
     /// Nodes that make a majority: of the master and its secondaries.
@@ -1017,6 +1039,49 @@ mod tests {
         l.on_persisted(Some(3), &[]);
         assert_eq!(l.majority_held(), 3);
         assert_eq!(l.log().decided(), 3);
+    }
+
+    #[test]
+    fn with_quorum_decisions_and_a_journal_the_frontier_goes_to_the_file_as_it_moves() {
+        let now = Instant::now();
+        let mut l = Ledger::with_quorum_decisions(Log::new(new_log_id()), 2, true, &[(1, 0)]);
+        for _ in 0..3 {
+            l.append(Bytes::from("x"), 1, None);
+        }
+        l.on_written(3);
+        l.on_persisted(Some(3), &[]);
+        assert_eq!(records(&mut l).len(), 3, "the entries, no frontier yet");
+        l.on_reply(0, &reply(&l, 1, 2), now).ok();
+        l.on_reply(1, &reply(&l, 1, 3), now).ok();
+        l.on_reply(0, &reply(&l, 1, 3), now).ok();
+        assert_eq!(l.log().decided(), 3);
+        assert_eq!(
+            records(&mut l),
+            vec![Record::Decided { upto: 2 }, Record::Decided { upto: 3 }],
+            "one per move; the journal keeps the latest of a group"
+        );
+        // A frontier recovery learned from the nodes it heard is the file's from the start.
+        let mut log = Log::new(new_log_id());
+        log.push(Bytes::from("a"), false);
+        log.set_decided(1);
+        let mut l = Ledger::with_quorum_decisions(log.clone(), 2, true, &[(1, 0)]);
+        assert_eq!(records(&mut l), vec![Record::Decided { upto: 1 }]);
+        // Static mode decides the recovered log whole, and its file needs no frontier; nor
+        // does a log in memory.
+        for mut l in [
+            Ledger::new(log.clone(), 1, true, &[(1, 0)]),
+            Ledger::with_quorum_decisions(log, 1, false, &[(1, 0)]),
+        ] {
+            l.append(Bytes::from("b"), 1, None);
+            l.on_written(2);
+            l.on_persisted(Some(2), &[]);
+            let state = reply(&l, 1, 2);
+            l.on_reply(0, &state, now).ok();
+            assert_eq!(l.log().decided(), 2);
+            assert!(!records(&mut l)
+                .iter()
+                .any(|r| matches!(r, Record::Decided { .. })));
+        }
     }
 
     #[test]
