@@ -7,6 +7,7 @@
 //! [`Process`] guard too (logs under `target/cluster-tests/<test>/`, stopped on drop).
 
 use bytes::{Bytes, BytesMut};
+use cluster_tests::failover::FailoverCluster;
 use cluster_tests::{free_port, on_free_ports, Cluster, Node, Process, START_TIMEOUT};
 use prost::Message;
 use replog_proto::framing::{self, Decoder, Frame, Trailers};
@@ -288,8 +289,8 @@ async fn output_of(mut command: tokio::process::Command, shown: &str) -> String 
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-/// nginx in front of a cluster of a master and two secondaries, configured exactly as
-/// `scripts/run` does it.
+/// nginx in front of a cluster, configured as `scripts/run` (static mode) or the failover
+/// compose stack does it, from the same templates.
 pub struct Nginx {
     pub port: u16,
     pub dir: PathBuf,
@@ -310,26 +311,72 @@ impl Nginx {
         run_dir: &Path,
         nodes_json: Option<&str>,
     ) -> Nginx {
+        let mut settings = vec![
+            ("MASTER_ADDR".to_owned(), addr(&cluster.master)),
+            ("SECONDARY_1_ADDR".to_owned(), addr(&cluster.secondaries[0])),
+            ("SECONDARY_2_ADDR".to_owned(), addr(&cluster.secondaries[1])),
+        ];
+        if let Some(nodes) = nodes_json {
+            settings.push(("NODES_JSON".to_owned(), nodes.to_owned()));
+        }
+        Self::render_and_start(tools, &cluster.client, run_dir, None, &settings).await
+    }
+
+    /// nginx in front of a failover cluster, configured as the failover compose stack's:
+    /// `nginx/nginx-failover.conf`, each node's address in `NODE_<NAME>_ADDR` (`node-a` is
+    /// `NODE_A_ADDR`).
+    pub async fn start_failover(
+        tools: &NginxTools,
+        cluster: &FailoverCluster,
+        run_dir: &Path,
+    ) -> Nginx {
+        let settings: Vec<(String, String)> = cluster
+            .nodes
+            .iter()
+            .map(|node| {
+                let name = node.name.strip_prefix("node-").unwrap_or(&node.name);
+                let var = format!("NODE_{}_ADDR", name.to_uppercase().replace('-', "_"));
+                (var, addr(node))
+            })
+            .collect();
+        let template = workspace_root().join("nginx/nginx-failover.conf");
+        let text = std::fs::read_to_string(&template)
+            .unwrap_or_else(|e| panic!("read {}: {e}", template.display()));
+        for (var, _) in &settings {
+            assert!(
+                text.contains(&format!("${{{var}}}")),
+                "{} does not take the node's address as ${{{var}}}: the test cannot point it \
+                 at its own nodes",
+                template.display()
+            );
+        }
+        Self::render_and_start(tools, &cluster.client, run_dir, Some(&template), &settings).await
+    }
+
+    /// Renders `template` (nginx/render's default when `None`) with `settings` and the
+    /// listening address, run directory and web root, and starts nginx on it.
+    async fn render_and_start(
+        tools: &NginxTools,
+        http: &reqwest::Client,
+        run_dir: &Path,
+        template: Option<&Path>,
+        settings: &[(String, String)],
+    ) -> Nginx {
         on_free_ports(move || async move {
             let port = free_port();
-            let addr = |node: &Node| format!("127.0.0.1:{}", node.http_port);
             let mut render = Command::new("bash");
             render
                 .arg(workspace_root().join("nginx/render"))
                 .env_remove("NGINX_TEMPLATE")
-                .env_remove("NODES_JSON");
-            if let Some(nodes) = nodes_json {
-                render.env("NODES_JSON", nodes);
-            }
-            let output = render
+                .env_remove("NODES_JSON")
                 .env("NGINX_RUN_DIR", run_dir)
                 .env("NGINX_LISTEN", format!("127.0.0.1:{port}"))
                 .env("WEB_ROOT", &tools.web_root)
-                .env("MASTER_ADDR", addr(&cluster.master))
-                .env("SECONDARY_1_ADDR", addr(&cluster.secondaries[0]))
-                .env("SECONDARY_2_ADDR", addr(&cluster.secondaries[1]))
-                .output()
-                .expect("run nginx/render");
+                .envs(settings.iter().map(|(k, v)| (k, v)));
+            if let Some(template) = template {
+                render.env("NGINX_TEMPLATE", template);
+            }
+            let output = render.output().expect("run nginx/render");
             assert!(
                 output.status.success(),
                 "nginx/render failed: {}",
@@ -349,9 +396,7 @@ impl Nginx {
                 .expect("start nginx")
                 .terminate_on_drop(STOP_GRACE);
             let url = format!("http://127.0.0.1:{port}/");
-            process
-                .wait_answering(&cluster.client, &url, START_TIMEOUT)
-                .await?;
+            process.wait_answering(http, &url, START_TIMEOUT).await?;
             Ok(Nginx {
                 port,
                 dir: run_dir.to_path_buf(),
@@ -364,6 +409,11 @@ impl Nginx {
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
+}
+
+/// A node's public HTTP address as nginx reaches it.
+fn addr(node: &Node) -> String {
+    format!("127.0.0.1:{}", node.http_port)
 }
 
 /// chromedriver on a free port.

@@ -4,7 +4,8 @@
 //! columns live (the page's Watch streams), sees an error in words, sees a killed secondary go
 //! down and come back, and saves a screenshot to `target/screenshots/replog.png`. A second
 //! nginx listing other nodes in another order (`NODES_JSON`) shows just those columns, in that
-//! order.
+//! order. A failover cluster's page (etcd, three `replog` nodes, `nginx/nginx-failover.conf`)
+//! shows who leads in every column and follows the master when it is killed.
 //!
 //! Needs nginx, chromium, chromedriver and the built client (`scripts/install-web-tools`,
 //! `scripts/build-web`); skips without them unless `REPLOG_REQUIRE_BROWSER` is set.
@@ -19,6 +20,7 @@ use browser_tests::{
     base_url, browser_tools, chromium_args, chromium_tools, run_tag, running_stack, target_dir,
     BrowserTools, Chromedriver, Compose, Nginx, BASE_URL_ENV,
 };
+use cluster_tests::failover::FailoverCluster;
 use cluster_tests::{Cluster, SecondaryOpts, REPLICATION_FAILED};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
@@ -620,4 +622,202 @@ async fn secondary_2_shows_down(browser: &Client) {
             .expect("data-status");
         assert_eq!(status.as_deref(), Some("up"), "{column} stays up");
     }
+}
+
+/// The page of a failover cluster (a real etcd and three `replog` nodes behind
+/// `nginx/nginx-failover.conf`, as the failover compose stack runs them): the columns are the
+/// nodes `/nodes.json` lists, titled by the nodes' own names; every column's role badge and
+/// leadership line say who is master in which term; an append through a secondary shows in every
+/// column. When the master is killed, the page follows the next one: its column's badge turns
+/// master, every live column's leadership line names it with the later term, the summary names
+/// it; an append still shows in the live columns; the old master comes back as a secondary and
+/// catches up. Saves `target/screenshots/replog-failover.png`.
+#[tokio::test]
+async fn failover_page_follows_the_master() {
+    if base_url().is_some() {
+        eprintln!("SKIPPED: {BASE_URL_ENV} is set, so page_on_a_running_stack drives that stack");
+        return;
+    }
+    let Some(tools) = browser_tools() else {
+        return;
+    };
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let nginx =
+        Nginx::start_failover(&tools.nginx_tools(), &cluster, &cluster.dir.join("nginx")).await;
+    let driver = Chromedriver::start(&tools.chromedriver, &cluster.dir, &cluster.client).await;
+    let profile = tempfile::tempdir().expect("a fresh Chromium profile");
+    let browser = open_browser(&tools.chromium, &driver, profile.path()).await;
+
+    let outcome = AssertUnwindSafe(failover_scenario(&browser, &mut cluster, &nginx))
+        .catch_unwind()
+        .await;
+    let _ = browser.close().await;
+    drop(nginx);
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+async fn failover_scenario(browser: &Client, cluster: &mut FailoverCluster, nginx: &Nginx) {
+    let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+    let listed: Vec<&str> = names.iter().map(String::as_str).collect();
+    browser.goto(&nginx.url("/")).await.expect("open the page");
+    wait_css(
+        browser,
+        "body[data-ready='true']",
+        "the wasm client to start",
+    )
+    .await;
+    // A node's label is its name, and a failover node's title the name it gives itself.
+    columns_from_nodes_json(browser, &listed, &listed).await;
+    let (master, term) = cluster.wait_master(FAILOVER_WAIT, None).await;
+    println!("{} is master in term {term}", names[master]);
+    shows_master(browser, &listed, master, term, None).await;
+
+    let via = (master + 1) % names.len();
+    let message = format!("through {} while {} leads", names[via], names[master]);
+    let clicked = append(browser, &names[via], 3, &message).await;
+    let (id, page_ms, _) = appended_and_shown(browser, clicked, &message, &listed).await;
+    println!(
+        "append #{id} via {} (a secondary): in all three columns {} after the click",
+        names[via],
+        page_ms.map_or("?".to_owned(), |ms| format!("{ms:.0} ms"))
+    );
+
+    // The master goes: another node takes over, and the page follows.
+    cluster.nodes[master].kill();
+    let killed = Instant::now();
+    let (next, next_term) = cluster.wait_master(FAILOVER_WAIT, Some(master)).await;
+    assert_ne!(next, master, "a killed node cannot lead");
+    assert!(next_term > term, "term {next_term} after term {term}");
+    wait_css(
+        browser,
+        &format!("#col-{}[data-status='down']", names[master]),
+        "the killed master's column to show down",
+    )
+    .await;
+    shows_master(browser, &listed, next, next_term, Some(master)).await;
+    // The dead master's column keeps what it said last, marked as no longer so.
+    let badge = wait_css(
+        browser,
+        &format!("#role-{}[data-stale='true']", names[master]),
+        "the killed master's role badge to be marked stale",
+    )
+    .await;
+    assert_eq!(badge.text().await.expect("the badge's text"), "was master");
+    let line = wait_css(
+        browser,
+        &format!("#leadership-{}[data-stale='true']", names[master]),
+        "the killed master's leadership line to be marked stale",
+    )
+    .await;
+    let text = line.text().await.expect("the line's text");
+    assert!(text.starts_with("last heard: master: "), "{text:?}");
+    println!(
+        "{} killed: the page shows {} as master in term {next_term} {:.1} s later",
+        names[master],
+        names[next],
+        killed.elapsed().as_secs_f64()
+    );
+    let live: Vec<&str> = (0..names.len())
+        .filter(|&i| i != master)
+        .map(|i| listed[i])
+        .collect();
+    let via = (0..names.len())
+        .find(|&i| i != master && i != next)
+        .expect("a third node");
+    let message = format!("through {} after the failover", names[via]);
+    let clicked = append(browser, &names[via], 2, &message).await;
+    let (id, _, _) = appended_and_shown(browser, clicked, &message, &live).await;
+    screenshot(browser, "replog-failover.png").await;
+
+    // The old master comes back as a secondary and catches up.
+    cluster.nodes[master].start();
+    shows_master(browser, &listed, next, next_term, None).await;
+    wait_css(
+        browser,
+        &format!("#log-{} li[data-id='{id}']", names[master]),
+        "the old master to catch up as a secondary",
+    )
+    .await;
+}
+
+/// How long a test waits for a master every running node names (a lease of
+/// `failover::TEST_TTL_MS` to expire, an election, recovery).
+const FAILOVER_WAIT: Duration = Duration::from_secs(30);
+
+/// Every column but `down`'s is up with its Watch open, titled with its node's name, its role
+/// badge master for `master` and secondary for the others, its leadership line naming `master`
+/// in `term`; the master's view of each other live node is in that node's column; the summary
+/// says up and names `master`.
+async fn shows_master(
+    browser: &Client,
+    names: &[&str],
+    master: usize,
+    term: u64,
+    down: Option<usize>,
+) {
+    let leader = names[master];
+    for (i, name) in names.iter().enumerate() {
+        if Some(i) == down {
+            continue;
+        }
+        let role = if i == master { "master" } else { "secondary" };
+        wait_css(
+            browser,
+            &format!("#col-{name}[data-status='up'][data-watch='open'][data-role='{role}']"),
+            &format!("the {name} column to be up as {role} with its Watch open"),
+        )
+        .await;
+        wait_css(
+            browser,
+            &format!("#role-{name}[data-role='{role}'][data-stale='false']:not([hidden])"),
+            &format!("the {name} column's role badge to say {role}"),
+        )
+        .await;
+        let line = wait_css(
+            browser,
+            &format!(
+                "#leadership-{name}[data-master='{leader}'][data-term='{term}']:not([hidden])"
+            ),
+            &format!("the {name} column's leadership line to name {leader} in term {term}"),
+        )
+        .await;
+        let text = line.text().await.expect("the leadership line's text");
+        let expected = format!("master: {leader} · term {term} · since ");
+        assert!(
+            text.starts_with(&expected) && text.len() > expected.len(),
+            "{name}: leadership line {text:?}, expected {expected:?} and a time"
+        );
+        let title = browser
+            .find(Locator::Id(&format!("title-{name}")))
+            .await
+            .expect("the column's title")
+            .text()
+            .await
+            .expect("the title's text");
+        assert_eq!(
+            title, *name,
+            "a failover node's column is titled by its name"
+        );
+        if i == master {
+            wait_css(
+                browser,
+                &format!("#master-view-{name}[hidden]"),
+                "the master's column to show no master's view",
+            )
+            .await;
+        } else {
+            wait_css(
+                browser,
+                &format!("#master-view-{name}[data-status='healthy']:not([hidden])"),
+                &format!("the master's view of {name} to be healthy in its column"),
+            )
+            .await;
+        }
+    }
+    wait_css(
+        browser,
+        &format!("#cluster[data-state='up'][data-master='{leader}']"),
+        &format!("the summary to say up with {leader} as master"),
+    )
+    .await;
 }

@@ -538,6 +538,11 @@ impl App {
                     ),
                 }
             }
+            None if self.columns.iter().all(|c| c.borrow().health.is_none()) => (
+                "unknown".to_owned(),
+                String::new(),
+                "Master sees: (connecting…)".to_owned(),
+            ),
             None if self.master.get().is_none() && self.failover_mode() => (
                 "unknown".to_owned(),
                 String::new(),
@@ -599,12 +604,21 @@ impl App {
 
         self.by_id(&format!("title-{name}"))
             .set_text_content(Some(&model::title(node, column.health.as_ref())));
+        // A node that stopped answering shows what it said last, marked as such: a dead master
+        // must not read as the master next to the one that took over.
+        let stale = if column.health_error.is_some() {
+            "true"
+        } else {
+            "false"
+        };
         let role = self.by_id(&format!("role-{name}"));
         match &column.health {
             Some(health) => {
                 let text = model::role(health);
-                role.set_text_content(Some(text));
+                let shown = model::role_badge(health, column.health_error.is_none());
+                role.set_text_content(Some(&shown));
                 let _ = role.set_attribute("data-role", text);
+                let _ = role.set_attribute("data-stale", stale);
                 let _ = role.remove_attribute("hidden");
             }
             None => {
@@ -614,8 +628,12 @@ impl App {
         let leadership = self.by_id(&format!("leadership-{name}"));
         match column.health.as_ref().and_then(|h| h.leadership.as_ref()) {
             Some(l) => {
-                let line = model::leadership_line(l, local_time);
+                let mut line = model::leadership_line(l, local_time);
+                if column.health_error.is_some() {
+                    line = format!("last heard: {line}");
+                }
                 leadership.set_text_content(Some(&line));
+                let _ = leadership.set_attribute("data-stale", stale);
                 let _ = leadership.set_attribute("data-master", &l.master);
                 let _ = leadership.set_attribute("data-term", &l.term.to_string());
                 let _ = leadership.remove_attribute("hidden");

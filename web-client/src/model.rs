@@ -375,6 +375,15 @@ pub fn role(health: &HealthReply) -> &str {
     }
 }
 
+/// The role badge's text: the role, or what it was when the node's last health call failed.
+pub fn role_badge(health: &HealthReply, live: bool) -> String {
+    if live {
+        role(health).to_owned()
+    } else {
+        format!("was {}", role(health))
+    }
+}
+
 /// A time as the reader's clock shows it: `HH:MM:SS` when on the same local day as `now`,
 /// else `YYYY-MM-DD HH:MM:SS`. `utc_minus_local_min` is JavaScript's `getTimezoneOffset()`.
 pub fn local_time(unix_ms: u64, now_unix_ms: u64, utc_minus_local_min: i64) -> String {
@@ -755,6 +764,8 @@ mod tests {
         let named = failover("secondary", "node-1", "node-2", 3);
         assert_eq!(title(&node, Some(&named)), "node-1");
         assert_eq!(role(&named), "secondary");
+        assert_eq!(role_badge(&named, true), "secondary");
+        assert_eq!(role_badge(&health("master"), false), "was master");
         assert_eq!(role(&HealthReply::default()), "unknown");
     }
 
