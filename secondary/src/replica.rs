@@ -13,6 +13,16 @@
 //! follower drops an uncommitted suffix in a new term; otherwise it would keep the old messages
 //! where the master now has new ones.
 //!
+//! In failover mode master processes run on different nodes in turn, and a process may serve
+//! a minority while the next master's majority never hears of it. The master then lists all the
+//! starts its file records (its log's lineage), and a secondary that follows a process missing
+//! from that list first drops what that process (and any other missing one it followed since
+//! the last listed one) gave it: above the `recovered` it recorded when it heard each of them.
+//! And in both modes a new master process makes a secondary drop every tombstone above its
+//! decided frontier, with everything after it: such a tombstone was never confirmed (the
+//! master that sent it answered "unknown"), and the new master may hold the entry and commit it.
+//! See [`Replica::receive`].
+//!
 //! The replication token is the first wall, not the only one: every request is checked against
 //! what this secondary knows before anything changes (see [`Refusal`]). Ids and master
 //! processes are numbered from 1; an id held with one message takes no other; an id held as
@@ -35,6 +45,23 @@ pub struct Replica {
     instance: u64,
     /// The master process whose entries we hold (0: none heard yet).
     master: u64,
+    /// Every `MasterStart` this replica's file records, in order, as `(instance, recovered)`,
+    /// `master` last: the processes whose entries it took, each with the id above which it
+    /// took them from that one.
+    starts: Vec<(u64, u64)>,
+    /// Failover mode: a new master process lists its whole lineage, and the processes we
+    /// followed that it lacks are cut away (see [`Replica::receive`]).
+    failover: bool,
+}
+
+/// How a replica moves to a new master process.
+#[derive(Debug, PartialEq, Eq)]
+struct Switch {
+    /// Every id above this is dropped.
+    keep: u64,
+    /// The `MasterStart` records that say so, in order, the new process last. Replayed, they
+    /// drop the ids above the lowest of them, which is `keep`.
+    starts: Vec<(u64, u64)>,
 }
 
 /// Why a request was refused; nothing was changed.
@@ -46,6 +73,14 @@ pub enum Refusal {
     /// entries (a master with `FSYNC=never` after a power failure, or a damaged file). Dropping
     /// them here would unshow what clients saw, so this secondary refuses until someone looks.
     MasterLostDecided { recovered: u64, decided: u64 },
+    /// Failover mode: we follow master process `follows`, which the new master's lineage lacks,
+    /// so only ids up to `cut` are surely the same in its log; but we hold ids up to `decided`
+    /// as decided. Dropping them would unshow what clients saw, so this secondary refuses.
+    OffLineage {
+        follows: u64,
+        cut: u64,
+        decided: u64,
+    },
     /// It came from an earlier master process than one already heard (a request still in
     /// flight from a process that has since restarted).
     StaleMaster { instance: u64, ours: u64 },
@@ -85,6 +120,7 @@ impl Refusal {
         match self {
             Self::ForeignLog => "foreign_log",
             Self::MasterLostDecided { .. } => "master_lost_decided",
+            Self::OffLineage { .. } => "off_lineage",
             Self::StaleMaster { .. } => "stale_master",
             Self::MissingStarts { .. } => "missing_starts",
             Self::ZeroId => "zero_id",
@@ -114,6 +150,16 @@ impl std::fmt::Display for Refusal {
                 f,
                 "the master restarted with ids up to {recovered}, but this secondary holds ids \
                  up to {decided} as decided: the master lost committed entries"
+            ),
+            Self::OffLineage {
+                follows,
+                cut,
+                decided,
+            } => write!(
+                f,
+                "this secondary follows master process {follows}, which the new master's log \
+                 does not descend from: only ids up to {cut} are the same there, but ids up to \
+                 {decided} are decided here"
             ),
             Self::StaleMaster { instance, ours } => write!(
                 f,
@@ -154,13 +200,40 @@ impl Replica {
             ahead: BTreeMap::new(),
             instance: rand::random(),
             master: 0,
+            starts: Vec::new(),
+            failover: false,
         }
     }
 
-    /// The master process whose entries the recovered log holds (see [`Record::MasterStart`]).
+    /// The master process whose entries the recovered log holds (see [`Record::MasterStart`]),
+    /// when the file's other starts are not known: it counts as one that kept nothing of what
+    /// came before it, which cuts the most should the next master not list it (failover mode).
     pub fn with_master(mut self, instance: u64) -> Self {
         self.master = instance;
+        self.starts = match instance {
+            0 => Vec::new(),
+            _ => vec![(instance, 0)],
+        };
         self
+    }
+
+    /// The `MasterStart` records of the recovered log, in order, as `(instance, recovered)`
+    /// ([`replog_node::storage::LogFile::master_starts`]): it follows the last.
+    pub fn with_starts(mut self, starts: &[(u64, u64)]) -> Self {
+        self.master = starts.last().map_or(0, |&(instance, _)| instance);
+        self.starts = starts.to_vec();
+        self
+    }
+
+    /// Failover mode (see the module's doc), or not.
+    pub fn in_failover(mut self, failover: bool) -> Self {
+        self.failover = failover;
+        self
+    }
+
+    /// The master processes this replica took entries from, as its file records them.
+    pub fn starts(&self) -> &[(u64, u64)] {
+        &self.starts
     }
 
     pub fn log(&self) -> &Log {
@@ -184,18 +257,25 @@ impl Replica {
 
     /// Applies one replication request. Returns the records that make the change durable (to
     /// be written before the answer), or why it was refused and changes nothing.
+    ///
+    /// A request of a new master process first drops every id that may differ in its log
+    /// (see [`Replica::follow`]): above the lowest `recovered` among the starts it lists after
+    /// the process we follow; in failover mode, if it does not list that one, also above what
+    /// we kept when we heard it (and each unlisted one before it); and in both modes from the
+    /// first tombstone above our decided frontier on. Never a decided id: such a request is
+    /// refused instead.
     pub fn receive(&mut self, request: ReplicateRequest) -> Result<Vec<Record>, Refusal> {
         // Every check comes before the first change, so a refused request changes nothing.
         let adopt = self.admit(&request.log_id)?;
-        let (ours, decided) = match adopt {
-            true => (0, 0),
-            false => (self.master, self.log.decided()),
+        let decided = match adopt {
+            true => 0,
+            false => self.log.decided(),
         };
-        let switch = follow(ours, decided, request.master_instance, &request.starts)?;
+        let switch = self.follow(adopt, decided, request.master_instance, &request.starts)?;
         // What survives the switch to a new master process (nothing, for a log adopted anew).
         let keep = match adopt {
             true => 0,
-            false => switch.unwrap_or(u64::MAX),
+            false => switch.as_ref().map_or(u64::MAX, |s| s.keep),
         };
         self.check(&request, keep, decided)?;
         let mut records = Vec::new();
@@ -203,12 +283,13 @@ impl Replica {
             // Nothing held yet: this replica belongs to whichever master reaches it first.
             self.log = Log::new(request.log_id.clone());
             self.master = 0;
+            self.starts.clear();
             records.push(Record::Meta {
                 log_id: request.log_id,
             });
         }
-        if let Some(recovered) = switch {
-            self.switch_master(request.master_instance, recovered, &mut records);
+        if let Some(switch) = switch {
+            self.switch_master(request.master_instance, switch, &mut records);
         }
         self.store(request.entries, &mut records);
         if let Some(decisions) = &request.decisions {
@@ -291,23 +372,177 @@ impl Replica {
         }
     }
 
-    /// Drops what we hold above `recovered` and follows master process `instance` from now on.
-    fn switch_master(&mut self, instance: u64, recovered: u64, records: &mut Vec<Record>) {
+    /// Drops what we hold above `switch.keep` and follows master process `instance` from now
+    /// on.
+    fn switch_master(&mut self, instance: u64, switch: Switch, records: &mut Vec<Record>) {
+        let Switch { keep, starts } = switch;
         let held = self.log.last_id();
-        if held > recovered {
+        if held > keep {
             tracing::warn!(
                 held,
-                recovered,
-                "a restarted master lost ids above {recovered} before they were committed; dropping ours"
+                keep,
+                from = self.master,
+                to = instance,
+                "a new master process may hold other messages above {keep}, or none: dropping ours"
             );
         }
-        self.log.truncate(recovered);
-        self.ahead.split_off(&recovered.saturating_add(1));
+        self.log.truncate(keep);
+        self.ahead.split_off(&keep.saturating_add(1));
         self.master = instance;
-        records.push(Record::MasterStart {
-            instance,
-            recovered,
-        });
+        for (instance, recovered) in starts {
+            self.starts.push((instance, recovered));
+            records.push(Record::MasterStart {
+                instance,
+                recovered,
+            });
+        }
+    }
+
+    /// Whether we take a request of master process `instance` listing `starts`, with ids up to
+    /// `decided` decided (and, if `adopt`, nothing held): `Some` if we must first switch to it
+    /// (drop what may differ and record that), `None` if we already follow it.
+    ///
+    /// The starts after the process we follow say where each later one may have given ids
+    /// again (the lowest `recovered` among them). In failover mode the master lists its whole
+    /// lineage; a process we followed that it lacks served where the new master never heard
+    /// it, so what it gave us goes too: ids above the `recovered` we recorded for it, for each
+    /// such process back to the last one listed, whose own rule then applies. And a tombstone
+    /// above our decided frontier was never confirmed, so it goes with everything after it.
+    fn follow(
+        &self,
+        adopt: bool,
+        decided: u64,
+        instance: u64,
+        starts: &[MasterStart],
+    ) -> Result<Option<Switch>, Refusal> {
+        let ours = if adopt { 0 } else { self.master };
+        let Some(listed) = check_follow(ours, instance, starts)? else {
+            return Ok(None);
+        };
+        // What the master's lineage lets us keep.
+        let mut lineage = listed;
+        let mut follows_listed = true;
+        if self.failover && !adopt {
+            let (cut, base) = self.unlisted_cut(starts);
+            follows_listed = base == ours;
+            if !follows_listed {
+                let rule = MasterStart::kept_after(starts, base, instance)
+                    .ok_or(Refusal::MissingStarts { instance, ours })?;
+                lineage = cut.min(rule);
+            }
+        }
+        if lineage < decided {
+            return Err(match follows_listed {
+                true => Refusal::MasterLostDecided {
+                    recovered: lineage,
+                    decided,
+                },
+                false => Refusal::OffLineage {
+                    follows: ours,
+                    cut: lineage,
+                    decided,
+                },
+            });
+        }
+        let keep = match self.first_tombstone_above(decided) {
+            Some(tombstone) if !adopt => lineage.min(tombstone - 1),
+            _ => lineage,
+        };
+        Ok(Some(Switch {
+            keep,
+            starts: self.records_for(ours, instance, starts, lineage, keep),
+        }))
+    }
+
+    /// Failover mode: walking back from the process we follow, the lowest `recovered` we
+    /// recorded for processes `starts` does not list (`u64::MAX` if it lists ours), and the
+    /// last process it does list (0: none).
+    fn unlisted_cut(&self, starts: &[MasterStart]) -> (u64, u64) {
+        let listed = |instance| starts.iter().any(|s| s.instance == instance);
+        let mut cut = u64::MAX;
+        for &(instance, recovered) in self.own_starts().iter().rev() {
+            if listed(instance) {
+                return (cut, instance);
+            }
+            cut = cut.min(recovered);
+        }
+        (cut, 0)
+    }
+
+    /// Our starts, the process we follow last (one we know only by number counts as having
+    /// kept nothing before it).
+    fn own_starts(&self) -> Vec<(u64, u64)> {
+        let mut own = self.starts.clone();
+        if self.master > 0 && own.last().map(|&(instance, _)| instance) != Some(self.master) {
+            own.push((self.master, 0));
+        }
+        own
+    }
+
+    /// The lowest tombstone above `decided`, in the log or buffered beyond a gap.
+    fn first_tombstone_above(&self, decided: u64) -> Option<u64> {
+        let logged = self.log.tombstones_in(decided, u64::MAX).next();
+        let buffered = self
+            .ahead
+            .iter()
+            .find(|(_, &(_, tombstone))| tombstone)
+            .map(|(&id, _)| id);
+        logged
+            .into_iter()
+            .chain(buffered)
+            .filter(|&id| id > decided)
+            .min()
+    }
+
+    /// The `MasterStart` records of a switch from process `ours` to `instance` that keeps ids
+    /// up to `keep`, of which the master's lineage alone would keep those up to `lineage`.
+    /// Replayed, they drop what the switch drops: every id above the lowest `recovered` among
+    /// them, which is `keep`.
+    ///
+    /// In static mode one record: the new process with `keep`. In failover mode this node may
+    /// lead later, and the `recovered` of the starts it lists then tell a secondary what it may
+    /// keep, so they are what the new master lists: its starts between the two processes (a
+    /// secondary that follows one of them must find it listed), and its own start with its own
+    /// `recovered`, unless our lineage cut is lower than all of these (we followed processes
+    /// the new master lacks, whose ids must not pass for its own): then with the cut. A lower
+    /// `keep` (undecided tombstones) is said by a start of `ours` again first, which drops the
+    /// ids and tells a secondary of `ours` or a later process nothing it need act on.
+    fn records_for(
+        &self,
+        ours: u64,
+        instance: u64,
+        starts: &[MasterStart],
+        lineage: u64,
+        keep: u64,
+    ) -> Vec<(u64, u64)> {
+        if !self.failover {
+            return vec![(instance, keep)];
+        }
+        let between = starts
+            .iter()
+            .filter(|s| s.instance > ours && s.instance <= instance);
+        let lowest = between.clone().map(|s| s.recovered).min().unwrap_or(0);
+        let own = match starts.iter().find(|s| s.instance == instance) {
+            Some(start) if lineage >= lowest => start.recovered,
+            _ => lineage,
+        };
+        // Either way the lowest of these records is `lineage`.
+        let mut records = Vec::new();
+        let mut own = own;
+        if keep < lineage {
+            match ours {
+                // No earlier process of ours to name: the new one says it.
+                0 => own = own.min(keep),
+                _ => records.push((ours, keep)),
+            }
+        }
+        records.extend(
+            between
+                .filter(|s| s.instance < instance)
+                .map(|s| (s.instance, s.recovered)),
+        );
+        records.push((instance, own));
+        records
     }
 
     /// Stores entries: each id once, in order, buffering those beyond a gap.
@@ -395,15 +630,11 @@ impl Replica {
     }
 }
 
-/// Whether a replica that follows master process `ours`, with ids up to `decided` decided,
-/// takes a request of process `instance`: `Some(recovered)` if it must first drop every id above
-/// `recovered` and follow `instance`, `None` if it already follows it.
-fn follow(
-    ours: u64,
-    decided: u64,
-    instance: u64,
-    starts: &[MasterStart],
-) -> Result<Option<u64>, Refusal> {
+/// Whether a replica that follows master process `ours` takes a request of process
+/// `instance` listing `starts`: `Some(recovered)` if it must first drop every id above
+/// `recovered` (the lowest among the starts after `ours`) and follow `instance`, `None` if it
+/// already follows it.
+fn check_follow(ours: u64, instance: u64, starts: &[MasterStart]) -> Result<Option<u64>, Refusal> {
     if instance == 0 {
         return Err(Refusal::ZeroInstance);
     }
@@ -428,9 +659,6 @@ fn follow(
         .try_fold(ours, |last, next| (next > last).then_some(next));
     if ascending != Some(instance) {
         return Err(Refusal::ImplausibleInstance { instance, ours });
-    }
-    if recovered < decided {
-        return Err(Refusal::MasterLostDecided { recovered, decided });
     }
     Ok(Some(recovered))
 }
@@ -899,5 +1127,224 @@ mod tests {
             ),
         );
         assert_eq!((r.master(), r.state().held), (7, 6));
+    }
+
+    /// A replica of failover mode and the log its records replay into.
+    fn in_failover() -> (Replica, Log) {
+        (
+            Replica::new(Log::default()).in_failover(true),
+            Log::default(),
+        )
+    }
+
+    fn texts(r: &Replica) -> Vec<String> {
+        r.page(1, usize::MAX)
+            .into_iter()
+            .map(|m| String::from_utf8_lossy(&m.message).into_owned())
+            .collect()
+    }
+
+    /// Process 1 gave ids 1..=3 (2 decided); process 3, which served a minority, gave 4 and 5.
+    fn followed_a_minority_term(r: &mut Replica, replayed: &mut Log) {
+        let first = request(
+            vec![entry(1, "a"), entry(2, "b"), entry(3, "c")],
+            decided(2, 0, vec![]),
+        );
+        apply(r, replayed, from_master(1, &[(1, 0)], first));
+        let minority = request(vec![entry(4, "x4"), entry(5, "x5")], None);
+        apply(r, replayed, from_master(3, &[(1, 0), (3, 3)], minority));
+        assert_eq!((r.master(), r.state().held), (3, 5));
+        assert_eq!(r.starts(), &[(1, 0), (3, 3)]);
+    }
+
+    #[test]
+    fn in_failover_what_a_process_the_new_master_never_heard_of_gave_is_dropped() {
+        let (mut r, mut replayed) = in_failover();
+        followed_a_minority_term(&mut r, &mut replayed);
+        // Term 4 never heard of term 3: it recovered ids up to 5 from process 1, other
+        // messages than term 3's. Its first request ships only what follows.
+        let next = request(vec![entry(6, "b6")], None);
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(4, &[(1, 0), (4, 5)], next),
+        );
+        assert_eq!((r.master(), r.state().held), (4, 3), "term 3's ids went");
+        // Below the lineage cut of term 4's list (5): the start says where ours was.
+        assert_eq!(r.starts(), &[(1, 0), (3, 3), (4, 3)]);
+        let rest = request(
+            vec![entry(4, "a4"), entry(5, "a5"), entry(6, "b6")],
+            decided(6, 2, vec![]),
+        );
+        apply(&mut r, &mut replayed, from_master(4, &[], rest));
+        assert_eq!(texts(&r), ["a", "b", "c", "a4", "a5", "b6"]);
+        // A static replica takes the list as the starts after its own: it would keep term 3's
+        // ids under term 4's.
+        let mut r = Replica::new(Log::default());
+        let mut replayed = Log::default();
+        followed_a_minority_term(&mut r, &mut replayed);
+        let next = request(vec![entry(6, "b6")], None);
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(4, &[(1, 0), (4, 5)], next),
+        );
+        assert_eq!(r.state().held, 6);
+    }
+
+    #[test]
+    fn in_failover_each_unlisted_process_back_to_a_listed_one_is_cut_away() {
+        let own = [(1, 0), (2, 2), (3, 4)];
+        let held = |r: &mut Replica, replayed: &mut Log| {
+            let entries = (1..=6).map(|id| entry(id, &format!("m{id}"))).collect();
+            apply(r, replayed, from_master(3, &own, request(entries, None)));
+        };
+        // Neither 2 nor 3 is listed: above 2 goes. Process 1's own rule (6) cuts less.
+        let (mut r, mut replayed) = in_failover();
+        held(&mut r, &mut replayed);
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(5, &[(1, 0), (5, 6)], request(vec![], None)),
+        );
+        assert_eq!(r.state().held, 2);
+        // 2 is listed: only what 3 gave goes, and 2's rule (the starts after it) is lower.
+        for (recovered, held_after) in [(6, 4), (3, 3)] {
+            let (mut r, mut replayed) = in_failover();
+            held(&mut r, &mut replayed);
+            let starts = [(1, 0), (2, 2), (5, recovered)];
+            apply(
+                &mut r,
+                &mut replayed,
+                from_master(5, &starts, request(vec![], None)),
+            );
+            assert_eq!(
+                r.state().held,
+                held_after,
+                "process 5 recovered {recovered}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_failover_a_cut_below_the_decided_frontier_is_refused() {
+        let (mut r, mut replayed) = in_failover();
+        followed_a_minority_term(&mut r, &mut replayed);
+        // Term 3 decided id 4 (so a majority held it): a master whose lineage lacks term 3
+        // cannot be the next one. Refused, nothing changed.
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(3, &[], request(vec![], decided(4, 2, vec![]))),
+        );
+        let lacking = from_master(4, &[(1, 0), (4, 5)], request(vec![], None));
+        let why = Refusal::OffLineage {
+            follows: 3,
+            cut: 3,
+            decided: 4,
+        };
+        assert_eq!(why.reason(), "off_lineage");
+        assert!(!why.is_malformed());
+        refused(&mut r, lacking, why);
+        // A master that lists term 3 is followed.
+        let listing = from_master(4, &[(1, 0), (3, 3), (4, 5)], request(vec![], None));
+        apply(&mut r, &mut replayed, listing);
+        assert_eq!((r.master(), r.state().held), (4, 5));
+    }
+
+    #[test]
+    fn in_failover_the_starts_between_are_recorded_as_the_master_lists_them() {
+        let (mut r, mut replayed) = in_failover();
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(
+                4,
+                &[(1, 0), (2, 5), (4, 9)],
+                request(vec![entry(1, "a")], None),
+            ),
+        );
+        // A fresh replica adopts the whole lineage.
+        assert_eq!(r.starts(), &[(1, 0), (2, 5), (4, 9)]);
+        let starts = [(1, 0), (2, 5), (4, 9), (6, 3), (7, 8)];
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(7, &starts, request(vec![], None)),
+        );
+        assert_eq!(r.starts(), &[(1, 0), (2, 5), (4, 9), (6, 3), (7, 8)]);
+        // Static mode records only the new process, with what it kept.
+        let mut r = Replica::new(Log::default());
+        let mut replayed = Log::default();
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(4, &[(1, 0), (2, 5), (4, 9)], request(vec![], None)),
+        );
+        assert_eq!(r.starts(), &[(4, 0)]);
+    }
+
+    /// Ids 1..=5 from process 1, 2 decided; 4 aborted by it but never decided here, 7 too
+    /// (beyond a gap).
+    fn holding_an_undecided_tombstone(failover: bool) -> (Replica, Log) {
+        let mut r = Replica::new(Log::default()).in_failover(failover);
+        let mut replayed = Log::default();
+        let entries = vec![
+            entry(1, "a"),
+            entry(2, "b"),
+            entry(3, "c"),
+            tombstone(4),
+            entry(5, "e"),
+            tombstone(7),
+        ];
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(1, &[(1, 0)], request(entries, decided(2, 0, vec![2]))),
+        );
+        assert_eq!((r.state().held, r.state().decided), (5, 2));
+        (r, replayed)
+    }
+
+    #[test]
+    fn a_new_master_process_makes_it_drop_every_tombstone_above_its_frontier() {
+        for failover in [false, true] {
+            let (mut r, mut replayed) = holding_an_undecided_tombstone(failover);
+            // Process 2 held id 4 and commits it: the tombstone was never confirmed.
+            let next = request(
+                vec![entry(4, "d"), entry(5, "e"), entry(6, "f"), entry(7, "g")],
+                decided(7, 2, vec![2]),
+            );
+            apply(
+                &mut r,
+                &mut replayed,
+                from_master(2, &[(1, 0), (2, 7)], next),
+            );
+            assert_eq!(
+                texts(&r),
+                ["a", "c", "d", "e", "f", "g"],
+                "failover {failover}"
+            );
+            let starts = match failover {
+                // Said by a start of process 1 again, so that the one of process 2 keeps the
+                // `recovered` its master lists.
+                true => vec![(1, 0), (1, 3), (2, 7)],
+                false => vec![(1, 0), (2, 3)],
+            };
+            assert_eq!(r.starts(), &starts[..], "failover {failover}");
+        }
+        // A decided tombstone stays, and so does what follows it.
+        let (mut r, mut replayed) = holding_an_undecided_tombstone(false);
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(1, &[], request(vec![], decided(5, 2, vec![4]))),
+        );
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(2, &[(2, 5)], request(vec![], None)),
+        );
+        assert_eq!((r.state().held, shown(&r)), (5, vec![1, 3, 5]));
     }
 }

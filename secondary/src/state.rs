@@ -62,6 +62,13 @@ impl Secondary {
         forward: Forwarder,
         shutdown: Shutdown,
     ) -> Self {
+        // The replica learns the master starts its file records (the processes it took entries
+        // from) and the mode: in failover mode a new master's lineage decides what it keeps.
+        let replica = match &file {
+            Some(file) => replica.with_starts(file.master_starts()),
+            None => replica,
+        }
+        .in_failover(config.failover.is_some());
         let (visible, _) = watch::channel(replica.log().visible_upto());
         // Always announced, changed or not: the node waits for it to know the log was read.
         publish_standing(&config, &replica, true);
@@ -400,15 +407,78 @@ mod tests {
         assert!(matches!(stale, Err(Refused::Master(_))), "{stale:?}");
         assert!(!standing_rx.has_changed().unwrap_or(true));
 
-        // A new master (term) that recovered ids up to 2: the last term moves, what it lacks goes.
+        // A new master (term) that recovered ids up to 2, listing its lineage: the last term
+        // moves, what it lacks goes.
         let mut next = request(4, vec![], None);
-        next.starts = vec![MasterStart {
-            instance: 4,
-            recovered: 2,
-        }];
+        next.starts = vec![
+            MasterStart {
+                instance: 3,
+                recovered: 0,
+            },
+            MasterStart {
+                instance: 4,
+                recovered: 2,
+            },
+        ];
         let switched = secondary.receive(next);
         assert!(switched.is_ok(), "{switched:?}");
         assert_eq!(*standing_rx.borrow_and_update(), standing("L", 4, 2, 2));
+    }
+
+    #[test]
+    fn the_replica_knows_the_starts_its_file_records() {
+        use replog_node::storage::FsyncPolicy;
+        let dir = std::env::temp_dir().join(format!(
+            "replog-secondary-starts-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let (mut file, _) = LogFile::open(&dir, FsyncPolicy::Never, || "L".into()).expect("open");
+        let entry = |id| Record::Entry {
+            id,
+            message: "m".into(),
+            tombstone: false,
+        };
+        let start = |instance, recovered| Record::MasterStart {
+            instance,
+            recovered,
+        };
+        file.append(&[start(2, 0), entry(1), entry(2), entry(3), start(5, 3)])
+            .expect("write");
+        file.append(&[entry(4), Record::Decided { upto: 1 }])
+            .expect("write");
+        drop(file);
+        let (file, recovered) =
+            LogFile::open(&dir, FsyncPolicy::Never, || unreachable!()).expect("reopen");
+        let replica = Replica::new(recovered.log).with_master(file.master_instance());
+        let (_leader_tx, leader) = watch::channel(None);
+        let (standing, _standing_rx) = watch::channel(Standing::default());
+        let mut config = Config::parse_from(["secondary"]);
+        config.failover = Some(SecondaryRole {
+            name: "b".into(),
+            leader: leader.clone(),
+            standing,
+        });
+        let forward = Forwarder::following("b", leader);
+        let secondary = Secondary::new(config, replica, Some(file), forward, Shutdown::new());
+        assert_eq!(secondary.store().replica.starts(), &[(2, 0), (5, 3)]);
+        // Term 7 never heard of process 5: what it gave us above 3 goes, and no more (known
+        // only by number, process 5 would count as having kept nothing, below the decided 1).
+        let mut next = request(7, vec![], None);
+        next.starts = vec![
+            MasterStart {
+                instance: 2,
+                recovered: 0,
+            },
+            MasterStart {
+                instance: 7,
+                recovered: 6,
+            },
+        ];
+        let state = secondary.receive(next).expect("taken");
+        assert_eq!((state.master_instance, state.held), (7, 3));
+        secondary.close();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
