@@ -281,9 +281,10 @@ struct Secondary {
 }
 
 impl Secondary {
-    fn fresh() -> Self {
+    /// A secondary holding nothing; of failover mode (`failover`) or not.
+    fn fresh(failover: bool) -> Self {
         Self {
-            replica: Replica::new(Log::default()),
+            replica: Replica::new(Log::default()).in_failover(failover),
             disk: Vec::new(),
             requests: VecDeque::new(),
             replies: VecDeque::new(),
@@ -442,7 +443,9 @@ impl Sim {
             master_unsynced: Vec::new(),
             master_instance: 1,
             master_shown: Vec::new(),
-            secondaries: (0..SECONDARIES).map(|_| Secondary::fresh()).collect(),
+            secondaries: (0..SECONDARIES)
+                .map(|_| Secondary::fresh(failover))
+                .collect(),
             appends: Vec::new(),
             ever_visible: BTreeSet::new(),
             counter: 0,
@@ -514,10 +517,11 @@ impl Sim {
                 let s = &mut self.secondaries[to];
                 if keep {
                     let (log, starts) = replay(&s.disk);
-                    let master = starts.last().map_or(0, |&(instance, _)| instance);
-                    s.replica = Replica::new(log).with_master(master);
+                    s.replica = Replica::new(log)
+                        .with_starts(&starts)
+                        .in_failover(self.failover);
                 } else {
-                    s.replica = Replica::new(Log::default());
+                    s.replica = Replica::new(Log::default()).in_failover(self.failover);
                     s.disk.clear();
                     s.shown.clear();
                 }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use replog_node::log::{Log, Message};
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use std::time::Instant;
 
@@ -139,6 +139,13 @@ pub struct Ledger {
     /// Set once this master may no longer decide (its lease lapsed, or it was deposed): no
     /// commit, abort, confirmation or frontier move happens any more.
     frozen: bool,
+    /// With quorum decisions and a journal: the decided frontier last asked to be recorded in
+    /// the file ([`Record::Decided`]).
+    recorded: u64,
+    /// With quorum decisions and a journal: ids this process aborted that a majority is not
+    /// known to hold as tombstones yet (not forgotten when their client is). The frontier
+    /// recorded in the file stays below them (see [`Ledger::record_frontier`]).
+    unsettled: BTreeSet<u64>,
     effects: Vec<Effect>,
 }
 
@@ -177,13 +184,21 @@ impl Ledger {
         starts: &[(u64, u64)],
         quorum_decisions: bool,
     ) -> Self {
-        let starts: Vec<MasterStart> = starts
-            .iter()
-            .map(|&(instance, recovered)| MasterStart {
-                instance,
-                recovered,
-            })
-            .collect();
+        // A process named twice in a file (a secondary's file in failover mode may name the one
+        // it follows again to drop undecided tombstones) is listed once, with the lower
+        // `recovered`: the cut rule takes the lowest anyway, and a secondary wants the list
+        // ascending.
+        let mut list: Vec<MasterStart> = Vec::with_capacity(starts.len());
+        for &(instance, recovered) in starts {
+            match list.iter_mut().find(|s| s.instance == instance) {
+                Some(named) => named.recovered = named.recovered.min(recovered),
+                None => list.push(MasterStart {
+                    instance,
+                    recovered,
+                }),
+            }
+        }
+        let starts = list;
         if !quorum_decisions {
             log.set_decided(log.last_id());
         }
@@ -195,6 +210,7 @@ impl Ledger {
                 upto: log.decided(),
             }));
         }
+        let recorded = log.decided();
         Self {
             durable: log.last_id(),
             written: log.last_id(),
@@ -207,6 +223,8 @@ impl Ledger {
             journal,
             quorum_decisions,
             frozen: false,
+            recorded,
+            unsettled: BTreeSet::new(),
             effects,
         }
     }
@@ -317,6 +335,9 @@ impl Ledger {
             }
             if let Some(pending) = self.pending.remove(&id) {
                 self.log.tombstone(id);
+                if self.quorum_decisions && self.journal {
+                    self.unsettled.insert(id);
+                }
                 self.unconfirmed.insert(
                     id,
                     Unconfirmed {
@@ -329,6 +350,7 @@ impl Ledger {
             self.push_effect(Effect::Wake(None));
         }
         self.confirm_aborts();
+        self.record_frontier();
     }
 
     /// Answers 500 to the clients of aborted ids a secondary has decided (it holds the
@@ -495,10 +517,12 @@ impl Ledger {
         now: Instant,
     ) -> Result<bool, ForeignLog> {
         // A secondary that does not follow this process yet may hold ids that an earlier one
-        // lost; only those up to where it will cut count.
+        // lost, or a process this one never heard of gave it, and it drops them when it hears
+        // this one, with any tombstone above its decided frontier: only ids up to where it
+        // surely keeps count.
         let held = match state.master_instance {
             follows if follows == self.instance => state.held,
-            follows => state.held.min(self.kept_after(follows)),
+            follows => state.held.min(self.kept_after(follows)).min(state.decided),
         }
         .min(self.written);
         let log_id = self.log.log_id().to_owned();
@@ -525,14 +549,14 @@ impl Ledger {
         let before = follower.acked;
         follower.acked = follower.acked.max(held);
         self.confirm_aborts();
-        if held <= before {
-            return Ok(false);
-        }
-        self.acknowledge(before, held, Ack::Secondary);
-        let moved = self.advance_decided();
+        let moved = held > before && {
+            self.acknowledge(before, held, Ack::Secondary);
+            self.advance_decided()
+        };
         if moved {
             self.push_effect(Effect::Wake(None));
         }
+        self.record_frontier();
         Ok(moved)
     }
 
@@ -542,15 +566,7 @@ impl Ledger {
     }
 
     /// The decided frontier: every id before the first pending one (with quorum decisions,
-    /// only as far as a majority holds).
-    ///
-    /// With quorum decisions and a journal, each move is also a [`Record::Decided`] for the
-    /// master's file, which the journal writes once per group, the latest only, without a sync
-    /// of its own. Without it, a node that stops being master reads back the frontier its file
-    /// had and shows less than it showed. What a majority holds is safe to record as decided;
-    /// a power failure may take the last of these records back, as it may a secondary's (its
-    /// list then resumes a little shorter). In static mode the recovered log is decided as a
-    /// whole, so the file needs none.
+    /// only as far as a majority holds). See [`Ledger::record_frontier`] for the file's.
     fn advance_decided(&mut self) -> bool {
         if self.frozen {
             return false;
@@ -564,13 +580,41 @@ impl Ledger {
         }
         let before = self.log.decided();
         self.log.set_decided(frontier);
-        let moved = self.log.decided() > before;
-        if moved && self.quorum_decisions && self.journal {
-            self.effects.push(Effect::Persist(Record::Decided {
-                upto: self.log.decided(),
-            }));
+        self.log.decided() > before
+    }
+
+    /// With quorum decisions and a journal, asks for the decided frontier to be recorded in
+    /// the master's file as far as it is settled (a [`Record::Decided`] when that moved; the
+    /// journal writes the latest of a group, without a sync of its own). Without it, a node
+    /// that stops being master reads back the frontier its file had and shows less than it
+    /// showed. What a majority holds is safe to record as decided; a power failure may take
+    /// the last of these records back, as it may a secondary's.
+    ///
+    /// The frontier may pass an id this process aborted before a majority holds the tombstone
+    /// (its client heard "unknown", not 500): the next master may hold the entry and commit
+    /// it. Such an id must stay above what this node's file calls decided, so that, should this
+    /// node follow another master, it drops the tombstone and takes what that master holds
+    /// there. So the recorded frontier stops below the first such id until majority - 1
+    /// secondaries report a decided frontier past it. In static mode the recovered log is
+    /// decided as a whole, so the file needs none.
+    fn record_frontier(&mut self) {
+        if !self.quorum_decisions || !self.journal || self.frozen {
+            return;
         }
-        moved
+        let needed = self.majority() - 1;
+        let confirmed = kth_highest(self.followers.iter().map(|f| f.decided), needed);
+        self.unsettled = match confirmed.checked_add(1) {
+            Some(next) => self.unsettled.split_off(&next),
+            None => BTreeSet::new(),
+        };
+        let mut upto = self.log.decided();
+        if let Some(&first) = self.unsettled.first() {
+            upto = upto.min(first - 1);
+        }
+        if upto > self.recorded {
+            self.recorded = upto;
+            self.effects.push(Effect::Persist(Record::Decided { upto }));
+        }
     }
 
     /// Nodes that make a majority: of the master and its secondaries.
@@ -633,11 +677,16 @@ impl Ledger {
     }
 
     /// The starts a secondary needs: none once it follows this process, else those after the
-    /// process it follows (all while it has not said).
+    /// process it follows (all while it has not said). With quorum decisions (failover mode)
+    /// all of them, this log's lineage: the process the secondary follows may have served on
+    /// another node without this one hearing of it, and the secondary must be able to tell.
     fn starts_for(&self, index: usize) -> Vec<MasterStart> {
         let follows = self.followers[index].master_instance;
         if follows == Some(self.instance) {
             return Vec::new();
+        }
+        if self.quorum_decisions {
+            return self.starts.clone();
         }
         self.starts_after(follows.unwrap_or(0)).cloned().collect()
     }
@@ -646,8 +695,17 @@ impl Ledger {
         self.starts.iter().filter(move |s| s.instance > instance)
     }
 
-    /// What a secondary that follows process `instance` keeps when it hears this one.
+    /// What a secondary that follows process `instance` keeps when it hears this one, by this
+    /// log's starts. With quorum decisions, one that follows a process this log does not name
+    /// cuts by what its own file says, which this master does not know: nothing is counted
+    /// before it reports following this process.
     fn kept_after(&self, instance: u64) -> u64 {
+        if self.quorum_decisions
+            && instance != 0
+            && !self.starts.iter().any(|s| s.instance == instance)
+        {
+            return 0;
+        }
         MasterStart::kept_after(&self.starts, instance, self.instance).unwrap_or(u64::MAX)
     }
 
@@ -1085,6 +1143,37 @@ mod tests {
     }
 
     #[test]
+    fn the_file_s_frontier_stays_below_an_abort_a_majority_does_not_hold_yet() {
+        let now = Instant::now();
+        let mut l = Ledger::with_quorum_decisions(Log::new(new_log_id()), 2, true, &[(1, 0)]);
+        let a = l.append(Bytes::from("a"), 1, None);
+        let b = l.append(Bytes::from("b"), 3, Some(now));
+        let c = l.append(Bytes::from("c"), 1, None);
+        l.on_written(c);
+        l.on_persisted(Some(c), &[]);
+        l.on_reply(0, &reply(&l, 1, c), now).ok();
+        assert_eq!(l.log().decided(), a, "b waits for the second secondary");
+        assert_eq!(l.abort_expired(now, BOUND), vec![b]);
+        l.on_persisted(None, &[b]);
+        // The master and secondary 0 hold all three, so the frontier passes the tombstone,
+        // which only the master holds.
+        assert_eq!(l.log().decided(), c);
+        let recorded = |l: &mut Ledger| {
+            records(l)
+                .into_iter()
+                .filter_map(|r| match r {
+                    Record::Decided { upto } => Some(upto),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(recorded(&mut l), vec![a], "not past b");
+        // Secondary 1 decided past it (it holds the tombstone): with the master, a majority.
+        l.on_reply(1, &decided(&l, 1, c, b), now).ok();
+        assert_eq!(recorded(&mut l), vec![c]);
+    }
+
+    #[test]
     fn a_recovered_log_of_failover_mode_is_decided_only_as_far_as_it_was() {
         let mut log = Log::new(new_log_id());
         for _ in 0..3 {
@@ -1125,6 +1214,76 @@ mod tests {
         l.abort_expired(now, BOUND);
         l.on_persisted(None, &[id]);
         assert_eq!(told(&l, id), Progress::Decided(Outcome::Aborted));
+    }
+
+    #[test]
+    fn with_quorum_decisions_a_secondary_hears_the_whole_lineage_until_it_follows() {
+        let starts = [(1, 0), (3, 4), (3, 2), (5, 6)];
+        let listed = |l: &Ledger| {
+            l.batch(0, 1, 10, 1 << 20)
+                .starts
+                .iter()
+                .map(|s| (s.instance, s.recovered))
+                .collect::<Vec<_>>()
+        };
+        let mut l = Ledger::with_quorum_decisions(Log::new(new_log_id()), 1, false, &starts);
+        let now = Instant::now();
+        // Named twice in the file: listed once, with the lower, ascending.
+        assert_eq!(listed(&l), [(1, 0), (3, 2), (5, 6)]);
+        let state = ReplicaState {
+            master_instance: 3,
+            ..reply(&l, 1, 0)
+        };
+        l.on_reply(0, &state, now).ok();
+        assert_eq!(
+            listed(&l),
+            [(1, 0), (3, 2), (5, 6)],
+            "not only the later ones"
+        );
+        let state = ReplicaState {
+            master_instance: 5,
+            ..reply(&l, 1, 0)
+        };
+        l.on_reply(0, &state, now).ok();
+        assert!(listed(&l).is_empty(), "it follows this process");
+        // Static mode: the starts after the one it follows.
+        let mut l = Ledger::new(Log::new(new_log_id()), 1, false, &starts);
+        let state = ReplicaState {
+            master_instance: 3,
+            ..reply(&l, 1, 0)
+        };
+        l.on_reply(0, &state, now).ok();
+        assert_eq!(listed(&l), [(5, 6)]);
+    }
+
+    #[test]
+    fn a_secondary_that_does_not_follow_yet_counts_only_what_it_surely_keeps() {
+        let now = Instant::now();
+        let held = |l: &mut Ledger, follows: u64, decided: u64| {
+            let state = ReplicaState {
+                master_instance: follows,
+                decided,
+                ..reply(l, 1, 6)
+            };
+            l.on_reply(0, &state, now).ok();
+            l.follower(0).acked
+        };
+        let mut log = Log::new(new_log_id());
+        for _ in 0..6 {
+            log.push(Bytes::from("x"), false);
+        }
+        let starts = [(1, 0), (2, 5), (4, 6)];
+        let failover = |log: &Log| Ledger::with_quorum_decisions(log.clone(), 1, false, &starts);
+        // A listed process: up to where the starts after it cut, and no further than its
+        // decided frontier (it drops its undecided tombstones, which this master cannot see).
+        assert_eq!(held(&mut failover(&log), 2, 6), 6);
+        assert_eq!(held(&mut failover(&log), 1, 6), 5);
+        assert_eq!(held(&mut failover(&log), 2, 3), 3);
+        // One this lineage does not name cuts by its own file: nothing counts yet.
+        assert_eq!(held(&mut failover(&log), 3, 6), 0);
+        // Static mode names every process of its log.
+        let mut l = Ledger::new(log, 1, false, &starts);
+        assert_eq!(held(&mut l, 3, 6), 6);
     }
 
     #[test]
