@@ -63,7 +63,11 @@ async fn append_recorded(
         let message = format!("{prefix}-{n}");
         let at = workload.start.elapsed();
         let (status, body) = appender.append(&message, Some(2)).await;
-        assert_eq!(status, 200, "{message} through {}: {body}", cluster.nodes[via].name);
+        assert_eq!(
+            status, 200,
+            "{message} through {}: {body}",
+            cluster.nodes[via].name
+        );
         workload
             .history
             .lock()

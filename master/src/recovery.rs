@@ -365,6 +365,24 @@ pub async fn run(
             _ = tokio::time::sleep(ROUND) => {}
         }
     }
+    if log.last_id() == 0 && log.log_id().is_empty() {
+        // A node whose file its secondary role made has no identity until a master names one:
+        // it takes the one the others already adopted, or makes the cluster's first.
+        let named: BTreeSet<&str> = heard
+            .iter()
+            .flatten()
+            .map(|h| h.state.log_id.as_str())
+            .filter(|id| !id.is_empty())
+            .collect();
+        let log_id = match named.len() {
+            1 => named.into_iter().next().map(str::to_owned),
+            _ => None,
+        }
+        .unwrap_or_else(replog_node::log::new_log_id);
+        tracing::info!(%log_id, "a new log: naming it");
+        log = Log::new(log_id.clone());
+        records.insert(0, Record::Meta { log_id });
+    }
     for id in decided_tombstones(&log, &heard) {
         log.tombstone(id);
         records.push(Record::Tombstone { id });
