@@ -103,6 +103,18 @@ async fn every_node_forwards_to_the_master_and_names_it() {
     assert!(health["leadership"]["since_unix_ms"]
         .as_u64()
         .is_some_and(|t| t > 0));
+    // The first master names the new log, and every node holds it under that name.
+    let log_id = health["log_id"].as_str().unwrap_or_default().to_owned();
+    assert!(!log_id.is_empty(), "the log has an identity: {health}");
+    for i in 0..3 {
+        let health = cluster.health(i).await.expect("health");
+        assert_eq!(
+            health["log_id"],
+            log_id.as_str(),
+            "{}",
+            cluster.nodes[i].name
+        );
+    }
 }
 
 /// The master is killed, another takes over with a higher term, the old one comes back as a
