@@ -603,10 +603,9 @@ impl Ledger {
         }
         let needed = self.majority() - 1;
         let confirmed = kth_highest(self.followers.iter().map(|f| f.decided), needed);
-        self.unsettled = match confirmed.checked_add(1) {
-            Some(next) => self.unsettled.split_off(&next),
-            None => BTreeSet::new(),
-        };
+        while self.unsettled.first().is_some_and(|&id| id <= confirmed) {
+            self.unsettled.pop_first();
+        }
         let mut upto = self.log.decided();
         if let Some(&first) = self.unsettled.first() {
             upto = upto.min(first - 1);
