@@ -485,10 +485,12 @@ async fn coordinate<C: Coordinator>(
 mod tests {
     use super::*;
 
+    /// A node that follows `master_instance` and holds ids it wrote.
     fn standing(name: &str, master_instance: u64, held: u64) -> Standing {
         Standing {
             name: name.into(),
             master_instance,
+            last_term: master_instance,
             held,
             ..Standing::default()
         }
@@ -515,6 +517,25 @@ mod tests {
         assert_eq!(
             may_campaign(&me, &[standing("a", 3, 10)], &MEMBERS, 2),
             Err(NotEligible::NotBest("a".into()))
+        );
+    }
+
+    #[test]
+    fn a_node_catching_up_on_a_later_term_does_not_outrank_a_longer_log() {
+        // c follows term 4 but holds only 3 ids, none of them term 4's.
+        let behind = Standing {
+            last_term: 3,
+            ..standing("c", 4, 3)
+        };
+        let me = standing("b", 3, 10);
+        // b campaigns, above the term c follows.
+        assert_eq!(
+            may_campaign(&me, std::slice::from_ref(&behind), &MEMBERS, 2),
+            Ok(4)
+        );
+        assert_eq!(
+            may_campaign(&behind, &[me], &MEMBERS, 2),
+            Err(NotEligible::NotBest("b".into()))
         );
     }
 

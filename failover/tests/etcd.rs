@@ -28,6 +28,7 @@ fn standing(name: &str, master_instance: u64, held: u64) -> Standing {
         grpc: format!("{name}:50051"),
         log_id: "log".into(),
         master_instance,
+        last_term: master_instance,
         held,
         decided: held,
     }

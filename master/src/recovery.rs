@@ -19,8 +19,8 @@
 //! In failover mode ([`plan_failover`]) the coordinator elected this node as the best of the
 //! standings it saw, but those may be stale: it never copies. It waits for a majority (itself
 //! included), and if any node it hears holds a more up-to-date log than its own (Raft's
-//! election restriction: the later master process followed, then the longer log), it gives
-//! up the mastership ([`Plan::Yield`]) so that one can be elected instead. Every id a master
+//! election restriction: the later master process that wrote the last id held, then the longer
+//! log; see [`replog_node::storage::record::last_term`]), it gives up the mastership ([`Plan::Yield`]) so that one can be elected instead. Every id a master
 //! showed or answered 500 for is held by a majority (see [`crate::core::ledger`]), and every
 //! majority meets the one heard here, so the log it serves lacks none of them.
 //!
@@ -34,6 +34,7 @@
 use crate::replication::Peer;
 use crate::state::Master;
 use replog_node::log::Log;
+use replog_node::storage::record::last_term;
 use replog_node::storage::{LogFile, Record};
 use replog_proto::v1::{FetchRequest, ReplicaState};
 use std::collections::BTreeSet;
@@ -81,6 +82,9 @@ pub struct Own {
     pub last_id: u64,
     /// The last master process recorded in its file (0: none).
     pub instance: u64,
+    /// The master process that wrote its last id (0: none), by its file's starts
+    /// ([`replog_node::storage::record::last_term`]).
+    pub last_term: u64,
     /// The log may lack acknowledged entries ([`replog_node::config::Opened::doubt`]).
     pub doubt: bool,
 }
@@ -177,9 +181,11 @@ pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
 
 /// Failover mode's plan: serve this node's own log once a majority (itself included) has
 /// answered, unless a node it heard holds a more up-to-date log of the same identity by
-/// (master process followed, held) than its own (`own.instance`, `own.last_id`), or this node
-/// holds nothing and another holds entries: then yield. `own.doubt` plays no part: a log
-/// that lacks entries is a shorter one, which the comparison finds.
+/// (last term, held) than its own (`own.last_term`, `own.last_id`), or this node holds nothing
+/// and another holds entries: then yield. The master process a node follows is no measure: a
+/// node follows a new one before it has received what that one recovered, and may hold less
+/// of the same log. `own.doubt` plays no part: a log that lacks entries is a shorter one, which
+/// the comparison finds.
 pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
     let nodes = heard.len() + 1;
     let answered = heard.iter().zip(addresses);
@@ -190,18 +196,14 @@ pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -
         better.find(|(s, _)| s.held > 0)
     } else {
         better.find(|(s, _)| {
-            s.log_id == own.log_id && (s.master_instance, s.held) > (own.instance, own.last_id)
+            s.log_id == own.log_id && (s.last_term, s.held) > (own.last_term, own.last_id)
         })
     };
     if let Some((state, address)) = found {
         return Plan::Yield(format!(
-            "{address} holds a more up-to-date log ({} entries of log {} from master process {})              than this node ({} entries of log {} from master process {})",
-            state.held,
-            state.log_id,
-            state.master_instance,
-            own.last_id,
-            own.log_id,
-            own.instance
+            "{address} holds a more up-to-date log ({} entries of log {}, the last from master \
+             process {}) than this node ({} entries of log {}, the last from master process {})",
+            state.held, state.log_id, state.last_term, own.last_id, own.log_id, own.last_term
         ));
     }
     let missing: Vec<&str> = answered
@@ -287,6 +289,10 @@ pub async fn run(
         tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
     }
     let own_instance = file.as_ref().map_or(0, LogFile::master_instance);
+    let own_starts = file
+        .as_ref()
+        .map_or(&[][..], LogFile::master_starts)
+        .to_vec();
     let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
     let timeout = master.config.suspect_after_ms;
     let mut heard: Vec<Option<Heard>> = vec![None; peers.len()];
@@ -322,6 +328,7 @@ pub async fn run(
             log_id: log.log_id().to_owned(),
             last_id: log.last_id(),
             instance: own_instance,
+            last_term: last_term(&own_starts, log.last_id()),
             doubt: doubt.is_some(),
         };
         let planned = if failover {
@@ -476,6 +483,7 @@ mod tests {
             log_id: log_id.into(),
             last_id,
             instance: 1,
+            last_term: u64::from(last_id > 0),
             doubt: true,
         }
     }
@@ -484,6 +492,7 @@ mod tests {
         (1..=n).map(|i| format!("s{i}")).collect()
     }
 
+    /// A node that follows `master_instance` and holds ids it wrote.
     fn holds(log_id: &str, held: u64, master_instance: u64) -> Option<Heard> {
         Some(Heard {
             state: ReplicaState {
@@ -492,8 +501,17 @@ mod tests {
                 held,
                 decided: held,
                 master_instance,
+                last_term: if held > 0 { master_instance } else { 0 },
             },
             tombstones: Vec::new(),
+        })
+    }
+
+    /// `heard` with the master process that wrote its last id replaced.
+    fn last_from(heard: Option<Heard>, last_term: u64) -> Option<Heard> {
+        heard.map(|mut h| {
+            h.state.last_term = last_term;
+            h
         })
     }
 
@@ -590,11 +608,13 @@ mod tests {
         }
     }
 
+    /// A node whose file's last process is `instance`, which wrote its last id.
     fn complete(log_id: &str, last_id: u64, instance: u64) -> Own {
         Own {
             log_id: log_id.into(),
             last_id,
             instance,
+            last_term: if last_id > 0 { instance } else { 0 },
             doubt: false,
         }
     }
@@ -625,7 +645,7 @@ mod tests {
     #[test]
     fn in_failover_mode_a_node_yields_to_a_more_up_to_date_one_and_never_copies() {
         let own = complete("L", 5, 3);
-        // A later master process followed, however short; the same one, longer.
+        // A later last term, however short; the same one, longer.
         for better in [holds("L", 1, 4), holds("L", 6, 3)] {
             match plan_failover(&own, &[None, better], &addresses(2)) {
                 Plan::Yield(reason) => assert!(reason.contains("s2"), "{reason}"),
@@ -650,6 +670,28 @@ mod tests {
             ),
             Plan::Serve
         );
+    }
+
+    #[test]
+    fn in_failover_mode_the_last_term_held_counts_not_the_process_followed() {
+        // s2 follows process 4 but holds 3 ids, the last written by 3: a shorter log of the
+        // same lineage, to which this node (10 ids, the last from 3) does not yield.
+        let own = complete("L", 10, 3);
+        let catching_up = last_from(holds("L", 3, 4), 3);
+        assert_eq!(
+            plan_failover(&own, &[None, catching_up], &addresses(2)),
+            Plan::Serve
+        );
+        // This node follows process 4 and holds 10 ids, the last from 3; s1 never heard of 4
+        // and holds 12 of 3's: this node yields.
+        let own = Own {
+            last_term: 3,
+            ..complete("L", 10, 4)
+        };
+        match plan_failover(&own, &[holds("L", 12, 3), None], &addresses(2)) {
+            Plan::Yield(reason) => assert!(reason.contains("s1"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A log of `n` entries named "L".

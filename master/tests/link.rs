@@ -49,6 +49,7 @@ fn state(core: &Core, instance: u64, held: u64) -> ReplicaState {
         held,
         decided: log.decided().min(held),
         master_instance: 1,
+        last_term: 0,
     }
 }
 

@@ -28,7 +28,8 @@ pub struct Leader {
 }
 
 /// Where a node stands in the election, published for the others: Raft's election
-/// restriction compares the last term (the master process it follows), then the length.
+/// restriction compares the last term (the master process that wrote the last id held), then
+/// the length.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Standing {
     pub name: String,
@@ -37,22 +38,26 @@ pub struct Standing {
     /// Replication endpoint (host:port).
     pub grpc: String,
     pub log_id: String,
-    /// The master process (term) whose entries it holds.
+    /// The master process (term) it follows: a new term is numbered above every one a
+    /// majority follows.
     pub master_instance: u64,
+    /// The master process (term) that wrote the last id held (0: none held): what the
+    /// election compares. It lags `master_instance` while the node still receives the ids a
+    /// new process recovered from earlier ones, and a node in that state holds no more of the
+    /// log than one that already has them all.
+    #[serde(default)]
+    pub last_term: u64,
     /// Highest id held contiguously.
     pub held: u64,
     pub decided: u64,
 }
 
 impl Standing {
-    /// Raft's "at least as up-to-date": later term first, then the longer log; ties go to the
-    /// smaller name, so every node that sees the same standings names the same best one.
+    /// Raft's "at least as up-to-date": the later term of the last id held first, then the
+    /// longer log; ties go to the smaller name, so every node that sees the same standings
+    /// names the same best one.
     pub fn rank(&self) -> (u64, u64, std::cmp::Reverse<&str>) {
-        (
-            self.master_instance,
-            self.held,
-            std::cmp::Reverse(&self.name),
-        )
+        (self.last_term, self.held, std::cmp::Reverse(&self.name))
     }
 }
 
@@ -155,14 +160,28 @@ mod tests {
 
     #[test]
     fn the_best_standing_has_the_later_term_then_the_longer_log_then_the_smaller_name() {
-        let s = |name: &str, master_instance, held| Standing {
+        let s = |name: &str, master_instance, last_term, held| Standing {
             name: name.into(),
             master_instance,
+            last_term,
             held,
             ..Standing::default()
         };
-        assert!(s("b", 2, 1).rank() > s("a", 1, 9).rank());
-        assert!(s("b", 2, 5).rank() > s("a", 2, 4).rank());
-        assert!(s("a", 2, 5).rank() > s("b", 2, 5).rank());
+        assert!(s("b", 2, 2, 1).rank() > s("a", 1, 1, 9).rank());
+        assert!(s("b", 2, 2, 5).rank() > s("a", 2, 2, 4).rank());
+        assert!(s("a", 2, 2, 5).rank() > s("b", 2, 2, 5).rank());
+        // Following a later term without any id of it yet is no later last term: the node
+        // still catching up holds less of the same log.
+        assert!(s("a", 1, 1, 10).rank() > s("b", 2, 1, 3).rank());
+    }
+
+    #[test]
+    fn a_standing_without_a_last_term_reads_as_none() {
+        let old = r#"{"name":"a","http":"a:1","grpc":"a:2","log_id":"L","master_instance":3,"held":5,"decided":4}"#;
+        let standing: Result<Standing, _> = serde_json::from_str(old);
+        assert!(
+            matches!(&standing, Ok(s) if s.last_term == 0 && s.held == 5),
+            "{standing:?}"
+        );
     }
 }

@@ -32,6 +32,7 @@
 
 use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
+use replog_node::storage::record::last_term;
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
@@ -245,6 +246,13 @@ impl Replica {
         self.master
     }
 
+    /// The master process that wrote the last id held (see [`last_term`]): what the election
+    /// compares, where [`Replica::master`] may already name a process whose ids are still on
+    /// their way.
+    pub fn last_term(&self) -> u64 {
+        last_term(&self.own_starts(), self.log.last_id())
+    }
+
     pub fn state(&self) -> ReplicaState {
         ReplicaState {
             log_id: self.log.log_id().to_owned(),
@@ -252,6 +260,7 @@ impl Replica {
             held: self.log.last_id(),
             decided: self.log.decided(),
             master_instance: self.master,
+            last_term: self.last_term(),
         }
     }
 
@@ -1155,6 +1164,32 @@ mod tests {
         apply(r, replayed, from_master(3, &[(1, 0), (3, 3)], minority));
         assert_eq!((r.master(), r.state().held), (3, 5));
         assert_eq!(r.starts(), &[(1, 0), (3, 3)]);
+    }
+
+    #[test]
+    fn the_last_term_is_the_process_that_wrote_the_last_id_held_not_the_one_followed() {
+        let (mut r, mut replayed) = in_failover();
+        assert_eq!(r.state().last_term, 0, "nothing held");
+        let first = request(vec![entry(1, "a"), entry(2, "b"), entry(3, "c")], None);
+        apply(&mut r, &mut replayed, from_master(1, &[(1, 0)], first));
+        assert_eq!((r.master(), r.state().last_term), (1, 1));
+        // Process 2 recovered ids up to 10, of which we hold 3: we follow it at once, but the
+        // last id we hold was written by process 1.
+        let next = request(vec![entry(4, "d")], None);
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(2, &[(1, 0), (2, 10)], next),
+        );
+        assert_eq!((r.master(), r.state().held), (2, 4));
+        assert_eq!(r.state().last_term, 1);
+        let rest = (5..=11).map(|id| entry(id, "m")).collect();
+        apply(
+            &mut r,
+            &mut replayed,
+            from_master(2, &[], request(rest, None)),
+        );
+        assert_eq!((r.state().held, r.state().last_term), (11, 2));
     }
 
     #[test]

@@ -284,8 +284,10 @@ fn publish_standing(config: &Config, replica: &Replica, always: bool) {
     };
     let log = replica.log();
     role.standing.send_if_modified(|standing| {
+        let last_term = replica.last_term();
         let changed = standing.log_id != log.log_id()
             || standing.master_instance != replica.master()
+            || standing.last_term != last_term
             || standing.held != log.last_id()
             || standing.decided != log.decided();
         if changed {
@@ -293,6 +295,7 @@ fn publish_standing(config: &Config, replica: &Replica, always: bool) {
                 standing.log_id = log.log_id().to_owned();
             }
             standing.master_instance = replica.master();
+            standing.last_term = last_term;
             standing.held = log.last_id();
             standing.decided = log.decided();
         }
@@ -363,13 +366,20 @@ mod tests {
     }
 
     /// The role's fields of a standing, with the node's as `in_failover` set them.
-    fn standing(log_id: &str, master_instance: u64, held: u64, decided: u64) -> Standing {
+    fn standing(
+        log_id: &str,
+        master_instance: u64,
+        last_term: u64,
+        held: u64,
+        decided: u64,
+    ) -> Standing {
         Standing {
             name: "b".into(),
             http: "b:8001".into(),
             grpc: "b:50051".into(),
             log_id: log_id.into(),
             master_instance,
+            last_term,
             held,
             decided,
         }
@@ -380,12 +390,12 @@ mod tests {
         let mut log = Log::new("L".into());
         log.push("a".into(), false);
         let (secondary, _leader, mut standing_rx) = in_failover(Replica::new(log).with_master(3));
-        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 1, 0));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 1, 0));
 
         let held = secondary.receive(request(3, vec![entry(2, "b"), entry(3, "c")], None));
         assert!(held.is_ok(), "{held:?}");
         assert!(standing_rx.has_changed().unwrap_or(false));
-        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 0));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 3, 0));
 
         // An entry beyond a gap is not held yet: nothing to publish.
         let ahead = secondary.receive(request(3, vec![entry(5, "e")], None));
@@ -394,7 +404,7 @@ mod tests {
 
         let decided = secondary.receive(request(3, vec![], Some(2)));
         assert!(decided.is_ok(), "{decided:?}");
-        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 2));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 3, 3, 3, 2));
 
         // A refused request changes nothing, and wakes nobody.
         let mut foreign = request(3, vec![entry(4, "d")], None);
@@ -407,8 +417,8 @@ mod tests {
         assert!(matches!(stale, Err(Refused::Master(_))), "{stale:?}");
         assert!(!standing_rx.has_changed().unwrap_or(true));
 
-        // A new master (term) that recovered ids up to 2, listing its lineage: the last term
-        // moves, what it lacks goes.
+        // A new master (term) that recovered ids up to 2, listing its lineage: it is followed
+        // and what it lacks goes, but the last term moves only with an id it wrote.
         let mut next = request(4, vec![], None);
         next.starts = vec![
             MasterStart {
@@ -422,7 +432,10 @@ mod tests {
         ];
         let switched = secondary.receive(next);
         assert!(switched.is_ok(), "{switched:?}");
-        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 4, 2, 2));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 4, 3, 2, 2));
+        let written = secondary.receive(request(4, vec![entry(3, "c4")], None));
+        assert!(written.is_ok(), "{written:?}");
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 4, 4, 3, 2));
     }
 
     #[test]
@@ -486,10 +499,10 @@ mod tests {
         let (secondary, _leader, mut standing_rx) = in_failover(Replica::new(Log::new("".into())));
         // Announced even though nothing differs from the node's default: the log was read.
         assert!(standing_rx.has_changed().unwrap_or(false));
-        assert_eq!(*standing_rx.borrow_and_update(), standing("", 0, 0, 0));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("", 0, 0, 0, 0));
         let adopted = secondary.receive(request(1, vec![entry(1, "a")], Some(1)));
         assert!(adopted.is_ok(), "{adopted:?}");
-        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 1, 1, 1));
+        assert_eq!(*standing_rx.borrow_and_update(), standing("L", 1, 1, 1, 1));
     }
 
     #[test]

@@ -57,6 +57,24 @@ impl Record {
     }
 }
 
+/// The master process (term) that wrote the last of ids `1..=held`, by the `MasterStart`
+/// records a file holds, as `(instance, recovered)` (0 if none, or `held` is 0).
+///
+/// Raft's election restriction compares the term of the last entry held, not the term a node
+/// follows: a node hears a new master process before it receives that process's entries, and
+/// ranking it by that process would let a node still catching up outrank one holding more
+/// entries of the same lineage. A process wrote only the ids above its start's `recovered`
+/// (those up to it it took from earlier processes), so the last id held is that of the latest
+/// process whose start recovered fewer.
+pub fn last_term(starts: &[(u64, u64)], held: u64) -> u64 {
+    starts
+        .iter()
+        .filter(|&&(_, recovered)| recovered < held)
+        .map(|&(instance, _)| instance)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Why the bytes at some offset are not a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -332,6 +350,22 @@ mod tests {
                 Err(e) => return (records, Some(e)),
             }
         }
+    }
+
+    #[test]
+    fn the_last_term_is_the_latest_process_that_wrote_an_id_held() {
+        let starts = [(1, 0), (2, 5), (4, 9), (6, 3)];
+        assert_eq!(last_term(&starts, 0), 0, "nothing held");
+        assert_eq!(last_term(&[], 7), 0, "no process known");
+        // Process 6 recovered 3: ids up to 3 come from before it, 1 wrote them.
+        assert_eq!(last_term(&starts, 3), 1);
+        assert_eq!(last_term(&starts, 4), 6);
+        assert_eq!(last_term(&starts, 12), 6);
+        // A node that heard process 3, which recovered 10, but holds only 6 of those ids: the
+        // last one it holds was written by 2, not by the process it follows.
+        let behind = [(1, 0), (2, 5), (3, 10)];
+        assert_eq!(last_term(&behind, 6), 2);
+        assert_eq!(last_term(&behind, 11), 3);
     }
 
     #[test]

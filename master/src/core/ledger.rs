@@ -773,6 +773,7 @@ mod tests {
             held,
             decided: 0,
             master_instance: 1,
+            last_term: 0,
         }
     }
 
@@ -992,6 +993,7 @@ mod tests {
             held: 5,
             decided: 5,
             master_instance: 1,
+            last_term: 0,
         };
         assert!(l.on_reply(0, &state, Instant::now()).is_err());
         assert!(told(&l, rx) == Progress::Waiting);

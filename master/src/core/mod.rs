@@ -461,6 +461,7 @@ mod tests {
             held,
             decided: 0,
             master_instance: 1,
+            last_term: 0,
         }
     }
 
