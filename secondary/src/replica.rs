@@ -268,7 +268,7 @@ impl Replica {
     /// be written before the answer), or why it was refused and changes nothing.
     ///
     /// A request of a new master process first drops every id that may differ in its log
-    /// (see [`Replica::follow`]): above the lowest `recovered` among the starts it lists after
+    /// (see `Replica::follow`): above the lowest `recovered` among the starts it lists after
     /// the process we follow; in failover mode, if it does not list that one, also above what
     /// we kept when we heard it (and each unlisted one before it); and in both modes from the
     /// first tombstone above our decided frontier on. Never a decided id: such a request is
