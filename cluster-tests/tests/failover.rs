@@ -49,6 +49,25 @@ async fn append_ok(
     sent
 }
 
+/// Stops the workload's clients, waits until every node lists the same log and checks the
+/// history against it; returns the log.
+async fn converged_history_holds(
+    cluster: &FailoverCluster,
+    mut workload: Workload,
+) -> Vec<(u64, String)> {
+    let appends = workload.stop_clients(ANSWER_TIMEOUT * 2).await;
+    let list = cluster.wait_converged(CONVERGE).await;
+    let finals: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|node| (node.name.clone(), Some(list.clone())))
+        .collect();
+    let (violations, count, _) = workload.check(appends, &finals).await;
+    eprintln!("answers: {count:?}");
+    assert!(violations.is_empty(), "{violations:#?}");
+    list
+}
+
 /// [`append_ok`], recorded in the workload's history (as client 1000).
 async fn append_recorded(
     cluster: &FailoverCluster,
@@ -123,7 +142,7 @@ async fn every_node_forwards_to_the_master_and_names_it() {
 async fn a_killed_master_is_replaced_and_rejoins_as_a_secondary() {
     let mut cluster = FailoverCluster::start(3, &[]).await;
     let targets = targets(&cluster);
-    let mut workload = Workload::start(&targets, 4, 7, 2..=3, ANSWER_TIMEOUT);
+    let workload = Workload::start(&targets, 4, 7, 2..=3, ANSWER_TIMEOUT);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (old, term) = cluster.wait_master(TAKEOVER, None).await;
@@ -148,17 +167,10 @@ async fn a_killed_master_is_replaced_and_rejoins_as_a_secondary() {
     let seen = cluster.seen_by(old).await.expect("the old master answers");
     assert_eq!(seen.role, "secondary");
 
-    let appends = workload.stop_clients(ANSWER_TIMEOUT * 2).await;
-    let list = cluster.wait_converged(CONVERGE).await;
+    let list = converged_history_holds(&cluster, workload).await;
     for message in &after {
         assert!(list.iter().any(|(_, m)| m == message), "{message} is shown");
     }
-    let finals: Vec<_> = (0..3)
-        .map(|i| (cluster.nodes[i].name.clone(), Some(list.clone())))
-        .collect();
-    let (violations, count, _) = workload.check(appends, &finals).await;
-    eprintln!("answers: {count:?}");
-    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 /// A master paused for longer than its lease is replaced; when it wakes it commits nothing
@@ -167,7 +179,7 @@ async fn a_killed_master_is_replaced_and_rejoins_as_a_secondary() {
 async fn a_master_paused_past_its_lease_commits_nothing_when_it_wakes() {
     let cluster = FailoverCluster::start(3, &[]).await;
     let targets = targets(&cluster);
-    let mut workload = Workload::start(&targets, 4, 11, 2..=3, ANSWER_TIMEOUT);
+    let workload = Workload::start(&targets, 4, 11, 2..=3, ANSWER_TIMEOUT);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let (old, term) = cluster.wait_master(TAKEOVER, None).await;
@@ -186,14 +198,7 @@ async fn a_master_paused_past_its_lease_commits_nothing_when_it_wakes() {
     )
     .await;
 
-    let appends = workload.stop_clients(ANSWER_TIMEOUT * 2).await;
-    let list = cluster.wait_converged(CONVERGE).await;
-    let finals: Vec<_> = (0..3)
-        .map(|i| (cluster.nodes[i].name.clone(), Some(list.clone())))
-        .collect();
-    let (violations, count, _) = workload.check(appends, &finals).await;
-    eprintln!("answers: {count:?}");
-    assert!(violations.is_empty(), "{violations:#?}");
+    converged_history_holds(&cluster, workload).await;
 }
 
 /// Without etcd the master cannot renew its lease: it acknowledges nothing once the lease
