@@ -69,6 +69,10 @@ pub trait Coordinator: Send {
         standing: &Standing,
     ) -> impl Future<Output = Result<(), CoordinatorError>> + Send;
 
+    /// Takes this node's standing away (a master's would go stale: it changes as the master
+    /// appends, and counting a stale one could elect a node less up-to-date than another).
+    fn withdraw(&mut self) -> impl Future<Output = Result<(), CoordinatorError>> + Send;
+
     /// Every published standing (unreadable ones left out: they do not count towards a
     /// majority).
     fn standings(&mut self)

@@ -216,6 +216,12 @@ impl EtcdCoordinator {
         put.await.map_err(from_etcd).map(drop)
     }
 
+    async fn withdraw_once(&mut self) -> Result<(), CoordinatorError> {
+        let mut client = self.client().await?;
+        let delete = client.delete(self.node_key.as_str(), None);
+        delete.await.map_err(from_etcd).map(drop)
+    }
+
     async fn standings_once(&mut self) -> Result<Vec<Standing>, CoordinatorError> {
         let mut client = self.client().await?;
         let get = client.get(
@@ -316,6 +322,11 @@ impl Coordinator for EtcdCoordinator {
     async fn publish(&mut self, standing: &Standing) -> Result<(), CoordinatorError> {
         let published = within(self.op_timeout, self.publish_once(standing)).await;
         self.note(published)
+    }
+
+    async fn withdraw(&mut self) -> Result<(), CoordinatorError> {
+        let withdrawn = within(self.op_timeout, self.withdraw_once()).await;
+        self.note(withdrawn)
     }
 
     async fn standings(&mut self) -> Result<Vec<Standing>, CoordinatorError> {

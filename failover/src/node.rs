@@ -303,6 +303,8 @@ async fn coordinate<C: Coordinator>(
     // Masterships this node ended and must still take off the leader key.
     let mut to_resign: Vec<Leader> = Vec::new();
     let mut published: Option<Standing> = None;
+    // Whether the standing is withdrawn for the current mastership.
+    let mut withdrawn = false;
     // No campaign before then (after a mastership ended, others get their turn first).
     let mut quiet_until = Instant::now();
     let members: Vec<String> = config.peers.iter().map(|p| p.name.clone()).collect();
@@ -401,6 +403,17 @@ async fn coordinate<C: Coordinator>(
             changed
         });
         if let Some(m) = &mastership {
+            // While master, this node publishes no standing: the one it published as a
+            // secondary goes stale as it appends, and once it resigns another node could count
+            // it towards a majority instead of a more up-to-date node's.
+            if !withdrawn {
+                match coordinator.withdraw().await {
+                    Ok(()) => withdrawn = true,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot withdraw this node's standing yet")
+                    }
+                }
+            }
             if current.as_ref() != Some(&m.leader) {
                 tracing::warn!(
                     term = m.leader.term,
@@ -464,6 +477,8 @@ async fn coordinate<C: Coordinator>(
                     depose: CancellationToken::new(),
                 };
                 mastership = Some(won.clone());
+                published = None;
+                withdrawn = false;
                 if handles.won.send(won).await.is_err() {
                     break;
                 }

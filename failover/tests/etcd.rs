@@ -234,6 +234,26 @@ async fn revoking_the_lease_removes_the_leader_key_and_standing_at_once() {
 }
 
 #[tokio::test]
+async fn a_withdrawn_standing_is_gone_while_the_lease_and_leader_key_stay() {
+    let etcd = Etcd::start().await;
+    let (mut a, mut b) = (coordinator(&etcd, "a"), coordinator(&etcd, "b"));
+    a.start(Duration::from_secs(60)).await.expect("a's lease");
+    b.start(Duration::from_secs(60)).await.expect("b's lease");
+    a.publish(&standing("a", 0, 1)).await.expect("a publishes");
+    b.publish(&standing("b", 0, 1)).await.expect("b publishes");
+    let leader = a
+        .try_lead(candidate("a"), 0)
+        .await
+        .expect("a campaigns")
+        .expect("a wins");
+    a.withdraw().await.expect("a withdraws");
+    assert_eq!(names(&b.standings().await.expect("standings")), ["b"]);
+    assert_eq!(b.leader().await.expect("leader"), Some(leader));
+    a.renew().await.expect("the lease stays");
+    a.withdraw().await.expect("withdrawing again is a no-op");
+}
+
+#[tokio::test]
 async fn the_term_is_above_the_floor_and_never_goes_back() {
     let etcd = Etcd::start().await;
     let mut raw = raw(&etcd).await;
