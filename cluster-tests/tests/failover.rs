@@ -27,28 +27,6 @@ fn targets(cluster: &FailoverCluster) -> Vec<Target> {
         .collect()
 }
 
-/// Appends `count` messages with `w=2` through node `via`, each answered 200; returns them.
-async fn append_ok(
-    cluster: &FailoverCluster,
-    via: usize,
-    prefix: &str,
-    count: usize,
-) -> Vec<String> {
-    let appender = cluster.appender_on(via);
-    let mut sent = Vec::new();
-    for n in 0..count {
-        let message = format!("{prefix}-{n}");
-        let (status, body) = appender.append(&message, Some(2)).await;
-        assert_eq!(
-            status, 200,
-            "{message} through {}: {body}",
-            cluster.nodes[via].name
-        );
-        sent.push(message);
-    }
-    sent
-}
-
 /// Stops the workload's clients, waits until every node lists the same log and checks the
 /// history against it; returns the log.
 async fn converged_history_holds(
@@ -68,10 +46,11 @@ async fn converged_history_holds(
     list
 }
 
-/// [`append_ok`], recorded in the workload's history (as client 1000).
-async fn append_recorded(
+/// Appends `count` messages with `w=2` through node `via`, each answered 200; returns them.
+/// With a workload, each is recorded in its history (as client 1000).
+async fn append_ok(
     cluster: &FailoverCluster,
-    workload: &Workload,
+    workload: Option<&Workload>,
     via: usize,
     prefix: &str,
     count: usize,
@@ -80,26 +59,28 @@ async fn append_recorded(
     let mut sent = Vec::new();
     for n in 0..count {
         let message = format!("{prefix}-{n}");
-        let at = workload.start.elapsed();
+        let at = workload.map(|w| w.start.elapsed());
         let (status, body) = appender.append(&message, Some(2)).await;
         assert_eq!(
             status, 200,
             "{message} through {}: {body}",
             cluster.nodes[via].name
         );
-        workload
-            .history
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record_append(Append {
-                client: 1000,
-                node: cluster.nodes[via].name.clone(),
-                message: message.clone(),
-                w: 2,
-                sent: at,
-                answered: workload.start.elapsed(),
-                outcome: Outcome::Committed(body["id"].as_u64().expect("an id")),
-            });
+        if let (Some(workload), Some(at)) = (workload, at) {
+            workload
+                .history
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record_append(Append {
+                    client: 1000,
+                    node: cluster.nodes[via].name.clone(),
+                    message: message.clone(),
+                    w: 2,
+                    sent: at,
+                    answered: workload.start.elapsed(),
+                    outcome: Outcome::Committed(body["id"].as_u64().expect("an id")),
+                });
+        }
         sent.push(message);
     }
     sent
@@ -112,7 +93,7 @@ async fn every_node_forwards_to_the_master_and_names_it() {
     assert!(term >= 1);
     let mut sent = Vec::new();
     for via in 0..3 {
-        sent.extend(append_ok(&cluster, via, &format!("via-{via}"), 3).await);
+        sent.extend(append_ok(&cluster, None, via, &format!("via-{via}"), 3).await);
     }
     let list = cluster.wait_converged(CONVERGE).await;
     let shown: Vec<&str> = list.iter().map(|(_, m)| m.as_str()).collect();
@@ -156,7 +137,7 @@ async fn a_killed_master_is_replaced_and_rejoins_as_a_secondary() {
     );
     assert_ne!(new, old);
     assert!(new_term > term, "term {new_term} after {term}");
-    let after = append_recorded(&cluster, &workload, new, "after-kill", 3).await;
+    let after = append_ok(&cluster, Some(&workload), new, "after-kill", 3).await;
 
     cluster.nodes[old].start();
     let (still, _) = cluster.wait_master(TAKEOVER, None).await;
@@ -186,7 +167,7 @@ async fn a_master_paused_past_its_lease_commits_nothing_when_it_wakes() {
     cluster.nodes[old].stop();
     let (new, new_term) = cluster.wait_master(TAKEOVER, Some(old)).await;
     assert!(new_term > term);
-    append_recorded(&cluster, &workload, new, "while-paused", 3).await;
+    append_ok(&cluster, Some(&workload), new, "while-paused", 3).await;
     cluster.nodes[old].cont();
     wait_for(
         TAKEOVER,
@@ -210,7 +191,7 @@ async fn without_etcd_nothing_commits_after_the_lease_and_it_resumes_after() {
     let appender = cluster
         .appender_on(master)
         .with_timeout(Duration::from_secs(2));
-    append_ok(&cluster, master, "before", 2).await;
+    append_ok(&cluster, None, master, "before", 2).await;
 
     cluster.etcd.pause();
     let paused = Instant::now();
@@ -244,7 +225,7 @@ async fn without_etcd_nothing_commits_after_the_lease_and_it_resumes_after() {
 
     cluster.etcd.resume();
     let (again, _) = cluster.wait_master(TAKEOVER * 2, None).await;
-    append_ok(&cluster, again, "after", 2).await;
+    append_ok(&cluster, None, again, "after", 2).await;
     let list = cluster.wait_converged(CONVERGE).await;
     for message in ["before-0", "before-1", "after-0", "after-1"] {
         assert!(list.iter().any(|(_, m)| m == message), "{message} is shown");
@@ -258,15 +239,15 @@ async fn without_etcd_nothing_commits_after_the_lease_and_it_resumes_after() {
 async fn losing_the_new_master_too_loses_nothing_acknowledged_by_a_majority() {
     let mut cluster = FailoverCluster::start(3, &[]).await;
     let (first, _) = cluster.wait_master(TAKEOVER, None).await;
-    let mut acked = append_ok(&cluster, first, "first", 5).await;
+    let mut acked = append_ok(&cluster, None, first, "first", 5).await;
     cluster.nodes[first].kill();
     let (second, _) = cluster.wait_master(TAKEOVER, Some(first)).await;
-    acked.extend(append_ok(&cluster, second, "second", 5).await);
+    acked.extend(append_ok(&cluster, None, second, "second", 5).await);
     cluster.nodes[second].kill();
     cluster.nodes[first].start();
     let (third, _) = cluster.wait_master(TAKEOVER, Some(second)).await;
     assert_ne!(third, second);
-    acked.extend(append_ok(&cluster, third, "third", 5).await);
+    acked.extend(append_ok(&cluster, None, third, "third", 5).await);
     cluster.nodes[second].start();
     cluster.wait_master(TAKEOVER, None).await;
     let list = cluster.wait_converged(CONVERGE).await;
