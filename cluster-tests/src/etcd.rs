@@ -109,18 +109,7 @@ impl Etcd {
     /// SIGSTOP, returning once every thread of etcd is stopped: from then on it answers nothing,
     /// while its sockets stay open (connections hang rather than fail).
     pub fn pause(&self) {
-        self.process()
-            .signal(Signal::SIGSTOP)
-            .unwrap_or_else(|e| panic!("cannot stop {}: {e}", self.name));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !all_threads_stopped(self.pid()) {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within 5 s of SIGSTOP",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.process().pause();
     }
 
     /// SIGCONT: a paused etcd resumes where it was.
@@ -245,27 +234,6 @@ fn unsupported_arch() -> Option<&'static str> {
 /// in use", in lower case.
 fn port_taken(exited: &Exited) -> bool {
     exited.port_taken() || exited.log.to_lowercase().contains("address already in use")
-}
-
-/// Whether every thread of `pid` is stopped (state `T` or `t` in `/proc/<pid>/task/*/stat`).
-/// `kill` returns before the kernel has stopped every thread.
-fn all_threads_stopped(pid: Pid) -> bool {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    entries.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat"))
-            .ok()
-            .and_then(|stat| {
-                // The state follows the parenthesised command name.
-                let after = &stat[stat.rfind(')')? + 1..];
-                after
-                    .split_whitespace()
-                    .next()
-                    .map(|state| state == "T" || state == "t")
-            })
-            .unwrap_or(false)
-    })
 }
 
 #[cfg(test)]

@@ -347,35 +347,7 @@ impl Node {
     /// could still answer a request sent right after. So this waits until `/proc` shows every
     /// thread stopped (state `T`), and only then is the node truly hung.
     pub fn stop(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
-        let tasks = format!("/proc/{}/task", self.pid());
-        let all_stopped = || {
-            let Ok(entries) = std::fs::read_dir(&tasks) else {
-                return false;
-            };
-            entries.flatten().all(|task| {
-                std::fs::read_to_string(task.path().join("stat"))
-                    .ok()
-                    .and_then(|stat| {
-                        // The state follows the parenthesised command name.
-                        let after = &stat[stat.rfind(')')? + 1..];
-                        after
-                            .split_whitespace()
-                            .next()
-                            .map(|s| s == "T" || s == "t")
-                    })
-                    .unwrap_or(false)
-            })
-        };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !all_stopped() {
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop within 5 s of SIGSTOP",
-                self.name
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        self.process().pause();
     }
 
     /// SIGCONT: a stopped node resumes where it was.

@@ -128,6 +128,24 @@ impl Process {
         kill(self.pid(), signal)
     }
 
+    /// SIGSTOP, returning once every thread is stopped: `kill` returns before the kernel has
+    /// stopped them all, and on a loaded machine the process could still answer a request sent
+    /// right after. Its sockets stay open, so it hangs rather than fails. Panics if it is not
+    /// stopped within 5 s.
+    pub fn pause(&self) {
+        self.signal(Signal::SIGSTOP)
+            .unwrap_or_else(|e| panic!("cannot stop {}: {e}", self.name));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(self.pid()) {
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop within 5 s of SIGSTOP",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// The exit status if the process has ended.
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
@@ -248,6 +266,26 @@ pub(crate) fn since_start(log: String) -> String {
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether every thread of `pid` is stopped (state `T` or `t` in `/proc/<pid>/task/*/stat`).
+fn all_threads_stopped(pid: Pid) -> bool {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    entries.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                // The state follows the parenthesised command name.
+                let after = &stat[stat.rfind(')')? + 1..];
+                after
+                    .split_whitespace()
+                    .next()
+                    .map(|state| state == "T" || state == "t")
+            })
+            .unwrap_or(false)
+    })
 }
 
 #[cfg(test)]
