@@ -219,6 +219,33 @@ pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -
     ))
 }
 
+/// Failover mode: what this node compared its log with when it decided to serve, one line,
+/// so that an election can be checked afterwards against what the other nodes held.
+fn log_election(own: &Own, heard: &[Option<Heard>], addresses: &[String]) {
+    let peers: Vec<String> = heard
+        .iter()
+        .zip(addresses)
+        .map(|(h, address)| match h {
+            Some(h) => format!(
+                "{address}: log {} held {} last_term {} decided {} follows {}",
+                h.state.log_id,
+                h.state.held,
+                h.state.last_term,
+                h.state.decided,
+                h.state.master_instance
+            ),
+            None => format!("{address}: not heard"),
+        })
+        .collect();
+    tracing::info!(
+        log_id = %own.log_id,
+        held = own.last_id,
+        last_term = own.last_term,
+        peers = %peers.join("; "),
+        "failover: this node's log is the most up-to-date of a majority: serving it"
+    );
+}
+
 /// The tombstones of `log`'s ids that a node heard holds as decided and `log` lacks: a
 /// tombstone a secondary holds as decided may be a 500 a master answered, so it stays one.
 fn decided_tombstones(log: &Log, heard: &[Option<Heard>]) -> BTreeSet<u64> {
@@ -345,7 +372,12 @@ pub async fn run(
                 master.set_known(false);
                 master.set_recovering(Some(reason));
             }
-            Plan::Serve => break,
+            Plan::Serve => {
+                if failover {
+                    log_election(&own, &heard, &addresses);
+                }
+                break;
+            }
             Plan::Copy {
                 source,
                 log_id,
