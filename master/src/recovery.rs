@@ -206,15 +206,19 @@ pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -
             state.held, state.log_id, state.last_term, own.last_id, own.log_id, own.last_term
         ));
     }
+    // A node that holds nothing vouches for nothing: it is new, or it lost its disk and may
+    // have been one of the majority that held an acknowledged append this node lacks. It
+    // counts towards the majority only in a new cluster, where this node holds nothing either.
+    let vouches = |h: &Heard| own.last_id == 0 || h.state.held > 0 || !h.state.log_id.is_empty();
     let missing: Vec<&str> = answered
-        .filter(|(h, _)| h.is_none())
+        .filter(|(h, _)| !h.as_ref().is_some_and(vouches))
         .map(|(_, a)| a.as_str())
         .collect();
     if (nodes - missing.len()) * 2 > nodes {
         return Plan::Serve;
     }
     Plan::Wait(format!(
-        "starting: waiting to hear from a majority of the nodes; not yet from {}",
+        "starting: waiting to hear from a majority of the nodes that hold a log; not yet from {}",
         missing.join(", ")
     ))
 }
@@ -702,6 +706,27 @@ mod tests {
             ),
             Plan::Serve
         );
+    }
+
+    #[test]
+    fn in_failover_mode_a_node_that_holds_nothing_does_not_count_towards_the_majority() {
+        // s2 lost its disk: with it, this node would be a majority without s1, which may hold
+        // appends acknowledged by s1 and s2 before the loss that this node lacks.
+        let own = complete("L", 5, 3);
+        let wiped = holds("", 0, 0);
+        assert!(matches!(
+            plan_failover(&own, &[None, wiped.clone()], &addresses(2)),
+            Plan::Wait(reason) if reason.contains("s1, s2")
+        ));
+        // Once s1 answers, s1 decides: serve, or yield to its longer log.
+        assert_eq!(
+            plan_failover(&own, &[holds("L", 5, 3), wiped.clone()], &addresses(2)),
+            Plan::Serve
+        );
+        assert!(matches!(
+            plan_failover(&own, &[holds("L", 7, 3), wiped], &addresses(2)),
+            Plan::Yield(_)
+        ));
     }
 
     #[test]
