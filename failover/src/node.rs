@@ -15,7 +15,9 @@
 
 use crate::config::Config;
 use crate::coordinator::{Coordinator, CoordinatorError};
-use replog_node::failover::{unix_ms, Leader, LeaseGate, MasterRole, SecondaryRole, Standing};
+use replog_node::failover::{
+    unix_ms, vouches, Leader, LeaseGate, MasterRole, SecondaryRole, Standing,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -47,15 +49,16 @@ pub enum Error {
 /// Why this node may not campaign now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotEligible {
-    #[error("only {seen} of the {needed} nodes a majority needs have published where they stand")]
+    #[error("only {seen} of the {needed} nodes a majority needs have published where they stand (and hold a log, if this node holds one)")]
     NoMajority { seen: usize, needed: usize },
     #[error("{0} holds a more up-to-date log")]
     NotBest(String),
 }
 
 /// Raft's election restriction over published standings: this node may campaign only if it
-/// sees the standings of a majority of `members` (itself included) and is the most
-/// up-to-date of them ([`Standing::rank`]). A majority that acknowledged an append shares a
+/// sees the standings of a majority of `members` (itself included; a node that holds nothing
+/// counts only as [`vouches`] says) and is the most up-to-date of them ([`Standing::rank`]).
+/// A majority that acknowledged an append shares a
 /// node with every majority that elects, so the winner holds every append acknowledged with
 /// `w` >= a majority. Returns the highest term any of them follows: the new term is above it.
 pub fn may_campaign(
@@ -68,6 +71,7 @@ pub fn may_campaign(
     for standing in seen {
         if standing.name != me.name
             && members.contains(&standing.name.as_str())
+            && vouches(me.held, standing.held, &standing.log_id)
             && !counted.iter().any(|c| c.name == standing.name)
         {
             counted.push(standing);
@@ -551,6 +555,24 @@ mod tests {
         assert_eq!(
             may_campaign(&behind, &[me], &MEMBERS, 2),
             Err(NotEligible::NotBest("b".into()))
+        );
+    }
+
+    #[test]
+    fn a_node_that_holds_nothing_counts_only_for_a_candidate_that_holds_nothing() {
+        let wiped = standing("c", 0, 0);
+        assert_eq!(
+            may_campaign(
+                &standing("b", 3, 10),
+                std::slice::from_ref(&wiped),
+                &MEMBERS,
+                2
+            ),
+            Err(NotEligible::NoMajority { seen: 1, needed: 2 })
+        );
+        assert_eq!(
+            may_campaign(&standing("b", 0, 0), &[wiped], &MEMBERS, 2),
+            Ok(0)
         );
     }
 

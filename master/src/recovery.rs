@@ -33,6 +33,7 @@
 
 use crate::replication::Peer;
 use crate::state::Master;
+use replog_node::failover::vouches;
 use replog_node::log::Log;
 use replog_node::storage::record::last_term;
 use replog_node::storage::{LogFile, Record};
@@ -185,7 +186,8 @@ pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
 /// and another holds entries: then yield. The master process a node follows is no measure: a
 /// node follows a new one before it has received what that one recovered, and may hold less
 /// of the same log. `own.doubt` plays no part: a log that lacks entries is a shorter one, which
-/// the comparison finds.
+/// the comparison finds. A node that holds nothing counts towards the majority only if this
+/// node holds nothing either ([`vouches`]).
 pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
     let nodes = heard.len() + 1;
     let answered = heard.iter().zip(addresses);
@@ -206,10 +208,7 @@ pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -
             state.held, state.log_id, state.last_term, own.last_id, own.log_id, own.last_term
         ));
     }
-    // A node that holds nothing vouches for nothing: it is new, or it lost its disk and may
-    // have been one of the majority that held an acknowledged append this node lacks. It
-    // counts towards the majority only in a new cluster, where this node holds nothing either.
-    let vouches = |h: &Heard| own.last_id == 0 || h.state.held > 0 || !h.state.log_id.is_empty();
+    let vouches = |h: &Heard| vouches(own.last_id, h.state.held, &h.state.log_id);
     let missing: Vec<&str> = answered
         .filter(|(h, _)| !h.as_ref().is_some_and(vouches))
         .map(|(_, a)| a.as_str())

@@ -61,6 +61,15 @@ impl Standing {
     }
 }
 
+/// Whether a node that holds `held` ids of log `log_id` counts towards the majority that
+/// elects a candidate holding `candidate_held` ids. A node that holds nothing vouches for
+/// nothing: it is new, or it lost its disk and may have been one of the majority that held an
+/// append acknowledged with `w` >= a majority that the candidate lacks. It counts only in a
+/// new cluster, where the candidate holds nothing either.
+pub fn vouches(candidate_held: u64, held: u64, log_id: &str) -> bool {
+    candidate_held == 0 || held > 0 || !log_id.is_empty()
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn unix_ms() -> u64 {
     SystemTime::now()
