@@ -58,9 +58,9 @@ pub enum NotEligible {
 /// Raft's election restriction over published standings: this node may campaign only if it
 /// sees the standings of a majority of `members` (itself included; a node that holds nothing
 /// counts only as [`vouches`] says) and is the most up-to-date of them ([`Standing::rank`]).
-/// A majority that acknowledged an append shares a
-/// node with every majority that elects, so the winner holds every append acknowledged with
-/// `w` >= a majority. Returns the highest term any of them follows: the new term is above it.
+/// A majority that acknowledged an append shares a node with every majority that elects, so
+/// the winner holds every append acknowledged with `w` >= a majority. Returns the highest term
+/// any of them follows: the new term is above it.
 pub fn may_campaign(
     me: &Standing,
     seen: &[Standing],

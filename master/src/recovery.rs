@@ -208,9 +208,9 @@ pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -
             state.held, state.log_id, state.last_term, own.last_id, own.log_id, own.last_term
         ));
     }
-    let vouches = |h: &Heard| vouches(own.last_id, h.state.held, &h.state.log_id);
+    let counts = |h: &Heard| vouches(own.last_id, h.state.held, &h.state.log_id);
     let missing: Vec<&str> = answered
-        .filter(|(h, _)| !h.as_ref().is_some_and(vouches))
+        .filter(|(h, _)| !h.as_ref().is_some_and(counts))
         .map(|(_, a)| a.as_str())
         .collect();
     if (nodes - missing.len()) * 2 > nodes {
