@@ -1,0 +1,255 @@
+//! Reads by id: the sparse index finds a record near the id, positional reads do the rest.
+
+use super::super::error::{At, Op};
+use super::super::record::{self, DecodeError, Record};
+use super::format::Index;
+use super::ReadError;
+use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Bytes read at once when walking a segment: a few index intervals, so a page of results is
+/// one or two reads.
+const CHUNK: usize = 64 * 1024;
+
+/// One entry read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub id: u64,
+    /// Empty for a tombstone.
+    pub message: Bytes,
+    /// Aborted: never to be shown.
+    pub tombstone: bool,
+}
+
+/// One segment file as readers see it.
+#[derive(Debug)]
+pub(crate) struct Segment {
+    pub first_id: u64,
+    pub path: PathBuf,
+    /// Read-only handle of its own: positional reads need no seek, so readers share it.
+    pub file: File,
+    /// Grows while the segment is active (the writer adds points and moves `file_len`).
+    pub index: RwLock<Index>,
+}
+
+/// What the writer shares with readers.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    pub segments: BTreeMap<u64, Arc<Segment>>,
+    /// Highest id whose entry is written whole.
+    pub last_id: u64,
+    pub tombstones: BTreeSet<u64>,
+}
+
+impl Shared {
+    pub fn first_id(&self) -> u64 {
+        self.segments.keys().next().copied().unwrap_or(1)
+    }
+}
+
+pub(crate) fn read_lock<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+pub(crate) fn write_lock<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Reads entries by id, beside the writer. Cheap to clone; `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub(crate) shared: Arc<RwLock<Shared>>,
+}
+
+impl Reader {
+    /// First retained id.
+    pub fn first_id(&self) -> u64 {
+        read_lock(&self.shared).first_id()
+    }
+
+    /// Highest id written whole.
+    pub fn last_id(&self) -> u64 {
+        read_lock(&self.shared).last_id
+    }
+
+    /// Entries from `from_id` on (0 reads from the first retained id), in id order, at most
+    /// `max_entries` of them and no more message bytes than `max_bytes`, except that one
+    /// entry is always returned if there is one. Tombstones are included, flagged, so a caller
+    /// can page by id. Empty above the last id; [`ReadError::Gone`] below the first retained.
+    pub fn read(
+        &self,
+        from_id: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, ReadError> {
+        let (from, plan, last_id) = {
+            let shared = read_lock(&self.shared);
+            let first_id = shared.first_id();
+            let from = if from_id == 0 { first_id } else { from_id };
+            if from < first_id {
+                return Err(ReadError::Gone { from_id, first_id });
+            }
+            // Each segment with the last id it serves: the next one's first id minus one.
+            let mut plan = Vec::new();
+            let mut segments = shared.segments.range(..=from).next_back().into_iter();
+            let start = segments.next().map(|(&first, _)| first).unwrap_or(from);
+            let mut iter = shared.segments.range(start..).peekable();
+            while let Some((_, segment)) = iter.next() {
+                let bound = match iter.peek() {
+                    Some((&next, _)) => next - 1,
+                    None => shared.last_id,
+                };
+                plan.push((Arc::clone(segment), bound));
+            }
+            (from, plan, shared.last_id)
+        };
+        let mut out = Vec::new();
+        let mut budget = Budget {
+            entries: max_entries.max(1),
+            bytes: max_bytes,
+            used: 0,
+        };
+        let mut next = from;
+        for (segment, bound) in plan {
+            let bound = bound.min(last_id);
+            if next > bound {
+                continue;
+            }
+            read_segment(&segment, next, bound, &mut budget, &mut out)?;
+            if budget.full(out.len()) {
+                break;
+            }
+            next = bound + 1;
+        }
+        let shared = read_lock(&self.shared);
+        for stored in &mut out {
+            if !stored.tombstone && shared.tombstones.contains(&stored.id) {
+                stored.tombstone = true;
+            }
+            if stored.tombstone {
+                stored.message = Bytes::new();
+            }
+        }
+        Ok(out)
+    }
+}
+
+struct Budget {
+    entries: usize,
+    bytes: usize,
+    used: usize,
+}
+
+impl Budget {
+    fn full(&self, taken: usize) -> bool {
+        taken >= self.entries || (taken > 0 && self.used >= self.bytes)
+    }
+
+    /// Whether one more entry of `len` bytes fits after `taken` ones.
+    fn fits(&self, taken: usize, len: usize) -> bool {
+        taken == 0 || (taken < self.entries && self.used.saturating_add(len) <= self.bytes)
+    }
+}
+
+/// Appends to `out` the entries `from..=bound` of `segment` that fit the budget.
+fn read_segment(
+    segment: &Segment,
+    from: u64,
+    bound: u64,
+    budget: &mut Budget,
+    out: &mut Vec<Stored>,
+) -> Result<(), ReadError> {
+    let (point, end) = {
+        let index = read_lock(&segment.index);
+        let at = index.points.partition_point(|&(id, _)| id <= from);
+        match at.checked_sub(1).and_then(|i| index.points.get(i)) {
+            Some(&point) => (point, index.file_len),
+            None => {
+                return Err(corrupt(
+                    segment,
+                    from,
+                    0,
+                    "the segment holds no entry there",
+                ));
+            }
+        }
+    };
+    let (mut expected, mut pos) = point;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start = pos;
+    loop {
+        if expected > bound || budget.full(out.len()) {
+            return Ok(());
+        }
+        let have = &buf[usize::try_from(pos - buf_start)
+            .unwrap_or(usize::MAX)
+            .min(buf.len())..];
+        let needed = match record::decode(have) {
+            Ok(Some((record, used))) => {
+                if let Record::Entry {
+                    id,
+                    message,
+                    tombstone,
+                } = record
+                {
+                    if id != expected {
+                        let why = format!("entry id {id} where {expected} was expected");
+                        return Err(corrupt(segment, expected, pos, &why));
+                    }
+                    if id >= from {
+                        if !budget.fits(out.len(), message.len()) {
+                            return Ok(());
+                        }
+                        budget.used += message.len();
+                        out.push(Stored {
+                            id,
+                            message,
+                            tombstone,
+                        });
+                    }
+                    expected += 1;
+                }
+                pos += used as u64;
+                continue;
+            }
+            Ok(None) => record::HEADER_LEN,
+            Err(DecodeError::Torn { needed, .. }) => needed,
+            Err(e) => return Err(corrupt(segment, expected, pos, &e.to_string())),
+        };
+        // Not enough bytes buffered for the record at `pos`: read from there on.
+        let buffered_to = buf_start + buf.len() as u64;
+        if buffered_to >= end || pos >= end {
+            let why = if pos >= end {
+                "the segment ends before it".to_owned()
+            } else {
+                DecodeError::Torn {
+                    needed,
+                    available: have.len(),
+                }
+                .to_string()
+            };
+            return Err(corrupt(segment, expected, pos, &why));
+        }
+        let want = needed.max(CHUNK) as u64;
+        let len = want.min(end - pos);
+        buf = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
+        buf_start = pos;
+        segment
+            .file
+            .read_exact_at(&mut buf, pos)
+            .at(Op::Read, &segment.path)?;
+    }
+}
+
+fn corrupt(segment: &Segment, id: u64, offset: u64, reason: &str) -> ReadError {
+    ReadError::Corrupt {
+        path: segment.path.clone(),
+        id,
+        offset,
+        reason: reason.to_owned(),
+    }
+}
