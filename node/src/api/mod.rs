@@ -14,6 +14,7 @@ pub mod health;
 pub mod idle;
 pub mod json;
 pub mod openapi;
+pub mod stream;
 
 pub use error::{ApiError, REPLICATION_FAILED};
 pub use health::{Health, Leadership, SecondaryHealth};
@@ -147,6 +148,7 @@ pub fn router<N: Node>(
     let body_limit = body_limit(limits.max_message_bytes);
     let mut app = json::routes(extra)
         .with_state(node.clone())
+        .merge(stream::routes(node.clone(), shutdown.clone()))
         .merge(grpc::routes(node, shutdown, body_limit))
         .merge(openapi::docs_page())
         .layer(DefaultBodyLimit::max(body_limit));

@@ -10,11 +10,12 @@ use utoipa::OpenApi;
 #[openapi(
     info(
         title = "replog",
-        description = "A replicated log: one master, any number of secondaries, every append replicated before it is acknowledged. The same API runs on every node; appends on a secondary are forwarded to the master. The gRPC service replog.v1.Log (gRPC and gRPC-Web, same port) offers the same operations plus a live Watch stream."
+        description = "A replicated log: one master, any number of secondaries, every append replicated before it is acknowledged. The same API runs on every node; appends on a secondary are forwarded to the master. The gRPC service replog.v1.Log (gRPC and gRPC-Web, same port) offers the same operations plus a live Watch stream; GET /api/messages/stream is the same live tail as Server-Sent Events."
     ),
     paths(
         super::json::append,
         super::json::list,
+        super::stream::stream,
         super::json::node_health,
         super::json::metrics,
         super::json::health,
@@ -25,6 +26,7 @@ use utoipa::OpenApi;
         ErrorBody,
         MessagesBody,
         MessageBody,
+        super::stream::StreamEvent,
         Health,
         SecondaryHealth
     ))

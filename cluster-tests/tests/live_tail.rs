@@ -1,0 +1,334 @@
+//! The live tail, `GET /api/messages/stream` (Server-Sent Events), on real processes: a reader
+//! on the master and one on a secondary see every append once, in id order, as it becomes
+//! visible; `Last-Event-ID` resumes after the last event seen; a bad start is a 400 with a JSON
+//! `detail`; and readers that stop reading hold no backlog on the node: its memory stays far
+//! below what buffering the log for each of them would take, and each reader, once it reads
+//! again, gets every message from the log in order.
+
+use cluster_tests::{wait_until, Cluster, Node, SecondaryOpts, StatusCode, STEADY_HEALTH};
+use futures::StreamExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::time::{timeout_at, Instant};
+
+/// Longest wait for one event that should come.
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One event of the stream: its `id:` and its `data:` parsed as JSON.
+#[derive(Debug)]
+struct Event {
+    id: u64,
+    data: Value,
+}
+
+/// A reader of one stream: the response, read chunk by chunk, and what it has not parsed yet.
+struct Tail {
+    response: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Tail {
+    /// Opens `GET /api/messages/stream<query>` on `node`, with `Last-Event-ID` if given.
+    async fn open(cluster: &Cluster, node: &Node, query: &str, last_event_id: Option<u64>) -> Tail {
+        let mut request = cluster
+            .client
+            .get(node.url(&format!("/api/messages/stream{query}")));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request.send().await.expect("the stream answers");
+        assert_eq!(response.status(), StatusCode::OK, "{}", node.name);
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(content_type, "text/event-stream", "{}", node.name);
+        Tail {
+            response,
+            buffer: Vec::new(),
+        }
+    }
+
+    /// The next block (the text up to a blank line), comments included; panics after
+    /// `deadline`.
+    async fn block(&mut self, deadline: Instant) -> String {
+        loop {
+            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                return String::from_utf8(block).expect("the stream is UTF-8");
+            }
+            let chunk = timeout_at(deadline, self.response.chunk())
+                .await
+                .expect("the next event in time")
+                .expect("the stream keeps going");
+            self.buffer
+                .extend_from_slice(&chunk.expect("the stream does not end"));
+        }
+    }
+
+    /// The next event, skipping comments.
+    async fn next(&mut self) -> Event {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let block = self.block(deadline).await;
+            let (mut id, mut data) = (None, String::new());
+            for line in block.lines() {
+                if let Some(value) = line.strip_prefix("id: ") {
+                    id = Some(value.parse::<u64>().expect("a numeric id"));
+                } else if let Some(value) = line.strip_prefix("data: ") {
+                    data.push_str(value);
+                } else {
+                    assert!(
+                        line.is_empty() || line.starts_with(':'),
+                        "unexpected line {line:?}"
+                    );
+                }
+            }
+            match id {
+                Some(id) => {
+                    let data = serde_json::from_str(&data).expect("data is JSON");
+                    return Event { id, data };
+                }
+                None => assert!(data.is_empty(), "data without an id: {block:?}"),
+            }
+        }
+    }
+
+    /// The next `n` events, checked to be exactly `expected` (id, text) in order.
+    async fn expect(&mut self, expected: &[(u64, String)]) {
+        for (id, text) in expected {
+            let event = self.next().await;
+            assert_eq!(event.id, *id, "event {event:?}, expected id {id}");
+            assert_eq!(event.data, json!({"id": id, "message": text}));
+        }
+    }
+}
+
+async fn append(cluster: &Cluster, text: &str) -> u64 {
+    let (status, body) = cluster.append(text, None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["id"].as_u64().expect("an id")
+}
+
+async fn three_nodes() -> Cluster {
+    Cluster::start(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        &STEADY_HEALTH,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn master_and_secondary_tail_every_append_in_order() {
+    let cluster = three_nodes().await;
+    let mut expected = Vec::new();
+    for i in 1..=3 {
+        let text = format!("before-{i}");
+        expected.push((append(&cluster, &text).await, text));
+    }
+    let mut on_master = Tail::open(&cluster, &cluster.master, "", None).await;
+    let mut on_secondary = Tail::open(&cluster, &cluster.secondaries[0], "", None).await;
+    // What was there before the stream opened, then each append as it commits.
+    on_master.expect(&expected).await;
+    on_secondary.expect(&expected).await;
+    for i in 1..=20 {
+        let text = format!("live-{i}");
+        let id = append(&cluster, &text).await;
+        let one = [(id, text)];
+        on_master.expect(&one).await;
+        on_secondary.expect(&one).await;
+        expected.extend(one);
+    }
+    // Appends through a secondary arrive the same way, and nothing arrives twice: a fresh
+    // reader from 1 sees exactly the same sequence.
+    let appender = cluster.appender_on(&cluster.secondaries[1]);
+    let mut burst = Vec::new();
+    for i in 1..=50 {
+        let text = format!("burst-{i}");
+        let (status, body) = appender.append(&text, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        burst.push((body["id"].as_u64().expect("an id"), text));
+    }
+    on_master.expect(&burst).await;
+    on_secondary.expect(&burst).await;
+    expected.extend(burst);
+    let mut fresh = Tail::open(&cluster, &cluster.secondaries[1], "?from_id=1", None).await;
+    fresh.expect(&expected).await;
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_after_the_last_event_seen() {
+    let cluster = three_nodes().await;
+    let mut expected = Vec::new();
+    for i in 1..=6 {
+        let text = format!("m-{i}");
+        expected.push((append(&cluster, &text).await, text));
+    }
+    let secondary = &cluster.secondaries[0];
+    // A reconnecting EventSource sends its URL again plus the last id: the later one wins.
+    let mut resumed = Tail::open(&cluster, secondary, "?from_id=1", Some(3)).await;
+    resumed.expect(&expected[3..]).await;
+    let mut floor = Tail::open(&cluster, &cluster.master, "?from_id=5", Some(2)).await;
+    floor.expect(&expected[4..]).await;
+    let mut header_only = Tail::open(&cluster, &cluster.master, "", Some(6)).await;
+    let text = "after-resume".to_owned();
+    let id = append(&cluster, &text).await;
+    assert_eq!(id, 7);
+    let one = [(id, text)];
+    header_only.expect(&one).await;
+    resumed.expect(&one).await;
+    floor.expect(&one).await;
+}
+
+#[tokio::test]
+async fn a_bad_start_is_a_400_with_a_detail() {
+    let cluster = three_nodes().await;
+    for node in cluster.nodes() {
+        for (query, last_event_id, says) in [
+            ("?from_id=-1", None, "`from_id` must be >= 0"),
+            ("?from_id=abc", None, "bad query string"),
+            ("?from_id=1.5", None, "bad query string"),
+            ("?limit=3", None, "bad query string"),
+            ("", Some("abc"), "Last-Event-ID"),
+            ("", Some("-4"), "Last-Event-ID"),
+        ] {
+            let mut request = cluster
+                .client
+                .get(node.url(&format!("/api/messages/stream{query}")));
+            if let Some(value) = last_event_id {
+                request = request.header("last-event-id", value);
+            }
+            let response = request.send().await.expect("an answer");
+            let status = response.status();
+            let body: Value = response.json().await.expect("a JSON body");
+            assert_eq!(
+                status,
+                StatusCode::BAD_REQUEST,
+                "{query} {last_event_id:?}: {body}"
+            );
+            let detail = body["detail"].as_str().unwrap_or_default();
+            assert!(detail.contains(says), "{query} {last_event_id:?}: {body}");
+        }
+    }
+}
+
+/// Resident memory of a process, from `/proc/<pid>/status`, in bytes.
+fn rss(node: &Node) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid()))
+        .expect("the node's /proc status");
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .expect("a VmRSS line");
+    kib * 1024
+}
+
+#[tokio::test]
+async fn readers_that_stop_reading_hold_no_backlog() {
+    const READERS: usize = 16;
+    const MESSAGES: u64 = 1000;
+    const SIZE: usize = 16 * 1024;
+    let cluster = three_nodes().await;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        readers.push(Tail::open(&cluster, &cluster.master, "", None).await);
+    }
+    let before = rss(&cluster.master);
+    // 16 MiB of log; a node that buffered the backlog for each reader would hold 16 times that.
+    let appender = cluster.appender();
+    let answers: Vec<(StatusCode, Value)> = futures::stream::iter(1..=MESSAGES)
+        .map(|i| {
+            let appender = appender.clone();
+            async move {
+                let text = format!("{i:06}-{}", "x".repeat(SIZE - 7));
+                appender.append(&text, Some(1)).await
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut texts = std::collections::HashMap::new();
+    for (status, body) in &answers {
+        assert_eq!(*status, StatusCode::OK, "{body}");
+        texts.insert(body["id"].as_u64(), body["message"].clone());
+    }
+    assert_eq!(texts.len() as u64, MESSAGES, "every append got its own id");
+    wait_until(
+        EVENT_TIMEOUT,
+        format!("the master shows {MESSAGES} messages"),
+        || async { cluster.last_id(&cluster.master).await >= MESSAGES },
+    )
+    .await;
+    let grown = rss(&cluster.master).saturating_sub(before);
+    let log = MESSAGES * SIZE as u64;
+    assert!(
+        grown < 3 * log + (64 << 20),
+        "the master grew by {} MiB with {READERS} readers not reading a {} MiB log",
+        grown >> 20,
+        log >> 20
+    );
+    // Each reader, reading again, gets every message once, in order, from the log. One of
+    // them stops halfway and reconnects with Last-Event-ID.
+    let half = MESSAGES / 2;
+    for (n, reader) in readers.iter_mut().enumerate() {
+        let upto = if n == 0 { half } else { MESSAGES };
+        for id in 1..=upto {
+            let event = reader.next().await;
+            assert_eq!(event.id, id, "reader {n}");
+            assert_eq!(
+                event.data,
+                json!({"id": id, "message": texts[&Some(id)]}),
+                "reader {n}"
+            );
+        }
+    }
+    drop(readers);
+    let mut resumed = Tail::open(&cluster, &cluster.master, "", Some(half)).await;
+    for id in half + 1..=MESSAGES {
+        let event = resumed.next().await;
+        assert_eq!(event.id, id);
+    }
+    // And it keeps tailing.
+    let text = "after the backlog".to_owned();
+    let id = append(&cluster, &text).await;
+    resumed.expect(&[(id, text)]).await;
+}
+
+#[tokio::test]
+async fn an_open_stream_does_not_hold_up_a_shutdown() {
+    let mut cluster = three_nodes().await;
+    let text = "one".to_owned();
+    let id = append(&cluster, &text).await;
+    let mut on_master = Tail::open(&cluster, &cluster.master, "", None).await;
+    let mut on_secondary = Tail::open(&cluster, &cluster.secondaries[0], "", None).await;
+    on_master.expect(&[(id, text.clone())]).await;
+    on_secondary.expect(&[(id, text)]).await;
+    // SIGTERM ends the streams (the node drains), so each node exits well before a supervisor's
+    // SIGKILL (compose allows 10 s), with the client still connected.
+    let status = cluster.secondaries[0].terminate(Duration::from_secs(8));
+    assert!(status.success(), "secondary-1 exited with {status}");
+    let status = cluster.master.terminate(Duration::from_secs(8));
+    assert!(status.success(), "the master exited with {status}");
+    for tail in [&mut on_master, &mut on_secondary] {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        let ended = timeout_at(deadline, async {
+            loop {
+                match tail.response.chunk().await {
+                    Ok(Some(_)) => continue,
+                    other => return other.map(|_| ()),
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream ended with the node");
+    }
+}
