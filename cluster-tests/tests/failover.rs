@@ -254,3 +254,82 @@ async fn losing_the_new_master_too_loses_nothing_acknowledged_by_a_majority() {
     let shown: Vec<&str> = list.iter().map(|(_, m)| m.as_str()).collect();
     assert_eq!(shown, acked, "every acknowledged append, once, in order");
 }
+
+/// A node that lost its disk counts in elections again only once it has caught up. node c is
+/// wiped after acknowledging appends with the master while node b was paused; the master is
+/// paused while c holds part of the log again. b, which lacks those appends, must not be
+/// elected with c's vote; once the master wakes it is elected again and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_catching_up_after_losing_its_disk_does_not_elect_one_that_lacks_appends() {
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let (a, _) = cluster.wait_master(TAKEOVER, None).await;
+    let (b, c) = ((a + 1) % 3, (a + 2) % 3);
+    // A log long enough that c's catch-up takes many requests: c is caught in the middle.
+    const BULK: usize = 6000;
+    let filler = "x".repeat(4000);
+    let appender = cluster.appender_on(a);
+    let mut tasks = Vec::new();
+    for client in 0..16 {
+        let (appender, filler) = (appender.clone(), filler.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in (client..BULK).step_by(16) {
+                let (status, body) = appender
+                    .append(&format!("bulk-{n}-{filler}"), Some(3))
+                    .await;
+                assert_eq!(status, 200, "{body}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a bulk client");
+    }
+    cluster.nodes[b].stop();
+    let acked = append_ok(&cluster, None, a, "while-b-paused", 5).await;
+    let total = (BULK + acked.len()) as u64;
+    cluster.nodes[c].restart_empty();
+    // Pause the master as soon as c holds part of the log again.
+    let deadline = Instant::now() + TAKEOVER;
+    loop {
+        let held = cluster.health(c).await.and_then(|h| h["last_id"].as_u64());
+        if held.is_some_and(|held| held > 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node c never held an entry again"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    cluster.nodes[a].stop();
+    let health = cluster.health(c).await.expect("node c's health");
+    let held = health["last_id"].as_u64().unwrap_or_default();
+    assert!(
+        held < BULK as u64,
+        "node c caught up past b's log before the master could be paused ({held}): the test needs a longer log"
+    );
+    assert_eq!(health["rejoining"], true, "{health}");
+    cluster.nodes[b].cont();
+    // b and c are a majority, and b holds more than c: but c may have lost what b lacks.
+    let until = Instant::now() + ttl() * 4;
+    while Instant::now() < until {
+        for i in [b, c] {
+            let seen = cluster.seen_by(i).await;
+            assert!(
+                seen.as_ref().is_none_or(|s| s.role != "master"),
+                "{} became master while node c was catching up: {seen:?}",
+                cluster.nodes[i].name
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.nodes[a].cont();
+    cluster.wait_master(TAKEOVER, None).await;
+    let list = cluster.wait_converged(CONVERGE).await;
+    assert_eq!(list.len() as u64, total);
+    let shown: Vec<&str> = list.iter().map(|(_, m)| m.as_str()).collect();
+    for message in &acked {
+        assert!(shown.contains(&message.as_str()), "{message} was lost");
+    }
+    let health = cluster.health(c).await.expect("node c's health");
+    assert_eq!(health["rejoining"], false, "{health}");
+}

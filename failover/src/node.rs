@@ -53,11 +53,13 @@ pub enum NotEligible {
     NoMajority { seen: usize, needed: usize },
     #[error("{0} holds a more up-to-date log")]
     NotBest(String),
+    #[error("this node is still catching up with the master after it lost entries of its log")]
+    Rejoining,
 }
 
 /// Raft's election restriction over published standings: this node may campaign only if it
 /// sees the standings of a majority of `members` (itself included; a node that holds nothing
-/// counts only as [`vouches`] says) and is the most up-to-date of them ([`Standing::rank`]).
+/// or is rejoining counts only as [`vouches`] says, and such a node does not campaign) and is the most up-to-date of them ([`Standing::rank`]).
 /// A majority that acknowledged an append shares a node with every majority that elects, so
 /// the winner holds every append acknowledged with `w` >= a majority. Returns the highest term
 /// any of them follows: the new term is above it.
@@ -67,11 +69,14 @@ pub fn may_campaign(
     members: &[&str],
     majority: usize,
 ) -> Result<u64, NotEligible> {
+    if !vouches(me.held, me.held, &me.log_id, me.rejoining) {
+        return Err(NotEligible::Rejoining);
+    }
     let mut counted: Vec<&Standing> = vec![me];
     for standing in seen {
         if standing.name != me.name
             && members.contains(&standing.name.as_str())
-            && vouches(me.held, standing.held, &standing.log_id)
+            && vouches(me.held, standing.held, &standing.log_id, standing.rejoining)
             && !counted.iter().any(|c| c.name == standing.name)
         {
             counted.push(standing);
@@ -574,6 +579,48 @@ mod tests {
             may_campaign(&standing("b", 0, 0), &[wiped], &MEMBERS, 2),
             Ok(0)
         );
+    }
+
+    #[test]
+    fn a_node_still_catching_up_after_losing_entries_neither_counts_nor_campaigns() {
+        // c lost its disk and holds 6 of the ids again; b lacks some that a and c's lost disk
+        // acknowledged, so c must not make b's majority, though b holds more than c.
+        let rejoining = Standing {
+            rejoining: true,
+            ..standing("c", 3, 6)
+        };
+        assert_eq!(
+            may_campaign(
+                &standing("b", 3, 8),
+                std::slice::from_ref(&rejoining),
+                &MEMBERS,
+                2
+            ),
+            Err(NotEligible::NoMajority { seen: 1, needed: 2 })
+        );
+        assert_eq!(
+            may_campaign(&rejoining, &[standing("b", 3, 5)], &MEMBERS, 2),
+            Err(NotEligible::Rejoining)
+        );
+        // Caught up, it counts again.
+        let caught_up = Standing {
+            rejoining: false,
+            ..rejoining
+        };
+        assert_eq!(
+            may_campaign(&standing("b", 3, 8), &[caught_up], &MEMBERS, 2),
+            Ok(3)
+        );
+        // In a new cluster every node holds nothing and is rejoining: they elect one anyway.
+        let new = Standing {
+            rejoining: true,
+            ..standing("c", 0, 0)
+        };
+        let other = Standing {
+            rejoining: true,
+            ..standing("b", 0, 0)
+        };
+        assert_eq!(may_campaign(&other, &[new], &MEMBERS, 2), Ok(0));
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn standing(name: &str, master_instance: u64, held: u64) -> Standing {
         last_term: master_instance,
         held,
         decided: held,
+        rejoining: false,
     }
 }
 

@@ -186,8 +186,8 @@ pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
 /// and another holds entries: then yield. The master process a node follows is no measure: a
 /// node follows a new one before it has received what that one recovered, and may hold less
 /// of the same log. `own.doubt` plays no part: a log that lacks entries is a shorter one, which
-/// the comparison finds. A node that holds nothing counts towards the majority only if this
-/// node holds nothing either ([`vouches`]).
+/// the comparison finds. A node that holds nothing, or is still catching up after it lost
+/// entries, counts towards the majority only if this node holds nothing either ([`vouches`]).
 pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
     let nodes = heard.len() + 1;
     let answered = heard.iter().zip(addresses);
@@ -208,7 +208,14 @@ pub fn plan_failover(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -
             state.held, state.log_id, state.last_term, own.last_id, own.log_id, own.last_term
         ));
     }
-    let counts = |h: &Heard| vouches(own.last_id, h.state.held, &h.state.log_id);
+    let counts = |h: &Heard| {
+        vouches(
+            own.last_id,
+            h.state.held,
+            &h.state.log_id,
+            h.state.rejoining,
+        )
+    };
     let missing: Vec<&str> = answered
         .filter(|(h, _)| !h.as_ref().is_some_and(counts))
         .map(|(_, a)| a.as_str())
@@ -537,6 +544,7 @@ mod tests {
                 decided: held,
                 master_instance,
                 last_term: if held > 0 { master_instance } else { 0 },
+                ..ReplicaState::default()
             },
             tombstones: Vec::new(),
         })
@@ -726,6 +734,30 @@ mod tests {
             plan_failover(&own, &[holds("L", 7, 3), wiped], &addresses(2)),
             Plan::Yield(_)
         ));
+    }
+
+    #[test]
+    fn in_failover_mode_a_node_still_catching_up_after_losing_entries_does_not_count() {
+        // s2 lost its disk and holds 2 ids again: s1 may hold appends acknowledged by s1 and
+        // s2's lost disk that this node (3 ids) and s2 both lack.
+        let own = complete("L", 3, 3);
+        let rejoining = holds("L", 2, 3).map(|mut heard| {
+            heard.state.rejoining = true;
+            heard
+        });
+        assert!(matches!(
+            plan_failover(&own, &[None, rejoining.clone()], &addresses(2)),
+            Plan::Wait(reason) if reason.contains("s1, s2")
+        ));
+        // Caught up, it counts again.
+        let caught_up = rejoining.map(|mut heard| {
+            heard.state.rejoining = false;
+            heard
+        });
+        assert_eq!(
+            plan_failover(&own, &[None, caught_up], &addresses(2)),
+            Plan::Serve
+        );
     }
 
     #[test]

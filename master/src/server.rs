@@ -36,7 +36,9 @@ pub async fn run(
 ) -> Result<Ended, Error> {
     // The signal starts the drain; `phases.stop` is the token every task watches.
     let phases = Phases::after(shutdown, config.shutdown.shutdown_grace_seconds);
-    let Opened { log, file, doubt } = config.storage.open(new_log_id)?;
+    let Opened {
+        log, file, doubt, ..
+    } = config.storage.open(new_log_id)?;
     config.auth.warn_if_open();
     let role = config.failover.clone();
     // Until it serves, the master takes nothing. It shows its own log meanwhile only if that is

@@ -504,6 +504,7 @@ impl Node for Master {
                 leadership: self.config.failover.as_ref().map(|role| {
                     replog_node::api::Leadership::of(&role.name, role.leader.borrow().as_ref())
                 }),
+                rejoining: None,
             }
         })
     }

@@ -343,6 +343,7 @@ async fn a_master_that_hears_a_more_up_to_date_node_yields_without_serving() {
             decided: 1,
             master_instance: 3,
             last_term: 3,
+            rejoining: false,
         };
         let other = stand_in(ahead).await;
         let role = start(&dir.0, &[other], 4, Duration::from_secs(60)).await;

@@ -50,6 +50,7 @@ fn state(core: &Core, instance: u64, held: u64) -> ReplicaState {
         decided: log.decided().min(held),
         master_instance: 1,
         last_term: 0,
+        rejoining: false,
     }
 }
 

@@ -73,6 +73,7 @@ impl StorageArgs {
                 log: crate::log::Log::new(new_log_id()),
                 file: None,
                 doubt: Some("the log is kept in memory only (no DATA_DIR)".into()),
+                incomplete: true,
             });
         };
         let (file, recovered) = crate::storage::LogFile::open(dir, self.fsync, new_log_id)?;
@@ -92,6 +93,9 @@ impl StorageArgs {
         };
         tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), log_id = recovered.log.log_id(), fsync = %self.fsync, "log recovered");
         Ok(Opened {
+            incomplete: recovered.cut.is_some()
+                || recovered.created.is_some()
+                || recovered.unfinished,
             log: recovered.log,
             file: Some(file),
             doubt,
@@ -108,6 +112,10 @@ pub struct Opened {
     /// in memory only, no log in `DATA_DIR`, a cut tail, or `FSYNC=never`. A master with a doubt
     /// recovers the log from its secondaries before it takes an append.
     pub doubt: Option<String>,
+    /// The log may lack entries this node acknowledged before, whatever the `FSYNC` policy:
+    /// it is kept in memory only, or its file was created anew, cut, or found so by an earlier
+    /// start that did not finish ([`crate::storage::LogFile::mark_complete`] says otherwise).
+    pub incomplete: bool,
 }
 
 /// Authentication of the internal replication service, the same on master and secondaries.

@@ -50,6 +50,10 @@ pub struct Standing {
     /// Highest id held contiguously.
     pub held: u64,
     pub decided: u64,
+    /// Its log may lack entries it acknowledged (it started with its log lost, created anew or
+    /// cut) and it has not yet caught up with the master: see [`vouches`].
+    #[serde(default)]
+    pub rejoining: bool,
 }
 
 impl Standing {
@@ -61,13 +65,17 @@ impl Standing {
     }
 }
 
-/// Whether a node that holds `held` ids of log `log_id` counts towards the majority that
-/// elects a candidate holding `candidate_held` ids. A node that holds nothing vouches for
-/// nothing: it is new, or it lost its disk and may have been one of the majority that held an
-/// append acknowledged with `w` >= a majority that the candidate lacks. It counts only in a
-/// new cluster, where the candidate holds nothing either.
-pub fn vouches(candidate_held: u64, held: u64, log_id: &str) -> bool {
-    candidate_held == 0 || held > 0 || !log_id.is_empty()
+/// Whether a node that holds `held` ids of log `log_id` (`rejoining` as [`Standing::rejoining`]
+/// says) counts towards the majority that elects a candidate holding `candidate_held` ids.
+///
+/// A majority that acknowledged an append shares a node with every majority that elects, and
+/// that node vouches that the candidate, being at least as up-to-date, holds the append too.
+/// A node vouches only for what it still holds: one that holds nothing is new, or it lost its
+/// disk and may have been in the majority that acknowledged an append the candidate lacks; one
+/// that is rejoining holds less than it once acknowledged until it has caught up with the
+/// master. Neither counts, except in a new cluster, where the candidate holds nothing either.
+pub fn vouches(candidate_held: u64, held: u64, log_id: &str, rejoining: bool) -> bool {
+    candidate_held == 0 || (!rejoining && (held > 0 || !log_id.is_empty()))
 }
 
 /// Milliseconds since the Unix epoch, now.
@@ -145,7 +153,8 @@ pub struct SecondaryRole {
     /// Who leads: appends are forwarded to its `http`.
     pub leader: watch::Receiver<Option<Leader>>,
     /// Where this node stands, updated as it receives entries and decisions (only
-    /// `log_id`, `master_instance`, `held`, `decided` are the role's to fill).
+    /// `log_id`, `master_instance`, `last_term`, `held`, `decided` and `rejoining` are the
+    /// role's to fill).
     pub standing: watch::Sender<Standing>,
 }
 

@@ -53,6 +53,24 @@ pub struct Replica {
     /// Failover mode: a new master process lists its whole lineage, and the processes we
     /// followed that it lacks are cut away (see [`Replica::receive`]).
     failover: bool,
+    /// Failover mode: whether this replica may lack entries it acknowledged (see
+    /// [`Replica::rejoining`]).
+    rejoin: Rejoin,
+    /// The current master's term as the coordinator names it (see [`Replica::note_leader`]).
+    leader_term: u64,
+}
+
+/// Whether a replica holds every entry it ever acknowledged, which is what its vote in an
+/// election vouches for (see [`replog_node::failover::vouches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rejoin {
+    /// It does.
+    Whole,
+    /// It started with its log lost, created anew or cut, so it may not: it holds them all
+    /// again once it holds `upto`, the end of the current master's log when it first heard it
+    /// (`None`: not heard yet). That master holds every entry acknowledged with `w` >= a
+    /// majority, and what this replica acknowledged with a smaller `w` may be lost anyway.
+    CatchingUp { upto: Option<u64> },
 }
 
 /// How a replica moves to a new master process.
@@ -203,7 +221,33 @@ impl Replica {
             master: 0,
             starts: Vec::new(),
             failover: false,
+            rejoin: Rejoin::Whole,
+            leader_term: 0,
         }
+    }
+
+    /// Failover mode: this replica's log may lack entries it acknowledged before (it started
+    /// with its log lost, created anew or cut), so it does not vouch for anyone in an election
+    /// until it has caught up with the master (see [`Replica::rejoining`]).
+    pub fn rejoining(mut self, rejoining: bool) -> Self {
+        self.rejoin = match rejoining {
+            true => Rejoin::CatchingUp { upto: None },
+            false => Rejoin::Whole,
+        };
+        self
+    }
+
+    /// Whether this replica may still lack entries it acknowledged: it started so, and has not
+    /// yet held the end of the current master's log as that master's first request said it.
+    pub fn is_rejoining(&self) -> bool {
+        self.rejoin != Rejoin::Whole
+    }
+
+    /// The term of the master the coordinator names now. A request of an earlier master
+    /// process does not say how far to catch up: a deposed master that wakes up may lack what
+    /// the current one holds.
+    pub fn note_leader(&mut self, term: u64) {
+        self.leader_term = self.leader_term.max(term);
     }
 
     /// The master process whose entries the recovered log holds (see [`Record::MasterStart`]),
@@ -261,6 +305,7 @@ impl Replica {
             decided: self.log.decided(),
             master_instance: self.master,
             last_term: self.last_term(),
+            rejoining: self.is_rejoining(),
         }
     }
 
@@ -297,14 +342,32 @@ impl Replica {
                 log_id: request.log_id,
             });
         }
+        let new_master = adopt || switch.is_some();
         if let Some(switch) = switch {
             self.switch_master(request.master_instance, switch, &mut records);
         }
+        let (instance, master_end) = (request.master_instance, request.last_id);
+        let master_decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
         self.store(request.entries, &mut records);
         if let Some(decisions) = &request.decisions {
             self.decide(decisions, &mut records);
         }
+        self.catch_up(new_master, instance, master_end.max(master_decided));
         Ok(records)
+    }
+
+    /// Rejoining: the first request of the current master (and of each later master process)
+    /// says how far to catch up; holding that much, the replica is whole again.
+    fn catch_up(&mut self, new_master: bool, instance: u64, master_end: u64) {
+        let Rejoin::CatchingUp { upto } = &mut self.rejoin else {
+            return;
+        };
+        if instance >= self.leader_term && (new_master || upto.is_none()) {
+            *upto = Some(upto.unwrap_or(0).max(master_end));
+        }
+        if upto.is_some_and(|upto| self.log.last_id() >= upto) {
+            self.rejoin = Rejoin::Whole;
+        }
     }
 
     /// Checks the master's log identity: `Ok(true)` if this replica, holding nothing yet, is to
@@ -699,7 +762,9 @@ mod tests {
     /// A request of log "L" from master process 1, its first: a fresh replica follows it from
     /// the start it lists.
     fn request(entries: Vec<Entry>, decisions: Option<Decisions>) -> ReplicateRequest {
+        let last_id = entries.last().map_or(0, |e| e.id);
         ReplicateRequest {
+            last_id,
             log_id: "L".into(),
             entries,
             decisions,
@@ -733,6 +798,90 @@ mod tests {
             r.page(1, usize::MAX)
         );
         assert_eq!(replayed.last_id(), r.log().last_id());
+    }
+
+    fn entries(ids: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
+        ids.map(|id| entry(id, &format!("m{id}"))).collect()
+    }
+
+    /// `entries` from master process `instance` listing `starts`, whose log ends at `last_id`.
+    fn shipping(
+        instance: u64,
+        starts: &[(u64, u64)],
+        entries: Vec<Entry>,
+        last_id: u64,
+    ) -> ReplicateRequest {
+        ReplicateRequest {
+            last_id,
+            ..from_master(instance, starts, request(entries, None))
+        }
+    }
+
+    #[test]
+    fn a_rejoining_replica_is_whole_once_it_holds_the_log_the_master_had_when_first_heard() {
+        assert!(!Replica::new(Log::default()).state().rejoining);
+        let mut r = Replica::new(Log::default())
+            .in_failover(true)
+            .rejoining(true);
+        let mut replayed = Log::default();
+        assert!(r.state().rejoining);
+        apply(
+            &mut r,
+            &mut replayed,
+            shipping(1, &[(1, 0)], entries(1..=2), 4),
+        );
+        assert!(r.state().rejoining, "holds 2 of the master's 4");
+        // The master's log grew meanwhile; what it held when first heard is what counts.
+        apply(&mut r, &mut replayed, shipping(1, &[], entries(3..=4), 9));
+        assert!(!r.state().rejoining);
+        assert_eq!(r.state().held, 4);
+    }
+
+    #[test]
+    fn a_deposed_master_does_not_say_how_far_a_rejoining_replica_must_catch_up() {
+        let mut r = Replica::new(Log::default())
+            .in_failover(true)
+            .rejoining(true);
+        let mut replayed = Log::default();
+        r.note_leader(2);
+        // Process 1 was deposed by 2, which may hold more than 1 ever had.
+        apply(
+            &mut r,
+            &mut replayed,
+            shipping(1, &[(1, 0)], entries(1..=2), 2),
+        );
+        assert!(r.state().rejoining);
+        let lineage = [(1, 0), (2, 2)];
+        apply(
+            &mut r,
+            &mut replayed,
+            shipping(2, &lineage, entries(3..=3), 5),
+        );
+        assert!(r.state().rejoining, "holds 3 of the current master's 5");
+        apply(&mut r, &mut replayed, shipping(2, &[], entries(4..=5), 5));
+        assert!(!r.state().rejoining);
+    }
+
+    #[test]
+    fn a_new_master_process_while_catching_up_raises_how_far_to_catch_up() {
+        let mut r = Replica::new(Log::default())
+            .in_failover(true)
+            .rejoining(true);
+        let mut replayed = Log::default();
+        apply(
+            &mut r,
+            &mut replayed,
+            shipping(1, &[(1, 0)], entries(1..=1), 3),
+        );
+        let lineage = [(1, 0), (2, 3)];
+        apply(
+            &mut r,
+            &mut replayed,
+            shipping(2, &lineage, entries(2..=3), 6),
+        );
+        assert!(r.state().rejoining, "holds 3 of process 2's 6");
+        apply(&mut r, &mut replayed, shipping(2, &[], entries(4..=6), 6));
+        assert!(!r.state().rejoining);
     }
 
     #[test]

@@ -41,10 +41,21 @@ pub async fn run(
         "secondary starting"
     );
     // A fresh log has no identity yet: it adopts the master's on first contact.
-    let replog_node::config::Opened { log, file, .. } = config.storage.open(String::new)?;
-    // A secondary's log is whole by definition: the master catches it up.
-    if let Some(file) = &file {
+    let replog_node::config::Opened {
+        log,
+        file,
+        incomplete,
+        ..
+    } = config.storage.open(String::new)?;
+    // A secondary's log is whole by definition: the master catches it up. In failover mode it
+    // also vouches in elections for what it holds, so one that may lack entries it acknowledged
+    // stays incomplete until it has caught up (see `Replica::rejoining`).
+    let rejoining = config.failover.is_some() && incomplete;
+    if let (Some(file), false) = (&file, rejoining) {
         file.mark_complete()?;
+    }
+    if rejoining {
+        tracing::warn!("this node's log may lack entries it acknowledged before: it counts in elections again once it has caught up with the master");
     }
     config.auth.warn_if_open();
     let limits = config.limits.clone();
@@ -53,7 +64,9 @@ pub async fn run(
     let http_address = http_listener.local_addr().map_err(Error::Listener)?;
     let secondary = Arc::new(Secondary::new(
         config,
-        Replica::new(log).with_master(file.as_ref().map_or(0, LogFile::master_instance)),
+        Replica::new(log)
+            .with_master(file.as_ref().map_or(0, LogFile::master_instance))
+            .rejoining(rejoining),
         file,
         forward,
         shutdown.clone(),
@@ -257,6 +270,7 @@ mod tests {
                 recovered: 0,
             }],
             quiet: false,
+            last_id: 2,
         };
         requests.send(request).await.expect("queued");
         let mut replies = master

@@ -139,6 +139,15 @@ impl Secondary {
         if *closed {
             return Err(Refused::Stopped);
         }
+        if let Some(leader) = self
+            .config
+            .failover
+            .as_ref()
+            .map(|r| r.leader.borrow().clone())
+        {
+            replica.note_leader(leader.map_or(0, |l| l.term));
+        }
+        let rejoining = replica.is_rejoining();
         let records = match replica.receive(request) {
             Ok(records) => records,
             Err(refusal @ Refusal::ForeignLog) => {
@@ -194,6 +203,19 @@ impl Secondary {
                 records = records.len(),
                 held = replica.log().last_id(),
                 "stored"
+            );
+        }
+        if rejoining && !replica.is_rejoining() {
+            // What it holds is on disk: it is whole again, also after a restart.
+            if let Some(Err(error)) = file.as_ref().map(LogFile::mark_complete) {
+                tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
+                self.storage_failed.store(true, Ordering::Relaxed);
+                self.shutdown.cancel();
+                return Err(Refused::Storage(error.to_string()));
+            }
+            tracing::info!(
+                held = replica.log().last_id(),
+                "caught up with the master: this node counts in elections again"
             );
         }
         // Under the lock, so the standing published last is the latest.
@@ -270,6 +292,7 @@ impl Node for Secondary {
             read_only: read_only_reason.is_some(),
             read_only_reason,
             last_contact_ms_ago: silence.map(|s| s.as_millis() as u64),
+            rejoining: leadership.is_some().then(|| store.replica.is_rejoining()),
             leadership,
             ..Health::default()
         }
@@ -289,7 +312,8 @@ fn publish_standing(config: &Config, replica: &Replica, always: bool) {
             || standing.master_instance != replica.master()
             || standing.last_term != last_term
             || standing.held != log.last_id()
-            || standing.decided != log.decided();
+            || standing.decided != log.decided()
+            || standing.rejoining != replica.is_rejoining();
         if changed {
             if standing.log_id != log.log_id() {
                 standing.log_id = log.log_id().to_owned();
@@ -298,6 +322,7 @@ fn publish_standing(config: &Config, replica: &Replica, always: bool) {
             standing.last_term = last_term;
             standing.held = log.last_id();
             standing.decided = log.decided();
+            standing.rejoining = replica.is_rejoining();
         }
         changed || always
     });
@@ -319,6 +344,18 @@ mod tests {
         watch::Sender<Option<Leader>>,
         watch::Receiver<Standing>,
     ) {
+        in_failover_on(replica, None)
+    }
+
+    /// [`in_failover`], durable in `file`.
+    fn in_failover_on(
+        replica: Replica,
+        file: Option<LogFile>,
+    ) -> (
+        Secondary,
+        watch::Sender<Option<Leader>>,
+        watch::Receiver<Standing>,
+    ) {
         let (leader_tx, leader) = watch::channel(None);
         let (standing, standing_rx) = watch::channel(Standing {
             name: "b".into(),
@@ -333,8 +370,17 @@ mod tests {
             standing,
         });
         let forward = Forwarder::following("b", leader);
-        let secondary = Secondary::new(config, replica, None, forward, Shutdown::new());
+        let secondary = Secondary::new(config, replica, file, forward, Shutdown::new());
         (secondary, leader_tx, standing_rx)
+    }
+
+    /// A directory of its own for one test's log file.
+    fn temp_dir(what: &str) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!(
+            "replog-secondary-{what}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ))
     }
 
     fn entry(id: u64, text: &str) -> Entry {
@@ -348,7 +394,9 @@ mod tests {
     /// Log "L", master process `instance`, listing its start as one that recovered nothing (which
     /// only a replica that follows no master yet, or follows `instance`, takes as it is).
     fn request(instance: u64, entries: Vec<Entry>, decided_upto: Option<u64>) -> ReplicateRequest {
+        let last_id = entries.last().map_or(0, |e| e.id);
         ReplicateRequest {
+            last_id,
             log_id: "L".into(),
             entries,
             decisions: decided_upto.map(|upto| Decisions {
@@ -382,6 +430,7 @@ mod tests {
             last_term,
             held,
             decided,
+            rejoining: false,
         }
     }
 
@@ -439,13 +488,51 @@ mod tests {
     }
 
     #[test]
+    fn a_rejoining_secondary_stays_incomplete_on_disk_until_it_has_caught_up() {
+        use replog_node::storage::{FsyncPolicy, INCOMPLETE_MARKER};
+        let dir = temp_dir("rejoining");
+        let marker = dir.join(INCOMPLETE_MARKER);
+        let open = || {
+            let (file, recovered) =
+                LogFile::open(&dir, FsyncPolicy::Never, String::new).expect("open");
+            let replica = Replica::new(recovered.log)
+                .with_master(file.master_instance())
+                .rejoining(true);
+            in_failover_on(replica, Some(file))
+        };
+        // A log created anew is incomplete: it may have lost what it acknowledged.
+        let (secondary, _leader, mut standing_rx) = open();
+        assert!(marker.exists());
+        assert!(standing_rx.borrow_and_update().rejoining);
+        let first = ReplicateRequest {
+            last_id: 4,
+            ..request(1, vec![entry(1, "a"), entry(2, "b")], Some(0))
+        };
+        assert!(secondary.receive(first).expect("taken").rejoining);
+        assert!(marker.exists());
+        // Restarted before it caught up, it is still rejoining: its file says so.
+        drop(secondary);
+        let (secondary, _leader, mut standing_rx) = open();
+        assert!(standing_rx.borrow_and_update().rejoining);
+        let rest = ReplicateRequest {
+            last_id: 4,
+            ..request(1, vec![entry(3, "c"), entry(4, "d")], Some(2))
+        };
+        let state = secondary.receive(rest).expect("taken");
+        assert!(!state.rejoining && state.held == 4);
+        assert!(
+            !marker.exists(),
+            "caught up: complete again, also after a restart"
+        );
+        assert!(!standing_rx.borrow_and_update().rejoining);
+        assert_eq!(secondary.health().rejoining, Some(false));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_replica_knows_the_starts_its_file_records() {
         use replog_node::storage::FsyncPolicy;
-        let dir = std::env::temp_dir().join(format!(
-            "replog-secondary-starts-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
+        let dir = temp_dir("starts");
         let (mut file, _) = LogFile::open(&dir, FsyncPolicy::Never, || "L".into()).expect("open");
         let entry = |id| Record::Entry {
             id,
@@ -464,16 +551,7 @@ mod tests {
         let (file, recovered) =
             LogFile::open(&dir, FsyncPolicy::Never, || unreachable!()).expect("reopen");
         let replica = Replica::new(recovered.log).with_master(file.master_instance());
-        let (_leader_tx, leader) = watch::channel(None);
-        let (standing, _standing_rx) = watch::channel(Standing::default());
-        let mut config = Config::parse_from(["secondary"]);
-        config.failover = Some(SecondaryRole {
-            name: "b".into(),
-            leader: leader.clone(),
-            standing,
-        });
-        let forward = Forwarder::following("b", leader);
-        let secondary = Secondary::new(config, replica, Some(file), forward, Shutdown::new());
+        let (secondary, _leader, _standing) = in_failover_on(replica, Some(file));
         assert_eq!(secondary.store().replica.starts(), &[(2, 0), (5, 3)]);
         // Term 7 never heard of process 5: what it gave us above 3 goes, and no more (known
         // only by number, process 5 would count as having kept nothing, below the decided 1).

@@ -50,6 +50,8 @@ pub mod record;
 pub mod segments;
 
 pub use error::{CutReason, InvalidRecord, IoError, NotMeta, Op, OpenError, StorageError};
-pub use file::{Cut, FsyncPolicy, LogFile, Recovered, UnknownFsyncPolicy, FILE_NAME};
+pub use file::{
+    Cut, FsyncPolicy, LogFile, Recovered, UnknownFsyncPolicy, FILE_NAME, INCOMPLETE_MARKER,
+};
 pub use record::{decode, encode, DecodeError, Record};
 pub use segments::{Reader, SegmentLog};

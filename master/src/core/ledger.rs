@@ -672,6 +672,7 @@ impl Ledger {
             master_instance: self.instance,
             starts: self.starts_for(index),
             quiet: false,
+            last_id: self.log.last_id(),
         }
     }
 
@@ -774,6 +775,7 @@ mod tests {
             decided: 0,
             master_instance: 1,
             last_term: 0,
+            rejoining: false,
         }
     }
 
@@ -994,6 +996,7 @@ mod tests {
             decided: 5,
             master_instance: 1,
             last_term: 0,
+            rejoining: false,
         };
         assert!(l.on_reply(0, &state, Instant::now()).is_err());
         assert!(told(&l, rx) == Progress::Waiting);

@@ -462,6 +462,7 @@ mod tests {
             decided: 0,
             master_instance: 1,
             last_term: 0,
+            rejoining: false,
         }
     }
 

@@ -36,6 +36,11 @@ pub struct Health {
     /// Failover mode only: this node's name and who is master, its term and since when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leadership: Option<Leadership>,
+    /// Failover mode, secondary only: its log may lack entries it acknowledged (it started with
+    /// its log lost, created anew or cut) and it has not yet caught up with the master, so it
+    /// does not count towards an election's majority.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejoining: Option<bool>,
 }
 
 /// Failover mode: who leads, as this node last heard from etcd.
