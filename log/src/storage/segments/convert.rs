@@ -19,7 +19,7 @@ pub const CONVERTING_DIR: &str = "segments.converting";
 pub const CONVERTED_NAME: &str = "log.bin.converted";
 
 /// Entries written per group commit while converting.
-const BATCH: u64 = 4096;
+const BATCH: usize = 4096;
 
 /// A conversion of `log.bin` that an open did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,17 +71,21 @@ pub(crate) fn convert(
     let mut id = 1;
     let mut batch = Vec::new();
     while id <= last_id {
+        // Batches well below a segment's size, so segments roll near their size as they
+        // would have when written one append at a time.
         batch.clear();
-        let end = last_id.min(id + BATCH - 1);
-        for id in id..=end {
+        let mut bytes = 0;
+        while id <= last_id && batch.len() < BATCH && bytes < config.segment_bytes / 8 {
+            let message = log.get(id).cloned().unwrap_or_default();
+            bytes += message.len() as u64 + 32;
             batch.push(Record::Entry {
                 id,
-                message: log.get(id).cloned().unwrap_or_default(),
+                message,
                 tombstone: log.is_tombstone(id),
             });
+            id += 1;
         }
         writer.append_unsynced(&batch)?;
-        id = end + 1;
     }
     writer.sync()?;
     let segments = writer.segments().len();

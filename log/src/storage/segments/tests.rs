@@ -1,1 +1,830 @@
+//! The segmented log against real files, with today's `LogFile` as the reference: the same
+//! records written to both must recover to the same log.
 
+use super::*;
+use crate::storage::{FsyncPolicy, LogFile, Record, StorageError, FILE_NAME};
+use bytes::Bytes;
+use rand::{rngs::StdRng, Rng, SeedableRng};
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+/// Small segments and index intervals, so a few hundred entries make many of each.
+fn small() -> Config {
+    Config {
+        fsync: FsyncPolicy::Always,
+        segment_bytes: 1024,
+        index_interval: 128,
+    }
+}
+
+fn open(dir: &Path) -> (SegmentLog, Opened) {
+    SegmentLog::open(dir, small(), || "log-a".to_owned()).expect("open")
+}
+
+fn reopen(dir: &Path) -> (SegmentLog, Opened) {
+    SegmentLog::open(dir, small(), || unreachable!("the log exists")).expect("reopen")
+}
+
+fn entry(id: u64, text: &str) -> Record {
+    Record::Entry {
+        id,
+        message: Bytes::copy_from_slice(text.as_bytes()),
+        tombstone: false,
+    }
+}
+
+fn text(id: u64) -> String {
+    format!("message {id} {}", "x".repeat((id % 50) as usize))
+}
+
+fn entries(from: u64, to: u64) -> Vec<Record> {
+    (from..=to).map(|id| entry(id, &text(id))).collect()
+}
+
+/// Everything a log holds, comparable across the two formats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Snapshot {
+    log_id: String,
+    last_id: u64,
+    decided: u64,
+    tombstones: Vec<u64>,
+    starts: Vec<(u64, u64)>,
+    entries: Vec<(u64, Bytes, bool)>,
+}
+
+fn reference(dir: &Path) -> Snapshot {
+    let (file, recovered) =
+        LogFile::open(dir, FsyncPolicy::Never, || unreachable!("the file exists")).expect("open");
+    let log = recovered.log;
+    Snapshot {
+        log_id: log.log_id().to_owned(),
+        last_id: log.last_id(),
+        decided: log.decided(),
+        tombstones: log.tombstones_in(0, u64::MAX).collect(),
+        starts: file.master_starts().to_vec(),
+        entries: (1..=log.last_id())
+            .map(|id| {
+                let message = log.get(id).cloned().unwrap_or_default();
+                (id, message, log.is_tombstone(id))
+            })
+            .collect(),
+    }
+}
+
+fn read_all(reader: &Reader) -> Vec<(u64, Bytes, bool)> {
+    reader
+        .read(0, usize::MAX, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|s| (s.id, s.message, s.tombstone))
+        .collect()
+}
+
+fn live(log: &SegmentLog) -> Snapshot {
+    Snapshot {
+        log_id: log.log_id().to_owned(),
+        last_id: log.last_id(),
+        decided: log.decided(),
+        tombstones: (0..=log.last_id() + 100)
+            .filter(|&id| log.is_tombstone(id))
+            .collect(),
+        starts: log.master_starts().to_vec(),
+        entries: read_all(&log.reader()),
+    }
+}
+
+fn recovered(log: &SegmentLog, opened: &Opened) -> Snapshot {
+    Snapshot {
+        log_id: opened.log_id.clone(),
+        last_id: opened.last_id,
+        decided: opened.decided,
+        tombstones: opened.tombstones.iter().copied().collect(),
+        starts: opened.starts.clone(),
+        entries: read_all(&log.reader()),
+    }
+}
+
+/// Writes every batch to a `LogFile` in `dir/ref` and a `SegmentLog` in `dir/seg`.
+struct Both {
+    reference: LogFile,
+    segments: SegmentLog,
+}
+
+impl Both {
+    fn new(dir: &Path) -> Self {
+        let (reference, _) =
+            LogFile::open(&dir.join("ref"), FsyncPolicy::Always, || "log-a".into()).unwrap();
+        let (segments, _) = open(&dir.join("seg"));
+        Self {
+            reference,
+            segments,
+        }
+    }
+
+    fn append(&mut self, records: &[Record]) {
+        self.reference.append(records).expect("reference append");
+        self.segments.append(records).expect("segment append");
+    }
+}
+
+fn check_equal(dir: &Path, both: &Both) {
+    let expected = reference(&dir.join("ref"));
+    assert_eq!(live(&both.segments), expected, "live");
+    let (log, opened) = reopen(&dir.join("seg"));
+    assert!(opened.cut.is_none() && opened.damaged.is_empty());
+    assert_eq!(recovered(&log, &opened), expected, "reopened");
+}
+
+fn seg_files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = fs::read_dir(dir.join(SEGMENTS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn a_new_log_rolls_into_segments_and_reopens_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut both = Both::new(tmp.path());
+    let mut next = 1;
+    for round in 0..40u64 {
+        let to = next + round % 7;
+        let mut batch = entries(next, to);
+        if round % 3 == 0 {
+            batch.push(Record::Tombstone { id: next });
+        }
+        if round % 5 == 0 {
+            // A tombstone of an id in an old segment, and of one not held yet.
+            batch.push(Record::Tombstone { id: 1 + round });
+            batch.push(Record::Tombstone { id: to + 3 });
+        }
+        batch.push(Record::Decided { upto: to - 1 });
+        both.append(&batch);
+        next = to + 1;
+    }
+    both.append(&[Record::Entry {
+        id: next,
+        message: Bytes::new(),
+        tombstone: true,
+    }]);
+    let segments = both.segments.segments();
+    assert!(segments.len() > 5, "{} segments", segments.len());
+    assert!(segments.iter().filter(|s| s.active).count() == 1);
+    assert!(segments.last().unwrap().active);
+    for pair in segments.windows(2) {
+        assert_eq!(pair[0].last_id + 1, pair[1].first_id);
+    }
+    check_equal(tmp.path(), &both);
+    // Every sealed segment has its index; the active one does not need one.
+    let dir = tmp.path().join("seg");
+    assert_eq!(seg_files(&dir, "idx").len(), segments.len() - 1);
+}
+
+#[test]
+fn reads_cross_segments_and_keep_to_their_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for chunk in (1..=300u64).collect::<Vec<_>>().chunks(9) {
+        log.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    log.append(&[Record::Tombstone { id: 150 }]).unwrap();
+    assert!(log.segments().len() > 10);
+    let reader = log.reader();
+    for from in [1, 2, 57, 149, 150, 151, 299, 300] {
+        for max in [1, 7, 64, 1000] {
+            let got = reader.read(from, max, usize::MAX).unwrap();
+            let expected_len = max.min((300 - from + 1) as usize);
+            assert_eq!(got.len(), expected_len, "from {from} max {max}");
+            for (i, stored) in got.iter().enumerate() {
+                let id = from + i as u64;
+                assert_eq!(stored.id, id);
+                assert_eq!(stored.tombstone, id == 150);
+                let expected = if id == 150 { String::new() } else { text(id) };
+                assert_eq!(stored.message, Bytes::from(expected));
+            }
+        }
+    }
+    // A byte budget: whole entries up to it, always at least one.
+    let got = reader.read(10, usize::MAX, 1).unwrap();
+    assert_eq!(got.len(), 1);
+    let budget: usize = (10..20).map(|id| text(id).len()).sum();
+    let got = reader.read(10, usize::MAX, budget).unwrap();
+    assert_eq!(got.len(), 10);
+    assert!(reader.read(301, 10, usize::MAX).unwrap().is_empty());
+    assert!(reader.read(u64::MAX, 10, usize::MAX).unwrap().is_empty());
+}
+
+#[test]
+fn reads_run_beside_appends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    let reader = log.reader();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reading = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                let last = reader.last_id();
+                let from = 1 + reads % last.max(1);
+                let got = reader.read(from, 50, usize::MAX).expect("read");
+                for (i, stored) in got.iter().enumerate() {
+                    assert_eq!(stored.id, from + i as u64);
+                    assert_eq!(stored.message, Bytes::from(text(stored.id)));
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for chunk in (1..=2000u64).collect::<Vec<_>>().chunks(13) {
+        log.append_unsynced(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reading.join().expect("the reader panicked") > 0);
+}
+
+#[test]
+fn open_reads_only_the_active_segment_and_a_damaged_sealed_one_fails_only_its_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for chunk in (1..=400u64).collect::<Vec<_>>().chunks(10) {
+        log.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    log.append(&[Record::Decided { upto: 400 }]).unwrap();
+    let segments = log.segments();
+    drop(log);
+    // Damage the middle of every sealed segment but keep its length (its index stays valid):
+    // open must not notice, since it does not read them.
+    for segment in &segments[..segments.len() - 1] {
+        let mut bytes = fs::read(&segment.path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        fs::write(&segment.path, &bytes).unwrap();
+    }
+    let (log, opened) = reopen(tmp.path());
+    assert!(opened.cut.is_none());
+    assert!(opened.damaged.is_empty() && opened.rebuilt_indexes.is_empty());
+    assert_eq!((opened.last_id, opened.decided), (400, 400));
+    let reader = log.reader();
+    let damaged = &segments[3];
+    let err = reader
+        .read(damaged.first_id, usize::MAX, usize::MAX)
+        .unwrap_err();
+    let ReadError::Corrupt { path, id, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(path, &damaged.path);
+    assert!((damaged.first_id..=damaged.last_id).contains(id), "{err}");
+    assert!(err
+        .to_string()
+        .contains(&damaged.path.display().to_string()));
+    // The active segment reads whole.
+    let active = segments.last().unwrap();
+    let got = reader
+        .read(active.first_id, usize::MAX, usize::MAX)
+        .unwrap();
+    assert_eq!(got.last().map(|s| s.id), Some(400));
+}
+
+#[test]
+fn a_torn_tail_of_the_active_segment_is_cut_and_appending_continues() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    log.append(&entries(1, 100)).unwrap();
+    log.append(&entries(101, 105)).unwrap();
+    let active = log.segments().pop().unwrap();
+    let good = active.bytes;
+    log.append(&[entry(106, "torn")]).unwrap();
+    drop(log);
+    let full = fs::metadata(&active.path).unwrap().len();
+    for (i, torn) in [good + 1, good + 8, full - 1].into_iter().enumerate() {
+        let dir = tmp.path().join(format!("torn-{i}"));
+        copy_dir(tmp.path(), &dir);
+        let path = dir
+            .join(SEGMENTS_DIR)
+            .join(active.path.file_name().unwrap());
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(torn)
+            .unwrap();
+        let (mut log, opened) = reopen(&dir);
+        let cut = opened.cut.expect("a cut");
+        assert_eq!(
+            (cut.path, cut.offset, cut.bytes_cut),
+            (path.clone(), good, torn - good)
+        );
+        assert!(cut.reason.to_string().contains("torn"), "{}", cut.reason);
+        assert!(dir.join("log.incomplete").exists());
+        assert_eq!(opened.last_id, 105);
+        log.append(&[entry(106, "again")]).unwrap();
+        drop(log);
+        let (log, opened) = reopen(&dir);
+        assert!(opened.cut.is_none() && opened.unfinished);
+        let last = log.reader().read(106, 1, usize::MAX).unwrap();
+        assert_eq!(last[0].message, Bytes::from("again"));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to.join(SEGMENTS_DIR)).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_file() {
+            fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+    for entry in fs::read_dir(from.join(SEGMENTS_DIR)).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(SEGMENTS_DIR).join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_missing_or_damaged_index_is_rebuilt_from_its_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for chunk in (1..=200u64).collect::<Vec<_>>().chunks(10) {
+        log.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    let expected = read_all(&log.reader());
+    drop(log);
+    let indexes = seg_files(tmp.path(), "idx");
+    assert!(indexes.len() >= 3);
+    fs::remove_file(&indexes[0]).unwrap();
+    let mut bytes = fs::read(&indexes[1]).unwrap();
+    bytes[12] ^= 1;
+    fs::write(&indexes[1], &bytes).unwrap();
+    // An index of another length than its segment is another segment's.
+    let mut bytes = fs::read(&indexes[2]).unwrap();
+    bytes.truncate(bytes.len() - 20);
+    fs::write(&indexes[2], &bytes).unwrap();
+    let (log, opened) = reopen(tmp.path());
+    assert_eq!(
+        opened.rebuilt_indexes.len(),
+        3,
+        "{:?}",
+        opened.rebuilt_indexes
+    );
+    assert!(opened.damaged.is_empty());
+    assert_eq!(read_all(&log.reader()), expected);
+    drop(log);
+    let (_, opened) = reopen(tmp.path());
+    assert!(opened.rebuilt_indexes.is_empty(), "written back");
+}
+
+#[test]
+fn a_missing_sealed_segment_is_reported_and_its_ids_are_not_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for chunk in (1..=200u64).collect::<Vec<_>>().chunks(10) {
+        log.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    let segments = log.segments();
+    drop(log);
+    let gone = &segments[2];
+    fs::remove_file(&gone.path).unwrap();
+    let (log, opened) = reopen(tmp.path());
+    assert_eq!(opened.damaged.len(), 1, "{:?}", opened.damaged);
+    assert_eq!(opened.damaged[0].ids, (gone.first_id, gone.last_id));
+    assert_eq!(opened.damaged[0].path, segments[1].path);
+    let err = log.reader().read(gone.first_id, 5, usize::MAX).unwrap_err();
+    assert!(matches!(err, ReadError::Corrupt { .. }), "{err}");
+    assert!(log.reader().read(gone.last_id + 1, 5, usize::MAX).is_ok());
+}
+
+#[test]
+fn a_truncation_within_the_active_segment_starts_a_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut both = Both::new(tmp.path());
+    both.append(&entries(1, 5));
+    both.append(&[
+        Record::Decided { upto: 2 },
+        Record::Tombstone { id: 4 },
+        Record::Tombstone { id: 2 },
+    ]);
+    let before = both.segments.segments().len();
+    both.append(&[
+        Record::MasterStart {
+            instance: 7,
+            recovered: 3,
+        },
+        entry(4, "new 4"),
+    ]);
+    assert_eq!(both.segments.segments().len(), before + 1);
+    check_equal(tmp.path(), &both);
+    both.append(&entries(5, 6));
+    check_equal(tmp.path(), &both);
+}
+
+/// Many segments, then a start recovering an id in an old one: every later segment goes.
+fn truncation_setup(dir: &Path) -> (Both, u64) {
+    let mut both = Both::new(dir);
+    for chunk in (1..=200u64).collect::<Vec<_>>().chunks(10) {
+        both.append(&entries(chunk[0], chunk[chunk.len() - 1]));
+    }
+    both.append(&[
+        Record::Decided { upto: 60 },
+        Record::Tombstone { id: 30 },
+        Record::Tombstone { id: 70 },
+        Record::Tombstone { id: 150 },
+    ]);
+    let segments = both.segments.segments();
+    // Recover into the middle of an old segment.
+    let target = &segments[segments.len() / 2];
+    let recovered = target.first_id + 2;
+    assert!(recovered > 60 && recovered < 150);
+    (both, recovered)
+}
+
+#[test]
+fn a_truncation_across_segments_drops_every_later_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut both, recovered) = truncation_setup(tmp.path());
+    both.append(&[
+        Record::MasterStart {
+            instance: 3,
+            recovered,
+        },
+        entry(recovered + 1, "after"),
+    ]);
+    let segments = both.segments.segments();
+    assert!(segments.iter().all(|s| s.first_id <= recovered + 1));
+    assert_eq!(segments.last().unwrap().first_id, recovered + 1);
+    check_equal(tmp.path(), &both);
+    assert!(!both.segments.is_tombstone(150) && both.segments.is_tombstone(70));
+    both.append(&entries(recovered + 2, recovered + 50));
+    check_equal(tmp.path(), &both);
+    // A truncation to nothing (only undecided ids held).
+    let tmp = tempfile::tempdir().unwrap();
+    let mut both = Both::new(tmp.path());
+    for chunk in (1..=100u64).collect::<Vec<_>>().chunks(10) {
+        both.append(&entries(chunk[0], chunk[chunk.len() - 1]));
+    }
+    both.append(&[Record::MasterStart {
+        instance: 2,
+        recovered: 0,
+    }]);
+    assert_eq!(both.segments.segments().len(), 1);
+    check_equal(tmp.path(), &both);
+}
+
+#[test]
+fn a_truncation_interrupted_at_any_step_recovers_to_before_or_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut both, recovered) = truncation_setup(tmp.path());
+    let seg = tmp.path().join("seg");
+    let before_dir = tmp.path().join("before");
+    copy_dir(&seg, &before_dir);
+    let before = reference(&tmp.path().join("ref"));
+    let start = Record::MasterStart {
+        instance: 3,
+        recovered,
+    };
+    both.append(&[start]);
+    let after = reference(&tmp.path().join("ref"));
+    let first = recovered + 1;
+    let new_segment = seg
+        .join(SEGMENTS_DIR)
+        .join(format::name(first, format::Kind::Log));
+    let later: Vec<_> = fs::read_dir(before_dir.join(SEGMENTS_DIR))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            format::parse_name(name).is_some_and(|(f, k)| f >= first && k == format::Kind::Log)
+        })
+        .collect();
+    assert!(later.len() > 2);
+    // Crashed while writing the new segment: a temporary file, the old log.
+    let dir = tmp.path().join("crash-tmp");
+    copy_dir(&before_dir, &dir);
+    fs::write(
+        dir.join(SEGMENTS_DIR).join("00000000000000000099.log.tmp"),
+        b"junk",
+    )
+    .unwrap();
+    let (log, opened) = reopen(&dir);
+    assert_eq!(recovered_snapshot(&log, &opened), before);
+    // Crashed after the rename to `.trunc`, with none or some of the later segments removed.
+    for removed in [0, 1, later.len() - 1] {
+        let dir = tmp.path().join(format!("crash-trunc-{removed}"));
+        copy_dir(&before_dir, &dir);
+        fs::copy(
+            &new_segment,
+            dir.join(SEGMENTS_DIR)
+                .join(format::name(first, format::Kind::Trunc)),
+        )
+        .unwrap();
+        let mut sorted = later.clone();
+        sorted.sort();
+        for path in sorted.iter().rev().take(removed) {
+            fs::remove_file(dir.join(SEGMENTS_DIR).join(path.file_name().unwrap())).unwrap();
+        }
+        let (log, opened) = reopen(&dir);
+        assert_eq!(
+            recovered_snapshot(&log, &opened),
+            after,
+            "{removed} removed"
+        );
+        drop(log);
+        let (log, opened) = reopen(&dir);
+        assert_eq!(recovered_snapshot(&log, &opened), after, "again");
+        assert!(fs::read_dir(dir.join(SEGMENTS_DIR)).unwrap().all(|e| !e
+            .unwrap()
+            .path()
+            .to_str()
+            .unwrap()
+            .ends_with(".trunc")));
+    }
+}
+
+fn recovered_snapshot(log: &SegmentLog, opened: &Opened) -> Snapshot {
+    recovered(log, opened)
+}
+
+#[test]
+fn a_truncation_of_decided_ids_is_refused_as_by_the_log_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    log.append(&entries(1, 50)).unwrap();
+    log.append(&[Record::Decided { upto: 40 }]).unwrap();
+    let files = log.segments();
+    let err = log
+        .append(&[Record::MasterStart {
+            instance: 2,
+            recovered: 39,
+        }])
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Refused(_)), "{err}");
+    assert_eq!(log.segments(), files, "nothing written");
+}
+
+#[test]
+fn retention_removes_old_sealed_segments_but_not_what_the_floor_or_the_active_needs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for chunk in (1..=300u64).collect::<Vec<_>>().chunks(10) {
+        log.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    log.append(&[Record::Decided { upto: 250 }, Record::Tombstone { id: 3 }])
+        .unwrap();
+    let segments = log.segments();
+    let total: u64 = segments.iter().map(|s| s.bytes).sum();
+    let by_bytes = Retention {
+        max_bytes: Some(total / 2),
+        max_age: None,
+    };
+    // The floor holds back everything from the segment holding id 40 on.
+    let removed = log.retain(&by_bytes, 40, SystemTime::now()).unwrap();
+    assert!(!removed.is_empty());
+    assert!(removed.iter().all(|s| s.last_id < 40));
+    let first = log.first_id();
+    assert_eq!(first, removed.last().unwrap().last_id + 1);
+    assert!(first <= 40);
+    assert!(matches!(
+        log.reader().read(1, 5, usize::MAX),
+        Err(ReadError::Gone { first_id, .. }) if first_id == first
+    ));
+    assert_eq!(
+        log.reader().read(first, 1, usize::MAX).unwrap()[0].id,
+        first
+    );
+    // Without the floor, bytes decide; never past the decided frontier (250) or the active.
+    let removed = log.retain(&by_bytes, u64::MAX, SystemTime::now()).unwrap();
+    assert!(!removed.is_empty());
+    let remaining: u64 = log.segments().iter().map(|s| s.bytes).sum();
+    assert!(remaining <= total / 2 + segments[0].bytes * 2);
+    // By age: everything sealed and decided is old a day from now.
+    let by_age = Retention {
+        max_bytes: None,
+        max_age: Some(Duration::from_secs(3600)),
+    };
+    log.retain(&by_age, u64::MAX, SystemTime::now()).unwrap();
+    let unchanged = log.first_id();
+    log.retain(
+        &by_age,
+        u64::MAX,
+        SystemTime::now() + Duration::from_secs(86_400),
+    )
+    .unwrap();
+    let left = log.segments();
+    assert!(log.first_id() > unchanged);
+    assert!(left.first().unwrap().last_id > 250 || left.first().unwrap().active);
+    assert!(left.last().unwrap().active);
+    let first = log.first_id();
+    drop(log);
+    let (log, opened) = reopen(tmp.path());
+    assert_eq!(opened.first_id, first);
+    assert_eq!(opened.last_id, 300);
+    assert!(
+        !opened.tombstones.contains(&3),
+        "below the first retained id"
+    );
+    assert_eq!(read_all(&log.reader()).len() as u64, 300 - first + 1);
+}
+
+/// A `log.bin` with everything the format has: an adopted identity, entries, tombstones
+/// (in and past the log), decided, master starts, a truncation inside the file.
+fn write_log_bin(dir: &Path) {
+    let (mut file, _) = LogFile::open(dir, FsyncPolicy::Always, String::new).unwrap();
+    file.append(&[
+        Record::Meta {
+            log_id: "adopted".into(),
+        },
+        Record::MasterStart {
+            instance: 1,
+            recovered: 0,
+        },
+    ])
+    .unwrap();
+    for chunk in (1..=120u64).collect::<Vec<_>>().chunks(7) {
+        file.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    file.append(&[
+        Record::Tombstone { id: 5 },
+        Record::Tombstone { id: 130 },
+        Record::Decided { upto: 100 },
+        Record::MasterStart {
+            instance: 2,
+            recovered: 110,
+        },
+        entry(111, "rewritten"),
+        Record::Entry {
+            id: 112,
+            message: Bytes::new(),
+            tombstone: true,
+        },
+    ])
+    .unwrap();
+}
+
+#[test]
+fn a_log_bin_is_converted_without_losing_anything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_log_bin(dir);
+    let expected = reference(dir);
+    assert_eq!(expected.last_id, 112);
+    let (log, opened) = open(dir);
+    let conversion = opened.converted.clone().expect("converted");
+    assert_eq!(conversion.from, dir.join(FILE_NAME));
+    assert_eq!(conversion.kept_as, dir.join(CONVERTED_NAME));
+    assert_eq!(conversion.entries, 112);
+    assert!(conversion.segments > 3);
+    assert!(conversion.cut.is_none() && conversion.created.is_none());
+    assert!(!dir.join(FILE_NAME).exists() && dir.join(CONVERTED_NAME).exists());
+    assert_eq!(recovered(&log, &opened), expected);
+    drop(log);
+    let (log, opened) = reopen(dir);
+    assert!(opened.converted.is_none());
+    assert_eq!(recovered(&log, &opened), expected);
+}
+
+#[test]
+fn a_conversion_interrupted_at_any_step_is_redone_or_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let source = tmp.path().join("source");
+    write_log_bin(&source);
+    let expected = reference(&source);
+    // Crashed while writing segments.converting: redone.
+    let dir = tmp.path().join("mid");
+    fs::create_dir_all(dir.join(CONVERTING_DIR)).unwrap();
+    fs::copy(source.join(FILE_NAME), dir.join(FILE_NAME)).unwrap();
+    fs::write(
+        dir.join(CONVERTING_DIR).join("00000000000000000001.log"),
+        b"junk",
+    )
+    .unwrap();
+    let (log, opened) = open(&dir);
+    assert!(opened.converted.is_some());
+    assert_eq!(recovered(&log, &opened), expected);
+    assert!(!dir.join(CONVERTING_DIR).exists());
+    drop(log);
+    // Crashed between renaming segments into place and renaming log.bin: finished.
+    fs::copy(source.join(FILE_NAME), dir.join(FILE_NAME)).unwrap();
+    let (log, opened) = reopen(&dir);
+    assert_eq!(recovered(&log, &opened), expected);
+    assert!(!dir.join(FILE_NAME).exists());
+    // A torn tail of log.bin is cut first, and said.
+    let dir = tmp.path().join("torn");
+    fs::create_dir_all(&dir).unwrap();
+    let bytes = fs::read(source.join(FILE_NAME)).unwrap();
+    fs::write(dir.join(FILE_NAME), &bytes[..bytes.len() - 3]).unwrap();
+    let (_, opened) = open(&dir);
+    let cut = opened.cut.expect("cut");
+    assert_eq!(cut.path, dir.join(FILE_NAME));
+    assert_eq!(opened.last_id, 111);
+    assert_eq!(opened.converted.unwrap().cut, Some(cut));
+}
+
+#[test]
+fn a_new_log_is_created_incomplete_and_a_fresh_secondary_adopts_an_identity() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let (mut log, opened) = SegmentLog::open(&dir, small(), String::new).unwrap();
+    assert!(opened.created.is_some() && !opened.unfinished);
+    assert_eq!((opened.first_id, opened.last_id), (1, 0));
+    log.append(&[
+        Record::Meta {
+            log_id: "master".into(),
+        },
+        entry(1, "a"),
+    ])
+    .unwrap();
+    let err = log
+        .append(&[Record::Meta {
+            log_id: "other".into(),
+        }])
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Refused(_)), "{err}");
+    drop(log);
+    let (log, opened) = reopen(&dir);
+    assert!(opened.unfinished && opened.created.is_none());
+    assert_eq!(opened.log_id, "master");
+    log.mark_complete().unwrap();
+    drop(log);
+    let (_, opened) = reopen(&dir);
+    assert!(!opened.unfinished);
+}
+
+#[test]
+fn a_damaged_active_header_is_refused_and_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    log.append(&entries(1, 3)).unwrap();
+    let path = log.segments().pop().unwrap().path;
+    drop(log);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let err = SegmentLog::open(tmp.path(), small(), || "x".into()).unwrap_err();
+    assert!(matches!(err, SegmentOpenError::BadHeader { .. }), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+}
+
+/// Random valid batches, reopens in between, against `LogFile` replaying the same records.
+#[test]
+fn model_random_histories_recover_as_the_log_file_does() {
+    for seed in 0..12u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut both = Both::new(tmp.path());
+        let (mut last, mut decided, mut instance) = (0u64, 0u64, 1u64);
+        for _ in 0..60 {
+            let mut batch = Vec::new();
+            for _ in 0..rng.random_range(1..6) {
+                match rng.random_range(0..10) {
+                    0..=5 => {
+                        for _ in 0..rng.random_range(1..12) {
+                            last += 1;
+                            let len = rng.random_range(0..120);
+                            batch.push(Record::Entry {
+                                id: last,
+                                message: Bytes::from(vec![b'a' + (last % 26) as u8; len]),
+                                tombstone: rng.random_bool(0.1),
+                            });
+                        }
+                    }
+                    6 => batch.push(Record::Tombstone {
+                        id: rng.random_range(1..last + 5),
+                    }),
+                    7 => {
+                        decided = decided.max(rng.random_range(0..=last));
+                        batch.push(Record::Decided { upto: decided });
+                    }
+                    _ => {
+                        instance += 1;
+                        let recovered = rng.random_range(decided..=last);
+                        last = recovered;
+                        batch.push(Record::MasterStart {
+                            instance,
+                            recovered,
+                        });
+                    }
+                }
+            }
+            both.append(&batch);
+            if rng.random_bool(0.15) {
+                drop(both.segments);
+                let (segments, opened) = reopen(&tmp.path().join("seg"));
+                assert!(opened.cut.is_none(), "seed {seed}");
+                both.segments = segments;
+            }
+        }
+        check_equal(tmp.path(), &both);
+    }
+}

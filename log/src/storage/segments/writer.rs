@@ -144,6 +144,10 @@ impl SegmentLog {
             index: RwLock::new(index),
         });
         segments.insert(active_first, Arc::clone(&segment));
+        // Headers written before retention removed a segment still name its tombstones.
+        let first_id = segments.keys().next().copied().unwrap_or(active_first);
+        let mut state = state;
+        state.tombstones = state.tombstones.split_off(&first_id);
         let shared = Shared {
             segments,
             last_id: state.last_id,
@@ -399,7 +403,11 @@ impl SegmentLog {
             }
             let (run, tail) = rest.split_at(split);
             if !run.is_empty() {
-                if self.active.len >= self.config.segment_bytes
+                // Only a run with entries rolls: the others are a few bytes, and an entry
+                // in every segment keeps the segments few.
+                let has_entry = run.iter().any(|r| matches!(r, Record::Entry { .. }));
+                if has_entry
+                    && self.active.len >= self.config.segment_bytes
                     && self.state.last_id >= self.active.segment.first_id
                 {
                     let next = self.state.clone();
@@ -514,7 +522,7 @@ impl SegmentLog {
                     ..
                 }
                 | Record::Tombstone { id } => tombstones.push(*id),
-                Record::Meta { .. } => reset = true,
+                Record::Meta { .. } | Record::MasterStart { .. } => reset = true,
                 _ => {}
             }
             // Checked above: replay accepts every record of the run.
@@ -897,6 +905,9 @@ fn apply(state: &mut State, record: Record) -> Result<(), SegmentCutReason> {
                     last_id: state.last_id,
                 });
             }
+            // As `Log::truncate` does: a tombstone learned above `recovered` named an id of
+            // the old master's lineage, which the new one may reuse.
+            state.tombstones.split_off(&(recovered + 1));
             state.starts.push((instance, recovered));
         }
     }
