@@ -113,12 +113,33 @@ struct Both {
 
 impl Both {
     fn new(dir: &Path) -> Self {
-        let (reference, _) =
-            LogFile::open(&dir.join("ref"), FsyncPolicy::Always, || "log-a".into()).unwrap();
-        let (segments, _) = open(&dir.join("seg"));
+        Self::with(dir, FsyncPolicy::Always)
+    }
+
+    fn with(dir: &Path, fsync: FsyncPolicy) -> Self {
+        let (reference, _) = LogFile::open(&dir.join("ref"), fsync, || "log-a".into()).unwrap();
+        let segment_bytes = if fsync == FsyncPolicy::Never {
+            8192
+        } else {
+            1024
+        };
+        let config = Config {
+            fsync,
+            segment_bytes,
+            ..small()
+        };
+        let (segments, _) = SegmentLog::open(&dir.join("seg"), config, || "log-a".into()).unwrap();
         Self {
             reference,
             segments,
+        }
+    }
+
+    fn segments_config(&self) -> Config {
+        Config {
+            fsync: self.segments.policy(),
+            segment_bytes: 8192,
+            ..small()
         }
     }
 
@@ -724,11 +745,25 @@ fn a_conversion_interrupted_at_any_step_is_redone_or_finished() {
     fs::create_dir_all(&dir).unwrap();
     let bytes = fs::read(source.join(FILE_NAME)).unwrap();
     fs::write(dir.join(FILE_NAME), &bytes[..bytes.len() - 3]).unwrap();
-    let (_, opened) = open(&dir);
+    let (log, opened) = open(&dir);
     let cut = opened.cut.expect("cut");
     assert_eq!(cut.path, dir.join(FILE_NAME));
     assert_eq!(opened.last_id, 111);
+    assert!(
+        !opened.unfinished,
+        "the marker is this start's, as with LogFile"
+    );
     assert_eq!(opened.converted.unwrap().cut, Some(cut));
+    drop(log);
+    let (_, opened) = reopen(&dir);
+    assert!(opened.unfinished && opened.cut.is_none());
+    // An empty segment directory beside log.bin holds no log: log.bin does.
+    let dir = tmp.path().join("empty-segments");
+    fs::create_dir_all(dir.join(SEGMENTS_DIR)).unwrap();
+    fs::copy(source.join(FILE_NAME), dir.join(FILE_NAME)).unwrap();
+    let (log, opened) = open(&dir);
+    assert!(opened.converted.is_some());
+    assert_eq!(recovered(&log, &opened), expected);
 }
 
 #[test]
@@ -779,10 +814,13 @@ fn a_damaged_active_header_is_refused_and_left_alone() {
 /// Random valid batches, reopens in between, against `LogFile` replaying the same records.
 #[test]
 fn model_random_histories_recover_as_the_log_file_does() {
-    for seed in 0..12u64 {
+    let mut segments = 0;
+    for seed in 0..10u64 {
         let mut rng = StdRng::seed_from_u64(seed);
         let tmp = tempfile::tempdir().unwrap();
-        let mut both = Both::new(tmp.path());
+        // Without fsync per append (kill -9 safety is all a test process needs); rolls and
+        // truncations still sync.
+        let mut both = Both::with(tmp.path(), FsyncPolicy::Never);
         let (mut last, mut decided, mut instance) = (0u64, 0u64, 1u64);
         for _ in 0..60 {
             let mut batch = Vec::new();
@@ -802,7 +840,7 @@ fn model_random_histories_recover_as_the_log_file_does() {
                     6 => batch.push(Record::Tombstone {
                         id: rng.random_range(1..last + 5),
                     }),
-                    7 => {
+                    7 | 9 => {
                         decided = decided.max(rng.random_range(0..=last));
                         batch.push(Record::Decided { upto: decided });
                     }
@@ -819,12 +857,21 @@ fn model_random_histories_recover_as_the_log_file_does() {
             }
             both.append(&batch);
             if rng.random_bool(0.15) {
+                let config = both.segments_config();
                 drop(both.segments);
-                let (segments, opened) = reopen(&tmp.path().join("seg"));
+                let (segments, opened) = SegmentLog::open(&tmp.path().join("seg"), config, || {
+                    unreachable!("the log exists")
+                })
+                .expect("reopen");
                 assert!(opened.cut.is_none(), "seed {seed}");
                 both.segments = segments;
             }
         }
         check_equal(tmp.path(), &both);
+        segments += both.segments.segments().len();
     }
+    assert!(
+        segments > 30,
+        "the histories span many segments ({segments})"
+    );
 }

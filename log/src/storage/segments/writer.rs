@@ -1,7 +1,7 @@
 //! The writer: open and recover, append (group commit), roll, truncate, retain.
 
 use super::super::error::{At, CutReason, InvalidRecord, IoError, Op, StorageError};
-use super::super::file::INCOMPLETE_MARKER;
+use super::super::file::{FILE_NAME, INCOMPLETE_MARKER};
 use super::super::record::{self, Record, MAX_PAYLOAD};
 use super::super::FsyncPolicy;
 use super::format::{self, Index, Kind, State};
@@ -72,25 +72,40 @@ impl SegmentLog {
         let mut created = None;
         let mut cut = None;
         let mut new_log_id = Some(new_log_id);
-        if !seg_dir.exists() {
-            match convert::convert(dir, &seg_dir, config, || {
-                new_log_id.take().map_or_else(String::new, |f| f())
-            })? {
-                Some(conversion) => {
-                    created = conversion.created;
-                    cut = conversion.cut.clone();
-                    converted = Some(conversion);
-                }
-                None => {
-                    fs::create_dir(&seg_dir).at(Op::CreateDir, &seg_dir)?;
-                    format::sync_dir(dir)?;
+        // Before anything here creates it: whether an earlier start left the log incomplete.
+        let unfinished = dir.join(INCOMPLETE_MARKER).exists();
+        let mut firsts = if seg_dir.exists() {
+            clean_up(&seg_dir)?
+        } else {
+            Vec::new()
+        };
+        if firsts.is_empty() {
+            // No segment (never a half-converted one: conversion renames a whole directory):
+            // `log.bin` is the log if there is one.
+            if seg_dir.exists() && dir.join(FILE_NAME).exists() {
+                fs::remove_dir_all(&seg_dir).at(Op::Remove, &seg_dir)?;
+            }
+            if !seg_dir.exists() {
+                let conversion = convert::convert(dir, &seg_dir, config, || {
+                    new_log_id.take().map_or_else(String::new, |f| f())
+                })?;
+                match conversion {
+                    Some(conversion) => {
+                        created = conversion.created;
+                        cut = conversion.cut.clone();
+                        converted = Some(conversion);
+                        firsts = clean_up(&seg_dir)?;
+                    }
+                    None => {
+                        fs::create_dir(&seg_dir).at(Op::CreateDir, &seg_dir)?;
+                        format::sync_dir(dir)?;
+                    }
                 }
             }
         } else {
+            // Segments in place and `log.bin` still there: a conversion's last step.
             convert::finish(dir)?;
         }
-        let unfinished = dir.join(INCOMPLETE_MARKER).exists();
-        let firsts = clean_up(&seg_dir)?;
         if firsts.is_empty() {
             let why = created.unwrap_or("no log was there");
             mark_incomplete(dir)?;
