@@ -50,7 +50,9 @@ pub(crate) fn parse_name(name: &str) -> Option<(u64, Kind)> {
         "trunc" => Kind::Trunc,
         _ => return None,
     };
-    Some((digits.parse().ok()?, kind))
+    // Ids start at 1: a segment named 0 is not one of ours.
+    let first: u64 = digits.parse().ok()?;
+    (first > 0).then_some((first, kind))
 }
 
 /// What a node knows about its log apart from the entries themselves: what a segment's header

@@ -933,3 +933,117 @@ fn the_writer_moves_between_threads_and_readers_are_shared() {
     send::<SegmentLog>();
     send_sync::<Reader>();
 }
+
+/// A rough figure, not a benchmark: run by hand with
+/// `cargo nextest run -p replog-log --release --run-ignored only -E 'test(rough_figures)' --no-capture`.
+#[test]
+#[ignore = "writes about 130 MB; run by hand"]
+fn rough_figures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = Config {
+        fsync: FsyncPolicy::Never,
+        ..Config::default()
+    };
+    let (mut log, _) = SegmentLog::open(tmp.path(), config, || "L".into()).unwrap();
+    let started = std::time::Instant::now();
+    let message = Bytes::from(vec![b'm'; 100]);
+    let total = 1_000_000u64;
+    let mut id = 1;
+    while id <= total {
+        let batch: Vec<Record> = (id..id + 1000)
+            .map(|id| Record::Entry {
+                id,
+                message: message.clone(),
+                tombstone: false,
+            })
+            .collect();
+        log.append(&batch).unwrap();
+        id += 1000;
+    }
+    log.append(&[Record::Decided { upto: total }]).unwrap();
+    log.sync().unwrap();
+    eprintln!(
+        "append {total}: {:?}, {} segments",
+        started.elapsed(),
+        log.segments().len()
+    );
+    drop(log);
+    let started = std::time::Instant::now();
+    let (log, opened) = SegmentLog::open(tmp.path(), config, || unreachable!()).unwrap();
+    eprintln!("open: {:?} (last id {})", started.elapsed(), opened.last_id);
+    let reader = log.reader();
+    let started = std::time::Instant::now();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..10_000 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let from = 1 + state % total;
+        let got = reader.read(from, 100, usize::MAX).unwrap();
+        assert_eq!(got[0].id, from);
+    }
+    eprintln!(
+        "10,000 reads of 100 from random ids: {:?}",
+        started.elapsed()
+    );
+    let started = std::time::Instant::now();
+    let mut from = 1;
+    while from <= total {
+        let got = reader.read(from, 10_000, 4 << 20).unwrap();
+        from = got.last().unwrap().id + 1;
+    }
+    eprintln!("catch-up read of {total}: {:?}", started.elapsed());
+}
+
+#[test]
+fn garbage_in_the_segment_directory_never_panics() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut junk = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    log.append(&entries(1, 60)).unwrap();
+    log.append(&[Record::MasterStart {
+        instance: 2,
+        recovered: u64::MAX,
+    }])
+    .unwrap();
+    drop(log);
+    let source = tmp.path();
+    for round in 0..60 {
+        let dir = tmp.path().join(format!("round-{round}"));
+        copy_dir(source, &dir);
+        let files = seg_files(&dir, "log");
+        let (victim, len) = match round % 3 {
+            0 => (files.last().unwrap().clone(), 0),
+            1 => (files[0].clone(), 0),
+            _ => (
+                dir.join(SEGMENTS_DIR)
+                    .join(format::name(1, format::Kind::Index)),
+                0,
+            ),
+        };
+        let mut bytes = fs::read(&victim).unwrap_or_default();
+        let keep = (round * 37) % (bytes.len().max(1));
+        bytes.truncate(keep.max(len));
+        bytes.extend(junk(round * 11 % 300));
+        fs::write(&victim, &bytes).unwrap();
+        fs::write(
+            dir.join(SEGMENTS_DIR).join("00000000000000000000.log"),
+            junk(40),
+        )
+        .unwrap();
+        if let Ok((log, opened)) = SegmentLog::open(&dir, small(), || "x".into()) {
+            let _ = log.reader().read(0, usize::MAX, usize::MAX);
+            let _ = opened.damaged;
+        }
+    }
+}

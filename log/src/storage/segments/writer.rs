@@ -922,7 +922,7 @@ fn apply(state: &mut State, record: Record) -> Result<(), SegmentCutReason> {
             }
             // As `Log::truncate` does: a tombstone learned above `recovered` named an id of
             // the old master's lineage, which the new one may reuse.
-            state.tombstones.split_off(&(recovered + 1));
+            state.tombstones.split_off(&recovered.saturating_add(1));
             state.starts.push((instance, recovered));
         }
     }
