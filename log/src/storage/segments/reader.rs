@@ -11,9 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-/// Bytes read at once when walking a segment: a few index intervals, so a page of results is
-/// one or two reads.
-const CHUNK: usize = 64 * 1024;
+/// Bytes read at once when walking a segment: twice the default index interval, so the walk
+/// from an index point to an id and a page of 100 entries after it is usually one read.
+const CHUNK: usize = 128 * 1024;
 
 /// One entry read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
