@@ -3,6 +3,7 @@
 
 use super::super::error::{At, IoError, NotMeta, Op};
 use super::super::record::{self, DecodeError, Record};
+use super::scan::{Scan, ScanError};
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::io::Write;
@@ -108,48 +109,55 @@ pub enum BadHeader {
     Unexpected(&'static str),
 }
 
-/// Parses the header at the start of segment `first_id`. Returns the state it says (with
-/// `last_id = first_id - 1`) and the offset of the body.
-pub(crate) fn decode_header(bytes: &[u8], first_id: u64) -> Result<(State, u64), BadHeader> {
+/// Why a segment's header could not be read: bad bytes, or the read itself failed.
+#[derive(Debug)]
+pub(crate) enum HeaderError {
+    Bad(BadHeader),
+    Io(IoError),
+}
+
+/// Reads the header at the start of segment `first_id` from `scan` (at offset 0). Returns the
+/// state it says, with `last_id = first_id - 1`; `scan` is left at the body.
+pub(crate) fn read_header(scan: &mut Scan<'_>, first_id: u64) -> Result<State, HeaderError> {
     let mut state = State {
         last_id: first_id.saturating_sub(1),
         ..State::default()
     };
-    let mut offset = match record::decode(bytes).map_err(NotMeta::Decode)? {
-        Some((Record::Meta { log_id }, used)) => {
-            state.log_id = log_id;
-            used
-        }
-        Some((other, _)) => return Err(NotMeta::Other(kind(&other)).into()),
-        None => {
-            return Err(NotMeta::Decode(DecodeError::Torn {
-                needed: record::HEADER_LEN,
-                available: 0,
-            })
-            .into())
-        }
-    };
+    let mut first = true;
     loop {
-        let rest = bytes.get(offset..).unwrap_or(&[]);
-        let (record, used) = match record::decode(rest) {
-            Ok(Some(next)) => next,
+        let offset = scan.pos();
+        let record = match scan.next() {
+            Ok(Some((record, _))) => record,
             Ok(None) => {
-                return Err(BadHeader::Decode {
-                    offset: offset as u64,
-                    reason: DecodeError::Torn {
-                        needed: record::HEADER_LEN,
-                        available: 0,
-                    },
-                })
+                let torn = DecodeError::Torn {
+                    needed: record::HEADER_LEN,
+                    available: 0,
+                };
+                return Err(HeaderError::Bad(if first {
+                    NotMeta::Decode(torn).into()
+                } else {
+                    BadHeader::Decode {
+                        offset,
+                        reason: torn,
+                    }
+                }));
             }
-            Err(reason) => {
-                return Err(BadHeader::Decode {
-                    offset: offset as u64,
-                    reason,
-                })
+            Err(ScanError::Io(e)) => return Err(HeaderError::Io(e)),
+            Err(ScanError::Decode(reason)) if first => {
+                return Err(HeaderError::Bad(NotMeta::Decode(reason).into()))
+            }
+            Err(ScanError::Decode(reason)) => {
+                return Err(HeaderError::Bad(BadHeader::Decode { offset, reason }))
             }
         };
-        offset += used;
+        if first {
+            first = false;
+            match record {
+                Record::Meta { log_id } => state.log_id = log_id,
+                other => return Err(HeaderError::Bad(NotMeta::Other(kind(&other)).into())),
+            }
+            continue;
+        }
         match record {
             Record::MasterStart {
                 instance,
@@ -160,9 +168,9 @@ pub(crate) fn decode_header(bytes: &[u8], first_id: u64) -> Result<(State, u64),
             }
             Record::Decided { upto } => {
                 state.decided = upto;
-                return Ok((state, offset as u64));
+                return Ok(state);
             }
-            other => return Err(BadHeader::Unexpected(kind(&other))),
+            other => return Err(HeaderError::Bad(BadHeader::Unexpected(kind(&other)))),
         }
     }
 }
@@ -329,8 +337,20 @@ mod tests {
         encode_header(&state, &mut bytes);
         let end = bytes.len() as u64;
         record::encode(&Record::Decided { upto: 41 }, &mut bytes);
-        assert_eq!(decode_header(&bytes, 42), Ok((state, end)));
-        assert!(decode_header(&bytes[..end as usize - 1], 42).is_err());
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("segment");
+        fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        let mut scan = Scan::new(&file, &path, 0, bytes.len() as u64, 7);
+        assert_eq!(read_header(&mut scan, 42).unwrap(), state);
+        assert_eq!(scan.pos(), end);
+        for cut in [0, 5, end - 1] {
+            let mut scan = Scan::new(&file, &path, 0, cut, 7);
+            assert!(
+                matches!(read_header(&mut scan, 42), Err(HeaderError::Bad(_))),
+                "cut at {cut}"
+            );
+        }
     }
 
     #[test]

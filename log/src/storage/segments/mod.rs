@@ -101,6 +101,7 @@
 mod convert;
 mod format;
 mod reader;
+mod scan;
 #[cfg(test)]
 mod tests;
 mod writer;

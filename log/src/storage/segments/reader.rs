@@ -1,13 +1,12 @@
 //! Reads by id: the sparse index finds a record near the id, positional reads do the rest.
 
-use super::super::error::{At, Op};
-use super::super::record::{self, DecodeError, Record};
+use super::super::record::Record;
 use super::format::Index;
+use super::scan::{Scan, ScanError};
 use super::ReadError;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -178,70 +177,53 @@ fn read_segment(
             }
         }
     };
-    let (mut expected, mut pos) = point;
-    let mut buf: Vec<u8> = Vec::new();
-    let mut buf_start = pos;
+    let (mut expected, start) = point;
+    let mut scan = Scan::new(&segment.file, &segment.path, start, end, CHUNK);
     loop {
         if expected > bound || budget.full(out.len()) {
             return Ok(());
         }
-        let have = &buf[usize::try_from(pos - buf_start)
-            .unwrap_or(usize::MAX)
-            .min(buf.len())..];
-        let needed = match record::decode(have) {
-            Ok(Some((record, used))) => {
-                if let Record::Entry {
+        let pos = scan.pos();
+        match scan.next() {
+            Ok(Some((
+                Record::Entry {
                     id,
                     message,
                     tombstone,
-                } = record
-                {
-                    if id != expected {
-                        let why = format!("entry id {id} where {expected} was expected");
-                        return Err(corrupt(segment, expected, pos, &why));
-                    }
-                    if id >= from {
-                        if !budget.fits(out.len(), message.len()) {
-                            return Ok(());
-                        }
-                        budget.used += message.len();
-                        out.push(Stored {
-                            id,
-                            message,
-                            tombstone,
-                        });
-                    }
-                    expected += 1;
+                },
+                _,
+            ))) => {
+                if id != expected {
+                    let why = format!("entry id {id} where {expected} was expected");
+                    return Err(corrupt(segment, expected, pos, &why));
                 }
-                pos += used as u64;
-                continue;
+                if id >= from {
+                    if !budget.fits(out.len(), message.len()) {
+                        return Ok(());
+                    }
+                    budget.used += message.len();
+                    out.push(Stored {
+                        id,
+                        message,
+                        tombstone,
+                    });
+                }
+                expected += 1;
             }
-            Ok(None) => record::HEADER_LEN,
-            Err(DecodeError::Torn { needed, .. }) => needed,
-            Err(e) => return Err(corrupt(segment, expected, pos, &e.to_string())),
-        };
-        // Not enough bytes buffered for the record at `pos`: read from there on.
-        let buffered_to = buf_start + buf.len() as u64;
-        if buffered_to >= end || pos >= end {
-            let why = if pos >= end {
-                "the segment ends before it".to_owned()
-            } else {
-                DecodeError::Torn {
-                    needed,
-                    available: have.len(),
-                }
-                .to_string()
-            };
-            return Err(corrupt(segment, expected, pos, &why));
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(corrupt(
+                    segment,
+                    expected,
+                    pos,
+                    "the segment ends before it",
+                ))
+            }
+            Err(ScanError::Io(e)) => return Err(e.into()),
+            Err(ScanError::Decode(e)) => {
+                return Err(corrupt(segment, expected, pos, &e.to_string()))
+            }
         }
-        let want = needed.max(CHUNK) as u64;
-        let len = want.min(end - pos);
-        buf = vec![0; usize::try_from(len).unwrap_or(usize::MAX)];
-        buf_start = pos;
-        segment
-            .file
-            .read_exact_at(&mut buf, pos)
-            .at(Op::Read, &segment.path)?;
     }
 }
 

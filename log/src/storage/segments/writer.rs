@@ -4,8 +4,9 @@ use super::super::error::{At, CutReason, InvalidRecord, IoError, Op, StorageErro
 use super::super::file::{FILE_NAME, INCOMPLETE_MARKER};
 use super::super::record::{self, Record, MAX_PAYLOAD};
 use super::super::FsyncPolicy;
-use super::format::{self, Index, Kind, State};
+use super::format::{self, HeaderError, Index, Kind, State};
 use super::reader::{read_lock, write_lock, Reader, Segment, Shared};
+use super::scan::{Scan, ScanError, RECOVERY_CHUNK};
 use super::{
     convert, Config, Damage, Opened, Retention, SegmentCut, SegmentCutReason, SegmentOpenError,
     SEGMENTS_DIR,
@@ -132,15 +133,15 @@ impl SegmentLog {
             segments.insert(first, Arc::new(segment));
         }
         let path = seg_dir.join(format::name(active_first, Kind::Log));
-        let (state, index, len, reason) =
-            replay_active(&path, active_first, config.index_interval)?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .at(Op::Open, &path)?;
+        let total = file.metadata().at(Op::Read, &path)?.len();
+        let (state, index, len, reason) =
+            replay_active(&file, &path, total, active_first, config.index_interval)?;
         if let Some(reason) = reason {
-            let total = file.metadata().at(Op::Read, &path)?.len();
             mark_incomplete(dir)?;
             file.set_len(len).at(Op::Truncate, &path)?;
             file.sync_all().at(Op::Sync, &path)?;
@@ -760,8 +761,7 @@ fn load_sealed(
     let (index, rebuilt, mut reason) = match stored {
         Some(index) => (index, false, None),
         None => {
-            let bytes = fs::read(&path).at(Op::Read, &path)?;
-            let (index, reason) = scan_sealed(&bytes, first, interval);
+            let (index, reason) = scan_sealed(&file, &path, len, first, interval)?;
             if reason.is_none() {
                 let encoded = format::encode_index(first, &index);
                 format::write_atomic(seg_dir, &format::name(first, Kind::Index), &encoded, false)?;
@@ -792,67 +792,85 @@ fn load_sealed(
     Ok((segment, rebuilt, damage))
 }
 
-/// The index of a sealed segment's bytes, and why it stops early if it does.
-fn scan_sealed(bytes: &[u8], first: u64, interval: u64) -> (Index, Option<String>) {
+/// The index of a sealed segment of `len` bytes, and why it stops early if it does.
+fn scan_sealed(
+    file: &File,
+    path: &Path,
+    len: u64,
+    first: u64,
+    interval: u64,
+) -> Result<(Index, Option<String>), IoError> {
     let mut index = Index {
         points: Vec::new(),
         last_id: 0,
-        file_len: bytes.len() as u64,
+        file_len: len,
     };
-    let mut offset = match format::decode_header(bytes, first) {
-        Ok((_, body)) => body,
-        Err(e) => return (index, Some(e.to_string())),
-    };
+    let mut scan = Scan::new(file, path, 0, len, RECOVERY_CHUNK);
+    match format::read_header(&mut scan, first) {
+        Ok(_) => {}
+        Err(HeaderError::Io(e)) => return Err(e),
+        Err(HeaderError::Bad(e)) => return Ok((index, Some(e.to_string()))),
+    }
     let mut expected = first;
     let mut last_point: Option<u64> = None;
     loop {
-        let rest = bytes.get(offset as usize..).unwrap_or(&[]);
-        match record::decode(rest) {
-            Ok(None) => return (index, None),
-            Ok(Some((record, used))) => {
-                if let Record::Entry { id, .. } = record {
-                    if id != expected {
-                        let why = format!(
-                            "entry id {id} where {expected} was expected at offset {offset}"
-                        );
-                        return (index, Some(why));
-                    }
-                    if last_point.is_none_or(|p| offset - p >= interval) {
-                        index.points.push((id, offset));
-                        last_point = Some(offset);
-                    }
-                    index.last_id = id;
-                    expected += 1;
+        let offset = scan.pos();
+        match scan.next() {
+            Ok(None) => return Ok((index, None)),
+            Ok(Some((Record::Entry { id, .. }, _))) => {
+                if id != expected {
+                    let why =
+                        format!("entry id {id} where {expected} was expected at offset {offset}");
+                    return Ok((index, Some(why)));
                 }
-                offset += used as u64;
+                if last_point.is_none_or(|p| offset - p >= interval) {
+                    index.points.push((id, offset));
+                    last_point = Some(offset);
+                }
+                index.last_id = id;
+                expected += 1;
             }
-            Err(e) => return (index, Some(format!("{e} at offset {offset}"))),
+            Ok(Some(_)) => {}
+            Err(ScanError::Io(e)) => return Err(e),
+            Err(ScanError::Decode(e)) => {
+                return Ok((index, Some(format!("{e} at offset {offset}"))))
+            }
         }
     }
 }
 
-/// Replays the active segment: its header, then its body record by record. Returns the state,
-/// its index, the length of the good prefix and, if the tail is bad, why.
+/// Replays the active segment `file` of `len` bytes: its header, then its body record by
+/// record, a chunk at a time. Returns the state, its index, the length of the good prefix and,
+/// if the tail is bad, why.
 fn replay_active(
+    file: &File,
     path: &Path,
+    len: u64,
     first: u64,
     interval: u64,
 ) -> Result<(State, Index, u64, Option<SegmentCutReason>), SegmentOpenError> {
-    let bytes = fs::read(path).at(Op::Read, path)?;
-    let (mut state, body) =
-        format::decode_header(&bytes, first).map_err(|reason| SegmentOpenError::BadHeader {
-            path: path.to_owned(),
-            reason,
-        })?;
+    let mut scan = Scan::new(file, path, 0, len, RECOVERY_CHUNK);
+    let mut state = match format::read_header(&mut scan, first) {
+        Ok(state) => state,
+        Err(HeaderError::Io(e)) => return Err(e.into()),
+        Err(HeaderError::Bad(reason)) => {
+            return Err(SegmentOpenError::BadHeader {
+                path: path.to_owned(),
+                reason,
+            })
+        }
+    };
     let mut index = Index::default();
-    let mut offset = body;
     let mut last_point: Option<u64> = None;
+    // Where the record being replayed starts: after a bad one, the end of the good prefix.
+    let mut offset;
     let reason = loop {
-        let rest = bytes.get(offset as usize..).unwrap_or(&[]);
-        let (record, used) = match record::decode(rest) {
+        offset = scan.pos();
+        let record = match scan.next() {
             Ok(None) => break None,
-            Ok(Some(next)) => next,
-            Err(e) => break Some(CutReason::Decode(e).into()),
+            Ok(Some((record, _))) => record,
+            Err(ScanError::Io(e)) => return Err(e.into()),
+            Err(ScanError::Decode(e)) => break Some(CutReason::Decode(e).into()),
         };
         let entry = match record {
             Record::Entry { id, .. } => Some(id),
@@ -868,7 +886,6 @@ fn replay_active(
             }
             index.last_id = id;
         }
-        offset += used as u64;
     };
     index.file_len = offset;
     Ok((state, index, offset, reason))
