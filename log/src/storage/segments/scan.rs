@@ -80,3 +80,83 @@ impl<'a> Scan<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    /// Whatever the chunk size, a walk gives the records a decode of the whole file gives, and
+    /// stops with the same error at the same offset.
+    #[test]
+    fn any_chunk_size_walks_like_decoding_the_whole_file() {
+        let mut bytes = Vec::new();
+        let mut ends = vec![0u64];
+        for id in 1..40u64 {
+            let record = Record::Entry {
+                id,
+                message: Bytes::from(vec![b'x'; (id * 7 % 90) as usize]),
+                tombstone: false,
+            };
+            record::encode(&record, &mut bytes);
+            ends.push(bytes.len() as u64);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("segment");
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        for chunk in [1, 7, 64, 1000, 1 << 20] {
+            for end in [bytes.len() as u64, bytes.len() as u64 - 3, ends[20] + 9] {
+                let mut scan = Scan::new(&file, &path, ends[5], end, chunk);
+                let mut ids = Vec::new();
+                let outcome = loop {
+                    match scan.next() {
+                        Ok(Some((Record::Entry { id, .. }, at))) => {
+                            assert_eq!(at, ends[id as usize - 1]);
+                            ids.push(id);
+                        }
+                        Ok(Some(other)) => panic!("{other:?}"),
+                        Ok(None) => break None,
+                        Err(ScanError::Decode(e)) => break Some(e),
+                        Err(ScanError::Io(e)) => panic!("{e}"),
+                    }
+                };
+                let whole = ends.iter().filter(|&&e| e <= end).count() as u64 - 1;
+                assert_eq!(
+                    ids,
+                    (6..=whole).collect::<Vec<_>>(),
+                    "chunk {chunk} end {end}"
+                );
+                assert_eq!(scan.pos(), ends[whole as usize]);
+                assert_eq!(
+                    outcome.is_some(),
+                    end != bytes.len() as u64,
+                    "chunk {chunk} end {end}"
+                );
+                if let Some(e) = outcome {
+                    assert!(matches!(e, DecodeError::Torn { .. }), "{e}");
+                }
+            }
+        }
+        // A corrupt record stops the walk at its offset, whatever the chunk.
+        let mut bad = bytes.clone();
+        bad[ends[10] as usize + 9] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let file = File::open(&path).unwrap();
+        for chunk in [1, 13, 1 << 20] {
+            let mut scan = Scan::new(&file, &path, 0, bad.len() as u64, chunk);
+            let err = loop {
+                match scan.next() {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("went past the damage"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(
+                err,
+                ScanError::Decode(DecodeError::Checksum { .. })
+            ));
+            assert_eq!(scan.pos(), ends[10]);
+        }
+    }
+}
