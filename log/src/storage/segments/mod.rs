@@ -1,6 +1,6 @@
 //! The log on disk in segment files, so that neither start-up nor memory grows with the log.
 //!
-//! [`LogFile`](super::LogFile) keeps one file that start-up reads whole and replays into
+//! [`LogFile`] keeps one file that start-up reads whole and replays into
 //! memory: fine for a million entries, not for a log kept for weeks. Here the same records live
 //! in a directory of segments; only the last one is read at start, and entries are read back
 //! by id with positional reads (the page cache does the caching), never held in memory.
@@ -34,6 +34,10 @@
 //!   contribute only their index files (16 KiB per 64 MiB segment by default); their entries
 //!   are not read, not even checked: a damaged sealed segment is found when a read reaches the
 //!   damage, and that read fails naming the file and offset instead of serving a wrong range.
+//!   (Only a sealed segment whose index is missing or does not match it is read, once, to
+//!   rebuild the index; damage found then, or a segment missing between two others, is
+//!   reported by open as [`Opened::damaged`].) Recovery walks the active segment a chunk
+//!   (1 MiB) at a time, so open's memory does not grow with the segment size either.
 //! - **Tombstones are repeated in every header.** A tombstone may name any id, also one sealed
 //!   long ago (an abort decided after a roll) or one not held yet, so no per-segment summary
 //!   can hold them without open reading every summary and replaying truncations across them.
@@ -75,7 +79,8 @@
 //!   (the file's modification time, the time of its last append), never the active one, never
 //!   one holding an id at or above the caller's floor or an undecided id (a truncation may
 //!   still need the segment it lands in). The directory is synced after each removal, so a
-//!   crash never leaves a hole in the middle.
+//!   crash never leaves a hole in the middle. (The segments of a converted `log.bin` all date
+//!   from the conversion, so age counts from then.)
 //! - **Conversion of `log.bin`.** A data directory with `log.bin` and no `segments/` is
 //!   recovered with [`LogFile::open`] (the same replay as before, so nothing is interpreted
 //!   differently), written into `segments.converting/`, synced, renamed to `segments/`, and
