@@ -240,35 +240,77 @@ fn reads_cross_segments_and_keep_to_their_limits() {
     assert!(reader.read(u64::MAX, 10, usize::MAX).unwrap().is_empty());
 }
 
+/// Readers on other threads while the writer appends, rolls, truncates and removes old
+/// segments: every read is a contiguous run of the right messages, or `Gone` below the first
+/// retained id.
 #[test]
-fn reads_run_beside_appends() {
+fn reads_run_beside_appends_rolls_truncations_and_retention() {
     let tmp = tempfile::tempdir().unwrap();
     let (mut log, _) = open(tmp.path());
-    let reader = log.reader();
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reading = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut reads = 0u64;
-            while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
-                let last = reader.last_id();
-                let from = 1 + reads % last.max(1);
-                let got = reader.read(from, 50, usize::MAX).expect("read");
-                for (i, stored) in got.iter().enumerate() {
-                    assert_eq!(stored.id, from + i as u64);
-                    assert_eq!(stored.message, Bytes::from(text(stored.id)));
+    let readers: Vec<_> = (0..3u64)
+        .map(|n| {
+            let reader = log.reader();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let (mut reads, mut gone) = (0u64, 0u64);
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                    let (first, last) = (reader.first_id(), reader.last_id());
+                    let from = first + (reads * 7 + n) % (last + 1 - first).max(1);
+                    match reader.read(from, 50, usize::MAX) {
+                        Ok(got) => {
+                            for (i, stored) in got.iter().enumerate() {
+                                assert_eq!(stored.id, from + i as u64);
+                                assert_eq!(stored.message, Bytes::from(text(stored.id)));
+                            }
+                        }
+                        // Retention removed it between the two calls.
+                        Err(ReadError::Gone { .. }) => gone += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                    reads += 1;
                 }
-                reads += 1;
-            }
-            reads
+                (reads, gone)
+            })
         })
+        .collect();
+    let retention = Retention {
+        max_bytes: Some(8 * 1024),
+        max_age: None,
     };
-    for chunk in (1..=2000u64).collect::<Vec<_>>().chunks(13) {
-        log.append_unsynced(&entries(chunk[0], chunk[chunk.len() - 1]))
+    let mut next = 1;
+    let mut instance = 1;
+    while next <= 3000 {
+        let to = next + 12;
+        log.append_unsynced(&entries(next, to)).unwrap();
+        next = to + 1;
+        if next % 200 < 13 {
+            // Drop the last few (undecided) ids and write them again: same ids, same texts.
+            instance += 1;
+            let recovered = next - 6;
+            log.append(&[
+                Record::Decided {
+                    upto: recovered - 1,
+                },
+                Record::MasterStart {
+                    instance,
+                    recovered,
+                },
+            ])
             .unwrap();
+            log.append_unsynced(&entries(recovered + 1, next - 1))
+                .unwrap();
+            log.retain(&retention, next.saturating_sub(300), SystemTime::now())
+                .unwrap();
+        }
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    assert!(reading.join().expect("the reader panicked") > 0);
+    for reader in readers {
+        let (reads, _gone) = reader.join().expect("a reader panicked");
+        assert!(reads > 0);
+    }
+    assert!(log.first_id() > 1000, "retention ran: {}", log.first_id());
+    assert_eq!(log.last_id(), next - 1);
 }
 
 #[test]
