@@ -77,8 +77,12 @@ impl Reader {
 
     /// Entries from `from_id` on (0 reads from the first retained id), in id order, at most
     /// `max_entries` of them and no more message bytes than `max_bytes`, except that one
-    /// entry is always returned if there is one. Tombstones are included, flagged, so a caller
-    /// can page by id. Empty above the last id; [`ReadError::Gone`] below the first retained.
+    /// entry is always returned if there is one (and `max_entries` is not 0). Tombstones are
+    /// included, flagged, so a caller can page by id. Empty above the last id;
+    /// [`ReadError::Gone`] below the first retained.
+    ///
+    /// Entries not decided yet are returned too (they may still be dropped by a truncation):
+    /// the caller shows only its decided prefix, as with the in-memory log.
     pub fn read(
         &self,
         from_id: u64,
@@ -92,10 +96,17 @@ impl Reader {
             if from < first_id {
                 return Err(ReadError::Gone { from_id, first_id });
             }
-            // Each segment with the last id it serves: the next one's first id minus one.
+            if max_entries == 0 || from > shared.last_id {
+                return Ok(Vec::new());
+            }
+            // From the segment holding `from`, each with the last id it serves: the next one's
+            // first id minus one.
             let mut plan = Vec::new();
-            let mut segments = shared.segments.range(..=from).next_back().into_iter();
-            let start = segments.next().map(|(&first, _)| first).unwrap_or(from);
+            let start = shared
+                .segments
+                .range(..=from)
+                .next_back()
+                .map_or(from, |(&first, _)| first);
             let mut iter = shared.segments.range(start..).peekable();
             while let Some((_, segment)) = iter.next() {
                 let bound = match iter.peek() {
@@ -108,7 +119,7 @@ impl Reader {
         };
         let mut out = Vec::new();
         let mut budget = Budget {
-            entries: max_entries.max(1),
+            entries: max_entries,
             bytes: max_bytes,
             used: 0,
         };

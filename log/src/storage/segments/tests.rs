@@ -237,6 +237,7 @@ fn reads_cross_segments_and_keep_to_their_limits() {
     let got = reader.read(10, usize::MAX, budget).unwrap();
     assert_eq!(got.len(), 10);
     assert!(reader.read(301, 10, usize::MAX).unwrap().is_empty());
+    assert!(reader.read(10, 0, usize::MAX).unwrap().is_empty());
     assert!(reader.read(u64::MAX, 10, usize::MAX).unwrap().is_empty());
 }
 
