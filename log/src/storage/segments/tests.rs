@@ -1090,3 +1090,52 @@ fn garbage_in_the_segment_directory_never_panics() {
         }
     }
 }
+
+#[test]
+fn a_damaged_sealed_segment_without_its_index_is_reported_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for chunk in (1..=200u64).collect::<Vec<_>>().chunks(10) {
+        log.append(&entries(chunk[0], chunk[chunk.len() - 1]))
+            .unwrap();
+    }
+    let segments = log.segments();
+    drop(log);
+    let victim = &segments[1];
+    let mut bytes = fs::read(&victim.path).unwrap();
+    let middle = bytes.len() * 3 / 4;
+    bytes[middle] ^= 0x40;
+    fs::write(&victim.path, &bytes).unwrap();
+    let index = victim.path.with_extension("idx");
+    fs::remove_file(&index).unwrap();
+    // A crash during retention can leave an index whose segment is gone.
+    let orphan = tmp
+        .path()
+        .join(SEGMENTS_DIR)
+        .join(format::name(999_999, format::Kind::Index));
+    fs::write(&orphan, b"stale").unwrap();
+    let (log, opened) = reopen(tmp.path());
+    assert!(!orphan.exists());
+    assert_eq!(opened.rebuilt_indexes, vec![victim.path.clone()]);
+    assert_eq!(opened.damaged.len(), 1, "{:?}", opened.damaged);
+    let damage = &opened.damaged[0];
+    assert_eq!(damage.path, victim.path);
+    assert_eq!(damage.ids.1, victim.last_id);
+    assert!(damage.ids.0 > victim.first_id, "{damage:?}");
+    assert!(!index.exists(), "a damaged segment's index is not written");
+    let reader = log.reader();
+    let before = reader
+        .read(
+            victim.first_id,
+            (damage.ids.0 - victim.first_id) as usize,
+            usize::MAX,
+        )
+        .unwrap();
+    assert_eq!(before.last().unwrap().id, damage.ids.0 - 1);
+    assert!(matches!(
+        reader.read(damage.ids.0, 1, usize::MAX),
+        Err(ReadError::Corrupt { .. })
+    ));
+    assert_eq!(opened.last_id, 200, "the rest of the log is served");
+    assert!(reader.read(victim.last_id + 1, 1, usize::MAX).is_ok());
+}
