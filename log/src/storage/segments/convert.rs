@@ -1,7 +1,7 @@
 //! Conversion of today's single-file `log.bin` into segments (see the module doc of
 //! [`super`] for the order of steps and why it is crash-safe).
 
-use super::super::error::{At, IoError, Op};
+use super::super::error::{At, Op};
 use super::super::file::FILE_NAME;
 use super::super::record::Record;
 use super::super::{FsyncPolicy, LogFile};
@@ -112,12 +112,21 @@ pub(crate) fn convert(
 
 /// Once the segments are in place, renames a `log.bin` still there (a crash came between the
 /// two renames) out of the way. Returns its new path if it renamed it.
-pub(crate) fn finish(dir: &Path) -> Result<Option<PathBuf>, IoError> {
+///
+/// If `log.bin.converted` is there too, this `log.bin` is not the one converted: something
+/// wrote it after the conversion (an older version of replog started on this directory), and
+/// neither it nor the segments can be chosen without losing what the other holds.
+pub(crate) fn finish(dir: &Path) -> Result<Option<PathBuf>, SegmentOpenError> {
     let from = dir.join(FILE_NAME);
     if !from.exists() {
         return Ok(None);
     }
     let to = dir.join(CONVERTED_NAME);
+    if to.exists() {
+        return Err(SegmentOpenError::BothFormats {
+            dir: dir.to_owned(),
+        });
+    }
     fs::rename(&from, &to).at(Op::Rename, &from)?;
     format::sync_dir(dir)?;
     Ok(Some(to))

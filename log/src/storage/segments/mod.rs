@@ -233,6 +233,13 @@ pub enum SegmentOpenError {
     /// Recovering `log.bin` for conversion failed; `log.bin` is untouched.
     #[error("cannot convert the log file: {0}")]
     Convert(#[from] OpenError),
+    /// `segments/`, `log.bin` and `log.bin.converted` are all there: `log.bin` was written
+    /// after its conversion (by an older version), so either choice would lose entries.
+    #[error(
+        "{} holds both segments/ and a log.bin written after it was converted ({CONVERTED_NAME} is there too); move one of them away",
+        dir.display()
+    )]
+    BothFormats { dir: PathBuf },
     /// Writing the converted segments failed; `log.bin` is untouched.
     #[error("cannot write the converted log: {0}")]
     ConvertWrite(#[from] StorageError),

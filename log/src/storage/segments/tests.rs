@@ -787,10 +787,16 @@ fn a_conversion_interrupted_at_any_step_is_redone_or_finished() {
     assert!(!dir.join(CONVERTING_DIR).exists());
     drop(log);
     // Crashed between renaming segments into place and renaming log.bin: finished.
-    fs::copy(source.join(FILE_NAME), dir.join(FILE_NAME)).unwrap();
+    fs::rename(dir.join(CONVERTED_NAME), dir.join(FILE_NAME)).unwrap();
     let (log, opened) = reopen(&dir);
     assert_eq!(recovered(&log, &opened), expected);
-    assert!(!dir.join(FILE_NAME).exists());
+    assert!(!dir.join(FILE_NAME).exists() && dir.join(CONVERTED_NAME).exists());
+    drop(log);
+    // A log.bin written after the conversion (log.bin.converted is there): refused.
+    fs::copy(source.join(FILE_NAME), dir.join(FILE_NAME)).unwrap();
+    let err = SegmentLog::open(&dir, small(), || "x".into()).unwrap_err();
+    assert!(matches!(err, SegmentOpenError::BothFormats { .. }), "{err}");
+    assert!(dir.join(FILE_NAME).exists() && dir.join(CONVERTED_NAME).exists());
     // A torn tail of log.bin is cut first, and said.
     let dir = tmp.path().join("torn");
     fs::create_dir_all(&dir).unwrap();
