@@ -20,17 +20,33 @@ pub struct Message {
 
 /// A contiguous log held by one node. A clone shares the payloads (`Bytes`) and copies only
 /// their handles.
+///
+/// With a durable log the payloads of old ids need not stay in memory: [`Log::evict`] lets the
+/// oldest go once they are on disk and decided (so they never change again), keeping the
+/// payloads held within a byte budget; they are then *cold*, read back from the log's files
+/// (`crate::storage::segments::Reader`) by whoever needs them, and [`Log::get`] and
+/// [`Log::visible`] serve only what is still cached (ids from [`Log::cached_from`] on).
+/// Everything else (identity, length, tombstones, decided frontier) stays whole.
 #[derive(Debug, Default, Clone)]
 pub struct Log {
     /// Identity of the log, made when it is created; empty until a secondary adopts one.
     log_id: String,
-    /// Payload of id `i + 1` at index `i`; a tombstone keeps an empty payload. In segments, so
-    /// an append never copies the log (see [`segments`]).
+    /// Ids up to here are held but cold: their payloads are not in memory.
+    cold_upto: u64,
+    /// Payload of id `cold_upto + i + 1` at index `i`; a tombstone keeps an empty payload. In
+    /// segments, so an append never copies the log (see [`segments`]).
     entries: Segments<Bytes>,
+    /// What `entries` holds, by [`cost`].
+    cached_bytes: usize,
     /// Aborted ids, including ones beyond `entries` that a secondary learned before the entry.
     tombstones: BTreeSet<u64>,
     /// Every id up to here is decided.
     decided: u64,
+}
+
+/// What a cached payload costs: its bytes and its handle.
+fn cost(message: &Bytes) -> usize {
+    message.len() + std::mem::size_of::<Bytes>()
 }
 
 impl Log {
@@ -41,13 +57,52 @@ impl Log {
         }
     }
 
+    /// A log of `last_id` ids, all of them cold (on disk, none cached): what a node recovers
+    /// from its files without reading its entries.
+    pub fn resume(log_id: String, last_id: u64, decided: u64, tombstones: BTreeSet<u64>) -> Self {
+        Self {
+            log_id,
+            cold_upto: last_id,
+            tombstones,
+            decided,
+            ..Self::default()
+        }
+    }
+
     pub fn log_id(&self) -> &str {
         &self.log_id
     }
 
     /// Highest id held (contiguous by construction).
     pub fn last_id(&self) -> u64 {
-        self.entries.len() as u64
+        self.cold_upto + self.entries.len() as u64
+    }
+
+    /// The first id whose payload is in memory; every id below it is cold.
+    pub fn cached_from(&self) -> u64 {
+        self.cold_upto + 1
+    }
+
+    /// Bytes the cached payloads take (with their handles).
+    pub fn cached_bytes(&self) -> usize {
+        self.cached_bytes
+    }
+
+    /// Lets the oldest cached payloads go, oldest first, until they take at most `budget`
+    /// bytes, but only ids up to `durable` (on disk, so they can be read back) and decided
+    /// (never changed again). Returns how many went.
+    pub fn evict(&mut self, durable: u64, budget: usize) -> u64 {
+        let limit = durable.min(self.decided).min(self.last_id());
+        let mut count = 0usize;
+        let mut bytes = self.cached_bytes;
+        while bytes > budget && self.cold_upto + (count as u64) < limit {
+            bytes -= self.entries.get(count).map_or(0, cost);
+            count += 1;
+        }
+        self.entries.drop_front(count);
+        self.cold_upto += count as u64;
+        self.cached_bytes = bytes;
+        count as u64
     }
 
     pub fn decided(&self) -> u64 {
@@ -64,19 +119,24 @@ impl Log {
         let id = self.last_id() + 1;
         if tombstone {
             self.tombstones.insert(id);
-            self.entries.push(Bytes::new());
-        } else if self.tombstones.contains(&id) {
-            self.entries.push(Bytes::new());
-        } else {
-            self.entries.push(message);
         }
+        let message = match tombstone || self.tombstones.contains(&id) {
+            true => Bytes::new(),
+            false => message,
+        };
+        self.cached_bytes += cost(&message);
+        self.entries.push(message);
         id
     }
 
-    /// Payload of a held id (empty for a tombstone).
+    /// Index in `entries` of a cached id.
+    fn index(&self, id: u64) -> Option<usize> {
+        usize::try_from(id.checked_sub(self.cached_from())?).ok()
+    }
+
+    /// Payload of a held, cached id (empty for a tombstone); `None` for a cold one.
     pub fn get(&self, id: u64) -> Option<&Bytes> {
-        let index = usize::try_from(id.checked_sub(1)?).ok()?;
-        self.entries.get(index)
+        self.entries.get(self.index(id)?)
     }
 
     pub fn is_tombstone(&self, id: u64) -> bool {
@@ -86,8 +146,9 @@ impl Log {
     /// Marks an id aborted, held or not, and frees its payload.
     pub fn tombstone(&mut self, id: u64) {
         self.tombstones.insert(id);
-        let index = id.checked_sub(1).and_then(|i| usize::try_from(i).ok());
+        let index = self.index(id);
         if let Some(slot) = index.and_then(|i| self.entries.get_mut(i)) {
+            self.cached_bytes -= slot.len();
             *slot = Bytes::new();
         }
     }
@@ -105,7 +166,17 @@ impl Log {
     /// Drops every entry and tombstone above `keep_upto`. Only an undecided suffix may go: the
     /// caller checks that `keep_upto >= decided()`, since a decided id may already be shown.
     pub fn truncate(&mut self, keep_upto: u64) {
-        let keep = usize::try_from(keep_upto).unwrap_or(usize::MAX);
+        if keep_upto < self.cold_upto {
+            // Only decided ids are cold, so the caller's check rules this out; should it
+            // happen, the log still ends at `keep_upto`.
+            self.entries.truncate(0);
+            self.cached_bytes = 0;
+            self.cold_upto = keep_upto;
+        }
+        let keep = usize::try_from(keep_upto - self.cold_upto).unwrap_or(usize::MAX);
+        for index in keep..self.entries.len() {
+            self.cached_bytes -= self.entries.get(index).map_or(0, cost);
+        }
         self.entries.truncate(keep);
         self.tombstones.split_off(&(keep_upto.saturating_add(1)));
     }
@@ -115,9 +186,10 @@ impl Log {
         self.decided = self.decided.max(decided);
     }
 
-    /// Visible entries with `id >= from_id`, at most `limit` of them, in id order.
+    /// Visible entries with `id >= from_id`, at most `limit` of them, in id order, of those
+    /// cached (from [`Log::cached_from`] on: the caller reads colder ones from the files).
     pub fn visible(&self, from_id: u64, limit: usize) -> impl Iterator<Item = Message> + '_ {
-        let start = from_id.max(1);
+        let start = from_id.max(self.cached_from());
         (start..=self.visible_upto())
             .filter(|id| !self.tombstones.contains(id))
             .filter_map(|id| {
@@ -176,6 +248,44 @@ mod tests {
         assert_eq!(texts(&log), vec![(1, "a".into())]);
         assert_eq!(log.tombstones_in(0, 5).collect::<Vec<_>>(), vec![2]);
         assert_eq!(log.tombstones_in(2, 5).count(), 0);
+    }
+
+    #[test]
+    fn evicts_only_decided_durable_ids_down_to_the_budget() {
+        let mut log = Log::new(new_log_id());
+        for _ in 0..10 {
+            log.push(Bytes::from(vec![b'x'; 100]), false);
+        }
+        let each = cost(&Bytes::from(vec![b'x'; 100]));
+        assert_eq!(log.cached_bytes(), 10 * each);
+        assert_eq!(log.evict(10, 0), 0, "nothing decided yet");
+        log.set_decided(8);
+        assert_eq!(log.evict(5, 0), 5, "only what is on disk");
+        assert_eq!((log.cached_from(), log.last_id()), (6, 10));
+        assert_eq!(log.evict(10, 3 * each), 2, "down to the budget");
+        assert_eq!(log.cached_bytes(), 3 * each);
+        assert_eq!(log.get(7), None);
+        assert_eq!(log.get(8).map(Bytes::len), Some(100));
+        assert_eq!(
+            log.visible(1, usize::MAX).map(|m| m.id).collect::<Vec<_>>(),
+            vec![8],
+            "only cached ids are served"
+        );
+        log.tombstone(9);
+        assert_eq!(log.cached_bytes(), 3 * each - 100);
+        log.truncate(8);
+        assert_eq!((log.last_id(), log.cached_bytes()), (8, each));
+        assert_eq!(log.push(Bytes::from("y"), false), 9);
+        assert_eq!(log.visible_count(), 8);
+    }
+
+    #[test]
+    fn a_resumed_log_holds_every_id_cold() {
+        let log = Log::resume("L".into(), 5, 4, BTreeSet::from([2]));
+        assert_eq!((log.last_id(), log.cached_from(), log.decided()), (5, 6, 4));
+        assert_eq!(log.visible_count(), 3);
+        assert_eq!(log.get(5), None);
+        assert!(log.is_tombstone(2));
     }
 
     #[test]

@@ -13,24 +13,55 @@ const SEGMENT: usize = 1 << 16;
 
 /// Every segment but the last is full (`push` starts a new one only then, and `truncate` keeps
 /// a prefix), so the length and an element's place follow from `SEGMENT`.
+///
+/// Elements can also leave from the front ([`Segments::drop_front`]): the first `front` slots of
+/// the first segment are spent (reset to `T::default()`, so they hold nothing), and a segment
+/// whose slots are all spent is freed.
 #[derive(Debug, Clone)]
 pub struct Segments<T> {
     segments: Vec<Vec<T>>,
+    /// Spent slots at the start of the first segment.
+    front: usize,
 }
 
 impl<T> Default for Segments<T> {
     fn default() -> Self {
         Self {
             segments: Vec::new(),
+            front: 0,
+        }
+    }
+}
+
+impl<T: Default> Segments<T> {
+    /// Drops the first `n` elements (all of them if there are fewer): element `n` becomes
+    /// element 0.
+    pub fn drop_front(&mut self, n: usize) {
+        let n = n.min(self.len());
+        for slot in 0..n {
+            if let Some(value) = self.get_mut(slot) {
+                *value = T::default();
+            }
+        }
+        self.front += n;
+        let spent = self.front / SEGMENT;
+        if spent > 0 {
+            self.segments.drain(..spent.min(self.segments.len()));
+            self.front -= spent * SEGMENT;
+        }
+        if self.len() == 0 {
+            // Nothing left: start afresh, so the next push begins a segment at slot 0.
+            self.segments.clear();
+            self.front = 0;
         }
     }
 }
 
 impl<T> Segments<T> {
     pub fn len(&self) -> usize {
-        self.segments
-            .last()
-            .map_or(0, |last| (self.segments.len() - 1) * SEGMENT + last.len())
+        self.segments.last().map_or(0, |last| {
+            (self.segments.len() - 1) * SEGMENT + last.len() - self.front
+        })
     }
 
     pub fn push(&mut self, value: T) {
@@ -51,13 +82,15 @@ impl<T> Segments<T> {
     }
 
     pub fn get(&self, index: usize) -> Option<&T> {
-        self.segments.get(index / SEGMENT)?.get(index % SEGMENT)
+        let slot = index.checked_add(self.front)?;
+        self.segments.get(slot / SEGMENT)?.get(slot % SEGMENT)
     }
 
     pub fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        let slot = index.checked_add(self.front)?;
         self.segments
-            .get_mut(index / SEGMENT)?
-            .get_mut(index % SEGMENT)
+            .get_mut(slot / SEGMENT)?
+            .get_mut(slot % SEGMENT)
     }
 
     /// Keeps the first `len` elements (all of them if there are fewer).
@@ -65,11 +98,16 @@ impl<T> Segments<T> {
         if len >= self.len() {
             return;
         }
-        let kept = len.div_ceil(SEGMENT);
+        let slots = len + self.front;
+        let kept = slots.div_ceil(SEGMENT);
         self.segments.truncate(kept);
         if let Some(last) = self.segments.last_mut() {
             // The last kept segment holds what is left after the full ones before it.
-            last.truncate(len - (kept - 1) * SEGMENT);
+            last.truncate(slots - (kept - 1) * SEGMENT);
+        }
+        if self.len() == 0 {
+            self.segments.clear();
+            self.front = 0;
         }
     }
 }
@@ -102,6 +140,43 @@ mod tests {
         assert!(segments.segments[1..]
             .iter()
             .all(|s| s.capacity() == SEGMENT));
+    }
+
+    #[test]
+    fn drops_from_the_front_freeing_spent_segments() {
+        for dropped in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 2 * SEGMENT + 3] {
+            let n = 2 * SEGMENT + 3;
+            let mut segments = filled(n);
+            segments.drop_front(dropped);
+            assert_eq!(segments.len(), n - dropped, "drop_front({dropped})");
+            if dropped < n {
+                assert_eq!(segments.get(0), Some(&dropped), "drop_front({dropped})");
+                assert_eq!(segments.get(n - dropped - 1), Some(&(n - 1)));
+            }
+            assert_eq!(segments.get(n - dropped), None);
+            assert_eq!(
+                segments.segments.len(),
+                (n - dropped + segments.front).div_ceil(SEGMENT)
+            );
+            segments.push(usize::MAX);
+            assert_eq!(segments.get(n - dropped), Some(&usize::MAX));
+            // Truncation after a drop counts from the new front.
+            segments.truncate(1);
+            assert_eq!(segments.len(), 1);
+            let first = if dropped < n { dropped } else { usize::MAX };
+            assert_eq!(segments.get(0), Some(&first));
+        }
+        let mut spent = filled(SEGMENT + 1);
+        spent.drop_front(3);
+        assert_eq!(
+            spent.segments[0][..3],
+            [0, 0, 0],
+            "spent slots hold nothing"
+        );
+        spent.drop_front(usize::MAX);
+        assert_eq!(spent.len(), 0);
+        spent.push(9);
+        assert_eq!(spent.get(0), Some(&9));
     }
 
     #[test]
