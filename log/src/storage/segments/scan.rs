@@ -68,7 +68,7 @@ impl<'a> Scan<'a> {
                 Err(DecodeError::Torn { needed, .. }) => needed,
                 Err(e) => return Err(ScanError::Decode(e)),
             };
-            let len = (needed.max(self.chunk) as u64).min(self.end - self.pos);
+            let len = (needed.max(self.chunk) as u64).min(self.end.saturating_sub(self.pos));
             self.buf.clear();
             self.buf
                 .resize(usize::try_from(len).unwrap_or(usize::MAX), 0);
