@@ -208,14 +208,14 @@ impl Roles {
         let read = tokio::time::timeout(BIND_WITHIN, self.standing_rx.changed());
         tokio::select! {
             _ = read => {}
-            ended = &mut serving => return ended_by_itself(ended.map(|r| r.map_err(|e| e.to_string()))),
+            ended = &mut serving => return role_ended(ended, shutdown),
         }
         self.phase.send_replace(Phase::Secondary);
         tracing::info!(node = %config.node_name, "serving as a secondary");
         let won = tokio::select! {
             won = self.won.recv() => won,
             _ = shutdown.cancelled() => None,
-            ended = &mut serving => return ended_by_itself(ended.map(|r| r.map_err(|e| e.to_string()))),
+            ended = &mut serving => return role_ended(ended, shutdown),
         };
         self.phase.send_replace(Phase::Switching);
         stop.cancel();
@@ -252,15 +252,20 @@ impl Roles {
     }
 }
 
-/// A role that stopped without being asked: its error, or one saying it stopped.
-fn ended_by_itself<T>(
-    ended: Result<Result<(), String>, tokio::task::JoinError>,
-) -> Result<T, Error> {
+/// The secondary role's task ended before this node won. Asked to (`shutdown`: it stops with
+/// the node, and the signal may reach it before this node looks at `shutdown`), that is the
+/// node's end, an error of the role's aside; otherwise it is an error: the role's own, or one
+/// saying it stopped.
+fn role_ended<E: std::fmt::Display>(
+    ended: Result<Result<(), E>, tokio::task::JoinError>,
+    shutdown: &CancellationToken,
+) -> Result<Option<Mastership>, Error> {
     match ended? {
+        Err(error) => Err(Error::Secondary(error.to_string())),
+        Ok(()) if shutdown.is_cancelled() => Ok(None),
         Ok(()) => Err(Error::Secondary(
             "the secondary role stopped by itself".into(),
         )),
-        Err(error) => Err(Error::Secondary(error)),
     }
 }
 
@@ -621,6 +626,23 @@ mod tests {
             ..standing("b", 0, 0)
         };
         assert_eq!(may_campaign(&other, &[new], &MEMBERS, 2), Ok(0));
+    }
+
+    #[test]
+    fn a_secondary_role_that_stops_with_the_node_is_no_error() {
+        let shutdown = CancellationToken::new();
+        let stopped = || Ok(Ok::<(), String>(()));
+        assert!(matches!(
+            role_ended(stopped(), &shutdown),
+            Err(Error::Secondary(_))
+        ));
+        shutdown.cancel();
+        assert!(matches!(role_ended(stopped(), &shutdown), Ok(None)));
+        let failed = Ok(Err("disk full".to_owned()));
+        assert!(matches!(
+            role_ended(failed, &shutdown),
+            Err(Error::Secondary(e)) if e == "disk full"
+        ));
     }
 
     #[test]
