@@ -52,9 +52,61 @@ pub fn validate(token: &str) -> Result<String, InvalidToken> {
     Ok(token.to_owned())
 }
 
+/// A `REPLICATION_TOKEN_FILE` that gives no usable token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read it: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("it is empty")]
+    Empty,
+    #[error("its content: {0}")]
+    Invalid(#[from] InvalidToken),
+}
+
+/// Reads the token from a file, as orchestrators hand out secrets (Docker's
+/// `/run/secrets/<name>`, a mounted Kubernetes Secret), so that it is in no environment that
+/// `docker inspect` shows. Trailing whitespace (the newline `echo` leaves) is dropped. An empty
+/// file is refused: a file named on purpose is not a wish for open replication.
+pub fn read_file(path: &str) -> Result<String, TokenFileError> {
+    let content = std::fs::read_to_string(path)?;
+    let token = validate(content.trim_end())?;
+    if token.is_empty() {
+        return Err(TokenFileError::Empty);
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_a_token_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            path.to_string_lossy().into_owned()
+        };
+        assert_eq!(
+            read_file(&file("plain", "s3cret")).ok(),
+            Some("s3cret".into())
+        );
+        assert_eq!(
+            read_file(&file("echoed", "s3cret\r\n\n")).ok(),
+            Some("s3cret".into())
+        );
+        assert!(matches!(
+            read_file(&file("empty", "\n")),
+            Err(TokenFileError::Empty)
+        ));
+        assert!(matches!(
+            read_file(&file("spaced", "two words\n")),
+            Err(TokenFileError::Invalid(InvalidToken))
+        ));
+        let missing = dir.path().join("missing").to_string_lossy().into_owned();
+        assert!(matches!(read_file(&missing), Err(TokenFileError::Read(_))));
+    }
 
     #[test]
     fn accepts_only_the_right_token() {

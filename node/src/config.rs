@@ -124,13 +124,21 @@ pub struct AuthArgs {
     /// Shared secret of the replication service. Unset, replication is open (logged at start).
     #[arg(long, env = "REPLICATION_TOKEN", value_parser = crate::auth::validate, hide_env_values = true)]
     pub replication_token: Option<String>,
+
+    /// The same secret read from this file at start (a Docker or Kubernetes secret), so that it
+    /// is not in the environment. `REPLICATION_TOKEN`, when set and not empty, is used instead.
+    #[arg(long = "replication-token-file", env = "REPLICATION_TOKEN_FILE", value_name = "PATH", value_parser = crate::auth::read_file)]
+    pub replication_token_from_file: Option<String>,
 }
 
 impl AuthArgs {
     /// The token, if one is set (an empty `REPLICATION_TOKEN=` counts as unset, so compose
     /// files can pass it through from an optional `.env`).
     pub fn token(&self) -> Option<&str> {
-        self.replication_token.as_deref().filter(|t| !t.is_empty())
+        self.replication_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or(self.replication_token_from_file.as_deref())
     }
 
     /// Warns once at start when replication is open.
@@ -312,6 +320,36 @@ pub fn bind_addr(host: &str, port: u16) -> Result<SocketAddr, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn takes_the_token_from_a_file() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            auth: AuthArgs,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "from-file\n").expect("write");
+        let path = path.to_string_lossy().into_owned();
+        let parse = |args: &[&str]| Cli::try_parse_from([&["node"], args].concat());
+        let file_only = parse(&["--replication-token-file", &path]).expect("parses");
+        assert_eq!(file_only.auth.token(), Some("from-file"));
+        let empty_token = parse(&["--replication-token", "", "--replication-token-file", &path]);
+        assert_eq!(empty_token.expect("parses").auth.token(), Some("from-file"));
+        let both = parse(&[
+            "--replication-token",
+            "direct",
+            "--replication-token-file",
+            &path,
+        ]);
+        assert_eq!(both.expect("parses").auth.token(), Some("direct"));
+        let missing = dir.path().join("missing").to_string_lossy().into_owned();
+        let err = parse(&["--replication-token-file", &missing])
+            .err()
+            .expect("a missing file is refused at start");
+        assert!(err.to_string().contains("cannot read it"), "{err}");
+    }
 
     #[test]
     fn parses_and_rejects_settings() {
