@@ -304,7 +304,7 @@ fn highest_instance(heard: &[Option<Heard>]) -> u64 {
 /// How recovery ended.
 pub enum Recovery {
     /// Serve this log.
-    Serve(Recovered),
+    Serve(Box<Recovered>),
     /// Failover mode: another node holds a more up-to-date log; give up the mastership, for
     /// this reason.
     Yield(String),
@@ -457,11 +457,11 @@ pub async fn run(
         copied,
         "recovered the log from the secondaries"
     );
-    Recovery::Serve(Recovered {
+    Recovery::Serve(Box::new(Recovered {
         log,
         file,
         floor: highest_instance(&heard),
-    })
+    }))
 }
 
 /// The log to serve, as recovery left it.

@@ -62,7 +62,7 @@ pub async fn run(
         tokio::spawn(deadlines::run(master.clone())),
         tokio::spawn(async move {
             let recovered = match recovery::run(&recovering, &peers, log, file, doubt).await {
-                recovery::Recovery::Serve(recovered) => recovered,
+                recovery::Recovery::Serve(recovered) => *recovered,
                 recovery::Recovery::Yield(reason) => {
                     tracing::warn!(%reason, "giving up the mastership");
                     recovering.end_role(Ended::Yielded);

@@ -17,23 +17,23 @@ impl Secondary {
         let log = replica.log();
         let mut entries = Vec::new();
         if request.from_id > 0 {
-            let mut bytes = 0u64;
-            let max_entries = (request.max_entries as usize).max(1);
-            for id in request.from_id..=log.last_id() {
-                let message = log.get(id).cloned().unwrap_or_default();
-                if !entries.is_empty()
-                    && (entries.len() >= max_entries
-                        || bytes + message.len() as u64 > request.max_bytes)
-                {
-                    break;
-                }
-                bytes += message.len() as u64;
-                entries.push(Entry {
-                    id,
-                    tombstone: log.is_tombstone(id),
-                    message,
+            let max_bytes = usize::try_from(request.max_bytes).unwrap_or(usize::MAX);
+            // Entries not cached are read from the files; if that fails (a damaged segment),
+            // none are sent and the master asks again or another node.
+            let read = log
+                .entries(request.from_id, request.max_entries as usize, max_bytes)
+                .unwrap_or_else(|error| {
+                    tracing::error!(%error, from = request.from_id, "cannot read entries for a fetch from the log's files");
+                    Vec::new()
                 });
-            }
+            entries = read
+                .into_iter()
+                .map(|e| Entry {
+                    id: e.id,
+                    tombstone: e.tombstone,
+                    message: e.message,
+                })
+                .collect();
         }
         let tombstones = match request.tombstones {
             true => log.tombstones_in(0, log.last_id()).collect(),

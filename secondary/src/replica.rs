@@ -698,7 +698,7 @@ impl Replica {
     }
 
     pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.log.visible(from_id, limit).collect()
+        self.log.visible(from_id, limit)
     }
 }
 
@@ -793,10 +793,7 @@ mod tests {
                 Record::MasterStart { recovered, .. } => replayed.truncate(recovered),
             }
         }
-        assert_eq!(
-            replayed.visible(1, usize::MAX).collect::<Vec<_>>(),
-            r.page(1, usize::MAX)
-        );
+        assert_eq!(replayed.visible(1, usize::MAX), r.page(1, usize::MAX));
         assert_eq!(replayed.last_id(), r.log().last_id());
     }
 

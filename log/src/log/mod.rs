@@ -7,6 +7,7 @@
 
 mod segments;
 
+use crate::storage::segments::{ReadError, Reader, Stored};
 use bytes::Bytes;
 use segments::Segments;
 use std::collections::BTreeSet;
@@ -42,6 +43,8 @@ pub struct Log {
     tombstones: BTreeSet<u64>,
     /// Every id up to here is decided.
     decided: u64,
+    /// Where cold payloads are read back from (`None`: nothing is ever cold).
+    files: Option<Reader>,
 }
 
 /// What a cached payload costs: its bytes and its handle.
@@ -67,6 +70,12 @@ impl Log {
             decided,
             ..Self::default()
         }
+    }
+
+    /// Reads cold payloads back through `files` (the log's segments).
+    pub fn with_files(mut self, files: Reader) -> Self {
+        self.files = Some(files);
+        self
     }
 
     pub fn log_id(&self) -> &str {
@@ -186,19 +195,91 @@ impl Log {
         self.decided = self.decided.max(decided);
     }
 
-    /// Visible entries with `id >= from_id`, at most `limit` of them, in id order, of those
-    /// cached (from [`Log::cached_from`] on: the caller reads colder ones from the files).
-    pub fn visible(&self, from_id: u64, limit: usize) -> impl Iterator<Item = Message> + '_ {
-        let start = from_id.max(self.cached_from());
-        (start..=self.visible_upto())
-            .filter(|id| !self.tombstones.contains(id))
-            .filter_map(|id| {
-                self.get(id).map(|message| Message {
-                    id,
-                    message: message.clone(),
-                })
-            })
-            .take(limit)
+    /// Held entries from `from_id` on (tombstones flagged, with an empty payload), at most
+    /// `max_entries` and no more payload bytes than `max_bytes`, except that one entry is
+    /// always returned if there is one. Cold ones are read from the files, with positional
+    /// reads the page cache mostly serves; cached ones are copied (their handles).
+    pub fn entries(
+        &self,
+        from_id: u64,
+        max_entries: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Stored>, ReadError> {
+        let from = from_id.max(1);
+        let max_entries = max_entries.max(1);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut start = from;
+        if from < self.cached_from() {
+            // Without files nothing is cold (a log in memory never lets a payload go).
+            if let Some(files) = &self.files {
+                out = files.read(from, max_entries, max_bytes)?;
+                out.retain(|e| e.id < self.cached_from());
+                for entry in &mut out {
+                    if self.tombstones.contains(&entry.id) {
+                        entry.tombstone = true;
+                        entry.message = Bytes::new();
+                    }
+                }
+                bytes = out.iter().map(|e| e.message.len()).sum();
+                if out.last().map_or(from, |e| e.id + 1) < self.cached_from() {
+                    // A page of cold ones only.
+                    return Ok(out);
+                }
+            }
+            start = self.cached_from();
+        }
+        for id in start..=self.last_id() {
+            let Some(message) = self.get(id) else { break };
+            if !out.is_empty() && (out.len() >= max_entries || bytes + message.len() > max_bytes) {
+                break;
+            }
+            bytes += message.len();
+            out.push(Stored {
+                id,
+                message: message.clone(),
+                tombstone: self.tombstones.contains(&id),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Visible entries with `id >= from_id`, at most `limit` of them, in id order (cold ones
+    /// read from the files).
+    pub fn try_visible(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
+        /// Cold entries read at once while paging.
+        const CHUNK_ENTRIES: usize = 1024;
+        const CHUNK_BYTES: usize = 1 << 20;
+        let upto = self.visible_upto();
+        let mut next = from_id.max(1);
+        let mut out = Vec::new();
+        while out.len() < limit && next <= upto {
+            let chunk = self.entries(next, CHUNK_ENTRIES, CHUNK_BYTES)?;
+            let Some(last) = chunk.last().map(|e| e.id) else {
+                break;
+            };
+            out.extend(
+                chunk
+                    .into_iter()
+                    .filter(|e| e.id <= upto && !e.tombstone)
+                    .map(|e| Message {
+                        id: e.id,
+                        message: e.message,
+                    })
+                    .take(limit - out.len()),
+            );
+            next = last + 1;
+        }
+        Ok(out)
+    }
+
+    /// [`Log::try_visible`], ending the page where a read of the files fails (logged as an
+    /// error: a damaged segment).
+    pub fn visible(&self, from_id: u64, limit: usize) -> Vec<Message> {
+        self.try_visible(from_id, limit).unwrap_or_else(|error| {
+            tracing::error!(%error, from_id, "cannot read the log's files: the page ends early");
+            Vec::new()
+        })
     }
 
     /// Number of visible entries.
@@ -219,6 +300,7 @@ mod tests {
 
     fn texts(log: &Log) -> Vec<(u64, String)> {
         log.visible(1, usize::MAX)
+            .into_iter()
             .map(|m| (m.id, String::from_utf8_lossy(&m.message).into_owned()))
             .collect()
     }
@@ -267,9 +349,12 @@ mod tests {
         assert_eq!(log.get(7), None);
         assert_eq!(log.get(8).map(Bytes::len), Some(100));
         assert_eq!(
-            log.visible(1, usize::MAX).map(|m| m.id).collect::<Vec<_>>(),
+            log.visible(1, usize::MAX)
+                .into_iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>(),
             vec![8],
-            "only cached ids are served"
+            "without files, only cached ids are served"
         );
         log.tombstone(9);
         assert_eq!(log.cached_bytes(), 3 * each - 100);
@@ -277,6 +362,65 @@ mod tests {
         assert_eq!((log.last_id(), log.cached_bytes()), (8, each));
         assert_eq!(log.push(Bytes::from("y"), false), 9);
         assert_eq!(log.visible_count(), 8);
+    }
+
+    #[test]
+    fn cold_entries_are_read_back_from_the_files() {
+        use crate::storage::segments::{Config, SegmentLog};
+        use crate::storage::{FsyncPolicy, Record};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = Config {
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 1024,
+            index_interval: 128,
+        };
+        let (mut file, _) = SegmentLog::open(dir.path(), config, || "L".into()).expect("open");
+        let mut log = Log::new("L".into()).with_files(file.reader());
+        let mut records = Vec::new();
+        for id in 1..=300u64 {
+            let text = format!("m{id}");
+            log.push(Bytes::from(text.clone()), false);
+            records.push(Record::Entry {
+                id,
+                message: Bytes::from(text),
+                tombstone: id == 7,
+            });
+        }
+        log.tombstone(7);
+        log.set_decided(290);
+        records.push(Record::Decided { upto: 290 });
+        file.append(&records).expect("write");
+        let whole = log.visible(1, usize::MAX);
+        assert_eq!(whole.len(), 289);
+        assert!(log.evict(300, 0) > 0);
+        assert_eq!(log.cached_from(), 291, "down to the undecided ids");
+        assert_eq!(
+            log.visible(1, usize::MAX),
+            whole,
+            "the same, read from the files"
+        );
+        assert_eq!(
+            log.visible(5, 3).iter().map(|m| m.id).collect::<Vec<_>>(),
+            [5, 6, 8]
+        );
+        let shipped = log.entries(288, 10, usize::MAX).expect("read");
+        let ids: Vec<u64> = shipped.iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            (288..=297).collect::<Vec<_>>(),
+            "across cold and cached"
+        );
+        let tombstone = log.entries(7, 1, 0).expect("read");
+        assert!(tombstone[0].tombstone && tombstone[0].message.is_empty());
+        assert_eq!(
+            log.entries(1, 5, 4).expect("read").len(),
+            2,
+            "within the bytes"
+        );
+        // Resumed from the files alone, as a node starts: the same log, nothing cached.
+        let resumed =
+            Log::resume("L".into(), 300, 290, BTreeSet::from([7])).with_files(file.reader());
+        assert_eq!(resumed.visible(1, usize::MAX), whole);
     }
 
     #[test]
@@ -295,6 +439,6 @@ mod tests {
         log.set_decided(10);
         assert_eq!(log.visible_upto(), 1);
         assert_eq!(texts(&log), vec![(1, "a".into())]);
-        assert_eq!(log.visible(2, 10).count(), 0);
+        assert!(log.visible(2, 10).is_empty());
     }
 }

@@ -549,6 +549,7 @@ mod tests {
             log.last_id(),
             log.decided(),
             log.visible(1, usize::MAX)
+                .into_iter()
                 .map(|m| (m.id, m.message))
                 .collect(),
             log.tombstones_in(0, u64::MAX).collect(),

@@ -649,22 +649,26 @@ impl Ledger {
         max_entries: usize,
         max_bytes: usize,
     ) -> ReplicateRequest {
-        let mut entries = Vec::new();
-        let mut bytes = 0;
-        let mut id = next.max(1);
-        while id <= self.written && entries.len() < max_entries {
-            let message = self.log.get(id).cloned().unwrap_or_default();
-            if !entries.is_empty() && bytes + message.len() > max_bytes {
-                break;
-            }
-            bytes += message.len();
-            entries.push(Entry {
-                id,
-                tombstone: self.log.is_tombstone(id),
-                message,
-            });
-            id += 1;
-        }
+        let wanted = max_entries > 0 && next.max(1) <= self.written;
+        let read = match wanted {
+            true => self.log.entries(next, max_entries, max_bytes),
+            false => Ok(Vec::new()),
+        };
+        // Entries not cached are read from the log's files; one that cannot be read (a damaged
+        // segment) is not shipped, and the link asks again later.
+        let read = read.unwrap_or_else(|error| {
+            tracing::error!(%error, from = next, "cannot read entries to ship from the log's files");
+            Vec::new()
+        });
+        let entries = read
+            .into_iter()
+            .take_while(|e| e.id <= self.written)
+            .map(|e| Entry {
+                id: e.id,
+                tombstone: e.tombstone,
+                message: e.message,
+            })
+            .collect();
         ReplicateRequest {
             log_id: self.log.log_id().to_owned(),
             entries,
@@ -710,7 +714,7 @@ impl Ledger {
     }
 
     pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.log.visible(from_id, limit).collect()
+        self.log.visible(from_id, limit)
     }
 }
 
