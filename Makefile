@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build_and_run test bench logs down
+.PHONY: help build_and_run test bench logs down validate-kubernetes
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -36,3 +36,6 @@ logs: ## Follow the logs of every service of the running stack
 
 down: ## Stop and remove the stack; the logs stay in their volumes (`down -v` deletes them)
 	$(COMPOSE) -f $(COMPOSE_FILE) down
+
+validate-kubernetes: ## Render the Kubernetes overlays (deploy/kubernetes) and validate them offline
+	scripts/validate-kubernetes
