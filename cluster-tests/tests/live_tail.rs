@@ -270,6 +270,11 @@ async fn readers_that_stop_reading_hold_no_backlog() {
     .await;
     let grown = rss(&cluster.master).saturating_sub(before);
     let log = MESSAGES * SIZE as u64;
+    eprintln!(
+        "master grew by {} MiB with {READERS} readers not reading a {} MiB log",
+        grown >> 20,
+        log >> 20
+    );
     assert!(
         grown < 3 * log + (64 << 20),
         "the master grew by {} MiB with {READERS} readers not reading a {} MiB log",
