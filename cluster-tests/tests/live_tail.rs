@@ -3,8 +3,11 @@
 //! visible; `Last-Event-ID` resumes after the last event seen; a bad start is a 400 with a JSON
 //! `detail`; and readers that stop reading hold no backlog on the node: its memory stays far
 //! below what buffering the log for each of them would take, and each reader, once it reads
-//! again, gets every message from the log in order.
+//! again, gets every message from the log in order. In failover mode every node tails too, and a
+//! reader whose node is lost (or changes role, which ends its streams) goes on with
+//! `Last-Event-ID` at any node.
 
+use cluster_tests::failover::FailoverCluster;
 use cluster_tests::{wait_until, Cluster, Node, SecondaryOpts, StatusCode, STEADY_HEALTH};
 use futures::StreamExt;
 use serde_json::{json, Value};
@@ -13,6 +16,9 @@ use tokio::time::{timeout_at, Instant};
 
 /// Longest wait for one event that should come.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a failover may take: the lease, the election and recovery, on a loaded machine.
+const TAKEOVER: Duration = Duration::from_secs(15);
 
 /// One event of the stream: its `id:` and its `data:` parsed as JSON.
 #[derive(Debug)]
@@ -25,30 +31,61 @@ struct Event {
 struct Tail {
     response: reqwest::Response,
     buffer: Vec<u8>,
+    /// Where it reads and the last id it saw, to reconnect with.
+    client: reqwest::Client,
+    url: String,
+    last_id: Option<u64>,
+    /// Whether an ended stream is reopened with `Last-Event-ID`, as an `EventSource` does
+    /// (else an end fails the test), and how often that happened.
+    resumes: bool,
+    resumed: usize,
 }
 
 impl Tail {
     /// Opens `GET /api/messages/stream<query>` on `node`, with `Last-Event-ID` if given.
     async fn open(cluster: &Cluster, node: &Node, query: &str, last_event_id: Option<u64>) -> Tail {
-        let mut request = cluster
-            .client
-            .get(node.url(&format!("/api/messages/stream{query}")));
+        Tail::open_with(&cluster.client, node, query, last_event_id).await
+    }
+
+    /// [`Tail::open`] through `client` (one without a whole-request timeout: a stream has no end).
+    async fn open_with(
+        client: &reqwest::Client,
+        node: &Node,
+        query: &str,
+        last_event_id: Option<u64>,
+    ) -> Tail {
+        let url = node.url(&format!("/api/messages/stream{query}"));
+        let response = Tail::request(client, &url, last_event_id).await;
+        Tail {
+            response,
+            buffer: Vec::new(),
+            client: client.clone(),
+            url,
+            last_id: last_event_id,
+            resumes: false,
+            resumed: 0,
+        }
+    }
+
+    async fn request(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<u64>,
+    ) -> reqwest::Response {
+        let mut request = client.get(url);
         if let Some(id) = last_event_id {
             request = request.header("last-event-id", id.to_string());
         }
         let response = request.send().await.expect("the stream answers");
-        assert_eq!(response.status(), StatusCode::OK, "{}", node.name);
+        assert_eq!(response.status(), StatusCode::OK, "{url}");
         let content_type = response
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        assert_eq!(content_type, "text/event-stream", "{}", node.name);
-        Tail {
-            response,
-            buffer: Vec::new(),
-        }
+        assert_eq!(content_type, "text/event-stream", "{url}");
+        response
     }
 
     /// The next block (the text up to a blank line), comments included; panics after
@@ -61,10 +98,24 @@ impl Tail {
             }
             let chunk = timeout_at(deadline, self.response.chunk())
                 .await
-                .expect("the next event in time")
-                .expect("the stream keeps going");
-            self.buffer
-                .extend_from_slice(&chunk.expect("the stream does not end"));
+                .expect("the next event in time");
+            match chunk {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) | Err(_) if self.resumes => {
+                    // What an EventSource does: reconnect, saying what it saw last. A partial
+                    // event of the old stream is dropped, as the stream format says.
+                    self.buffer.clear();
+                    self.resumed += 1;
+                    self.response = timeout_at(
+                        deadline,
+                        Tail::request(&self.client, &self.url, self.last_id),
+                    )
+                    .await
+                    .expect("the reconnection in time");
+                }
+                Ok(None) => panic!("the stream ended ({})", self.url),
+                Err(error) => panic!("the stream failed ({}): {error}", self.url),
+            }
         }
     }
 
@@ -81,7 +132,7 @@ impl Tail {
                     data.push_str(value);
                 } else {
                     assert!(
-                        line.is_empty() || line.starts_with(':'),
+                        line.is_empty() || line.starts_with(':') || line == "retry: 1000",
                         "unexpected line {line:?}"
                     );
                 }
@@ -89,6 +140,7 @@ impl Tail {
             match id {
                 Some(id) => {
                     let data = serde_json::from_str(&data).expect("data is JSON");
+                    self.last_id = Some(id);
                     return Event { id, data };
                 }
                 None => assert!(data.is_empty(), "data without an id: {block:?}"),
@@ -335,5 +387,58 @@ async fn an_open_stream_does_not_hold_up_a_shutdown() {
         })
         .await;
         assert!(ended.is_ok(), "the stream ended with the node");
+    }
+}
+
+#[tokio::test]
+async fn failover_nodes_tail_and_a_reader_moves_to_another_node() {
+    let mut cluster = FailoverCluster::start(3, &[]).await;
+    let (master, _) = cluster.wait_master(TAKEOVER, None).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
+    let mut tails = Vec::new();
+    for node in &cluster.nodes {
+        let mut tail = Tail::open_with(&client, node, "", None).await;
+        // A node that changes role ends its streams (its HTTP server is the role's): readers
+        // reconnect with Last-Event-ID, as an EventSource does.
+        tail.resumes = true;
+        tails.push(tail);
+    }
+    let through = cluster.appender_on((master + 1) % 3);
+    let mut before = Vec::new();
+    for i in 1..=5 {
+        let text = format!("before-{i}");
+        let (status, body) = through.append(&text, Some(3)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        before.push((body["id"].as_u64().expect("an id"), text));
+    }
+    for tail in &mut tails {
+        tail.expect(&before).await;
+    }
+    // The master is lost; its reader goes on at another node from the last id it saw, as a
+    // reconnecting EventSource would (every node shows the same log under the same ids).
+    cluster.nodes[master].kill();
+    let (new_master, _) = cluster.wait_master(TAKEOVER, Some(master)).await;
+    let survivor = (master + 1) % 3;
+    let last_seen = before.last().map(|(id, _)| *id);
+    let mut moved = Tail::open_with(&client, &cluster.nodes[survivor], "", last_seen).await;
+    let mut after = Vec::new();
+    for i in 1..=5 {
+        let text = format!("after-{i}");
+        let (status, body) = cluster.appender_on(new_master).append(&text, Some(2)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        after.push((body["id"].as_u64().expect("an id"), text));
+    }
+    moved.expect(&after).await;
+    for (i, tail) in tails.iter_mut().enumerate() {
+        if i != master {
+            tail.expect(&after).await;
+            eprintln!(
+                "{} reconnected {} times",
+                cluster.nodes[i].name, tail.resumed
+            );
+        }
     }
 }

@@ -12,6 +12,11 @@
 //! `max(from_id, Last-Event-ID + 1)`. A client that reconnects to the same URL therefore resumes
 //! right after the last event it saw, and `from_id` stays a floor it can rely on.
 //!
+//! A stream ends when the node shuts down and, in failover mode, when the node changes role (its
+//! HTTP server is that of the role). The first thing a stream sends is a comment and `retry:`
+//! [`RETRY`], so an `EventSource` reconnects after a second with `Last-Event-ID` and goes on
+//! where it was; `curl` ends, and `curl -H 'Last-Event-ID: <last id>'` resumes.
+//!
 //! A reader that falls behind holds nothing: the stream keeps no backlog, only a cursor (the
 //! next id) and at most one page of [`PAGE`] entries read from the log. While the client does not
 //! read, the connection's send buffer fills, the body is not polled, and nothing more is read;
@@ -41,6 +46,9 @@ pub const PAGE: usize = 64;
 
 /// Silence after which the stream sends a `: keep-alive` comment.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// How soon an `EventSource` should reconnect when its stream ends (the `retry:` field).
+pub const RETRY: Duration = Duration::from_secs(1);
 
 /// The header an `EventSource` sends when it reconnects: the `id:` of the last event it saw.
 const LAST_EVENT_ID: &str = "last-event-id";
@@ -180,7 +188,11 @@ impl<N: Node> Cursor<N> {
         if !self.greeted {
             // Sent at once, so a client knows the stream is open before any message exists.
             self.greeted = true;
-            return Some(Event::default().comment(format!("replog stream from id {}", self.next)));
+            return Some(
+                Event::default()
+                    .comment(format!("replog stream from id {}", self.next))
+                    .retry(RETRY),
+            );
         }
         loop {
             if self.shutdown.is_cancelled() {
