@@ -21,7 +21,8 @@
 //! next id) and at most one page of [`PAGE`] entries read from the log. While the client does not
 //! read, the connection's send buffer fills, the body is not polled, and nothing more is read;
 //! when it reads again, the stream reads on from the log by id. So a reader's memory is bounded
-//! by one page whatever the append rate, and a slow reader never slows appends.
+//! by one page whatever the append rate (its payloads are `Bytes` the in-memory log shares, not
+//! copies; at worst [`PAGE`] x `MAX_MESSAGE_BYTES`), and a slow reader never slows appends.
 
 use super::json::MessageBody;
 use super::{ApiError, Node};
