@@ -423,11 +423,22 @@ impl Node {
         self.env("DATA_DIR").map(PathBuf::from)
     }
 
-    /// `DATA_DIR/log.bin` (panics if the node has no `DATA_DIR`).
+    /// The active (last) segment file of the node's log, `DATA_DIR/segments/<first id>.log`:
+    /// where the latest records are (panics if the node has no `DATA_DIR` or no segment).
     pub fn log_file(&self) -> PathBuf {
-        self.data_dir()
+        let segments = self
+            .data_dir()
             .unwrap_or_else(|| panic!("{} has no DATA_DIR", self.name))
-            .join("log.bin")
+            .join("segments");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&segments)
+            .unwrap_or_else(|e| panic!("cannot list {}: {e}", segments.display()))
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+            .collect();
+        files.sort();
+        files
+            .pop()
+            .unwrap_or_else(|| panic!("{} holds no segment", segments.display()))
     }
 
     /// The node's log output since its latest start (the harness marks each start).
@@ -1283,8 +1294,8 @@ impl Load {
     }
 }
 
-/// Reading a node's `DATA_DIR/log.bin` to damage it on purpose, with the nodes' own record
-/// decoder.
+/// Reading a node's active segment ([`Node::log_file`]) to damage it on purpose, with the
+/// nodes' own record decoder.
 pub mod log_file {
     use replog_node::storage::decode;
     pub use replog_node::storage::Record;

@@ -14,14 +14,18 @@
 
 use crate::state::Master;
 use replog_node::runtime::blocking_io;
-use replog_node::storage::{FsyncPolicy, LogFile, Record};
+use replog_node::storage::{FsyncPolicy, Record, SegmentLog};
 use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Records written per group commit at most.
 const MAX_GROUP: usize = 8192;
 
-pub async fn run(master: Arc<Master>, mut file: LogFile, mut records: UnboundedReceiver<Record>) {
+pub async fn run(
+    master: Arc<Master>,
+    mut file: SegmentLog,
+    mut records: UnboundedReceiver<Record>,
+) {
     loop {
         let first = tokio::select! {
             record = records.recv() => record,
@@ -99,8 +103,8 @@ fn latest_decided(group: &mut Vec<Record>) -> Option<u64> {
 /// The file back from a blocking write or sync; `None` once the master stopped because it failed.
 fn take_back<E: std::fmt::Display>(
     master: &Master,
-    done: Result<(LogFile, Result<(), E>), tokio::task::JoinError>,
-) -> Option<LogFile> {
+    done: Result<(SegmentLog, Result<(), E>), tokio::task::JoinError>,
+) -> Option<SegmentLog> {
     let error = match done {
         Ok((file, Ok(()))) => return Some(file),
         Ok((_, Err(error))) => error.to_string(),

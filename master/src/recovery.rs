@@ -36,7 +36,7 @@ use crate::state::Master;
 use replog_node::failover::vouches;
 use replog_node::log::Log;
 use replog_node::storage::record::last_term;
-use replog_node::storage::{LogFile, Record};
+use replog_node::storage::{Record, SegmentLog};
 use replog_proto::v1::{FetchRequest, ReplicaState};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -318,17 +318,17 @@ pub async fn run(
     master: &Master,
     peers: &[Peer],
     mut log: Log,
-    mut file: Option<LogFile>,
+    mut file: Option<SegmentLog>,
     doubt: Option<String>,
 ) -> Recovery {
     let failover = master.config.failover.is_some();
     if let Some(doubt) = &doubt {
         tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
     }
-    let own_instance = file.as_ref().map_or(0, LogFile::master_instance);
+    let own_instance = file.as_ref().map_or(0, SegmentLog::master_instance);
     let own_starts = file
         .as_ref()
-        .map_or(&[][..], LogFile::master_starts)
+        .map_or(&[][..], SegmentLog::master_starts)
         .to_vec();
     let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
     let timeout = master.config.suspect_after_ms;
@@ -467,7 +467,7 @@ pub async fn run(
 /// The log to serve, as recovery left it.
 pub struct Recovered {
     pub log: Log,
-    pub file: Option<LogFile>,
+    pub file: Option<SegmentLog>,
     /// The highest master process any secondary was heard to follow (0 if none was asked):
     /// the new process is numbered above it.
     pub floor: u64,

@@ -20,7 +20,7 @@ use replog_node::config::Opened;
 use replog_node::failover::MasterRole;
 use replog_node::log::{new_log_id, Log};
 use replog_node::shutdown::{Phases, Shutdown};
-use replog_node::storage::{LogFile, Record};
+use replog_node::storage::{Record, SegmentLog};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::TcpListener;
@@ -187,7 +187,7 @@ pub fn serve_log(
 /// restarted master, whose lost unsynced ids they drop; a lower one is a request from a process
 /// that is gone, which they refuse.
 fn start_instance(
-    file: &mut LogFile,
+    file: &mut SegmentLog,
     recovered: u64,
     floor: u64,
     term: Option<u64>,

@@ -159,6 +159,7 @@ impl Cluster {
             retry_max: Duration::from_millis(1),
             replication_timeout: TIMEOUT,
             quorum_decisions: true,
+            cache_bytes: None,
         };
         let core = Core::new(settings, log, true, &starts, self.now);
         self.nodes[node].role = Role::Master(Box::new(MasterRole {

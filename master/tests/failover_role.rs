@@ -11,7 +11,7 @@ use clap::Parser;
 use replog_master::config::Config;
 use replog_master::server::{self, Ended};
 use replog_node::failover::{unix_ms, Leader, LeaseGate, MasterRole};
-use replog_node::storage::{FsyncPolicy, LogFile, Record};
+use replog_node::storage::{FsyncPolicy, Record, SegmentLog};
 use replog_proto::v1::replication_server::{Replication, ReplicationServer};
 use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
 use std::net::SocketAddr;
@@ -112,11 +112,16 @@ impl Drop for Dir {
     }
 }
 
-/// The log file in `dir`, as a node opening it finds it.
-fn reopen(dir: &Path) -> (LogFile, replog_node::log::Log) {
-    let (file, recovered) =
-        LogFile::open(dir, FsyncPolicy::Always, || "unused".into()).expect("open the log file");
-    (file, recovered.log)
+/// The log in `dir`, as a node opening it (`DATA_DIR`) finds it.
+fn reopen(dir: &Path) -> (SegmentLog, replog_node::log::Log) {
+    let storage = replog_node::config::StorageArgs {
+        data_dir: Some(dir.to_owned()),
+        fsync: FsyncPolicy::Always,
+        cache_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+    };
+    let opened = storage.open(|| "unused".into()).expect("open the log");
+    (opened.file.expect("files"), opened.log)
 }
 
 /// The handles a test keeps of a running master role.

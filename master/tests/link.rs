@@ -30,6 +30,7 @@ fn master_with(secondaries: usize, log: Log) -> (Core, Instant) {
         retry_max: RETRY_MAX,
         replication_timeout: Duration::ZERO,
         quorum_decisions: false,
+        cache_bytes: None,
     };
     let now = Instant::now();
     (Core::new(settings, log, false, &[(1, 0)], now), now)

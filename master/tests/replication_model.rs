@@ -423,6 +423,8 @@ impl Sim {
             retry_max: RETRY,
             replication_timeout: Duration::from_millis(timeout),
             quorum_decisions: failover,
+            // The model's log has no files to read payloads back from.
+            cache_bytes: None,
         };
         let log = Log::new(log_id.clone());
         Self {

@@ -4,7 +4,8 @@
 //! `--http-port`). A bad setting stops the process at start with one clear line, because a node
 //! that half-starts with a wrong setting is harder to debug than one that refuses.
 
-use crate::storage::{FsyncPolicy, OpenError};
+use crate::storage::segments::SegmentOpenError;
+use crate::storage::FsyncPolicy;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,15 +48,30 @@ pub enum ConfigError {
     #[error("`{0}` is not a whole number from 1 to {MAX_CONNECTIONS_CEILING}")]
     MaxConnections(String),
     #[error("DATA_DIR: {0}")]
-    DataDir(#[from] OpenError),
+    DataDir(#[from] SegmentOpenError),
+    #[error("`{0}` is not a size in bytes (a whole number, optionally with KiB, MiB or GiB)")]
+    NotBytes(String),
+    #[error("`{0}` is below the least allowed, {1} bytes")]
+    TooFewBytes(String, u64),
 }
 
 /// Where a node keeps its log; the same settings on every node.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StorageArgs {
-    /// Directory of the durable log (`log.bin`); unset, the log lives in memory only.
+    /// Directory of the durable log (segment files in `DATA_DIR/segments/`); unset, the log
+    /// lives in memory only.
     #[arg(long, env = "DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// With `DATA_DIR`: bytes of the most recent payloads kept in memory; older ones are read
+    /// back from the segment files when asked for (pages, catch-up), so memory does not grow
+    /// with the log. Without `DATA_DIR` every entry stays in memory.
+    #[arg(long, env = "CACHE_BYTES", default_value = "64MiB", value_parser = cache_bytes)]
+    pub cache_bytes: u64,
+
+    /// With `DATA_DIR`: the size at which a segment file is closed and the next one begun.
+    #[arg(long, env = "SEGMENT_BYTES", default_value = "64MiB", value_parser = segment_bytes)]
+    pub segment_bytes: u64,
 
     /// When appends reach the disk: `always` fsyncs before anything is acknowledged (survives
     /// power loss); `never` leaves it to the OS (survives a killed process, not power loss).
@@ -64,9 +80,13 @@ pub struct StorageArgs {
 }
 
 impl StorageArgs {
-    /// The node's log: recovered from `DATA_DIR` (reporting a cut tail), or a fresh one in
+    /// The node's log: recovered from `DATA_DIR` (reporting a cut tail, a conversion of the
+    /// single-file format, rebuilt indexes and damaged segments once), or a fresh one in
     /// memory. `new_log_id` names a log created here (the master makes one; a secondary passes
     /// an empty id and adopts the master's on first contact).
+    ///
+    /// A recovered log starts with every payload cold: start-up reads the last segment only,
+    /// and entries are read back from the files as they are asked for.
     pub fn open(&self, new_log_id: impl FnOnce() -> String) -> Result<Opened, ConfigError> {
         let Some(dir) = &self.data_dir else {
             return Ok(Opened {
@@ -76,14 +96,28 @@ impl StorageArgs {
                 incomplete: true,
             });
         };
-        let (file, recovered) = crate::storage::LogFile::open(dir, self.fsync, new_log_id)?;
-        let doubt = match (&recovered.cut, recovered.created) {
+        let config = crate::storage::segments::Config {
+            fsync: self.fsync,
+            segment_bytes: self.segment_bytes,
+            ..Default::default()
+        };
+        let (file, opened) = crate::storage::SegmentLog::open(dir, config, new_log_id)?;
+        if let Some(conversion) = &opened.converted {
+            tracing::warn!(?conversion, "converted the single-file log (log.bin) into segment files; log.bin is kept as log.bin.converted");
+        }
+        for path in &opened.rebuilt_indexes {
+            tracing::warn!(path = %path.display(), "rebuilt a missing or damaged segment index");
+        }
+        for damage in &opened.damaged {
+            tracing::error!(path = %damage.path.display(), from = damage.ids.0, to = damage.ids.1, reason = %damage.reason, "ids of the log cannot be read from a damaged segment");
+        }
+        let doubt = match (&opened.cut, opened.created) {
             (Some(cut), _) => Some(format!(
-                "a torn or corrupt tail was cut off the log file ({})",
+                "a torn or corrupt tail was cut off the log ({})",
                 cut.reason
             )),
             (None, Some(why)) => Some(format!("DATA_DIR held no log: {why}")),
-            (None, None) if recovered.unfinished => Some(
+            (None, None) if opened.unfinished => Some(
                 "an earlier start found the log incomplete and did not finish recovering it".into(),
             ),
             (None, None) if self.fsync == crate::storage::FsyncPolicy::Never => {
@@ -91,30 +125,47 @@ impl StorageArgs {
             }
             (None, None) => None,
         };
-        tracing::info!(path = %file.path().display(), entries = recovered.log.last_id(), log_id = recovered.log.log_id(), fsync = %self.fsync, "log recovered");
+        if let Some(cut) = &opened.cut {
+            tracing::warn!(path = %cut.path.display(), offset = cut.offset, bytes_cut = cut.bytes_cut, reason = %cut.reason, "cut a torn or corrupt tail off the log");
+        }
+        tracing::info!(path = %dir.display(), entries = opened.last_id, first_id = opened.first_id, log_id = opened.log_id, fsync = %self.fsync, "log recovered");
+        let incomplete = opened.cut.is_some() || opened.created.is_some() || opened.unfinished;
+        let log = crate::log::Log::resume(
+            opened.log_id,
+            opened.last_id,
+            opened.decided,
+            opened.tombstones,
+        )
+        .with_files(file.reader());
         Ok(Opened {
-            incomplete: recovered.cut.is_some()
-                || recovered.created.is_some()
-                || recovered.unfinished,
-            log: recovered.log,
+            log,
             file: Some(file),
             doubt,
+            incomplete,
         })
+    }
+
+    /// The byte budget of cached payloads: `CACHE_BYTES` with `DATA_DIR`, none without (a log
+    /// in memory keeps everything).
+    pub fn cache_budget(&self) -> Option<usize> {
+        self.data_dir
+            .as_ref()
+            .map(|_| usize::try_from(self.cache_bytes).unwrap_or(usize::MAX))
     }
 }
 
 /// A node's log as found at start.
 pub struct Opened {
     pub log: crate::log::Log,
-    /// The file it lives in; `None` in memory.
-    pub file: Option<crate::storage::LogFile>,
+    /// The files it lives in; `None` in memory.
+    pub file: Option<crate::storage::SegmentLog>,
     /// Why this log may lack entries that were acknowledged before this start, if it may: kept
     /// in memory only, no log in `DATA_DIR`, a cut tail, or `FSYNC=never`. A master with a doubt
     /// recovers the log from its secondaries before it takes an append.
     pub doubt: Option<String>,
     /// The log may lack entries this node acknowledged before, whatever the `FSYNC` policy:
     /// it is kept in memory only, or its file was created anew, cut, or found so by an earlier
-    /// start that did not finish ([`crate::storage::LogFile::mark_complete`] says otherwise).
+    /// start that did not finish ([`crate::storage::SegmentLog::mark_complete`] says otherwise).
     pub incomplete: bool,
 }
 
@@ -260,6 +311,42 @@ pub fn seconds(value: &str) -> Result<Duration, ConfigError> {
     })
 }
 
+/// A size in bytes: a whole number, optionally followed by `KiB`, `MiB` or `GiB`.
+pub fn bytes(value: &str) -> Result<u64, ConfigError> {
+    let text = value.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, ""),
+    };
+    let scale: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(ConfigError::NotBytes(value.to_owned())),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| ConfigError::NotBytes(value.to_owned()))
+}
+
+/// `CACHE_BYTES`: any size (0 keeps no payload cached).
+fn cache_bytes(value: &str) -> Result<u64, ConfigError> {
+    bytes(value)
+}
+
+/// `SEGMENT_BYTES`: at least 4 KiB, so that a segment holds more than its header.
+fn segment_bytes(value: &str) -> Result<u64, ConfigError> {
+    const LEAST: u64 = 4096;
+    let size = bytes(value)?;
+    if size < LEAST {
+        return Err(ConfigError::TooFewBytes(value.to_owned(), LEAST));
+    }
+    Ok(size)
+}
+
 /// A whole number of milliseconds, at least 1.
 pub fn millis(value: &str) -> Result<Duration, ConfigError> {
     let ms: u64 = value
@@ -370,6 +457,19 @@ mod tests {
         assert!(matches!(endpoint(":50051"), Err(ConfigError::NoHost(_))));
         assert!(matches!(endpoint("s1:0"), Err(ConfigError::NoPort(_))));
         assert!(matches!(millis("0"), Err(ConfigError::ZeroMillis)));
+        assert_eq!(bytes("64MiB").ok(), Some(64 << 20));
+        assert_eq!(bytes(" 1000 ").ok(), Some(1000));
+        assert_eq!(bytes("2 GiB").ok(), Some(2 << 30));
+        assert!(matches!(bytes("64MB"), Err(ConfigError::NotBytes(_))));
+        assert!(matches!(bytes("-1"), Err(ConfigError::NotBytes(_))));
+        assert!(matches!(
+            bytes("99999999999999999999GiB"),
+            Err(ConfigError::NotBytes(_))
+        ));
+        assert!(matches!(
+            segment_bytes("1KiB"),
+            Err(ConfigError::TooFewBytes(..))
+        ));
         assert_eq!(
             max_connections("0").unwrap_err().to_string(),
             format!("`0` is not a whole number from 1 to {MAX_CONNECTIONS_CEILING}")

@@ -285,6 +285,12 @@ impl Replica {
         &self.log
     }
 
+    /// Lets the oldest decided payloads go down to `budget` bytes ([`Log::evict`]): everything
+    /// held must be in the log's files, where they are read back from.
+    pub fn evict(&mut self, budget: usize) {
+        self.log.evict(self.log.last_id(), budget);
+    }
+
     /// The master process whose entries we hold (0: none heard yet).
     pub fn master(&self) -> u64 {
         self.master

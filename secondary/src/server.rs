@@ -14,7 +14,7 @@ use crate::service::ReplicationService;
 use crate::state::Secondary;
 use replog_node::api::connections::Threads;
 use replog_node::shutdown::Shutdown;
-use replog_node::storage::LogFile;
+use replog_node::storage::SegmentLog;
 use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_server::ReplicationServer;
 use std::sync::Arc;
@@ -65,7 +65,7 @@ pub async fn run(
     let secondary = Arc::new(Secondary::new(
         config,
         Replica::new(log)
-            .with_master(file.as_ref().map_or(0, LogFile::master_instance))
+            .with_master(file.as_ref().map_or(0, SegmentLog::master_instance))
             .rejoining(rejoining),
         file,
         forward,
@@ -246,6 +246,7 @@ mod tests {
             grpc.local_addr().expect("its address"),
         );
         let shutdown = Shutdown::new();
+        let storage = config.storage.clone();
         let running = tokio::spawn(run(config, http, grpc, shutdown.clone()));
 
         // A master replicates two entries over a stream it keeps open...
@@ -309,13 +310,8 @@ mod tests {
         TcpListener::bind(grpc_address)
             .await
             .expect("the replication port is free");
-        let (_file, recovered) = replog_node::storage::LogFile::open(
-            &dir.0,
-            replog_node::storage::FsyncPolicy::Always,
-            String::new,
-        )
-        .expect("the log opens again");
-        assert_eq!((recovered.log.log_id(), recovered.log.last_id()), ("L", 2));
+        let opened = storage.open(String::new).expect("the log opens again");
+        assert_eq!((opened.log.log_id(), opened.log.last_id()), ("L", 2));
         drop(requests);
     }
 }

@@ -7,7 +7,7 @@ use replog_node::api::{ApiError, Health, Leadership, Node};
 use replog_node::log::Message;
 use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
-use replog_node::storage::{LogFile, Record};
+use replog_node::storage::{Record, SegmentLog};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -33,7 +33,7 @@ pub struct Secondary {
 /// replica made them, and nothing is acknowledged before it is written.
 pub struct Store {
     pub replica: Replica,
-    file: Option<LogFile>,
+    file: Option<SegmentLog>,
     /// Set by [`Secondary::close`]: nothing is taken any more, and the file is closed.
     closed: bool,
 }
@@ -58,7 +58,7 @@ impl Secondary {
     pub fn new(
         config: Config,
         replica: Replica,
-        file: Option<LogFile>,
+        file: Option<SegmentLog>,
         forward: Forwarder,
         shutdown: Shutdown,
     ) -> Self {
@@ -205,9 +205,13 @@ impl Secondary {
                 "stored"
             );
         }
+        if let (Some(budget), Some(_)) = (self.config.storage.cache_budget(), file.as_ref()) {
+            // Everything held is in the file now: the oldest decided payloads may go.
+            replica.evict(budget);
+        }
         if rejoining && !replica.is_rejoining() {
             // What it holds is on disk: it is whole again, also after a restart.
-            if let Some(Err(error)) = file.as_ref().map(LogFile::mark_complete) {
+            if let Some(Err(error)) = file.as_ref().map(SegmentLog::mark_complete) {
                 tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
                 self.storage_failed.store(true, Ordering::Relaxed);
                 self.shutdown.cancel();
@@ -350,7 +354,7 @@ mod tests {
     /// [`in_failover`], durable in `file`.
     fn in_failover_on(
         replica: Replica,
-        file: Option<LogFile>,
+        file: Option<SegmentLog>,
     ) -> (
         Secondary,
         watch::Sender<Option<Leader>>,
@@ -372,6 +376,21 @@ mod tests {
         let forward = Forwarder::following("b", leader);
         let secondary = Secondary::new(config, replica, file, forward, Shutdown::new());
         (secondary, leader_tx, standing_rx)
+    }
+
+    /// The log in `dir` as a node opens it (`DATA_DIR`), and its files.
+    fn open_dir(
+        dir: &std::path::Path,
+        new_log_id: impl FnOnce() -> String,
+    ) -> (replog_node::log::Log, SegmentLog) {
+        let storage = replog_node::config::StorageArgs {
+            data_dir: Some(dir.to_owned()),
+            fsync: replog_node::storage::FsyncPolicy::Never,
+            cache_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+        };
+        let opened = storage.open(new_log_id).expect("open");
+        (opened.log, opened.file.expect("files"))
     }
 
     /// A directory of its own for one test's log file.
@@ -489,13 +508,12 @@ mod tests {
 
     #[test]
     fn a_rejoining_secondary_stays_incomplete_on_disk_until_it_has_caught_up() {
-        use replog_node::storage::{FsyncPolicy, INCOMPLETE_MARKER};
+        use replog_node::storage::INCOMPLETE_MARKER;
         let dir = temp_dir("rejoining");
         let marker = dir.join(INCOMPLETE_MARKER);
         let open = || {
-            let (file, recovered) =
-                LogFile::open(&dir, FsyncPolicy::Never, String::new).expect("open");
-            let replica = Replica::new(recovered.log)
+            let (log, file) = open_dir(&dir, String::new);
+            let replica = Replica::new(log)
                 .with_master(file.master_instance())
                 .rejoining(true);
             in_failover_on(replica, Some(file))
@@ -531,9 +549,8 @@ mod tests {
 
     #[test]
     fn the_replica_knows_the_starts_its_file_records() {
-        use replog_node::storage::FsyncPolicy;
         let dir = temp_dir("starts");
-        let (mut file, _) = LogFile::open(&dir, FsyncPolicy::Never, || "L".into()).expect("open");
+        let (_, mut file) = open_dir(&dir, || "L".into());
         let entry = |id| Record::Entry {
             id,
             message: "m".into(),
@@ -548,9 +565,8 @@ mod tests {
         file.append(&[entry(4), Record::Decided { upto: 1 }])
             .expect("write");
         drop(file);
-        let (file, recovered) =
-            LogFile::open(&dir, FsyncPolicy::Never, || unreachable!()).expect("reopen");
-        let replica = Replica::new(recovered.log).with_master(file.master_instance());
+        let (log, file) = open_dir(&dir, || unreachable!());
+        let replica = Replica::new(log).with_master(file.master_instance());
         let (secondary, _leader, _standing) = in_failover_on(replica, Some(file));
         assert_eq!(secondary.store().replica.starts(), &[(2, 0), (5, 3)]);
         // Term 7 never heard of process 5: what it gave us above 3 goes, and no more (known

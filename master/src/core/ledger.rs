@@ -146,6 +146,9 @@ pub struct Ledger {
     /// known to hold as tombstones yet (not forgotten when their client is). The frontier
     /// recorded in the file stays below them (see [`Ledger::record_frontier`]).
     unsettled: BTreeSet<u64>,
+    /// With a journal: the bytes of payloads the log keeps cached; older durable, decided ones
+    /// are read back from the files ([`Log::evict`]).
+    cache_bytes: usize,
     effects: Vec<Effect>,
 }
 
@@ -161,6 +164,14 @@ impl Ledger {
     /// through [`Ledger::on_written`] and [`Ledger::on_persisted`].
     pub fn new(log: Log, secondaries: usize, journal: bool, starts: &[(u64, u64)]) -> Self {
         Self::build(log, secondaries, journal, starts, false)
+    }
+
+    /// Keeps at most `bytes` of payloads cached: the oldest go once durable and decided, and
+    /// are read back from the log's files when shipped or shown. Only with a journal (the
+    /// files are where they are read back from).
+    pub fn with_cache(mut self, bytes: usize) -> Self {
+        self.cache_bytes = bytes;
+        self
     }
 
     /// A ledger of failover mode: as [`Ledger::new`], but the decided frontier moves only up
@@ -225,6 +236,7 @@ impl Ledger {
             frozen: false,
             recorded,
             unsettled: BTreeSet::new(),
+            cache_bytes: usize::MAX,
             effects,
         }
     }
@@ -351,6 +363,7 @@ impl Ledger {
         }
         self.confirm_aborts();
         self.record_frontier();
+        self.log.evict(self.durable, self.cache_bytes);
     }
 
     /// Answers 500 to the clients of aborted ids a secondary has decided (it holds the

@@ -89,6 +89,9 @@ pub struct Settings {
     /// Failover mode: the decided frontier moves only up to what a majority holds, and a 500
     /// waits for majority - 1 secondaries ([`Ledger::with_quorum_decisions`]).
     pub quorum_decisions: bool,
+    /// With `DATA_DIR`: the bytes of payloads the log keeps cached (`CACHE_BYTES`); `None`
+    /// keeps every one (a log in memory).
+    pub cache_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -101,6 +104,7 @@ impl Settings {
             retry_max: config.retry_max_ms,
             replication_timeout: config.replication_timeout_seconds,
             quorum_decisions: config.failover.is_some(),
+            cache_bytes: config.storage.cache_budget(),
         }
     }
 
@@ -410,10 +414,14 @@ pub const NO_LONGER_MASTER: &str = "this node is no longer the master (its lease
 /// The ledger `settings` ask for.
 fn new_ledger(settings: &Settings, log: Log, journal: bool, starts: &[(u64, u64)]) -> Ledger {
     let secondaries = settings.secondaries.len();
-    if settings.quorum_decisions {
+    let ledger = if settings.quorum_decisions {
         Ledger::with_quorum_decisions(log, secondaries, journal, starts)
     } else {
         Ledger::new(log, secondaries, journal, starts)
+    };
+    match (settings.cache_bytes, journal) {
+        (Some(budget), true) => ledger.with_cache(budget),
+        _ => ledger,
     }
 }
 
@@ -447,6 +455,7 @@ mod tests {
             retry_max: Duration::from_millis(100),
             replication_timeout: Duration::from_secs(10),
             quorum_decisions: false,
+            cache_bytes: None,
         }
     }
 

@@ -210,6 +210,10 @@ pub enum SegmentCutReason {
         "a MasterStart record drops ids above {recovered} within a segment holding up to {last_id}"
     )]
     TruncationInsideSegment { recovered: u64, last_id: u64 },
+    /// The last segment was empty (emptied from outside): it was removed, and the log ends
+    /// with the one before it.
+    #[error("the last segment was empty; the log ends with the one before it")]
+    EmptyLastSegment,
 }
 
 /// Ids that cannot be read, and why.

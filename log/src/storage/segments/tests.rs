@@ -407,6 +407,44 @@ fn a_torn_tail_of_the_active_segment_is_cut_and_appending_continues() {
     }
 }
 
+#[test]
+fn an_emptied_last_segment_is_removed_and_the_log_ends_with_the_one_before() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for from in (1..=100).step_by(10) {
+        log.append(&entries(from, from + 9)).unwrap();
+    }
+    let segments = log.segments();
+    assert!(segments.len() > 2, "small segments: many of them");
+    let before_last = segments[segments.len() - 2].clone();
+    drop(log);
+    let last = seg_files(tmp.path(), "log").pop().unwrap();
+    fs::write(&last, b"").unwrap();
+    let (mut log, opened) = reopen(tmp.path());
+    let cut = opened.cut.expect("reported as a cut");
+    assert_eq!(cut.reason, SegmentCutReason::EmptyLastSegment);
+    assert_eq!(opened.last_id, before_last.last_id);
+    assert!(tmp.path().join("log.incomplete").exists());
+    assert!(!last.exists());
+    // Appending goes on at the end of the one before, which rolls as any active one does.
+    let next = before_last.last_id + 1;
+    log.append(&entries(next, next + 50)).unwrap();
+    drop(log);
+    let (log, opened) = reopen(tmp.path());
+    assert!(opened.cut.is_none());
+    assert_eq!(read_all(&log.reader()).len() as u64, next + 50);
+    // The only segment emptied: the log is new, as if none was there.
+    let only = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(only.path());
+    log.append(&entries(1, 3)).unwrap();
+    drop(log);
+    fs::write(seg_files(only.path(), "log").pop().unwrap(), b"").unwrap();
+    let (_, opened) = open(only.path());
+    assert_eq!(opened.created, Some("the log's only segment was empty"));
+    assert_eq!(opened.last_id, 0);
+    assert!(only.path().join("log.incomplete").exists());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     fs::create_dir_all(to.join(SEGMENTS_DIR)).unwrap();
     for entry in fs::read_dir(from).unwrap() {

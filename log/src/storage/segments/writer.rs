@@ -107,6 +107,40 @@ impl SegmentLog {
             // Segments in place and `log.bin` still there: a conversion's last step.
             convert::finish(dir)?;
         }
+        // A segment is created whole, header first, so an empty last one was emptied from
+        // outside (truncated, or a link to /dev/null): it holds nothing to replay, and the log
+        // ends where the one before it ends (or is new), recovered from the others as a cut
+        // tail is.
+        while let Some(&last) = firsts.last() {
+            let path = seg_dir.join(format::name(last, Kind::Log));
+            if fs::metadata(&path).at(Op::Read, &path)?.len() > 0 {
+                break;
+            }
+            mark_incomplete(dir)?;
+            fs::remove_file(&path).at(Op::Remove, &path)?;
+            format::sync_dir(&seg_dir)?;
+            firsts.pop();
+            tracing::warn!(path = %path.display(), "the last segment of the log was empty; removed it");
+            match firsts.last() {
+                None => created = Some("the log's only segment was empty"),
+                Some(&previous) => {
+                    // The one before it is active again: its index is kept in memory.
+                    let index = seg_dir.join(format::name(previous, Kind::Index));
+                    match fs::remove_file(&index) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(IoError::new(Op::Remove, &index, e).into())
+                        }
+                        _ => {}
+                    }
+                    cut = Some(SegmentCut {
+                        path,
+                        offset: 0,
+                        bytes_cut: 0,
+                        reason: SegmentCutReason::EmptyLastSegment,
+                    })
+                }
+            }
+        }
         if firsts.is_empty() {
             let why = created.unwrap_or("no log was there");
             mark_incomplete(dir)?;
