@@ -394,7 +394,7 @@ pub async fn run(
                 upto,
             } => {
                 if log.last_id() == 0 && log.log_id() != log_id {
-                    log = Log::new(log_id.clone());
+                    log = log.renamed_empty(log_id.clone());
                     records.push(Record::Meta { log_id });
                 }
                 match copy(master, &peers[source], &mut log, upto, &mut records).await {
@@ -429,7 +429,7 @@ pub async fn run(
         }
         .unwrap_or_else(replog_node::log::new_log_id);
         tracing::info!(%log_id, "a new log: naming it");
-        log = Log::new(log_id.clone());
+        log = log.renamed_empty(log_id.clone());
         records.insert(0, Record::Meta { log_id });
     }
     for id in decided_tombstones(&log, &heard) {

@@ -341,7 +341,7 @@ impl Replica {
         let mut records = Vec::new();
         if adopt {
             // Nothing held yet: this replica belongs to whichever master reaches it first.
-            self.log = Log::new(request.log_id.clone());
+            self.log = self.log.renamed_empty(request.log_id.clone());
             self.master = 0;
             self.starts.clear();
             records.push(Record::Meta {

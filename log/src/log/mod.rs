@@ -72,6 +72,16 @@ impl Log {
         }
     }
 
+    /// An empty log named `log_id` in the same files as this one (a node that holds nothing
+    /// and takes another identity keeps writing where it wrote).
+    pub fn renamed_empty(&self, log_id: String) -> Self {
+        Self {
+            log_id,
+            files: self.files.clone(),
+            ..Self::default()
+        }
+    }
+
     /// Reads cold payloads back through `files` (the log's segments).
     pub fn with_files(mut self, files: Reader) -> Self {
         self.files = Some(files);

@@ -1183,3 +1183,25 @@ fn a_damaged_sealed_segment_without_its_index_is_reported_at_open() {
     assert_eq!(opened.last_id, 200, "the rest of the log is served");
     assert!(reader.read(victim.last_id + 1, 1, usize::MAX).is_ok());
 }
+
+#[test]
+fn a_fresh_log_that_adopts_an_identity_reopens_with_it_and_its_entries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = SegmentLog::open(tmp.path(), small(), String::new).expect("open");
+    let mut records = vec![
+        Record::Meta {
+            log_id: "adopted".into(),
+        },
+        Record::MasterStart {
+            instance: 1,
+            recovered: 0,
+        },
+    ];
+    records.extend(entries(1, 40));
+    log.append(&records).unwrap();
+    log.append(&entries(41, 50)).unwrap();
+    drop(log);
+    let (log, opened) = reopen(tmp.path());
+    assert_eq!((opened.log_id.as_str(), opened.last_id), ("adopted", 50));
+    assert_eq!(read_all(&log.reader()).len(), 50);
+}
