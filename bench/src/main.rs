@@ -7,7 +7,9 @@
 //! Then it prints one table, writes `results.json` and `plot.svg`, and checks the benchmark's
 //! targets (replog against Redis at the same client count, see `report::targets`). `--memory`
 //! instead fills a memory-mode cluster with 1,000,000 messages and measures each node's RSS and
-//! the `GET /api/messages` reads.
+//! the `GET /api/messages` reads; `--durable` does the same on a durable cluster (beside the
+//! memory-mode one with `--memory`), and measures its master's restart and a wiped secondary's
+//! catch-up (`storage`).
 
 mod cpu;
 mod failover;
@@ -19,6 +21,7 @@ mod procs;
 mod redis_peer;
 mod replog;
 mod report;
+mod storage;
 mod wire;
 
 use anyhow::{bail, Context, Result};
@@ -72,6 +75,14 @@ struct Args {
     #[arg(long)]
     memory: bool,
 
+    /// The storage check: the memory check on a durable cluster (`DATA_DIR` per node under
+    /// target/bench-data or --tmp-dir, `FSYNC=always`), then its master restarted and a
+    /// secondary wiped and caught up. With --memory the memory-mode cluster is measured too, in
+    /// the same run, with ratios (storage.json); without it the durable cluster alone
+    /// (storage-durable.json).
+    #[arg(long)]
+    durable: bool,
+
     /// Skip the memory check that a full run does after the table.
     #[arg(long)]
     no_memory: bool,
@@ -98,7 +109,8 @@ struct Args {
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 
-    /// Where the durable rows keep their data directories [default: the system temp dir].
+    /// Where the durable rows keep their data directories [default: the system temp dir; for
+    /// --durable, target/bench-data].
     #[arg(long)]
     tmp_dir: Option<PathBuf>,
 
@@ -393,6 +405,18 @@ async fn run(args: Args) -> Result<bool> {
         failover::print(&report);
         failover::write(&report, &out)?;
         return Ok(report.goal_met);
+    }
+
+    if args.durable {
+        let data_root = args
+            .tmp_dir
+            .clone()
+            .unwrap_or_else(|| target_dir.join("bench-data"));
+        let check = storage::run(&env, args.messages, &data_root, args.memory).await?;
+        storage::print(&check);
+        let path = storage::write(&check, &out)?;
+        println!("results: {}", path.display());
+        return Ok(check.ok());
     }
 
     if args.memory {

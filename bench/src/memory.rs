@@ -1,6 +1,15 @@
-//! The memory check: a memory-mode cluster (master + 2 secondaries) filled with N 100-byte
-//! messages (w=1, many clients at once), then each node's RSS, the time of a page
-//! (`GET /api/messages?from_id=N/2&limit=100`) and of the full list, streamed.
+//! The memory check: a cluster (master + 2 secondaries) filled with N 100-byte messages (w=1,
+//! many clients at once), then each node's RSS, the time of pages read from the second quarter
+//! of the log (`GET /api/messages?from_id=..&limit=100`, a different page each time) and of the
+//! full list, streamed.
+//!
+//! `--memory` alone runs it on a memory-mode cluster and writes `memory.json`; the storage check
+//! (`--durable`, [`crate::storage`]) runs it on a durable cluster too, with the same code, and
+//! compares the two. On a durable node the pages sit below the payload cache (`CACHE_BYTES`,
+//! 64 MiB: about 500,000 payloads of 100 bytes), so from a million messages on they are read
+//! back from the segment files; the node's files are dropped from the page cache first
+//! (`posix_fadvise(DONTNEED)`, which needs no privilege), so the pages and the full list read
+//! the disk, not the kernel's copy.
 
 use crate::http::Conn;
 use crate::procs;
@@ -26,13 +35,16 @@ pub const RSS_LIMIT_MB: f64 = 250.0;
 /// The memory check's target: the median time of a page read below this, on every node.
 pub const PAGE_LIMIT_MS: f64 = 5.0;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct NodeMemory {
     pub node: String,
     /// RSS once every node holds the whole log, before any read, in MiB.
     pub rss_mb: f64,
     /// Peak RSS (VmHWM) at that point, in MiB.
     pub peak_rss_mb: f64,
+    /// Whether the node's data files were dropped from the page cache before its reads
+    /// (durable mode).
+    pub page_cache_dropped: bool,
     pub page_p50_ms: f64,
     pub page_max_ms: f64,
     pub full_list_bytes: u64,
@@ -42,8 +54,10 @@ pub struct NodeMemory {
     pub peak_rss_after_full_list_mb: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct MemoryCheck {
+    /// "in-memory" or "durable" (`DATA_DIR`, `FSYNC=always`, the default `CACHE_BYTES`).
+    pub mode: String,
     pub messages: u64,
     pub message_bytes: usize,
     pub clients: usize,
@@ -52,6 +66,7 @@ pub struct MemoryCheck {
     pub fill_errors: u64,
     /// Seconds from the end of the fill until every secondary showed the whole log.
     pub catch_up_seconds: f64,
+    /// The pages read: [`PAGE_SAMPLES`] of them, evenly spread over this range of `from_id`.
     pub page_path: String,
     pub nodes: Vec<NodeMemory>,
 }
@@ -111,30 +126,67 @@ async fn shows(addr: SocketAddr, id: u64) -> Result<bool> {
         .is_some_and(|list| list.iter().any(|m| m["id"].as_u64() == Some(id))))
 }
 
+/// The `from_id` of each page read: [`PAGE_SAMPLES`] different pages, evenly spread from a
+/// quarter of the log to 45 % of it (below the cache of a durable node from about a million
+/// messages on).
+pub fn page_ids(messages: u64) -> Vec<u64> {
+    let first = (messages / 4).max(1);
+    let step = messages / 5 / PAGE_SAMPLES as u64;
+    (0..PAGE_SAMPLES as u64).map(|i| first + i * step).collect()
+}
+
+/// Drops every file under `dir` from the page cache (`POSIX_FADV_DONTNEED`; the files are
+/// synced, so their pages are clean and go). Whether it worked for every file.
+pub fn drop_page_cache(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    let mut ok = true;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            ok &= drop_page_cache(&path);
+        } else if let Ok(file) = std::fs::File::open(&path) {
+            // SAFETY: the descriptor is open for the whole call.
+            let done =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            ok &= done == 0;
+        } else {
+            ok = false;
+        }
+    }
+    ok
+}
+
 async fn measure_node(
     name: &str,
     process: &Process,
     addr: SocketAddr,
-    page: &str,
+    pages: &[u64],
+    data_dir: Option<&Path>,
 ) -> Result<NodeMemory> {
     let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let (rss, peak) = (procs::rss(process), procs::peak_rss(process));
     let mut conn = Conn::connect(addr).await?;
-    let (status, body) = conn.send(Method::GET, page, None).await?;
-    let listed = serde_json::from_slice::<serde_json::Value>(&body)
-        .ok()
-        .and_then(|v| v["messages"].as_array().map(Vec::len))
-        .unwrap_or(0);
-    if status != StatusCode::OK || listed != 100 {
-        bail!("GET {page} on {name}: {status}, {listed} messages");
+    // A first request, so the samples measure reads and not the connection's setup.
+    let (status, _) = conn.send(Method::GET, "/api/health", None).await?;
+    if status != StatusCode::OK {
+        bail!("GET /api/health on {name}: {status}");
     }
-    let mut samples = Vec::with_capacity(PAGE_SAMPLES);
-    for _ in 0..PAGE_SAMPLES {
+    let page_cache_dropped = data_dir.is_some_and(drop_page_cache);
+    let mut samples = Vec::with_capacity(pages.len());
+    for from_id in pages {
+        let page = format!("/api/messages?from_id={from_id}&limit=100");
         let t0 = Instant::now();
-        let (status, _) = conn.send(Method::GET, page, None).await?;
+        let (status, body) = conn.send(Method::GET, &page, None).await?;
         samples.push(t0.elapsed().as_secs_f64() * 1000.0);
-        if status != StatusCode::OK {
-            bail!("GET {page} on {name}: {status}");
+        let listed = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["messages"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        if status != StatusCode::OK || listed != 100 {
+            bail!("GET {page} on {name}: {status}, {listed} messages");
         }
     }
     samples.sort_by(f64::total_cmp);
@@ -146,48 +198,94 @@ async fn measure_node(
         node: name.to_owned(),
         rss_mb: mb(rss),
         peak_rss_mb: mb(peak),
+        page_cache_dropped,
         page_p50_ms: samples[samples.len() / 2],
-        page_max_ms: *samples.last().unwrap(),
+        page_max_ms: samples.last().copied().unwrap_or(0.0),
         full_list_bytes: bytes,
         full_list_ms: elapsed.as_secs_f64() * 1000.0,
         peak_rss_after_full_list_mb: mb(procs::peak_rss(process)),
     })
 }
 
-pub async fn run(env: &Env, messages: u64) -> Result<MemoryCheck> {
-    eprintln!("memory check: appending {messages} messages (w=1, {FILL_CLIENTS} clients) to a memory-mode cluster");
-    let cluster = replog::Cluster::start(&replog::Spec {
-        bin_dir: &env.bin_dir,
-        secondaries: 2,
-        durable: false,
-        log_dir: &env.log_root.join("memory-check"),
-        tmp_root: &env.tmp_root,
-    })
-    .await?;
+/// Every node of `cluster`, the master first: its name, process, address and data directory.
+fn nodes(cluster: &replog::Cluster) -> Vec<(&Process, SocketAddr, Option<&Path>)> {
+    let mut list = vec![(
+        &cluster.master,
+        cluster.master_addr,
+        cluster.master_data_dir(),
+    )];
+    for (i, (process, addr)) in cluster
+        .secondaries
+        .iter()
+        .zip(&cluster.secondary_addrs)
+        .enumerate()
+    {
+        list.push((process, *addr, cluster.secondary_data_dir(i)));
+    }
+    list
+}
+
+/// Fills `cluster` with `messages` appends and waits until every node shows the last one: the
+/// fill's figures, and the last id.
+pub async fn fill_and_wait(
+    cluster: &replog::Cluster,
+    messages: u64,
+) -> Result<(f64, u64, f64, u64)> {
     let (fill_seconds, fill_errors) = fill(cluster.master_addr, messages).await?;
     // The readiness probe was id 1; the fill took ids 2..=messages+1.
     let last = messages + 1;
     let caught_up = Instant::now();
-    let addrs: Vec<SocketAddr> = std::iter::once(cluster.master_addr)
-        .chain(cluster.secondary_addrs.iter().copied())
-        .collect();
-    for addr in &addrs {
-        let addr = *addr;
-        try_wait_for(
-            Duration::from_secs(300),
-            format!("{addr} shows id {last}"),
-            || async move { anyhow::Ok(shows(addr, last).await?.then_some(())) },
-        )
+    // A durable secondary syncs what it takes: give a long log time to follow.
+    let timeout = Duration::from_secs(300.max(messages / 10_000));
+    for (_, addr, _) in nodes(cluster) {
+        try_wait_for(timeout, format!("{addr} shows id {last}"), || async move {
+            anyhow::Ok(shows(addr, last).await?.then_some(()))
+        })
         .await?;
     }
-    let catch_up_seconds = caught_up.elapsed().as_secs_f64();
-    let page = format!("/api/messages?from_id={}&limit=100", messages / 2);
-    let mut nodes = Vec::new();
-    let processes = std::iter::once(&cluster.master).chain(cluster.secondaries.iter());
-    for (process, addr) in processes.zip(addrs) {
-        nodes.push(measure_node(process.name(), process, addr, &page).await?);
+    Ok((
+        fill_seconds,
+        fill_errors,
+        caught_up.elapsed().as_secs_f64(),
+        last,
+    ))
+}
+
+/// Starts a cluster (durable with `data_root`, in memory without), fills it and measures every
+/// node; the cluster is handed back running, for the storage check's restarts.
+pub async fn check_cluster(
+    env: &Env,
+    messages: u64,
+    data_root: Option<&Path>,
+) -> Result<(MemoryCheck, replog::Cluster)> {
+    if messages < 1000 {
+        bail!("the memory check needs at least 1000 messages");
     }
-    Ok(MemoryCheck {
+    let mode = if data_root.is_some() {
+        "durable"
+    } else {
+        "in-memory"
+    };
+    eprintln!(
+        "memory check: appending {messages} messages (w=1, {FILL_CLIENTS} clients) to a {mode} cluster"
+    );
+    let cluster = replog::Cluster::start(&replog::Spec {
+        bin_dir: &env.bin_dir,
+        secondaries: 2,
+        durable: data_root.is_some(),
+        log_dir: &env.log_root.join(format!("memory-check-{mode}")),
+        tmp_root: data_root.unwrap_or(&env.tmp_root),
+    })
+    .await?;
+    let (fill_seconds, fill_errors, catch_up_seconds, _) =
+        fill_and_wait(&cluster, messages).await?;
+    let pages = page_ids(messages);
+    let mut measured = Vec::new();
+    for (process, addr, data_dir) in nodes(&cluster) {
+        measured.push(measure_node(process.name(), process, addr, &pages, data_dir).await?);
+    }
+    let check = MemoryCheck {
+        mode: mode.to_owned(),
         messages,
         message_bytes: crate::MESSAGE_BYTES,
         clients: FILL_CLIENTS,
@@ -195,16 +293,29 @@ pub async fn run(env: &Env, messages: u64) -> Result<MemoryCheck> {
         fill_ops_per_sec: messages as f64 / fill_seconds,
         fill_errors,
         catch_up_seconds,
-        page_path: page,
-        nodes,
-    })
+        page_path: format!(
+            "/api/messages?from_id={}..={}&limit=100 ({} pages)",
+            pages.first().copied().unwrap_or(1),
+            pages.last().copied().unwrap_or(1),
+            pages.len()
+        ),
+        nodes: measured,
+    };
+    Ok((check, cluster))
+}
+
+/// `--memory`: the check on a memory-mode cluster.
+pub async fn run(env: &Env, messages: u64) -> Result<MemoryCheck> {
+    let (check, _cluster) = check_cluster(env, messages, None).await?;
+    Ok(check)
 }
 
 pub fn print(check: &MemoryCheck) {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "memory check: {} x {}-byte messages, w=1, {} clients: {:.1} s ({:.0} ops/s, {} errors); secondaries caught up {:.2} s later",
+        "memory check ({}): {} x {}-byte messages, w=1, {} clients: {:.1} s ({:.0} ops/s, {} errors); secondaries caught up {:.2} s later",
+        check.mode,
         check.messages,
         check.message_bytes,
         check.clients,
@@ -253,7 +364,7 @@ pub fn print(check: &MemoryCheck) {
     );
     let _ = writeln!(
         text,
-        "  {} page `{}` p50 < {PAGE_LIMIT_MS} ms on every node",
+        "  {} pages `{}` p50 < {PAGE_LIMIT_MS} ms on every node",
         mark(page_ok),
         check.page_path
     );

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use cluster_tests::{try_free_ports, try_wait_for, Process};
 use hyper::{Method, StatusCode};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -22,9 +22,30 @@ pub struct Cluster {
     pub secondaries: Vec<Process>,
     pub master_addr: SocketAddr,
     pub secondary_addrs: Vec<SocketAddr>,
+    /// How each node was started, to start it again ([`Cluster::restart_master`],
+    /// [`Cluster::restart_secondary`]).
+    master_start: NodeStart,
+    secondary_starts: Vec<NodeStart>,
     /// Data directories (durable mode); removed when the cluster is dropped, after the processes
     /// (fields drop in declaration order).
     _dirs: Vec<TempDir>,
+}
+
+/// A node's environment variables.
+type NodeEnv = Vec<(&'static str, String)>;
+
+/// What starts one node again: its binary, its environment, its data directory (durable mode).
+struct NodeStart {
+    bin: PathBuf,
+    env: NodeEnv,
+    data_dir: Option<PathBuf>,
+    log_dir: PathBuf,
+}
+
+impl NodeStart {
+    fn spawn(&self, name: &str) -> Result<Process> {
+        procs::spawn(name, command(&self.bin, &self.env), &self.log_dir)
+    }
 }
 
 /// Where and how to start a cluster.
@@ -84,9 +105,9 @@ impl Cluster {
         let ports = try_free_ports(1 + 2 * spec.secondaries)?;
         let master_port = ports[0];
         let mut dirs = Vec::new();
-        let mut storage = |name: &str| -> Result<Vec<(&'static str, String)>> {
+        let mut storage = |name: &str| -> Result<(NodeEnv, Option<PathBuf>)> {
             if !spec.durable {
-                return Ok(vec![]);
+                return Ok((vec![], None));
             }
             let dir = tempfile::Builder::new()
                 .prefix(&format!("replog-bench-{name}-"))
@@ -96,13 +117,15 @@ impl Cluster {
                 ("DATA_DIR", dir.path().display().to_string()),
                 ("FSYNC", "always".to_owned()),
             ];
+            let path = dir.path().to_path_buf();
             dirs.push(dir);
-            Ok(env)
+            Ok((env, Some(path)))
         };
 
         let mut secondaries = Vec::new();
         let mut secondary_addrs = Vec::new();
         let mut replication = Vec::new();
+        let mut secondary_starts = Vec::new();
         for i in 0..spec.secondaries {
             let (http_port, grpc_port) = (ports[1 + 2 * i], ports[2 + 2 * i]);
             let name = format!("secondary-{}", i + 1);
@@ -111,12 +134,16 @@ impl Cluster {
                 ("GRPC_PORT", grpc_port.to_string()),
                 ("MASTER", format!("127.0.0.1:{master_port}")),
             ];
-            env.extend(storage(&name)?);
-            secondaries.push(procs::spawn(
-                &name,
-                command(&secondary_bin, &env),
-                spec.log_dir,
-            )?);
+            let (data_env, data_dir) = storage(&name)?;
+            env.extend(data_env);
+            let start = NodeStart {
+                bin: secondary_bin.clone(),
+                env,
+                data_dir,
+                log_dir: spec.log_dir.to_path_buf(),
+            };
+            secondaries.push(start.spawn(&name)?);
+            secondary_starts.push(start);
             secondary_addrs.push(loopback(http_port));
             replication.push(format!("127.0.0.1:{grpc_port}"));
         }
@@ -124,17 +151,64 @@ impl Cluster {
             ("HTTP_PORT", master_port.to_string()),
             ("SECONDARIES", replication.join(",")),
         ];
-        env.extend(storage("master")?);
-        let master = procs::spawn("master", command(&master_bin, &env), spec.log_dir)?;
+        let (data_env, data_dir) = storage("master")?;
+        env.extend(data_env);
+        let master_start = NodeStart {
+            bin: master_bin,
+            env,
+            data_dir,
+            log_dir: spec.log_dir.to_path_buf(),
+        };
+        let master = master_start.spawn("master")?;
         let mut cluster = Cluster {
             master,
             secondaries,
             master_addr: loopback(master_port),
             secondary_addrs,
+            master_start,
+            secondary_starts,
             _dirs: dirs,
         };
         cluster.wait_ready().await?;
         Ok(cluster)
+    }
+
+    /// The master's data directory (durable mode).
+    pub fn master_data_dir(&self) -> Option<&Path> {
+        self.master_start.data_dir.as_deref()
+    }
+
+    /// Secondary `i`'s data directory (durable mode).
+    pub fn secondary_data_dir(&self, i: usize) -> Option<&Path> {
+        self.secondary_starts.get(i)?.data_dir.as_deref()
+    }
+
+    /// Stops the master with SIGTERM, waits for it to exit (SIGKILL after `grace`), and starts it
+    /// again with the same settings and data directory. Returns when the new process is
+    /// started, not when it serves. Must run on the bench's main thread, as [`procs::spawn`].
+    pub fn restart_master(&mut self, grace: Duration) -> Result<()> {
+        stop(&mut self.master, grace)?;
+        self.master = self.master_start.spawn("master")?;
+        Ok(())
+    }
+
+    /// Stops secondary `i` as [`Cluster::restart_master`] does; with `wipe`, empties its data
+    /// directory (a lost disk); starts it again.
+    pub fn restart_secondary(&mut self, i: usize, grace: Duration, wipe: bool) -> Result<()> {
+        let (Some(process), Some(start)) =
+            (self.secondaries.get_mut(i), self.secondary_starts.get(i))
+        else {
+            bail!("no secondary {i}");
+        };
+        stop(process, grace)?;
+        if wipe {
+            if let Some(dir) = &start.data_dir {
+                std::fs::remove_dir_all(dir)?;
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+        *process = start.spawn(&format!("secondary-{}", i + 1))?;
+        Ok(())
     }
 
     /// Nodes in the cluster, the master included: `w` = all.
@@ -213,6 +287,22 @@ impl Cluster {
             .unwrap_or(0);
         (procs::peak_rss(&self.master), secondaries)
     }
+}
+
+/// SIGTERM, then up to `grace` for the process to exit, then SIGKILL.
+fn stop(process: &mut Process, grace: Duration) -> Result<()> {
+    process.signal(nix::sys::signal::Signal::SIGTERM)?;
+    if process.wait_timeout(grace).is_none() {
+        eprintln!(
+            "{} did not exit within {grace:?} of SIGTERM; killing it",
+            process.name()
+        );
+        process.signal(nix::sys::signal::Signal::SIGKILL)?;
+        if process.wait_timeout(Duration::from_secs(10)).is_none() {
+            bail!("{} did not exit after SIGKILL", process.name());
+        }
+    }
+    Ok(())
 }
 
 /// A message of exactly [`crate::MESSAGE_BYTES`] bytes, starting with `tag`.
