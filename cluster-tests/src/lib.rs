@@ -25,6 +25,7 @@ pub mod etcd;
 pub mod failover;
 pub mod history;
 pub mod process;
+pub mod sse;
 pub mod workload;
 
 pub use process::{Exited, Process};

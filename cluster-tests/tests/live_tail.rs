@@ -8,7 +8,7 @@
 //! `Last-Event-ID` at any node.
 
 use cluster_tests::failover::FailoverCluster;
-use cluster_tests::{wait_until, Cluster, Node, SecondaryOpts, StatusCode, STEADY_HEALTH};
+use cluster_tests::{sse, wait_until, Cluster, Node, SecondaryOpts, StatusCode, STEADY_HEALTH};
 use futures::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -27,10 +27,11 @@ struct Event {
     data: Value,
 }
 
-/// A reader of one stream: the response, read chunk by chunk, and what it has not parsed yet.
+/// A reader of one stream: the response, read chunk by chunk, and what it has not parsed yet
+/// (parsed by the kit's [`sse`], which the benchmark reads the stream with too).
 struct Tail {
     response: reqwest::Response,
-    buffer: Vec<u8>,
+    blocks: sse::Blocks,
     /// Where it reads and the last id it saw, to reconnect with.
     client: reqwest::Client,
     url: String,
@@ -58,7 +59,7 @@ impl Tail {
         let response = Tail::request(client, &url, last_event_id).await;
         Tail {
             response,
-            buffer: Vec::new(),
+            blocks: sse::Blocks::new(),
             client: client.clone(),
             url,
             last_id: last_event_id,
@@ -88,62 +89,46 @@ impl Tail {
         response
     }
 
-    /// The next block (the text up to a blank line), comments included; panics after
-    /// `deadline`.
-    async fn block(&mut self, deadline: Instant) -> String {
-        loop {
-            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                return String::from_utf8(block).expect("the stream is UTF-8");
-            }
-            let chunk = timeout_at(deadline, self.response.chunk())
+    /// Reads the next chunk of the stream into `blocks`; panics after `deadline`.
+    async fn fill(&mut self, deadline: Instant) {
+        let chunk = timeout_at(deadline, self.response.chunk())
+            .await
+            .expect("the next event in time");
+        match chunk {
+            Ok(Some(chunk)) => self.blocks.push(&chunk),
+            Ok(None) | Err(_) if self.resumes => {
+                // What an EventSource does: reconnect, saying what it saw last. A partial
+                // event of the old stream is dropped, as the stream format says.
+                self.blocks.clear();
+                self.resumed += 1;
+                self.response = timeout_at(
+                    deadline,
+                    Tail::request(&self.client, &self.url, self.last_id),
+                )
                 .await
-                .expect("the next event in time");
-            match chunk {
-                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
-                Ok(None) | Err(_) if self.resumes => {
-                    // What an EventSource does: reconnect, saying what it saw last. A partial
-                    // event of the old stream is dropped, as the stream format says.
-                    self.buffer.clear();
-                    self.resumed += 1;
-                    self.response = timeout_at(
-                        deadline,
-                        Tail::request(&self.client, &self.url, self.last_id),
-                    )
-                    .await
-                    .expect("the reconnection in time");
-                }
-                Ok(None) => panic!("the stream ended ({})", self.url),
-                Err(error) => panic!("the stream failed ({}): {error}", self.url),
+                .expect("the reconnection in time");
             }
+            Ok(None) => panic!("the stream ended ({})", self.url),
+            Err(error) => panic!("the stream failed ({}): {error}", self.url),
         }
     }
 
     /// The next event, skipping comments.
     async fn next(&mut self) -> Event {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
+        self.next_by(Instant::now() + EVENT_TIMEOUT).await
+    }
+
+    /// The next event, skipping comments; panics after `deadline`.
+    async fn next_by(&mut self, deadline: Instant) -> Event {
         loop {
-            let block = self.block(deadline).await;
-            let (mut id, mut data) = (None, String::new());
-            for line in block.lines() {
-                if let Some(value) = line.strip_prefix("id: ") {
-                    id = Some(value.parse::<u64>().expect("a numeric id"));
-                } else if let Some(value) = line.strip_prefix("data: ") {
-                    data.push_str(value);
-                } else {
-                    assert!(
-                        line.is_empty() || line.starts_with(':') || line == "retry: 1000",
-                        "unexpected line {line:?}"
-                    );
-                }
-            }
-            match id {
-                Some(id) => {
+            let parsed = self.blocks.next_event();
+            match parsed.unwrap_or_else(|error| panic!("{} sent {error}", self.url)) {
+                Some(sse::Event { id, data }) => {
                     let data = serde_json::from_str(&data).expect("data is JSON");
                     self.last_id = Some(id);
                     return Event { id, data };
                 }
-                None => assert!(data.is_empty(), "data without an id: {block:?}"),
+                None => self.fill(deadline).await,
             }
         }
     }
@@ -441,4 +426,136 @@ async fn failover_nodes_tail_and_a_reader_moves_to_another_node() {
             );
         }
     }
+}
+
+/// Many readers at once, on every node, while clients append as fast as they are answered:
+/// each reader sees every message exactly once, in id order, with its text. The streams share
+/// the log (each holds a cursor and at most a page), so 500 of them cost the nodes CPU, not a
+/// copy of the log each; the test checks they all keep up with a full-speed writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_readers_see_every_message_once_in_order_under_load() {
+    /// Spread over the three nodes: about 167 connections each, far below `MAX_CONNECTIONS`
+    /// (1024 by default) and the test process's open-file limit.
+    const READERS: usize = 500;
+    /// Clients appending at once, each as fast as it is answered, spread over the nodes (a
+    /// secondary forwards to the master).
+    const APPENDERS: u64 = 8;
+    const PER_APPENDER: u64 = 75;
+    const MESSAGES: u64 = APPENDERS * PER_APPENDER;
+    /// How long everything may take once the readers are open: appends, then the last reader
+    /// done. Generous for a loaded 2-core machine in debug; a stuck reader fails here.
+    const WITHIN: Duration = Duration::from_secs(45);
+
+    let cluster = three_nodes().await;
+    let nodes: Vec<&Node> = cluster.nodes().collect();
+    // One client for every stream: HTTP/1.1, so each stream is a connection of its own.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
+    let opened = Instant::now();
+    let tails: Vec<(usize, Tail)> = futures::stream::iter(0..READERS)
+        .map(|n| {
+            let (client, node) = (&client, nodes[n % nodes.len()]);
+            async move { (n, Tail::open_with(client, node, "", None).await) }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    eprintln!("{READERS} streams open in {:?}", opened.elapsed());
+
+    // Every stream is open (answered 200) before the first append, so each one tails the whole
+    // load live. The last message, appended with w=3 after every other was answered, closes
+    // the sequence: a reader that saw something twice would not find it where it expects it.
+    let deadline = Instant::now() + WITHIN;
+    let total = MESSAGES + 1;
+    let readers: Vec<_> = tails
+        .into_iter()
+        .map(|(n, mut tail)| {
+            let node = nodes[n % nodes.len()].name.clone();
+            tokio::spawn(async move {
+                // The texts in id order, one a line (the texts have no newline): one buffer
+                // per reader, not a string per message.
+                let mut seen = String::new();
+                for id in 1..=total {
+                    let event = tail.next_by(deadline).await;
+                    assert_eq!(event.id, id, "reader {n} on {node}: {event:?}");
+                    let fields = event.data.as_object().map_or(0, |o| o.len());
+                    let text = event.data["message"].as_str();
+                    assert!(
+                        fields == 2 && event.data["id"] == id && text.is_some(),
+                        "reader {n} on {node}: {event:?}"
+                    );
+                    seen.push_str(text.unwrap_or_default());
+                    seen.push('\n');
+                }
+                (n, node, seen)
+            })
+        })
+        .collect();
+
+    let started = Instant::now();
+    let appenders: Vec<_> = (0..APPENDERS)
+        .map(|a| {
+            let appender = cluster.appender_on(nodes[a as usize % nodes.len()]);
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for k in 1..=PER_APPENDER {
+                    let text = format!("appender-{a}-{k}");
+                    let (status, body) = appender.append(&text, Some(1)).await;
+                    assert_eq!(status, StatusCode::OK, "{text}: {body}");
+                    acknowledged.push((body["id"].as_u64().expect("an id"), text));
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for appender in appenders {
+        match timeout_at(deadline, appender).await {
+            Ok(Ok(acknowledged)) => expected.extend(acknowledged),
+            Ok(Err(error)) => std::panic::resume_unwind(error.into_panic()),
+            Err(_) => panic!("the appends were not answered within {WITHIN:?}"),
+        }
+    }
+    let appended = started.elapsed();
+    let text = "the last one".to_owned();
+    let (status, body) = cluster.append(&text, Some(3)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    expected.push((body["id"].as_u64().expect("an id"), text));
+    expected.sort();
+    let ids: Vec<u64> = expected.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        ids,
+        (1..=total).collect::<Vec<_>>(),
+        "every append has its own id, with no gaps"
+    );
+    eprintln!(
+        "{MESSAGES} appends by {APPENDERS} clients in {appended:?} ({:.0}/s)",
+        MESSAGES as f64 / appended.as_secs_f64()
+    );
+    let mut want = String::new();
+    for (_, text) in &expected {
+        want.push_str(text);
+        want.push('\n');
+    }
+
+    for reader in readers {
+        // Each reader fails on its own deadline; this only collects what they saw.
+        let (n, node, seen) = match reader.await {
+            Ok(done) => done,
+            Err(error) => std::panic::resume_unwind(error.into_panic()),
+        };
+        if seen != want {
+            let (id, (got, wanted)) = (1..)
+                .zip(seen.lines().zip(want.lines()))
+                .find(|(_, (got, wanted))| got != wanted)
+                .expect("a line that differs");
+            panic!("reader {n} on {node}: id {id} has {got:?}, acknowledged as {wanted:?}");
+        }
+    }
+    eprintln!(
+        "{READERS} readers saw all {total} messages {:?} after the first append",
+        started.elapsed()
+    );
 }
