@@ -9,7 +9,8 @@
 //! instead fills a memory-mode cluster with 1,000,000 messages and measures each node's RSS and
 //! the `GET /api/messages` reads; `--durable` does the same on a durable cluster (beside the
 //! memory-mode one with `--memory`), and measures its master's restart and a wiped secondary's
-//! catch-up (`storage`).
+//! catch-up (`storage`); `--tail` measures the live tail's delivery delay at 1 and 500 readers
+//! (`tail`).
 
 mod cpu;
 mod failover;
@@ -22,6 +23,7 @@ mod redis_peer;
 mod replog;
 mod report;
 mod storage;
+mod tail;
 mod wire;
 
 use anyhow::{bail, Context, Result};
@@ -91,6 +93,19 @@ struct Args {
     /// times and the time until a new master acknowledges an append is measured.
     #[arg(long)]
     failover: bool,
+
+    /// Only the live tail check: delivery delay of `GET /api/messages/stream`, from an append's
+    /// answer to its event at a reader, with each of --readers readers (tail.json).
+    #[arg(long)]
+    tail: bool,
+
+    /// Reader counts of the tail check (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,500")]
+    readers: Vec<usize>,
+
+    /// Appends of the tail check, per reader count (200 with --smoke).
+    #[arg(long, default_value_t = 2000)]
+    tail_messages: u64,
 
     /// Kills of the master in the failover check.
     #[arg(long, default_value_t = 20)]
@@ -405,6 +420,18 @@ async fn run(args: Args) -> Result<bool> {
         failover::print(&report);
         failover::write(&report, &out)?;
         return Ok(report.goal_met);
+    }
+
+    if args.tail {
+        if args.readers.is_empty() || args.readers.contains(&0) || args.tail_messages == 0 {
+            bail!("--tail needs positive --readers and --tail-messages");
+        }
+        let messages = if args.smoke { 200 } else { args.tail_messages };
+        let report = tail::run(&env, &args.readers, messages).await?;
+        tail::print(&report);
+        let path = tail::write(&report, &out)?;
+        println!("results: {}", path.display());
+        return Ok(report.ok());
     }
 
     if args.durable {
