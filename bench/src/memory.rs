@@ -269,11 +269,14 @@ pub async fn check_cluster(
     eprintln!(
         "memory check: appending {messages} messages (w=1, {FILL_CLIENTS} clients) to a {mode} cluster"
     );
+    // The nodes' logs of this run only (a restart appends to its node's).
+    let log_dir = env.log_root.join(format!("memory-check-{mode}"));
+    let _ = std::fs::remove_dir_all(&log_dir);
     let cluster = replog::Cluster::start(&replog::Spec {
         bin_dir: &env.bin_dir,
         secondaries: 2,
         durable: data_root.is_some(),
-        log_dir: &env.log_root.join(format!("memory-check-{mode}")),
+        log_dir: &log_dir,
         tmp_root: data_root.unwrap_or(&env.tmp_root),
     })
     .await?;

@@ -213,11 +213,13 @@ pub async fn run(
     drop(cluster);
 
     eprintln!("storage check: restarting the master of a durable cluster of {SMALL_LOG} messages");
+    let log_dir = env.log_root.join("memory-check-durable-small");
+    let _ = std::fs::remove_dir_all(&log_dir);
     let mut small = replog::Cluster::start(&replog::Spec {
         bin_dir: &env.bin_dir,
         secondaries: 2,
         durable: true,
-        log_dir: &env.log_root.join("memory-check-durable-small"),
+        log_dir: &log_dir,
         tmp_root: data_root,
     })
     .await?;
