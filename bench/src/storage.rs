@@ -52,6 +52,34 @@ pub struct Restart {
     /// RSS when it was ready, in MiB.
     pub rss_mb: f64,
     pub peak_rss_mb: f64,
+    /// Segment files (`DATA_DIR/segments/*.log`) and their bytes, at the restart.
+    pub segments: usize,
+    pub segment_bytes: u64,
+    /// The last (active) segment's bytes: start-up replays that one file, so its time follows
+    /// this, not the number of entries.
+    pub active_segment_bytes: u64,
+}
+
+/// The segment files under `data_dir`: how many, their bytes, the last one's bytes.
+fn segment_files(data_dir: Option<&Path>) -> (usize, u64, u64) {
+    let Some(Ok(entries)) = data_dir.map(|d| std::fs::read_dir(d.join("segments"))) else {
+        return (0, 0, 0);
+    };
+    let mut files: Vec<(u64, u64)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let first: u64 = name.strip_suffix(".log")?.parse().ok()?;
+            Some((first, entry.metadata().ok()?.len()))
+        })
+        .collect();
+    files.sort_unstable();
+    let total = files.iter().map(|(_, bytes)| bytes).sum();
+    (
+        files.len(),
+        total,
+        files.last().map_or(0, |(_, bytes)| *bytes),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +144,7 @@ async fn restart_master(cluster: &mut replog::Cluster) -> Result<Restart> {
     let addr = cluster.master_addr;
     let entries = health(addr).await?["last_id"].as_u64().unwrap_or(0);
     cluster.restart_master(STOP_GRACE)?;
+    let (segments, segment_bytes, active_segment_bytes) = segment_files(cluster.master_data_dir());
     let started = Instant::now();
     let mut health_ms = None;
     let deadline = started + Duration::from_secs(120);
@@ -151,6 +180,9 @@ async fn restart_master(cluster: &mut replog::Cluster) -> Result<Restart> {
         ready_ms,
         rss_mb: mb(procs::rss(&cluster.master)),
         peak_rss_mb: mb(procs::peak_rss(&cluster.master)),
+        segments,
+        segment_bytes,
+        active_segment_bytes,
     })
 }
 
@@ -341,8 +373,15 @@ fn table(check: &StorageCheck) -> String {
     }
     let restart = |label: &str, r: &Restart| {
         format!(
-            "{label}: {} entries, /health 200 after {:.0} ms, ready (read_only false) after {:.0} ms, RSS {:.1} MiB (peak {:.1})",
-            r.entries, r.health_ms, r.ready_ms, r.rss_mb, r.peak_rss_mb
+            "{label}: {} entries ({} segments, {:.1} MB, the active one {:.1} MB), /health 200 after {:.0} ms, ready (read_only false) after {:.0} ms, RSS {:.1} MiB (peak {:.1})",
+            r.entries,
+            r.segments,
+            r.segment_bytes as f64 / 1e6,
+            r.active_segment_bytes as f64 / 1e6,
+            r.health_ms,
+            r.ready_ms,
+            r.rss_mb,
+            r.peak_rss_mb
         )
     };
     let _ = writeln!(
