@@ -5,8 +5,9 @@
 //! sample is the time from an append's 200 answer reaching the client to its event reaching one
 //! reader, so each append gives R samples. An event that arrives before the answer (the master
 //! shows a message as soon as it commits, and the answer is still on its way) counts as 0 and
-//! is counted in `before_answer`. Every reader must see every appended message once, in order;
-//! what it missed or saw out of order is reported, not hidden.
+//! is counted in `before_answer`; the delay from the append's request being sent is reported
+//! beside it. Every reader must see every appended message once, in order; what it missed or
+//! saw out of order is reported, not hidden.
 //!
 //! The readers parse the stream with the cluster tests' [`cluster_tests::sse`].
 
@@ -45,8 +46,12 @@ pub struct TailRow {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
-    /// Events that arrived before their append's answer (counted as 0 ms).
+    /// Events that arrived before their append's answer (counted as 0 ms above).
     pub before_answer: u64,
+    /// Delivery delay from the append's request being sent to the event, in ms: the whole
+    /// path from a writer to a reader, never negative.
+    pub from_send_p50_ms: f64,
+    pub from_send_p99_ms: f64,
     /// Appended messages a reader never saw, over all readers.
     pub missing: u64,
     /// Events a reader saw twice or out of id order, over all readers.
@@ -115,6 +120,7 @@ async fn run_row(env: &Env, readers: usize, messages: u64) -> Result<TailRow> {
     let started = Instant::now();
     for i in 0..messages {
         let body = append_body(&payload_text(&format!("tail-{i}")), W);
+        let sent = Instant::now();
         let (status, body) = conn.send(Method::POST, "/api/messages", Some(body)).await?;
         let at = Instant::now();
         if status != StatusCode::OK {
@@ -124,23 +130,25 @@ async fn run_row(env: &Env, readers: usize, messages: u64) -> Result<TailRow> {
         let id = answer["id"]
             .as_u64()
             .context("an append's answer has its id")?;
-        answered.push((id, at));
+        answered.push((id, sent, at));
     }
     let appends_per_sec = messages as f64 / started.elapsed().as_secs_f64();
-    let last = answered.last().map_or(0, |(id, _)| *id);
+    let last = answered.last().map_or(0, |(id, _, _)| *id);
     ensure!(
         answered.windows(2).all(|pair| pair[0].0 < pair[1].0),
         "one client's appends got ids out of order"
     );
     last_tx.send_replace(last);
 
-    let at = |id: u64| -> Option<Instant> {
+    let at = |id: u64| -> Option<(Instant, Instant)> {
         answered
-            .binary_search_by_key(&id, |(id, _)| *id)
+            .binary_search_by_key(&id, |(id, _, _)| *id)
             .ok()
-            .map(|i| answered[i].1)
+            .map(|i| (answered[i].1, answered[i].2))
     };
     let mut histogram = Histogram::<u64>::new(3)?;
+    let mut from_send = Histogram::<u64>::new(3)?;
+    let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     let (mut before_answer, mut missing, mut out_of_order) = (0, 0, 0);
     for task in tasks {
         let arrivals = match tokio::time::timeout(DRAIN_LIMIT, task).await {
@@ -155,13 +163,15 @@ async fn run_row(env: &Env, readers: usize, messages: u64) -> Result<TailRow> {
                 continue;
             }
             previous = id;
-            let Some(answer) = at(id) else { continue };
+            let Some((sent, answer)) = at(id) else {
+                continue;
+            };
             seen += 1;
             if arrived < answer {
                 before_answer += 1;
             }
-            let micros = arrived.saturating_duration_since(answer).as_micros();
-            histogram.record(u64::try_from(micros).unwrap_or(u64::MAX))?;
+            histogram.record(micros(arrived.saturating_duration_since(answer)))?;
+            from_send.record(micros(arrived.saturating_duration_since(sent)))?;
         }
         missing += messages - seen.min(messages);
     }
@@ -175,6 +185,8 @@ async fn run_row(env: &Env, readers: usize, messages: u64) -> Result<TailRow> {
         p99_ms: ms(0.99),
         max_ms: histogram.max() as f64 / 1000.0,
         before_answer,
+        from_send_p50_ms: from_send.value_at_quantile(0.50) as f64 / 1000.0,
+        from_send_p99_ms: from_send.value_at_quantile(0.99) as f64 / 1000.0,
         missing,
         out_of_order,
         appends_per_sec,
@@ -241,7 +253,7 @@ async fn read(mut body: hyper::body::Incoming, mut last: watch::Receiver<u64>) -
 pub fn print(report: &TailReport) {
     for row in &report.rows {
         println!(
-            "tail: {:>3} readers, {} appends (w={}, one client, {:.0}/s): delivery delay from the append's answer to the event p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; {} before the answer, {} missed, {} out of order",
+            "tail: {:>3} readers, {} appends (w={}, one client, {:.0}/s): delivery delay from the append's answer to the event p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} before the answer); from the append's request p50 {:.3} ms, p99 {:.3} ms; {} missed, {} out of order",
             row.readers,
             row.messages,
             row.w,
@@ -250,6 +262,8 @@ pub fn print(report: &TailReport) {
             row.p99_ms,
             row.max_ms,
             row.before_answer,
+            row.from_send_p50_ms,
+            row.from_send_p99_ms,
             row.missing,
             row.out_of_order
         );
