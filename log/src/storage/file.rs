@@ -478,7 +478,8 @@ fn apply(log: &mut Log, record: Record) -> Result<(), InvalidRecord> {
     Ok(())
 }
 
-fn kind(record: &Record) -> &'static str {
+/// A record's kind, as error messages name it.
+pub(crate) fn kind(record: &Record) -> &'static str {
     match record {
         Record::Meta { .. } => "a Meta record",
         Record::Entry { .. } => "an Entry record",

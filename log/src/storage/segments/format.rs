@@ -175,15 +175,7 @@ pub(crate) fn read_header(scan: &mut Scan<'_>, first_id: u64) -> Result<State, H
     }
 }
 
-pub(crate) fn kind(record: &Record) -> &'static str {
-    match record {
-        Record::Meta { .. } => "a Meta record",
-        Record::Entry { .. } => "an Entry record",
-        Record::Tombstone { .. } => "a Tombstone record",
-        Record::Decided { .. } => "a Decided record",
-        Record::MasterStart { .. } => "a MasterStart record",
-    }
-}
+pub(crate) use super::super::file::kind;
 
 /// The sparse index of one sealed segment, as kept in memory and in `<first id>.idx`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
