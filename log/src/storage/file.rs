@@ -302,12 +302,7 @@ impl LogFile {
         let Some(dir) = self.path.parent() else {
             return Ok(());
         };
-        let marker = dir.join(INCOMPLETE_MARKER);
-        match fs::remove_file(&marker) {
-            Ok(()) => Ok(sync_dir(dir)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(IoError::new(Op::Remove, &marker, e).into()),
-        }
+        remove_incomplete_marker(dir)
     }
 
     /// Path of the log file.
@@ -513,7 +508,7 @@ fn create(dir: &Path, path: &Path, log_id: String) -> Result<File, IoError> {
 }
 
 /// Creates the incomplete marker in `dir`, durably, before the log there is cut or created.
-fn mark_incomplete(dir: &Path) -> Result<(), IoError> {
+pub(crate) fn mark_incomplete(dir: &Path) -> Result<(), IoError> {
     let marker = dir.join(INCOMPLETE_MARKER);
     File::create(&marker)
         .and_then(|file| file.sync_all())
@@ -521,8 +516,18 @@ fn mark_incomplete(dir: &Path) -> Result<(), IoError> {
     sync_dir(dir)
 }
 
+/// Removes the incomplete marker in `dir`, durably (nothing if it is not there).
+pub(crate) fn remove_incomplete_marker(dir: &Path) -> Result<(), StorageError> {
+    let marker = dir.join(INCOMPLETE_MARKER);
+    match fs::remove_file(&marker) {
+        Ok(()) => Ok(sync_dir(dir)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(IoError::new(Op::Remove, &marker, e).into()),
+    }
+}
+
 /// Makes a rename or creation in `dir` durable (POSIX needs the directory itself synced).
-fn sync_dir(dir: &Path) -> Result<(), IoError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), IoError> {
     #[cfg(unix)]
     {
         File::open(dir)

@@ -175,7 +175,7 @@ pub(crate) fn read_header(scan: &mut Scan<'_>, first_id: u64) -> Result<State, H
     }
 }
 
-pub(crate) use super::super::file::kind;
+pub(crate) use super::super::file::{kind, sync_dir};
 
 /// The sparse index of one sealed segment, as kept in memory and in `<first id>.idx`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -272,11 +272,6 @@ pub(crate) fn write_atomic(
         sync_dir(dir)?;
     }
     Ok(path)
-}
-
-/// Makes creations, renames and removals in `dir` durable (POSIX needs the directory synced).
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), IoError> {
-    File::open(dir).and_then(|d| d.sync_all()).at(Op::Sync, dir)
 }
 
 /// Removes `path` if it is there.

@@ -1,7 +1,7 @@
 //! The writer: open and recover, append (group commit), roll, truncate, retain.
 
 use super::super::error::{At, CutReason, InvalidRecord, IoError, Op, StorageError};
-use super::super::file::{FILE_NAME, INCOMPLETE_MARKER};
+use super::super::file::{mark_incomplete, remove_incomplete_marker, FILE_NAME, INCOMPLETE_MARKER};
 use super::super::record::{self, Record, MAX_PAYLOAD};
 use super::super::FsyncPolicy;
 use super::format::{self, HeaderError, Index, Kind, State};
@@ -13,7 +13,7 @@ use super::{
 };
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -125,13 +125,7 @@ impl SegmentLog {
                 None => created = Some("the log's only segment was empty"),
                 Some(&previous) => {
                     // The one before it is active again: its index is kept in memory.
-                    let index = seg_dir.join(format::name(previous, Kind::Index));
-                    match fs::remove_file(&index) {
-                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                            return Err(IoError::new(Op::Remove, &index, e).into())
-                        }
-                        _ => {}
-                    }
+                    format::remove_if_present(&seg_dir.join(format::name(previous, Kind::Index)))?;
                     cut = Some(SegmentCut {
                         path,
                         offset: 0,
@@ -293,12 +287,7 @@ impl SegmentLog {
 
     /// Says that the log is whole again: removes the incomplete marker, durably.
     pub fn mark_complete(&self) -> Result<(), StorageError> {
-        let marker = self.dir.join(INCOMPLETE_MARKER);
-        match fs::remove_file(&marker) {
-            Ok(()) => Ok(format::sync_dir(&self.dir)?),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(IoError::new(Op::Remove, &marker, e).into()),
-        }
+        remove_incomplete_marker(&self.dir)
     }
 
     /// A reader sharing this log's segments; reads run beside appends.
@@ -978,13 +967,4 @@ fn apply(state: &mut State, record: Record) -> Result<(), SegmentCutReason> {
         }
     }
     Ok(())
-}
-
-/// Creates the incomplete marker in `dir`, durably (see `LogFile`).
-fn mark_incomplete(dir: &Path) -> Result<(), IoError> {
-    let marker = dir.join(INCOMPLETE_MARKER);
-    File::create(&marker)
-        .and_then(|file| file.sync_all())
-        .at(Op::Create, &marker)?;
-    format::sync_dir(dir)
 }
