@@ -139,13 +139,8 @@ impl Secondary {
         if *closed {
             return Err(Refused::Stopped);
         }
-        if let Some(leader) = self
-            .config
-            .failover
-            .as_ref()
-            .map(|r| r.leader.borrow().clone())
-        {
-            replica.note_leader(leader.map_or(0, |l| l.term));
+        if let Some(role) = &self.config.failover {
+            replica.note_leader(role.leader.borrow().as_ref().map_or(0, |l| l.term));
         }
         let rejoining = replica.is_rejoining();
         let records = match replica.receive(request) {
