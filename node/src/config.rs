@@ -132,6 +132,7 @@ impl StorageArgs {
         let incomplete = opened.cut.is_some() || opened.created.is_some() || opened.unfinished;
         let log = crate::log::Log::resume(
             opened.log_id,
+            opened.first_id,
             opened.last_id,
             opened.decided,
             opened.tombstones,

@@ -28,10 +28,18 @@ pub struct Message {
 /// (`crate::storage::segments::Reader`) by whoever needs them, and [`Log::get`] and
 /// [`Log::visible`] serve only what is still cached (ids from [`Log::cached_from`] on).
 /// Everything else (identity, length, tombstones, decided frontier) stays whole.
+///
+/// A log need not start at id 1: retention removes the oldest segments
+/// ([`Log::forget_before`]), and a secondary re-seeded from a master that no longer holds the
+/// ids it lacks starts again at the master's first retained id ([`Log::restart_at`]). Reads
+/// below [`Log::first_id`] fail with [`ReadError::Gone`], never with a silent gap.
 #[derive(Debug, Default, Clone)]
 pub struct Log {
     /// Identity of the log, made when it is created; empty until a secondary adopts one.
     log_id: String,
+    /// Ids up to here are not retained (removed by retention, or never held by a re-seeded
+    /// node); every one of them was decided.
+    base: u64,
     /// Ids up to here are held but cold: their payloads are not in memory.
     cold_upto: u64,
     /// Payload of id `cold_upto + i + 1` at index `i`; a tombstone keeps an empty payload. In
@@ -60,14 +68,65 @@ impl Log {
         }
     }
 
-    /// A log of `last_id` ids, all of them cold (on disk, none cached): what a node recovers
-    /// from its files without reading its entries.
-    pub fn resume(log_id: String, last_id: u64, decided: u64, tombstones: BTreeSet<u64>) -> Self {
+    /// A log of the ids from `first_id` to `last_id`, all of them cold (on disk, none cached):
+    /// what a node recovers from its files without reading its entries.
+    pub fn resume(
+        log_id: String,
+        first_id: u64,
+        last_id: u64,
+        decided: u64,
+        tombstones: BTreeSet<u64>,
+    ) -> Self {
+        let base = first_id.saturating_sub(1).min(last_id);
         Self {
             log_id,
+            base,
             cold_upto: last_id,
             tombstones,
-            decided,
+            decided: decided.max(base),
+            ..Self::default()
+        }
+    }
+
+    /// The first retained id: every id from here to [`Log::last_id`] is held (1 unless
+    /// retention removed older ones or the log was re-seeded).
+    pub fn first_id(&self) -> u64 {
+        self.base + 1
+    }
+
+    /// Forgets every id below `first_id` (retention removed their segments). Only decided ids
+    /// go; the rest of the log is unchanged.
+    pub fn forget_before(&mut self, first_id: u64) {
+        let base = first_id
+            .saturating_sub(1)
+            .min(self.decided)
+            .min(self.last_id());
+        if base <= self.base {
+            return;
+        }
+        if base > self.cold_upto {
+            let count = usize::try_from(base - self.cold_upto).unwrap_or(usize::MAX);
+            for index in 0..count.min(self.entries.len()) {
+                self.cached_bytes -= self.entries.get(index).map_or(0, cost);
+            }
+            self.entries.drop_front(count);
+            self.cold_upto = base;
+        }
+        self.base = base;
+        self.tombstones = self.tombstones.split_off(&first_id);
+    }
+
+    /// The same log emptied to start again at `first_id`: nothing held, every id below it
+    /// decided and not retained. A secondary whose master no longer holds the ids it lacks is
+    /// re-seeded so, from the master's first retained id.
+    pub fn restart_at(&self, first_id: u64) -> Self {
+        let base = first_id.saturating_sub(1);
+        Self {
+            log_id: self.log_id.clone(),
+            base,
+            cold_upto: base,
+            decided: base,
+            files: self.files.clone(),
             ..Self::default()
         }
     }
@@ -191,6 +250,7 @@ impl Log {
             self.entries.truncate(0);
             self.cached_bytes = 0;
             self.cold_upto = keep_upto;
+            self.base = self.base.min(keep_upto);
         }
         let keep = usize::try_from(keep_upto - self.cold_upto).unwrap_or(usize::MAX);
         for index in keep..self.entries.len() {
@@ -205,17 +265,31 @@ impl Log {
         self.decided = self.decided.max(decided);
     }
 
-    /// Held entries from `from_id` on (tombstones flagged, with an empty payload), at most
-    /// `max_entries` and no more payload bytes than `max_bytes`, except that one entry is
-    /// always returned if there is one. Cold ones are read from the files, with positional
-    /// reads the page cache mostly serves; cached ones are copied (their handles).
+    /// `from_id`, or the first retained id for 0; [`ReadError::Gone`] below the first
+    /// retained id.
+    fn start(&self, from_id: u64) -> Result<u64, ReadError> {
+        match from_id {
+            0 => Ok(self.first_id()),
+            id if id < self.first_id() => Err(ReadError::Gone {
+                from_id,
+                first_id: self.first_id(),
+            }),
+            id => Ok(id),
+        }
+    }
+
+    /// Held entries from `from_id` on (0: from the first retained id; tombstones flagged, with
+    /// an empty payload), at most `max_entries` and no more payload bytes than `max_bytes`,
+    /// except that one entry is always returned if there is one. Cold ones are read from the
+    /// files, with positional reads the page cache mostly serves; cached ones are copied
+    /// (their handles). [`ReadError::Gone`] below the first retained id.
     pub fn entries(
         &self,
         from_id: u64,
         max_entries: usize,
         max_bytes: usize,
     ) -> Result<Vec<Stored>, ReadError> {
-        let from = from_id.max(1);
+        let from = self.start(from_id)?;
         let max_entries = max_entries.max(1);
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -254,14 +328,15 @@ impl Log {
         Ok(out)
     }
 
-    /// Visible entries with `id >= from_id`, at most `limit` of them, in id order (cold ones
-    /// read from the files).
+    /// Visible entries with `id >= from_id` (0: from the first retained id), at most `limit`
+    /// of them, in id order (cold ones read from the files). [`ReadError::Gone`] below the
+    /// first retained id; a damaged segment's error where its ids are needed.
     pub fn try_visible(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
         /// Cold entries read at once while paging.
         const CHUNK_ENTRIES: usize = 1024;
         const CHUNK_BYTES: usize = 1 << 20;
         let upto = self.visible_upto();
-        let mut next = from_id.max(1);
+        let mut next = self.start(from_id)?;
         let mut out = Vec::new();
         while out.len() < limit && next <= upto {
             let chunk = self.entries(next, CHUNK_ENTRIES, CHUNK_BYTES)?;
@@ -292,10 +367,10 @@ impl Log {
         })
     }
 
-    /// Number of visible entries.
+    /// Number of visible entries retained.
     pub fn visible_count(&self) -> u64 {
         let upto = self.visible_upto();
-        upto - self.tombstones_in(0, upto).count() as u64
+        upto.saturating_sub(self.base) - self.tombstones_in(self.base, upto).count() as u64
     }
 }
 
@@ -429,17 +504,95 @@ mod tests {
         );
         // Resumed from the files alone, as a node starts: the same log, nothing cached.
         let resumed =
-            Log::resume("L".into(), 300, 290, BTreeSet::from([7])).with_files(file.reader());
+            Log::resume("L".into(), 1, 300, 290, BTreeSet::from([7])).with_files(file.reader());
         assert_eq!(resumed.visible(1, usize::MAX), whole);
     }
 
     #[test]
     fn a_resumed_log_holds_every_id_cold() {
-        let log = Log::resume("L".into(), 5, 4, BTreeSet::from([2]));
+        let log = Log::resume("L".into(), 1, 5, 4, BTreeSet::from([2]));
         assert_eq!((log.last_id(), log.cached_from(), log.decided()), (5, 6, 4));
         assert_eq!(log.visible_count(), 3);
         assert_eq!(log.get(5), None);
         assert!(log.is_tombstone(2));
+    }
+
+    #[test]
+    fn ids_before_the_first_retained_are_gone_not_missing() {
+        let mut log = Log::new(new_log_id());
+        for text in ["a", "b", "c", "d", "e", "f"] {
+            log.push(Bytes::from(text), false);
+        }
+        log.tombstone(2);
+        log.tombstone(5);
+        log.set_decided(5);
+        log.forget_before(4);
+        assert_eq!(
+            (log.first_id(), log.last_id(), log.cached_from()),
+            (4, 6, 4)
+        );
+        assert_eq!(log.cached_bytes(), 3 * cost(&Bytes::from("d")) - 1);
+        assert!(!log.is_tombstone(2), "a forgotten id's tombstone goes too");
+        assert_eq!(
+            log.visible_count(),
+            1,
+            "4 only: 5 is a tombstone, 6 undecided"
+        );
+        assert!(matches!(
+            log.try_visible(3, 10),
+            Err(ReadError::Gone {
+                from_id: 3,
+                first_id: 4
+            })
+        ));
+        assert!(matches!(
+            log.entries(1, 10, usize::MAX),
+            Err(ReadError::Gone { first_id: 4, .. })
+        ));
+        let from_first: Vec<u64> = log
+            .try_visible(0, 10)
+            .expect("read")
+            .iter()
+            .map(|m| m.id)
+            .collect();
+        assert_eq!(from_first, [4], "0 reads from the first retained id");
+        log.forget_before(9);
+        assert_eq!(log.first_id(), 6, "never an undecided id");
+        log.forget_before(2);
+        assert_eq!(log.first_id(), 6, "never back");
+    }
+
+    #[test]
+    fn a_log_restarted_at_an_id_holds_nothing_before_it() {
+        let mut log = Log::new("L".into());
+        log.push(Bytes::from("a"), false);
+        log.tombstone(7);
+        let mut restarted = log.restart_at(10);
+        assert_eq!(restarted.log_id(), "L");
+        assert_eq!(
+            (
+                restarted.first_id(),
+                restarted.last_id(),
+                restarted.decided()
+            ),
+            (10, 9, 9)
+        );
+        assert_eq!(restarted.visible_count(), 0);
+        assert!(!restarted.is_tombstone(7));
+        assert_eq!(restarted.push(Bytes::from("j"), false), 10);
+        restarted.set_decided(10);
+        assert_eq!(texts_from(&restarted, 10), vec![(10, "j".into())]);
+        assert_eq!(restarted.visible_count(), 1);
+        let resumed = Log::resume("L".into(), 10, 12, 11, BTreeSet::new());
+        assert_eq!((resumed.first_id(), resumed.visible_count()), (10, 2));
+    }
+
+    fn texts_from(log: &Log, from_id: u64) -> Vec<(u64, String)> {
+        log.try_visible(from_id, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|m| (m.id, String::from_utf8_lossy(&m.message).into_owned()))
+            .collect()
     }
 
     #[test]

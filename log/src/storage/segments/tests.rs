@@ -1205,3 +1205,56 @@ fn a_fresh_log_that_adopts_an_identity_reopens_with_it_and_its_entries() {
     assert_eq!((opened.log_id.as_str(), opened.last_id), ("adopted", 50));
     assert_eq!(read_all(&log.reader()).len(), 50);
 }
+
+#[test]
+fn a_log_restarted_at_a_later_id_holds_only_what_comes_after_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for first in (1..=200u64).step_by(10) {
+        log.append(&entries(first, first + 9)).unwrap();
+    }
+    log.append(&[Record::Decided { upto: 150 }, Record::Tombstone { id: 7 }])
+        .unwrap();
+    assert!(log.segments().len() > 2);
+    let reader = log.reader();
+    log.mark_complete().unwrap();
+    log.restart_at(500).unwrap();
+    assert_eq!(
+        (log.first_id(), log.last_id(), log.decided()),
+        (500, 499, 499)
+    );
+    assert_eq!(log.log_id(), "log-a");
+    assert!(!log.is_tombstone(7));
+    assert_eq!(log.segments().len(), 1);
+    assert!(
+        matches!(
+            reader.read(200, 5, usize::MAX),
+            Err(ReadError::Gone { first_id: 500, .. })
+        ),
+        "a reader taken before sees the new log"
+    );
+    log.append(&entries(500, 510)).unwrap();
+    log.append(&[Record::Decided { upto: 505 }]).unwrap();
+    let ids: Vec<u64> = reader
+        .read(0, 100, usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, (500..=510).collect::<Vec<_>>());
+    drop(log);
+    let (log, opened) = reopen(tmp.path());
+    assert!(
+        opened.unfinished,
+        "incomplete until the caller says it caught up"
+    );
+    assert_eq!(
+        (opened.first_id, opened.last_id, opened.decided),
+        (500, 510, 505)
+    );
+    assert_eq!(opened.log_id, "log-a");
+    assert_eq!(
+        log.reader().read(504, 1, usize::MAX).unwrap()[0].message,
+        text(504)
+    );
+}

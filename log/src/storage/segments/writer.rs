@@ -419,6 +419,75 @@ impl SegmentLog {
         Ok(removed)
     }
 
+    /// Empties the log and starts it again at `first_id`, keeping its identity and master
+    /// starts: every id below `first_id` counts as decided and not retained. A secondary is
+    /// re-seeded so when its master no longer holds the ids it lacks.
+    ///
+    /// Crash-safe by order: the incomplete marker first, then the segments oldest first (as
+    /// retention removes them, so a crash leaves a suffix of the old log), then the new
+    /// segment. Whatever a crash leaves is a whole log, or none, marked incomplete, which a
+    /// secondary takes for one that lost entries and catches up again. Readers see the new
+    /// segment as soon as it exists; a failure midway makes the log unusable until a restart.
+    pub fn restart_at(&mut self, first_id: u64) -> Result<(), StorageError> {
+        self.usable()?;
+        mark_incomplete(&self.dir)?;
+        let state = State {
+            log_id: self.state.log_id.clone(),
+            last_id: first_id.saturating_sub(1),
+            decided: first_id.saturating_sub(1),
+            tombstones: Default::default(),
+            starts: self.state.starts.clone(),
+        };
+        let result = self.remove_all().and_then(|()| {
+            let mut header = Vec::new();
+            format::encode_header(&state, &mut header);
+            let first = state.last_id + 1;
+            format::write_atomic(
+                &self.seg_dir,
+                &format::name(first, Kind::Log),
+                &header,
+                true,
+            )?;
+            open_active(&self.seg_dir, first, header.len() as u64)
+        });
+        match result {
+            Ok(active) => {
+                {
+                    let mut shared = write_lock(&self.shared);
+                    shared.segments =
+                        BTreeMap::from([(active.segment.first_id, Arc::clone(&active.segment))]);
+                    shared.last_id = state.last_id;
+                    shared.tombstones.clear();
+                }
+                tracing::info!(
+                    first_id,
+                    "the log starts again at the master's first retained id"
+                );
+                self.active = active;
+                self.state = state;
+                Ok(())
+            }
+            Err(e) => {
+                self.poisoned = Some(Box::new(e.clone()));
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Removes every segment file and index, oldest first, syncing the directory after each.
+    fn remove_all(&self) -> Result<(), IoError> {
+        for segment in self.segments() {
+            fs::remove_file(&segment.path).at(Op::Remove, &segment.path)?;
+            format::remove_if_present(
+                &self
+                    .seg_dir
+                    .join(format::name(segment.first_id, Kind::Index)),
+            )?;
+            format::sync_dir(&self.seg_dir)?;
+        }
+        Ok(())
+    }
+
     fn write(&mut self, records: &[Record], sync: bool) -> Result<(), StorageError> {
         self.usable()?;
         if records.is_empty() {
