@@ -434,8 +434,8 @@ impl Node for Master {
         answer(id, progress)
     }
 
-    fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.read(|core| core.ledger().page(from_id, limit))
+    fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError> {
+        Ok(self.read(|core| core.ledger().page(from_id, limit))?)
     }
 
     fn readable(&self) -> Result<(), ApiError> {
@@ -490,6 +490,7 @@ impl Node for Master {
             Health {
                 role: "master",
                 log_id: log.log_id().to_owned(),
+                first_id: log.first_id(),
                 last_id: log.last_id(),
                 decided: log.decided(),
                 visible: log.visible_count(),

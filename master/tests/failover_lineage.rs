@@ -62,7 +62,7 @@ struct MasterRole {
 }
 
 enum Role {
-    Secondary(Replica),
+    Secondary(Box<Replica>),
     Master(Box<MasterRole>),
 }
 
@@ -86,7 +86,7 @@ impl Cluster {
                     log_id: String::new(),
                 }];
                 Node {
-                    role: Role::Secondary(opened(&disk)),
+                    role: Role::Secondary(Box::new(opened(&disk))),
                     disk,
                 }
             })
@@ -176,7 +176,7 @@ impl Cluster {
     fn depose(&mut self, node: usize) {
         self.master(node);
         let replica = opened(&self.nodes[node].disk);
-        self.nodes[node].role = Role::Secondary(replica);
+        self.nodes[node].role = Role::Secondary(Box::new(replica));
     }
 
     /// Carries out the master's effects: records are written and synced at once.
@@ -281,8 +281,8 @@ impl Cluster {
     /// What node `node` shows, as texts.
     fn shown(&self, node: usize) -> Vec<String> {
         let page = match &self.nodes[node].role {
-            Role::Master(master) => master.core.ledger().page(1, usize::MAX),
-            Role::Secondary(replica) => replica.page(1, usize::MAX),
+            Role::Master(master) => master.core.ledger().page(1, usize::MAX).expect("page"),
+            Role::Secondary(replica) => replica.page(1, usize::MAX).expect("page"),
         };
         page.into_iter()
             .map(|m| String::from_utf8_lossy(&m.message).into_owned())

@@ -190,11 +190,16 @@ async fn a_broken_stream_is_reopened_and_resent_from_the_high_water_mark() {
         .as_ref()
         .unwrap()
         .page(1, 100)
+        .expect("page")
         .into_iter()
         .map(|m| m.message)
         .collect();
-    let mut expected: Vec<bytes::Bytes> =
-        master.page(1, 100).into_iter().map(|m| m.message).collect();
+    let mut expected: Vec<bytes::Bytes> = master
+        .page(1, 100)
+        .expect("page")
+        .into_iter()
+        .map(|m| m.message)
+        .collect();
     assert_eq!(shown, expected, "the replica shows the master's log");
     expected.dedup();
     assert_eq!(expected.len(), 10, "nothing twice");

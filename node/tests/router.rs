@@ -65,16 +65,16 @@ impl Node for MemoryNode {
         Ok(id)
     }
 
-    fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
+    fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError> {
         let log = self.log.lock().expect("the log's lock");
-        (from_id.max(1)..)
+        Ok((from_id.max(1)..)
             .zip(log.iter().skip(from_id.max(1) as usize - 1))
             .take(limit)
             .map(|(id, message)| Message {
                 id,
                 message: message.clone(),
             })
-            .collect()
+            .collect())
     }
 
     fn visible(&self) -> watch::Receiver<u64> {

@@ -33,6 +33,7 @@
 use bytes::{Bytes, BytesMut};
 use replog_node::log::{Log, Message};
 use replog_node::storage::record::last_term;
+use replog_node::storage::segments::ReadError;
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
@@ -703,8 +704,9 @@ impl Replica {
         }
     }
 
-    pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.log.visible(from_id, limit)
+    /// Visible entries from `from_id` on (0: from the first retained id), at most `limit`.
+    pub fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
+        self.log.try_visible(from_id, limit)
     }
 }
 
@@ -754,7 +756,11 @@ mod tests {
     }
 
     fn shown(r: &Replica) -> Vec<u64> {
-        r.page(1, usize::MAX).iter().map(|m| m.id).collect()
+        r.page(1, usize::MAX)
+            .expect("page")
+            .iter()
+            .map(|m| m.id)
+            .collect()
     }
 
     fn decided(upto: u64, since: u64, tombstones: Vec<u64>) -> Option<Decisions> {
@@ -799,7 +805,10 @@ mod tests {
                 Record::MasterStart { recovered, .. } => replayed.truncate(recovered),
             }
         }
-        assert_eq!(replayed.visible(1, usize::MAX), r.page(1, usize::MAX));
+        assert_eq!(
+            replayed.visible(1, usize::MAX),
+            r.page(1, usize::MAX).expect("page")
+        );
         assert_eq!(replayed.last_id(), r.log().last_id());
     }
 
@@ -913,7 +922,12 @@ mod tests {
             &mut replayed,
             request(vec![], decided(4, 0, vec![])),
         );
-        let texts: Vec<_> = r.page(1, 10).into_iter().map(|m| m.message).collect();
+        let texts: Vec<_> = r
+            .page(1, 10)
+            .expect("page")
+            .into_iter()
+            .map(|m| m.message)
+            .collect();
         assert_eq!(texts, vec!["a", "b", "c", "d"]);
     }
 
@@ -1004,7 +1018,12 @@ mod tests {
             from_master(3, &[(2, 2), (3, 3)], again),
         );
         assert_eq!((r.state().held, r.master()), (3, 3));
-        let texts: Vec<_> = r.page(1, 10).into_iter().map(|m| m.message).collect();
+        let texts: Vec<_> = r
+            .page(1, 10)
+            .expect("page")
+            .into_iter()
+            .map(|m| m.message)
+            .collect();
         assert_eq!(texts, ["a", "b", "new c"]);
         // Id 4 arrives: the old 5 must not follow it from the buffer.
         apply(
@@ -1300,6 +1319,7 @@ mod tests {
 
     fn texts(r: &Replica) -> Vec<String> {
         r.page(1, usize::MAX)
+            .expect("page")
             .into_iter()
             .map(|m| String::from_utf8_lossy(&m.message).into_owned())
             .collect()

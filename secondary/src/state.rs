@@ -249,8 +249,8 @@ impl Node for Secondary {
         }
     }
 
-    fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.store().replica.page(from_id, limit)
+    fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError> {
+        Ok(self.store().replica.page(from_id, limit)?)
     }
 
     fn metrics(&self) -> &Metrics {
@@ -282,6 +282,7 @@ impl Node for Secondary {
         Health {
             role: "secondary",
             log_id: log.log_id().to_owned(),
+            first_id: log.first_id(),
             last_id: log.last_id(),
             decided: log.decided(),
             visible: log.visible_count(),

@@ -27,6 +27,7 @@
 use super::Effect;
 use bytes::Bytes;
 use replog_node::log::{Log, Message};
+use replog_node::storage::segments::ReadError;
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::{BTreeMap, BTreeSet};
@@ -726,8 +727,9 @@ impl Ledger {
         MasterStart::kept_after(&self.starts, instance, self.instance).unwrap_or(u64::MAX)
     }
 
-    pub fn page(&self, from_id: u64, limit: usize) -> Vec<Message> {
-        self.log.visible(from_id, limit)
+    /// Visible entries from `from_id` on (0: from the first retained id), at most `limit`.
+    pub fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
+        self.log.try_visible(from_id, limit)
     }
 }
 
@@ -807,7 +809,12 @@ mod tests {
     const BOUND: Duration = Duration::from_secs(1);
 
     fn ids(ledger: &Ledger) -> Vec<u64> {
-        ledger.page(1, usize::MAX).iter().map(|m| m.id).collect()
+        ledger
+            .page(1, usize::MAX)
+            .expect("page")
+            .iter()
+            .map(|m| m.id)
+            .collect()
     }
 
     #[test]

@@ -41,6 +41,12 @@ pub enum ApiError {
     /// The body did not arrive whole within `REQUEST_TIMEOUT_SECONDS`.
     RequestTimeout(String),
     NotFound(String),
+    /// A read below the first retained id: retention removed it (or this node was re-seeded
+    /// without it). Answers 410 with the first id the node can serve.
+    Gone {
+        detail: String,
+        first_id: u64,
+    },
 }
 
 impl ApiError {
@@ -56,6 +62,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Gone { .. } => StatusCode::GONE,
         }
     }
 
@@ -73,6 +80,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "too_large",
             ApiError::RequestTimeout(_) => "timeout",
             ApiError::NotFound(_) => "not_found",
+            ApiError::Gone { .. } => "gone",
         }
     }
 
@@ -87,7 +95,8 @@ impl ApiError {
             | ApiError::Overloaded(d)
             | ApiError::PayloadTooLarge(d)
             | ApiError::RequestTimeout(d)
-            | ApiError::NotFound(d) => d,
+            | ApiError::NotFound(d)
+            | ApiError::Gone { detail: d, .. } => d,
             ApiError::ReplicationFailed => REPLICATION_FAILED,
         }
     }
@@ -107,7 +116,12 @@ impl IntoResponse for ApiError {
             ApiError::OutcomeUnknown(_) => "unknown",
             _ => "error",
         };
-        let body = serde_json::json!({ "status": status, "detail": self.detail() });
+        let body = match &self {
+            ApiError::Gone { first_id, .. } => {
+                serde_json::json!({ "status": status, "detail": self.detail(), "first_id": first_id })
+            }
+            _ => serde_json::json!({ "status": status, "detail": self.detail() }),
+        };
         let mut response = (self.status(), Json(body)).into_response();
         if matches!(self, ApiError::Overloaded(_)) {
             response.headers_mut().insert(
@@ -132,6 +146,20 @@ impl From<JsonRejection> for ApiError {
                 ApiError::PayloadTooLarge(format!("request body too large: {}", other.body_text()))
             }
             other => ApiError::BadRequest(format!("malformed JSON body: {}", other.body_text())),
+        }
+    }
+}
+
+impl From<crate::storage::segments::ReadError> for ApiError {
+    /// Below the first retained id: 410 naming it. A damaged segment: 503, naming the files,
+    /// so a client reads elsewhere rather than take a short page for the log's end.
+    fn from(error: crate::storage::segments::ReadError) -> Self {
+        match error {
+            crate::storage::segments::ReadError::Gone { first_id, .. } => ApiError::Gone {
+                detail: error.to_string(),
+                first_id,
+            },
+            other => ApiError::Unavailable(format!("cannot read the log here: {other}")),
         }
     }
 }
@@ -161,6 +189,7 @@ impl From<ApiError> for tonic::Status {
             ApiError::PayloadTooLarge(_) => Code::OutOfRange,
             ApiError::RequestTimeout(_) => Code::DeadlineExceeded,
             ApiError::NotFound(_) => Code::NotFound,
+            ApiError::Gone { .. } => Code::OutOfRange,
         };
         tonic::Status::new(code, error.detail())
     }

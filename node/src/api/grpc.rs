@@ -72,7 +72,7 @@ impl<N: Node> Log for LogService<N> {
         };
         let entries = self
             .node
-            .page(request.from_id, limit)
+            .page(request.from_id, limit)?
             .into_iter()
             .map(entry)
             .collect();
@@ -120,7 +120,14 @@ async fn stream_visible<N: Node>(
     loop {
         // Read the frontier before the page: everything up to it is in this page or a later one.
         let upto = *visible.borrow_and_update();
-        let page = node.page(next, WATCH_PAGE);
+        let page = match node.page(next, WATCH_PAGE) {
+            Ok(page) => page,
+            Err(error) => {
+                // Ends the stream with why: below the first retained id, or unreadable files.
+                let _ = tx.send(Err(error.into())).await;
+                return;
+            }
+        };
         if page.is_empty() {
             // Ids up to `upto` are all read (the rest were tombstones); wait for the next move.
             next = next.max(upto + 1);

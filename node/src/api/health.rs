@@ -9,6 +9,9 @@ pub struct Health {
     #[schema(value_type = String)]
     pub role: &'static str,
     pub log_id: String,
+    /// First retained id: reads below it answer 410 (1 unless retention removed older
+    /// segments or the node was re-seeded from a master that had).
+    pub first_id: u64,
     /// Master: last id assigned. Secondary: highest id held contiguously.
     pub last_id: u64,
     pub decided: u64,

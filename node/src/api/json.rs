@@ -243,8 +243,9 @@ impl ListQuery {
                 .map_err(|_| ApiError::BadRequest(format!("`{name}` must be >= 0, got {value}")))
         };
         let from_id = match self.from_id {
-            Some(v) => non_negative("from_id", v)?.max(1),
-            None => 1,
+            Some(v) => non_negative("from_id", v)?,
+            // From the first retained id.
+            None => 0,
         };
         let limit = match self.limit {
             Some(v) => usize::try_from(non_negative("limit", v)?).unwrap_or(usize::MAX),
@@ -311,12 +312,14 @@ async fn list<N: Node>(
     node.readable()?;
     if limit <= STREAM_PAGE {
         let messages = node
-            .page(from_id, limit)
+            .page(from_id, limit)?
             .into_iter()
             .map(MessageBody::from)
             .collect();
         return Ok(Json(MessagesBody { messages }).into_response());
     }
+    // Below the first retained id is a 410, which must come before the body begins.
+    node.page(from_id, 1)?;
     let upto = *node.visible().borrow();
     let chunks = futures::stream::unfold(
         ListCursor {
@@ -338,7 +341,15 @@ async fn list<N: Node>(
                 let page = if cursor.next > upto || cursor.left == 0 {
                     Vec::new()
                 } else {
-                    node.page(cursor.next, STREAM_PAGE.min(cursor.left))
+                    match node.page(cursor.next, STREAM_PAGE.min(cursor.left)) {
+                        Ok(page) => page,
+                        // The answer has begun: breaking the body is the one way left to say
+                        // the list is not whole.
+                        Err(error) => {
+                            cursor.done = true;
+                            return Some((Err(std::io::Error::other(error)), cursor));
+                        }
+                    }
                 };
                 let mut wrote = 0;
                 for message in page.into_iter().take_while(|m| m.id <= upto) {

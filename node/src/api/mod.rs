@@ -41,8 +41,10 @@ pub trait Node: Send + Sync + 'static {
         key: Option<String>,
     ) -> Result<u64, ApiError>;
 
-    /// Visible entries from `from_id` on, at most `limit`.
-    fn page(&self, from_id: u64, limit: usize) -> Vec<Message>;
+    /// Visible entries from `from_id` on (0: from the first retained id), at most `limit`.
+    /// [`ApiError::Gone`] below the first retained id; [`ApiError::Unavailable`] when the
+    /// log's files cannot be read where the page lies (a damaged segment), never a short page.
+    fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError>;
 
     /// Whether this node can list its log now. A master that does not know its log yet (it
     /// recovers it from the secondaries, or its file is older than the cluster's) answers 503

@@ -106,13 +106,13 @@ pub struct StreamEvent {
 pub fn start(from_id: Option<i64>, last_event_id: Option<&[u8]>) -> Result<u64, ApiError> {
     let from_id = match from_id {
         Some(v) => u64::try_from(v)
-            .map_err(|_| ApiError::BadRequest(format!("`from_id` must be >= 0, got {v}")))?
-            .max(1),
-        None => 1,
+            .map_err(|_| ApiError::BadRequest(format!("`from_id` must be >= 0, got {v}")))?,
+        // From the first retained id.
+        None => 0,
     };
     // An empty header is what a client sends after an event with an empty id: no position.
     let after = match last_event_id {
-        None | Some(b"") => 0,
+        None | Some(b"") => None,
         Some(raw) => std::str::from_utf8(raw)
             .ok()
             // At most 19 digits, as the document says: every such number fits in a u64.
@@ -123,9 +123,10 @@ pub fn start(from_id: Option<i64>, last_event_id: Option<&[u8]>) -> Result<u64, 
                     "`Last-Event-ID` must be a log id (0 to 19 decimal digits), got {:?}",
                     String::from_utf8_lossy(raw)
                 ))
-            })?,
+            })
+            .map(Some)?,
     };
-    Ok(from_id.max(after.saturating_add(1)))
+    Ok(after.map_or(from_id, |after| from_id.max(after.saturating_add(1))))
 }
 
 /// `GET /api/messages/stream`: visible messages from `from_id` on as Server-Sent Events, then
@@ -155,6 +156,8 @@ async fn stream<N: Node>(
         headers.get(LAST_EVENT_ID).map(|value| value.as_bytes()),
     )?;
     streams.node.readable()?;
+    // Below the first retained id is a 410, answered before the stream begins.
+    streams.node.page(next, 1)?;
     let cursor = Cursor {
         visible: streams.node.visible(),
         node: streams.node,
@@ -205,7 +208,15 @@ impl<N: Node> Cursor<N> {
             }
             // The frontier before the page: everything up to it is in this page or a later one.
             let upto = *self.visible.borrow_and_update();
-            self.page = self.node.page(self.next, PAGE).into();
+            self.page = match self.node.page(self.next, PAGE) {
+                Ok(page) => page.into(),
+                Err(error) => {
+                    // Retention overtook this reader, or the files cannot be read: the stream
+                    // ends rather than skip ids; a client reconnecting is told why.
+                    tracing::warn!(%error, next = self.next, "a live tail ends");
+                    return None;
+                }
+            };
             if self.page.is_empty() {
                 // Ids up to `upto` are all read (the rest were tombstones): wait for a move.
                 self.next = self.next.max(upto + 1);
@@ -232,8 +243,8 @@ mod tests {
 
     #[test]
     fn starts_at_the_later_of_from_id_and_last_event_id() {
-        assert_eq!(start(None, None).ok(), Some(1));
-        assert_eq!(start(Some(0), None).ok(), Some(1));
+        assert_eq!(start(None, None).ok(), Some(0), "0: the first retained id");
+        assert_eq!(start(Some(0), None).ok(), Some(0));
         assert_eq!(start(Some(7), None).ok(), Some(7));
         assert_eq!(start(None, Some(b"7")).ok(), Some(8));
         assert_eq!(start(Some(3), Some(b"7")).ok(), Some(8));
