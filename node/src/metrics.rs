@@ -30,6 +30,8 @@ pub struct Metrics {
     pub replication_lag: Family<Labels, Gauge>,
     /// 1 for a secondary's current status, 0 for the others.
     pub secondary_status: Family<Labels, Gauge>,
+    /// First retained id: reads below it answer 410 (1 until retention removes a segment).
+    pub first_id: Gauge,
     pub last_id: Gauge,
     pub decided: Gauge,
     pub visible: Gauge,
@@ -58,6 +60,7 @@ impl Default for Metrics {
             replication_retries: Family::default(),
             replication_lag: Family::default(),
             secondary_status: Family::default(),
+            first_id: Gauge::default(),
             last_id: Gauge::default(),
             decided: Gauge::default(),
             visible: Gauge::default(),
@@ -96,6 +99,11 @@ impl Default for Metrics {
             "secondary_status",
             "1 for each secondary's current health status",
             metrics.secondary_status.clone(),
+        );
+        registry.register(
+            "log_first_id",
+            "First retained id; reads below it answer 410",
+            metrics.first_id.clone(),
         );
         registry.register("log_last_id", "Highest id held", metrics.last_id.clone());
         registry.register(

@@ -3,7 +3,9 @@
 //!
 //! The `Node` behind it is an in-memory log ([`MemoryNode`]): the router is what is under test,
 //! and the double counts the appends that reach it, so a test can check that a refused request
-//! changed nothing.
+//! changed nothing. It can start after id 1 as retention leaves a log
+//! ([`MemoryNode::forget_before`]) and fail its pages from an id on as a damaged segment does
+//! ([`MemoryNode::break_from`]), with the storage's own `ReadError`s.
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, Response, StatusCode};
@@ -13,7 +15,9 @@ use replog_node::config::LimitArgs;
 use replog_node::log::Message;
 use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
+use replog_node::storage::segments::ReadError;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -25,6 +29,10 @@ const NODES: u64 = 3;
 /// A log in memory that appends whatever reaches it.
 struct MemoryNode {
     log: Mutex<Vec<Bytes>>,
+    /// The first retained id: pages from below it are gone.
+    first: AtomicU64,
+    /// Pages reaching this id fail as a damaged segment's do; 0: none does.
+    broken: AtomicU64,
     visible: watch::Sender<u64>,
     metrics: Metrics,
 }
@@ -33,6 +41,8 @@ impl MemoryNode {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             log: Mutex::new(Vec::new()),
+            first: AtomicU64::new(1),
+            broken: AtomicU64::new(0),
             visible: watch::Sender::new(0),
             metrics: Metrics::default(),
         })
@@ -40,6 +50,29 @@ impl MemoryNode {
 
     fn appended(&self) -> usize {
         self.log.lock().expect("the log's lock").len()
+    }
+
+    /// Appends `count` messages `m<id>` straight to the log, as committed ones.
+    fn fill(&self, count: usize) {
+        let last = {
+            let mut log = self.log.lock().expect("the log's lock");
+            for _ in 0..count {
+                let id = log.len() + 1;
+                log.push(Bytes::from(format!("m{id}")));
+            }
+            log.len() as u64
+        };
+        api::publish_visible(&self.visible, last);
+    }
+
+    /// Drops every id below `first_id`, as retention does.
+    fn forget_before(&self, first_id: u64) {
+        self.first.store(first_id, Ordering::SeqCst);
+    }
+
+    /// Makes every page that reaches `id` fail as an unreadable segment does.
+    fn break_from(&self, id: u64) {
+        self.broken.store(id, Ordering::SeqCst);
     }
 }
 
@@ -66,15 +99,38 @@ impl Node for MemoryNode {
     }
 
     fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError> {
+        let first_id = self.first.load(Ordering::SeqCst);
+        let from_id = match from_id {
+            0 => first_id,
+            below if below < first_id => {
+                return Err(ReadError::Gone {
+                    from_id: below,
+                    first_id,
+                }
+                .into())
+            }
+            from => from,
+        };
         let log = self.log.lock().expect("the log's lock");
-        Ok((from_id.max(1)..)
-            .zip(log.iter().skip(from_id.max(1) as usize - 1))
+        let page: Vec<Message> = (from_id..)
+            .zip(log.iter().skip(from_id as usize - 1))
             .take(limit)
             .map(|(id, message)| Message {
                 id,
                 message: message.clone(),
             })
-            .collect())
+            .collect();
+        let broken = self.broken.load(Ordering::SeqCst);
+        if broken > 0 && page.last().is_some_and(|m| m.id >= broken) {
+            return Err(ReadError::Corrupt {
+                path: "segments/00000000000000000001.log".into(),
+                id: broken,
+                offset: 4096,
+                reason: "checksum mismatch".into(),
+            }
+            .into());
+        }
+        Ok(page)
     }
 
     fn visible(&self) -> watch::Receiver<u64> {
@@ -82,7 +138,10 @@ impl Node for MemoryNode {
     }
 
     fn health(&self) -> Health {
-        Health::default()
+        Health {
+            first_id: self.first.load(Ordering::SeqCst),
+            ..Health::default()
+        }
     }
 
     fn metrics(&self) -> &Metrics {
@@ -580,4 +639,301 @@ async fn a_body_that_arrives_in_time_is_read() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["message"], "slow");
     assert_eq!(node.appended(), 1);
+}
+
+/// The ids of a list answer's `messages`.
+fn ids(body: &Value) -> Vec<u64> {
+    body["messages"]
+        .as_array()
+        .map(|list| list.iter().filter_map(|m| m["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts a 410 that names `first_id` in its JSON body and its detail.
+async fn assert_gone(response: Response<Body>, first_id: u64, what: &str) {
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, StatusCode::GONE, "{what}: {body}");
+    assert_eq!(body["status"], "error", "{what}: {body}");
+    assert_eq!(body["first_id"], first_id, "{what}: {body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("first retained id is {first_id}")),
+        "{what}: the detail should name the first retained id: {body}"
+    );
+}
+
+/// A node whose log holds ids 1..=`count` with ids below `first_id` retained no more.
+fn retained(count: usize, first_id: u64) -> Arc<MemoryNode> {
+    let node = MemoryNode::new();
+    node.fill(count);
+    node.forget_before(first_id);
+    node
+}
+
+/// Injected: a log of ids 1..=10 whose first retained id is 5; lists from 3 and 4, one page
+/// and streamed (a limit above the streamed list's page of 1024).
+/// Checked: each is 410 with `first_id` 5, before any body, and changes nothing: the log is
+/// whole, the first retained id still 5, and a list from 5 shows 5..=10.
+#[tokio::test]
+async fn a_list_below_the_first_retained_id_is_410_naming_it() {
+    let node = retained(10, 5);
+    let limits = limits(None);
+    for query in [
+        "from_id=3",
+        "from_id=4",
+        "from_id=1&limit=2",
+        "from_id=4&limit=5000",
+    ] {
+        let answer = send(&node, &limits, get(&format!("/api/messages?{query}"))).await;
+        assert_gone(answer, 5, query).await;
+    }
+    assert_eq!(node.appended(), 10);
+    assert_eq!(node.first_id(), 5);
+    let (status, body) = json_of(send(&node, &limits, get("/api/messages?from_id=5")).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), (5..=10).collect::<Vec<_>>(), "{body}");
+    assert_eq!(body["first_id"], 5, "{body}");
+}
+
+/// Injected: the same log (ids 1..=10, first retained 5); lists without `from_id`, with
+/// `from_id=0`, one page and streamed.
+/// Checked: each starts at 5 and names `first_id` 5; the streamed body has `first_id` as its
+/// first key, as the one-page body does.
+#[tokio::test]
+async fn a_list_without_from_id_starts_at_the_first_retained_id() {
+    let node = retained(10, 5);
+    let limits = limits(None);
+    for (query, want) in [
+        ("", (5..=10).collect::<Vec<u64>>()),
+        ("?from_id=0", (5..=10).collect()),
+        ("?limit=3", vec![5, 6, 7]),
+        ("?from_id=0&limit=2", vec![5, 6]),
+        ("?from_id=7&limit=100", vec![7, 8, 9, 10]),
+    ] {
+        let answer = send(&node, &limits, get(&format!("/api/messages{query}"))).await;
+        let bytes = axum::body::to_bytes(answer.into_body(), usize::MAX)
+            .await
+            .expect("the answer's body");
+        assert!(
+            bytes.starts_with(br#"{"first_id":5,"messages":["#),
+            "{query}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        let body: Value = serde_json::from_slice(&bytes).expect("a JSON list");
+        assert_eq!(ids(&body), want, "{query}: {body}");
+    }
+}
+
+/// Injected: a log of 1,500 ids, all retained, whose page reaching id 1,200 fails as a
+/// damaged segment does; a one-page list over it, a stream from it, and a streamed list of all.
+/// Checked: the page and the stream are 503 with a JSON detail naming the segment and the id;
+/// the streamed list, whose body has begun when the page fails, ends with a broken body rather
+/// than a short list.
+#[tokio::test]
+async fn a_page_the_files_cannot_serve_is_503_not_a_short_list() {
+    let node = MemoryNode::new();
+    node.fill(1500);
+    node.break_from(1200);
+    let limits = limits(None);
+    for uri in [
+        "/api/messages?from_id=1150&limit=100",
+        "/api/messages/stream?from_id=1200",
+    ] {
+        let answer = send(&node, &limits, get(uri)).await;
+        let (status, body) = json_of(answer).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}: {body}");
+        assert_eq!(body["status"], "error", "{uri}: {body}");
+        let detail = body["detail"].as_str().unwrap_or_default();
+        for names in [
+            "cannot read the log here",
+            "00000000000000000001.log",
+            "id 1200",
+        ] {
+            assert!(
+                detail.contains(names),
+                "{uri}: should name {names:?}: {body}"
+            );
+        }
+    }
+    let answer = send(&node, &limits, get("/api/messages")).await;
+    assert_eq!(
+        answer.status(),
+        StatusCode::OK,
+        "the body began before the page failed"
+    );
+    let body = axum::body::to_bytes(answer.into_body(), usize::MAX).await;
+    assert!(body.is_err(), "a short list was answered whole");
+}
+
+/// The status and the text of an event stream until `until` appears in it (or, failing, what
+/// came within a few seconds): the stream itself never ends.
+async fn stream_until(response: Response<Body>, until: &str) -> (StatusCode, String) {
+    use futures::StreamExt;
+    let status = response.status();
+    let mut chunks = response.into_body().into_data_stream();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !text.contains(until) {
+        match tokio::time::timeout_at(deadline, chunks.next()).await {
+            Ok(Some(Ok(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Some(Err(error))) => panic!("the stream broke: {error}; so far {text:?}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    (status, text)
+}
+
+fn stream_request(query: &str, last_event_id: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(format!("/api/messages/stream{query}"));
+    if let Some(id) = last_event_id {
+        request = request.header("last-event-id", id);
+    }
+    request.body(Body::empty()).expect("a request")
+}
+
+/// Injected: a log of ids 1..=10, first retained 5; streams from 3 and 4, with
+/// `Last-Event-ID` 2 and 3 (next 3 and 4), and with both (`from_id=5`, `Last-Event-ID` 2:
+/// `from_id` is the later).
+/// Checked: a start below 5 is 410 with `first_id` 5 before any stream; a start at 5 or later
+/// (`Last-Event-ID` 4, no `from_id`, `from_id=0`) streams from it, its greeting naming where it
+/// starts.
+#[tokio::test]
+async fn a_stream_below_the_first_retained_id_is_410_naming_it() {
+    let node = retained(10, 5);
+    let limits = limits(None);
+    for (query, last_event_id) in [
+        ("?from_id=3", None),
+        ("?from_id=4", None),
+        ("", Some("2")),
+        ("", Some("3")),
+        ("?from_id=0", Some("3")),
+    ] {
+        let what = format!("{query} Last-Event-ID {last_event_id:?}");
+        let answer = send(&node, &limits, stream_request(query, last_event_id)).await;
+        assert_gone(answer, 5, &what).await;
+    }
+    for (query, last_event_id, from) in [
+        ("", None, 5),
+        ("?from_id=0", None, 5),
+        ("", Some("4"), 5),
+        ("?from_id=5", Some("2"), 5),
+        ("", Some("8"), 9),
+        ("?from_id=6", None, 6),
+    ] {
+        let what = format!("{query} Last-Event-ID {last_event_id:?}");
+        let answer = send(&node, &limits, stream_request(query, last_event_id)).await;
+        let (status, text) = stream_until(answer, "id: 10\n").await;
+        assert_eq!(status, StatusCode::OK, "{what}: {text}");
+        assert!(
+            text.starts_with(&format!(": replog stream from id {from}\n")),
+            "{what}: {text:?}"
+        );
+        let first_event = text.find("id: ").and_then(|at| text[at..].lines().next());
+        assert_eq!(
+            first_event,
+            Some(&*format!("id: {from}")),
+            "{what}: {text:?}"
+        );
+    }
+}
+
+/// Injected: the same log (ids 1..=10, first retained 5); `/api/health`, `/metrics`.
+/// Checked: both name the first retained id.
+#[tokio::test]
+async fn health_and_metrics_name_the_first_retained_id() {
+    let node = retained(10, 5);
+    let limits = limits(None);
+    let (status, body) = json_of(send(&node, &limits, get("/api/health")).await).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["first_id"], 5, "{body}");
+    let answer = send(&node, &limits, get("/metrics")).await;
+    let text = axum::body::to_bytes(answer.into_body(), usize::MAX)
+        .await
+        .expect("the metrics");
+    let text = String::from_utf8_lossy(&text);
+    assert!(
+        text.lines().any(|line| line == "replog_log_first_id 5"),
+        "{text}"
+    );
+}
+
+/// Injected: `/openapi.json`.
+/// Checked: the list and the stream document their 410 with the `first_id` body and their 503,
+/// and the list and health schemas have `first_id`.
+#[tokio::test]
+async fn the_openapi_document_names_the_410_and_first_id() {
+    let node = MemoryNode::new();
+    let (status, doc) = json_of(send(&node, &limits(None), get("/openapi.json")).await).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in ["/api/messages", "/api/messages/stream"] {
+        let responses = &doc["paths"][path]["get"]["responses"];
+        let gone = &responses["410"]["content"]["application/json"]["schema"]["$ref"];
+        assert_eq!(gone, "#/components/schemas/GoneBody", "{path}: {responses}");
+        assert!(responses["503"].is_object(), "{path}: {responses}");
+    }
+    for schema in ["GoneBody", "MessagesBody", "Health"] {
+        let properties = &doc["components"]["schemas"][schema]["properties"];
+        assert!(properties["first_id"].is_object(), "{schema}: {properties}");
+    }
+}
+
+/// The gRPC client of `replog.v1.Log` over the node's router, in process.
+fn grpc_client(node: &Arc<MemoryNode>) -> replog_proto::v1::log_client::LogClient<axum::Router> {
+    replog_proto::v1::log_client::LogClient::new(app(node, &limits(None)))
+}
+
+/// Injected: the same log (ids 1..=10, first retained 5); gRPC `List` and `Watch` from 3,
+/// `List` from 0 (the default), `Health`.
+/// Checked: below 5 is `OUT_OF_RANGE` naming the first retained id, at the call; from 0 lists
+/// 5..=10 and `first_id` 5; `Watch` from 0 sends 5 first; health says 5.
+#[tokio::test]
+async fn grpc_below_the_first_retained_id_is_out_of_range() {
+    use replog_proto::v1::{HealthRequest, ListRequest, WatchRequest};
+    let node = retained(10, 5);
+    let mut client = grpc_client(&node);
+    let refused = client
+        .list(ListRequest {
+            from_id: 3,
+            limit: 0,
+        })
+        .await
+        .expect_err("a List below the first retained id");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().contains("first retained id is 5"),
+        "{refused:?}"
+    );
+    let refused = client
+        .watch(WatchRequest { from_id: 3 })
+        .await
+        .expect_err("a Watch below the first retained id");
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+
+    let reply = client
+        .list(ListRequest::default())
+        .await
+        .expect("a List from the first retained id")
+        .into_inner();
+    assert_eq!(reply.first_id, 5);
+    let listed: Vec<u64> = reply.entries.iter().map(|e| e.id).collect();
+    assert_eq!(listed, (5..=10).collect::<Vec<_>>());
+
+    let mut watch = client
+        .watch(WatchRequest::default())
+        .await
+        .expect("a Watch from the first retained id")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
+        .await
+        .expect("an entry within 5 s")
+        .expect("the stream goes on")
+        .map(|entry| entry.id);
+    assert_eq!(first, Some(5));
+
+    let health = client
+        .health(HealthRequest {})
+        .await
+        .expect("Health")
+        .into_inner();
+    assert_eq!(health.first_id, 5);
 }

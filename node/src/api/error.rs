@@ -261,6 +261,32 @@ mod tests {
     }
 
     #[test]
+    fn a_read_below_the_first_retained_id_is_410_and_out_of_range() {
+        use crate::storage::segments::ReadError;
+        let error = ApiError::from(ReadError::Gone {
+            from_id: 3,
+            first_id: 5,
+        });
+        assert_eq!(error.status(), StatusCode::GONE);
+        assert!(
+            matches!(error, ApiError::Gone { first_id: 5, .. }),
+            "{error:?}"
+        );
+        assert!(error.detail().contains("first retained id is 5"), "{error}");
+        assert_eq!(tonic::Status::from(error).code(), Code::OutOfRange);
+
+        let damaged = ApiError::from(ReadError::Corrupt {
+            path: "segments/1.log".into(),
+            id: 7,
+            offset: 0,
+            reason: "checksum mismatch".into(),
+        });
+        assert_eq!(damaged.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(damaged.detail().contains("segments/1.log"), "{damaged}");
+        assert_eq!(tonic::Status::from(damaged).code(), Code::Unavailable);
+    }
+
+    #[test]
     fn a_code_this_api_never_answers_is_unknown_not_unavailable() {
         let back = ApiError::from(tonic::Status::internal("h2 protocol error"));
         assert!(matches!(back, ApiError::OutcomeUnknown(_)), "{back:?}");

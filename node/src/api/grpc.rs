@@ -70,13 +70,15 @@ impl<N: Node> Log for LogService<N> {
             0 => usize::MAX,
             n => n as usize,
         };
+        // Before the page: retention only moves it up, so no entry is below the id named.
+        let first_id = self.node.first_id();
         let entries = self
             .node
             .page(request.from_id, limit)?
             .into_iter()
             .map(entry)
             .collect();
-        Ok(Response::new(pb::ListReply { entries }))
+        Ok(Response::new(pb::ListReply { entries, first_id }))
     }
 
     type WatchStream = ReceiverStream<Result<pb::LogEntry, Status>>;
@@ -85,7 +87,11 @@ impl<N: Node> Log for LogService<N> {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let from_id = request.into_inner().from_id.max(1);
+        // 0: from the first retained id, as `List` reads it.
+        let from_id = request.into_inner().from_id;
+        // Below the first retained id is `OUT_OF_RANGE` as the call's answer, not a stream
+        // that ends at once.
+        self.node.page(from_id, 1)?;
         let (tx, rx) = mpsc::channel(WATCH_PAGE);
         let node = self.node.clone();
         let shutdown = self.shutdown.clone();

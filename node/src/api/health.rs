@@ -93,6 +93,7 @@ impl From<Health> for pb::HealthReply {
         pb::HealthReply {
             role: h.role.to_owned(),
             log_id: h.log_id,
+            first_id: h.first_id,
             last_id: h.last_id,
             decided: h.decided,
             visible: h.visible,

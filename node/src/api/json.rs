@@ -103,6 +103,17 @@ pub struct ErrorBody {
     pub detail: String,
 }
 
+/// A read below the first retained id (410): `first_id` is where the node's log starts now.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "error", "detail": "id 3 is no longer retained; the first retained id is 100", "first_id": 100}))]
+pub struct GoneBody {
+    /// Always "error".
+    pub status: String,
+    pub detail: String,
+    /// The first id this node can serve: list or stream from it (or without `from_id`).
+    pub first_id: u64,
+}
+
 impl<S: Send + Sync> FromRequest<S> for AppendBody {
     type Rejection = ApiError;
 
@@ -225,7 +236,8 @@ fn kind(value: &Value) -> &'static str {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// First id to list (default 1).
+    /// First id to list; default (and 0): the first retained id. Below it: 410 with
+    /// `first_id`.
     #[serde(default)]
     #[param(minimum = 0)]
     pub from_id: Option<i64>,
@@ -258,6 +270,9 @@ impl ListQuery {
 /// The visible log, in id order.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MessagesBody {
+    /// The node's first retained id when the list was read: nothing below it can be listed
+    /// (1 unless retention removed older entries).
+    pub first_id: u64,
     pub messages: Vec<MessageBody>,
 }
 
@@ -293,9 +308,10 @@ const STREAM_PAGE: usize = 1024;
     tag = "log",
     params(ListQuery),
     responses(
-        (status = 200, description = "Visible entries in id order", body = MessagesBody),
+        (status = 200, description = "Visible entries in id order, with the node's first retained id", body = MessagesBody),
         (status = 400, description = "Bad query string", body = ErrorBody),
-        (status = 503, description = "The master does not know its log yet (it recovers it from the secondaries)", body = ErrorBody),
+        (status = 410, description = "from_id is below the first retained id (retention removed it); first_id names where the log starts now", body = GoneBody),
+        (status = 503, description = "The master does not know its log yet (it recovers it from the secondaries), or this node cannot read its log's files where the page lies (a damaged segment; the detail names it): read from another node", body = ErrorBody),
     )
 )]
 ///
@@ -303,6 +319,12 @@ const STREAM_PAGE: usize = 1024;
 /// [`STREAM_PAGE`] entries, each read under the log's lock only for that page, so listing a
 /// million entries neither holds a second copy of the log nor blocks appends. The list ends at
 /// the frontier visible when the request arrived: a consistent prefix, since logs only grow.
+/// A start below the first retained id is a 410 before any body; a page that cannot be read
+/// once the streamed body has begun breaks the body, so a client never takes a short list for
+/// a whole one.
+///
+/// `first_id` is read before the first page: retention only moves it up, so the list never
+/// holds an id below the `first_id` it names.
 async fn list<N: Node>(
     State(node): State<Arc<N>>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -310,13 +332,14 @@ async fn list<N: Node>(
     let Query(query) = query?;
     let (from_id, limit) = query.bounds()?;
     node.readable()?;
+    let first_id = node.first_id();
     if limit <= STREAM_PAGE {
         let messages = node
             .page(from_id, limit)?
             .into_iter()
             .map(MessageBody::from)
             .collect();
-        return Ok(Json(MessagesBody { messages }).into_response());
+        return Ok(Json(MessagesBody { first_id, messages }).into_response());
     }
     // Below the first retained id is a 410, which must come before the body begins.
     node.page(from_id, 1)?;
@@ -336,7 +359,10 @@ async fn list<N: Node>(
                 }
                 let mut chunk = Vec::with_capacity(64 * 1024);
                 if !cursor.started {
-                    chunk.extend_from_slice(b"{\"messages\":[");
+                    // The same keys, in the same order, as `MessagesBody`.
+                    chunk.extend_from_slice(b"{\"first_id\":");
+                    chunk.extend_from_slice(first_id.to_string().as_bytes());
+                    chunk.extend_from_slice(b",\"messages\":[");
                 }
                 let page = if cursor.next > upto || cursor.left == 0 {
                     Vec::new()

@@ -46,6 +46,13 @@ pub trait Node: Send + Sync + 'static {
     /// log's files cannot be read where the page lies (a damaged segment), never a short page.
     fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError>;
 
+    /// The first retained id: pages from below it answer [`ApiError::Gone`]. The list answer
+    /// and `/metrics` name it; a node that knows it without building its whole health view
+    /// says so here.
+    fn first_id(&self) -> u64 {
+        self.health().first_id
+    }
+
     /// Whether this node can list its log now. A master that does not know its log yet (it
     /// recovers it from the secondaries, or its file is older than the cluster's) answers 503
     /// instead of an empty list, which would say the log is empty.
@@ -129,6 +136,7 @@ pub async fn append<N: Node>(
 pub fn render_metrics<N: Node>(node: &N) -> String {
     let health = node.health();
     let metrics = node.metrics();
+    metrics.first_id.set(health.first_id as i64);
     metrics.last_id.set(health.last_id as i64);
     metrics.decided.set(health.decided as i64);
     metrics.visible.set(health.visible as i64);

@@ -2,7 +2,7 @@
 //! [`super::json`], served at `/openapi.json` with an interactive page at `/docs` whose assets
 //! the node serves itself (no internet needed).
 
-use super::json::{AppendBody, AppendedBody, ErrorBody, MessageBody, MessagesBody};
+use super::json::{AppendBody, AppendedBody, ErrorBody, GoneBody, MessageBody, MessagesBody};
 use super::{Health, SecondaryHealth};
 use utoipa::OpenApi;
 
@@ -24,6 +24,7 @@ use utoipa::OpenApi;
         AppendBody,
         AppendedBody,
         ErrorBody,
+        GoneBody,
         MessagesBody,
         MessageBody,
         super::stream::StreamEvent,

@@ -7,12 +7,16 @@
 //! visible on this node. A `:` comment every [`KEEP_ALIVE`] keeps proxies from closing a quiet
 //! stream.
 //!
-//! Where it starts: `from_id` (default 1) and the `Last-Event-ID` header that a reconnecting
-//! `EventSource` sends, whichever is later: the stream starts at
+//! Where it starts: `from_id` (default, and 0: the first retained id) and the `Last-Event-ID`
+//! header that a reconnecting `EventSource` sends, whichever is later: the stream starts at
 //! `max(from_id, Last-Event-ID + 1)`. A client that reconnects to the same URL therefore resumes
-//! right after the last event it saw, and `from_id` stays a floor it can rely on.
+//! right after the last event it saw, and `from_id` stays a floor it can rely on. A start below
+//! the first retained id answers 410 with `first_id` before the stream begins: the reader would
+//! otherwise miss ids without knowing. A stream that retention overtakes later ends, and its
+//! reconnect is told the same 410.
 //!
-//! A stream ends when the node shuts down and, in failover mode, when the node changes role (its
+//! A stream ends when the node shuts down, when a page cannot be read (retention removed it, or
+//! the log's files cannot be read there) and, in failover mode, when the node changes role (its
 //! HTTP server is that of the role). The first thing a stream sends is a comment and `retry:`
 //! [`RETRY`], so an `EventSource` reconnects after a second with `Last-Event-ID` and goes on
 //! where it was; `curl` ends, and `curl -H 'Last-Event-ID: <last id>'` resumes.
@@ -80,8 +84,9 @@ impl<N> Clone for Streams<N> {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// First id to send (default 1). A `Last-Event-ID` header moves the start to the id after
-    /// it when that is later.
+    /// First id to send; default (and 0): the first retained id. A `Last-Event-ID` header
+    /// moves the start to the id after it when that is later. A start below the first retained
+    /// id: 410 with `first_id`.
     #[serde(default)]
     #[param(minimum = 0)]
     pub from_id: Option<i64>,
@@ -102,7 +107,8 @@ pub struct StreamEvent {
     pub data: String,
 }
 
-/// The first id to send: `max(from_id, Last-Event-ID + 1)`, or what is wrong with either.
+/// The first id to send: `max(from_id, Last-Event-ID + 1)` (0: the first retained id), or what
+/// is wrong with either.
 pub fn start(from_id: Option<i64>, last_event_id: Option<&[u8]>) -> Result<u64, ApiError> {
     let from_id = match from_id {
         Some(v) => u64::try_from(v)
@@ -142,7 +148,8 @@ pub fn start(from_id: Option<i64>, last_event_id: Option<&[u8]>) -> Result<u64, 
     responses(
         (status = 200, description = "An endless text/event-stream: one event per visible message in id order (`id:` the log id, `data:` the message as JSON, {\"id\":1,\"message\":\"hello\"}), and a `: keep-alive` comment after 15 s of silence", body = StreamEvent, content_type = "text/event-stream"),
         (status = 400, description = "Bad query string or Last-Event-ID", body = super::json::ErrorBody),
-        (status = 503, description = "The master does not know its log yet (it recovers it from the secondaries)", body = super::json::ErrorBody),
+        (status = 410, description = "The start (from_id, or Last-Event-ID + 1) is below the first retained id (retention removed it); first_id names where the log starts now", body = super::json::GoneBody),
+        (status = 503, description = "The master does not know its log yet (it recovers it from the secondaries), or this node cannot read its log's files where the stream would start (a damaged segment; the detail names it)", body = super::json::ErrorBody),
     )
 )]
 async fn stream<N: Node>(
@@ -158,6 +165,14 @@ async fn stream<N: Node>(
     streams.node.readable()?;
     // Below the first retained id is a 410, answered before the stream begins.
     streams.node.page(next, 1)?;
+    // "From the first retained id" becomes that id, so the greeting names where the stream
+    // starts. Should retention overtake it before the first page, the stream ends as any
+    // overtaken one does.
+    let next = if next == 0 {
+        streams.node.first_id()
+    } else {
+        next
+    };
     let cursor = Cursor {
         visible: streams.node.visible(),
         node: streams.node,
