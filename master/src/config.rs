@@ -1,7 +1,13 @@
 //! The master's settings: environment variables, each also a CLI flag of the same name.
+//!
+//! The core takes its own plain [`Settings`] and [`Thresholds`], built here, so that it knows
+//! nothing of the command line: this module sits above `core` and below every module that
+//! reads a setting.
 
+use crate::core::health::Thresholds;
+use crate::core::Settings;
 use crate::error::InvalidSettings;
-use clap::Parser;
+use clap::{Args, Parser};
 use replog_node::config::{endpoint, millis, seconds, AuthArgs, LimitArgs, StorageArgs};
 use replog_node::runtime::RuntimeArgs;
 use std::time::Duration;
@@ -66,7 +72,7 @@ pub struct Config {
     pub shutdown: replog_node::shutdown::ShutdownArgs,
 
     #[command(flatten)]
-    pub keys: crate::idempotency::KeyArgs,
+    pub keys: KeyArgs,
 
     /// Longest wait for a secondary's answer to one replication request (or heartbeat), in
     /// seconds; later, the stream is dropped and opened again. Must exceed DELAY_SECONDS.
@@ -77,6 +83,18 @@ pub struct Config {
     /// role (the `replog` binary); `None` in static mode. Never read from the environment.
     #[arg(skip)]
     pub failover: Option<replog_node::failover::MasterRole>,
+}
+
+/// The idempotency settings.
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// How long the master remembers an append's idempotency key, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_WINDOW_SECONDS", default_value = "300", value_parser = seconds)]
+    pub idempotency_window_seconds: Duration,
+
+    /// Most idempotency keys remembered at once; beyond, the oldest is forgotten first.
+    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
+    pub idempotency_max_keys: usize,
 }
 
 impl Config {
@@ -101,5 +119,31 @@ impl Config {
     /// Nodes in the cluster, the master included: the largest valid `w` and its default.
     pub fn nodes(&self) -> usize {
         self.secondaries.len() + 1
+    }
+}
+
+impl Settings {
+    /// The core's settings, as this process was started with them.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            secondaries: config.secondaries.clone(),
+            thresholds: Thresholds::from_config(config),
+            rpc_timeout: config.rpc_timeout_seconds,
+            retry_base: config.retry_base_ms,
+            retry_max: config.retry_max_ms,
+            replication_timeout: config.replication_timeout_seconds,
+            quorum_decisions: config.failover.is_some(),
+            cache_bytes: config.storage.cache_budget(),
+        }
+    }
+}
+
+impl Thresholds {
+    /// `SUSPECT_AFTER_MS` and `UNHEALTHY_AFTER_MS`.
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            suspect_after: config.suspect_after_ms,
+            unhealthy_after: config.unhealthy_after_ms,
+        }
     }
 }

@@ -14,26 +14,13 @@
 //! still undecided when its window ends keeps its key for another window.
 
 use crate::answers::{self, Verdict};
+use crate::config::KeyArgs;
 use crate::core::{Outcome, Progress};
 use bytes::Bytes;
-use clap::Args;
-use replog_node::config::seconds;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// The idempotency settings.
-#[derive(Debug, Clone, Args)]
-pub struct KeyArgs {
-    /// How long the master remembers an append's idempotency key, in seconds.
-    #[arg(long, env = "IDEMPOTENCY_WINDOW_SECONDS", default_value = "300", value_parser = seconds)]
-    pub idempotency_window_seconds: Duration,
-
-    /// Most idempotency keys remembered at once; beyond, the oldest is forgotten first.
-    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000)]
-    pub idempotency_max_keys: usize,
-}
 
 /// What became of the append that first used a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,6 @@
 //! stall went unanswered). One that had already been silent that long before the stall began
 //! stays unhealthy.
 
-use crate::config::Config;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -41,13 +40,6 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            suspect_after: config.suspect_after_ms,
-            unhealthy_after: config.unhealthy_after_ms,
-        }
-    }
-
     /// The shortest gap in the master's own running that counts as a stall. Shorter gaps (a
     /// busy scheduler) cannot make a secondary that answers every heartbeat look unhealthy, so
     /// they leave the silence clocks alone: restarting them at every hiccup would keep a dead

@@ -15,7 +15,6 @@ pub mod health;
 pub mod ledger;
 pub mod link;
 
-use crate::config::Config;
 use backoff::Backoff;
 use bytes::Bytes;
 use health::{Stalls, Status, Thresholds};
@@ -95,19 +94,6 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_config(config: &Config) -> Self {
-        Self {
-            secondaries: config.secondaries.clone(),
-            thresholds: Thresholds::from_config(config),
-            rpc_timeout: config.rpc_timeout_seconds,
-            retry_base: config.retry_base_ms,
-            retry_max: config.retry_max_ms,
-            replication_timeout: config.replication_timeout_seconds,
-            quorum_decisions: config.failover.is_some(),
-            cache_bytes: config.storage.cache_budget(),
-        }
-    }
-
     /// See [`confirm_within`].
     pub fn confirm_within(&self) -> Duration {
         confirm_within(self.replication_timeout)
