@@ -11,12 +11,20 @@
 //! ([`Record::Decided`]). A group keeps only the latest of these, after its entries and
 //! tombstones; a group of nothing else is written without a sync, riding on the next group's
 //! (a power failure may take it, which costs a little of the frontier, not a promise).
+//!
+//! Between groups it applies retention (`RETENTION_BYTES`, `RETENTION_SECONDS`) every
+//! [`RETENTION_INTERVAL`]: whole old segments go, never one holding an id a secondary the master
+//! hears from still needs ([`crate::core::Core::retention_floor`]), and the core forgets them.
 
 use crate::state::Master;
+use replog_node::config::RETENTION_INTERVAL;
 use replog_node::runtime::blocking_io;
+use replog_node::storage::segments::Retention;
 use replog_node::storage::{FsyncPolicy, Record, SegmentLog};
 use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::MissedTickBehavior;
 
 /// Records written per group commit at most.
 const MAX_GROUP: usize = 8192;
@@ -26,9 +34,20 @@ pub async fn run(
     mut file: SegmentLog,
     mut records: UnboundedReceiver<Record>,
 ) {
+    let retention = master.config.storage.retention();
+    let mut retention_due = tokio::time::interval(RETENTION_INTERVAL);
+    retention_due.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             record = records.recv() => record,
+            _ = retention_due.tick(), if retention.is_some() => {
+                let Some(retention) = retention else { continue };
+                let Some(back) = retain(&master, file, retention).await else {
+                    return;
+                };
+                file = back;
+                continue;
+            }
             _ = master.shutdown.cancelled() => records.try_recv().ok(),
         };
         let Some(first) = first else { return };
@@ -58,7 +77,7 @@ pub async fn run(
             (file, result)
         })
         .await;
-        let Some(back) = take_back(&master, written) else {
+        let Some((back, ())) = take_back(&master, written) else {
             return;
         };
         file = back;
@@ -76,7 +95,7 @@ pub async fn run(
                 (file, result)
             })
             .await;
-            let Some(back) = take_back(&master, synced) else {
+            let Some((back, ())) = take_back(&master, synced) else {
                 return;
             };
             file = back;
@@ -84,6 +103,24 @@ pub async fn run(
         master.metrics.log_write(started.elapsed());
         master.update(|core| core.on_persisted(entries_upto, &tombstones));
     }
+}
+
+/// Removes the old segments retention lets go (see the module doc) and has the core forget
+/// their ids. `None` once the master stopped because the files failed.
+async fn retain(master: &Master, mut file: SegmentLog, retention: Retention) -> Option<SegmentLog> {
+    let floor = master.update(|core| core.retention_floor(Instant::now()));
+    let done = blocking_io(move || {
+        let result = file
+            .retain(&retention, floor, SystemTime::now())
+            .map(|removed| (!removed.is_empty()).then(|| file.first_id()));
+        (file, result)
+    })
+    .await;
+    let (file, first_id) = take_back(master, done)?;
+    if let Some(first_id) = first_id {
+        master.update(|core| core.forget_before(first_id));
+    }
+    Some(file)
 }
 
 /// Takes the `Decided` records out of `group`; returns the highest frontier among them. The
@@ -100,13 +137,14 @@ fn latest_decided(group: &mut Vec<Record>) -> Option<u64> {
     latest
 }
 
-/// The file back from a blocking write or sync; `None` once the master stopped because it failed.
-fn take_back<E: std::fmt::Display>(
+/// The file back from a blocking write, sync or retention, with what it returned; `None` once
+/// the master stopped because it failed.
+fn take_back<T, E: std::fmt::Display>(
     master: &Master,
-    done: Result<(SegmentLog, Result<(), E>), tokio::task::JoinError>,
-) -> Option<SegmentLog> {
+    done: Result<(SegmentLog, Result<T, E>), tokio::task::JoinError>,
+) -> Option<(SegmentLog, T)> {
     let error = match done {
-        Ok((file, Ok(()))) => return Some(file),
+        Ok((file, Ok(value))) => return Some((file, value)),
         Ok((_, Err(error))) => error.to_string(),
         Err(error) => error.to_string(),
     };

@@ -438,6 +438,10 @@ impl Node for Master {
         Ok(self.read(|core| core.ledger().page(from_id, limit))?)
     }
 
+    fn first_id(&self) -> u64 {
+        self.read(|core| core.ledger().log().first_id())
+    }
+
     fn readable(&self) -> Result<(), ApiError> {
         if self.known.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(());
@@ -506,6 +510,7 @@ impl Node for Master {
                     replog_node::api::Leadership::of(&role.name, role.leader.borrow().as_ref())
                 }),
                 rejoining: None,
+                reseeded_from: None,
             }
         })
     }

@@ -119,6 +119,8 @@ fn reopen(dir: &Path) -> (SegmentLog, replog_node::log::Log) {
         fsync: FsyncPolicy::Always,
         cache_bytes: 1 << 20,
         segment_bytes: 1 << 20,
+        retention_bytes: None,
+        retention_seconds: None,
     };
     let opened = storage.open(|| "unused".into()).expect("open the log");
     (opened.file.expect("files"), opened.log)

@@ -4,7 +4,7 @@
 //! `--http-port`). A bad setting stops the process at start with one clear line, because a node
 //! that half-starts with a wrong setting is harder to debug than one that refuses.
 
-use crate::storage::segments::SegmentOpenError;
+use crate::storage::segments::{Retention, SegmentOpenError};
 use crate::storage::FsyncPolicy;
 use clap::Parser;
 use std::net::SocketAddr;
@@ -53,6 +53,10 @@ pub enum ConfigError {
     NotBytes(String),
     #[error("`{0}` is below the least allowed, {1} bytes")]
     TooFewBytes(String, u64),
+    #[error("`{0}` must be more than 0")]
+    Zero(String),
+    #[error("RETENTION_BYTES and RETENTION_SECONDS remove segment files: they need DATA_DIR")]
+    RetentionWithoutDataDir,
 }
 
 /// Where a node keeps its log; the same settings on every node.
@@ -77,6 +81,17 @@ pub struct StorageArgs {
     /// power loss); `never` leaves it to the OS (survives a killed process, not power loss).
     #[arg(long, env = "FSYNC", default_value = "always")]
     pub fsync: FsyncPolicy,
+
+    /// With `DATA_DIR`: keep the segment files' total size at about this, removing the oldest
+    /// whole segments (never the one being written, never an id not yet decided). Unset, size
+    /// removes nothing.
+    #[arg(long, env = "RETENTION_BYTES", value_parser = retention_bytes)]
+    pub retention_bytes: Option<u64>,
+
+    /// With `DATA_DIR`: remove a whole segment once its last append is older than this many
+    /// seconds (never the one being written). Unset, age removes nothing.
+    #[arg(long, env = "RETENTION_SECONDS", value_parser = retention_seconds)]
+    pub retention_seconds: Option<Duration>,
 }
 
 impl StorageArgs {
@@ -88,6 +103,9 @@ impl StorageArgs {
     /// A recovered log starts with every payload cold: start-up reads the last segment only,
     /// and entries are read back from the files as they are asked for.
     pub fn open(&self, new_log_id: impl FnOnce() -> String) -> Result<Opened, ConfigError> {
+        if self.data_dir.is_none() && self.retention().is_some() {
+            return Err(ConfigError::RetentionWithoutDataDir);
+        }
         let Some(dir) = &self.data_dir else {
             return Ok(Opened {
                 log: crate::log::Log::new(new_log_id()),
@@ -143,6 +161,15 @@ impl StorageArgs {
             file: Some(file),
             doubt,
             incomplete,
+        })
+    }
+
+    /// What retention removes (`RETENTION_BYTES`, `RETENTION_SECONDS`); `None` when neither
+    /// is set: the log keeps everything.
+    pub fn retention(&self) -> Option<Retention> {
+        (self.retention_bytes.is_some() || self.retention_seconds.is_some()).then_some(Retention {
+            max_bytes: self.retention_bytes,
+            max_age: self.retention_seconds,
         })
     }
 
@@ -347,6 +374,26 @@ fn segment_bytes(value: &str) -> Result<u64, ConfigError> {
     }
     Ok(size)
 }
+
+/// `RETENTION_BYTES`: a size in bytes, more than 0.
+fn retention_bytes(value: &str) -> Result<u64, ConfigError> {
+    match bytes(value)? {
+        0 => Err(ConfigError::Zero(value.to_owned())),
+        size => Ok(size),
+    }
+}
+
+/// `RETENTION_SECONDS`: seconds, more than 0.
+fn retention_seconds(value: &str) -> Result<Duration, ConfigError> {
+    match seconds(value)? {
+        age if age.is_zero() => Err(ConfigError::Zero(value.to_owned())),
+        age => Ok(age),
+    }
+}
+
+/// How often a node applies its retention: removing a segment is a few file operations, so
+/// checking often keeps the log near its limits at no cost worth counting.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A whole number of milliseconds, at least 1.
 pub fn millis(value: &str) -> Result<Duration, ConfigError> {

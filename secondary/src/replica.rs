@@ -59,6 +59,11 @@ pub struct Replica {
     rejoin: Rejoin,
     /// The current master's term as the coordinator names it (see [`Replica::note_leader`]).
     leader_term: u64,
+    /// The first id of the last re-seed, if this process was re-seeded (see
+    /// [`Replica::receive`]).
+    reseeded: Option<u64>,
+    /// A re-seed the caller has yet to make durable (see [`Replica::take_restart`]).
+    restart: Option<u64>,
 }
 
 /// Whether a replica holds every entry it ever acknowledged, which is what its vote in an
@@ -82,6 +87,22 @@ struct Switch {
     /// The `MasterStart` records that say so, in order, the new process last. Replayed, they
     /// drop the ids above the lowest of them, which is `keep`.
     starts: Vec<(u64, u64)>,
+}
+
+impl Switch {
+    /// The same switch for a log that holds nothing up to `base` (re-seeded there, or
+    /// retention removed those ids, all decided): nothing at or below it can be dropped, and
+    /// the records say so, as the files require of a start.
+    fn at_least(self, base: u64) -> Switch {
+        Switch {
+            keep: self.keep.max(base),
+            starts: self
+                .starts
+                .into_iter()
+                .map(|(instance, recovered)| (instance, recovered.max(base)))
+                .collect(),
+        }
+    }
 }
 
 /// Why a request was refused; nothing was changed.
@@ -224,6 +245,8 @@ impl Replica {
             failover: false,
             rejoin: Rejoin::Whole,
             leader_term: 0,
+            reseeded: None,
+            restart: None,
         }
     }
 
@@ -292,6 +315,22 @@ impl Replica {
         self.log.evict(self.log.last_id(), budget);
     }
 
+    /// Forgets the ids below `first_id`, whose segments retention removed.
+    pub fn forget_before(&mut self, first_id: u64) {
+        self.log.forget_before(first_id);
+    }
+
+    /// The id this replica's log was last re-seeded at, if it was since it started.
+    pub fn reseeded(&self) -> Option<u64> {
+        self.reseeded
+    }
+
+    /// The id the log's files must start again at before the records of the last
+    /// [`Replica::receive`] are written, if it re-seeded this replica (at most once per call).
+    pub fn take_restart(&mut self) -> Option<u64> {
+        self.restart.take()
+    }
+
     /// The master process whose entries we hold (0: none heard yet).
     pub fn master(&self) -> u64 {
         self.master
@@ -325,6 +364,12 @@ impl Replica {
     /// we kept when we heard it (and each unlisted one before it); and in both modes from the
     /// first tombstone above our decided frontier on. Never a decided id: such a request is
     /// refused instead.
+    ///
+    /// A master whose retention removed ids this replica lacks (its `first_id` is above what
+    /// we hold after that, plus one) re-seeds it: the log starts again, empty, at the master's
+    /// first retained id, and the master's entries from there fill it. The ids below were all
+    /// decided at the master; we could not get them anywhere, and a gap would be a lie. The
+    /// caller restarts the files there first ([`Replica::take_restart`]).
     pub fn receive(&mut self, request: ReplicateRequest) -> Result<Vec<Record>, Refusal> {
         // Every check comes before the first change, so a refused request changes nothing.
         let adopt = self.admit(&request.log_id)?;
@@ -339,19 +384,28 @@ impl Replica {
             false => switch.as_ref().map_or(u64::MAX, |s| s.keep),
         };
         self.check(&request, keep, decided)?;
+        let held = self.log.last_id().min(keep);
+        let reseed = (request.first_id > held + 1).then_some(request.first_id);
         let mut records = Vec::new();
         if adopt {
             // Nothing held yet: this replica belongs to whichever master reaches it first.
             self.log = self.log.renamed_empty(request.log_id.clone());
             self.master = 0;
             self.starts.clear();
-            records.push(Record::Meta {
-                log_id: request.log_id,
-            });
+            if reseed.is_none() {
+                // A re-seed names the identity as it starts the files again.
+                records.push(Record::Meta {
+                    log_id: request.log_id,
+                });
+            }
         }
         let new_master = adopt || switch.is_some();
+        if let Some(first_id) = reseed {
+            self.reseed(first_id);
+        }
         if let Some(switch) = switch {
-            self.switch_master(request.master_instance, switch, &mut records);
+            let base = self.log.first_id() - 1;
+            self.switch_master(request.master_instance, switch.at_least(base), &mut records);
         }
         let (instance, master_end) = (request.master_instance, request.last_id);
         let master_decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
@@ -361,6 +415,20 @@ impl Replica {
         }
         self.catch_up(new_master, instance, master_end.max(master_decided));
         Ok(records)
+    }
+
+    /// Starts the log again, empty, at `first_id` (see [`Replica::receive`]).
+    fn reseed(&mut self, first_id: u64) {
+        tracing::warn!(
+            held = self.log.last_id(),
+            first_id,
+            "the master no longer holds ids this secondary lacks (its retention removed them): \
+             re-seeded from the master's first retained id"
+        );
+        self.log = self.log.restart_at(first_id);
+        self.ahead = self.ahead.split_off(&first_id);
+        self.reseeded = Some(first_id);
+        self.restart = Some(first_id);
     }
 
     /// Rejoining: the first request of the current master (and of each later master process)
@@ -786,6 +854,7 @@ mod tests {
                 recovered: 0,
             }],
             quiet: false,
+            first_id: 0,
         }
     }
 

@@ -271,6 +271,7 @@ mod tests {
                 recovered: 0,
             }],
             quiet: false,
+            first_id: 0,
             last_id: 2,
         };
         requests.send(request).await.expect("queued");

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::forward::Forwarder;
 use crate::replica::{Refusal, Replica};
 use replog_node::api::{ApiError, Health, Leadership, Node};
+use replog_node::config::RETENTION_INTERVAL;
 use replog_node::log::Message;
 use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
@@ -36,6 +37,8 @@ pub struct Store {
     file: Option<SegmentLog>,
     /// Set by [`Secondary::close`]: nothing is taken any more, and the file is closed.
     closed: bool,
+    /// When retention last ran (see [`Secondary::retain`]).
+    retained_at: Option<Instant>,
 }
 
 /// Why a request was not taken.
@@ -78,6 +81,7 @@ impl Secondary {
                 replica,
                 file,
                 closed: false,
+                retained_at: None,
             }),
             last_contact: Mutex::new(None),
             visible,
@@ -95,6 +99,39 @@ impl Secondary {
     /// Whether a write of the log file failed (the secondary is then stopping).
     pub fn has_storage_failed(&self) -> bool {
         self.storage_failed.load(Ordering::Relaxed)
+    }
+
+    /// A secondary that cannot write its log must not say it holds anything more: it stops.
+    fn storage_failure(&self, error: &dyn std::fmt::Display) -> Refused {
+        tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
+        self.storage_failed.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
+        Refused::Storage(error.to_string())
+    }
+
+    /// Applies `RETENTION_BYTES`/`RETENTION_SECONDS` at most every [`RETENTION_INTERVAL`]:
+    /// removes the oldest whole segments that only hold decided ids, and forgets them.
+    fn retain(
+        &self,
+        replica: &mut Replica,
+        file: &mut SegmentLog,
+        retained_at: &mut Option<Instant>,
+    ) -> Result<(), Refused> {
+        let Some(retention) = self.config.storage.retention() else {
+            return Ok(());
+        };
+        if retained_at.is_some_and(|at| at.elapsed() < RETENTION_INTERVAL) {
+            return Ok(());
+        }
+        *retained_at = Some(Instant::now());
+        let floor = replica.log().decided().saturating_add(1);
+        let removed = file
+            .retain(&retention, floor, std::time::SystemTime::now())
+            .map_err(|error| self.storage_failure(&error))?;
+        if !removed.is_empty() {
+            replica.forget_before(file.first_id());
+        }
+        Ok(())
     }
 
     /// Counts and logs a refused replication request.
@@ -135,6 +172,7 @@ impl Secondary {
             replica,
             file,
             closed,
+            retained_at,
         } = &mut *store;
         if *closed {
             return Err(Refused::Stopped);
@@ -168,6 +206,12 @@ impl Secondary {
         // Only a request we take (or the handshake above) is contact with our master: a refused
         // one changes nothing, our health included.
         self.contacted();
+        if let (Some(first_id), Some(file)) = (replica.take_restart(), file.as_mut()) {
+            // Re-seeded: the files start again where the log now does, before its new records.
+            if let Err(error) = file.restart_at(first_id, replica.log().log_id()) {
+                return Err(self.storage_failure(&error));
+            }
+        }
         if let (Some(file), false) = (file.as_mut(), records.is_empty()) {
             let started = Instant::now();
             // What we hold is on disk before we say we hold it. The master's decisions need no
@@ -187,10 +231,7 @@ impl Secondary {
             };
             self.metrics.log_write(started.elapsed());
             if let Err(error) = written {
-                tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
-                self.storage_failed.store(true, Ordering::Relaxed);
-                self.shutdown.cancel();
-                return Err(Refused::Storage(error.to_string()));
+                return Err(self.storage_failure(&error));
             }
         }
         if !records.is_empty() {
@@ -204,13 +245,13 @@ impl Secondary {
             // Everything held is in the file now: the oldest decided payloads may go.
             replica.evict(budget);
         }
+        if let Some(file) = file.as_mut() {
+            self.retain(replica, file, retained_at)?;
+        }
         if rejoining && !replica.is_rejoining() {
             // What it holds is on disk: it is whole again, also after a restart.
             if let Some(Err(error)) = file.as_ref().map(SegmentLog::mark_complete) {
-                tracing::error!(%error, "cannot write the log to DATA_DIR; stopping");
-                self.storage_failed.store(true, Ordering::Relaxed);
-                self.shutdown.cancel();
-                return Err(Refused::Storage(error.to_string()));
+                return Err(self.storage_failure(&error));
             }
             tracing::info!(
                 held = replica.log().last_id(),
@@ -253,6 +294,10 @@ impl Node for Secondary {
         Ok(self.store().replica.page(from_id, limit)?)
     }
 
+    fn first_id(&self) -> u64 {
+        self.store().replica.log().first_id()
+    }
+
     fn metrics(&self) -> &Metrics {
         &self.metrics
     }
@@ -293,6 +338,7 @@ impl Node for Secondary {
             read_only_reason,
             last_contact_ms_ago: silence.map(|s| s.as_millis() as u64),
             rejoining: leadership.is_some().then(|| store.replica.is_rejoining()),
+            reseeded_from: store.replica.reseeded(),
             leadership,
             ..Health::default()
         }
@@ -384,6 +430,8 @@ mod tests {
             fsync: replog_node::storage::FsyncPolicy::Never,
             cache_bytes: 1 << 20,
             segment_bytes: 1 << 20,
+            retention_bytes: None,
+            retention_seconds: None,
         };
         let opened = storage.open(new_log_id).expect("open");
         (opened.log, opened.file.expect("files"))
@@ -425,6 +473,7 @@ mod tests {
                 recovered: 0,
             }],
             quiet: false,
+            first_id: 0,
         }
     }
 
@@ -540,6 +589,76 @@ mod tests {
         );
         assert!(!standing_rx.borrow_and_update().rejoining);
         assert_eq!(secondary.health().rejoining, Some(false));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_secondary_behind_the_masters_first_retained_id_is_reseeded_on_disk() {
+        let dir = temp_dir("reseed");
+        let open = || {
+            let (log, file) = open_dir(&dir, String::new);
+            let replica = Replica::new(log).with_master(file.master_instance());
+            in_failover_on(replica, Some(file))
+        };
+        let (secondary, _leader, _standing) = open();
+        let first = request(1, vec![entry(1, "a"), entry(2, "b")], Some(2));
+        assert_eq!(secondary.receive(first).expect("taken").held, 2);
+        // The master's retention removed ids 1 to 9 while this secondary lacked 3 to 9.
+        let behind = ReplicateRequest {
+            first_id: 10,
+            last_id: 11,
+            ..request(1, vec![entry(10, "j"), entry(11, "k")], Some(11))
+        };
+        let state = secondary.receive(behind).expect("taken");
+        assert_eq!((state.held, state.decided), (11, 11));
+        let shown = |s: &Secondary| -> Vec<u64> {
+            s.page(0, 100).expect("page").iter().map(|m| m.id).collect()
+        };
+        assert_eq!(shown(&secondary), [10, 11]);
+        assert!(matches!(
+            secondary.page(2, 10),
+            Err(ApiError::Gone { first_id: 10, .. })
+        ));
+        let health = secondary.health();
+        assert_eq!((health.first_id, health.reseeded_from), (10, Some(10)));
+        // Restarted, it has the same log: from 10, nothing below, nothing missing.
+        drop(secondary);
+        let (secondary, _leader, _standing) = open();
+        assert_eq!(shown(&secondary), [10, 11]);
+        assert_eq!(secondary.health().log_id, "L");
+        let next = ReplicateRequest {
+            first_id: 10,
+            last_id: 12,
+            ..request(1, vec![entry(12, "l")], Some(12))
+        };
+        assert_eq!(secondary.receive(next).expect("taken").held, 12);
+        assert_eq!(
+            secondary.health().reseeded_from,
+            None,
+            "not re-seeded again"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_fresh_secondary_joining_a_master_whose_log_starts_later_takes_it_from_there() {
+        let dir = temp_dir("reseed-fresh");
+        let (log, file) = open_dir(&dir, String::new);
+        let replica = Replica::new(log).with_master(file.master_instance());
+        let (secondary, _leader, _standing) = in_failover_on(replica, Some(file));
+        let join = ReplicateRequest {
+            first_id: 500,
+            last_id: 501,
+            ..request(3, vec![entry(500, "x"), entry(501, "y")], Some(501))
+        };
+        assert_eq!(secondary.receive(join).expect("taken").held, 501);
+        drop(secondary);
+        let (log, file) = open_dir(&dir, || unreachable!("the log exists"));
+        assert_eq!(
+            (log.log_id(), log.first_id(), log.last_id()),
+            ("L", 500, 501)
+        );
+        assert_eq!(file.master_instance(), 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

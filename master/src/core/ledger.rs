@@ -291,6 +291,11 @@ impl Ledger {
         &self.followers[index]
     }
 
+    /// Forgets the ids below `first_id`, whose segments retention removed (all decided).
+    pub fn forget_before(&mut self, first_id: u64) {
+        self.log.forget_before(first_id);
+    }
+
     pub fn pending_count(&self) -> usize {
         self.pending.len()
     }
@@ -655,7 +660,9 @@ impl Ledger {
     }
 
     /// A replication request for one secondary: entries from `next` on, within the limits (at
-    /// least one entry when any is there), and the current decisions.
+    /// least one entry when any is there), and the current decisions. Retention may have
+    /// removed the ids from `next` on: the entries then start at the first retained id, which
+    /// the request names, and the secondary is re-seeded from there.
     pub fn batch(
         &self,
         index: usize,
@@ -663,6 +670,7 @@ impl Ledger {
         max_entries: usize,
         max_bytes: usize,
     ) -> ReplicateRequest {
+        let next = next.max(self.log.first_id());
         let wanted = max_entries > 0 && next.max(1) <= self.written;
         let read = match wanted {
             true => self.log.entries(next, max_entries, max_bytes),
@@ -691,6 +699,7 @@ impl Ledger {
             starts: self.starts_for(index),
             quiet: false,
             last_id: self.log.last_id(),
+            first_id: self.log.first_id(),
         }
     }
 

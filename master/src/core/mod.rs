@@ -356,6 +356,27 @@ impl Core {
             .status(last.unwrap_or(self.started), now, self.settings.thresholds)
     }
 
+    /// The lowest id retention must keep: the next id of each secondary the master hears from
+    /// (healthy or suspected), so a secondary that is up never loses the entries it is
+    /// catching up on to retention. One that is unhealthy (down, cut off) holds nothing back:
+    /// a dead node must not fill the master's disk; when it returns below the first retained
+    /// id, it is re-seeded. `u64::MAX` when no secondary counts.
+    pub fn retention_floor(&mut self, now: Instant) -> u64 {
+        let mut floor = u64::MAX;
+        for index in 0..self.links.len() {
+            let heard = self.ledger.follower(index).last_contact.is_some();
+            if heard && self.status(index, now) != Status::Unhealthy {
+                floor = floor.min(self.ledger.follower(index).held.saturating_add(1));
+            }
+        }
+        floor
+    }
+
+    /// Retention removed the segments of the ids below `first_id`.
+    pub fn forget_before(&mut self, first_id: u64) {
+        self.ledger.forget_before(first_id);
+    }
+
     /// A majority of the n+1 nodes must be reachable, no secondary may hold another log, the
     /// log must be recovered, and the master may still decide (not frozen).
     pub fn quorum(&mut self, now: Instant) -> Quorum {
@@ -500,6 +521,35 @@ mod tests {
         c.set_recovering(Some("recovering".into()));
         c.heartbeat_answered(1, Ok(&state(&c, 8, 0)), later).ok();
         assert_eq!(c.admit(later), Err(Refused("recovering".into())));
+    }
+
+    #[test]
+    fn retention_keeps_what_a_secondary_it_hears_needs_and_reseeds_one_behind() {
+        let now = Instant::now();
+        let mut c = core(now);
+        for text in ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"] {
+            c.append(Bytes::from(text), 1, None);
+        }
+        assert_eq!(c.ledger().log().decided(), 10);
+        assert_eq!(c.retention_floor(now), u64::MAX, "nobody heard yet");
+        c.heartbeat_answered(0, Ok(&state(&c, 7, 4)), now).ok();
+        assert_eq!(c.retention_floor(now), 5, "s1 needs 5 on");
+        let later = now + Duration::from_secs(5);
+        assert_eq!(
+            c.retention_floor(later),
+            u64::MAX,
+            "an unhealthy one holds nothing back"
+        );
+        c.forget_before(8);
+        let request = c.ledger().batch(1, 3, 100, usize::MAX);
+        assert_eq!(request.first_id, 8);
+        let ids: Vec<u64> = request.entries.iter().map(|e| e.id).collect();
+        assert_eq!(
+            ids,
+            [8, 9, 10],
+            "from the first retained id, which re-seeds it"
+        );
+        assert_eq!(c.heartbeat(1).first_id, 8);
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct Health {
     /// does not count towards an election's majority.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejoining: Option<bool>,
+    /// Secondary only: the id its log was last started again at since the process started,
+    /// because the master's retention had removed ids it lacked (see README "Retention").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reseeded_from: Option<u64>,
 }
 
 /// Failover mode: who leads, as this node last heard from etcd.

@@ -1218,12 +1218,12 @@ fn a_log_restarted_at_a_later_id_holds_only_what_comes_after_and_survives_a_rest
     assert!(log.segments().len() > 2);
     let reader = log.reader();
     log.mark_complete().unwrap();
-    log.restart_at(500).unwrap();
+    log.restart_at(500, "log-b").unwrap();
     assert_eq!(
         (log.first_id(), log.last_id(), log.decided()),
         (500, 499, 499)
     );
-    assert_eq!(log.log_id(), "log-a");
+    assert_eq!(log.log_id(), "log-b");
     assert!(!log.is_tombstone(7));
     assert_eq!(log.segments().len(), 1);
     assert!(
@@ -1243,18 +1243,25 @@ fn a_log_restarted_at_a_later_id_holds_only_what_comes_after_and_survives_a_rest
         .collect();
     assert_eq!(ids, (500..=510).collect::<Vec<_>>());
     drop(log);
-    let (log, opened) = reopen(tmp.path());
+    let (mut log, opened) = reopen(tmp.path());
     assert!(
-        opened.unfinished,
-        "incomplete until the caller says it caught up"
+        !opened.unfinished,
+        "a finished restart leaves the log complete"
     );
     assert_eq!(
         (opened.first_id, opened.last_id, opened.decided),
         (500, 510, 505)
     );
-    assert_eq!(opened.log_id, "log-a");
+    assert_eq!(opened.log_id, "log-b");
     assert_eq!(
         log.reader().read(504, 1, usize::MAX).unwrap()[0].message,
         text(504)
     );
+    // Incomplete before: still so after, until the caller says it caught up.
+    fs::write(tmp.path().join(crate::storage::INCOMPLETE_MARKER), b"").unwrap();
+    log.restart_at(600, "log-b").unwrap();
+    drop(log);
+    let (_, opened) = reopen(tmp.path());
+    assert!(opened.unfinished);
+    assert_eq!((opened.first_id, opened.last_id), (600, 599));
 }

@@ -419,20 +419,22 @@ impl SegmentLog {
         Ok(removed)
     }
 
-    /// Empties the log and starts it again at `first_id`, keeping its identity and master
+    /// Empties the log and starts it again at `first_id` as log `log_id`, keeping its master
     /// starts: every id below `first_id` counts as decided and not retained. A secondary is
     /// re-seeded so when its master no longer holds the ids it lacks.
     ///
     /// Crash-safe by order: the incomplete marker first, then the segments oldest first (as
     /// retention removes them, so a crash leaves a suffix of the old log), then the new
-    /// segment. Whatever a crash leaves is a whole log, or none, marked incomplete, which a
-    /// secondary takes for one that lost entries and catches up again. Readers see the new
-    /// segment as soon as it exists; a failure midway makes the log unusable until a restart.
-    pub fn restart_at(&mut self, first_id: u64) -> Result<(), StorageError> {
+    /// segment, then the marker goes again (unless it was there before). Whatever a crash
+    /// leaves is a whole log, or none, marked incomplete, which a secondary takes for one that
+    /// lost entries and catches up again. Readers see the new segment as soon as it exists; a
+    /// failure midway makes the log unusable until a restart.
+    pub fn restart_at(&mut self, first_id: u64, log_id: &str) -> Result<(), StorageError> {
         self.usable()?;
+        let was_incomplete = self.dir.join(INCOMPLETE_MARKER).exists();
         mark_incomplete(&self.dir)?;
         let state = State {
-            log_id: self.state.log_id.clone(),
+            log_id: log_id.to_owned(),
             last_id: first_id.saturating_sub(1),
             decided: first_id.saturating_sub(1),
             tombstones: Default::default(),
@@ -465,6 +467,9 @@ impl SegmentLog {
                 );
                 self.active = active;
                 self.state = state;
+                if !was_incomplete {
+                    remove_incomplete_marker(&self.dir)?;
+                }
                 Ok(())
             }
             Err(e) => {
