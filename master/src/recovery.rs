@@ -473,6 +473,22 @@ pub struct Recovered {
     pub floor: u64,
 }
 
+/// Why copying entries from a secondary stopped; recovery asks every secondary again, and the
+/// read-only reason shows the text.
+#[derive(Debug, thiserror::Error)]
+enum CopyError {
+    /// The fetch failed or was refused.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Fetch(tonic::Status),
+    /// The secondary no longer holds the next entry (it was re-seeded or lost its files since
+    /// it answered).
+    #[error("it holds no entry after {0} any more")]
+    Gone(u64),
+    /// An entry whose message is not UTF-8: no master appends such a message.
+    #[error("entry {0} is not valid UTF-8")]
+    NotUtf8(u64),
+}
+
 /// Copies the entries after `log`'s last one up to `upto` from secondary `source`, in batches.
 async fn copy(
     master: &Master,
@@ -480,7 +496,7 @@ async fn copy(
     log: &mut Log,
     upto: u64,
     records: &mut Vec<Record>,
-) -> Result<(), String> {
+) -> Result<(), CopyError> {
     while log.last_id() < upto {
         let request = FetchRequest {
             from_id: log.last_id() + 1,
@@ -491,19 +507,16 @@ async fn copy(
         let reply = peer
             .fetch(request, master.config.rpc_timeout_seconds)
             .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+            .map_err(CopyError::Fetch)?;
         if reply.entries.is_empty() {
-            return Err(format!(
-                "it holds no entry after {} any more",
-                log.last_id()
-            ));
+            return Err(CopyError::Gone(log.last_id()));
         }
         for entry in reply.entries {
             if entry.id != log.last_id() + 1 || entry.id > upto {
                 break;
             }
             if std::str::from_utf8(&entry.message).is_err() {
-                return Err(format!("entry {} is not valid UTF-8", entry.id));
+                return Err(CopyError::NotUtf8(entry.id));
             }
             let id = log.push(entry.message.clone(), entry.tombstone);
             records.push(Record::Entry {

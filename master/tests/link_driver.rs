@@ -8,6 +8,7 @@ use clap::Parser;
 use replog_master::config::Config;
 use replog_master::replication::sender;
 use replog_master::replication::transport::{Stream, Transport};
+use replog_master::replication::LinkError;
 use replog_master::state::Master;
 use replog_node::api::Node;
 use replog_node::log::{new_log_id, Log};
@@ -35,7 +36,7 @@ struct Memory {
 
 struct MemoryStream {
     memory: Memory,
-    replies: VecDeque<Result<ReplicaState, String>>,
+    replies: VecDeque<Result<ReplicaState, LinkError>>,
     arrived: Arc<Notify>,
     shipped: usize,
 }
@@ -53,11 +54,11 @@ impl Transport for Memory {
         "memory"
     }
 
-    async fn open(&self) -> Result<MemoryStream, String> {
+    async fn open(&self) -> Result<MemoryStream, LinkError> {
         let refuse = self.refuse_opens.load(Ordering::SeqCst);
         if refuse > 0 {
             self.refuse_opens.store(refuse - 1, Ordering::SeqCst);
-            return Err("refused".into());
+            return Err(LinkError::Refused(tonic::Status::unavailable("refused")));
         }
         self.opened.fetch_add(1, Ordering::SeqCst);
         Ok(MemoryStream {
@@ -70,14 +71,14 @@ impl Transport for Memory {
 }
 
 impl Stream for MemoryStream {
-    fn send(&mut self, request: &ReplicateRequest) -> Result<(), String> {
+    fn send(&mut self, request: &ReplicateRequest) -> Result<(), LinkError> {
         if !request.entries.is_empty() {
             self.shipped += 1;
             let limit = self.memory.break_after.load(Ordering::SeqCst);
             if limit > 0 && self.shipped > limit {
                 // The connection broke: this request never arrives.
                 self.memory.break_after.store(0, Ordering::SeqCst);
-                self.replies.push_back(Err("connection reset".into()));
+                self.replies.push_back(Err(LinkError::Closed));
                 self.arrived.notify_one();
                 return Ok(());
             }
@@ -92,14 +93,16 @@ impl Stream for MemoryStream {
                 return Ok(());
             }
             (Ok(_), false) => Ok(replica.state()),
-            (Err(refusal), _) => Err(refusal.to_string()),
+            (Err(refusal), _) => Err(LinkError::Refused(tonic::Status::failed_precondition(
+                refusal.to_string(),
+            ))),
         };
         self.replies.push_back(reply);
         self.arrived.notify_one();
         Ok(())
     }
 
-    async fn reply(&mut self, _waiting: bool) -> Result<ReplicaState, String> {
+    async fn reply(&mut self, _waiting: bool) -> Result<ReplicaState, LinkError> {
         loop {
             if let Some(reply) = self.replies.pop_front() {
                 return reply;

@@ -5,6 +5,7 @@
 //! over HTTP/2 by that task itself ([`stream`]), and one [`heartbeat`] task that measures its
 //! health and pushes decisions even when no entries flow.
 
+pub mod error;
 pub mod heartbeat;
 pub mod sender;
 pub mod stream;
@@ -13,6 +14,7 @@ pub mod transport;
 use crate::config::Config;
 use crate::error::InvalidSettings;
 use crate::state::Master;
+pub use error::LinkError;
 use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
@@ -63,7 +65,7 @@ impl Peer {
 
     /// Opens the long-lived replication stream (the `Stream` call). No deadline: the sender
     /// watches for replies that are late instead.
-    pub async fn open_stream(&self) -> Result<ReplicationStream, String> {
+    pub async fn open_stream(&self) -> Result<ReplicationStream, LinkError> {
         ReplicationStream::open(
             &self.address,
             self.token.as_deref(),

@@ -5,6 +5,7 @@
 //! the same busy stretch of the master's thread ([`DECISION_DEFERRALS`]).
 
 use super::transport::{Stream, Transport};
+use super::LinkError;
 use crate::core::link::{Poll, ReplyError};
 use crate::state::Master;
 use replog_proto::v1::ReplicaState;
@@ -51,20 +52,14 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
                         master.update(|core| core.link_opened(index, Instant::now().into_std()));
                     }
                     Ok(Err(error)) => failed(&master, peer, index, &mut stream, &error),
-                    Err(_) => failed(
-                        &master,
-                        peer,
-                        index,
-                        &mut stream,
-                        "no answer to opening the replication stream",
-                    ),
+                    Err(_) => failed(&master, peer, index, &mut stream, &LinkError::OpenTimeout),
                 }
                 continue;
             }
             Poll::Send(requests) => {
                 let sent = match stream.as_mut() {
                     Some(open) => requests.iter().try_for_each(|r| open.send(r)),
-                    None => Err("the link sent on a stream the driver does not hold".to_owned()),
+                    None => Err(LinkError::NotOpen),
                 };
                 if let Err(error) = sent {
                     failed(&master, peer, index, &mut stream, &error);
@@ -91,8 +86,7 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
                 Err(error) => failed(&master, peer, index, &mut stream, &error),
             },
             _ = sleep_until(at(wait.late_at)), if wait.late_at.is_some() => {
-                let error = format!("no answer within RPC_TIMEOUT_SECONDS ({timeout:?})");
-                failed(&master, peer, index, &mut stream, &error);
+                failed(&master, peer, index, &mut stream, &LinkError::Late(timeout));
             }
             _ = master.wake(index).notified() => {}
             _ = sleep_until(at(wait.retry_at)), if wait.retry_at.is_some() => {}
@@ -121,7 +115,7 @@ fn took<T: Transport>(
             *stream = None;
         }
         Err(error @ ReplyError::Unsolicited) => {
-            failed_logged(master, peer, stream, true, &error.to_string());
+            failed_logged(master, peer, stream, true, &error);
         }
     }
 }
@@ -132,10 +126,10 @@ fn failed<T: Transport>(
     peer: &T,
     index: usize,
     stream: &mut Option<T::Stream>,
-    error: &str,
+    error: &LinkError,
 ) {
     let now = Instant::now().into_std();
-    let first = master.update(|core| core.link_failed(index, error, now));
+    let first = master.update(|core| core.link_failed(index, &error.to_string(), now));
     failed_logged(master, peer, stream, first, error);
 }
 
@@ -145,7 +139,7 @@ fn failed_logged<T: Transport>(
     peer: &T,
     stream: &mut Option<T::Stream>,
     first: bool,
-    error: &str,
+    error: &dyn std::fmt::Display,
 ) {
     if first {
         tracing::warn!(secondary = %peer.address(), %error, "replication failed; retrying with backoff");
@@ -162,7 +156,7 @@ fn failed_logged<T: Transport>(
 async fn next_reply<S: Stream>(
     stream: &mut Option<S>,
     waiting: bool,
-) -> Result<ReplicaState, String> {
+) -> Result<ReplicaState, LinkError> {
     match stream.as_mut() {
         Some(open) => open.reply(waiting).await,
         None => std::future::pending().await,

@@ -19,6 +19,7 @@
 //! silent while requests wait is pinged, and one that does not answer the ping in time counts
 //! as failed.
 
+use super::error::LinkError;
 use bytes::{Bytes, BytesMut};
 use replog_proto::framing::{self, Decoder};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
@@ -47,8 +48,10 @@ pub struct ReplicationStream {
     replies: h2::RecvStream,
     /// Reply bytes received and not yet decoded.
     received: BytesMut,
-    /// Why the connection ended, once it has (it is not polled again).
-    closed: Option<String>,
+    /// The connection has ended (it is not polled again).
+    ended: bool,
+    /// Why it ended, until a reply owed is failed with it; the driver drops a failed stream.
+    closed: Option<LinkError>,
     ping_pong: Option<h2::PingPong>,
     keep_alive: KeepAlive,
     /// When the stream last showed the secondary alive: opened, a reply, or a pong.
@@ -65,41 +68,39 @@ impl ReplicationStream {
         token: Option<&str>,
         connect_timeout: Duration,
         keep_alive: KeepAlive,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, LinkError> {
         let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
             .await
-            .map_err(|_| format!("no connection within {connect_timeout:?}"))?
-            .map_err(|e| format!("cannot connect: {e}"))?;
+            .map_err(|_| LinkError::ConnectTimeout(connect_timeout))?
+            .map_err(LinkError::Connect)?;
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY");
         }
-        let (client, mut connection) = h2::client::handshake(tcp).await.map_err(h2_error)?;
+        let (client, mut connection) = h2::client::handshake(tcp).await?;
         let mut request = http::Request::post(format!("http://{address}{PATH}"))
             .header(http::header::CONTENT_TYPE, "application/grpc")
             .header(http::header::TE, "trailers");
         if let Some(token) = token {
             request = request.header(replog_node::auth::HEADER, format!("Bearer {token}"));
         }
-        let request = request
-            .body(())
-            .map_err(|e| format!("cannot build the request: {e}"))?;
+        let request = request.body(()).map_err(LinkError::Request)?;
         // The connection has to be driven while the request goes out and the headers come back.
         let opening = async {
-            let mut client = client.ready().await.map_err(h2_error)?;
-            let (answer, requests) = client.send_request(request, false).map_err(h2_error)?;
-            let answer = answer.await.map_err(h2_error)?;
-            Ok::<_, String>((client, answer, requests))
+            let mut client = client.ready().await?;
+            let (answer, requests) = client.send_request(request, false)?;
+            let answer = answer.await?;
+            Ok::<_, LinkError>((client, answer, requests))
         };
         let (client, answer, requests) = tokio::select! {
             opened = opening => opened?,
             ended = &mut connection => return Err(connection_ended(ended)),
         };
         if answer.status() != http::StatusCode::OK {
-            return Err(format!("the secondary answered HTTP {}", answer.status()));
+            return Err(LinkError::Http(answer.status()));
         }
         if let Some(status) = tonic::Status::from_header_map(answer.headers()) {
             if status.code() != tonic::Code::Ok {
-                return Err(status_error(&status));
+                return Err(LinkError::Refused(status));
             }
         }
         let ping_pong = connection.ping_pong();
@@ -109,6 +110,7 @@ impl ReplicationStream {
             requests,
             replies: answer.into_body(),
             received: BytesMut::new(),
+            ended: false,
             closed: None,
             ping_pong,
             keep_alive,
@@ -118,14 +120,14 @@ impl ReplicationStream {
     }
 
     /// Queues one request; it is written when the stream is next driven ([`Self::reply`]).
-    pub fn send(&mut self, request: &ReplicateRequest) -> Result<(), String> {
-        let frame = framing::encode(request).map_err(|e| format!("a request: {e}"))?;
-        self.requests.send_data(frame, false).map_err(h2_error)
+    pub fn send(&mut self, request: &ReplicateRequest) -> Result<(), LinkError> {
+        let frame = framing::encode(request).map_err(LinkError::Encode)?;
+        Ok(self.requests.send_data(frame, false)?)
     }
 
     /// Drives the connection (writes what was queued, answers the secondary's frames) until the
     /// next reply. `waiting` says whether replies are owed: only then is silence suspicious.
-    pub async fn reply(&mut self, waiting: bool) -> Result<ReplicaState, String> {
+    pub async fn reply(&mut self, waiting: bool) -> Result<ReplicaState, LinkError> {
         loop {
             // One deadline at a time: the ping's while none is out, then its answer's.
             let deadline = match self.pinged {
@@ -139,10 +141,7 @@ impl ReplicationStream {
                 // and the next turn has the new one.
                 _ = tokio::time::sleep_until(deadline), if waiting => match self.pinged {
                     Some(sent) if Instant::now() >= sent + self.keep_alive.timeout => {
-                        return Err(format!(
-                            "no answer to a ping within {:?}",
-                            self.keep_alive.timeout
-                        ));
+                        return Err(LinkError::PingTimeout(self.keep_alive.timeout));
                     }
                     None if Instant::now() >= self.heard + self.keep_alive.after => self.ping()?,
                     _ => {}
@@ -151,10 +150,10 @@ impl ReplicationStream {
         }
     }
 
-    fn ping(&mut self) -> Result<(), String> {
+    fn ping(&mut self) -> Result<(), LinkError> {
         match &mut self.ping_pong {
             Some(ping_pong) => {
-                ping_pong.send_ping(h2::Ping::opaque()).map_err(h2_error)?;
+                ping_pong.send_ping(h2::Ping::opaque())?;
                 self.pinged = Some(Instant::now());
             }
             // Not to be had (it is taken once, at the start): the late answer still counts.
@@ -163,16 +162,17 @@ impl ReplicationStream {
         Ok(())
     }
 
-    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<ReplicaState, String>> {
-        if self.closed.is_none() {
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<ReplicaState, LinkError>> {
+        if !self.ended {
             if let Poll::Ready(ended) = Pin::new(&mut self.connection).poll(cx) {
+                self.ended = true;
                 self.closed = Some(connection_ended(ended));
             }
         }
         if let Some(ping_pong) = &mut self.ping_pong {
             if self.pinged.is_some() {
                 if let Poll::Ready(pong) = ping_pong.poll_pong(cx) {
-                    pong.map_err(h2_error)?;
+                    pong?;
                     self.pinged = None;
                     self.heard = Instant::now();
                 }
@@ -189,12 +189,12 @@ impl ReplicationStream {
                     let _ = self.replies.flow_control().release_capacity(chunk.len());
                     self.received.extend_from_slice(&chunk);
                 }
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(h2_error(error))),
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error.into())),
                 Poll::Ready(None) => return self.replies.poll_trailers(cx).map(ended_stream),
                 Poll::Pending => {
-                    return match self.closed.clone() {
-                        Some(why) => Poll::Ready(Err(why)),
-                        None => Poll::Pending,
+                    return match self.ended {
+                        true => Poll::Ready(Err(self.closed.take().unwrap_or(LinkError::Closed))),
+                        false => Poll::Pending,
                     }
                 }
             }
@@ -203,43 +203,34 @@ impl ReplicationStream {
 }
 
 /// The next whole reply in `received`, taken off it, if one is there.
-fn decode(received: &mut BytesMut) -> Result<Option<ReplicaState>, String> {
+fn decode(received: &mut BytesMut) -> Result<Option<ReplicaState>, LinkError> {
     Decoder::grpc()
         .next_message(received)
-        .map_err(|e| format!("the secondary sent {e}"))
+        .map_err(LinkError::Protocol)
 }
 
 /// The outcome of a stream whose replies ended: its trailers' status, an error either way (the
 /// master never ends the stream, so the secondary only ends it to refuse or to stop).
 fn ended_stream(
     trailers: Result<Option<http::HeaderMap>, h2::Error>,
-) -> Result<ReplicaState, String> {
-    let trailers = trailers.map_err(h2_error)?;
-    match trailers.as_ref().and_then(tonic::Status::from_header_map) {
-        Some(status) if status.code() != tonic::Code::Ok => Err(status_error(&status)),
-        _ => Err("the secondary ended the replication stream".to_owned()),
+) -> Result<ReplicaState, LinkError> {
+    match trailers?.as_ref().and_then(tonic::Status::from_header_map) {
+        Some(status) if status.code() != tonic::Code::Ok => Err(LinkError::Refused(status)),
+        _ => Err(LinkError::Ended),
     }
 }
 
-fn status_error(status: &tonic::Status) -> String {
-    format!("{}: {}", status.code(), status.message())
-}
-
-fn connection_ended(ended: Result<(), h2::Error>) -> String {
+fn connection_ended(ended: Result<(), h2::Error>) -> LinkError {
     match ended {
-        Ok(()) => "the secondary closed the connection".to_owned(),
-        Err(error) => h2_error(error),
+        Ok(()) => LinkError::Closed,
+        Err(error) => error.into(),
     }
-}
-
-fn h2_error(error: h2::Error) -> String {
-    format!("HTTP/2: {error}")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use replog_proto::framing::MAX_MESSAGE_BYTES;
+    use replog_proto::framing::{FrameError, MAX_MESSAGE_BYTES};
 
     fn state(held: u64) -> ReplicaState {
         ReplicaState {
@@ -274,14 +265,23 @@ mod tests {
         received.extend_from_slice(&len.to_be_bytes());
         let error = decode(&mut received).unwrap_err();
         assert!(
-            error.starts_with("the secondary sent a gRPC message of"),
+            matches!(error, LinkError::Protocol(FrameError::TooLarge { .. })),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .starts_with("the secondary sent a gRPC message of"),
             "{error}"
         );
 
         let mut received = BytesMut::from(&framing::encode(&state(1)).unwrap()[..]);
         received[0] = framing::COMPRESSED;
         let error = decode(&mut received).unwrap_err();
-        assert!(error.contains("compressed"), "{error}");
+        assert!(
+            matches!(error, LinkError::Protocol(FrameError::Compressed)),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -293,8 +293,13 @@ mod tests {
             http::HeaderValue::from_static("unknown%20token"),
         );
         let error = ended_stream(Ok(Some(trailers))).unwrap_err();
+        let LinkError::Refused(status) = &error else {
+            panic!("{error:?}")
+        };
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        assert_eq!(status.message(), "unknown token");
         assert_eq!(
-            error,
+            error.to_string(),
             format!("{}: unknown token", tonic::Code::PermissionDenied)
         );
 
@@ -302,7 +307,11 @@ mod tests {
         ok.insert("grpc-status", http::HeaderValue::from_static("0"));
         for trailers in [Some(ok), None] {
             let error = ended_stream(Ok(trailers)).unwrap_err();
-            assert_eq!(error, "the secondary ended the replication stream");
+            assert!(matches!(error, LinkError::Ended), "{error:?}");
+            assert_eq!(
+                error.to_string(),
+                "the secondary ended the replication stream"
+            );
         }
     }
 }

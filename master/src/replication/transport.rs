@@ -4,7 +4,7 @@
 //! sockets and on a paused clock.
 
 use super::stream::ReplicationStream;
-use super::Peer;
+use super::{LinkError, Peer};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::future::Future;
 
@@ -16,19 +16,21 @@ pub trait Transport: Send + Sync + 'static {
     fn address(&self) -> &str;
 
     /// Opens a stream; a secondary that does not answer is the driver's to time out.
-    fn open(&self) -> impl Future<Output = Result<Self::Stream, String>> + Send;
+    fn open(&self) -> impl Future<Output = Result<Self::Stream, LinkError>> + Send;
 }
 
 /// One open stream: requests go out in order, and every request that is not quiet gets one
 /// reply, in the same order.
 pub trait Stream: Send + 'static {
     /// Queues `request`; it leaves when the stream is next driven ([`Stream::reply`]).
-    fn send(&mut self, request: &ReplicateRequest) -> Result<(), String>;
+    fn send(&mut self, request: &ReplicateRequest) -> Result<(), LinkError>;
 
     /// Drives the stream until the next reply. `waiting` says whether replies are owed: only
     /// then is silence suspicious. An error ends the stream.
-    fn reply(&mut self, waiting: bool)
-        -> impl Future<Output = Result<ReplicaState, String>> + Send;
+    fn reply(
+        &mut self,
+        waiting: bool,
+    ) -> impl Future<Output = Result<ReplicaState, LinkError>> + Send;
 }
 
 impl Transport for Peer {
@@ -38,20 +40,20 @@ impl Transport for Peer {
         &self.address
     }
 
-    fn open(&self) -> impl Future<Output = Result<ReplicationStream, String>> + Send {
+    fn open(&self) -> impl Future<Output = Result<ReplicationStream, LinkError>> + Send {
         self.open_stream()
     }
 }
 
 impl Stream for ReplicationStream {
-    fn send(&mut self, request: &ReplicateRequest) -> Result<(), String> {
+    fn send(&mut self, request: &ReplicateRequest) -> Result<(), LinkError> {
         ReplicationStream::send(self, request)
     }
 
     fn reply(
         &mut self,
         waiting: bool,
-    ) -> impl Future<Output = Result<ReplicaState, String>> + Send {
+    ) -> impl Future<Output = Result<ReplicaState, LinkError>> + Send {
         ReplicationStream::reply(self, waiting)
     }
 }

@@ -1,0 +1,55 @@
+//! Why a replication stream could not be opened, or ended.
+
+use replog_proto::framing::FrameError;
+use std::time::Duration;
+
+/// How a link to one secondary failed. The driver needs only to know that the stream is gone
+/// (every failure closes it and backs off); the kinds are for whoever reads the failure: the
+/// logs and health's `last_error` show its text.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// No TCP connection within the connect timeout.
+    #[error("no connection within {0:?}")]
+    ConnectTimeout(Duration),
+    /// The TCP connection was refused or failed.
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The request's headers are not valid HTTP (an address or token that cannot be sent).
+    #[error("cannot build the request: {0}")]
+    Request(#[source] http::Error),
+    /// The secondary answered the call with an HTTP status other than 200.
+    #[error("the secondary answered HTTP {0}")]
+    Http(http::StatusCode),
+    /// The secondary refused the call or ended it with a gRPC error (an unknown token, a
+    /// refused request, a secondary stopping).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    /// HTTP/2 failed underneath: the handshake, a reset, a frame, a ping.
+    #[error("HTTP/2: {0}")]
+    Transport(#[from] h2::Error),
+    /// A request that cannot be framed.
+    #[error("a request: {0}")]
+    Encode(#[source] FrameError),
+    /// A reply that is no valid gRPC message.
+    #[error("the secondary sent {0}")]
+    Protocol(#[source] FrameError),
+    /// The secondary ended the stream without an error; the master never ends it, so this is
+    /// a failure too.
+    #[error("the secondary ended the replication stream")]
+    Ended,
+    /// The secondary closed the HTTP/2 connection cleanly.
+    #[error("the secondary closed the connection")]
+    Closed,
+    /// A silent stream with replies owed did not answer a ping in time.
+    #[error("no answer to a ping within {0:?}")]
+    PingTimeout(Duration),
+    /// Opening the stream took longer than `RPC_TIMEOUT_SECONDS`.
+    #[error("no answer to opening the replication stream")]
+    OpenTimeout,
+    /// The core asked to send while the driver holds no stream (a bug, treated as a failure).
+    #[error("the link sent on a stream the driver does not hold")]
+    NotOpen,
+    /// A reply owed longer than `RPC_TIMEOUT_SECONDS` since the stream last moved.
+    #[error("no answer within RPC_TIMEOUT_SECONDS ({0:?})")]
+    Late(Duration),
+}
