@@ -108,7 +108,11 @@ pub async fn run(
 /// Removes the old segments retention lets go (see the module doc) and has the core forget
 /// their ids. `None` once the master stopped because the files failed.
 async fn retain(master: &Master, mut file: SegmentLog, retention: Retention) -> Option<SegmentLog> {
-    let floor = master.update(|core| core.retention_floor(Instant::now()));
+    let floor = master.update(|core| {
+        let decided = core.ledger().log().decided();
+        core.retention_floor(Instant::now())
+            .min(decided.saturating_add(1))
+    });
     let done = blocking_io(move || {
         let result = file
             .retain(&retention, floor, SystemTime::now())

@@ -77,8 +77,8 @@
 //!   A segment removed meanwhile (retention, truncation) stays readable through the open handle.
 //! - **Retention removes whole sealed segments, oldest first**, by total bytes and/or by age
 //!   (the file's modification time, the time of its last append), never the active one, never
-//!   one holding an id at or above the caller's floor or an undecided id (a truncation may
-//!   still need the segment it lands in). The directory is synced after each removal, so a
+//!   one holding an id at or above the caller's floor, which is at most one above its decided
+//!   frontier (a truncation may still need the segment an undecided id is in). The directory is synced after each removal, so a
 //!   crash never leaves a hole in the middle. (The segments of a converted `log.bin` all date
 //!   from the conversion, so age counts from then.)
 //! - **Conversion of `log.bin`.** A data directory with `log.bin` and no `segments/` is

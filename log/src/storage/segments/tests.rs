@@ -301,8 +301,8 @@ fn reads_run_beside_appends_rolls_truncations_and_retention() {
             .unwrap();
             log.append_unsynced(&entries(recovered + 1, next - 1))
                 .unwrap();
-            log.retain(&retention, next.saturating_sub(300), SystemTime::now())
-                .unwrap();
+            let floor = next.saturating_sub(300).min(log.decided() + 1);
+            log.retain(&retention, floor, SystemTime::now()).unwrap();
         }
     }
     done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -713,7 +713,7 @@ fn retention_removes_old_sealed_segments_but_not_what_the_floor_or_the_active_ne
         first
     );
     // Without the floor, bytes decide; never past the decided frontier (250) or the active.
-    let removed = log.retain(&by_bytes, u64::MAX, SystemTime::now()).unwrap();
+    let removed = log.retain(&by_bytes, 251, SystemTime::now()).unwrap();
     assert!(!removed.is_empty());
     let remaining: u64 = log.segments().iter().map(|s| s.bytes).sum();
     assert!(remaining <= total / 2 + segments[0].bytes * 2);
@@ -722,11 +722,11 @@ fn retention_removes_old_sealed_segments_but_not_what_the_floor_or_the_active_ne
         max_bytes: None,
         max_age: Some(Duration::from_secs(3600)),
     };
-    log.retain(&by_age, u64::MAX, SystemTime::now()).unwrap();
+    log.retain(&by_age, 251, SystemTime::now()).unwrap();
     let unchanged = log.first_id();
     log.retain(
         &by_age,
-        u64::MAX,
+        251,
         SystemTime::now() + Duration::from_secs(86_400),
     )
     .unwrap();

@@ -367,8 +367,10 @@ impl SegmentLog {
     /// Removes whole sealed segments, oldest first, while the segments' total size is above
     /// `retention.max_bytes` or the oldest was last appended to longer than
     /// `retention.max_age` before `now`. Never the active segment, never one holding `floor`
-    /// or a later id (the caller passes the lowest id it still needs), never one holding an
-    /// undecided id. Returns what it removed.
+    /// or a later id: the caller passes the lowest id it still needs, at most one above its
+    /// decided frontier (a truncation may still need the segment an undecided id is in; a
+    /// master that records no frontier in its files knows it in memory). Returns what it
+    /// removed.
     pub fn retain(
         &mut self,
         retention: &Retention,
@@ -380,7 +382,7 @@ impl SegmentLog {
         let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
         let mut removed = Vec::new();
         for segment in segments {
-            if segment.active || segment.last_id >= floor || segment.last_id > self.state.decided {
+            if segment.active || segment.last_id >= floor {
                 break;
             }
             let over_bytes = retention.max_bytes.is_some_and(|max| total > max);
