@@ -699,7 +699,7 @@ async fn watch_loop(app: Rc<App>, index: usize) {
     loop {
         let (from_id, epoch) = {
             let column = app.columns[index].borrow();
-            (column.shown + 1, column.epoch)
+            (model::watch_from(column.shown), column.epoch)
         };
         let error = match app.client(index).watch(WatchRequest { from_id }).await {
             Ok(response) => {
@@ -716,18 +716,27 @@ async fn watch_loop(app: Rc<App>, index: usize) {
                         }
                         Ok(None) => break "the stream ended".to_owned(),
                         Err(status) => {
-                            break model::describe_error(i32::from(status.code()), status.message())
+                            break watch_failed(&app, index, status.code().into(), status.message())
                         }
                     }
                 }
             }
-            Err(status) => model::describe_error(i32::from(status.code()), status.message()),
+            Err(status) => watch_failed(&app, index, status.code().into(), status.message()),
         };
         let delay = model::backoff_ms(attempt);
         attempt += 1;
         app.set_watch(index, false, Some(error));
         sleep(delay).await;
     }
+}
+
+/// A failed `Watch`, in words. A start below the node's first retained id (its retention
+/// removed what the column would show next) starts the column over from what it keeps.
+fn watch_failed(app: &App, index: usize, code: i32, message: &str) -> String {
+    if model::behind_retention(code) {
+        app.reset_column(index);
+    }
+    model::describe_error(code, message)
 }
 
 async fn health_loop(app: Rc<App>, index: usize) {

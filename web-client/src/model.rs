@@ -163,6 +163,11 @@ pub fn outcome_unknown(code: i32) -> bool {
     code == 2
 }
 
+/// Whether a failed `Watch` started below the node's first retained id (gRPC `OUT_OF_RANGE`).
+pub fn behind_retention(code: i32) -> bool {
+    code == 11
+}
+
 /// A failed append in words; an unknown outcome says so and how to find out.
 pub fn describe_append_error(code: i32, message: &str) -> String {
     let text = describe_error(code, message);
@@ -172,6 +177,15 @@ pub fn describe_append_error(code: i32, message: &str) -> String {
         )
     } else {
         text
+    }
+}
+
+/// Where a column's `Watch` starts: after the last id it shows, or, showing nothing yet, at
+/// the node's first retained id (0), which retention may have moved past 1.
+pub fn watch_from(shown: u64) -> u64 {
+    match shown {
+        0 => 0,
+        shown => shown + 1,
     }
 }
 
@@ -488,6 +502,13 @@ pub fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_column_showing_nothing_watches_from_the_first_retained_id() {
+        assert_eq!(watch_from(0), 0);
+        assert_eq!(watch_from(41), 42);
+        assert!(behind_retention(11) && !behind_retention(14));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
