@@ -45,6 +45,20 @@ pub fn pid(process: &Process) -> u32 {
     process.pid().as_raw() as u32
 }
 
+/// A primary's and its replicas' pids, for [`crate::cpu`].
+pub fn group_pids(primary: &Process, replicas: &[Process]) -> crate::cpu::Processes {
+    crate::cpu::Processes {
+        primary: pid(primary),
+        replicas: replicas.iter().map(pid).collect(),
+    }
+}
+
+/// Peak RSS of a primary, and the largest peak RSS among its replicas, in bytes.
+pub fn group_peak_rss(primary: &Process, replicas: &[Process]) -> (u64, u64) {
+    let replicas = replicas.iter().map(peak_rss).max().unwrap_or(0);
+    (peak_rss(primary), replicas)
+}
+
 /// Peak resident set size (`VmHWM`) so far, in bytes.
 pub fn peak_rss(process: &Process) -> u64 {
     proc_status_kb(process, "VmHWM:") * 1024

@@ -144,16 +144,12 @@ impl Cluster {
 
     /// The primary's and the replicas' pids, for [`crate::cpu`].
     pub fn processes(&self) -> crate::cpu::Processes {
-        crate::cpu::Processes {
-            primary: procs::pid(&self.primary),
-            replicas: self.replicas.iter().map(procs::pid).collect(),
-        }
+        procs::group_pids(&self.primary, &self.replicas)
     }
 
     /// Peak RSS of the primary, and the largest peak RSS among the replicas, in bytes.
     pub fn peak_rss(&self) -> (u64, u64) {
-        let replicas = self.replicas.iter().map(procs::peak_rss).max().unwrap_or(0);
-        (procs::peak_rss(&self.primary), replicas)
+        procs::group_peak_rss(&self.primary, &self.replicas)
     }
 }
 

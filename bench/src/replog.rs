@@ -271,21 +271,12 @@ impl Cluster {
 
     /// The master's and the secondaries' pids, for [`crate::cpu`].
     pub fn processes(&self) -> crate::cpu::Processes {
-        crate::cpu::Processes {
-            primary: procs::pid(&self.master),
-            replicas: self.secondaries.iter().map(procs::pid).collect(),
-        }
+        procs::group_pids(&self.master, &self.secondaries)
     }
 
     /// Peak RSS of the master, and the largest peak RSS among the secondaries, in bytes.
     pub fn peak_rss(&self) -> (u64, u64) {
-        let secondaries = self
-            .secondaries
-            .iter()
-            .map(procs::peak_rss)
-            .max()
-            .unwrap_or(0);
-        (procs::peak_rss(&self.master), secondaries)
+        procs::group_peak_rss(&self.master, &self.secondaries)
     }
 }
 

@@ -9,7 +9,6 @@
 use crate::process::{Exited, Process};
 use crate::{free_ports, fresh_log_dir, START_TIMEOUT};
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -92,18 +91,10 @@ impl Etcd {
         &self.log_path
     }
 
-    pub fn is_running(&self) -> bool {
-        self.process.is_some()
-    }
-
     fn process(&self) -> &Process {
         self.process
             .as_ref()
             .unwrap_or_else(|| panic!("{} is not running", self.name))
-    }
-
-    pub fn pid(&self) -> Pid {
-        self.process().pid()
     }
 
     /// SIGSTOP, returning once every thread of etcd is stopped: from then on it answers nothing,

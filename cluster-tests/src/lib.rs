@@ -1037,6 +1037,90 @@ impl Drop for Cluster {
     }
 }
 
+/// Reads and discards until the node closes `stream`; `Err` with the bytes read if it is still
+/// open `limit` after `since`.
+pub async fn closed_by(
+    stream: &mut tokio::net::TcpStream,
+    since: Instant,
+    limit: Duration,
+) -> Result<(), usize> {
+    let mut buffer = [0u8; 4096];
+    let mut read = 0;
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        match tokio::time::timeout(left, stream.readable()).await {
+            Err(_) => return Err(read),
+            Ok(Err(_)) => return Ok(()),
+            Ok(Ok(())) => match stream.try_read(&mut buffer) {
+                Ok(0) => return Ok(()),
+                Ok(n) => read += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Ok(()),
+            },
+        }
+    }
+}
+
+/// Checks that `node`, started with `REQUEST_TIMEOUT_SECONDS=1`, closes `stream` for that
+/// timeout: within `limit` of `since` (when the client last sent), and not before 0.9 s.
+/// `what` names the connection in a failure.
+pub async fn assert_closed_by_the_request_timeout(
+    node: &Node,
+    what: &str,
+    stream: &mut tokio::net::TcpStream,
+    since: Instant,
+    limit: Duration,
+) {
+    let closed = closed_by(stream, since, limit).await;
+    let took = since.elapsed();
+    assert!(
+        closed.is_ok(),
+        "{}: {what} is still open after {took:?} (REQUEST_TIMEOUT_SECONDS=1)",
+        node.name
+    );
+    assert!(
+        took >= Duration::from_millis(900),
+        "{}: {what} was closed after {took:?}, before the 1 s timeout",
+        node.name
+    );
+}
+
+/// Checks what a node with `REQUEST_TIMEOUT_SECONDS=1` answered a client whose request stopped
+/// arriving: a 408 naming the setting, `took` after the client last sent, not before 0.9 s.
+/// `in_time` says whether the connection ended within the test's bound (`answer` is what was
+/// read by then).
+pub fn assert_answered_408_by_the_request_timeout(in_time: bool, answer: &str, took: Duration) {
+    assert!(in_time, "no answer after {took:?}: {answer}");
+    assert!(
+        answer.starts_with("HTTP/1.1 408"),
+        "after {took:?}: {answer}"
+    );
+    assert!(answer.contains("REQUEST_TIMEOUT_SECONDS"), "{answer}");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered after {took:?}, before the 1 s timeout"
+    );
+}
+
+/// `GET url` on a connection of its own: with a short `REQUEST_TIMEOUT_SECONDS` the nodes close
+/// keep-alive connections idle that long, so a pooled connection may be closing when reused.
+pub async fn get_on_a_new_connection(url: &str) -> Result<reqwest::Response, reqwest::Error> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    client.get(url).send().await
+}
+
+/// Checks that `node` serves a new client a list; `when` says at which point of the test.
+pub async fn assert_serves_new_clients(node: &Node, when: &str) {
+    let status = get_on_a_new_connection(&node.url("/api/messages"))
+        .await
+        .map(|answer| answer.status());
+    assert!(
+        matches!(status, Ok(StatusCode::OK)),
+        "{}: not served {when}: {status:?}",
+        node.name
+    );
+}
+
 /// Polls `condition` every 20 ms until it holds; panics naming `what` if `timeout` passes first.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: impl Display, mut condition: F)
 where
@@ -1356,6 +1440,40 @@ pub mod log_file {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    /// A connection the peer closes after sending some bytes counts as closed, with what it
+    /// sent read and dropped; one the peer holds open is reported with what was read.
+    #[tokio::test]
+    async fn closed_by_tells_a_closed_connection_from_one_held_open() {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let peer = tokio::spawn(async move {
+            let (closing, _) = listener.accept().await.expect("accept");
+            closing.writable().await.expect("writable");
+            closing.try_write(b"bye").expect("write");
+            drop(closing);
+            let (held, _) = listener.accept().await.expect("accept");
+            held.writable().await.expect("writable");
+            held.try_write(b"hold").expect("write");
+            held
+        });
+        let since = Instant::now();
+        let mut closing = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let limit = Duration::from_secs(5);
+        assert_eq!(closed_by(&mut closing, since, limit).await, Ok(()));
+        let mut held = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let _held = peer.await.expect("the peer");
+        let since = Instant::now();
+        let limit = Duration::from_millis(300);
+        assert_eq!(closed_by(&mut held, since, limit).await, Err(4));
+        assert!(since.elapsed() >= limit);
+    }
 
     fn exited(log: &str) -> Exited {
         Exited {

@@ -4,7 +4,9 @@
 //! appends behind a full `MAX_PENDING_APPENDS`: `protection.rs`.)
 
 use cluster_tests::{
-    steady_health, wait_for, wait_until, Cluster, SecondaryOpts, StatusCode, REPLICATION_FAILED,
+    assert_answered_408_by_the_request_timeout, assert_closed_by_the_request_timeout,
+    assert_serves_new_clients, closed_by, get_on_a_new_connection, steady_health, wait_for,
+    wait_until, Cluster, SecondaryOpts, StatusCode, REPLICATION_FAILED,
 };
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,28 +26,6 @@ async fn connect(port: u16) -> TcpStream {
     TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect")
-}
-
-/// Reads and discards until the node closes the connection; `Err` with what was read if it is
-/// still open `limit` after `since`.
-async fn closed_by(stream: &mut TcpStream, since: Instant, limit: Duration) -> Result<(), usize> {
-    let mut buffer = [0u8; 4096];
-    let mut read = 0;
-    loop {
-        let left = limit.saturating_sub(since.elapsed());
-        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
-            Ok(Ok(n)) => read += n,
-            Err(_) => return Err(read),
-        }
-    }
-}
-
-/// `GET url` on a connection of its own (the cluster's pooled ones may be closing when reused
-/// with a 1 s `REQUEST_TIMEOUT_SECONDS`).
-async fn get_on_a_new_connection(url: &str) -> Result<reqwest::Response, reqwest::Error> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    client.get(url).send().await
 }
 
 /// Injected: REQUEST_TIMEOUT_SECONDS=1 on the master and a secondary; on each, connections that
@@ -98,25 +78,10 @@ async fn connections_that_never_complete_a_request_are_closed() {
         let opened = Instant::now();
 
         for (what, stream) in &mut hostile {
-            let closed = closed_by(stream, opened, Duration::from_secs(4)).await;
-            let took = opened.elapsed();
-            assert!(
-                closed.is_ok(),
-                "{}: {what} is still open after {took:?} (REQUEST_TIMEOUT_SECONDS=1)",
-                node.name
-            );
-            assert!(
-                took >= Duration::from_millis(900),
-                "{}: {what} was closed after {took:?}, before the 1 s timeout",
-                node.name
-            );
+            let limit = Duration::from_secs(4);
+            assert_closed_by_the_request_timeout(node, what, stream, opened, limit).await;
         }
-        let answer = get_on_a_new_connection(&node.url("/api/messages")).await;
-        assert!(
-            answer.as_ref().is_ok_and(|a| a.status() == StatusCode::OK),
-            "{}: not served afterwards: {answer:?}",
-            node.name
-        );
+        assert_serves_new_clients(node, "afterwards").await;
     }
     let (status, body) = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
@@ -215,16 +180,7 @@ async fn a_body_trickled_forever_is_cut_after_the_request_timeout() {
     let took = started.elapsed();
     trickle.abort();
     let answer = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "no answer after {took:?}: {answer}");
-    assert!(
-        answer.starts_with("HTTP/1.1 408"),
-        "after {took:?}: {answer}"
-    );
-    assert!(answer.contains("REQUEST_TIMEOUT_SECONDS"), "{answer}");
-    assert!(
-        took >= Duration::from_millis(900),
-        "answered after {took:?}, before the 1 s timeout"
-    );
+    assert_answered_408_by_the_request_timeout(read.is_ok(), &answer, took);
     assert!(cluster.messages(&cluster.master).await.is_empty());
 }
 

@@ -2,8 +2,9 @@
 //! limits keep the master responsive (oversized messages, too many waiting appends).
 
 use cluster_tests::{
-    fast_health, secondary_health, steady_health, wait_until, Cluster, SecondaryOpts, StatusCode,
-    REPLICATION_FAILED,
+    assert_answered_408_by_the_request_timeout, assert_closed_by_the_request_timeout,
+    assert_serves_new_clients, fast_health, secondary_health, steady_health, wait_until, Cluster,
+    SecondaryOpts, StatusCode, REPLICATION_FAILED,
 };
 use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::ReplicateRequest;
@@ -333,7 +334,7 @@ async fn too_many_waiting_appends_answer_503_with_retry_after() {
 /// forever), and answers other clients all along and afterwards.
 #[tokio::test]
 async fn clients_that_never_finish_their_headers_are_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let timeout = [("REQUEST_TIMEOUT_SECONDS", "1")];
     let cluster = Cluster::start(
         vec![SecondaryOpts::new().env("REQUEST_TIMEOUT_SECONDS", "1")],
@@ -350,33 +351,11 @@ async fn clients_that_never_finish_their_headers_are_cut_off() {
             .await
             .expect("send the start of the headers");
         let started = Instant::now();
-        // Meanwhile the node serves everyone else.
-        let status = get_on_a_new_connection(&node.url("/api/messages")).await;
-        assert!(
-            matches!(status, Ok(StatusCode::OK)),
-            "{}: other clients are not served: {status:?}",
-            node.name
-        );
-        let mut rest = Vec::new();
-        let closed =
-            tokio::time::timeout(Duration::from_secs(5), stalled.read_to_end(&mut rest)).await;
-        let took = started.elapsed();
-        assert!(
-            closed.is_ok(),
-            "{}: the stalled connection is still open after {took:?}",
-            node.name
-        );
-        assert!(
-            took >= Duration::from_millis(900),
-            "{}: cut off after {took:?}, before the 1 s timeout",
-            node.name
-        );
-        let status = get_on_a_new_connection(&node.url("/api/messages")).await;
-        assert!(
-            matches!(status, Ok(StatusCode::OK)),
-            "{}: not served afterwards: {status:?}",
-            node.name
-        );
+        assert_serves_new_clients(node, "while a connection stalls").await;
+        let what = "the stalled connection";
+        let limit = Duration::from_secs(5);
+        assert_closed_by_the_request_timeout(node, what, &mut stalled, started, limit).await;
+        assert_serves_new_clients(node, "afterwards").await;
     }
 }
 
@@ -414,16 +393,7 @@ async fn a_body_that_stops_arriving_is_answered_408_and_appends_nothing() {
     let read =
         tokio::time::timeout(Duration::from_secs(5), stalled.read_to_string(&mut answer)).await;
     let took = started.elapsed();
-    assert!(read.is_ok(), "no answer after {took:?}");
-    assert!(
-        answer.starts_with("HTTP/1.1 408"),
-        "after {took:?}: {answer}"
-    );
-    assert!(answer.contains("REQUEST_TIMEOUT_SECONDS"), "{answer}");
-    assert!(
-        took >= Duration::from_millis(900),
-        "answered after {took:?}, before the 1 s timeout"
-    );
+    assert_answered_408_by_the_request_timeout(read.is_ok(), &answer, took);
 
     let body = r#"{"message": "in two parts"}"#;
     let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -450,12 +420,4 @@ async fn a_body_that_stops_arriving_is_answered_408_and_appends_nothing() {
         .map(|(_, message)| message)
         .collect();
     assert_eq!(listed, ["in two parts"]);
-}
-
-/// `GET url` on a connection of its own. Not the cluster's pooled ones: with a 1 s
-/// `REQUEST_TIMEOUT_SECONDS` the nodes close keep-alive connections idle for 1 s, so a pooled
-/// connection may be closing at the moment it is reused.
-async fn get_on_a_new_connection(url: &str) -> Result<StatusCode, reqwest::Error> {
-    let client = reqwest::Client::builder().no_proxy().build()?;
-    client.get(url).send().await.map(|r| r.status())
 }

@@ -9,6 +9,8 @@
 //!
 //! What every scenario checks in the end: every node shows the same list as the master.
 
+mod support;
+
 use bytes::Bytes;
 use replog_master::core::health::Thresholds;
 use replog_master::core::{Core, Effect, Progress, Settings};
@@ -17,40 +19,10 @@ use replog_node::storage::Record;
 use replog_secondary::replica::{Refusal, Replica};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use support::replay;
 
 /// How long an append with a deadline waits for its write concern.
 const TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Rebuilds a log and its master starts from a node's records, as `LogFile::open` does.
-fn replay(records: &[Record]) -> (Log, Vec<(u64, u64)>) {
-    let mut log = Log::default();
-    let mut starts = Vec::new();
-    for record in records.iter().cloned() {
-        match record {
-            Record::Meta { log_id } => log = Log::new(log_id),
-            Record::Entry {
-                id,
-                message,
-                tombstone,
-            } => assert_eq!(log.push(message, tombstone), id, "entries in order"),
-            Record::Tombstone { id } => log.tombstone(id),
-            Record::Decided { upto } => log.set_decided(upto),
-            Record::MasterStart {
-                instance,
-                recovered,
-            } => {
-                assert!(
-                    recovered >= log.decided(),
-                    "a start drops decided ids: {recovered} < {}",
-                    log.decided()
-                );
-                log.truncate(recovered);
-                starts.push((instance, recovered));
-            }
-        }
-    }
-    (log, starts)
-}
 
 struct MasterRole {
     core: Core,

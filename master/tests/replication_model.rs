@@ -44,6 +44,8 @@
 //! `MODEL_CASES` for a deeper search, e.g. `MODEL_CASES=20000 cargo test -p replog-master --test
 //! replication_model`. A failure prints the shrunk action sequence; keep it as a `#[test]`.
 
+mod support;
+
 use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::strategy::Union;
@@ -57,6 +59,7 @@ use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use replog_secondary::replica::{Refusal, Replica};
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
+use support::replay;
 
 /// Secondaries in the simulated cluster (n); write concerns range over 1..=n+1.
 const SECONDARIES: usize = 2;
@@ -340,34 +343,6 @@ impl Secondary {
             ))
         }
     }
-}
-
-/// Rebuilds a log from its records, as `LogFile::open` does; also the master starts
-/// `(instance, recovered)` in them.
-fn replay(records: &[Record]) -> (Log, Vec<(u64, u64)>) {
-    let mut log = Log::default();
-    let mut starts = Vec::new();
-    for record in records.iter().cloned() {
-        match record {
-            Record::Meta { log_id } => log = Log::new(log_id),
-            Record::Entry {
-                id,
-                message,
-                tombstone,
-            } => assert_eq!(log.push(message, tombstone), id, "entries written in order"),
-            Record::Tombstone { id } => log.tombstone(id),
-            Record::Decided { upto } => log.set_decided(upto),
-            Record::MasterStart {
-                instance,
-                recovered,
-            } => {
-                assert!(recovered >= log.decided(), "only undecided ids are dropped");
-                log.truncate(recovered);
-                starts.push((instance, recovered));
-            }
-        }
-    }
-    (log, starts)
 }
 
 struct Sim {
