@@ -183,3 +183,58 @@ async fn segments_older_than_retention_seconds_are_removed_and_reads_below_answe
         );
     }
 }
+
+#[tokio::test]
+async fn a_master_that_lost_its_disk_recovers_from_secondaries_whose_retention_removed_the_start() {
+    let mut cluster = Cluster::start_with(
+        vec![secondary(SMALL), secondary(SMALL)],
+        MasterOpts::new().durable().envs(SMALL),
+    )
+    .await;
+    append_all(&cluster, 0..600, 3).await;
+    for node in cluster.secondaries.iter() {
+        wait_for(
+            CONVERGE,
+            format!("{} removes old segments", node.name),
+            || async {
+                let first = cluster.try_health(node).await?["first_id"].as_u64()?;
+                (first > 1).then_some(())
+            },
+        )
+        .await;
+    }
+    let expected = cluster.messages(&cluster.master).await;
+    // The master's disk is lost: it recovers the log from the secondaries, starting where
+    // their retention left it, instead of waiting for ids nobody keeps.
+    cluster.master.restart_empty();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    let recovered = wait_for(CONVERGE, "the master lists the recovered log", || async {
+        try_list(&cluster.client, &cluster.master.url("")).await
+    })
+    .await;
+    let last = |l: &[(u64, String)]| l.last().cloned();
+    assert_eq!(last(&recovered), last(&expected), "the same last entry");
+    let first = first_id(&cluster, &cluster.master).await;
+    assert!(
+        first > 1,
+        "the log starts where the secondaries' does: {first}"
+    );
+    assert!(
+        expected.ends_with(&recovered),
+        "what it lists is the end of what it listed before"
+    );
+    append_all(&cluster, 600..605, 3).await;
+    let expected = cluster.messages(&cluster.master).await;
+    for node in cluster.nodes() {
+        wait_for(
+            CONVERGE,
+            format!("{} lists the log's end", node.name),
+            || async {
+                let listed = try_list(&cluster.client, &node.url("")).await?;
+                (listed.last() == expected.last()).then_some(())
+            },
+        )
+        .await;
+    }
+}

@@ -271,7 +271,7 @@ fn decided_tombstones(log: &Log, heard: &[Option<Heard>]) -> BTreeSet<u64> {
                 .copied()
                 .filter(move |&id| id <= decided)
         })
-        .filter(|&id| id >= 1 && id <= last && !log.is_tombstone(id))
+        .filter(|&id| id >= log.first_id() && id <= last && !log.is_tombstone(id))
         .collect()
 }
 
@@ -441,7 +441,18 @@ pub async fn run(
         .filter(|r| matches!(r, Record::Entry { .. }))
         .count();
     if let Some(file) = file.as_mut() {
-        let written = file.append(&records).and_then(|()| file.sync());
+        // The source's retention had removed ids this log lacked: the files start again where
+        // the copy did (its identity with them, so no `Meta` record is needed).
+        let restart = log.first_id() > file.last_id() + 1;
+        if restart {
+            records.retain(|r| !matches!(r, Record::Meta { .. }));
+        }
+        let written = match restart {
+            true => file.restart_at(log.first_id(), log.log_id()),
+            false => Ok(()),
+        }
+        .and_then(|()| file.append(&records))
+        .and_then(|()| file.sync());
         if let Err(error) = written {
             tracing::error!(%error, "recovery: cannot write the recovered log to DATA_DIR");
             master.storage_failed();
@@ -510,6 +521,20 @@ async fn copy(
             .map_err(CopyError::Fetch)?;
         if reply.entries.is_empty() {
             return Err(CopyError::Gone(log.last_id()));
+        }
+        let first = reply.entries[0].id;
+        if first > log.last_id() + 1 {
+            // The source's retention removed the ids from here to `first`: none of its peers
+            // is asked for them (they were all decided, and retention said they may go), and
+            // this log starts again where the source's does, as a re-seeded secondary does.
+            tracing::warn!(
+                secondary = %peer.address,
+                held = log.last_id(),
+                first_id = first,
+                "recovery: the secondary's retention removed ids this log lacks: it starts again at its first retained id"
+            );
+            *log = log.restart_at(first);
+            records.retain(|r| !matches!(r, Record::Entry { .. } | Record::Tombstone { .. }));
         }
         for entry in reply.entries {
             if entry.id != log.last_id() + 1 || entry.id > upto {

@@ -20,10 +20,12 @@ impl Secondary {
             let max_bytes = usize::try_from(request.max_bytes).unwrap_or(usize::MAX);
             // Entries not cached are read from the files; if that fails (a damaged segment),
             // none are sent and the master asks again or another node.
+            // Below what retention kept: from the first retained id (see FetchRequest).
+            let from_id = request.from_id.max(log.first_id());
             let read = log
-                .entries(request.from_id, request.max_entries as usize, max_bytes)
+                .entries(from_id, request.max_entries as usize, max_bytes)
                 .unwrap_or_else(|error| {
-                    tracing::error!(%error, from = request.from_id, "cannot read entries for a fetch from the log's files");
+                    tracing::error!(%error, from = from_id, "cannot read entries for a fetch from the log's files");
                     Vec::new()
                 });
             entries = read
