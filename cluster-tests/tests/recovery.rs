@@ -1,5 +1,5 @@
 //! The quorum's log is the truth, not the master's disk: a master whose log may be incomplete (a
-//! torn tail cut off, an empty data directory, an empty `log.bin`, a log kept in memory) takes
+//! torn tail cut off, an empty data directory, an empty segment file, a log kept in memory) takes
 //! no append before it has heard from every secondary, then recovers what they hold, so no
 //! append acknowledged with `w >= 2` is lost and no id ever shows two messages.
 
@@ -100,8 +100,9 @@ async fn a_master_that_lost_its_disk_waits_for_every_secondary_and_recovers_thei
 }
 
 /// Injected: a durable cluster with 6 messages (w=3); secondary-2 paused; 2 more with w=2; the
-/// master killed and (a) its log.bin cut 3 bytes short (a torn last record), (b) in a second
-/// round its log.bin emptied (zero length); each time secondary-2 resumed and the master started.
+/// master killed and (a) its active segment file (`Node::log_file`, here the log's only one) cut
+/// 3 bytes short (a torn last record), (b) in a second round that file emptied (zero length);
+/// each time secondary-2 resumed and the master started.
 /// Checked, each round: no append is taken while recovering; once serving, the master lists
 /// every acknowledged message under its id, w=1 appends right after the restart get new ids
 /// after them (never an id a secondary holds with another message), and every node converges.
@@ -191,7 +192,8 @@ async fn a_master_in_memory_recovers_the_log_after_a_restart() {
 }
 
 /// Injected: a durable cluster; "a" w=3; secondary-2 paused; "b" w=2 (held by the master and
-/// secondary-1); the master killed and its log.bin torn (3 bytes cut off "b"'s record);
+/// secondary-1); the master killed and its active segment file (`Node::log_file`) torn (3 bytes
+/// cut off "b"'s record);
 /// secondary-1 paused, secondary-2 resumed; the master started, killed while it waits, and
 /// started again.
 /// Checked: the second start still knows its log was cut (the cut itself is on disk since the
