@@ -60,8 +60,9 @@ pub struct Heard {
 pub enum Plan {
     /// Not enough is known yet: stay read-only for this reason.
     Wait(String),
-    /// The master's file is older than the cluster's log: stay read-only for this reason, and
-    /// show nothing (the file may hold ids the cluster has since given to other messages).
+    /// The master's file is older than the cluster's log (the file may hold ids the cluster has
+    /// since given to other messages): show nothing of it, set it aside, and recover as a
+    /// master that lost its disk.
     Older(String),
     /// Serve the master's own log as it is (nothing beyond it anywhere).
     Serve,
@@ -97,7 +98,8 @@ pub struct Own {
 /// majority (itself included), as any quorum does; but if a secondary it hears follows a
 /// later master process than its file names, another process served this log after it (one
 /// that recovered it from the secondaries), and its file is old: serving it would give ids
-/// again that the cluster has already given. It stays read-only and says so.
+/// again that the cluster has already given. [`run`] then sets the file aside and recovers
+/// as a master that lost its disk.
 pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
     let (log_id, last_id) = (own.log_id.as_str(), own.last_id);
     let nodes = heard.len() + 1;
@@ -129,8 +131,7 @@ pub fn plan(own: &Own, heard: &[Option<Heard>], addresses: &[String]) -> Plan {
         if let Some((state, address)) = newer {
             return Plan::Older(format!(
                 "this master's log is older than the cluster's: secondary {address} follows \
-                 master process {} but this file's last is {}; start this master with an empty \
-                 DATA_DIR to recover the log from the secondaries",
+                 master process {} but this file's last is {}",
                 state.master_instance, own.instance
             ));
         }
@@ -319,14 +320,14 @@ pub async fn run(
     peers: &[Peer],
     mut log: Log,
     mut file: Option<SegmentLog>,
-    doubt: Option<String>,
+    mut doubt: Option<String>,
 ) -> Recovery {
     let failover = master.config.failover.is_some();
     if let Some(doubt) = &doubt {
         tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
     }
-    let own_instance = file.as_ref().map_or(0, SegmentLog::master_instance);
-    let own_starts = file
+    let mut own_instance = file.as_ref().map_or(0, SegmentLog::master_instance);
+    let mut own_starts = file
         .as_ref()
         .map_or(&[][..], SegmentLog::master_starts)
         .to_vec();
@@ -377,10 +378,31 @@ pub async fn run(
             Plan::Wait(reason) => master.set_recovering(Some(reason)),
             Plan::Yield(reason) => return Recovery::Yield(reason),
             Plan::Older(reason) => {
+                // The cluster's log went on without this file: it is set aside (kept for the
+                // operator) and this master recovers as one that lost its disk, from every
+                // secondary. Nothing of the old file is shown meanwhile.
                 let hidden = Log::new(own.log_id);
                 master.install(hidden, None, &[]);
                 master.set_known(false);
-                master.set_recovering(Some(reason));
+                master.set_recovering(Some(reason.clone()));
+                // Only a file can be older (a log in memory always doubts, and waits).
+                match file.as_mut().map(|old| (old.set_aside(), old.reader())) {
+                    None => {}
+                    Some((Ok(aside), reader)) => {
+                        tracing::warn!(%reason, aside = %aside.display(), "this master's file is older than the cluster's log: set it aside; recovering the log from the secondaries");
+                        log = Log::new(String::new()).with_files(reader);
+                        records.clear();
+                        own_instance = 0;
+                        own_starts.clear();
+                        doubt = Some(format!("{reason}; the old file was set aside"));
+                        continue;
+                    }
+                    Some((Err(error), _)) => {
+                        tracing::error!(%error, "recovery: cannot set the old log aside");
+                        master.storage_failed();
+                        return Recovery::Stopped;
+                    }
+                }
             }
             Plan::Serve => {
                 if failover {

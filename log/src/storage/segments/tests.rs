@@ -1265,3 +1265,33 @@ fn a_log_restarted_at_a_later_id_holds_only_what_comes_after_and_survives_a_rest
     assert!(opened.unfinished);
     assert_eq!((opened.first_id, opened.last_id), (600, 599));
 }
+
+#[test]
+fn a_log_set_aside_keeps_its_segments_elsewhere_and_starts_empty_and_incomplete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut log, _) = open(tmp.path());
+    for first in (1..=100u64).step_by(10) {
+        log.append(&entries(first, first + 9)).unwrap();
+    }
+    log.mark_complete().unwrap();
+    let reader = log.reader();
+    let aside = log.set_aside().unwrap();
+    assert!(aside.starts_with(tmp.path()));
+    assert!(
+        fs::read_dir(&aside).unwrap().count() > 2,
+        "the old segments are kept"
+    );
+    assert_eq!((log.log_id(), log.last_id(), log.first_id()), ("", 0, 1));
+    assert!(reader.read(0, 10, usize::MAX).unwrap().is_empty());
+    log.append(&[
+        Record::Meta {
+            log_id: "log-b".into(),
+        },
+        entry(1, "new"),
+    ])
+    .unwrap();
+    drop(log);
+    let (_, opened) = reopen(tmp.path());
+    assert!(opened.unfinished, "incomplete until recovered");
+    assert_eq!((opened.log_id.as_str(), opened.last_id), ("log-b", 1));
+}

@@ -442,43 +442,74 @@ impl SegmentLog {
             tombstones: Default::default(),
             starts: self.state.starts.clone(),
         };
-        let result = self.remove_all().and_then(|()| {
-            let mut header = Vec::new();
-            format::encode_header(&state, &mut header);
-            let first = state.last_id + 1;
-            format::write_atomic(
-                &self.seg_dir,
-                &format::name(first, Kind::Log),
-                &header,
-                true,
-            )?;
-            open_active(&self.seg_dir, first, header.len() as u64)
-        });
-        match result {
-            Ok(active) => {
-                {
-                    let mut shared = write_lock(&self.shared);
-                    shared.segments =
-                        BTreeMap::from([(active.segment.first_id, Arc::clone(&active.segment))]);
-                    shared.last_id = state.last_id;
-                    shared.tombstones.clear();
-                }
-                tracing::info!(
-                    first_id,
-                    "the log starts again at the master's first retained id"
-                );
-                self.active = active;
-                self.state = state;
-                if !was_incomplete {
-                    remove_incomplete_marker(&self.dir)?;
-                }
-                Ok(())
-            }
-            Err(e) => {
-                self.poisoned = Some(Box::new(e.clone()));
-                Err(e.into())
-            }
+        self.remove_all()
+            .and_then(|()| self.start_over(state))
+            .map_err(|e| self.poison(e))?;
+        tracing::info!(
+            first_id,
+            "the log starts again at the master's first retained id"
+        );
+        if !was_incomplete {
+            remove_incomplete_marker(&self.dir)?;
         }
+        Ok(())
+    }
+
+    /// Moves every segment aside, into `DATA_DIR/segments.older-<seconds since 1970>/` (kept:
+    /// deleting a log is the operator's decision), and starts an empty, unnamed log in their
+    /// place, marked incomplete. Returns where the old segments went. A master whose file the
+    /// cluster's log has moved on from (another process served after it was written) does so,
+    /// then recovers the log from the secondaries as one that lost its disk.
+    ///
+    /// Crash-safe: the marker first, then one rename of the directory; a crash after it leaves
+    /// no `segments/`, which the next open takes for a new log (marked incomplete).
+    pub fn set_aside(&mut self) -> Result<PathBuf, StorageError> {
+        self.usable()?;
+        mark_incomplete(&self.dir)?;
+        let seconds = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
+        let aside = self.dir.join(format!("{SEGMENTS_DIR}.older-{seconds}"));
+        let result = fs::rename(&self.seg_dir, &aside)
+            .at(Op::Rename, &self.seg_dir)
+            .and_then(|()| fs::create_dir(&self.seg_dir).at(Op::CreateDir, &self.seg_dir))
+            .and_then(|()| format::sync_dir(&self.dir))
+            .and_then(|()| self.start_over(State::default()));
+        result.map_err(|e| self.poison(e))?;
+        tracing::warn!(aside = %aside.display(), "set the log's segments aside: an empty log takes their place");
+        Ok(aside)
+    }
+
+    /// Starts the log in the empty segment directory with one segment whose header holds
+    /// `state`, and shows it to readers.
+    fn start_over(&mut self, state: State) -> Result<(), IoError> {
+        let mut header = Vec::new();
+        format::encode_header(&state, &mut header);
+        let first = state.last_id + 1;
+        format::write_atomic(
+            &self.seg_dir,
+            &format::name(first, Kind::Log),
+            &header,
+            true,
+        )?;
+        let active = open_active(&self.seg_dir, first, header.len() as u64)?;
+        {
+            let mut shared = write_lock(&self.shared);
+            shared.segments = BTreeMap::from([(first, Arc::clone(&active.segment))]);
+            shared.last_id = state.last_id;
+            shared.tombstones.clear();
+        }
+        self.active = active;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Makes the log unusable after a failure left its files in a state only recovery can be
+    /// trusted with.
+    fn poison(&mut self, error: IoError) -> StorageError {
+        self.poisoned = Some(Box::new(error.clone()));
+        error.into()
     }
 
     /// Removes every segment file and index, oldest first, syncing the directory after each.
