@@ -28,7 +28,7 @@ pub struct Spec<'a> {
     pub tmp_root: &'a Path,
 }
 
-fn server(port: u16, dir: &Path, durable: bool, replica_of: Option<u16>) -> Command {
+pub(crate) fn server(port: u16, dir: &Path, durable: bool, replica_of: Option<u16>) -> Command {
     let mut command = Command::new("redis-server");
     command
         .args(["--port", &port.to_string()])
