@@ -2,4 +2,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| replog_fuzz::checks::append_body(data));
+fuzz_target!(|data: &[u8]| replog_fuzz::body::append_body(data));

@@ -1,7 +1,7 @@
 //! Replays the fuzz corpus on stable Rust: every file in `fuzz/corpus/<target>/`, plus seeds
-//! built here, goes through the same checks as the cargo-fuzz targets (`fuzz/src/checks.rs`):
-//! no panic, clean errors, round trips. A crash found by fuzzing is fixed and its input added to
-//! the corpus, and this test keeps it fixed without nightly.
+//! built here, goes through the same checks as the cargo-fuzz targets (`fuzz/src/checks.rs` and
+//! `fuzz/src/body.rs`): no panic, clean errors, round trips. A crash found by fuzzing is fixed and
+//! its input added to the corpus, and this test keeps it fixed without nightly.
 //!
 //! `cargo test -p replog-node --test fuzz_corpus -- --ignored write_seed_corpus` (re)writes the
 //! seeds into the corpus folders as `seed-*` files, as starting points for fuzzing.
@@ -9,6 +9,9 @@
 #[path = "../../fuzz/src/checks.rs"]
 #[allow(dead_code)]
 mod checks;
+
+#[path = "../../fuzz/src/body.rs"]
+mod body;
 
 use bytes::Bytes;
 use replog_log::storage::{encode, Record};
@@ -20,7 +23,7 @@ type Check = fn(&[u8]);
 const TARGETS: [(&str, Check); 3] = [
     ("record_decode", checks::record_decode),
     ("log_replay", checks::log_replay),
-    ("append_body", checks::append_body),
+    ("append_body", body::append_body),
 ];
 
 fn corpus_dir(target: &str) -> PathBuf {
