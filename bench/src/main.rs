@@ -9,8 +9,8 @@
 //! instead fills a memory-mode cluster with 1,000,000 messages and measures each node's RSS and
 //! the `GET /api/messages` reads; `--durable` does the same on a durable cluster (beside the
 //! memory-mode one with `--memory`), and measures its master's restart and a wiped secondary's
-//! catch-up (`storage`); `--tail` measures the live tail's delivery delay at 1 and 500 readers
-//! (`tail`).
+//! catch-up beside a Redis replica's full resync (`storage`, `resync`); `--tail` measures the
+//! live tail's delivery delay at 1 and 500 readers (`tail`).
 
 mod cpu;
 mod failover;
@@ -22,6 +22,7 @@ mod procs;
 mod redis_peer;
 mod replog;
 mod report;
+mod resync;
 mod storage;
 mod tail;
 mod wire;

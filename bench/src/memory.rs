@@ -1,13 +1,14 @@
 //! The memory check: a cluster (master + 2 secondaries) filled with N 100-byte messages (w=1,
-//! many clients at once), then each node's RSS, the time of pages read from the second quarter
-//! of the log (`GET /api/messages?from_id=..&limit=100`, a different page each time) and of the
-//! full list, streamed.
+//! many clients at once), then each node's RSS, the time of 1,000 pages read at random places
+//! of the whole log (`GET /api/messages?from_id=..&limit=100`, a different page each time, in a
+//! random order) and of the full list, streamed.
 //!
 //! `--memory` alone runs it on a memory-mode cluster and writes `memory.json`; the storage check
 //! (`--durable`, [`crate::storage`]) runs it on a durable cluster too, with the same code, and
-//! compares the two. On a durable node the pages sit below the payload cache (`CACHE_BYTES`,
-//! 64 MiB: about 500,000 payloads of 100 bytes), so from a million messages on they are read
-//! back from the segment files; the node's files are dropped from the page cache first
+//! compares the two. On a durable node the payload cache (`CACHE_BYTES`, 64 MiB: about 500,000
+//! payloads of 100 bytes) holds the newest entries, so the pages below it (half of them at a
+//! million messages, 95 % at ten million) are read back from the segment files; the node's
+//! files are dropped from the page cache first
 //! (`posix_fadvise(DONTNEED)`, which needs no privilege), so the pages and the full list read
 //! the disk, not the kernel's copy.
 
@@ -28,8 +29,10 @@ use std::time::{Duration, Instant};
 
 /// Clients that fill the log at once.
 const FILL_CLIENTS: usize = 128;
-/// Samples of the page read per node.
-const PAGE_SAMPLES: usize = 31;
+/// Pages read per node (fewer when the log has fewer pages).
+const PAGE_SAMPLES: u64 = 1000;
+/// The seed of the pages' places: every run reads the same pages of a log of the same length.
+const PAGE_SEED: u64 = 23;
 /// The memory check's target: each node's peak RSS at most this, the full list read included.
 pub const RSS_LIMIT_MB: f64 = 250.0;
 /// The memory check's target: the median time of a page read below this, on every node.
@@ -46,6 +49,7 @@ pub struct NodeMemory {
     /// (durable mode).
     pub page_cache_dropped: bool,
     pub page_p50_ms: f64,
+    pub page_p99_ms: f64,
     pub page_max_ms: f64,
     pub full_list_bytes: u64,
     pub full_list_ms: f64,
@@ -66,7 +70,7 @@ pub struct MemoryCheck {
     pub fill_errors: u64,
     /// Seconds from the end of the fill until every secondary showed the whole log.
     pub catch_up_seconds: f64,
-    /// The pages read: [`PAGE_SAMPLES`] of them, evenly spread over this range of `from_id`.
+    /// The pages read: how many, and the range their `from_id`s were drawn from.
     pub page_path: String,
     pub nodes: Vec<NodeMemory>,
 }
@@ -126,13 +130,31 @@ async fn shows(addr: SocketAddr, id: u64) -> Result<bool> {
         .is_some_and(|list| list.iter().any(|m| m["id"].as_u64() == Some(id))))
 }
 
-/// The `from_id` of each page read: [`PAGE_SAMPLES`] different pages, evenly spread from a
-/// quarter of the log to 45 % of it (below the cache of a durable node from about a million
-/// messages on).
+/// The `from_id` of each page read, in the order read: the log (ids 1..=messages+1) cut into
+/// slots of 100 ids, [`PAGE_SAMPLES`] different slots drawn at random (every slot if there are
+/// fewer) and a random id in each, so each read is a different full page, anywhere in the log,
+/// and the next read is not where the last one ended (no help from read-ahead).
 pub fn page_ids(messages: u64) -> Vec<u64> {
-    let first = (messages / 4).max(1);
-    let step = messages / 5 / PAGE_SAMPLES as u64;
-    (0..PAGE_SAMPLES as u64).map(|i| first + i * step).collect()
+    // The last full page starts at messages + 1 - 99.
+    let slots = (messages + 1 - 99) / 100;
+    let mut state = PAGE_SEED;
+    // splitmix64: enough randomness for places, and no dependency.
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut taken = std::collections::HashSet::new();
+    let mut ids = Vec::new();
+    while (ids.len() as u64) < PAGE_SAMPLES.min(slots) {
+        let slot = next() % slots;
+        if taken.insert(slot) {
+            ids.push(1 + slot * 100 + next() % 100);
+        }
+    }
+    ids
 }
 
 /// Drops every file under `dir` from the page cache (`POSIX_FADV_DONTNEED`; the files are
@@ -190,6 +212,7 @@ async fn measure_node(
         }
     }
     samples.sort_by(f64::total_cmp);
+    let percentile = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     let (status, bytes, elapsed) = conn.get_streamed("/api/messages").await?;
     if status != StatusCode::OK {
         bail!("GET /api/messages on {name}: {status}");
@@ -199,8 +222,9 @@ async fn measure_node(
         rss_mb: mb(rss),
         peak_rss_mb: mb(peak),
         page_cache_dropped,
-        page_p50_ms: samples[samples.len() / 2],
-        page_max_ms: samples.last().copied().unwrap_or(0.0),
+        page_p50_ms: percentile(0.50),
+        page_p99_ms: percentile(0.99),
+        page_max_ms: percentile(1.0),
         full_list_bytes: bytes,
         full_list_ms: elapsed.as_secs_f64() * 1000.0,
         peak_rss_after_full_list_mb: mb(procs::peak_rss(process)),
@@ -297,9 +321,8 @@ pub async fn check_cluster(
         fill_errors,
         catch_up_seconds,
         page_path: format!(
-            "/api/messages?from_id={}..={}&limit=100 ({} pages)",
-            pages.first().copied().unwrap_or(1),
-            pages.last().copied().unwrap_or(1),
+            "/api/messages?from_id=<random in 1..={}>&limit=100 ({} different pages, random order)",
+            messages + 1 - 99,
             pages.len()
         ),
         nodes: measured,
@@ -329,11 +352,12 @@ pub fn print(check: &MemoryCheck) {
     );
     let _ = writeln!(
         text,
-        "{:<12} {:>8} {:>9} {:>13} {:>13} {:>11} {:>10} {:>16}",
+        "{:<12} {:>8} {:>9} {:>12} {:>12} {:>12} {:>11} {:>10} {:>16}",
         "node",
         "RSS MiB",
         "peak MiB",
         "page p50 ms",
+        "page p99 ms",
         "page max ms",
         "full MB",
         "full ms",
@@ -342,11 +366,12 @@ pub fn print(check: &MemoryCheck) {
     for n in &check.nodes {
         let _ = writeln!(
             text,
-            "{:<12} {:>8.1} {:>9.1} {:>13.3} {:>13.3} {:>11.1} {:>10.0} {:>16.1}",
+            "{:<12} {:>8.1} {:>9.1} {:>12.3} {:>12.3} {:>12.3} {:>11.1} {:>10.0} {:>16.1}",
             n.node,
             n.rss_mb,
             n.peak_rss_mb,
             n.page_p50_ms,
+            n.page_p99_ms,
             n.page_max_ms,
             n.full_list_bytes as f64 / 1e6,
             n.full_list_ms,

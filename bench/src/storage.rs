@@ -10,7 +10,9 @@
 //!   compared with;
 //! - secondary-1 stopped, its `DATA_DIR` emptied (a lost disk) and started again: the time until
 //!   it holds the whole log (its `/api/health` `last_id` is the master's), and its peak RSS
-//!   (`VmHWM` of the new process, so the catch-up alone).
+//!   (`VmHWM` of the new process, so the catch-up alone);
+//! - beside it, Redis's full resync of a stream of the same length ([`crate::resync`]), once the
+//!   durable cluster is stopped.
 //!
 //! The data directories live under `target/bench-data` (or `--tmp-dir`), on the disk, not in a
 //! tmpfs that would count them as memory and make fsync free; they are removed at the end.
@@ -18,6 +20,7 @@
 //! long logs) to `storage-durable.json`. The table as printed is kept in the file too.
 
 use crate::memory::{self, MemoryCheck, NodeMemory};
+use crate::resync::{self, RedisResync};
 use crate::{procs, replog, Env};
 use anyhow::{bail, Context, Result};
 use cluster_tests::Process;
@@ -36,6 +39,8 @@ pub const RESTART_LIMIT_MS: f64 = 2000.0;
 pub const CATCH_UP_LIMIT_PER_SEC: f64 = 500_000.0;
 /// The target for a page read from the files (page cache dropped): p50 at most this.
 pub const COLD_PAGE_P50_LIMIT_MS: f64 = 1.0;
+/// The target for the same pages' p99.
+pub const COLD_PAGE_P99_LIMIT_MS: f64 = 5.0;
 /// Messages in the small durable cluster whose restart is the reference.
 const SMALL_LOG: u64 = 1000;
 /// How long a node is given to exit on SIGTERM before SIGKILL.
@@ -119,6 +124,8 @@ pub struct StorageCheck {
     /// The same restart with [`SMALL_LOG`] messages, as the reference.
     pub master_restart_small_log: Restart,
     pub secondary_catch_up: CatchUp,
+    /// Redis's full resync of a stream as long as the log the secondary caught up.
+    pub redis_resync: RedisResync,
     pub load_average_before: String,
     pub load_average_after: String,
     pub table: String,
@@ -243,6 +250,16 @@ pub async fn run(
     eprintln!("storage check: wiping secondary-1's DATA_DIR and starting it again");
     let secondary_catch_up = wipe_secondary(&mut cluster).await?;
     drop(cluster);
+    eprintln!(
+        "storage check: Redis full resync of a stream of {} entries",
+        secondary_catch_up.entries
+    );
+    let redis_resync = resync::run(
+        secondary_catch_up.entries,
+        &env.log_root.join("storage-redis-resync"),
+        data_root,
+    )
+    .await?;
 
     eprintln!("storage check: restarting the master of a durable cluster of {SMALL_LOG} messages");
     let log_dir = env.log_root.join("memory-check-durable-small");
@@ -276,6 +293,7 @@ pub async fn run(
         master_restart,
         master_restart_small_log,
         secondary_catch_up,
+        redis_resync,
         load_average_before,
         load_average_after: crate::report::load_average(),
         table: String::new(),
@@ -284,11 +302,12 @@ pub async fn run(
     Ok(check)
 }
 
-fn node_figures(n: &NodeMemory) -> [(&'static str, f64); 6] {
+fn node_figures(n: &NodeMemory) -> [(&'static str, f64); 7] {
     [
         ("RSS after fill MiB", n.rss_mb),
         ("peak RSS after fill MiB", n.peak_rss_mb),
         ("page p50 ms", n.page_p50_ms),
+        ("page p99 ms", n.page_p99_ms),
         ("page max ms", n.page_max_ms),
         ("full list ms", n.full_list_ms),
         (
@@ -403,6 +422,17 @@ fn table(check: &StorageCheck) -> String {
         "{} wiped and restarted: caught up {} entries in {:.2} s ({:.0} entries/s), peak RSS {:.1} MiB (RSS {:.1} after)",
         c.node, c.entries, c.seconds, c.entries_per_sec, c.peak_rss_mb, c.rss_mb
     );
+    let r = &check.redis_resync;
+    let _ = writeln!(
+        text,
+        "  beside it, a Redis replica's full resync (appendfsync always): {} entries in {:.2} s ({:.0} entries/s), peak RSS {:.1} MiB; replog / Redis time {:.2}x (the primary's stream filled in {:.1} s)",
+        r.entries,
+        r.seconds,
+        r.entries_per_sec,
+        r.replica_peak_rss_mb,
+        c.seconds / r.seconds,
+        r.fill_seconds
+    );
     let mark = |ok: bool| if ok { "MET   " } else { "MISSED" };
     let peak = d
         .nodes
@@ -416,10 +446,16 @@ fn table(check: &StorageCheck) -> String {
         mark(peak <= DURABLE_RSS_LIMIT_MB)
     );
     let p50 = d.nodes.iter().map(|n| n.page_p50_ms).fold(0.0, f64::max);
+    let p99 = d.nodes.iter().map(|n| n.page_p99_ms).fold(0.0, f64::max);
     let _ = writeln!(
         text,
         "  {} durable page p50 <= {COLD_PAGE_P50_LIMIT_MS} ms on every node: largest {p50:.3} ms",
         mark(p50 <= COLD_PAGE_P50_LIMIT_MS)
+    );
+    let _ = writeln!(
+        text,
+        "  {} durable page p99 <= {COLD_PAGE_P99_LIMIT_MS} ms on every node: largest {p99:.3} ms",
+        mark(p99 <= COLD_PAGE_P99_LIMIT_MS)
     );
     let _ = writeln!(
         text,
