@@ -8,6 +8,7 @@ use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Bytes read at once when walking a segment: twice the default index interval, so the walk
@@ -33,6 +34,9 @@ pub(crate) struct Segment {
     pub file: File,
     /// Grows while the segment is active (the writer adds points and moves `file_len`).
     pub index: RwLock<Index>,
+    /// Whether a read already found damage here and said so in the node's log (once per
+    /// segment, so a damaged range read often does not flood it).
+    pub damage_reported: AtomicBool,
 }
 
 /// What the writer shares with readers.
@@ -238,7 +242,12 @@ fn read_segment(
     }
 }
 
+/// The read's error; the first one found in a segment is logged, naming the file and the id,
+/// since a sealed segment whose index is intact is not read at start and only a read finds it.
 fn corrupt(segment: &Segment, id: u64, offset: u64, reason: &str) -> ReadError {
+    if !segment.damage_reported.swap(true, Ordering::Relaxed) {
+        tracing::error!(path = %segment.path.display(), id, offset, reason, "a read found a damaged segment: ids from it are not served");
+    }
     ReadError::Corrupt {
         path: segment.path.clone(),
         id,

@@ -1160,7 +1160,10 @@ fn a_damaged_sealed_segment_without_its_index_is_reported_at_open() {
     fs::write(&orphan, b"stale").unwrap();
     let (log, opened) = reopen(tmp.path());
     assert!(!orphan.exists());
-    assert_eq!(opened.rebuilt_indexes, vec![victim.path.clone()]);
+    assert!(
+        opened.rebuilt_indexes.is_empty(),
+        "a damaged segment's index is not rebuilt"
+    );
     assert_eq!(opened.damaged.len(), 1, "{:?}", opened.damaged);
     let damage = &opened.damaged[0];
     assert_eq!(damage.path, victim.path);

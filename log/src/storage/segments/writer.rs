@@ -186,6 +186,7 @@ impl SegmentLog {
             file: File::open(&path).at(Op::Open, &path)?,
             path,
             index: RwLock::new(index),
+            damage_reported: Default::default(),
         });
         segments.insert(active_first, Arc::clone(&segment));
         // Headers written before retention removed a segment still name its tombstones.
@@ -814,6 +815,7 @@ fn open_active(seg_dir: &Path, first: u64, len: u64) -> Result<Active, IoError> 
             last_id: 0,
             file_len: len,
         }),
+        damage_reported: Default::default(),
     });
     Ok(Active { segment, file, len })
 }
@@ -891,13 +893,15 @@ fn load_sealed(
     let (index, rebuilt, mut reason) = match stored {
         Some(index) => (index, false, None),
         None => {
+            // A damaged segment's index is not written: the damage is reported instead (the
+            // caller says which ids it cannot serve), and the next start reads it again.
             let (index, reason) = scan_sealed(&file, &path, len, first, interval)?;
             if reason.is_none() {
                 let encoded = format::encode_index(first, &index);
                 format::write_atomic(seg_dir, &format::name(first, Kind::Index), &encoded, false)?;
             }
-            tracing::warn!(path = %path.display(), "rebuilt a sealed segment's missing or damaged index");
-            (index, true, reason)
+            let rebuilt = reason.is_none();
+            (index, rebuilt, reason)
         }
     };
     let served = if index.points.is_empty() {
@@ -918,6 +922,7 @@ fn load_sealed(
         path,
         file,
         index: RwLock::new(index),
+        damage_reported: Default::default(),
     };
     Ok((segment, rebuilt, damage))
 }
