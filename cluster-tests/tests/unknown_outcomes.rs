@@ -249,3 +249,132 @@ async fn a_secondary_stopped_while_its_forward_waits_answers_unknown_and_exits()
     assert_eq!(status.code(), Some(0), "secondary after SIGTERM: {status}");
     cluster.master.cont();
 }
+
+/// A gRPC client of `node`'s public API (served on its HTTP port).
+async fn grpc_client(
+    node: &Node,
+) -> replog_proto::v1::log_client::LogClient<tonic::transport::Channel> {
+    replog_proto::v1::log_client::LogClient::connect(node.url(""))
+        .await
+        .unwrap_or_else(|e| panic!("a gRPC connection to {}: {e}", node.name))
+}
+
+/// A gRPC append with write concern `w` and idempotency key `key`.
+fn grpc_append(message: &str, w: u32, key: Option<&str>) -> replog_proto::v1::AppendRequest {
+    replog_proto::v1::AppendRequest {
+        message: message.to_owned(),
+        w: Some(w),
+        key: key.map(str::to_owned),
+    }
+}
+
+/// [`a_forwarded_append_whose_master_dies_answers_unknown`] over gRPC.
+/// Injected: secondary-2 paused, a w=3 gRPC `Append` through secondary-1 (forwarded to the
+/// master), which secondary-1 already holds; then SIGKILL of the master.
+/// Checked: secondary-1 answers gRPC `UNKNOWN` with a message (never `UNAVAILABLE`, which would
+/// say nothing was appended); after the master's restart and secondary-2's return every node
+/// shows the message exactly once.
+#[tokio::test]
+async fn a_grpc_append_forwarded_to_a_master_that_dies_answers_unknown() {
+    let mut cluster = Cluster::start_with(
+        vec![SecondaryOpts::new(), SecondaryOpts::new()],
+        durable_master("5"),
+    )
+    .await;
+    cluster.secondaries[1].stop();
+    let mut client = grpc_client(&cluster.secondaries[0]).await;
+    let waiting = tokio::spawn(async move {
+        client
+            .append(grpc_append("grpc fate unknown", 3, None))
+            .await
+    });
+    wait_pending(&cluster).await;
+    wait_until(PROMPTLY, "secondary-1 holds the append", || async {
+        cluster.held(&cluster.secondaries[0]).await >= 1
+    })
+    .await;
+    cluster.master.kill();
+
+    let answer = tokio::time::timeout(PROMPTLY, waiting)
+        .await
+        .expect("secondary-1 answered once the master was gone")
+        .expect("the append task");
+    let status = answer.expect_err("no reply can come from a killed master");
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    assert!(!status.message().is_empty(), "{status:?}");
+
+    cluster.secondaries[1].cont();
+    cluster.master.start();
+    cluster.renew_client();
+    cluster.wait_ready().await;
+    assert_eq!(converged_count(&cluster, "grpc fate unknown").await, 1);
+}
+
+/// Injected: secondary-2 paused; a keyed w=3 gRPC `Append` through secondary-1 (grace 1 s),
+/// forwarded to the master, which shows it pending while secondary-1 holds it; the master
+/// paused (SIGSTOP), so its answer cannot come; SIGTERM of secondary-1. Then the master and
+/// secondary-2 resume, secondary-1 starts again, and the same append (same key) is retried over
+/// gRPC through secondary-2.
+/// Checked: the first attempt is answered gRPC `UNKNOWN` (never `UNAVAILABLE`); the retry returns
+/// the id the first attempt got, and every node shows the message exactly once, at that id (the
+/// retry did not append it a second time).
+#[tokio::test]
+async fn a_keyed_grpc_retry_after_an_unknown_outcome_gets_the_first_id() {
+    let mut cluster = Cluster::start_with(
+        vec![
+            SecondaryOpts::new().env("SHUTDOWN_GRACE_SECONDS", "1"),
+            SecondaryOpts::new(),
+        ],
+        durable_master("5"),
+    )
+    .await;
+    const MESSAGE: &str = "grpc keyed retry";
+    const KEY: &str = "grpc-retry-1";
+    cluster.secondaries[1].stop();
+    let mut client = grpc_client(&cluster.secondaries[0]).await;
+    let waiting =
+        tokio::spawn(async move { client.append(grpc_append(MESSAGE, 3, Some(KEY))).await });
+    wait_pending(&cluster).await;
+    wait_until(PROMPTLY, "secondary-1 holds the append", || async {
+        cluster.held(&cluster.secondaries[0]).await >= 1
+    })
+    .await;
+    cluster.master.stop();
+    sigterm(&cluster.secondaries[0]);
+
+    let answer = tokio::time::timeout(Duration::from_secs(1) + PROMPTLY, waiting)
+        .await
+        .expect("secondary-1 answered once its grace period ended")
+        .expect("the append task");
+    let status = answer.expect_err("no reply can come from a paused master");
+    assert_eq!(status.code(), tonic::Code::Unknown, "{status:?}");
+    let exit = wait_exit(&mut cluster.secondaries[0], PROMPTLY).await;
+    assert_eq!(exit.code(), Some(0), "secondary-1 after SIGTERM: {exit}");
+
+    cluster.master.cont();
+    cluster.secondaries[1].cont();
+    cluster.secondaries[0].start();
+    cluster.wait_ready().await;
+    let mut retry_client = grpc_client(&cluster.secondaries[1]).await;
+    let retry = tokio::time::timeout(
+        Duration::from_secs(10),
+        retry_client.append(grpc_append(MESSAGE, 3, Some(KEY))),
+    )
+    .await
+    .expect("the retry was answered")
+    .unwrap_or_else(|status| panic!("the keyed retry: {status:?}"))
+    .into_inner();
+
+    assert_eq!(converged_count(&cluster, MESSAGE).await, 1);
+    let master_log = cluster.messages(&cluster.master).await;
+    let shown = master_log
+        .iter()
+        .find(|(_, m)| m == MESSAGE)
+        .map(|(id, _)| *id);
+    assert_eq!(
+        Some(retry.id),
+        shown,
+        "the retry's id against the master's log {master_log:?}"
+    );
+    assert_eq!(master_log.len(), 1, "{master_log:?}");
+}
