@@ -21,7 +21,9 @@ use browser_tests::{
     BrowserTools, Chromedriver, Compose, Nginx, BASE_URL_ENV,
 };
 use cluster_tests::failover::FailoverCluster;
-use cluster_tests::{Cluster, SecondaryOpts, REPLICATION_FAILED};
+use cluster_tests::{
+    steady_health, wait_until, Cluster, SecondaryOpts, PROMPTLY, REPLICATION_FAILED,
+};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use futures::FutureExt;
@@ -820,4 +822,145 @@ async fn shows_master(
         &format!("the summary to say up with {leader} as master"),
     )
     .await;
+}
+
+/// An append through the page whose outcome cannot be known says so, and appending the same
+/// message again does not append it twice. Injected: secondary-2 paused; a w=3 append through
+/// the page via secondary-1 (grace 1 s), forwarded to the master, which shows it pending while
+/// secondary-1 holds it; the master paused (SIGSTOP), so its answer cannot come; SIGTERM of
+/// secondary-1, which answers `UNKNOWN` once its grace period ends. Then the master and
+/// secondary-2 resume, secondary-1 starts again, and the page appends the same message again
+/// (via the master).
+/// Checked: the page shows the first attempt as "Outcome unknown" (`data-state='unknown'`), not
+/// as an error; the second attempt (the page reuses the first one's key) answers the id the
+/// first attempt got, and that message is in the log once, on every node and in every column.
+#[tokio::test]
+async fn page_shows_an_unknown_outcome_and_its_retry_does_not_append_twice() {
+    if base_url().is_some() {
+        eprintln!("SKIPPED: {BASE_URL_ENV} is set, so page_on_a_running_stack drives that stack");
+        return;
+    }
+    let Some(tools) = browser_tools() else {
+        return;
+    };
+    // Appends wait for their write concern without limit, so that the first attempt is still
+    // undecided when its answer is lost.
+    let mut stack = Cluster::start(
+        vec![
+            SecondaryOpts::new().env("SHUTDOWN_GRACE_SECONDS", "1"),
+            SecondaryOpts::new(),
+        ],
+        &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
+    )
+    .await;
+    let nginx = Nginx::start(&tools.nginx_tools(), &stack, &stack.dir).await;
+    let driver = Chromedriver::start(&tools.chromedriver, &stack.dir, &stack.client).await;
+    let profile = tempfile::tempdir().expect("a fresh Chromium profile");
+    let browser = open_browser(&tools.chromium, &driver, profile.path()).await;
+
+    let outcome = AssertUnwindSafe(unknown_outcome_scenario(&browser, &mut stack, &nginx))
+        .catch_unwind()
+        .await;
+    let _ = browser.close().await;
+    drop(nginx);
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+async fn unknown_outcome_scenario(browser: &Client, stack: &mut Cluster, nginx: &Nginx) {
+    const MESSAGE: &str = "fate unknown on the page";
+    open_page(browser, &nginx.url("/")).await;
+
+    stack.secondaries[1].stop();
+    append(browser, "secondary-1", 3, MESSAGE).await;
+    wait_until(PROMPTLY, "the master shows the append pending", || async {
+        stack
+            .try_health(&stack.master)
+            .await
+            .is_some_and(|h| h["pending"].as_u64().is_some_and(|p| p >= 1))
+    })
+    .await;
+    wait_until(PROMPTLY, "secondary-1 holds the append", || async {
+        stack.held(&stack.secondaries[0]).await >= 1
+    })
+    .await;
+    stack.master.stop();
+    // SIGTERM; secondary-1 answers its waiting forward once its 1 s grace period ends.
+    let exit = stack.secondaries[0].terminate(Duration::from_secs(1) + PROMPTLY);
+    assert_eq!(exit.code(), Some(0), "secondary-1 after SIGTERM: {exit}");
+
+    let result = wait_css(
+        browser,
+        "#result[data-state='unknown']",
+        "the append's outcome to show as unknown",
+    )
+    .await;
+    let text = result.text().await.expect("the result's text");
+    assert!(
+        text.contains("Outcome unknown") && text.contains("UNKNOWN"),
+        "an unknown outcome in words: {text:?}"
+    );
+    assert!(
+        result.attr("data-id").await.expect("data-id").is_none(),
+        "an unknown outcome names no id: {text:?}"
+    );
+    screenshot(browser, "replog-unknown-outcome.png").await;
+
+    stack.master.cont();
+    stack.secondaries[1].cont();
+    stack.secondaries[0].start();
+    stack.wait_ready().await;
+    for column in COLUMNS {
+        wait_css(
+            browser,
+            &format!("#col-{column}[data-status='up'][data-watch='open']"),
+            &format!("the {column} column to be up again with its Watch open"),
+        )
+        .await;
+    }
+
+    let clicked = append(browser, "master", 3, MESSAGE).await;
+    let (id, _, _) = appended_and_shown(browser, clicked, MESSAGE, &COLUMNS).await;
+    println!("the retry of the unknown append answered #{id}");
+    wait_until(
+        Duration::from_secs(10),
+        "every node lists the same log",
+        || async {
+            let lists = stack.all_messages().await;
+            lists.iter().all(|(_, list)| *list == lists[0].1)
+        },
+    )
+    .await;
+    for (node, list) in stack.all_messages().await {
+        let shown: Vec<u64> = list
+            .iter()
+            .filter(|(_, m)| m == MESSAGE)
+            .map(|(i, _)| *i)
+            .collect();
+        assert_eq!(
+            shown,
+            [id],
+            "{node} lists {MESSAGE:?} at {shown:?}: {list:?}"
+        );
+    }
+    for column in COLUMNS {
+        let mut shown = 0;
+        for entry in browser
+            .find_all(Locator::Css(&format!("#log-{column} li")))
+            .await
+            .expect("the column's entries")
+        {
+            if entry
+                .text()
+                .await
+                .expect("an entry's text")
+                .contains(MESSAGE)
+            {
+                shown += 1;
+            }
+        }
+        assert_eq!(
+            shown, 1,
+            "the {column} column shows {MESSAGE:?} {shown} times"
+        );
+    }
 }
