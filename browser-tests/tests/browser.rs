@@ -5,7 +5,9 @@
 //! down and come back, and saves a screenshot to `target/screenshots/replog.png`. A second
 //! nginx listing other nodes in another order (`NODES_JSON`) shows just those columns, in that
 //! order. A failover cluster's page (etcd, three `replog` nodes, `nginx/nginx-failover.conf`)
-//! shows who leads in every column and follows the master when it is killed.
+//! shows who leads in every column and follows the master when it is killed. An append whose
+//! outcome cannot be known shows as "Outcome unknown", and appending it again does not append
+//! it twice.
 //!
 //! Needs nginx, chromium, chromedriver and the built client (`scripts/install-web-tools`,
 //! `scripts/build-web`); skips without them unless `REPLOG_REQUIRE_BROWSER` is set.

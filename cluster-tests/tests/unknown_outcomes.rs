@@ -1,7 +1,8 @@
 //! Answers when the outcome of an append cannot be known: a 503 means nothing was appended, so
 //! an append that may have reached the master's log is answered 504 `"status": "unknown"`,
-//! never 503; and a master stopped with SIGTERM gives its waiting appends their real decision
-//! if it comes within `SHUTDOWN_GRACE_SECONDS`.
+//! never 503 (over gRPC `UNKNOWN`, never `UNAVAILABLE`, and a retry with the same key gets the
+//! first attempt's id); and a master stopped with SIGTERM gives its waiting appends their real
+//! decision if it comes within `SHUTDOWN_GRACE_SECONDS`.
 
 use cluster_tests::{
     steady_health, wait_until, Cluster, MasterOpts, Node, SecondaryOpts, StatusCode, PROMPTLY,
