@@ -860,6 +860,22 @@ impl Cluster {
     }
 
     /// `GET /api/health` on `node`, or `None` if it does not answer 200 with JSON.
+    /// `GET url`: the status and the JSON body (panics if there is no JSON answer).
+    pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = response.status();
+        let body = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {status}, not JSON: {e}"));
+        (status, body)
+    }
+
     pub async fn try_health(&self, node: &Node) -> Option<Value> {
         let response = self.client.get(node.url("/api/health")).send().await.ok()?;
         if response.status() != StatusCode::OK {
@@ -1209,35 +1225,51 @@ impl std::error::Error for TimedOut {}
 /// it). For configuration tests: a bad setting must stop the process at once. The run is
 /// recorded in `<log_dir>/<Binary>-exit.log`.
 pub fn run_to_exit(binary: Binary, env: &[(&str, &str)], timeout: Duration) -> Output {
+    let mut command = Command::new(binary.path());
+    command.env_clear().envs(env.iter().copied());
+    run_command_to_exit(
+        &format!("{binary:?}-exit"),
+        &format!("{binary:?} with {env:?}"),
+        command,
+        timeout,
+    )
+}
+
+/// Runs `command` and waits for it to exit (at most `timeout`; panics after it, naming it as
+/// `what`). Its status and output are appended to `<log_dir>/<record>.log`.
+pub fn run_command_to_exit(
+    record: &str,
+    what: &str,
+    mut command: Command,
+    timeout: Duration,
+) -> Output {
     let dir = log_dir();
     std::fs::create_dir_all(&dir).ok();
-    let mut child = Command::new(binary.path())
-        .env_clear()
-        .envs(env.iter().copied())
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start the binary");
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
     let deadline = Instant::now() + timeout;
     while child.try_wait().expect("wait").is_none() {
         if Instant::now() >= deadline {
             let _ = child.kill();
             let output = child.wait_with_output().expect("output");
             panic!(
-                "{binary:?} with {env:?} still ran after {timeout:?}; stderr: {}",
+                "{what} still ran after {timeout:?}; stderr: {}",
                 String::from_utf8_lossy(&output.stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     let output = child.wait_with_output().expect("output");
-    let record = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join(format!("{binary:?}-exit.log")));
-    if let Ok(mut file) = record {
-        let _ = writeln!(file, "===== env: {env:?}\nstatus: {}", output.status);
+        .open(dir.join(format!("{record}.log")));
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "===== {what}\nstatus: {}", output.status);
         let _ = file.write_all(&output.stdout);
         let _ = file.write_all(&output.stderr);
     }

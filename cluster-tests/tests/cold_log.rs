@@ -7,7 +7,7 @@
 
 use cluster_tests::log_file::{frames, Record};
 use cluster_tests::{
-    try_list, try_wait_for, wait_for, Cluster, MasterOpts, SecondaryOpts, StatusCode, PROMPTLY,
+    try_list, try_wait_for, wait_for, Cluster, MasterOpts, SecondaryOpts, PROMPTLY,
 };
 use replog_node::storage::{FsyncPolicy, LogFile};
 use std::path::{Path, PathBuf};
@@ -64,22 +64,6 @@ fn first_id(segment: &Path) -> u64 {
         .unwrap_or_else(|| panic!("not a segment name: {}", segment.display()))
 }
 
-/// `GET url`: the status and the JSON body.
-async fn get_json(cluster: &Cluster, url: &str) -> (StatusCode, serde_json::Value) {
-    let response = cluster
-        .client
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status();
-    let body = response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {status}, not JSON: {e}"));
-    (status, body)
-}
-
 fn page_ids(page: &serde_json::Value) -> Vec<u64> {
     page["messages"]
         .as_array()
@@ -89,9 +73,9 @@ fn page_ids(page: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_log_far_beyond_the_cache_is_listed_caught_up_and_recovered_from_its_segments() {
-    let mut cluster = Cluster::start_with(
+/// A cold cluster holding 400 messages appended with w=3, and what every node must list.
+async fn cold_cluster_of_400() -> (Cluster, Vec<(u64, String)>) {
+    let cluster = Cluster::start_with(
         vec![cold_secondary(), cold_secondary()],
         MasterOpts::new().durable().envs(COLD),
     )
@@ -103,6 +87,12 @@ async fn a_log_far_beyond_the_cache_is_listed_caught_up_and_recovered_from_its_s
         assert_eq!(status, 200, "{body}");
         expected.push((body["id"].as_u64().expect("an id"), text));
     }
+    (cluster, expected)
+}
+
+#[tokio::test]
+async fn a_log_far_beyond_the_cache_is_listed_caught_up_and_recovered_from_its_segments() {
+    let (mut cluster, expected) = cold_cluster_of_400().await;
     assert!(
         segments(&cluster) > 4,
         "many segments: {}",
@@ -216,18 +206,7 @@ async fn a_data_directory_of_the_single_file_format_is_converted_without_losing_
 
 #[tokio::test]
 async fn a_corrupt_sealed_segment_is_refused_by_name_and_the_rest_of_the_log_is_served() {
-    let mut cluster = Cluster::start_with(
-        vec![cold_secondary(), cold_secondary()],
-        MasterOpts::new().durable().envs(COLD),
-    )
-    .await;
-    let mut expected = Vec::new();
-    for n in 0..400 {
-        let text = format!("message {n} {}", "x".repeat(n % 40));
-        let (status, body) = cluster.append(&text, Some(3)).await;
-        assert_eq!(status, 200, "{body}");
-        expected.push((body["id"].as_u64().expect("an id"), text));
-    }
+    let (mut cluster, expected) = cold_cluster_of_400().await;
     converged(&cluster, &expected).await;
 
     // One secondary stopped; a byte flipped in the payload of an entry in the middle of one of
@@ -262,12 +241,12 @@ async fn a_corrupt_sealed_segment_is_refused_by_name_and_the_rest_of_the_log_is_
     cluster.renew_client();
     cluster.wait_ready().await;
     let damaged = &cluster.secondaries[0];
-    let (status, _) = get_json(&cluster, &damaged.url("/health")).await;
+    let (status, _) = cluster.get_json(&damaged.url("/health")).await;
     assert_eq!(status, 200, "{} serves", damaged.name);
 
     // A page that needs the damaged entry: refused, naming the file, never a short list.
     let url = damaged.url(&format!("/api/messages?from_id={damaged_id}&limit=5"));
-    let (status, body) = get_json(&cluster, &url).await;
+    let (status, body) = cluster.get_json(&url).await;
     assert_eq!(status, 503, "GET {url}: {body}");
     assert!(body.get("messages").is_none(), "GET {url}: {body}");
     let detail = body["detail"].as_str().unwrap_or_default();
@@ -276,17 +255,17 @@ async fn a_corrupt_sealed_segment_is_refused_by_name_and_the_rest_of_the_log_is_
         "GET {url}: the detail names {victim_name} and id {damaged_id}: {body}"
     );
     // So does the whole list, which crosses the damage.
-    let (status, body) = get_json(&cluster, &damaged.url("/api/messages")).await;
+    let (status, body) = cluster.get_json(&damaged.url("/api/messages")).await;
     assert_eq!(status, 503, "GET /api/messages: {body}");
 
     // The intact segment after it, and the last one, serve.
     let url = damaged.url(&format!("/api/messages?from_id={next_first}&limit=5"));
-    let (status, body) = get_json(&cluster, &url).await;
+    let (status, body) = cluster.get_json(&url).await;
     assert_eq!(status, 200, "GET {url}: {body}");
     let want: Vec<u64> = (next_first..next_first + 5).collect();
     assert_eq!(page_ids(&body), want, "GET {url}");
     let url = damaged.url("/api/messages?from_id=398&limit=5");
-    let (status, body) = get_json(&cluster, &url).await;
+    let (status, body) = cluster.get_json(&url).await;
     assert_eq!(status, 200, "GET {url}: {body}");
     assert_eq!(page_ids(&body), [398, 399, 400], "GET {url}");
 
@@ -341,10 +320,10 @@ async fn a_corrupt_sealed_segment_is_refused_by_name_and_the_rest_of_the_log_is_
         "{report}"
     );
     let url = damaged.url(&format!("/api/messages?from_id={damaged_id}&limit=5"));
-    let (status, body) = get_json(&cluster, &url).await;
+    let (status, body) = cluster.get_json(&url).await;
     assert_eq!(status, 503, "GET {url}: {body}");
     let url = damaged.url(&format!("/api/messages?from_id={next_first}&limit=5"));
-    let (status, body) = get_json(&cluster, &url).await;
+    let (status, body) = cluster.get_json(&url).await;
     assert_eq!(status, 200, "GET {url}: {body}");
     assert_eq!(page_ids(&body), want, "GET {url}");
 

@@ -7,10 +7,10 @@
 //! The limits are set with util-linux's `prlimit`, which runs the node with them.
 
 use cluster_tests::{
-    free_ports, log_dir, on_free_ports, Binary, Process, StatusCode, PROMPTLY, START_TIMEOUT,
+    free_ports, on_free_ports, run_command_to_exit, Binary, Process, StatusCode, PROMPTLY,
+    START_TIMEOUT,
 };
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 /// The soft and the hard open-file limit the nodes start with.
 const SOFT: u64 = 256;
@@ -48,41 +48,6 @@ fn settings(binary: Binary, max_connections: u64) -> Vec<(String, String)> {
     env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-/// Runs `command` until it exits (panics if it still runs after `timeout`); its output is
-/// recorded in `<log_dir>/<name>.log`.
-fn run_to_exit(name: &str, mut command: Command, timeout: Duration) -> Output {
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {name} through prlimit (util-linux): {e}"));
-    let deadline = Instant::now() + timeout;
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("output");
-            panic!(
-                "{name} still ran after {timeout:?}; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output = child.wait_with_output().expect("output");
-    let dir = log_dir();
-    if std::fs::create_dir_all(&dir).is_ok() {
-        let record = [
-            format!("status: {}\n", output.status).into_bytes(),
-            output.stdout.clone(),
-            output.stderr.clone(),
-        ]
-        .concat();
-        let _ = std::fs::write(dir.join(format!("{name}.log")), record);
-    }
-    output
-}
-
 /// The soft open-file limit of a running process, from `/proc/<pid>/limits`.
 fn soft_open_files(process: &Process) -> u64 {
     let path = format!("/proc/{}/limits", process.pid());
@@ -105,7 +70,12 @@ fn max_connections_beyond_the_hard_open_file_limit_stops_the_node_with_one_line(
     for binary in [Binary::Master, Binary::Secondary] {
         let name = format!("{binary:?}").to_lowercase();
         let command = limited(binary, SOFT, HARD, &settings(binary, 100_000));
-        let output = run_to_exit(&name, command, PROMPTLY);
+        let output = run_command_to_exit(
+            &name,
+            &format!("{name} through prlimit (util-linux)"),
+            command,
+            PROMPTLY,
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         assert!(

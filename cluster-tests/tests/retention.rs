@@ -4,7 +4,6 @@
 //! (and says so), and `RETENTION_SECONDS` removes segments by age.
 
 use cluster_tests::{fast_health, try_list, wait_for, Cluster, MasterOpts, SecondaryOpts};
-use serde_json::Value;
 use std::time::Duration;
 
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -35,21 +34,6 @@ async fn append_all(cluster: &Cluster, range: std::ops::Range<usize>, w: u64) {
         let (status, body) = cluster.append(&text, Some(w)).await;
         assert_eq!(status, 200, "append {n}: {body}");
     }
-}
-
-async fn get(cluster: &Cluster, url: &str) -> (u16, Value) {
-    let response = cluster
-        .client
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = response.status().as_u16();
-    let body = response
-        .json()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"));
-    (status, body)
 }
 
 #[tokio::test]
@@ -87,10 +71,12 @@ async fn a_secondary_down_while_retention_removed_what_it_lacks_is_reseeded_from
         "retention keeps ~16 KiB of 4 KiB segments: {segment_files}"
     );
     // Below the first retained id: 410, naming it; nothing changes.
-    let (status, body) = get(&cluster, &master.url("/api/messages?from_id=1&limit=10")).await;
+    let (status, body) = cluster
+        .get_json(&master.url("/api/messages?from_id=1&limit=10"))
+        .await;
     assert_eq!(status, 410, "{body}");
     assert_eq!(body["first_id"].as_u64(), Some(first), "{body}");
-    let (status, body) = get(&cluster, &master.url("/api/messages?limit=3")).await;
+    let (status, body) = cluster.get_json(&master.url("/api/messages?limit=3")).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["first_id"].as_u64(), Some(first), "{body}");
     assert_eq!(body["messages"][0]["id"].as_u64(), Some(first), "{body}");
@@ -125,11 +111,11 @@ async fn a_secondary_down_while_retention_removed_what_it_lacks_is_reseeded_from
         },
     )
     .await;
-    let (status, body) = get(
-        &cluster,
-        &cluster.secondaries[1].url(&format!("/api/messages?from_id={held_when_stopped}")),
-    )
-    .await;
+    let (status, body) = cluster
+        .get_json(
+            &cluster.secondaries[1].url(&format!("/api/messages?from_id={held_when_stopped}")),
+        )
+        .await;
     assert_eq!(
         status, 410,
         "what it held before is gone with the rest: {body}"
@@ -175,7 +161,7 @@ async fn segments_older_than_retention_seconds_are_removed_and_reads_below_answe
             },
         )
         .await;
-        let (status, body) = get(&cluster, &node.url("/api/messages?from_id=1")).await;
+        let (status, body) = cluster.get_json(&node.url("/api/messages?from_id=1")).await;
         assert_eq!(status, 410, "{}: {body}", node.name);
         assert!(
             body["first_id"].as_u64().is_some_and(|f| f >= first),

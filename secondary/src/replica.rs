@@ -991,13 +991,7 @@ mod tests {
             &mut replayed,
             request(vec![], decided(4, 0, vec![])),
         );
-        let texts: Vec<_> = r
-            .page(1, 10)
-            .expect("page")
-            .into_iter()
-            .map(|m| m.message)
-            .collect();
-        assert_eq!(texts, vec!["a", "b", "c", "d"]);
+        assert_eq!(texts(&r), ["a", "b", "c", "d"]);
     }
 
     #[test]
@@ -1087,13 +1081,7 @@ mod tests {
             from_master(3, &[(2, 2), (3, 3)], again),
         );
         assert_eq!((r.state().held, r.master()), (3, 3));
-        let texts: Vec<_> = r
-            .page(1, 10)
-            .expect("page")
-            .into_iter()
-            .map(|m| m.message)
-            .collect();
-        assert_eq!(texts, ["a", "b", "new c"]);
+        assert_eq!(texts(&r), ["a", "b", "new c"]);
         // Id 4 arrives: the old 5 must not follow it from the buffer.
         apply(
             &mut r,

@@ -399,15 +399,7 @@ impl SegmentLog {
             if !(over_bytes || too_old) {
                 break;
             }
-            // The log first: a lone index is removed at open, a lone segment would be rebuilt.
-            fs::remove_file(&segment.path).at(Op::Remove, &segment.path)?;
-            format::remove_if_present(
-                &self
-                    .seg_dir
-                    .join(format::name(segment.first_id, Kind::Index)),
-            )?;
-            // One at a time, so a crash never leaves a hole between two segments.
-            format::sync_dir(&self.seg_dir)?;
+            self.remove_segment(&segment)?;
             let next = segment.last_id + 1;
             {
                 let mut shared = write_lock(&self.shared);
@@ -513,18 +505,25 @@ impl SegmentLog {
         error.into()
     }
 
-    /// Removes every segment file and index, oldest first, syncing the directory after each.
+    /// Removes every segment, oldest first.
     fn remove_all(&self) -> Result<(), IoError> {
         for segment in self.segments() {
-            fs::remove_file(&segment.path).at(Op::Remove, &segment.path)?;
-            format::remove_if_present(
-                &self
-                    .seg_dir
-                    .join(format::name(segment.first_id, Kind::Index)),
-            )?;
-            format::sync_dir(&self.seg_dir)?;
+            self.remove_segment(&segment)?;
         }
         Ok(())
+    }
+
+    /// Removes one segment's file and index, durably: the log first (a lone index is removed
+    /// at open, a lone segment would be rebuilt), then the directory synced, one segment at a
+    /// time so that removing the oldest first never leaves a hole between two segments.
+    fn remove_segment(&self, segment: &SegmentInfo) -> Result<(), IoError> {
+        fs::remove_file(&segment.path).at(Op::Remove, &segment.path)?;
+        format::remove_if_present(
+            &self
+                .seg_dir
+                .join(format::name(segment.first_id, Kind::Index)),
+        )?;
+        format::sync_dir(&self.seg_dir)
     }
 
     fn write(&mut self, records: &[Record], sync: bool) -> Result<(), StorageError> {
