@@ -670,12 +670,19 @@ impl Ledger {
         max_entries: usize,
         max_bytes: usize,
     ) -> ReplicateRequest {
-        let next = next.max(self.log.first_id());
+        let mut first_id = self.log.first_id();
+        let next = next.max(first_id);
         let wanted = max_entries > 0 && next.max(1) <= self.written;
-        let read = match wanted {
+        let mut read = match wanted {
             true => self.log.entries(next, max_entries, max_bytes),
             false => Ok(Vec::new()),
         };
+        if let Err(ReadError::Gone { first_id: kept, .. }) = read {
+            // Retention removed the files' oldest segments and the log has not forgotten them
+            // yet: the files' first retained id is the master's.
+            first_id = kept;
+            read = self.log.entries(kept, max_entries, max_bytes);
+        }
         // Entries not cached are read from the log's files; one that cannot be read (a damaged
         // segment) is not shipped, and the link asks again later.
         let read = read.unwrap_or_else(|error| {
@@ -699,7 +706,7 @@ impl Ledger {
             starts: self.starts_for(index),
             quiet: false,
             last_id: self.log.last_id(),
-            first_id: self.log.first_id(),
+            first_id,
         }
     }
 
@@ -1357,6 +1364,54 @@ mod tests {
         assert_eq!(kth_highest(v.iter().copied(), 3), 3);
         assert_eq!(kth_highest(v.iter().copied(), 4), 1);
         assert_eq!(kth_highest(v.iter().copied(), 5), 0);
+    }
+
+    #[test]
+    fn a_batch_from_ids_retention_just_removed_starts_at_the_files_first_retained_id() {
+        use replog_node::storage::segments::{Config, Retention, SegmentLog};
+        use replog_node::storage::FsyncPolicy;
+        let dir = std::env::temp_dir().join(format!(
+            "replog-ledger-retention-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let config = Config {
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 1024,
+            index_interval: 128,
+        };
+        let (mut file, _) = SegmentLog::open(&dir, config, || "L".into()).expect("open");
+        let mut log = Log::new("L".into()).with_files(file.reader());
+        for first in (1..=100u64).step_by(10) {
+            let records: Vec<Record> = (first..first + 10)
+                .map(|id| {
+                    let message = Bytes::from(format!("m{id}"));
+                    log.push(message.clone(), false);
+                    Record::Entry {
+                        id,
+                        message,
+                        tombstone: false,
+                    }
+                })
+                .collect();
+            file.append(&records).expect("write");
+        }
+        log.set_decided(100);
+        log.evict(100, 0);
+        let l = Ledger::new(log, 1, true, &[(1, 0)]);
+        let everything_old = Retention {
+            max_bytes: Some(1),
+            max_age: None,
+        };
+        file.retain(&everything_old, 101, std::time::SystemTime::now())
+            .expect("retain");
+        let kept = file.first_id();
+        assert!(kept > 1, "segments removed");
+        assert_eq!(l.log().first_id(), 1, "the log has not forgotten them yet");
+        let request = l.batch(0, 1, 10, 1 << 20);
+        assert_eq!(request.first_id, kept, "the files' first retained id");
+        assert_eq!(request.entries.first().map(|e| e.id), Some(kept));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
