@@ -370,3 +370,96 @@ fn a_secondary_that_takes_nothing_is_resent_to_after_a_backoff_not_at_once() {
     append(&mut core, 1, 1);
     assert_eq!(spans(&sent(core.poll_link(0, at, false))), [Some((4, 4))]);
 }
+
+/// A log of `count` entries on disk (segment files in a directory of its own), every one
+/// decided and evicted from the cache, so all are read back from the files; and its files.
+fn cold_log(count: u64) -> (Log, replog_node::storage::SegmentLog, std::path::PathBuf) {
+    use replog_node::storage::segments::Config;
+    use replog_node::storage::{FsyncPolicy, Record, SegmentLog};
+    let dir = std::env::temp_dir().join(format!(
+        "replog-link-cold-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let config = Config {
+        fsync: FsyncPolicy::Never,
+        segment_bytes: 64 << 10,
+        ..Default::default()
+    };
+    let (mut file, _) = SegmentLog::open(&dir, config, new_log_id).expect("open");
+    let mut log = Log::new(file.log_id().to_owned()).with_files(file.reader());
+    let mut records = Vec::new();
+    for id in 1..=count {
+        let message = Bytes::from(format!("m{id}"));
+        log.push(message.clone(), false);
+        records.push(Record::Entry {
+            id,
+            message,
+            tombstone: false,
+        });
+    }
+    file.append(&records).expect("write");
+    log.set_decided(count);
+    log.evict(count, 0);
+    assert_eq!(log.cached_from(), count + 1, "everything cold");
+    (log, file, dir)
+}
+
+#[test]
+fn a_catch_up_from_the_files_reads_them_outside_the_core_and_keeps_the_pipeline_full() {
+    use replog_master::core::link::MAX_BATCH_BYTES;
+    let batch = MAX_BATCH_ENTRIES as u64;
+    let total = (PIPELINE as u64 + 1) * batch;
+    let (log, file, dir) = cold_log(total);
+    let reader = file.reader();
+    let (mut core, now) = master_with(1, log);
+    connect(&mut core, now, 7, 0);
+    // Each batch is read by the driver, outside the core, then shipped; the link asks for the
+    // next read with the batch before it, until PIPELINE requests are in flight.
+    let mut shipped = Vec::new();
+    let mut asked = match core.poll_link(0, now, false) {
+        Poll::Read { first, from } => {
+            assert!(first.is_empty());
+            from
+        }
+        other => panic!("expected a read, got {other:?}"),
+    };
+    assert_eq!(asked, 1);
+    loop {
+        let read = reader
+            .read(asked, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
+            .expect("read");
+        core.link_read(0, asked, read);
+        match core.poll_link(0, now, false) {
+            Poll::Read { first, from } => {
+                shipped.extend(spans(&first));
+                asked = from;
+            }
+            Poll::Send(requests) => {
+                shipped.extend(spans(&requests));
+                break;
+            }
+            other => panic!("expected a read or requests, got {other:?}"),
+        }
+    }
+    let expected: Vec<_> = (0..PIPELINE as u64)
+        .map(|i| Some((i * batch + 1, (i + 1) * batch)))
+        .collect();
+    assert_eq!(shipped, expected, "a full pipeline of cold batches");
+    assert_eq!(core.link(0).in_flight(), PIPELINE);
+    // A read the link no longer wants (its stream failed, so it starts again from what the
+    // secondary holds) is not shipped: it reads again from there.
+    let stale = reader
+        .read(asked, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
+        .expect("read");
+    core.link_failed(0, "connection reset", now);
+    core.link_read(0, asked, stale);
+    let at = core.link(0).wait().retry_at.expect("a backoff");
+    assert_eq!(core.poll_link(0, at, false), Poll::Open);
+    core.link_opened(0, at);
+    match core.poll_link(0, at, false) {
+        Poll::Read { first, from } => assert_eq!((first.len(), from), (0, 1)),
+        other => panic!("expected a read from 1, got {other:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

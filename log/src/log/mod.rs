@@ -147,6 +147,25 @@ impl Log {
         self
     }
 
+    /// Where cold payloads are read back from (`None`: nothing is ever cold).
+    pub fn files(&self) -> Option<&Reader> {
+        self.files.as_ref()
+    }
+
+    /// Entries read from the files without this log's lock, as this log holds them now: only
+    /// the cold ones (ids below [`Log::cached_from`], decided, so they cannot have changed),
+    /// tombstones flagged with an empty payload.
+    pub fn cold_part(&self, mut read: Vec<Stored>) -> Vec<Stored> {
+        read.retain(|e| e.id >= self.first_id() && e.id < self.cached_from());
+        for entry in &mut read {
+            if self.tombstones.contains(&entry.id) {
+                entry.tombstone = true;
+                entry.message = Bytes::new();
+            }
+        }
+        read
+    }
+
     pub fn log_id(&self) -> &str {
         &self.log_id
     }
@@ -297,14 +316,7 @@ impl Log {
         if from < self.cached_from() {
             // Without files nothing is cold (a log in memory never lets a payload go).
             if let Some(files) = &self.files {
-                out = files.read(from, max_entries, max_bytes)?;
-                out.retain(|e| e.id < self.cached_from());
-                for entry in &mut out {
-                    if self.tombstones.contains(&entry.id) {
-                        entry.tombstone = true;
-                        entry.message = Bytes::new();
-                    }
-                }
+                out = self.cold_part(files.read(from, max_entries, max_bytes)?);
                 bytes = out.iter().map(|e| e.message.len()).sum();
                 if out.last().map_or(from, |e| e.id + 1) < self.cached_from() {
                     // A page of cold ones only.

@@ -27,7 +27,7 @@
 use super::Effect;
 use bytes::Bytes;
 use replog_node::log::{Log, Message};
-use replog_node::storage::segments::ReadError;
+use replog_node::storage::segments::{ReadError, Stored};
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::{BTreeMap, BTreeSet};
@@ -663,6 +663,9 @@ impl Ledger {
     /// least one entry when any is there), and the current decisions. Retention may have
     /// removed the ids from `next` on: the entries then start at the first retained id, which
     /// the request names, and the secondary is re-seeded from there.
+    ///
+    /// Cold entries are read from the log's files here, under the caller's lock; the link reads
+    /// them outside it instead and ships them with [`Ledger::batch_read`].
     pub fn batch(
         &self,
         index: usize,
@@ -689,6 +692,22 @@ impl Ledger {
             tracing::error!(%error, from = next, "cannot read entries to ship from the log's files");
             Vec::new()
         });
+        self.request(index, read, first_id)
+    }
+
+    /// A replication request shipping `read`, entries of ids from `next` on that the caller
+    /// read from the log's files without holding the ledger (only its cold part is shipped:
+    /// see [`Log::cold_part`]). A read that starts above `next` found the files' first
+    /// retained id there (retention removed the rest), which the request names.
+    pub fn batch_read(&self, index: usize, next: u64, read: Vec<Stored>) -> ReplicateRequest {
+        let first_id = match read.first() {
+            Some(first) if first.id > next.max(self.log.first_id()) => first.id,
+            _ => self.log.first_id(),
+        };
+        self.request(index, self.log.cold_part(read), first_id)
+    }
+
+    fn request(&self, index: usize, read: Vec<Stored>, first_id: u64) -> ReplicateRequest {
         let entries = read
             .into_iter()
             .take_while(|e| e.id <= self.written)
@@ -708,6 +727,12 @@ impl Ledger {
             last_id: self.log.last_id(),
             first_id,
         }
+    }
+
+    /// Whether a batch from `next` starts at ids only the log's files hold (evicted from the
+    /// cache), which the link then reads outside the ledger's lock.
+    pub fn is_cold(&self, next: u64) -> bool {
+        self.log.files().is_some() && next < self.log.cached_from() && next <= self.written
     }
 
     /// The starts a secondary needs: none once it follows this process, else those after the

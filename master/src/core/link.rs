@@ -17,6 +17,7 @@
 
 use super::backoff::Backoff;
 use super::ledger::Ledger;
+use replog_node::storage::segments::Stored;
 use replog_proto::v1::ReplicateRequest;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -45,6 +46,15 @@ pub enum Poll {
     Send(Vec<ReplicateRequest>),
     /// All there is to send is a push of decisions, which `hold_decisions` kept back.
     DecisionsHeld,
+    /// Send `first` (possibly none), then read the next batch, which starts at `from`, an id
+    /// only the log's files hold: up to [`MAX_BATCH_ENTRIES`] entries and [`MAX_BATCH_BYTES`]
+    /// from there, outside the core's lock (from the files' first retained id if retention
+    /// removed `from`); give them to [`Link::read_done`] and poll again. Disk reads never hold
+    /// up the core, and a catch-up from the files keeps the pipeline full.
+    Read {
+        first: Vec<ReplicateRequest>,
+        from: u64,
+    },
     /// Nothing before [`Link::wait`]'s moments or a wake-up.
     Wait,
 }
@@ -84,6 +94,9 @@ pub struct Link {
     stream: Option<Stream>,
     /// How long the answer to the oldest request in flight may take (`RPC_TIMEOUT_SECONDS`).
     timeout: Duration,
+    /// Cold entries the driver read for the next batch, with the id it was asked to read from
+    /// ([`Poll::Read`]).
+    read: Option<(u64, Vec<Stored>)>,
 }
 
 /// One open stream as the link sees it.
@@ -166,7 +179,14 @@ impl Link {
             },
             stream: None,
             timeout,
+            read: None,
         }
+    }
+
+    /// The driver read the cold entries a [`Poll::Read`] from `from` asked for; the next poll
+    /// ships them if the link still ships from there (a rewind since drops them).
+    pub fn read_done(&mut self, from: u64, read: Vec<Stored>) {
+        self.read = Some((from, read));
     }
 
     /// The next id to ship.
@@ -242,7 +262,20 @@ impl Link {
                 // Decisions and the few entries waiting ride on the next request.
                 break;
             }
-            let request = ledger.batch(index, self.next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES);
+            let request = if ledger.is_cold(self.next) {
+                let from = self.next.max(ledger.log().first_id());
+                match self.read.take().filter(|(asked, _)| *asked == from) {
+                    Some((_, read)) if !read.is_empty() => {
+                        ledger.batch_read(index, self.next, read)
+                    }
+                    // Nothing there after all (the cache moved down to it): as usual.
+                    Some(_) => ledger.batch(index, self.next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES),
+                    // What is ready goes out, then the read, outside the lock.
+                    None => return Poll::Read { first: out, from },
+                }
+            } else {
+                ledger.batch(index, self.next, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
+            };
             let decided = request.decisions.as_ref().map_or(0, |d| d.decided_upto);
             let Some(last) = request.entries.last().map(|e| e.id) else {
                 if decided > self.pushed_decided {

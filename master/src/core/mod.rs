@@ -21,6 +21,7 @@ use health::{Stalls, Status, Thresholds};
 pub use ledger::{Follower, ForeignLog, Ledger, Outcome, Progress};
 use link::{Link, Poll, ReplyError};
 use replog_node::log::Log;
+use replog_node::storage::segments::Stored;
 use replog_node::storage::Record;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::time::{Duration, Instant};
@@ -274,6 +275,11 @@ impl Core {
     /// What link `index`'s driver should do next.
     pub fn poll_link(&mut self, index: usize, now: Instant, hold_decisions: bool) -> Poll {
         self.links[index].poll(&self.ledger, index, now, hold_decisions)
+    }
+
+    /// Link `index`'s driver read the cold entries its [`Poll::Read`] from `from` asked for.
+    pub fn link_read(&mut self, index: usize, from: u64, read: Vec<Stored>) {
+        self.links[index].read_done(from, read);
     }
 
     /// Link `index`'s driver opened its stream.

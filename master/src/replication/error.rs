@@ -49,6 +49,12 @@ pub enum LinkError {
     /// The core asked to send while the driver holds no stream (a bug, treated as a failure).
     #[error("the link sent on a stream the driver does not hold")]
     NotOpen,
+    /// The entries to ship cannot be read from the master's own files (a damaged segment).
+    #[error("cannot read the entries to ship from this master's files: {0}")]
+    Unreadable(#[source] replog_node::storage::segments::ReadError),
+    /// The task reading the entries to ship ended without an answer.
+    #[error("reading the entries to ship failed: {0}")]
+    ReadTask(String),
     /// A reply owed longer than `RPC_TIMEOUT_SECONDS` since the stream last moved.
     #[error("no answer within RPC_TIMEOUT_SECONDS ({0:?})")]
     Late(Duration),

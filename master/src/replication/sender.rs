@@ -6,9 +6,11 @@
 
 use super::transport::{Stream, Transport};
 use super::LinkError;
-use crate::core::link::{Poll, ReplyError};
+use crate::core::link::{Poll, ReplyError, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use crate::state::Master;
-use replog_proto::v1::ReplicaState;
+use replog_node::runtime::blocking_io;
+use replog_node::storage::segments::{ReadError, Stored};
+use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::sync::Arc;
 use tokio::time::{sleep_until, Instant};
 
@@ -57,14 +59,21 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
                 continue;
             }
             Poll::Send(requests) => {
-                let sent = match stream.as_mut() {
-                    Some(open) => requests.iter().try_for_each(|r| open.send(r)),
-                    None => Err(LinkError::NotOpen),
-                };
-                if let Err(error) = sent {
+                if let Err(error) = send_all(&mut stream, &requests) {
                     failed(&master, peer, index, &mut stream, &error);
                     continue;
                 }
+            }
+            Poll::Read { first, from } => {
+                if let Err(error) = send_all(&mut stream, &first) {
+                    failed(&master, peer, index, &mut stream, &error);
+                    continue;
+                }
+                match read_cold(&master, from).await {
+                    Ok(read) => master.update(|core| core.link_read(index, from, read)),
+                    Err(error) => failed(&master, peer, index, &mut stream, &error),
+                }
+                continue;
             }
             Poll::DecisionsHeld => {
                 // All there is to send is decisions, which nobody waits for, while the answers
@@ -91,6 +100,43 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
             _ = master.wake(index).notified() => {}
             _ = sleep_until(at(wait.retry_at)), if wait.retry_at.is_some() => {}
         }
+    }
+}
+
+/// Queues `requests` on the open stream, in order.
+fn send_all<S: Stream>(
+    stream: &mut Option<S>,
+    requests: &[ReplicateRequest],
+) -> Result<(), LinkError> {
+    if requests.is_empty() {
+        return Ok(());
+    }
+    match stream.as_mut() {
+        Some(open) => requests.iter().try_for_each(|r| open.send(r)),
+        None => Err(LinkError::NotOpen),
+    }
+}
+
+/// Reads a batch of cold entries from `from` on from the log's files, without the core's lock,
+/// on the blocking pool where the runtime has one; from the files' first retained id if
+/// retention removed `from`.
+async fn read_cold(master: &Master, from: u64) -> Result<Vec<Stored>, LinkError> {
+    let Some(files) = master.read(|core| core.ledger().log().files().cloned()) else {
+        // A log without files is never cold; the link reads what there is as usual.
+        return Ok(Vec::new());
+    };
+    let read = blocking_io(
+        move || match files.read(from, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES) {
+            Err(ReadError::Gone { first_id, .. }) => {
+                files.read(first_id, MAX_BATCH_ENTRIES, MAX_BATCH_BYTES)
+            }
+            read => read,
+        },
+    )
+    .await;
+    match read {
+        Ok(read) => read.map_err(LinkError::Unreadable),
+        Err(task) => Err(LinkError::ReadTask(task.to_string())),
     }
 }
 
