@@ -434,8 +434,10 @@ impl Node for Master {
         answer(id, progress)
     }
 
+    /// The cold part of the page is read from the files after the core's lock is let go.
     fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError> {
-        Ok(self.read(|core| core.ledger().page(from_id, limit))?)
+        let page = self.read(|core| core.ledger().log().page(from_id, limit))?;
+        Ok(page.read()?)
     }
 
     fn first_id(&self) -> u64 {

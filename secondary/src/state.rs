@@ -290,8 +290,11 @@ impl Node for Secondary {
         }
     }
 
+    /// The cold part of the page is read from the files after the store's lock is let go, so
+    /// a read from the disk never holds up replication.
     fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ApiError> {
-        Ok(self.store().replica.page(from_id, limit)?)
+        let page = self.store().replica.log().page(from_id, limit)?;
+        Ok(page.read()?)
     }
 
     fn first_id(&self) -> u64 {

@@ -344,30 +344,44 @@ impl Log {
     /// of them, in id order (cold ones read from the files). [`ReadError::Gone`] below the
     /// first retained id; a damaged segment's error where its ids are needed.
     pub fn try_visible(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
-        /// Cold entries read at once while paging.
-        const CHUNK_ENTRIES: usize = 1024;
-        const CHUNK_BYTES: usize = 1 << 20;
+        self.page(from_id, limit)?.read()
+    }
+
+    /// A page of [`Log::try_visible`] split where the cache begins: the cached messages are
+    /// copied now (their handles), the cold ones are read by [`Page::read`], which a caller
+    /// runs after letting go of whatever lock guards this log, so a read from the disk holds up
+    /// no append.
+    pub fn page(&self, from_id: u64, limit: usize) -> Result<Page, ReadError> {
         let upto = self.visible_upto();
-        let mut next = self.start(from_id)?;
-        let mut out = Vec::new();
-        while out.len() < limit && next <= upto {
-            let chunk = self.entries(next, CHUNK_ENTRIES, CHUNK_BYTES)?;
-            let Some(last) = chunk.last().map(|e| e.id) else {
+        let from = self.start(from_id)?;
+        let cold_upto = self.cached_from().saturating_sub(1).min(upto);
+        let cold = match &self.files {
+            Some(files) if from <= cold_upto => Some(ColdRange {
+                files: files.clone(),
+                from,
+                upto: cold_upto,
+                tombstones: self.tombstones.range(from..=cold_upto).copied().collect(),
+            }),
+            _ => None,
+        };
+        let mut cached = Vec::new();
+        for id in from.max(self.cached_from())..=upto {
+            if cached.len() >= limit {
                 break;
-            };
-            out.extend(
-                chunk
-                    .into_iter()
-                    .filter(|e| e.id <= upto && !e.tombstone)
-                    .map(|e| Message {
-                        id: e.id,
-                        message: e.message,
-                    })
-                    .take(limit - out.len()),
-            );
-            next = last + 1;
+            }
+            let Some(message) = self.get(id) else { break };
+            if !self.tombstones.contains(&id) {
+                cached.push(Message {
+                    id,
+                    message: message.clone(),
+                });
+            }
         }
-        Ok(out)
+        Ok(Page {
+            limit,
+            cold,
+            cached,
+        })
     }
 
     /// [`Log::try_visible`], ending the page where a read of the files fails (logged as an
@@ -383,6 +397,62 @@ impl Log {
     pub fn visible_count(&self) -> u64 {
         let upto = self.visible_upto();
         upto.saturating_sub(self.base) - self.tombstones_in(self.base, upto).count() as u64
+    }
+}
+
+/// A page of visible messages as [`Log::page`] split it.
+#[derive(Debug)]
+pub struct Page {
+    limit: usize,
+    /// The ids of the page only the files hold, if any: they come first.
+    cold: Option<ColdRange>,
+    /// The cached messages after them, at most `limit`.
+    cached: Vec<Message>,
+}
+
+/// Cold ids `from..=upto` (all decided and visible but for `tombstones`), in `files`.
+#[derive(Debug)]
+struct ColdRange {
+    files: Reader,
+    from: u64,
+    upto: u64,
+    tombstones: BTreeSet<u64>,
+}
+
+impl Page {
+    /// The page's messages: the cold ones read from the files (call this without the log's
+    /// lock), then the cached ones, at most `limit` in all.
+    pub fn read(self) -> Result<Vec<Message>, ReadError> {
+        /// Cold entries read at once while paging.
+        const CHUNK_ENTRIES: usize = 1024;
+        const CHUNK_BYTES: usize = 1 << 20;
+        let mut out = Vec::new();
+        if let Some(cold) = self.cold {
+            let mut next = cold.from;
+            while out.len() < self.limit && next <= cold.upto {
+                let chunk = cold.files.read(next, CHUNK_ENTRIES, CHUNK_BYTES)?;
+                let Some(last) = chunk.last().map(|e| e.id) else {
+                    // The files end before ids they hold by construction: never past a gap.
+                    return Ok(out);
+                };
+                out.extend(
+                    chunk
+                        .into_iter()
+                        .filter(|e| {
+                            e.id <= cold.upto && !e.tombstone && !cold.tombstones.contains(&e.id)
+                        })
+                        .map(|e| Message {
+                            id: e.id,
+                            message: e.message,
+                        })
+                        .take(self.limit - out.len()),
+                );
+                next = last + 1;
+            }
+        }
+        let room = self.limit - out.len();
+        out.extend(self.cached.into_iter().take(room));
+        Ok(out)
     }
 }
 
@@ -518,6 +588,48 @@ mod tests {
         let resumed =
             Log::resume("L".into(), 1, 300, 290, BTreeSet::from([7])).with_files(file.reader());
         assert_eq!(resumed.visible(1, usize::MAX), whole);
+    }
+
+    #[test]
+    fn a_page_split_at_the_cache_reads_its_cold_part_after_the_log_moved_on() {
+        use crate::storage::segments::{Config, SegmentLog};
+        use crate::storage::{FsyncPolicy, Record};
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = Config {
+            fsync: FsyncPolicy::Never,
+            segment_bytes: 1024,
+            index_interval: 128,
+        };
+        let (mut file, _) = SegmentLog::open(dir.path(), config, || "L".into()).expect("open");
+        let mut log = Log::new("L".into()).with_files(file.reader());
+        let mut records = Vec::new();
+        for id in 1..=300u64 {
+            log.push(Bytes::from(format!("m{id}")), false);
+            records.push(Record::Entry {
+                id,
+                message: Bytes::from(format!("m{id}")),
+                tombstone: false,
+            });
+        }
+        file.append(&records).expect("write");
+        log.tombstone(7);
+        log.tombstone(253);
+        log.set_decided(290);
+        log.evict(250, 0);
+        assert_eq!(log.cached_from(), 251);
+        let ids = |messages: Vec<Message>| messages.iter().map(|m| m.id).collect::<Vec<_>>();
+        let cold = log.page(5, 4).expect("split");
+        let across = log.page(248, 6).expect("split");
+        // The log moves on before the pages are read (as appends do once the lock is free).
+        log.push(Bytes::from("m301"), false);
+        log.set_decided(301);
+        log.evict(300, 0);
+        assert_eq!(ids(cold.read().expect("read")), [5, 6, 8, 9]);
+        assert_eq!(
+            ids(across.read().expect("read")),
+            [248, 249, 250, 251, 252, 254],
+            "cold, then cached, the tombstone left out"
+        );
     }
 
     #[test]
