@@ -334,3 +334,76 @@ async fn a_corrupt_sealed_segment_is_refused_by_name_and_the_rest_of_the_log_is_
         );
     }
 }
+
+/// Injected: a cold cluster of 400 messages (nothing cached), then a `Watch` (gRPC) and a live
+/// tail (SSE) opened from id 100 on every node.
+/// Checked: each starts with ids 100, 101, ... read back from the segment files (the Watch
+/// with their texts).
+#[tokio::test]
+async fn watch_and_the_live_tail_from_an_id_in_a_cold_segment_read_it_from_the_files() {
+    use cluster_tests::sse;
+    use replog_proto::v1::log_client::LogClient;
+    use replog_proto::v1::WatchRequest;
+
+    let (cluster, expected) = cold_cluster_of_400().await;
+    converged(&cluster, &expected).await;
+    let from = 100u64;
+    let wanted: Vec<(u64, String)> = expected
+        .iter()
+        .filter(|(id, _)| *id >= from)
+        .take(5)
+        .cloned()
+        .collect();
+    for node in cluster.nodes() {
+        // gRPC Watch.
+        let mut client = LogClient::connect(node.url(""))
+            .await
+            .unwrap_or_else(|e| panic!("{}: gRPC connection: {e}", node.name));
+        let mut stream = client
+            .watch(WatchRequest { from_id: from })
+            .await
+            .unwrap_or_else(|e| panic!("{}: Watch: {e}", node.name))
+            .into_inner();
+        let mut got = Vec::new();
+        while got.len() < wanted.len() {
+            let entry = tokio::time::timeout(CONVERGE, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("{}: Watch sent nothing in time", node.name))
+                .unwrap_or_else(|e| panic!("{}: Watch failed: {e}", node.name))
+                .unwrap_or_else(|| panic!("{}: Watch ended", node.name));
+            got.push((entry.id, entry.message));
+        }
+        assert_eq!(got, wanted, "{}: Watch from a cold id", node.name);
+        // The live tail (SSE).
+        let url = node.url(&format!("/api/messages/stream?from_id={from}"));
+        let mut response = cluster
+            .client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(response.status(), 200, "GET {url}");
+        let mut blocks = sse::Blocks::new();
+        let mut ids = Vec::new();
+        while ids.len() < wanted.len() {
+            match blocks.next_event() {
+                Ok(Some(event)) => ids.push(event.id),
+                Ok(None) => {
+                    let chunk = tokio::time::timeout(CONVERGE, response.chunk())
+                        .await
+                        .unwrap_or_else(|_| panic!("GET {url}: nothing in time"))
+                        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+                        .unwrap_or_else(|| panic!("GET {url}: the stream ended"));
+                    blocks.push(&chunk);
+                }
+                Err(error) => panic!("GET {url}: {error}"),
+            }
+        }
+        let wanted_ids: Vec<u64> = wanted.iter().map(|(id, _)| *id).collect();
+        assert_eq!(
+            ids, wanted_ids,
+            "{}: the live tail from a cold id",
+            node.name
+        );
+    }
+}
