@@ -531,32 +531,41 @@ mod tests {
         assert_eq!(log.visible_count(), 8);
     }
 
-    #[test]
-    fn cold_entries_are_read_back_from_the_files() {
+    /// Log "L" of 300 entries (`m1` ... `m300`), all cached, and the segment files in `dir`
+    /// holding them (small segments and index intervals).
+    fn on_files(dir: &std::path::Path) -> (crate::storage::segments::SegmentLog, Log) {
         use crate::storage::segments::{Config, SegmentLog};
         use crate::storage::{FsyncPolicy, Record};
-        let dir = tempfile::tempdir().expect("a temporary directory");
         let config = Config {
             fsync: FsyncPolicy::Never,
             segment_bytes: 1024,
             index_interval: 128,
         };
-        let (mut file, _) = SegmentLog::open(dir.path(), config, || "L".into()).expect("open");
+        let (mut file, _) = SegmentLog::open(dir, config, || "L".into()).expect("open");
         let mut log = Log::new("L".into()).with_files(file.reader());
         let mut records = Vec::new();
         for id in 1..=300u64 {
-            let text = format!("m{id}");
-            log.push(Bytes::from(text.clone()), false);
+            let message = Bytes::from(format!("m{id}"));
+            log.push(message.clone(), false);
             records.push(Record::Entry {
                 id,
-                message: Bytes::from(text),
-                tombstone: id == 7,
+                message,
+                tombstone: false,
             });
         }
+        file.append(&records).expect("write");
+        (file, log)
+    }
+
+    #[test]
+    fn cold_entries_are_read_back_from_the_files() {
+        use crate::storage::Record;
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (mut file, mut log) = on_files(dir.path());
         log.tombstone(7);
         log.set_decided(290);
-        records.push(Record::Decided { upto: 290 });
-        file.append(&records).expect("write");
+        file.append(&[Record::Tombstone { id: 7 }, Record::Decided { upto: 290 }])
+            .expect("write");
         let whole = log.visible(1, usize::MAX);
         assert_eq!(whole.len(), 289);
         assert!(log.evict(300, 0) > 0);
@@ -592,26 +601,8 @@ mod tests {
 
     #[test]
     fn a_page_split_at_the_cache_reads_its_cold_part_after_the_log_moved_on() {
-        use crate::storage::segments::{Config, SegmentLog};
-        use crate::storage::{FsyncPolicy, Record};
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let config = Config {
-            fsync: FsyncPolicy::Never,
-            segment_bytes: 1024,
-            index_interval: 128,
-        };
-        let (mut file, _) = SegmentLog::open(dir.path(), config, || "L".into()).expect("open");
-        let mut log = Log::new("L".into()).with_files(file.reader());
-        let mut records = Vec::new();
-        for id in 1..=300u64 {
-            log.push(Bytes::from(format!("m{id}")), false);
-            records.push(Record::Entry {
-                id,
-                message: Bytes::from(format!("m{id}")),
-                tombstone: false,
-            });
-        }
-        file.append(&records).expect("write");
+        let (_file, mut log) = on_files(dir.path());
         log.tombstone(7);
         log.tombstone(253);
         log.set_decided(290);
