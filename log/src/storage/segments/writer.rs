@@ -246,10 +246,7 @@ impl SegmentLog {
         state: State,
     ) -> Result<SegmentLog, IoError> {
         let first = state.last_id + 1;
-        let mut header = Vec::new();
-        format::encode_header(&state, &mut header);
-        format::write_atomic(seg_dir, &format::name(first, Kind::Log), &header, true)?;
-        let active = open_active(seg_dir, first, header.len() as u64)?;
+        let active = new_segment(seg_dir, &state)?;
         let shared = Shared {
             segments: BTreeMap::from([(first, Arc::clone(&active.segment))]),
             last_id: state.last_id,
@@ -477,16 +474,8 @@ impl SegmentLog {
     /// Starts the log in the empty segment directory with one segment whose header holds
     /// `state`, and shows it to readers.
     fn start_over(&mut self, state: State) -> Result<(), IoError> {
-        let mut header = Vec::new();
-        format::encode_header(&state, &mut header);
         let first = state.last_id + 1;
-        format::write_atomic(
-            &self.seg_dir,
-            &format::name(first, Kind::Log),
-            &header,
-            true,
-        )?;
-        let active = open_active(&self.seg_dir, first, header.len() as u64)?;
+        let active = new_segment(&self.seg_dir, &state)?;
         {
             let mut shared = write_lock(&self.shared);
             shared.segments = BTreeMap::from([(first, Arc::clone(&active.segment))]);
@@ -748,29 +737,23 @@ impl SegmentLog {
             // Only costs a scan of the segment at the next open.
             tracing::warn!(error = %e, "cannot write a sealed segment's index; open will rebuild it");
         }
-        let mut header = Vec::new();
-        format::encode_header(next, &mut header);
         let replaced: Vec<u64> = read_lock(&self.shared)
             .segments
             .range(first..)
             .map(|(&f, _)| f)
             .collect();
         if replaced.is_empty() {
-            format::write_atomic(
-                &self.seg_dir,
-                &format::name(first, Kind::Log),
-                &header,
-                true,
-            )?;
-        } else {
-            format::write_atomic(
-                &self.seg_dir,
-                &format::name(first, Kind::Trunc),
-                &header,
-                true,
-            )?;
-            finish_trunc(&self.seg_dir, first, &replaced)?;
+            return new_segment(&self.seg_dir, next);
         }
+        let mut header = Vec::new();
+        format::encode_header(next, &mut header);
+        format::write_atomic(
+            &self.seg_dir,
+            &format::name(first, Kind::Trunc),
+            &header,
+            true,
+        )?;
+        finish_trunc(&self.seg_dir, first, &replaced)?;
         open_active(&self.seg_dir, first, header.len() as u64)
     }
 
@@ -795,6 +778,16 @@ impl SegmentLog {
             }),
         }
     }
+}
+
+/// Writes a new segment whose header holds `state` (its first id is `state.last_id + 1`),
+/// durably, and opens it as the active one.
+fn new_segment(seg_dir: &Path, state: &State) -> Result<Active, IoError> {
+    let first = state.last_id + 1;
+    let mut header = Vec::new();
+    format::encode_header(state, &mut header);
+    format::write_atomic(seg_dir, &format::name(first, Kind::Log), &header, true)?;
+    open_active(seg_dir, first, header.len() as u64)
 }
 
 /// Opens segment `first` (just created, `len` bytes of header) as the active one.
