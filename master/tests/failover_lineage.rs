@@ -253,8 +253,13 @@ impl Cluster {
     /// What node `node` shows, as texts.
     fn shown(&self, node: usize) -> Vec<String> {
         let page = match &self.nodes[node].role {
-            Role::Master(master) => master.core.ledger().page(1, usize::MAX).expect("page"),
-            Role::Secondary(replica) => replica.page(1, usize::MAX).expect("page"),
+            Role::Master(master) => master
+                .core
+                .ledger()
+                .log()
+                .try_visible(1, usize::MAX)
+                .expect("page"),
+            Role::Secondary(replica) => replica.log().try_visible(1, usize::MAX).expect("page"),
         };
         page.into_iter()
             .map(|m| String::from_utf8_lossy(&m.message).into_owned())

@@ -192,7 +192,8 @@ async fn a_broken_stream_is_reopened_and_resent_from_the_high_water_mark() {
     let shown: Vec<bytes::Bytes> = replica
         .as_ref()
         .unwrap()
-        .page(1, 100)
+        .log()
+        .try_visible(1, 100)
         .expect("page")
         .into_iter()
         .map(|m| m.message)

@@ -935,7 +935,7 @@ impl Sim {
             }
         }
 
-        let master = ledger.page(1, usize::MAX).expect("page");
+        let master = ledger.log().try_visible(1, usize::MAX).expect("page");
         self.check_list("master", &master);
         if self.journal {
             if let Some(m) = master.last() {
@@ -956,7 +956,8 @@ impl Sim {
         for index in 0..self.secondaries.len() {
             let list = self.secondaries[index]
                 .replica
-                .page(1, usize::MAX)
+                .log()
+                .try_visible(1, usize::MAX)
                 .expect("page");
             let node = format!("secondary {index}");
             self.check_list(&node, &list);
@@ -1079,7 +1080,7 @@ impl Sim {
         self.check();
         let ledger = self.core.ledger();
         assert_eq!(ledger.pending_count(), 0, "appends still pending");
-        let master = ledger.page(1, usize::MAX).expect("page");
+        let master = ledger.log().try_visible(1, usize::MAX).expect("page");
         let shown: BTreeSet<u64> = master.iter().map(|m| m.id).collect();
         for (index, append) in self.appends.iter().enumerate() {
             let id = index as u64 + 1;
@@ -1109,7 +1110,7 @@ impl Sim {
         }
         for (index, s) in self.secondaries.iter().enumerate() {
             assert_eq!(
-                s.replica.page(1, usize::MAX).expect("page"),
+                s.replica.log().try_visible(1, usize::MAX).expect("page"),
                 master,
                 "secondary {index} differs from the master after draining"
             );

@@ -31,9 +31,8 @@
 //! successor of the one followed (see [`MAX_INSTANCE_JUMP`]).
 
 use bytes::{Bytes, BytesMut};
-use replog_node::log::{Log, Message};
+use replog_node::log::Log;
 use replog_node::storage::record::last_term;
-use replog_node::storage::segments::ReadError;
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use std::collections::BTreeMap;
@@ -771,11 +770,6 @@ impl Replica {
             records.push(Record::Decided { upto });
         }
     }
-
-    /// Visible entries from `from_id` on (0: from the first retained id), at most `limit`.
-    pub fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
-        self.log.try_visible(from_id, limit)
-    }
 }
 
 /// Whether a replica that follows master process `ours` takes a request of process
@@ -824,7 +818,8 @@ mod tests {
     }
 
     fn shown(r: &Replica) -> Vec<u64> {
-        r.page(1, usize::MAX)
+        r.log()
+            .try_visible(1, usize::MAX)
             .expect("page")
             .iter()
             .map(|m| m.id)
@@ -876,7 +871,7 @@ mod tests {
         }
         assert_eq!(
             replayed.visible(1, usize::MAX),
-            r.page(1, usize::MAX).expect("page")
+            r.log().try_visible(1, usize::MAX).expect("page")
         );
         assert_eq!(replayed.last_id(), r.log().last_id());
     }
@@ -1375,7 +1370,8 @@ mod tests {
     }
 
     fn texts(r: &Replica) -> Vec<String> {
-        r.page(1, usize::MAX)
+        r.log()
+            .try_visible(1, usize::MAX)
             .expect("page")
             .into_iter()
             .map(|m| String::from_utf8_lossy(&m.message).into_owned())

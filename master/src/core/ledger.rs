@@ -26,7 +26,7 @@
 
 use super::Effect;
 use bytes::Bytes;
-use replog_node::log::{Log, Message};
+use replog_node::log::Log;
 use replog_node::storage::segments::{ReadError, Stored};
 use replog_node::storage::Record;
 use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
@@ -767,11 +767,6 @@ impl Ledger {
         }
         MasterStart::kept_after(&self.starts, instance, self.instance).unwrap_or(u64::MAX)
     }
-
-    /// Visible entries from `from_id` on (0: from the first retained id), at most `limit`.
-    pub fn page(&self, from_id: u64, limit: usize) -> Result<Vec<Message>, ReadError> {
-        self.log.try_visible(from_id, limit)
-    }
 }
 
 /// The `k`-th highest of `values` (counting repeats): the highest value that at least `k` of
@@ -851,7 +846,8 @@ mod tests {
 
     fn ids(ledger: &Ledger) -> Vec<u64> {
         ledger
-            .page(1, usize::MAX)
+            .log()
+            .try_visible(1, usize::MAX)
             .expect("page")
             .iter()
             .map(|m| m.id)
