@@ -4,15 +4,18 @@
 //! HTTP/1.1, and the check for the tools the browser test needs.
 //!
 //! The cluster is the `cluster-tests` kit's [`Cluster`]; nginx and chromedriver run under its
-//! [`Process`] guard too (logs under `target/cluster-tests/<test>/`, stopped on drop).
+//! [`Process`] guard too (logs under `target/cluster-tests/<test>/`, stopped on drop). A stack
+//! that `docker compose` runs is reached through the kit's compose backend
+//! ([`cluster_tests::compose`]).
 
 use bytes::{Bytes, BytesMut};
+use cluster_tests::compose::workspace_root;
 use cluster_tests::failover::FailoverCluster;
 use cluster_tests::{free_port, on_free_ports, Cluster, Node, Process, START_TIMEOUT};
 use prost::Message;
 use replog_proto::framing::{self, Decoder, Frame, Trailers};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 pub use cluster_tests;
@@ -24,30 +27,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// browser tests instead of skipping them: CI sets it.
 pub const REQUIRE_ENV: &str = "REPLOG_REQUIRE_BROWSER";
 
-/// The page of an already running stack (e.g. `http://127.0.0.1:8080`, the compose stack
-/// through nginx): when set, the browser test drives that page instead of starting its own
-/// cluster and nginx, and the compose test checks that stack (`tests/compose.rs`).
-pub const BASE_URL_ENV: &str = "REPLOG_BASE_URL";
-
-/// With [`BASE_URL_ENV`]: the compose command of that stack, split on whitespace (e.g.
-/// `docker-compose -p replog -f docker-compose.yml`); the tests run it from the workspace root
-/// to stop, start and kill services and to find their containers and ports.
-pub const COMPOSE_ENV: &str = "REPLOG_COMPOSE";
-
-/// The page ([`BASE_URL_ENV`]) and the compose command ([`COMPOSE_ENV`]) of a running stack, or
-/// `None` (after saying that `test` skips) when [`BASE_URL_ENV`] is not set. Panics when only
-/// the compose command is missing.
-pub fn running_stack(test: &str) -> Option<(String, Compose)> {
-    let Some(base) = base_url() else {
-        eprintln!("SKIPPED {test}: {BASE_URL_ENV} is not set (the page of a running stack)");
-        return None;
-    };
-    let compose = Compose::from_env().unwrap_or_else(|| {
-        panic!("{BASE_URL_ENV} is set but {COMPOSE_ENV} (the stack's compose command) is not")
-    });
-    Some((base, compose))
-}
-
 /// A tag for this run's messages (milliseconds since the epoch): a running stack's log may
 /// hold earlier runs'.
 pub fn run_tag() -> String {
@@ -56,22 +35,6 @@ pub fn run_tag() -> String {
         .map(|d| d.as_millis())
         .unwrap_or_default()
         .to_string()
-}
-
-/// [`BASE_URL_ENV`] without a trailing slash, if set and not empty.
-pub fn base_url() -> Option<String> {
-    std::env::var(BASE_URL_ENV)
-        .ok()
-        .map(|url| url.trim().trim_end_matches('/').to_owned())
-        .filter(|url| !url.is_empty())
-}
-
-/// The workspace root (this crate's parent directory).
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace root")
-        .to_path_buf()
 }
 
 /// `target/` of the workspace (honours `CARGO_TARGET_DIR`).
@@ -181,7 +144,8 @@ pub fn browser_tools() -> Option<BrowserTools> {
     })
 }
 
-/// What the browser test needs to drive an already running stack ([`BASE_URL_ENV`]).
+/// What the browser test needs to drive an already running stack
+/// ([`cluster_tests::compose::BASE_URL_ENV`]).
 pub struct ChromiumTools {
     pub chromium: PathBuf,
     pub chromedriver: PathBuf,
@@ -193,100 +157,6 @@ pub fn chromium_tools() -> Option<ChromiumTools> {
         chromium,
         chromedriver,
     })
-}
-
-/// The compose command of a running stack ([`COMPOSE_ENV`]), run from the workspace root.
-pub struct Compose {
-    pub command: Vec<String>,
-}
-
-impl Compose {
-    /// From [`COMPOSE_ENV`]; `None` when unset or empty.
-    pub fn from_env() -> Option<Compose> {
-        let command: Vec<String> = std::env::var(COMPOSE_ENV)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        (!command.is_empty()).then_some(Compose { command })
-    }
-
-    fn command(&self, args: &[&str]) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(&self.command[0]);
-        command
-            .args(&self.command[1..])
-            .args(args)
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        command
-    }
-
-    /// Runs `<compose> ARGS...` and fails the test if it does not succeed within two minutes.
-    pub async fn run(&self, args: &[&str]) {
-        self.output(args).await;
-    }
-
-    /// The standard output of `<compose> ARGS...`; fails the test if it does not succeed
-    /// within two minutes.
-    pub async fn output(&self, args: &[&str]) -> String {
-        let shown = format!("{} {}", self.command.join(" "), args.join(" "));
-        output_of(self.command(args), &shown).await
-    }
-
-    /// The id of `service`'s container.
-    pub async fn container(&self, service: &str) -> String {
-        let id = self.output(&["ps", "-q", service]).await.trim().to_owned();
-        assert!(!id.is_empty(), "{service} has no container");
-        id
-    }
-
-    /// `http://<host>:<port>` where the host publishes `service`'s container port `port`.
-    pub async fn published_url(&self, service: &str, port: u16) -> String {
-        let published = self.output(&["port", service, &port.to_string()]).await;
-        let address = published.lines().next().unwrap_or_default().trim();
-        assert!(
-            !address.is_empty(),
-            "{service} does not publish its port {port}"
-        );
-        format!("http://{address}")
-    }
-
-    /// Blocking `<compose> ARGS...`, ignoring the outcome: for putting things back on the way
-    /// out of a failed test.
-    pub fn run_blocking(&self, args: &[&str]) {
-        let _ = Command::new(&self.command[0])
-            .args(&self.command[1..])
-            .args(args)
-            .current_dir(workspace_root())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// The standard output of `docker ARGS...`; fails the test if it does not succeed within two
-/// minutes.
-pub async fn docker(args: &[&str]) -> String {
-    let mut command = tokio::process::Command::new("docker");
-    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
-    output_of(command, &format!("docker {}", args.join(" "))).await
-}
-
-async fn output_of(mut command: tokio::process::Command, shown: &str) -> String {
-    let output = tokio::time::timeout(Duration::from_secs(120), command.output())
-        .await
-        .unwrap_or_else(|_| panic!("`{shown}` did not finish within 120 s"))
-        .unwrap_or_else(|e| panic!("run `{shown}`: {e}"));
-    assert!(
-        output.status.success(),
-        "`{shown}` failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// nginx in front of a cluster, configured as `scripts/run` (static mode) or the failover

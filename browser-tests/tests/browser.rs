@@ -19,9 +19,10 @@
 //! `target/screenshots/replog-compose.png`. Without `REPLOG_BASE_URL` that test skips.
 
 use browser_tests::{
-    base_url, browser_tools, chromium_args, chromium_tools, run_tag, running_stack, target_dir,
-    BrowserTools, Chromedriver, Compose, Nginx, BASE_URL_ENV,
+    browser_tools, chromium_args, chromium_tools, run_tag, target_dir, BrowserTools, Chromedriver,
+    Nginx,
 };
+use cluster_tests::compose::{base_url, running_stack, Compose, BASE_URL_ENV};
 use cluster_tests::failover::FailoverCluster;
 use cluster_tests::{
     steady_health, wait_until, Cluster, SecondaryOpts, PROMPTLY, REPLICATION_FAILED,

@@ -15,7 +15,8 @@
 //! `REPLOG_STACK=failover` says the running stack is the failover one: then only the failover
 //! test runs, otherwise only the default stack's.
 
-use browser_tests::{docker, run_tag, running_stack, Compose};
+use browser_tests::run_tag;
+use cluster_tests::compose::{docker, running_stack, Compose};
 use cluster_tests::{try_list, wait_for, wait_until, StatusCode, REPLICATION_FAILED};
 use serde_json::{json, Value};
 use std::collections::HashSet;

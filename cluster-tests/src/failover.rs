@@ -1,10 +1,11 @@
 //! A failover cluster: a real etcd and `replog` nodes (every one durable, any may be master),
 //! on free loopback ports, with the same [`Node`] handles and [`Appender`]s as [`crate::Cluster`].
 
+use crate::cluster::data_dir_setting;
 use crate::etcd::Etcd;
 use crate::{
-    data_dir_setting, free_ports, fresh_log_dir, on_free_ports, try_list, wait_for, Appender,
-    Binary, Node, START_TIMEOUT, STEADY_HEALTH,
+    free_ports, fresh_log_dir, on_free_ports, try_list, wait_for, Appender, Binary, Node,
+    START_TIMEOUT, STEADY_HEALTH,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -85,11 +86,7 @@ impl FailoverCluster {
             }
             let deadline = Instant::now() + START_TIMEOUT;
             for node in &mut nodes {
-                let url = node.url("/health");
-                if let Some(process) = node.process.as_mut() {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    process.wait_answering(&client, &url, left).await?;
-                }
+                node.wait_answering(&client, deadline).await?;
             }
             Ok(nodes)
         })
@@ -168,10 +165,7 @@ impl FailoverCluster {
 
     /// Appends through node `i` (a secondary forwards to the master).
     pub fn appender_on(&self, i: usize) -> Appender {
-        Appender {
-            client: self.client.clone(),
-            url: self.nodes[i].url("/api/messages"),
-        }
+        Appender::on(&self.client, &self.nodes[i])
     }
 
     /// Node `i`'s visible log, if it answers.

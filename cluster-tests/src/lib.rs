@@ -1,43 +1,63 @@
-//! A small harness that runs a real replog cluster (one `master`, N `secondary` processes) on
-//! free loopback ports, for end-to-end tests in `tests/`.
+//! The test kit of replog: one cluster builder for the end-to-end tests in `tests/`, the browser
+//! tests (`browser-tests/`) and the benchmark (`bench/`).
 //!
 //! The style follows tokio's mini-redis tests: every test starts its own servers, talks to them
 //! over the real wire protocol, and asserts on what comes back. Nothing is mocked, so a test
 //! proves what a user with `curl` would see.
 //!
-//! Rules the harness follows, and that tests built on it should follow:
+//! A [`Cluster`] (one master, N secondaries; [`Cluster::builder`]) runs on one of two
+//! backends, with the same [`Node`] handles and client helpers on both:
 //!
-//! - **Own ports, own processes.** Every [`Cluster`] picks fresh ports, so tests run in parallel
+//! - **Processes** (the default): the `master` and `secondary` binaries of the workspace (or of
+//!   a given directory) as child processes on free loopback ports, restarted on new ports when
+//!   another process takes one first ([`on_free_ports`]). For tests that need signals (kill,
+//!   SIGSTOP, SIGTERM), restarts of a process, `/proc`, or a log per node.
+//! - **In process** ([`ClusterBuilder::in_process`], [`in_process`]): the same servers as tasks
+//!   of the test's runtime, on listeners bound before anything starts: no port race, no
+//!   process start-up.
+//!
+//! A stack started elsewhere by `docker compose` is reached through [`compose`]. The failover
+//! cluster ([`failover`]) runs `replog` processes beside a real etcd ([`etcd`]).
+//!
+//! Rules the kit follows, and that tests built on it should follow:
+//!
+//! - **Own ports, own nodes.** Every [`Cluster`] takes fresh ports, so tests run in parallel
 //!   (cargo-nextest runs each test in its own process).
 //! - **No process left behind.** Every child is held by a [`Process`], which kills it (and its
 //!   process group) on `Drop`, also while a failing test unwinds, and which the kernel kills if
-//!   the test process dies first.
-//! - **Logs kept for the post-mortem.** Each node writes stdout and stderr to
-//!   `target/cluster-tests/<test>/<node>.log`; when a test panics, the cluster prints those paths
-//!   and the last lines of each log.
+//!   the thread that started it ends first.
+//! - **Logs kept for the post-mortem.** Each node process writes stdout and stderr to
+//!   `target/cluster-tests/<test>/<node>.log` (in-process nodes share
+//!   [`in_process::LOG_FILE`] there); when a test panics, the cluster prints those paths and
+//!   the last lines of each log.
 //! - **No hopeful sleeps.** Anything that depends on timing waits for a condition with a deadline
 //!   ([`wait_until`], [`wait_for`]) and fails with a message that says what it waited for.
-//!
-//! The benchmark (`bench/`) and the browser tests start their processes with the same
-//! [`Process`], on ports from the same [`free_ports`], and wait with the same [`try_wait_for`].
 
+pub mod cluster;
+pub mod compose;
 pub mod etcd;
 pub mod failover;
 pub mod history;
+pub mod in_process;
+pub mod node;
 pub mod process;
 pub mod sse;
 pub mod workload;
 
+pub use cluster::{
+    secondary_health, try_list, Appender, Cluster, ClusterBuilder, MasterOpts, SecondaryOpts,
+};
+pub use node::{default_bin_dir, Backend, Binary, Node};
 pub use process::{Exited, Process};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::fmt::Display;
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub use reqwest::StatusCode;
@@ -80,54 +100,6 @@ pub fn fast_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> 
     FAST_HEALTH.iter().chain(extra).copied().collect()
 }
 
-/// The binaries under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Binary {
-    Master,
-    Secondary,
-    /// A failover node (`replog`, crate replog-failover).
-    Replog,
-}
-
-impl Binary {
-    fn file_name(self) -> &'static str {
-        match self {
-            Binary::Master => "master",
-            Binary::Secondary => "secondary",
-            Binary::Replog => "replog",
-        }
-    }
-
-    /// The binary built by `cargo build --workspace --bins` for the profile the tests run in.
-    ///
-    /// Integration tests run from `target/<profile>/deps/<test>-<hash>`; Cargo puts the
-    /// workspace binaries one level up, in `target/<profile>/`. Cargo does not build other
-    /// packages' binaries for a test run, hence the explicit build step.
-    pub fn path(self) -> PathBuf {
-        let path = profile_dir().join(self.file_name());
-        if !path.is_file() {
-            panic!(
-                "{} not found: run `cargo build --workspace --bins` before the cluster tests \
-                 (same profile as the tests)",
-                path.display()
-            );
-        }
-        path
-    }
-}
-
-/// `target/<profile>/`, the directory two levels above the test executable.
-fn profile_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    let deps = exe.parent().expect("the test executable's directory");
-    let profile = if deps.file_name().is_some_and(|name| name == "deps") {
-        deps.parent().expect("target/<profile>")
-    } else {
-        deps
-    };
-    profile.to_path_buf()
-}
-
 /// The directory that keeps the node logs of one test: `target/cluster-tests/<test>/`.
 ///
 /// The test's name comes from the current thread, which libtest and nextest name after the
@@ -138,10 +110,11 @@ pub fn log_dir() -> PathBuf {
         .filter(|name| *name != "main")
         .map(|name| name.replace("::", "-"))
         .unwrap_or_else(|| format!("pid-{}", std::process::id()));
-    let target = profile_dir()
+    let profile = default_bin_dir();
+    let target = profile
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(profile_dir);
+        .unwrap_or_else(|| profile.clone());
     target.join("cluster-tests").join(name)
 }
 
@@ -230,826 +203,87 @@ pub fn try_free_ports(n: usize) -> std::io::Result<Vec<u16>> {
 /// How many times [`on_free_ports`] starts over.
 const PORT_ATTEMPTS: usize = 3;
 
+/// A failure to start that may be a lost race for a port: starting again on new ports cures it.
+pub trait PortRace: Display {
+    fn port_taken(&self) -> bool;
+}
+
+impl PortRace for Exited {
+    fn port_taken(&self) -> bool {
+        Exited::port_taken(self)
+    }
+}
+
 /// Runs `start`, which picks its ports with [`free_ports`] and starts servers on them, again on
 /// new ports while a server exits because another process took its port first
 /// ([`Exited::port_taken`]), so that parallel tests do not flake. Panics on any other exit.
-pub async fn on_free_ports<T, F, Fut>(mut start: F) -> T
+pub async fn on_free_ports<T, F, Fut>(start: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, Exited>>,
 {
-    for attempt in 1..=PORT_ATTEMPTS {
+    match try_on_free_ports(start).await {
+        Ok(started) => started,
+        Err(exited) if exited.port_taken() => {
+            panic!("{exited}\n(its port was taken {PORT_ATTEMPTS} times)")
+        }
+        Err(exited) => panic!("{exited}"),
+    }
+}
+
+/// [`on_free_ports`], returning the last failure instead of panicking: any that is not a lost
+/// port, or a lost port at the last attempt.
+pub async fn try_on_free_ports<T, E, F, Fut>(mut start: F) -> Result<T, E>
+where
+    E: PortRace,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
         match start().await {
-            Ok(started) => return started,
-            Err(exited) if exited.port_taken() && attempt < PORT_ATTEMPTS => {
-                eprintln!(
-                    "{} lost its port to another process; starting over",
-                    exited.name
-                );
+            Err(lost) if lost.port_taken() && attempt < PORT_ATTEMPTS => {
+                let first_line = lost
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+                eprintln!("{first_line}: lost its port to another process; starting over");
+                attempt += 1;
             }
-            Err(exited) if exited.port_taken() => {
-                panic!("{exited}\n(its port was taken {PORT_ATTEMPTS} times)")
-            }
-            Err(exited) => panic!("{exited}"),
+            outcome => return outcome,
         }
-    }
-    unreachable!("the last attempt returns or panics")
-}
-
-/// One node process: its command line (kept, so it can be restarted with the same settings on
-/// the same ports) and, while it runs, its [`Process`].
-pub struct Node {
-    pub name: String,
-    pub binary: Binary,
-    pub http_port: u16,
-    /// The internal replication port (secondaries only).
-    pub grpc_port: Option<u16>,
-    env: Vec<(String, String)>,
-    log_path: PathBuf,
-    process: Option<Process>,
-}
-
-impl Node {
-    /// Describes a node without starting it.
-    pub fn new(
-        name: &str,
-        binary: Binary,
-        http_port: u16,
-        grpc_port: Option<u16>,
-        env: Vec<(String, String)>,
-        dir: &Path,
-    ) -> Node {
-        Node {
-            name: name.to_owned(),
-            binary,
-            http_port,
-            grpc_port,
-            env,
-            log_path: dir.join(format!("{name}.log")),
-            process: None,
-        }
-    }
-
-    /// Starts the process. Its environment is only what the node was described with (plus
-    /// `RUST_LOG`, default `info`), so that settings of the shell running the tests cannot leak
-    /// in. Output is appended to the node's log file, across restarts.
-    pub fn start(&mut self) {
-        assert!(self.process.is_none(), "{} is already running", self.name);
-        let mut command = Command::new(self.binary.path());
-        command
-            .env_clear()
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            // Plain text logs: the files are read by people, not terminals.
-            .env("NO_COLOR", "1")
-            .envs(self.env.iter().map(|(k, v)| (k, v)));
-        let process = Process::spawn(&self.name, command, &self.log_path)
-            .unwrap_or_else(|e| panic!("{e} (log: {})", self.log_path.display()));
-        self.process = Some(process);
-    }
-
-    /// The exit status if the process has ended on its own (it is then no longer running).
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.process.as_mut()?.exited()?;
-        self.process = None;
-        Some(status)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.process.is_some()
-    }
-
-    fn process(&self) -> &Process {
-        self.process
-            .as_ref()
-            .unwrap_or_else(|| panic!("{} is not running", self.name))
-    }
-
-    pub fn pid(&self) -> nix::unistd::Pid {
-        self.process().pid()
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        self.process()
-            .signal(signal)
-            .unwrap_or_else(|e| panic!("cannot send {signal} to {}: {e}", self.name));
-    }
-
-    /// SIGKILL, and reap the child: the node is gone at once, as after a crash.
-    pub fn kill(&mut self) {
-        self.process = None;
-    }
-
-    /// SIGSTOP: the process stays, its sockets stay open, but it answers nothing (a hung node).
-    ///
-    /// `kill` returns before the kernel has stopped every thread: on a loaded machine the node
-    /// could still answer a request sent right after. So this waits until `/proc` shows every
-    /// thread stopped (state `T`), and only then is the node truly hung.
-    pub fn stop(&self) {
-        self.process().pause();
-    }
-
-    /// SIGCONT: a stopped node resumes where it was.
-    pub fn cont(&self) {
-        self.signal(nix::sys::signal::Signal::SIGCONT);
-    }
-
-    /// SIGTERM, then wait for the exit (at most `timeout`; panics after it).
-    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        let mut process = self.process.take().expect("running");
-        process.wait_timeout(timeout).unwrap_or_else(|| {
-            panic!(
-                "{} did not exit within {timeout:?} of SIGTERM (log: {})",
-                self.name,
-                self.log_path.display()
-            )
-        })
-    }
-
-    /// Kills the node if it runs and starts it again: same settings, same ports.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.start();
-    }
-
-    /// Kills the node if it runs, deletes its `DATA_DIR` (if it has one) and starts it again:
-    /// it comes back with an empty log, as a new machine would. A node without `DATA_DIR` is
-    /// empty after any restart.
-    pub fn restart_empty(&mut self) {
-        self.kill();
-        self.wipe_data();
-        self.start();
-    }
-
-    /// Deletes the node's `DATA_DIR` (nothing if it has none). The node must not run.
-    pub fn wipe_data(&self) {
-        assert!(!self.is_running(), "{} runs: stop it first", self.name);
-        if let Some(dir) = self.data_dir() {
-            match std::fs::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => panic!("cannot delete {}: {e}", dir.display()),
-            }
-        }
-    }
-
-    /// The value of one of the node's settings.
-    pub fn env(&self, key: &str) -> Option<&str> {
-        self.env
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// Sets (or replaces) a setting for the next start.
-    pub fn set_env(&mut self, key: &str, value: &str) {
-        self.env.retain(|(k, _)| k != key);
-        self.env.push((key.to_owned(), value.to_owned()));
-    }
-
-    /// Removes a setting for the next start; returns its value. Removing `DATA_DIR` puts the
-    /// node in memory mode (its files stay on disk).
-    pub fn remove_env(&mut self, key: &str) -> Option<String> {
-        let old = self.env(key).map(str::to_owned);
-        self.env.retain(|(k, _)| k != key);
-        old
-    }
-
-    /// The node's `DATA_DIR`, if it keeps its log on disk.
-    pub fn data_dir(&self) -> Option<PathBuf> {
-        self.env("DATA_DIR").map(PathBuf::from)
-    }
-
-    /// The active (last) segment file of the node's log, `DATA_DIR/segments/<first id>.log`:
-    /// where the latest records are (panics if the node has no `DATA_DIR` or no segment).
-    pub fn log_file(&self) -> PathBuf {
-        let segments = self
-            .data_dir()
-            .unwrap_or_else(|| panic!("{} has no DATA_DIR", self.name))
-            .join("segments");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&segments)
-            .unwrap_or_else(|e| panic!("cannot list {}: {e}", segments.display()))
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-            .collect();
-        files.sort();
-        files
-            .pop()
-            .unwrap_or_else(|| panic!("{} holds no segment", segments.display()))
-    }
-
-    /// The node's log output since its latest start (the harness marks each start).
-    pub fn log_since_start(&self) -> String {
-        process::since_start(self.log())
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
-    }
-
-    /// `127.0.0.1:<grpc>`, as the master's `SECONDARIES` lists it.
-    pub fn grpc_endpoint(&self) -> String {
-        format!(
-            "127.0.0.1:{}",
-            self.grpc_port.expect("a secondary has a gRPC port")
-        )
-    }
-
-    pub fn log_path(&self) -> &Path {
-        &self.log_path
-    }
-
-    /// The node's log file so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 }
 
-/// How to start one secondary.
-#[derive(Debug, Clone, Default)]
-pub struct SecondaryOpts {
-    env: Vec<(String, String)>,
-    not_started: bool,
-    durable: bool,
+/// Why a cluster did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(
+        "{} not found: build the servers first (`cargo build --workspace --bins`, in the \
+         profile of the tests, or of the directory given)",
+        .0.display()
+    )]
+    Missing(PathBuf),
+    #[error("{node}: {error}")]
+    Spawn {
+        node: String,
+        #[source]
+        error: std::io::Error,
+    },
+    /// An in-process node's settings do not parse or do not agree.
+    #[error("{node}: {reason}")]
+    Settings { node: String, reason: String },
+    #[error(transparent)]
+    Exited(#[from] Exited),
+    #[error(transparent)]
+    TimedOut(#[from] TimedOut),
 }
 
-impl SecondaryOpts {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An extra setting, e.g. `("DELAY_SECONDS", "1")` or `("ERROR_RATE", "0.3")`.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Ports are chosen and the master lists it, but the process is not started (start it later
-    /// with `cluster.secondaries[i].start()`), and the cluster does not wait for it.
-    pub fn not_started(mut self) -> Self {
-        self.not_started = true;
-        self
-    }
-
-    /// Keeps the log on disk: `DATA_DIR` is `<log_dir>/<name>-data` (see [`Node::data_dir`]).
-    pub fn durable(mut self) -> Self {
-        self.durable = true;
-        self
-    }
-}
-
-/// How to start the master (for [`Cluster::start_with`]).
-#[derive(Debug, Clone, Default)]
-pub struct MasterOpts {
-    env: Vec<(String, String)>,
-    durable: bool,
-}
-
-impl MasterOpts {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An extra setting, e.g. `("REPLICATION_TIMEOUT_SECONDS", "0")`.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Several extra settings, e.g. [`FAST_HEALTH`].
-    pub fn envs(mut self, pairs: &[(&str, &str)]) -> Self {
-        self.env.extend(
-            pairs
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
-        self
-    }
-
-    /// Keeps the log on disk: `DATA_DIR` is `<log_dir>/master-data`.
-    pub fn durable(mut self) -> Self {
-        self.durable = true;
-        self
-    }
-}
-
-/// The `DATA_DIR` of a durable node: `<dir>/<name>-data`.
-fn data_dir_setting(dir: &Path, name: &str) -> (String, String) {
-    let path = dir.join(format!("{name}-data"));
-    ("DATA_DIR".to_owned(), path.display().to_string())
-}
-
-/// A master and its secondaries, plus an HTTP client to talk to them.
-pub struct Cluster {
-    pub master: Node,
-    pub secondaries: Vec<Node>,
-    pub client: reqwest::Client,
-    pub dir: PathBuf,
-}
-
-impl Cluster {
-    /// Starts the secondaries (`HOST=127.0.0.1`, free `HTTP_PORT` and `GRPC_PORT`, `MASTER`
-    /// pointing at the master, plus each one's extra settings), then the master (`HOST=127.0.0.1`, free `HTTP_PORT`, `SECONDARIES`
-    /// listing every secondary, started or not, plus `master_env`), and waits until the cluster
-    /// is in a known state: see [`Cluster::wait_ready`].
-    pub async fn start(secondaries: Vec<SecondaryOpts>, master_env: &[(&str, &str)]) -> Cluster {
-        Cluster::start_with(secondaries, MasterOpts::new().envs(master_env)).await
-    }
-
-    /// [`Cluster::start`] with the master described by [`MasterOpts`] (e.g. durable).
-    ///
-    /// A node whose port another process took first exits at once; the whole cluster then
-    /// starts again on new ports ([`on_free_ports`]).
-    pub async fn start_with(secondaries: Vec<SecondaryOpts>, master: MasterOpts) -> Cluster {
-        let (secondaries, master) = (&secondaries, &master);
-        let cluster = on_free_ports(move || async move {
-            let mut cluster = Cluster::launch(secondaries, master);
-            cluster.first_contact().await?;
-            Ok(cluster)
-        })
-        .await;
-        cluster.wait_ready().await;
-        cluster
-    }
-
-    /// Starts the processes of a cluster on fresh ports, without waiting for anything.
-    fn launch(secondaries: &[SecondaryOpts], master_opts: &MasterOpts) -> Cluster {
-        let dir = fresh_log_dir();
-        // All ports at once, so that they differ from one another; the master's is known
-        // before the secondaries start, as they forward appends to it (`MASTER`).
-        let ports = free_ports(1 + 2 * secondaries.len());
-        let master_http = ports[0];
-        let mut nodes = Vec::new();
-        for (i, opts) in secondaries.iter().enumerate() {
-            let (http, grpc) = (ports[1 + 2 * i], ports[2 + 2 * i]);
-            let mut env = vec![
-                ("HOST".to_owned(), "127.0.0.1".to_owned()),
-                ("HTTP_PORT".to_owned(), http.to_string()),
-                ("GRPC_PORT".to_owned(), grpc.to_string()),
-                ("MASTER".to_owned(), format!("127.0.0.1:{master_http}")),
-            ];
-            let name = format!("secondary-{}", i + 1);
-            if opts.durable {
-                env.push(data_dir_setting(&dir, &name));
-            }
-            env.extend(opts.env.iter().cloned());
-            let mut node = Node::new(&name, Binary::Secondary, http, Some(grpc), env, &dir);
-            if !opts.not_started {
-                node.start();
-            }
-            nodes.push(node);
-        }
-        let listed: Vec<String> = nodes.iter().map(Node::grpc_endpoint).collect();
-        let mut env = vec![
-            ("HOST".to_owned(), "127.0.0.1".to_owned()),
-            ("HTTP_PORT".to_owned(), master_http.to_string()),
-        ];
-        // A master without secondaries has no SECONDARIES at all (an empty value is invalid).
-        if !listed.is_empty() {
-            env.push(("SECONDARIES".to_owned(), listed.join(",")));
-        }
-        if master_opts.durable {
-            env.push(data_dir_setting(&dir, "master"));
-        }
-        env.extend(master_opts.env.iter().cloned());
-        let mut master = Node::new("master", Binary::Master, master_http, None, env, &dir);
-        master.start();
-
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("an HTTP client");
-        Cluster {
-            master,
-            secondaries: nodes,
-            client,
-            dir,
-        }
-    }
-
-    /// Waits until every started node answers `GET /health`; `Err` if one exits first.
-    async fn first_contact(&mut self) -> Result<(), Exited> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        let nodes = std::iter::once(&mut self.master).chain(self.secondaries.iter_mut());
-        for node in nodes {
-            let url = node.url("/health");
-            if let Some(process) = node.process.as_mut() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                process.wait_answering(&self.client, &url, left).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until every running node answers `GET /health` with 200 and the master's
-    /// `GET /api/health` shows every running secondary `healthy` *and contacted* (a secondary
-    /// the master never reached also reads `healthy` until `SUSPECT_AFTER_MS` passes, so the
-    /// status alone proves nothing). Secondaries not running are not waited for.
-    pub async fn wait_ready(&self) {
-        for node in self.running() {
-            let url = node.url("/health");
-            wait_until(
-                START_TIMEOUT,
-                format!("{} GET /health = 200", node.name),
-                || {
-                    let request = self.client.get(&url).send();
-                    async move { request.await.is_ok_and(|r| r.status() == StatusCode::OK) }
-                },
-            )
-            .await;
-        }
-        let running: &Vec<String> = &self
-            .secondaries
-            .iter()
-            .filter(|s| s.is_running())
-            .map(Node::grpc_endpoint)
-            .collect();
-        wait_until(
-            START_TIMEOUT,
-            format!("master /api/health shows {running:?} healthy and contacted"),
-            || async move {
-                let Some(health) = self.try_health(&self.master).await else {
-                    return false;
-                };
-                // A master that has not yet asked the secondaries what they hold (or, with a
-                // complete log, not yet heard a majority) takes nothing: not ready. One that has
-                // asked and waits for a secondary that is down is as ready as it will get.
-                let starting = health["read_only_reason"].as_str().is_some_and(|r| {
-                    r.starts_with("starting:")
-                        || r.contains("asking the secondaries what they hold")
-                });
-                !starting
-                    && running.iter().all(|address| {
-                        secondary_health(&health, address).is_some_and(|s| {
-                            s["status"] == "healthy" && s["last_contact_ms_ago"].is_u64()
-                        })
-                    })
-            },
-        )
-        .await;
-    }
-
-    /// The master, then every secondary that runs.
-    pub fn running(&self) -> impl Iterator<Item = &Node> {
-        std::iter::once(&self.master).chain(self.secondaries.iter().filter(|s| s.is_running()))
-    }
-
-    /// Every node, the master first.
-    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        std::iter::once(&self.master).chain(self.secondaries.iter())
-    }
-
-    /// A cheap, `'static` handle that appends to the master, for spawned tasks.
-    pub fn appender(&self) -> Appender {
-        Appender {
-            client: self.client.clone(),
-            url: self.master.url("/api/messages"),
-        }
-    }
-
-    /// Like [`Cluster::appender`], but posting to `node` (a secondary forwards to the master).
-    pub fn appender_on(&self, node: &Node) -> Appender {
-        Appender {
-            client: self.client.clone(),
-            url: node.url("/api/messages"),
-        }
-    }
-
-    /// `POST /api/messages` on the master with `{"message": msg, "w": w}` (`w` left out if
-    /// `None`).
-    pub async fn append(&self, message: &str, w: Option<u64>) -> (StatusCode, Value) {
-        self.appender().append(message, w).await
-    }
-
-    /// `POST /api/messages` on the master with this exact body and `Content-Type` (none if
-    /// `None`).
-    pub async fn append_raw(&self, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
-        self.appender().append_raw(body, content_type).await
-    }
-
-    /// `GET /api/messages` on `node`: its visible log as `(id, message)` pairs.
-    pub async fn messages(&self, node: &Node) -> Vec<(u64, String)> {
-        let url = node.url("/api/messages");
-        let body: Value = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"));
-        body["messages"]
-            .as_array()
-            .unwrap_or_else(|| panic!("GET {url}: no `messages` array in {body}"))
-            .iter()
-            .map(|m| {
-                let id = m["id"].as_u64().unwrap_or_else(|| panic!("bad id in {m}"));
-                let text = m["message"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("bad message in {m}"));
-                (id, text.to_owned())
-            })
-            .collect()
-    }
-
-    /// The status `GET /api/messages` on `node` answers (panics if it does not answer).
-    pub async fn list_status(&self, node: &Node) -> StatusCode {
-        self.client
-            .get(node.url("/api/messages"))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET /api/messages on {}: {e}", node.name))
-            .status()
-    }
-
-    /// `GET /api/messages` on `node`, or `None` if it does not answer 200 with a list (e.g. while
-    /// it restarts).
-    pub async fn try_messages(&self, node: &Node) -> Option<Vec<(u64, String)>> {
-        try_list(&self.client, &node.url("")).await
-    }
-
-    /// Replaces the HTTP client (and so its pool of connections): call it after a node was
-    /// restarted, so that no request goes out on a connection to the process that is gone.
-    pub fn renew_client(&mut self) {
-        self.client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("an HTTP client");
-    }
-
-    /// `last_id` from `node`'s `/api/health` (on a secondary: the highest id it holds).
-    pub async fn last_id(&self, node: &Node) -> u64 {
-        let health = self.health(node).await;
-        health["last_id"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no `last_id` in {} /api/health: {health}", node.name))
-    }
-
-    /// The status (`healthy`, `suspected`, `unhealthy`) of `secondary` in the master's
-    /// `/api/health`.
-    pub async fn status_of(&self, secondary: &Node) -> String {
-        let health = self.health(&self.master).await;
-        let entry = secondary_health(&health, &secondary.grpc_endpoint())
-            .unwrap_or_else(|| panic!("no entry for {} in {health}", secondary.name));
-        entry["status"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no status in {entry}"))
-            .to_owned()
-    }
-
-    /// Waits until every running node lists exactly `expected`, ids included; a node that does
-    /// not answer (yet) counts as not there yet.
-    pub async fn wait_converged(&self, timeout: Duration, expected: &[(u64, String)]) {
-        let mut last = Vec::new();
-        let deadline = Instant::now() + timeout;
-        loop {
-            last.clear();
-            let mut all_equal = true;
-            for node in self.running() {
-                let list = self.try_messages(node).await;
-                all_equal &= list.as_deref() == Some(expected);
-                last.push((node.name.clone(), list));
-            }
-            if all_equal {
-                return;
-            }
-            if Instant::now() >= deadline {
-                let summary: Vec<String> = last
-                    .iter()
-                    .map(|(name, list)| match list {
-                        None => format!("{name}: no answer"),
-                        Some(list) => format!(
-                            "{name}: {} entries, first difference at index {:?}, last {:?}",
-                            list.len(),
-                            list.iter().zip(expected).position(|(a, b)| a != b),
-                            list.last()
-                        ),
-                    })
-                    .collect();
-                panic!(
-                    "timed out after {timeout:?} waiting until every node lists the expected {} \
-                     entries (last {:?}); {}",
-                    expected.len(),
-                    expected.last(),
-                    summary.join("; ")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The visible log of every running node, the master first.
-    pub async fn all_messages(&self) -> Vec<(String, Vec<(u64, String)>)> {
-        let mut all = Vec::new();
-        for node in self.running() {
-            all.push((node.name.clone(), self.messages(node).await));
-        }
-        all
-    }
-
-    /// `GET /api/health` on `node` (the master's cluster view, or a secondary's own).
-    pub async fn health(&self, node: &Node) -> Value {
-        self.try_health(node)
-            .await
-            .unwrap_or_else(|| panic!("GET {} failed", node.url("/api/health")))
-    }
-
-    /// `GET /api/health` on `node`, or `None` if it does not answer 200 with JSON.
-    /// `GET url`: the status and the JSON body (panics if there is no JSON answer).
-    pub async fn get_json(&self, url: &str) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        let status = response.status();
-        let body = response
-            .json()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {status}, not JSON: {e}"));
-        (status, body)
-    }
-
-    pub async fn try_health(&self, node: &Node) -> Option<Value> {
-        let response = self.client.get(node.url("/api/health")).send().await.ok()?;
-        if response.status() != StatusCode::OK {
-            return None;
-        }
-        response.json().await.ok()
-    }
-
-    /// The highest id a secondary holds contiguously: its [`Cluster::last_id`].
-    pub async fn held(&self, secondary: &Node) -> u64 {
-        self.last_id(secondary).await
-    }
-
-    /// Waits until every running node shows exactly `expected` (messages in this order).
-    pub async fn wait_all_show(&self, timeout: Duration, expected: &[&str]) {
-        wait_until(
-            timeout,
-            format!("every node shows exactly {expected:?}"),
-            || async move {
-                self.all_messages().await.iter().all(|(_, list)| {
-                    list.iter()
-                        .map(|(_, m)| m.as_str())
-                        .eq(expected.iter().copied())
-                })
-            },
-        )
-        .await;
-    }
-}
-
-/// Appends to the master; clone it into as many tasks as needed.
-#[derive(Clone)]
-pub struct Appender {
-    client: reqwest::Client,
-    url: String,
-}
-
-impl Appender {
-    /// `POST /api/messages` with `{"message": msg, "w": w}` (`w` left out if `None`).
-    pub async fn append(&self, message: &str, w: Option<u64>) -> (StatusCode, Value) {
-        let mut body = json!({ "message": message });
-        if let Some(w) = w {
-            body["w"] = json!(w);
-        }
-        self.append_raw(&body.to_string(), Some("application/json"))
-            .await
-    }
-
-    /// `POST /api/messages` with `{"message", "w", "key"}`: an append with an idempotency key.
-    pub async fn append_keyed(&self, message: &str, w: u64, key: &str) -> (StatusCode, Value) {
-        let body = json!({ "message": message, "w": w, "key": key });
-        self.append_raw(&body.to_string(), Some("application/json"))
-            .await
-    }
-
-    /// Like [`Appender::append`], with the answer's headers (e.g. `Retry-After`).
-    pub async fn append_with_headers(
-        &self,
-        message: &str,
-        w: Option<u64>,
-    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let mut body = json!({ "message": message });
-        if let Some(w) = w {
-            body["w"] = json!(w);
-        }
-        let response = self
-            .client
-            .post(&self.url)
-            .json(&body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {} {body}: {e}", self.url));
-        let (status, headers) = (response.status(), response.headers().clone());
-        let text = response.text().await.unwrap_or_default();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
-            eprintln!("POST {} -> {status}, not JSON: {text:?}", self.url);
-            Value::Null
-        });
-        (status, headers, value)
-    }
-
-    /// `POST /api/messages` with this exact body and `Content-Type` (none if `None`). The
-    /// answer's body is parsed as JSON (`Value::Null` if it is not JSON, after printing it, so
-    /// that the assertion that follows shows what came back).
-    pub async fn append_raw(&self, body: &str, content_type: Option<&str>) -> (StatusCode, Value) {
-        let mut request = self.client.post(&self.url).body(body.to_owned());
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {} {body}: {e}", self.url));
-        let status = response.status();
-        let text = response.text().await.unwrap_or_default();
-        let value = serde_json::from_str(&text).unwrap_or_else(|_| {
-            eprintln!("POST {} {body} -> {status}, not JSON: {text:?}", self.url);
-            Value::Null
-        });
-        (status, value)
-    }
-}
-
-impl Appender {
-    /// The same appender on its own connections, giving up on an answer after `timeout`: for
-    /// clients that must not hang on a stopped node.
-    pub fn with_timeout(&self, timeout: Duration) -> Appender {
-        Appender {
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .timeout(timeout)
-                .build()
-                .expect("an HTTP client"),
-            url: self.url.clone(),
-        }
-    }
-
-    /// Like [`Appender::append`], but a failed request (refused, reset, timed out) is an `Err`
-    /// instead of a panic: under fault injection, a node may die while it is asked.
-    pub async fn try_append(
-        &self,
-        message: &str,
-        w: Option<u64>,
-    ) -> Result<(StatusCode, Value), reqwest::Error> {
-        let mut body = json!({ "message": message });
-        if let Some(w) = w {
-            body["w"] = json!(w);
-        }
-        let response = self.client.post(&self.url).json(&body).send().await?;
-        let status = response.status();
-        let text = response.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-}
-
-/// `GET <base>/api/messages` as `(id, message)` pairs, or `None` if it does not answer 200 with
-/// a list. `base` is a node's URL (`http://127.0.0.1:<port>`) or a proxy's route to one.
-pub async fn try_list(client: &reqwest::Client, base: &str) -> Option<Vec<(u64, String)>> {
-    let response = client
-        .get(format!("{base}/api/messages"))
-        .send()
-        .await
-        .ok()?;
-    if response.status() != StatusCode::OK {
-        return None;
-    }
-    let body: Value = response.json().await.ok()?;
-    body["messages"]
-        .as_array()?
-        .iter()
-        .map(|m| Some((m["id"].as_u64()?, m["message"].as_str()?.to_owned())))
-        .collect()
-}
-
-/// The entry for the secondary at `address` in the master's `/api/health`.
-pub fn secondary_health<'a>(master_health: &'a Value, address: &str) -> Option<&'a Value> {
-    master_health["secondaries"]
-        .as_array()?
-        .iter()
-        .find(|s| s["address"] == address)
-}
-
-impl Drop for Cluster {
-    /// When a test fails, point at the logs and show their last lines: the processes are gone
-    /// by the time anyone looks, the log files are not.
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        eprintln!("\n===== cluster logs in {} =====", self.dir.display());
-        for node in self.nodes() {
-            eprintln!("----- {} ({}) -----", node.name, node.log_path().display());
-            eprintln!("{}", process::tail(&node.log(), 25));
-        }
+impl PortRace for StartError {
+    fn port_taken(&self) -> bool {
+        matches!(self, StartError::Exited(exited) if exited.port_taken())
     }
 }
 
@@ -1138,14 +372,29 @@ pub async fn assert_serves_new_clients(node: &Node, when: &str) {
 }
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` if `timeout` passes first.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: impl Display, mut condition: F)
+pub async fn wait_until<F, Fut>(timeout: Duration, what: impl Display, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    wait_for(timeout, what, || {
+    try_wait_until(timeout, what, condition)
+        .await
+        .unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
+/// [`wait_until`], `Err` instead of a panic.
+pub async fn try_wait_until<F, Fut>(
+    timeout: Duration,
+    what: impl Display,
+    mut condition: F,
+) -> Result<(), TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    try_wait_for(timeout, what, || {
         let check = condition();
-        async move { check.await.then_some(()) }
+        async move { Ok::<_, std::convert::Infallible>(check.await.then_some(())) }
     })
     .await
 }
@@ -1167,6 +416,8 @@ where
 
 /// Polls `probe` every 20 ms until it yields `Ok(Some(value))`. `Ok(None)` means not yet;
 /// `Err` means not yet either, and the last one is shown if `timeout` passes first.
+///
+/// Time is tokio's: in a test with paused time the wait takes no real time.
 pub async fn try_wait_for<T, E, F, Fut>(
     timeout: Duration,
     what: impl Display,
@@ -1177,7 +428,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<Option<T>, E>>,
 {
-    let deadline = Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut last = None;
     loop {
         match probe().await {
@@ -1185,7 +436,7 @@ where
             Ok(None) => {}
             Err(e) => last = Some(format!("{e:#}")),
         }
-        if Instant::now() >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return Err(TimedOut {
                 what: what.to_string(),
                 timeout,
@@ -1472,6 +723,7 @@ pub mod log_file {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
 
     /// A connection the peer closes after sending some bytes counts as closed, with what it
     /// sent read and dropped; one the peer holds open is reported with what was read.
