@@ -35,7 +35,8 @@ pub struct Config {
     #[arg(long, env = "REPLICATION_TIMEOUT_SECONDS", default_value = "10", value_parser = seconds)]
     pub replication_timeout_seconds: Duration,
 
-    /// Interval between heartbeats to each secondary, in milliseconds.
+    /// Silence after which the master asks each secondary for its state on the replication
+    /// stream (a heartbeat when idle, a ping while answers are owed), in milliseconds.
     #[arg(long, env = "HEARTBEAT_INTERVAL_MS", default_value = "500", value_parser = millis)]
     pub heartbeat_interval_ms: Duration,
 
@@ -74,8 +75,9 @@ pub struct Config {
     #[command(flatten)]
     pub keys: KeyArgs,
 
-    /// Longest wait for a secondary's answer to one replication request (or heartbeat), in
-    /// seconds; later, the stream is dropped and opened again. Must exceed DELAY_SECONDS.
+    /// Longest wait for a secondary's answer to one replication request (a heartbeat too), and
+    /// for opening the replication stream, in seconds; later, the stream is dropped and opened
+    /// again. Must exceed DELAY_SECONDS.
     #[arg(long, env = "RPC_TIMEOUT_SECONDS", default_value = "30", value_parser = seconds)]
     pub rpc_timeout_seconds: Duration,
 
@@ -129,6 +131,7 @@ impl Settings {
             secondaries: config.secondaries.clone(),
             thresholds: Thresholds::from_config(config),
             rpc_timeout: config.rpc_timeout_seconds,
+            heartbeat_interval: config.heartbeat_interval_ms,
             retry_base: config.retry_base_ms,
             retry_max: config.retry_max_ms,
             replication_timeout: config.replication_timeout_seconds,

@@ -9,6 +9,7 @@ pub mod deadlines;
 pub mod error;
 pub mod idempotency;
 pub mod journal;
+pub mod pulse;
 pub mod recovery;
 pub mod replication;
 pub mod server;

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::replication::Peer;
 pub use crate::state::Ended;
 use crate::state::Master;
-use crate::{deadlines, journal, recovery, replication};
+use crate::{deadlines, journal, pulse, recovery, replication};
 use replog_node::api::connections::Threads;
 use replog_node::config::Opened;
 use replog_node::failover::MasterRole;
@@ -175,6 +175,7 @@ pub fn serve_log(
     master.set_known(true);
     master.set_recovering(None);
     let mut tasks = replication::spawn(master, peers);
+    tasks.push(tokio::spawn(pulse::run(master.clone())));
     if let (Some(file), Some(records)) = (file, records) {
         tasks.push(tokio::spawn(journal::run(master.clone(), file, records)));
     }

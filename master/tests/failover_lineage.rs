@@ -13,6 +13,7 @@ mod support;
 
 use bytes::Bytes;
 use replog_master::core::health::Thresholds;
+use replog_master::core::link::Poll;
 use replog_master::core::{Core, Effect, Progress, Settings};
 use replog_node::log::{new_log_id, Log};
 use replog_node::storage::Record;
@@ -127,6 +128,7 @@ impl Cluster {
                 unhealthy_after: Duration::from_secs(120),
             },
             rpc_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_millis(10),
             retry_base: Duration::from_millis(1),
             retry_max: Duration::from_millis(1),
             replication_timeout: TIMEOUT,
@@ -205,33 +207,52 @@ impl Cluster {
         self.settle(node);
     }
 
-    /// Master `node` replicates to node `to` until `to` holds and has decided all it can: a
-    /// first request to learn where it stands, then batches with the decisions.
+    /// Master `node` replicates to node `to` until `to` holds and has decided all it can, as
+    /// its link decides: the stream opened, the first question, then batches with the
+    /// decisions; each request delivered in order and each answer taken. When the link has
+    /// nothing to send, the clock moves on to its next heartbeat.
     fn ship(&mut self, node: usize, to: usize) -> Result<(), Refusal> {
-        let now = self.now;
         for _ in 0..50 {
+            let now = self.now;
             let master = self.master(node);
             let index = master.peers.iter().position(|&p| p == to).expect("a peer");
-            let ledger = master.core.ledger();
-            let follower = ledger.follower(index);
-            let follows = follower.master_instance == Some(master.term);
-            let request = match follows {
-                true => ledger.batch(index, follower.held + 1, 100, 1 << 20),
-                false => master.core.heartbeat(index),
+            let requests = match master.core.poll_link(index, now, false) {
+                Poll::Open => {
+                    master.core.link_opened(index, now);
+                    continue;
+                }
+                Poll::Send(requests) => requests,
+                other => panic!("link to node {to}: {other:?}"),
             };
+            if requests.is_empty() {
+                let wait = master.core.link(index).wait();
+                self.now = wait.heartbeat_at.expect("an idle stream's heartbeat");
+                continue;
+            }
             let Node { disk, role } = &mut self.nodes[to];
             let Role::Secondary(replica) = role else {
                 panic!("node {to} is not a secondary")
             };
-            disk.extend(replica.receive(request)?);
+            let mut answers = Vec::new();
+            for request in requests {
+                let quiet = request.quiet && request.entries.is_empty();
+                disk.extend(replica.receive(request)?);
+                if !quiet {
+                    answers.push(replica.state());
+                }
+            }
             let state = replica.state();
             let master = self.master(node);
-            master
-                .core
-                .heartbeat_answered(index, Ok(&state), now)
-                .expect("one log");
+            for answer in &answers {
+                master
+                    .core
+                    .link_reply(index, answer, now)
+                    .expect("an answer owed, of this log");
+            }
             self.settle(node);
-            let ledger = self.master(node).core.ledger();
+            let master = self.master(node);
+            let follows = master.core.ledger().follower(index).master_instance == Some(master.term);
+            let ledger = master.core.ledger();
             if follows && state.held >= ledger.written() && state.decided >= ledger.log().decided()
             {
                 return Ok(());

@@ -13,6 +13,7 @@ use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::time::{Duration, Instant};
 
 const RPC_TIMEOUT: Duration = Duration::from_secs(2);
+const HEARTBEAT: Duration = Duration::from_millis(100);
 const RETRY_BASE: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 const MS: Duration = Duration::from_millis(1);
@@ -26,6 +27,7 @@ fn master_with(secondaries: usize, log: Log) -> (Core, Instant) {
             unhealthy_after: Duration::from_secs(120),
         },
         rpc_timeout: RPC_TIMEOUT,
+        heartbeat_interval: HEARTBEAT,
         retry_base: RETRY_BASE,
         retry_max: RETRY_MAX,
         replication_timeout: Duration::ZERO,
@@ -204,12 +206,14 @@ fn after_a_failure_the_link_waits_for_its_backoff_which_grows_and_resets() {
 
 #[test]
 fn decisions_alone_go_quiet_once_the_stream_has_answered_and_are_not_in_flight() {
-    let (mut core, now) = master();
-    // A heartbeat makes the secondary known and commits id 1 (w=2): only a decision is new.
+    let (mut core, then) = master();
+    // The first answer makes the secondary known and commits id 1 (w=2); the stream breaks,
+    // so on the next one only a decision is new.
     append(&mut core, 1, 2);
-    let heartbeat = state(&core, 7, 1);
-    core.heartbeat_answered(0, Ok(&heartbeat), now).unwrap();
+    connect(&mut core, then, 7, 1);
     assert_eq!(core.ledger().log().decided(), 1);
+    core.link_failed(0, "connection reset", then);
+    let now = core.link(0).wait().retry_at.expect("a backoff");
     assert_eq!(core.poll_link(0, now, false), Poll::Open);
     core.link_opened(0, now);
     // The new stream has not answered yet: the push is answered, and in flight.
@@ -240,6 +244,90 @@ fn decisions_alone_go_quiet_once_the_stream_has_answered_and_are_not_in_flight()
     // A quiet push has no answer: one arriving is a request the link never sent.
     assert_eq!(reply(&mut core, 7, 3, now), Err(ReplyError::Unsolicited));
     assert!(!core.link(0).is_open());
+}
+
+#[test]
+fn an_idle_stream_sends_a_heartbeat_every_interval_whose_answer_is_contact() {
+    let (mut core, now) = master();
+    connect(&mut core, now, 7, 0);
+    assert_eq!(core.ledger().follower(0).last_contact, Some(now));
+    let wait = core.link(0).wait();
+    assert!(!wait.waiting);
+    assert_eq!(
+        wait.heartbeat_at,
+        Some(now + HEARTBEAT),
+        "counted from the answer"
+    );
+    assert_eq!(sent(core.poll_link(0, now + HEARTBEAT - MS, false)), []);
+    // Due: no entries, the current decisions, answered.
+    let due = now + HEARTBEAT;
+    let heartbeat = sent(core.poll_link(0, due, false));
+    assert_eq!(spans(&heartbeat), [None]);
+    assert!(!heartbeat[0].quiet);
+    assert!(heartbeat[0].decisions.is_some());
+    assert_eq!(core.link(0).in_flight(), 1);
+    assert_eq!(core.link(0).wait().heartbeat_at, None, "one at a time");
+    assert_eq!(core.link(0).wait().late_at, Some(due + RPC_TIMEOUT));
+    // Its answer is contact, and shows a restart: the secondary came back empty.
+    let answered = due + 3 * MS;
+    core.take_effects();
+    reply(&mut core, 8, 0, answered).unwrap();
+    assert_eq!(core.ledger().follower(0).last_contact, Some(answered));
+    assert_eq!(core.ledger().follower(0).instance, Some(8));
+    assert!(core.take_effects().contains(&Effect::Wake(Some(0))));
+    assert_eq!(
+        core.link(0).wait().heartbeat_at,
+        Some(answered + HEARTBEAT),
+        "counted from its answer"
+    );
+}
+
+#[test]
+fn no_heartbeat_goes_while_requests_are_in_flight_and_a_pong_is_contact() {
+    let (mut core, now) = master();
+    connect(&mut core, now, 7, 0);
+    append(&mut core, 1, 1);
+    assert_eq!(spans(&sent(core.poll_link(0, now, false))), [Some((1, 1))]);
+    let wait = core.link(0).wait();
+    assert!(wait.waiting);
+    assert_eq!(wait.heartbeat_at, None);
+    let later = now + 5 * HEARTBEAT;
+    assert_eq!(sent(core.poll_link(0, later, false)), [], "no heartbeat");
+    // A pong is contact and nothing else: the answer is still owed, as late as before.
+    core.link_alive(0, later);
+    assert_eq!(core.ledger().follower(0).last_contact, Some(later));
+    assert_eq!(core.link(0).in_flight(), 1);
+    assert_eq!(core.link(0).wait(), wait);
+    assert_eq!(core.ledger().follower(0).held, 0);
+    // Once the answer comes, the stream is idle and silent from then on.
+    reply(&mut core, 7, 1, later).unwrap();
+    assert_eq!(core.link(0).wait().heartbeat_at, Some(later + HEARTBEAT));
+    assert_eq!(sent(core.poll_link(0, later, false)), []);
+    let due = later + HEARTBEAT;
+    assert_eq!(spans(&sent(core.poll_link(0, due, false))), [None]);
+}
+
+#[test]
+fn a_closed_idle_link_opens_again_after_its_backoff() {
+    let (mut core, now) = master();
+    connect(&mut core, now, 7, 0);
+    // Nothing to send, and the stream breaks.
+    core.link_failed(0, "connection reset", now);
+    assert_eq!(
+        core.ledger().follower(0).last_error.as_deref(),
+        Some("connection reset")
+    );
+    let wait = core.link(0).wait();
+    assert_eq!(wait.heartbeat_at, None);
+    let at = wait.retry_at.expect("a backoff");
+    assert_eq!(core.poll_link(0, at - MS, false), Poll::Wait);
+    assert_eq!(core.poll_link(0, at, false), Poll::Open, "idle or not");
+    core.link_opened(0, at);
+    // A new stream asks at once.
+    assert_eq!(core.link(0).wait().heartbeat_at, Some(at));
+    let ask = sent(core.poll_link(0, at, false));
+    assert_eq!(spans(&ask), [None]);
+    assert!(!ask[0].quiet);
 }
 
 #[test]

@@ -2,24 +2,29 @@
 //! [`Replica`] behind the [`Transport`] trait, no sockets. Checked: appends commit through
 //! the driver and reach the replica in order, decisions arrive by quiet pushes, and a stream
 //! that breaks or cannot be opened is reopened after the backoff and resent from the
-//! replica's high-water mark, so nothing is lost or shown twice.
+//! replica's high-water mark, so nothing is lost or shown twice. On a paused clock: an idle link
+//! heartbeats (the master sees a restart without any append), a stream that stops answering is
+//! failed and reopened, and a secondary that delays its answers stays in contact through its
+//! pongs.
 
 use clap::Parser;
 use replog_master::config::Config;
+use replog_master::core::health::Status;
 use replog_master::replication::sender;
-use replog_master::replication::transport::{Stream, Transport};
+use replog_master::replication::transport::{Heard, Stream, Transport};
 use replog_master::replication::LinkError;
 use replog_master::state::Master;
 use replog_node::api::Node;
 use replog_node::log::{new_log_id, Log};
 use replog_node::shutdown::Phases;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
-use replog_secondary::replica::Replica;
+use replog_secondary::replica::{Refusal, Replica};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The in-memory secondary and the faults to inject.
@@ -32,7 +37,17 @@ struct Memory {
     break_after: Arc<AtomicUsize>,
     opened: Arc<AtomicUsize>,
     quiet_taken: Arc<AtomicUsize>,
+    /// Requests without entries that were answered: first questions and heartbeats.
+    asked: Arc<AtomicUsize>,
+    /// The secondary stops answering: requests arrive, nothing comes back.
+    silent: Arc<AtomicBool>,
+    /// The secondary holds its answers back (as `DELAY_SECONDS` does), but its connection
+    /// answers pings: every [`PONG_EVERY`] of silence with answers owed, the stream is alive.
+    delayed: Arc<AtomicBool>,
 }
+
+/// How often a stream whose answers are held back shows the secondary alive (its pongs).
+const PONG_EVERY: Duration = Duration::from_millis(100);
 
 struct MemoryStream {
     memory: Memory,
@@ -72,6 +87,9 @@ impl Transport for Memory {
 
 impl Stream for MemoryStream {
     fn send(&mut self, request: &ReplicateRequest) -> Result<(), LinkError> {
+        if self.memory.silent.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         if !request.entries.is_empty() {
             self.shipped += 1;
             let limit = self.memory.break_after.load(Ordering::SeqCst);
@@ -92,7 +110,16 @@ impl Stream for MemoryStream {
                 self.memory.quiet_taken.fetch_add(1, Ordering::SeqCst);
                 return Ok(());
             }
-            (Ok(_), false) => Ok(replica.state()),
+            (Ok(_), false) => {
+                if request.entries.is_empty() {
+                    self.memory.asked.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(replica.state())
+            }
+            // As the service does: the state tells the master which process and log it follows.
+            (Err(Refusal::MissingStarts { .. } | Refusal::ForeignLog), false) => {
+                Ok(replica.state())
+            }
             (Err(refusal), _) => Err(LinkError::Refused(tonic::Status::failed_precondition(
                 refusal.to_string(),
             ))),
@@ -102,12 +129,22 @@ impl Stream for MemoryStream {
         Ok(())
     }
 
-    async fn reply(&mut self, _waiting: bool) -> Result<ReplicaState, LinkError> {
+    async fn reply(&mut self, waiting: bool) -> Result<Heard, LinkError> {
         loop {
-            if let Some(reply) = self.replies.pop_front() {
-                return reply;
+            if self.memory.delayed.load(Ordering::SeqCst) {
+                if waiting {
+                    tokio::time::sleep(PONG_EVERY).await;
+                    return Ok(Heard::Alive);
+                }
+            } else if let Some(reply) = self.replies.pop_front() {
+                return reply.map(Heard::Reply);
             }
-            self.arrived.clone().notified().await;
+            let arrived = self.arrived.clone();
+            tokio::select! {
+                _ = arrived.notified() => {}
+                // Looks again now and then: the faults change from outside.
+                _ = tokio::time::sleep(PONG_EVERY) => {}
+            }
         }
     }
 }
@@ -115,7 +152,12 @@ impl Stream for MemoryStream {
 /// A master with one in-memory secondary, serving a new log, its link driven by the real
 /// sender task.
 async fn master(memory: &Memory) -> (Arc<Master>, CancellationToken) {
-    let config = Config::try_parse_from([
+    master_with(memory, &[]).await
+}
+
+/// [`master`] with `extra` settings.
+async fn master_with(memory: &Memory, extra: &[&str]) -> (Arc<Master>, CancellationToken) {
+    let mut args = vec![
         "master",
         "--secondaries",
         "memory:1",
@@ -125,8 +167,9 @@ async fn master(memory: &Memory) -> (Arc<Master>, CancellationToken) {
         "20",
         "--replication-timeout-seconds",
         "5",
-    ])
-    .expect("valid settings");
+    ];
+    args.extend(extra);
+    let config = Config::try_parse_from(args).expect("valid settings");
     let log_id = new_log_id();
     *memory.replica.lock().unwrap() = Some(Replica::new(Log::new(log_id.clone())));
     let stop = CancellationToken::new();
@@ -216,5 +259,113 @@ async fn a_broken_stream_is_reopened_and_resent_from_the_high_water_mark() {
         0,
         "refused opens were retried"
     );
+    stop.cancel();
+}
+
+/// The master's view of the secondary: its instance, when it was last heard, why it last
+/// failed.
+fn seen(master: &Master) -> (Option<u64>, Option<std::time::Instant>, Option<String>) {
+    master.read(|core| {
+        let f = core.ledger().follower(0);
+        (f.instance, f.last_contact, f.last_error.clone())
+    })
+}
+
+fn status(master: &Master) -> Status {
+    master.update(|core| core.status(0, Instant::now().into_std()))
+}
+
+const FAST_HEALTH: [&str; 8] = [
+    "--heartbeat-interval-ms",
+    "100",
+    "--suspect-after-ms",
+    "300",
+    "--unhealthy-after-ms",
+    "1000",
+    "--rpc-timeout-seconds",
+    "1",
+];
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_link_heartbeats_and_a_stream_that_stops_answering_is_reopened() {
+    let memory = Memory::default();
+    let (master, stop) = master_with(&memory, &FAST_HEALTH).await;
+    wait_for("the first question answered", || seen(&master).0.is_some()).await;
+    // The secondary restarts empty: with no append, the next heartbeat shows it.
+    let log_id = master.read(|core| core.ledger().log().log_id().to_owned());
+    let restarted = Replica::new(Log::new(log_id));
+    let instance = restarted.state().instance;
+    *memory.replica.lock().unwrap() = Some(restarted);
+    let asked = memory.asked.load(Ordering::SeqCst);
+    wait_for("a heartbeat showed the restart", || {
+        seen(&master).0 == Some(instance)
+    })
+    .await;
+    let started = Instant::now();
+    wait_for("more heartbeats", || {
+        memory.asked.load(Ordering::SeqCst) >= asked + 5
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "one per interval, not more: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(memory.opened.load(Ordering::SeqCst), 1, "on one stream");
+    assert_eq!(status(&master), Status::Healthy);
+
+    // It stops answering: its heartbeat is late, so the stream fails (recorded for the health
+    // view), and the link opens new ones after its backoff, which fail the same way.
+    memory.silent.store(true, Ordering::SeqCst);
+    wait_for("the silent stream failed", || {
+        seen(&master)
+            .2
+            .is_some_and(|e| e.contains("no answer within"))
+    })
+    .await;
+    wait_for("new streams opened", || {
+        memory.opened.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    wait_for("the silent secondary unhealthy", || {
+        status(&master) == Status::Unhealthy
+    })
+    .await;
+    // It answers again: the next stream's first question is answered.
+    memory.silent.store(false, Ordering::SeqCst);
+    wait_for("healthy again", || status(&master) == Status::Healthy).await;
+    assert_eq!(seen(&master).2, None, "an answer clears the last error");
+    stop.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_secondary_that_holds_its_answers_back_is_alive_through_its_pongs() {
+    let memory = Memory::default();
+    let (master, stop) = master_with(&memory, &FAST_HEALTH).await;
+    wait_for("the first question answered", || seen(&master).0.is_some()).await;
+    memory.delayed.store(true, Ordering::SeqCst);
+    let append = {
+        let master = master.clone();
+        tokio::spawn(async move { master.append("late".into(), Some(2), None).await })
+    };
+    wait_for("the entry in flight", || {
+        master.read(|core| core.link(0).in_flight()) == 1
+    })
+    .await;
+    // Longer than it may stay silent: only the pongs keep it in contact, and healthy.
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(status(&master), Status::Healthy);
+        assert_eq!(
+            master.read(|core| core.link(0).in_flight()),
+            1,
+            "no heartbeat meanwhile"
+        );
+    }
+    memory.delayed.store(false, Ordering::SeqCst);
+    let id = append.await.expect("the append's task").expect("committed");
+    assert_eq!(id, 1);
+    assert_eq!(memory.opened.load(Ordering::SeqCst), 1, "never failed");
     stop.cancel();
 }

@@ -10,8 +10,9 @@
 //! and one it cannot take ends the stream.
 //!
 //! The driver picks random actions (appends with any `w`, with or without a deadline; a link's
-//! driver polling its link; delivering in or out of order, dropping and duplicating requests;
-//! delivering and dropping replies; heartbeats; broken streams; time passing, which finds
+//! driver polling its link, now or when its heartbeat is due; delivering in or out of order,
+//! dropping and duplicating requests; delivering and dropping replies; pongs; broken streams;
+//! time passing, which finds
 //! unanswered requests late; secondaries restarting empty or from their log file; with a
 //! journal also the master's file being written and synced at random moments, and the master
 //! restarting from it after a crash, which keeps what was written, or a power failure, which
@@ -72,6 +73,8 @@ const RPC_TIMEOUT: Duration = Duration::from_millis(50);
 const RETRY: Duration = Duration::from_millis(2);
 /// Silence after which a secondary no longer counts towards the quorum.
 const UNHEALTHY_AFTER: Duration = Duration::from_millis(400);
+/// Silence on an idle stream before its heartbeat (`HEARTBEAT_INTERVAL_MS`): a few ticks.
+const HEARTBEAT: Duration = Duration::from_millis(20);
 /// Rounds of draining at most before the cluster must have settled.
 const DRAIN_ROUNDS: usize = 200;
 
@@ -90,8 +93,13 @@ enum Action {
     Send {
         to: usize,
     },
-    /// A heartbeat: a call of its own, no entries, the current decisions.
+    /// The driver of the link to `to` wakes when its idle stream's heartbeat is due: the clock
+    /// moves there (if it is ahead), and the driver polls the link.
     Heartbeat {
+        to: usize,
+    },
+    /// The link's stream to `to` shows the secondary alive without an answer (a pong).
+    Pong {
         to: usize,
     },
     /// The link's stream to `to` breaks (a connection reset, an error after storing, a failed
@@ -152,7 +160,7 @@ enum Action {
 }
 
 /// The kinds of action, in the order of [`actions`]' weights.
-const KINDS: usize = 15;
+const KINDS: usize = 16;
 
 /// Strategies for each kind of action, in a fixed order.
 fn kinds() -> [BoxedStrategy<Action>; KINDS] {
@@ -168,6 +176,7 @@ fn kinds() -> [BoxedStrategy<Action>; KINDS] {
             .boxed(),
         to().prop_map(|to| Action::Send { to }).boxed(),
         to().prop_map(|to| Action::Heartbeat { to }).boxed(),
+        to().prop_map(|to| Action::Pong { to }).boxed(),
         to().prop_map(|to| Action::Break { to }).boxed(),
         (to(), maybe_pick())
             .prop_map(|(to, pick)| Action::Deliver { to, pick })
@@ -204,8 +213,8 @@ fn kinds() -> [BoxedStrategy<Action>; KINDS] {
 /// deeper states than a single fixed mix would, and find more.
 fn actions(max_len: usize) -> impl Strategy<Value = Vec<Action>> {
     // Appends, sends and deliveries always occur; everything else may be switched off.
-    let floors: [u32; KINDS] = [1, 1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
-    proptest::array::uniform15(0..4u32).prop_flat_map(move |mut weights| {
+    let floors: [u32; KINDS] = [1, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    proptest::array::uniform16(0..4u32).prop_flat_map(move |mut weights| {
         // A lapse ends the deciding for the rest of the case (unless the master restarts):
         // in a quarter of the cases, and rarely.
         weights[KINDS - 1] = u32::from(weights[KINDS - 1] == 3);
@@ -238,20 +247,11 @@ struct Append {
     answer: Answer,
 }
 
-/// Which conversation a message belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
-    /// The link's stream with this number (streams are numbered across master restarts).
-    Stream(u64),
-    /// A heartbeat's call.
-    Call,
-}
-
 /// What comes back from a secondary.
 #[derive(Debug)]
 enum Reply {
     State(ReplicaState),
-    /// The stream ended, or the call failed, with this error.
+    /// The stream ended with this error.
     Error(String),
 }
 
@@ -272,9 +272,10 @@ struct Secondary {
     replica: Replica,
     /// The records it wrote: what a restart recovers from.
     disk: Vec<Record>,
-    requests: VecDeque<(Via, ReplicateRequest)>,
-    /// Each with the master process (instance) its request came from.
-    replies: VecDeque<(Via, u64, Reply)>,
+    /// Each with the stream it was sent on (streams are numbered across master restarts).
+    requests: VecDeque<(u64, ReplicateRequest)>,
+    /// Each with its stream and the master process (instance) its request came from.
+    replies: VecDeque<(u64, u64, Reply)>,
     /// The stream the master's link holds open, if any: only its replies reach the master.
     stream: Option<Open>,
     /// Streams the secondary ended: what still arrives on them is not read.
@@ -298,17 +299,15 @@ impl Secondary {
     }
 
     /// What the secondary's service makes of one request: its state to answer, nothing for a
-    /// quiet request it took, or the error that ends the stream (or fails the call). Only a
-    /// request on a stream may be quiet; a call always has its answer. `current` is the
-    /// master process now running.
+    /// quiet request it took, or the error that ends the stream. `current` is the master
+    /// process now running.
     fn apply(
         &mut self,
         to: usize,
-        via: Via,
         request: ReplicateRequest,
         current: u64,
     ) -> Result<Option<ReplicaState>, String> {
-        let quiet = via != Via::Call && request.quiet && request.entries.is_empty();
+        let quiet = request.quiet && request.entries.is_empty();
         let (upto, since) = request
             .decisions
             .as_ref()
@@ -394,6 +393,7 @@ impl Sim {
                 unhealthy_after: UNHEALTHY_AFTER,
             },
             rpc_timeout: RPC_TIMEOUT,
+            heartbeat_interval: HEARTBEAT,
             retry_base: RETRY,
             retry_max: RETRY,
             replication_timeout: Duration::from_millis(timeout),
@@ -446,6 +446,13 @@ impl Sim {
             }
             Action::Send { to } => self.send(to),
             Action::Heartbeat { to } => self.heartbeat(to),
+            Action::Pong { to } => {
+                if self.secondaries[to].stream.is_some() {
+                    let now = self.instant();
+                    self.core.link_alive(to, now);
+                    assert_eq!(self.core.ledger().follower(to).last_contact, Some(now));
+                }
+            }
             Action::Break { to } => {
                 self.core
                     .link_failed(to, "the stream broke", self.instant());
@@ -618,7 +625,7 @@ impl Sim {
                         }
                         open.owed += 1;
                     }
-                    s.requests.push_back((Via::Stream(open.id), request));
+                    s.requests.push_back((open.id, request));
                 }
             }
             Poll::Wait => {}
@@ -627,13 +634,13 @@ impl Sim {
         assert!(self.core.link(to).in_flight() <= PIPELINE);
     }
 
+    /// The link's driver wakes for its heartbeat: the clock moves to the moment it is due,
+    /// and the driver polls the link (which may have more to send by then, or nothing).
     fn heartbeat(&mut self, to: usize) {
-        let request = self.core.heartbeat(to);
-        assert!(request.entries.is_empty());
-        assert!(!request.quiet);
-        self.secondaries[to]
-            .requests
-            .push_back((Via::Call, request));
+        if let Some(at) = self.core.link(to).wait().heartbeat_at {
+            self.advance_to(at);
+        }
+        self.send(to);
     }
 
     /// After the link may have closed its stream: the replies on their way on it are lost.
@@ -646,7 +653,7 @@ impl Sim {
             return;
         }
         if let Some(open) = s.stream.take() {
-            s.replies.retain(|(via, ..)| *via != Via::Stream(open.id));
+            s.replies.retain(|(stream, ..)| *stream != open.id);
         }
     }
 
@@ -676,76 +683,56 @@ impl Sim {
     fn deliver(&mut self, to: usize, at: usize) {
         let current = self.master_instance;
         let s = &mut self.secondaries[to];
-        let (via, request) = s.requests.remove(at).expect("in range");
-        if let Via::Stream(stream) = via {
-            if s.ended.contains(&stream) {
-                return;
-            }
+        let (stream, request) = s.requests.remove(at).expect("in range");
+        if s.ended.contains(&stream) {
+            return;
         }
         let from = request.master_instance;
-        let answer = s.apply(to, via, request, current);
-        let reply = match (via, answer) {
-            (_, Ok(None)) => return,
-            (_, Ok(Some(state))) => Reply::State(state),
-            (Via::Stream(stream), Err(error)) => {
+        let reply = match s.apply(to, request, current) {
+            Ok(None) => return,
+            Ok(Some(state)) => Reply::State(state),
+            Err(error) => {
                 s.ended.insert(stream);
-                s.requests.retain(|(v, _)| *v != via);
+                s.requests.retain(|(on, _)| *on != stream);
                 Reply::Error(error)
             }
-            (Via::Call, Err(error)) => Reply::Error(error),
         };
-        // Only the running master's open stream, or its call, hears the answer.
-        let heard = match via {
-            Via::Stream(stream) => s.stream.is_some_and(|open| open.id == stream),
-            Via::Call => from == current,
-        };
-        if heard {
-            s.replies.push_back((via, from, reply));
+        // Only the running master's open stream hears the answer.
+        if s.stream.is_some_and(|open| open.id == stream) {
+            s.replies.push_back((stream, from, reply));
         }
     }
 
     fn deliver_reply(&mut self, to: usize, at: usize) {
-        let (via, from, reply) = self.secondaries[to].replies.remove(at).expect("in range");
+        let (stream, from, reply) = self.secondaries[to].replies.remove(at).expect("in range");
         assert_eq!(
             from, self.master_instance,
             "replies to an old master are dropped"
         );
         let now = self.instant();
-        match (via, reply) {
-            (Via::Stream(stream), reply) => {
-                let open = self.secondaries[to]
-                    .stream
-                    .as_mut()
-                    .filter(|open| open.id == stream)
-                    .expect("replies on a closed stream are dropped");
-                match reply {
-                    // An extra answer (to a duplicate) is one the link was not owed.
-                    Reply::State(state) => match self.core.link_reply(to, &state, now) {
-                        Ok(_) => {
-                            assert!(open.owed > 0, "link {to} took an answer it was not owed");
-                            open.owed -= 1;
-                            open.moved = now;
-                        }
-                        Err(ReplyError::Unsolicited) => {
-                            assert_eq!(open.owed, 0, "link {to} refused an answer it was owed")
-                        }
-                        Err(other) => panic!("link {to}: {other}"),
-                    },
-                    Reply::Error(error) => {
-                        self.core.link_failed(to, &error, now);
-                    }
+        let open = self.secondaries[to]
+            .stream
+            .as_mut()
+            .filter(|open| open.id == stream)
+            .expect("replies on a closed stream are dropped");
+        match reply {
+            // An extra answer (to a duplicate) is one the link was not owed.
+            Reply::State(state) => match self.core.link_reply(to, &state, now) {
+                Ok(_) => {
+                    assert!(open.owed > 0, "link {to} took an answer it was not owed");
+                    open.owed -= 1;
+                    open.moved = now;
                 }
-                self.closed(to);
+                Err(ReplyError::Unsolicited) => {
+                    assert_eq!(open.owed, 0, "link {to} refused an answer it was owed")
+                }
+                Err(other) => panic!("link {to}: {other}"),
+            },
+            Reply::Error(error) => {
+                self.core.link_failed(to, &error, now);
             }
-            (Via::Call, Reply::State(state)) => self
-                .core
-                .heartbeat_answered(to, Ok(&state), now)
-                .expect("one log identity in this simulation"),
-            (Via::Call, Reply::Error(error)) => self
-                .core
-                .heartbeat_answered(to, Err(error), now)
-                .expect("one log identity in this simulation"),
         }
+        self.closed(to);
     }
 
     /// The journal writes the next `count` queued records (as one group), not synced yet.
@@ -990,7 +977,7 @@ impl Sim {
     }
 
     /// Drives the links to the end: every link polled, everything in flight delivered in order,
-    /// heartbeats, and the clock moved on when a link waits for its backoff or for an answer
+    /// and the clock moved on when a link waits for its backoff, its heartbeat or an answer
     /// that was lost, until nothing changes any more and nothing is on the way. Afterwards
     /// every append must be decided and every node show the same.
     fn drain(&mut self) {
@@ -1001,7 +988,6 @@ impl Sim {
             self.sync();
             for to in 0..SECONDARIES {
                 self.send(to);
-                self.heartbeat(to);
                 while !self.secondaries[to].requests.is_empty() {
                     self.deliver(to, 0);
                 }
@@ -1039,24 +1025,30 @@ impl Sim {
         })
     }
 
-    /// Moves the clock to the first moment a link waits for (the end of a backoff, or the
-    /// moment a lost answer is late), rounded up to a whole millisecond, and lets time pass.
+    /// Moves the clock to the first moment a link waits for (the end of a backoff, a heartbeat
+    /// due, or the moment a lost answer is late) and lets time pass.
     fn wait_for_links(&mut self) {
         let now = self.instant();
         let next = (0..SECONDARIES)
             .flat_map(|to| {
                 let wait = self.core.link(to).wait();
-                [wait.late_at, wait.retry_at.filter(|&at| at > now)]
+                let ahead = |at: Option<Instant>| at.filter(|&at| at > now);
+                [wait.late_at, ahead(wait.retry_at), ahead(wait.heartbeat_at)]
             })
             .flatten()
             .min();
-        let Some(next) = next else {
-            return;
-        };
-        let since = next.saturating_duration_since(self.base).as_nanos();
+        if let Some(next) = next {
+            self.advance_to(next);
+            self.effects();
+        }
+    }
+
+    /// Moves the clock to `at`, rounded up to a whole millisecond, if it is ahead, and lets
+    /// time pass.
+    fn advance_to(&mut self, at: Instant) {
+        let since = at.saturating_duration_since(self.base).as_nanos();
         self.now = self.now.max(since.div_ceil(1_000_000) as u64);
         self.tick();
-        self.effects();
     }
 
     fn fingerprint(&self) -> Vec<u64> {
@@ -1222,7 +1214,7 @@ fn a_busy_interleaving_settles() {
 #[test]
 fn a_stale_entry_on_a_restarted_secondary_stays_hidden() {
     use Action::*;
-    let actions = [
+    let before = [
         Append {
             w: 3,
             deadline: true,
@@ -1235,20 +1227,23 @@ fn a_stale_entry_on_a_restarted_secondary_stays_hidden() {
         },
         Persist { count: 2 },
         Sync,
-        // The link asks; the secondary restarts empty, which a heartbeat shows the master.
+        // The link asks; the secondary restarts empty, which its answer to the entries the
+        // link ships next shows the master (it does not follow this master any more).
         Send { to: 0 },
         Deliver { to: 0, pick: None },
         DeliverReply { to: 0, pick: None },
         RestartSecondary { to: 0, keep: false },
-        Heartbeat { to: 0 },
+        Send { to: 0 },
         Deliver { to: 0, pick: None },
         DeliverReply { to: 0, pick: None },
-        // So the link ships both entries with the master's starts, and the request is copied.
+        // So the link ships both entries again, with the master's starts, and the request is
+        // copied.
         Send { to: 0 },
         Duplicate { to: 0, pick: 0 },
         Deliver { to: 0, pick: None },
         DeliverReply { to: 0, pick: None },
-        // Id 1 is aborted; a heartbeat tells the secondary, which reports it decided.
+        // Id 1 is aborted; a quiet push tells the secondary, and its answer to the heartbeat
+        // that follows reports it decided.
         Tick { ms: 100 },
         Persist { count: 1 },
         Sync,
@@ -1257,15 +1252,41 @@ fn a_stale_entry_on_a_restarted_secondary_stays_hidden() {
             to: 0,
             pick: Some(1),
         },
+        Deliver {
+            to: 0,
+            pick: Some(1),
+        },
         DeliverReply { to: 0, pick: None },
-        // The copy reaches the secondary's next instance, then decisions since that frontier.
+        // The copy reaches the secondary's next instance, then a heartbeat with the decisions
+        // since that frontier.
         RestartSecondary { to: 0, keep: false },
         Deliver { to: 0, pick: None },
         Heartbeat { to: 0 },
-        Deliver { to: 0, pick: None },
     ];
     for (journal, failover) in MODES {
-        run(journal, 10, failover, &actions);
+        let mut sim = Sim::new(journal, 10, failover);
+        for action in &before {
+            sim.step(action);
+            sim.check();
+        }
+        let s = &sim.secondaries[0];
+        assert!(
+            s.replica.log().last_id() >= 1 && !s.replica.log().is_tombstone(1),
+            "the new instance holds the stale entry"
+        );
+        let decisions = s
+            .requests
+            .back()
+            .and_then(|(_, r)| r.decisions.clone())
+            .expect("decisions on their way");
+        assert!(
+            decisions.since >= 1 && !decisions.tombstones.contains(&1),
+            "decisions without the tombstone: {decisions:?}"
+        );
+        sim.step(&Deliver { to: 0, pick: None });
+        sim.check();
+        sim.drain();
+        sim.check_settled();
     }
 }
 
@@ -1288,11 +1309,13 @@ fn a_quiet_push_a_restarted_secondary_cannot_take_ends_the_stream() {
         count: 1,
     };
     let mut actions = vec![append(2)];
-    // Secondary 0 is asked, then takes id 1 (committed by its answer), and reports it decided.
+    // Secondary 0 is asked, then takes id 1 (committed by its answer), and reports it decided:
+    // a quiet push of the decision, then its answer to a heartbeat.
     actions.extend(round_trip(0));
     actions.extend(round_trip(0));
     actions.extend([
         Heartbeat { to: 0 },
+        Deliver { to: 0, pick: None },
         Deliver { to: 0, pick: None },
         DeliverReply { to: 0, pick: None },
         append(3),

@@ -579,6 +579,12 @@ impl Ledger {
         Ok(moved)
     }
 
+    /// The secondary was heard alive without a reply (a pong on its stream): contact, nothing
+    /// more.
+    pub fn on_alive(&mut self, index: usize, now: Instant) {
+        self.followers[index].last_contact = Some(now);
+    }
+
     /// Records a failed call to a secondary.
     pub fn on_failure(&mut self, index: usize, error: String) {
         self.followers[index].last_error = Some(error);

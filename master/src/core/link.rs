@@ -14,6 +14,17 @@
 //! A push of decisions alone is not in flight: once the stream has answered, it goes quiet
 //! (`ReplicateRequest.quiet`, unanswered), and a secondary that cannot take it ends the stream,
 //! which is a failure like any other.
+//!
+//! The link always wants its stream open: a closed one opens again once the backoff ends,
+//! whether or not anything waits to be sent. An open stream with nothing in flight carries a
+//! heartbeat (an empty request that is answered, with the current decisions) once it has been
+//! silent for the heartbeat interval since its last answer, and at once on a new stream: its
+//! answer is
+//! the secondary's identity, instance and high-water mark, so a restart or a secondary that fell
+//! behind is noticed while no entries flow, and each answer is contact for the health view.
+//! While requests are in flight their answers are contact, and the stream's keep-alive pings
+//! (`crate::replication::stream`) are contact too ([`crate::core::Core::link_alive`]), so a
+//! secondary that delays its answers still counts as alive.
 
 use super::backoff::Backoff;
 use super::ledger::Ledger;
@@ -68,6 +79,8 @@ pub struct Wait {
     pub late_at: Option<Instant>,
     /// The backoff after a failure ends then.
     pub retry_at: Option<Instant>,
+    /// The open stream is idle and its next heartbeat is due then.
+    pub heartbeat_at: Option<Instant>,
 }
 
 /// Why a reply was not taken.
@@ -94,6 +107,8 @@ pub struct Link {
     stream: Option<Stream>,
     /// How long the answer to the oldest request in flight may take (`RPC_TIMEOUT_SECONDS`).
     timeout: Duration,
+    /// How long an idle stream stays silent before a heartbeat (`HEARTBEAT_INTERVAL_MS`).
+    heartbeat: Duration,
     /// Cold entries the driver read for the next batch, with the id it was asked to read from
     /// ([`Poll::Read`]).
     read: Option<(u64, Vec<Stored>)>,
@@ -104,8 +119,9 @@ pub struct Link {
 struct Stream {
     /// Per request sent and not yet answered, in order: whether it carried entries.
     in_flight: VecDeque<bool>,
-    /// Last time the stream moved (a request into an idle stream, or an answer): the answer to
-    /// the oldest request is late `timeout` after it.
+    /// Last time the stream moved (opened, a request into an idle stream, or an answer): the
+    /// answer to the oldest request is late `timeout` after it, and an idle stream's next
+    /// heartbeat is due `heartbeat` after it.
     progress: Instant,
     /// The secondary has answered on this stream, so its frontier is known: decision pushes
     /// may go quiet.
@@ -128,6 +144,16 @@ impl Stream {
         }
         self.in_flight.push_back(!request.entries.is_empty());
         out.push(request);
+    }
+
+    /// When an idle stream's next heartbeat is due: after `heartbeat` of silence since its last
+    /// answer, or at once on a stream that has not answered yet (an idle one has not been
+    /// asked anything yet, so this is its first question).
+    fn heartbeat_at(&self, heartbeat: Duration) -> Instant {
+        match self.answered {
+            true => self.progress + heartbeat,
+            false => self.progress,
+        }
     }
 
     /// Pushes decisions (a request without entries): quiet once the secondary has answered on
@@ -165,8 +191,9 @@ impl Retry {
 }
 
 impl Link {
-    /// A link that starts from what the secondary was last known to hold (`held`).
-    pub fn new(held: u64, backoff: Backoff, timeout: Duration) -> Self {
+    /// A link that starts from what the secondary was last known to hold (`held`), waits
+    /// `timeout` for an answer and sends a heartbeat on a stream idle for `heartbeat`.
+    pub fn new(held: u64, backoff: Backoff, timeout: Duration, heartbeat: Duration) -> Self {
         Self {
             next: held + 1,
             pushed_decided: 0,
@@ -179,6 +206,7 @@ impl Link {
             },
             stream: None,
             timeout,
+            heartbeat,
             read: None,
         }
     }
@@ -240,21 +268,13 @@ impl Link {
         }
         self.retry.at = None;
         let Some(stream) = self.stream.as_mut() else {
-            // An idle secondary gets no stream, so one that is down costs nothing but its
-            // heartbeats.
-            let due = !known
-                || ledger.written() >= self.next
-                || ledger.log().decided() > self.pushed_decided;
-            return if due { Poll::Open } else { Poll::Wait };
+            return Poll::Open;
         };
         let mut out = Vec::new();
         while stream.in_flight.len() < PIPELINE {
             if !known {
-                // Until the secondary has answered once, its high-water mark is unknown: ask
-                // first (an empty request), ship after.
-                if stream.idle() {
-                    stream.send(ledger.batch(index, self.next, 0, 0), now, &mut out);
-                }
+                // Until the secondary has answered once, its high-water mark is unknown: the
+                // heartbeat below asks first, entries ship after.
                 break;
             }
             let waiting = (ledger.written() + 1).saturating_sub(self.next);
@@ -291,20 +311,29 @@ impl Link {
             self.pushed_decided = self.pushed_decided.max(decided);
             stream.send(request, now, &mut out);
         }
+        if stream.idle() && stream.heartbeat_at(self.heartbeat) <= now {
+            // No entries, the current decisions, answered: the first question on a new stream
+            // and the heartbeat of an idle one.
+            stream.send(ledger.batch(index, self.next, 0, 0), now, &mut out);
+        }
         Poll::Send(out)
     }
 
     /// When the driver must look again without being woken.
     pub fn wait(&self) -> Wait {
-        let waiting = self.stream.as_ref().is_some_and(|s| !s.idle());
+        let stream = self.stream.as_ref();
+        let waiting = stream.is_some_and(|s| !s.idle());
         Wait {
             waiting,
-            late_at: self
-                .stream
-                .as_ref()
+            late_at: stream
                 .filter(|_| waiting)
                 .map(|s| s.progress + self.timeout),
             retry_at: self.retry.at,
+            // Not before a backoff ends: the link sends nothing until then.
+            heartbeat_at: stream.filter(|_| !waiting).map(|s| {
+                let at = s.heartbeat_at(self.heartbeat);
+                self.retry.at.map_or(at, |retry| at.max(retry))
+            }),
         }
     }
 

@@ -23,7 +23,7 @@ use link::{Link, Poll, ReplyError};
 use replog_node::log::Log;
 use replog_node::storage::segments::Stored;
 use replog_node::storage::Record;
-use replog_proto::v1::{ReplicaState, ReplicateRequest};
+use replog_proto::v1::ReplicaState;
 use std::time::{Duration, Instant};
 
 /// Something the drivers must do.
@@ -81,6 +81,8 @@ pub struct Settings {
     pub thresholds: Thresholds,
     /// How long a reply on a stream may take (`RPC_TIMEOUT_SECONDS`).
     pub rpc_timeout: Duration,
+    /// How long an idle stream stays silent before a heartbeat (`HEARTBEAT_INTERVAL_MS`).
+    pub heartbeat_interval: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
     /// How long an append may wait for its write concern (`REPLICATION_TIMEOUT_SECONDS`; 0:
@@ -154,6 +156,7 @@ impl Core {
                     f.held,
                     Backoff::new(s.retry_base, s.retry_max),
                     s.rpc_timeout,
+                    s.heartbeat_interval,
                 )
             })
             .collect()
@@ -256,7 +259,7 @@ impl Core {
         self.ledger.next_deadline()
     }
 
-    /// A reply from secondary `index`, by its link or its heartbeat.
+    /// A reply from secondary `index` on its link.
     fn on_reply(
         &mut self,
         index: usize,
@@ -311,32 +314,17 @@ impl Core {
         }
     }
 
+    /// Link `index`'s stream showed the secondary alive without a reply (a pong while answers
+    /// are owed): contact for the health view, nothing more.
+    pub fn link_alive(&mut self, index: usize, now: Instant) {
+        self.ledger.on_alive(index, now);
+    }
+
     /// Link `index`'s stream failed: recorded for the health view; the link closes and backs
     /// off. Returns whether this is the first failure of a streak.
     pub fn link_failed(&mut self, index: usize, error: &str, now: Instant) -> bool {
         self.ledger.on_failure(index, error.to_owned());
         self.links[index].failed(now)
-    }
-
-    /// A heartbeat's request for secondary `index`: no entries, the current decisions.
-    pub fn heartbeat(&self, index: usize) -> ReplicateRequest {
-        self.ledger.batch(index, u64::MAX, 0, 0)
-    }
-
-    /// A heartbeat's answer: `Ok` with the reply, or why the call failed.
-    pub fn heartbeat_answered(
-        &mut self,
-        index: usize,
-        answer: Result<&ReplicaState, String>,
-        now: Instant,
-    ) -> Result<(), ForeignLog> {
-        match answer {
-            Ok(state) => self.on_reply(index, state, now),
-            Err(error) => {
-                self.ledger.on_failure(index, error);
-                Ok(())
-            }
-        }
     }
 
     /// A call to secondary `index` outside replication failed (recovery's questions).
@@ -455,6 +443,7 @@ pub struct Refused(pub String);
 mod tests {
     use super::*;
     use replog_node::log::new_log_id;
+    use replog_proto::v1::ReplicateRequest;
 
     fn settings() -> Settings {
         Settings {
@@ -464,12 +453,49 @@ mod tests {
                 unhealthy_after: Duration::from_secs(4),
             },
             rpc_timeout: Duration::from_secs(30),
+            heartbeat_interval: HEARTBEAT,
             retry_base: Duration::from_millis(10),
             retry_max: Duration::from_millis(100),
             replication_timeout: Duration::from_secs(10),
             quorum_decisions: false,
             cache_bytes: None,
         }
+    }
+
+    const HEARTBEAT: Duration = Duration::from_millis(500);
+
+    /// The first request link `index` sends at or after `now` (opening its stream when told
+    /// to, waiting out a backoff or the heartbeat interval): when it left, and the request.
+    fn next_request(c: &mut Core, index: usize, now: Instant) -> (Instant, ReplicateRequest) {
+        let mut at = now;
+        loop {
+            match c.poll_link(index, at, false) {
+                Poll::Open => c.link_opened(index, at),
+                Poll::Send(mut requests) if !requests.is_empty() => {
+                    return (at, requests.remove(0));
+                }
+                _ => {
+                    let wait = c.link(index).wait();
+                    at = [wait.retry_at, wait.heartbeat_at]
+                        .into_iter()
+                        .flatten()
+                        .max()
+                        .expect("a moment to look again")
+                        .max(at);
+                }
+            }
+        }
+    }
+
+    /// Secondary `index` answers `state` to its link's next request at or after `now`.
+    fn hear(
+        c: &mut Core,
+        index: usize,
+        state: &ReplicaState,
+        now: Instant,
+    ) -> Result<bool, ReplyError> {
+        let (at, _) = next_request(c, index, now);
+        c.link_reply(index, state, at)
     }
 
     fn core(now: Instant) -> Core {
@@ -514,18 +540,21 @@ mod tests {
         let refused = c.admit(later).expect_err("both unhealthy");
         assert!(refused.0.contains("no quorum: 1 of 3"), "{refused}");
         let heard = state(&c, 7, 0);
-        c.heartbeat_answered(0, Ok(&heard), later)
-            .expect("same log");
+        hear(&mut c, 0, &heard, later).expect("same log");
         assert!(c.admit(later).is_ok(), "2 of 3");
         let foreign = ReplicaState {
             log_id: "another".into(),
             ..state(&c, 8, 0)
         };
-        assert!(c.heartbeat_answered(1, Ok(&foreign), later).is_err());
+        assert_eq!(
+            hear(&mut c, 1, &foreign, later),
+            Err(ReplyError::ForeignLog("another".into()))
+        );
         let refused = c.admit(later).expect_err("a foreign log");
         assert!(refused.0.contains("s2:1 holds log another"), "{refused}");
         c.set_recovering(Some("recovering".into()));
-        c.heartbeat_answered(1, Ok(&state(&c, 8, 0)), later).ok();
+        let back = state(&c, 8, 0);
+        hear(&mut c, 1, &back, later).expect("its own log again");
         assert_eq!(c.admit(later), Err(Refused("recovering".into())));
     }
 
@@ -538,7 +567,8 @@ mod tests {
         }
         assert_eq!(c.ledger().log().decided(), 10);
         assert_eq!(c.retention_floor(now), u64::MAX, "nobody heard yet");
-        c.heartbeat_answered(0, Ok(&state(&c, 7, 4)), now).ok();
+        let s1 = state(&c, 7, 4);
+        hear(&mut c, 0, &s1, now).expect("same log");
         assert_eq!(c.retention_floor(now), 5, "s1 needs 5 on");
         let later = now + Duration::from_secs(5);
         assert_eq!(
@@ -555,16 +585,20 @@ mod tests {
             [8, 9, 10],
             "from the first retained id, which re-seeds it"
         );
-        assert_eq!(c.heartbeat(1).first_id, 8);
+        let (_, ask) = next_request(&mut c, 1, later);
+        assert_eq!(ask.first_id, 8, "the first question names it too");
     }
 
     #[test]
     fn a_restarted_secondary_wakes_its_link_only() {
         let now = Instant::now();
         let mut c = core(now);
-        c.heartbeat_answered(1, Ok(&state(&c, 1, 0)), now).ok();
+        let first = state(&c, 1, 0);
+        hear(&mut c, 1, &first, now).expect("same log");
         c.take_effects();
-        c.heartbeat_answered(1, Ok(&state(&c, 2, 0)), now).ok();
+        // The next heartbeat's answer comes from a new instance.
+        let restarted = state(&c, 2, 0);
+        hear(&mut c, 1, &restarted, now).expect("same log");
         assert_eq!(c.take_effects(), vec![Effect::Wake(Some(1))]);
     }
 

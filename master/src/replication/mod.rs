@@ -1,12 +1,11 @@
 //! Replication from the master to its secondaries: the drivers of the core's links.
 //!
 //! Each secondary gets one long-lived [`sender`] task that carries out its link's decisions
-//! ([`crate::core::link`]: batches, requests in flight, catch-up, backoff) on a stream spoken
-//! over HTTP/2 by that task itself ([`stream`]), and one [`heartbeat`] task that measures its
-//! health and pushes decisions even when no entries flow.
+//! ([`crate::core::link`]: batches, requests in flight, catch-up, heartbeats, backoff) on one
+//! stream spoken over HTTP/2 by that task itself ([`stream`]). Everything the master hears
+//! from a secondary while it serves, replies and pongs, comes on that stream.
 
 pub mod error;
-pub mod heartbeat;
 pub mod sender;
 pub mod stream;
 pub mod transport;
@@ -17,7 +16,7 @@ use crate::state::Master;
 pub use error::LinkError;
 use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
-use replog_proto::v1::{FetchReply, FetchRequest, ReplicaState, ReplicateRequest};
+use replog_proto::v1::{FetchReply, FetchRequest};
 use std::sync::Arc;
 use std::time::Duration;
 use stream::{KeepAlive, ReplicationStream};
@@ -30,7 +29,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct Peer {
     pub address: String,
-    /// For the heartbeat's and recovery's calls.
+    /// Only for recovery's `Fetch` calls, before the master serves; replication runs on the
+    /// link's own stream ([`Peer::open_stream`]).
     client: ReplicationClient<Channel>,
     token: Option<String>,
     keep_alive: KeepAlive,
@@ -39,19 +39,17 @@ pub struct Peer {
 impl Peer {
     pub fn new(address: &str, config: &Config) -> Result<Self, InvalidSettings> {
         let keep_alive = KeepAlive {
-            after: config.heartbeat_interval_ms.max(Duration::from_secs(1)),
+            after: config.heartbeat_interval_ms,
             timeout: config.suspect_after_ms,
         };
+        // Every fetch has a deadline of its own, so the channel needs no keep-alive.
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| InvalidSettings::BadSecondary {
                 address: address.to_owned(),
                 reason: e.to_string(),
             })?
             .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(keep_alive.after)
-            .keep_alive_timeout(keep_alive.timeout)
-            .keep_alive_while_idle(true);
+            .tcp_nodelay(true);
         let client = ReplicationClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -73,20 +71,6 @@ impl Peer {
             self.keep_alive,
         )
         .await
-    }
-
-    /// One replication call (entries, decisions or a heartbeat) with a deadline and the token.
-    pub async fn call(
-        &self,
-        request: ReplicateRequest,
-        timeout: Duration,
-    ) -> Result<ReplicaState, tonic::Status> {
-        let request = self.request(request, timeout);
-        self.client
-            .clone()
-            .replicate(request)
-            .await
-            .map(tonic::Response::into_inner)
     }
 
     /// Reads the secondary's state and entries without changing anything (recovery).
@@ -121,20 +105,11 @@ pub fn peers(config: &Config) -> Result<Arc<[Peer]>, InvalidSettings> {
         .collect()
 }
 
-/// Starts the sender and heartbeat tasks of every secondary.
-pub fn spawn(master: &Arc<Master>, peers: &Arc<[Peer]>) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    for index in 0..peers.len() {
-        tasks.push(tokio::spawn(sender::run(
-            master.clone(),
-            peers[index].clone(),
-            index,
-        )));
-        tasks.push(tokio::spawn(heartbeat::run(
-            master.clone(),
-            peers.clone(),
-            index,
-        )));
-    }
-    tasks
+/// Starts the sender task of every secondary.
+pub fn spawn(master: &Arc<Master>, peers: &[Peer]) -> Vec<tokio::task::JoinHandle<()>> {
+    peers
+        .iter()
+        .enumerate()
+        .map(|(index, peer)| tokio::spawn(sender::run(master.clone(), peer.clone(), index)))
+        .collect()
 }

@@ -1,10 +1,12 @@
 //! The driver of one secondary's link: carries out [`crate::core::link`]'s decisions on a
-//! stream of its [`Transport`] and reports back what happened (opened, a reply, a failure).
+//! stream of its [`Transport`] and reports back what happened (opened, a reply, a sign of life,
+//! a failure). It keeps a stream open at all times, heartbeats included, so it is the one way
+//! the master hears each secondary while it serves.
 //!
 //! A push of decisions alone leaves after the clients' answers to the appends it decides, in
 //! the same busy stretch of the master's thread ([`DECISION_DEFERRALS`]).
 
-use super::transport::{Stream, Transport};
+use super::transport::{Heard, Stream, Transport};
 use super::LinkError;
 use crate::core::link::{Poll, ReplyError, MAX_BATCH_BYTES, MAX_BATCH_ENTRIES};
 use crate::state::Master;
@@ -90,8 +92,11 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
         tokio::select! {
             biased;
             _ = master.shutdown.cancelled() => return,
-            reply = next_reply(&mut stream, wait.waiting) => match reply {
-                Ok(state) => took(&master, peer, index, &mut stream, &state),
+            heard = next_reply(&mut stream, wait.waiting) => match heard {
+                Ok(Heard::Reply(state)) => took(&master, peer, index, &mut stream, &state),
+                Ok(Heard::Alive) => {
+                    master.update(|core| core.link_alive(index, Instant::now().into_std()));
+                }
                 Err(error) => failed(&master, peer, index, &mut stream, &error),
             },
             _ = sleep_until(at(wait.late_at)), if wait.late_at.is_some() => {
@@ -99,6 +104,7 @@ pub async fn run<T: Transport>(master: Arc<Master>, peer: T, index: usize) {
             }
             _ = master.wake(index).notified() => {}
             _ = sleep_until(at(wait.retry_at)), if wait.retry_at.is_some() => {}
+            _ = sleep_until(at(wait.heartbeat_at)), if wait.heartbeat_at.is_some() => {}
         }
     }
 }
@@ -196,13 +202,10 @@ fn failed_logged<T: Transport>(
     *stream = None;
 }
 
-/// The next answer on the open stream. Polled whenever a stream is open, so that the stream's
+/// What the open stream brings next. Polled whenever a stream is open, so that the stream's
 /// connection is driven: requests queued by [`Stream::send`] are written, the secondary's
 /// frames are answered, and a reply nobody waits for is a broken stream.
-async fn next_reply<S: Stream>(
-    stream: &mut Option<S>,
-    waiting: bool,
-) -> Result<ReplicaState, LinkError> {
+async fn next_reply<S: Stream>(stream: &mut Option<S>, waiting: bool) -> Result<Heard, LinkError> {
     match stream.as_mut() {
         Some(open) => open.reply(waiting).await,
         None => std::future::pending().await,

@@ -1,7 +1,7 @@
 //! The replication stream to one secondary: gRPC's `Stream` call, spoken over HTTP/2 by the
 //! sender's own task.
 //!
-//! Why not tonic's client, as for the heartbeat's calls: through tonic a batch takes three task
+//! Why not tonic's client: through tonic a batch takes three task
 //! hops on the master before it reaches the socket (the sender feeds a channel, hyper's task
 //! for the request body encodes it into the HTTP/2 stream, the connection's task writes it),
 //! and a reply takes two back (the connection's task reads it and wakes the sender). On the
@@ -17,9 +17,11 @@
 //! by [`replog_proto::framing`], and the outcome in `grpc-status`, in the answer's headers or
 //! trailers. The connection is watched as tonic's keep-alive watches one: a stream that stays
 //! silent while requests wait is pinged, and one that does not answer the ping in time counts
-//! as failed.
+//! as failed. A pong is reported ([`Heard::Alive`]): a secondary that delays its answers
+//! (`DELAY_SECONDS`) is still heard from.
 
 use super::error::LinkError;
+use super::transport::Heard;
 use bytes::{Bytes, BytesMut};
 use replog_proto::framing::{self, Decoder};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
@@ -35,7 +37,9 @@ const PATH: &str = "/replog.v1.Replication/Stream";
 /// When to ping a silent stream, and how long its answer may take.
 #[derive(Debug, Clone, Copy)]
 pub struct KeepAlive {
+    /// Silence while replies are owed before a ping (`HEARTBEAT_INTERVAL_MS`).
     pub after: Duration,
+    /// How long the pong may take (`SUSPECT_AFTER_MS`).
     pub timeout: Duration,
 }
 
@@ -126,8 +130,9 @@ impl ReplicationStream {
     }
 
     /// Drives the connection (writes what was queued, answers the secondary's frames) until the
-    /// next reply. `waiting` says whether replies are owed: only then is silence suspicious.
-    pub async fn reply(&mut self, waiting: bool) -> Result<ReplicaState, LinkError> {
+    /// next reply or pong. `waiting` says whether replies are owed: only then is silence
+    /// suspicious, and pinged.
+    pub async fn reply(&mut self, waiting: bool) -> Result<Heard, LinkError> {
         loop {
             // One deadline at a time: the ping's while none is out, then its answer's.
             let deadline = match self.pinged {
@@ -162,7 +167,7 @@ impl ReplicationStream {
         Ok(())
     }
 
-    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<ReplicaState, LinkError>> {
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<Result<Heard, LinkError>> {
         if !self.ended {
             if let Poll::Ready(ended) = Pin::new(&mut self.connection).poll(cx) {
                 self.ended = true;
@@ -175,13 +180,14 @@ impl ReplicationStream {
                     pong?;
                     self.pinged = None;
                     self.heard = Instant::now();
+                    return Poll::Ready(Ok(Heard::Alive));
                 }
             }
         }
         loop {
             if let Some(reply) = decode(&mut self.received)? {
                 self.heard = Instant::now();
-                return Poll::Ready(Ok(reply));
+                return Poll::Ready(Ok(Heard::Reply(reply)));
             }
             match self.replies.poll_data(cx) {
                 Poll::Ready(Some(Ok(chunk))) => {
@@ -190,7 +196,9 @@ impl ReplicationStream {
                     self.received.extend_from_slice(&chunk);
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error.into())),
-                Poll::Ready(None) => return self.replies.poll_trailers(cx).map(ended_stream),
+                Poll::Ready(None) => {
+                    return self.replies.poll_trailers(cx).map(|t| Err(ended_stream(t)))
+                }
                 Poll::Pending => {
                     return match self.ended {
                         true => Poll::Ready(Err(self.closed.take().unwrap_or(LinkError::Closed))),
@@ -209,14 +217,16 @@ fn decode(received: &mut BytesMut) -> Result<Option<ReplicaState>, LinkError> {
         .map_err(LinkError::Protocol)
 }
 
-/// The outcome of a stream whose replies ended: its trailers' status, an error either way (the
+/// Why a stream whose replies ended failed: its trailers' status, an error either way (the
 /// master never ends the stream, so the secondary only ends it to refuse or to stop).
-fn ended_stream(
-    trailers: Result<Option<http::HeaderMap>, h2::Error>,
-) -> Result<ReplicaState, LinkError> {
-    match trailers?.as_ref().and_then(tonic::Status::from_header_map) {
-        Some(status) if status.code() != tonic::Code::Ok => Err(LinkError::Refused(status)),
-        _ => Err(LinkError::Ended),
+fn ended_stream(trailers: Result<Option<http::HeaderMap>, h2::Error>) -> LinkError {
+    let trailers = match trailers {
+        Ok(trailers) => trailers,
+        Err(error) => return error.into(),
+    };
+    match trailers.as_ref().and_then(tonic::Status::from_header_map) {
+        Some(status) if status.code() != tonic::Code::Ok => LinkError::Refused(status),
+        _ => LinkError::Ended,
     }
 }
 
@@ -292,7 +302,7 @@ mod tests {
             "grpc-message",
             http::HeaderValue::from_static("unknown%20token"),
         );
-        let error = ended_stream(Ok(Some(trailers))).unwrap_err();
+        let error = ended_stream(Ok(Some(trailers)));
         let LinkError::Refused(status) = &error else {
             panic!("{error:?}")
         };
@@ -306,7 +316,7 @@ mod tests {
         let mut ok = http::HeaderMap::new();
         ok.insert("grpc-status", http::HeaderValue::from_static("0"));
         for trailers in [Some(ok), None] {
-            let error = ended_stream(Ok(trailers)).unwrap_err();
+            let error = ended_stream(Ok(trailers));
             assert!(matches!(error, LinkError::Ended), "{error:?}");
             assert_eq!(
                 error.to_string(),
