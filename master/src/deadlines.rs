@@ -9,15 +9,17 @@
 //! `REPLICATION_TIMEOUT_SECONDS` after the abort, then it hears "unknown".
 
 use crate::state::Master;
+use replog_node::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn run(master: Arc<Master>) {
+/// Runs the timer until `shutdown`.
+pub async fn run(master: Arc<Master>, shutdown: Shutdown) {
     loop {
         let next = master.read(|core| core.next_deadline());
         tokio::select! {
-            _ = master.shutdown.cancelled() => return,
-            _ = master.deadline_wake.notified() => continue,
+            _ = shutdown.cancelled() => return,
+            _ = master.timer().notified() => continue,
             _ = sleep_until(next) => {
                 let (aborted, unconfirmed) = master.tick(Instant::now());
                 if !aborted.is_empty() {

@@ -18,7 +18,9 @@
 
 use crate::state::Master;
 use replog_node::config::RETENTION_INTERVAL;
+use replog_node::metrics::Metrics;
 use replog_node::runtime::blocking_io;
+use replog_node::shutdown::Shutdown;
 use replog_node::storage::segments::Retention;
 use replog_node::storage::{FsyncPolicy, Record, SegmentLog};
 use std::sync::Arc;
@@ -29,12 +31,16 @@ use tokio::time::MissedTickBehavior;
 /// Records written per group commit at most.
 const MAX_GROUP: usize = 8192;
 
+/// Writes the `records` the core asks for to `file` until `shutdown` (then what is queued
+/// still), applying `retention` if there is one, and counts the writes' times in `metrics`.
 pub async fn run(
     master: Arc<Master>,
     mut file: SegmentLog,
     mut records: UnboundedReceiver<Record>,
+    retention: Option<Retention>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 ) {
-    let retention = master.config.storage.retention();
     let mut retention_due = tokio::time::interval(RETENTION_INTERVAL);
     retention_due.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -48,7 +54,7 @@ pub async fn run(
                 file = back;
                 continue;
             }
-            _ = master.shutdown.cancelled() => records.try_recv().ok(),
+            _ = shutdown.cancelled() => records.try_recv().ok(),
         };
         let Some(first) = first else { return };
         let mut group = vec![first];
@@ -100,7 +106,7 @@ pub async fn run(
             };
             file = back;
         }
-        master.metrics.log_write(started.elapsed());
+        metrics.log_write(started.elapsed());
         master.update(|core| core.on_persisted(entries_upto, &tombstones));
     }
 }

@@ -10,11 +10,13 @@
 
 use crate::core::health::Status;
 use crate::state::Master;
+use replog_node::shutdown::Shutdown;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::time::MissedTickBehavior;
 
-pub async fn run(master: Arc<Master>) {
+/// Runs the pulse until `shutdown`.
+pub async fn run(master: Arc<Master>, shutdown: Shutdown) {
     let (every, secondaries) = master.read(|core| {
         let settings = core.settings();
         (settings.thresholds.pulse(), settings.secondaries.clone())
@@ -24,7 +26,7 @@ pub async fn run(master: Arc<Master>) {
     let mut told: Vec<Option<Status>> = vec![None; secondaries.len()];
     loop {
         tokio::select! {
-            _ = master.shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
         }
         let seen: Vec<(Status, u64)> = master.update(|core| {

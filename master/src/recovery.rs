@@ -35,10 +35,12 @@ use crate::replication::Peer;
 use crate::state::Master;
 use replog_node::failover::vouches;
 use replog_node::log::Log;
+use replog_node::shutdown::Shutdown;
 use replog_node::storage::record::last_term;
 use replog_node::storage::{Record, SegmentLog};
 use replog_proto::v1::{FetchRequest, ReplicaState};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Entries asked for per `Fetch` call.
@@ -313,16 +315,35 @@ pub enum Recovery {
     Stopped,
 }
 
+/// Whom recovery asks, how it decides, and how long it waits for an answer.
+pub struct Asking {
+    /// The secondaries, in the order of their indexes.
+    pub peers: Arc<[Peer]>,
+    /// Failover mode: [`plan_failover`] decides, not [`plan`].
+    pub failover: bool,
+    /// How long a secondary may take to say what it holds (`SUSPECT_AFTER_MS`).
+    pub ask_within: Duration,
+    /// How long one batch copied from a secondary may take (`RPC_TIMEOUT_SECONDS`).
+    pub copy_within: Duration,
+}
+
 /// Recovers the log as [`plan`] (in failover mode [`plan_failover`]) says and makes it
-/// durable; returns it for the caller to serve.
+/// durable, unless `shutdown` comes first; returns it for the caller to serve.
 pub async fn run(
     master: &Master,
-    peers: &[Peer],
+    shutdown: &Shutdown,
+    asking: &Asking,
     mut log: Log,
     mut file: Option<SegmentLog>,
     mut doubt: Option<String>,
 ) -> Recovery {
-    let failover = master.config.failover.is_some();
+    let Asking {
+        peers,
+        failover,
+        ask_within,
+        copy_within,
+    } = asking;
+    let failover = *failover;
     if let Some(doubt) = &doubt {
         tracing::warn!(%doubt, "the log may be incomplete: recovering it from the secondaries before taking appends");
     }
@@ -332,7 +353,6 @@ pub async fn run(
         .map_or(&[][..], SegmentLog::master_starts)
         .to_vec();
     let addresses: Vec<String> = peers.iter().map(|p| p.address.clone()).collect();
-    let timeout = master.config.suspect_after_ms;
     let mut heard: Vec<Option<Heard>> = vec![None; peers.len()];
     let mut records = Vec::new();
     loop {
@@ -344,8 +364,8 @@ pub async fn run(
                 tombstones: true,
             };
             let reply = tokio::select! {
-                _ = master.shutdown.cancelled() => return Recovery::Stopped,
-                reply = peer.fetch(request, timeout) => reply,
+                _ = shutdown.cancelled() => return Recovery::Stopped,
+                reply = peer.fetch(request, *ask_within) => reply,
             };
             match reply {
                 Ok(reply) => {
@@ -419,7 +439,7 @@ pub async fn run(
                     log = log.renamed_empty(log_id.clone());
                     records.push(Record::Meta { log_id });
                 }
-                match copy(master, &peers[source], &mut log, upto, &mut records).await {
+                match copy(&peers[source], *copy_within, &mut log, upto, &mut records).await {
                     Ok(()) => break,
                     Err(error) => {
                         tracing::warn!(secondary = %addresses[source], %error, "recovery: copying failed; asking again");
@@ -432,7 +452,7 @@ pub async fn run(
             }
         }
         tokio::select! {
-            _ = master.shutdown.cancelled() => return Recovery::Stopped,
+            _ = shutdown.cancelled() => return Recovery::Stopped,
             _ = tokio::time::sleep(ROUND) => {}
         }
     }
@@ -522,10 +542,11 @@ enum CopyError {
     NotUtf8(u64),
 }
 
-/// Copies the entries after `log`'s last one up to `upto` from secondary `source`, in batches.
+/// Copies the entries after `log`'s last one up to `upto` from `peer`, in batches, each within
+/// `timeout`.
 async fn copy(
-    master: &Master,
     peer: &Peer,
+    timeout: Duration,
     log: &mut Log,
     upto: u64,
     records: &mut Vec<Record>,
@@ -538,7 +559,7 @@ async fn copy(
             tombstones: false,
         };
         let reply = peer
-            .fetch(request, master.config.rpc_timeout_seconds)
+            .fetch(request, timeout)
             .await
             .map_err(CopyError::Fetch)?;
         if reply.entries.is_empty() {

@@ -19,6 +19,7 @@ use replog_node::api::connections::Threads;
 use replog_node::config::Opened;
 use replog_node::failover::MasterRole;
 use replog_node::log::{new_log_id, Log};
+use replog_node::metrics::Metrics;
 use replog_node::shutdown::{Phases, Shutdown};
 use replog_node::storage::{Record, SegmentLog};
 use std::sync::Arc;
@@ -51,17 +52,37 @@ pub async fn run(
         Log::new(log.log_id().to_owned())
     };
     let peers = replication::peers(&config)?;
-    let master = Arc::new(Master::new(config, shown, phases.clone()));
+    let metrics = Arc::new(Metrics::default());
+    let stop = phases.stop.clone();
+    let master = Arc::new(Master::new(
+        config.clone(),
+        shown,
+        phases.clone(),
+        metrics.clone(),
+    ));
     master.set_known(complete);
     master.set_recovering(Some(match doubt {
         Some(_) => "recovering: asking the secondaries what they hold".into(),
         None => "starting: asking the secondaries what they hold".into(),
     }));
+    let asking = recovery::Asking {
+        peers: peers.clone(),
+        failover: role.is_some(),
+        ask_within: config.suspect_after_ms,
+        copy_within: config.rpc_timeout_seconds,
+    };
+    let serving = Serving {
+        config: config.clone(),
+        peers,
+        stop: stop.clone(),
+        metrics: metrics.clone(),
+    };
     let recovering = master.clone();
     let mut tasks = vec![
-        tokio::spawn(deadlines::run(master.clone())),
+        tokio::spawn(deadlines::run(master.clone(), stop.clone())),
         tokio::spawn(async move {
-            let recovered = match recovery::run(&recovering, &peers, log, file, doubt).await {
+            let recovery = recovery::run(&recovering, &serving.stop, &asking, log, file, doubt);
+            let recovered = match recovery.await {
                 recovery::Recovery::Serve(recovered) => *recovered,
                 recovery::Recovery::Yield(reason) => {
                     tracing::warn!(%reason, "giving up the mastership");
@@ -70,7 +91,7 @@ pub async fn run(
                 }
                 recovery::Recovery::Stopped => return,
             };
-            match serve_log(&recovering, &peers, recovered) {
+            match serve_log(&recovering, &serving, recovered) {
                 Ok(tasks) => {
                     for task in tasks {
                         let _ = task.await;
@@ -88,7 +109,7 @@ pub async fn run(
         }),
     ];
     if let Some(role) = role {
-        tasks.push(tokio::spawn(watch_role(master.clone(), role)));
+        tasks.push(tokio::spawn(watch_role(master.clone(), role, stop)));
     }
 
     let address = listener.local_addr()?;
@@ -97,10 +118,10 @@ pub async fn run(
         master.clone(),
         axum::Router::new(),
         phases.draining.clone(),
-        &master.config.limits,
+        &config.limits,
     );
-    let limits = master.config.limits.clone();
-    let threads = Threads::start(master.config.runtime.connection_threads, &master.metrics)?;
+    let threads = Threads::start(config.runtime.connection_threads, &metrics)?;
+    let limits = config.limits;
     let serving = replog_node::api::serve(listener, app, phases.draining.clone(), limits, threads);
     let served = phases
         .drain(serving)
@@ -120,7 +141,7 @@ pub async fn run(
 
 /// Failover mode: ends the role when the node is deposed or, should that news come late, when
 /// the lease lapses (the node must then give the mastership up).
-async fn watch_role(master: Arc<Master>, role: MasterRole) {
+async fn watch_role(master: Arc<Master>, role: MasterRole, shutdown: Shutdown) {
     let why = loop {
         let left = role.gate.remaining(Instant::now());
         if left.is_zero() {
@@ -129,20 +150,36 @@ async fn watch_role(master: Arc<Master>, role: MasterRole) {
         tokio::select! {
             biased;
             _ = role.depose.cancelled() => break Ended::Deposed,
-            _ = master.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(left) => {}
         }
     };
     master.end_role(why);
 }
 
+/// What the tasks that start once the log is recovered are given besides the core.
+struct Serving {
+    config: Config,
+    peers: Arc<[Peer]>,
+    /// Stops every task.
+    stop: Shutdown,
+    metrics: Arc<Metrics>,
+}
+
 /// Starts serving the recovered log: numbers this master process above the recovered `floor`,
-/// installs the log in the core and starts replication and (with `DATA_DIR`) the journal.
-pub fn serve_log(
+/// installs the log in the core and starts replication, the pulse and (with `DATA_DIR`) the
+/// journal.
+fn serve_log(
     master: &Arc<Master>,
-    peers: &Arc<[Peer]>,
+    serving: &Serving,
     recovered: recovery::Recovered,
 ) -> Result<Vec<JoinHandle<()>>, Error> {
+    let Serving {
+        config,
+        peers,
+        stop,
+        metrics,
+    } = serving;
     let recovery::Recovered {
         log,
         mut file,
@@ -150,7 +187,7 @@ pub fn serve_log(
     } = recovered;
     let recovered = log.last_id();
     // In failover mode the term is the process's number: new, or the role must not serve.
-    let term = master.config.failover.as_ref().map(|role| role.term);
+    let term = config.failover.as_ref().map(|role| role.term);
     let (starts, journal, records) = match file.as_mut() {
         Some(file) => {
             start_instance(file, recovered, floor, term)?;
@@ -165,8 +202,8 @@ pub fn serve_log(
     tracing::info!(
         log_id = log.log_id(),
         last_id = recovered,
-        secondaries = ?master.config.secondaries,
-        timeout = ?master.config.replication_timeout_seconds,
+        secondaries = ?config.secondaries,
+        timeout = ?config.replication_timeout_seconds,
         durable = file.is_some(),
         instance,
         "master serving"
@@ -174,10 +211,18 @@ pub fn serve_log(
     master.install(log, journal, &starts);
     master.set_known(true);
     master.set_recovering(None);
-    let mut tasks = replication::spawn(master, peers);
-    tasks.push(tokio::spawn(pulse::run(master.clone())));
+    let rpc_timeout = config.rpc_timeout_seconds;
+    let mut tasks = replication::spawn(master, peers, stop, metrics, rpc_timeout);
+    tasks.push(tokio::spawn(pulse::run(master.clone(), stop.clone())));
     if let (Some(file), Some(records)) = (file, records) {
-        tasks.push(tokio::spawn(journal::run(master.clone(), file, records)));
+        tasks.push(tokio::spawn(journal::run(
+            master.clone(),
+            file,
+            records,
+            config.storage.retention(),
+            stop.clone(),
+            metrics.clone(),
+        )));
     }
     Ok(tasks)
 }

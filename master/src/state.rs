@@ -1,6 +1,9 @@
 //! The master's driver state: the [`Core`] behind one mutex, with the channels that carry out
-//! its effects (the clients' verdicts, the journal, the link drivers' wake-ups), shared as one
-//! `Arc` by the API, the link drivers, the journal and the timer.
+//! its effects (the clients' verdicts, the journal, the link drivers' and the timer's
+//! wake-ups), and the API's side of the master (admission, answers, health). The drivers share
+//! it as one `Arc` to read and change the core ([`Master::read`], [`Master::update`]) and to
+//! wait for their wake-ups; whatever else a driver needs (the stop signal, the metrics, its
+//! settings) it is given when it is started, not read from here.
 
 use crate::answers::{self, Verdict, Waiters};
 use crate::config::Config;
@@ -13,7 +16,7 @@ use replog_node::metrics::Metrics;
 use replog_node::shutdown::{Phases, Shutdown};
 use replog_node::storage::Record;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{watch, Notify, Semaphore};
@@ -37,19 +40,21 @@ pub enum Ended {
 }
 
 pub struct Master {
-    pub config: Config,
+    /// For the API: limits, write concerns, timeouts, the failover role.
+    config: Config,
     /// The order of the master's stop; `shutdown` is its last phase.
-    pub phases: Phases,
+    phases: Phases,
     /// Idempotency keys of recent appends.
     keys: Keys,
     inner: Mutex<Inner>,
     /// Wakes each link's driver: new entries, new decisions, a restarted secondary.
     wakes: Vec<Notify>,
     /// Wakes the timer when a pending append with a deadline arrives.
-    pub deadline_wake: Notify,
+    timer: Notify,
     /// The highest visible id, for `Watch` streams.
     visible: watch::Sender<u64>,
-    pub shutdown: Shutdown,
+    /// Cancelled to stop every task (a storage failure, the end of the master role).
+    shutdown: Shutdown,
     /// Set when the journal failed: the process stops with an error.
     storage_failed: AtomicBool,
     /// One permit per append allowed to wait at once (`MAX_PENDING_APPENDS`).
@@ -60,7 +65,7 @@ pub struct Master {
     known: AtomicBool,
     /// Failover mode: why the role ended, once it did (the first reason wins).
     ended: OnceLock<Ended>,
-    pub metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 /// What the mutex guards: the core and where its effects go.
@@ -71,7 +76,9 @@ struct Inner {
 }
 
 impl Master {
-    pub fn new(config: Config, log: Log, phases: Phases) -> Self {
+    /// A master over `log` (until another is installed, [`Master::install`]) that stops in
+    /// `phases` and counts into `metrics`.
+    pub fn new(config: Config, log: Log, phases: Phases, metrics: Arc<Metrics>) -> Self {
         let core = Core::new(
             Settings::from_config(&config),
             log,
@@ -88,7 +95,7 @@ impl Master {
                 journal: None,
             }),
             wakes: config.secondaries.iter().map(|_| Notify::new()).collect(),
-            deadline_wake: Notify::new(),
+            timer: Notify::new(),
             visible,
             shutdown: phases.stop.clone(),
             phases,
@@ -97,7 +104,7 @@ impl Master {
             append_slots: Semaphore::new(config.limits.max_pending_appends),
             known: AtomicBool::new(true),
             ended: OnceLock::new(),
-            metrics: Metrics::default(),
+            metrics,
             config,
         }
     }
@@ -194,7 +201,7 @@ impl Master {
                 Effect::Answer { id, progress } => waiters.answer(id, progress),
                 Effect::Wake(Some(index)) => self.wakes[index].notify_one(),
                 Effect::Wake(None) => self.wakes.iter().for_each(Notify::notify_one),
-                Effect::Timer => self.deadline_wake.notify_one(),
+                Effect::Timer => self.timer.notify_one(),
             }
         }
         let upto = core.ledger().log().visible_upto();
@@ -215,6 +222,12 @@ impl Master {
     /// The driver of link `index` waits on this for something to send.
     pub fn wake(&self, index: usize) -> &Notify {
         &self.wakes[index]
+    }
+
+    /// The deadline timer waits on this for an append whose deadline comes before any it knew
+    /// of.
+    pub fn timer(&self) -> &Notify {
+        &self.timer
     }
 
     /// Starts over with `log`: see [`Core::install`]. `journal` is where its records go.

@@ -10,12 +10,13 @@
 use clap::Parser;
 use replog_master::config::Config;
 use replog_master::core::health::Status;
-use replog_master::replication::sender;
+use replog_master::replication::sender::Sender;
 use replog_master::replication::transport::{Heard, Stream, Transport};
 use replog_master::replication::LinkError;
 use replog_master::state::Master;
 use replog_node::api::Node;
 use replog_node::log::{new_log_id, Log};
+use replog_node::metrics::Metrics;
 use replog_node::shutdown::Phases;
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use replog_secondary::replica::{Refusal, Replica};
@@ -150,13 +151,16 @@ impl Stream for MemoryStream {
 }
 
 /// A master with one in-memory secondary, serving a new log, its link driven by the real
-/// sender task.
-async fn master(memory: &Memory) -> (Arc<Master>, CancellationToken) {
+/// sender task; with its metrics, and the token that stops the sender.
+async fn master(memory: &Memory) -> (Arc<Master>, Arc<Metrics>, CancellationToken) {
     master_with(memory, &[]).await
 }
 
 /// [`master`] with `extra` settings.
-async fn master_with(memory: &Memory, extra: &[&str]) -> (Arc<Master>, CancellationToken) {
+async fn master_with(
+    memory: &Memory,
+    extra: &[&str],
+) -> (Arc<Master>, Arc<Metrics>, CancellationToken) {
     let mut args = vec![
         "master",
         "--secondaries",
@@ -172,13 +176,28 @@ async fn master_with(memory: &Memory, extra: &[&str]) -> (Arc<Master>, Cancellat
     let config = Config::try_parse_from(args).expect("valid settings");
     let log_id = new_log_id();
     *memory.replica.lock().unwrap() = Some(Replica::new(Log::new(log_id.clone())));
+    let rpc_timeout = config.rpc_timeout_seconds;
     let stop = CancellationToken::new();
     let phases = Phases::after(stop.clone(), Duration::from_millis(100));
-    let master = Arc::new(Master::new(config, Log::new(log_id.clone()), phases));
+    let metrics = Arc::new(Metrics::default());
+    let master = Arc::new(Master::new(
+        config,
+        Log::new(log_id.clone()),
+        phases,
+        metrics.clone(),
+    ));
     master.install(Log::new(log_id), None, &[(1, 0)]);
     master.set_recovering(None);
-    tokio::spawn(sender::run(master.clone(), memory.clone(), 0));
-    (master, stop)
+    let sender = Sender {
+        master: master.clone(),
+        peer: memory.clone(),
+        index: 0,
+        shutdown: stop.clone(),
+        metrics: metrics.clone(),
+        rpc_timeout,
+    };
+    tokio::spawn(sender.run());
+    (master, metrics, stop)
 }
 
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
@@ -192,7 +211,7 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test]
 async fn appends_commit_through_the_driver_and_decisions_go_quiet() {
     let memory = Memory::default();
-    let (master, stop) = master(&memory).await;
+    let (master, _, stop) = master(&memory).await;
     for i in 1..=20u64 {
         let id = master
             .append(format!("m{i}"), Some(2), None)
@@ -222,7 +241,7 @@ async fn a_broken_stream_is_reopened_and_resent_from_the_high_water_mark() {
     let memory = Memory::default();
     memory.break_after.store(2, Ordering::SeqCst);
     memory.refuse_opens.store(2, Ordering::SeqCst);
-    let (master, stop) = master(&memory).await;
+    let (master, _, stop) = master(&memory).await;
     for i in 1..=10u64 {
         let id = master.append(format!("m{i}"), Some(2), None).await;
         assert_eq!(id.expect("committed"), i);
@@ -289,7 +308,7 @@ const FAST_HEALTH: [&str; 8] = [
 #[tokio::test(start_paused = true)]
 async fn an_idle_link_heartbeats_and_a_stream_that_stops_answering_is_reopened() {
     let memory = Memory::default();
-    let (master, stop) = master_with(&memory, &FAST_HEALTH).await;
+    let (master, metrics, stop) = master_with(&memory, &FAST_HEALTH).await;
     wait_for("the first question answered", || seen(&master).0.is_some()).await;
     // The secondary restarts empty: with no append, the next heartbeat shows it.
     let log_id = master.read(|core| core.ledger().log().log_id().to_owned());
@@ -335,13 +354,19 @@ async fn an_idle_link_heartbeats_and_a_stream_that_stops_answering_is_reopened()
     memory.silent.store(false, Ordering::SeqCst);
     wait_for("healthy again", || status(&master) == Status::Healthy).await;
     assert_eq!(seen(&master).2, None, "an answer clears the last error");
+    assert!(
+        metrics
+            .render()
+            .contains("replog_replication_retries_total{secondary=\"memory\"}"),
+        "the failures were counted"
+    );
     stop.cancel();
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_secondary_that_holds_its_answers_back_is_alive_through_its_pongs() {
     let memory = Memory::default();
-    let (master, stop) = master_with(&memory, &FAST_HEALTH).await;
+    let (master, _, stop) = master_with(&memory, &FAST_HEALTH).await;
     wait_for("the first question answered", || seen(&master).0.is_some()).await;
     memory.delayed.store(true, Ordering::SeqCst);
     let append = {

@@ -6,7 +6,8 @@
 //! that failed, time passing) and answers with [`Effect`]s for the drivers to carry out (make a
 //! record durable, answer a client, wake a link), in the manner of raft-rs's `RawNode` and
 //! openraft's `Engine`. The drivers (`crate::state`, `crate::replication`, `crate::journal`,
-//! `crate::deadlines`) hold the sockets, files and channels, and nothing here waits for them;
+//! `crate::deadlines`, `crate::pulse`) hold the sockets, files, clocks and channels, and
+//! nothing here waits for them;
 //! so everything here is tested as plain values, the model test included
 //! (`master/tests/replication_model.rs`).
 

@@ -14,9 +14,12 @@ use crate::config::Config;
 use crate::error::InvalidSettings;
 use crate::state::Master;
 pub use error::LinkError;
+use replog_node::metrics::Metrics;
+use replog_node::shutdown::Shutdown;
 use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::{FetchReply, FetchRequest};
+use sender::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 use stream::{KeepAlive, ReplicationStream};
@@ -105,11 +108,28 @@ pub fn peers(config: &Config) -> Result<Arc<[Peer]>, InvalidSettings> {
         .collect()
 }
 
-/// Starts the sender task of every secondary.
-pub fn spawn(master: &Arc<Master>, peers: &[Peer]) -> Vec<tokio::task::JoinHandle<()>> {
+/// Starts the sender task of every secondary, each stopped by `shutdown`, counting into
+/// `metrics`, and waiting `rpc_timeout` for an answer (`RPC_TIMEOUT_SECONDS`).
+pub fn spawn(
+    master: &Arc<Master>,
+    peers: &[Peer],
+    shutdown: &Shutdown,
+    metrics: &Arc<Metrics>,
+    rpc_timeout: Duration,
+) -> Vec<tokio::task::JoinHandle<()>> {
     peers
         .iter()
         .enumerate()
-        .map(|(index, peer)| tokio::spawn(sender::run(master.clone(), peer.clone(), index)))
+        .map(|(index, peer)| {
+            let sender = Sender {
+                master: master.clone(),
+                peer: peer.clone(),
+                index,
+                shutdown: shutdown.clone(),
+                metrics: metrics.clone(),
+                rpc_timeout,
+            };
+            tokio::spawn(sender.run())
+        })
         .collect()
 }
