@@ -331,6 +331,19 @@ impl Cluster {
         Cluster::start_with(secondaries, MasterOpts::new().envs(master_env)).await
     }
 
+    /// [`Cluster::start`] with the nodes in process ([`ClusterBuilder::in_process`]).
+    pub async fn start_in_process(
+        secondaries: Vec<SecondaryOpts>,
+        master_env: &[(&str, &str)],
+    ) -> Cluster {
+        Cluster::builder()
+            .in_process()
+            .secondaries(secondaries)
+            .master(MasterOpts::new().envs(master_env))
+            .start()
+            .await
+    }
+
     /// [`Cluster::start`] with the master described by [`MasterOpts`] (e.g. durable).
     pub async fn start_with(secondaries: Vec<SecondaryOpts>, master: MasterOpts) -> Cluster {
         Cluster::builder()

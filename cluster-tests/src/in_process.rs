@@ -3,7 +3,8 @@
 //!
 //! Every port is bound on `127.0.0.1:0` first and only then handed to the nodes (the master's
 //! `SECONDARIES` and the secondaries' `MASTER` name ports already held), so there is no race
-//! for a port and nothing to start over. The node's settings are the same list a process would
+//! for a port and nothing to start over. A socket listens only once its node starts: a node
+//! not started yet refuses connections, as a process that does not run would. The node's settings are the same list a process would
 //! get in its environment, parsed by the binary's own `clap` configuration as command-line
 //! flags (`HEARTBEAT_INTERVAL_MS=100` is `--heartbeat-interval-ms=100`) with the environment
 //! left out, so that the shell running the tests cannot change a node. The server is the
@@ -33,11 +34,13 @@ use futures::FutureExt;
 use replog_node::shutdown::Shutdown;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio::net::TcpSocket;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -47,20 +50,26 @@ pub const LOG_FILE: &str = "in-process.log";
 /// Settings only a process reads (its logging, from its environment): passed over here.
 const PROCESS_ONLY: &[&str] = &["RUST_LOG", "NO_COLOR"];
 
-/// A node's listeners: HTTP, and gRPC for a secondary.
+/// A node's ports, bound: HTTP, and gRPC for a secondary. The sockets listen only once the node
+/// starts, so that until then connections to them are refused, as they are to a process that
+/// does not run.
 pub(crate) struct Listeners {
-    http: std::net::TcpListener,
-    grpc: Option<std::net::TcpListener>,
+    http: TcpSocket,
+    grpc: Option<TcpSocket>,
 }
 
+/// Connections a node's listener queues before it accepts them (tokio's own default).
+const BACKLOG: u32 = 1024;
+
 impl Listeners {
-    /// Binds `127.0.0.1:<http>` (and `<grpc>`); port 0 takes a free one. The standard library
-    /// sets `SO_REUSEADDR`, so a node that stopped can bind its ports again at once.
+    /// Binds `127.0.0.1:<http>` (and `<grpc>`) with `SO_REUSEADDR`, so that a node that stopped
+    /// can bind its ports again at once; port 0 takes a free one.
     pub(crate) fn bind(http: u16, grpc: Option<u16>) -> std::io::Result<Listeners> {
         let bind = |port: u16| {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
-            listener.set_nonblocking(true)?;
-            Ok::<_, std::io::Error>(listener)
+            let socket = TcpSocket::new_v4()?;
+            socket.set_reuseaddr(true)?;
+            socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
+            Ok::<_, std::io::Error>(socket)
         };
         Ok(Listeners {
             http: bind(http)?,
@@ -106,7 +115,7 @@ impl Task {
         log_to(log_path).map_err(spawn_failed)?;
         let shutdown = Shutdown::new();
         let stop = shutdown.clone();
-        let http = tokio::net::TcpListener::from_std(listeners.http).map_err(spawn_failed)?;
+        let http = listeners.http.listen(BACKLOG).map_err(spawn_failed)?;
         let served = match binary {
             Binary::Master => {
                 let config: replog_master::config::Config =
@@ -127,7 +136,7 @@ impl Task {
                 let grpc = listeners
                     .grpc
                     .ok_or_else(|| refused("a secondary needs its gRPC listener".into()))?;
-                let grpc = tokio::net::TcpListener::from_std(grpc).map_err(spawn_failed)?;
+                let grpc = grpc.listen(BACKLOG).map_err(spawn_failed)?;
                 async move {
                     match replog_secondary::server::run(config, http, grpc, stop).await {
                         Ok(()) => Ok("stopped".to_owned()),

@@ -59,8 +59,9 @@ async fn in_process_nodes_answer_the_same_helpers_as_processes() {
     assert!(signal.is_err(), "an in-process node has no pid");
 }
 
-/// An in-process node stops through its shutdown token and starts again on the same ports;
-/// a durable one keeps its log, under the data root given, across the restart.
+/// An in-process node stops through its shutdown token (and then refuses connections, as a
+/// process that does not run) and starts again on the same ports; a durable one keeps its log,
+/// under the data root given, across the restart.
 #[tokio::test]
 async fn in_process_nodes_shut_down_and_start_again_on_their_ports() {
     let data = fresh_log_dir().join("data");
@@ -78,6 +79,15 @@ async fn in_process_nodes_shut_down_and_start_again_on_their_ports() {
     let stopped = cluster.secondaries[1].shut_down(GRACE).await;
     assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
     assert!(!cluster.secondaries[1].is_running());
+    let refused = cluster
+        .client
+        .get(cluster.secondaries[1].url("/health"))
+        .send()
+        .await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.is_connect()),
+        "a stopped node refuses connections: {refused:?}"
+    );
     let (status, body) = cluster.append("while one is down", Some(2)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
@@ -96,6 +106,27 @@ async fn in_process_nodes_shut_down_and_start_again_on_their_ports() {
         let dir = data.join(format!("{name}-data"));
         assert!(has_segments(&dir), "no segment file in {}", dir.display());
     }
+}
+
+/// An in-process node described but not started holds its ports without listening: it refuses
+/// connections until it starts, as a process that does not run yet.
+#[tokio::test]
+async fn an_in_process_node_not_started_refuses_connections() {
+    let mut cluster = Cluster::start_in_process(
+        vec![SecondaryOpts::new(), SecondaryOpts::new().not_started()],
+        &STEADY_HEALTH,
+    )
+    .await;
+    let late = &cluster.secondaries[1];
+    let refused = cluster.client.get(late.url("/health")).send().await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.is_connect()),
+        "{refused:?}"
+    );
+    cluster.secondaries[1].start();
+    cluster.wait_ready().await;
+    let (status, body) = cluster.append("all three", Some(3)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 /// Processes from a given binary directory, logs in a given directory, settings for every

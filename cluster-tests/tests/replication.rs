@@ -39,7 +39,7 @@ async fn wait_exactly(cluster: &Cluster, timeout: Duration, expected: &[(u64, &s
 
 #[tokio::test]
 async fn post_returns_only_after_every_secondary_holds_it() {
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_in_process(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
         &STEADY_HEALTH,
     )
@@ -242,7 +242,7 @@ async fn secondary_slower_than_the_timeout_aborts_and_never_shows_it() {
 
 #[tokio::test]
 async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_in_process(
         vec![SecondaryOpts::new(), SecondaryOpts::new()],
         &STEADY_HEALTH,
     )

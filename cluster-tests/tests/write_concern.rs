@@ -9,7 +9,7 @@ const AT_ONCE: Duration = Duration::from_millis(500);
 
 #[tokio::test]
 async fn low_w_answers_at_once_while_w3_waits_for_the_missing_secondary() {
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_in_process(
         vec![SecondaryOpts::new(), SecondaryOpts::new().not_started()],
         &steady_health(&[("REPLICATION_TIMEOUT_SECONDS", "0")]),
     )
@@ -84,7 +84,7 @@ async fn low_w_answers_at_once_while_w3_waits_for_the_missing_secondary() {
 async fn concurrent_clients_see_one_total_order() {
     const CLIENTS: usize = 3;
     const PER_CLIENT: usize = 20;
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_in_process(
         vec![
             SecondaryOpts::new().env("DELAY_SECONDS", "0.2"),
             SecondaryOpts::new(),
