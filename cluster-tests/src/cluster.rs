@@ -10,62 +10,51 @@ use crate::{
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How to start one secondary.
-#[derive(Debug, Clone, Default)]
-pub struct SecondaryOpts {
+/// How to start one node of a [`Cluster`]: [`SecondaryOpts`] or [`MasterOpts`].
+#[derive(Debug, Clone)]
+pub struct NodeOpts<Kind> {
     env: Vec<(String, String)>,
     not_started: bool,
     durable: bool,
+    kind: PhantomData<Kind>,
 }
 
-impl SecondaryOpts {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// An extra setting, e.g. `("DELAY_SECONDS", "1")` or `("ERROR_RATE", "0.3")`.
-    pub fn env(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Several extra settings.
-    pub fn envs<K: AsRef<str>, V: AsRef<str>>(mut self, pairs: &[(K, V)]) -> Self {
-        self.env.extend(owned(pairs));
-        self
-    }
-
-    /// Ports are chosen and the master lists it, but the node is not started (start it later
-    /// with `cluster.secondaries[i].start()`), and the cluster does not wait for it.
-    pub fn not_started(mut self) -> Self {
-        self.not_started = true;
-        self
-    }
-
-    /// Keeps the log on disk: `DATA_DIR` is `<data root>/<name>-data` (see
-    /// [`ClusterBuilder::data_root`]), with `FSYNC=always`.
-    pub fn durable(mut self) -> Self {
-        self.durable = true;
-        self
-    }
+/// The kinds of [`NodeOpts`].
+pub mod kind {
+    #[derive(Debug, Clone, Copy)]
+    pub struct Master;
+    #[derive(Debug, Clone, Copy)]
+    pub struct Secondary;
 }
+
+/// How to start one secondary.
+pub type SecondaryOpts = NodeOpts<kind::Secondary>;
 
 /// How to start the master (for [`Cluster::start_with`] and [`ClusterBuilder::master`]).
-#[derive(Debug, Clone, Default)]
-pub struct MasterOpts {
-    env: Vec<(String, String)>,
-    durable: bool,
+pub type MasterOpts = NodeOpts<kind::Master>;
+
+impl<Kind> Default for NodeOpts<Kind> {
+    fn default() -> Self {
+        NodeOpts {
+            env: Vec::new(),
+            not_started: false,
+            durable: false,
+            kind: PhantomData,
+        }
+    }
 }
 
-impl MasterOpts {
+impl<Kind> NodeOpts<Kind> {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// An extra setting, e.g. `("REPLICATION_TIMEOUT_SECONDS", "0")`.
+    /// An extra setting, e.g. `("DELAY_SECONDS", "1")` for a secondary or
+    /// `("REPLICATION_TIMEOUT_SECONDS", "0")` for the master.
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
         self
@@ -77,9 +66,19 @@ impl MasterOpts {
         self
     }
 
-    /// Keeps the log on disk: `DATA_DIR` is `<data root>/master-data`, with `FSYNC=always`.
+    /// Keeps the log on disk: `DATA_DIR` is `<data root>/<name>-data` (see
+    /// [`ClusterBuilder::data_root`]), with `FSYNC=always`.
     pub fn durable(mut self) -> Self {
         self.durable = true;
+        self
+    }
+}
+
+impl SecondaryOpts {
+    /// Ports are chosen and the master lists it, but the node is not started (start it later
+    /// with `cluster.secondaries[i].start()`), and the cluster does not wait for it.
+    pub fn not_started(mut self) -> Self {
+        self.not_started = true;
         self
     }
 }

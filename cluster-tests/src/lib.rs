@@ -45,7 +45,8 @@ pub mod sse;
 pub mod workload;
 
 pub use cluster::{
-    secondary_health, try_list, Appender, Cluster, ClusterBuilder, MasterOpts, SecondaryOpts,
+    secondary_health, try_list, Appender, Cluster, ClusterBuilder, MasterOpts, NodeOpts,
+    SecondaryOpts,
 };
 pub use node::{default_bin_dir, Backend, Binary, Node};
 pub use process::{Exited, Process};

@@ -9,7 +9,7 @@
 
 use crate::in_process::{self, Listeners, Task};
 use crate::process::{self, Exited, Process};
-use crate::StartError;
+use crate::{try_wait_for, StartError};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
@@ -308,17 +308,13 @@ impl Node {
         let exited = match self.running.take()? {
             Running::Process(mut process) => {
                 let _ = process.signal(nix::sys::signal::Signal::SIGTERM);
-                let deadline = Instant::now() + grace;
-                loop {
-                    if let Some(status) = process.exited() {
-                        break Some(status);
-                    }
-                    if Instant::now() >= deadline {
-                        break None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+                let exited = try_wait_for(grace, "the exit", || {
+                    let status = process.exited();
+                    async move { Ok::<_, std::convert::Infallible>(status) }
+                })
+                .await;
                 // Dropping the process kills what is left of it, and reaps it.
+                exited.ok()
             }
             Running::InProcess(task) => task.shut_down(grace).await.map(|(status, _)| status),
         };
