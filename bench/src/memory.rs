@@ -22,7 +22,7 @@ use hyper::{Method, StatusCode};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -231,22 +231,13 @@ async fn measure_node(
     })
 }
 
-/// Every node of `cluster`, the master first: its name, process, address and data directory.
-fn nodes(cluster: &replog::Cluster) -> Vec<(&Process, SocketAddr, Option<&Path>)> {
-    let mut list = vec![(
-        &cluster.master,
-        cluster.master_addr,
-        cluster.master_data_dir(),
-    )];
-    for (i, (process, addr)) in cluster
-        .secondaries
-        .iter()
-        .zip(&cluster.secondary_addrs)
-        .enumerate()
-    {
-        list.push((process, *addr, cluster.secondary_data_dir(i)));
-    }
-    list
+/// Every node of `cluster`, the master first: its process, address and data directory.
+fn nodes(cluster: &replog::Cluster) -> Vec<(&Process, SocketAddr, Option<PathBuf>)> {
+    cluster
+        .kit
+        .nodes()
+        .map(|node| (node.process(), node.addr(), node.data_dir()))
+        .collect()
 }
 
 /// Fills `cluster` with `messages` appends and waits until every node shows the last one: the
@@ -309,6 +300,7 @@ pub async fn check_cluster(
     let pages = page_ids(messages);
     let mut measured = Vec::new();
     for (process, addr, data_dir) in nodes(&cluster) {
+        let data_dir = data_dir.as_deref();
         measured.push(measure_node(process.name(), process, addr, &pages, data_dir).await?);
     }
     let check = MemoryCheck {

@@ -1,9 +1,12 @@
 //! Server processes the benchmark starts, and the guarantee that none outlives it.
 //!
-//! Every child is held by the test kit's [`Process`] (`cluster-tests`), which kills it on
-//! `Drop` (also while a panic unwinds) and has the kernel kill it if the bench itself dies
-//! (`PR_SET_PDEATHSIG`), so not even `kill -9` of the bench leaves servers behind. Ctrl-C or
-//! SIGTERM kills them before the bench exits ([`kill_all`]).
+//! Every child is held by the test kit's [`Process`] (`cluster-tests`; replog's nodes through
+//! the kit's cluster builder, Redis through [`spawn`]), which kills it on `Drop` (also while a
+//! panic unwinds) and has the kernel kill it if the thread that started it ends
+//! (`PR_SET_PDEATHSIG`). Every server is started from the bench's main thread, which
+//! `block_on` keeps the main future on and which lives as long as the bench, so not even
+//! `kill -9` of the bench leaves servers behind. Ctrl-C or SIGTERM kills them before the bench
+//! exits ([`kill_all`]).
 
 use anyhow::{Context, Result};
 use cluster_tests::Process;
@@ -46,16 +49,22 @@ pub fn pid(process: &Process) -> u32 {
 }
 
 /// A primary's and its replicas' pids, for [`crate::cpu`].
-pub fn group_pids(primary: &Process, replicas: &[Process]) -> crate::cpu::Processes {
+pub fn group_pids<'a>(
+    primary: &Process,
+    replicas: impl IntoIterator<Item = &'a Process>,
+) -> crate::cpu::Processes {
     crate::cpu::Processes {
         primary: pid(primary),
-        replicas: replicas.iter().map(pid).collect(),
+        replicas: replicas.into_iter().map(pid).collect(),
     }
 }
 
 /// Peak RSS of a primary, and the largest peak RSS among its replicas, in bytes.
-pub fn group_peak_rss(primary: &Process, replicas: &[Process]) -> (u64, u64) {
-    let replicas = replicas.iter().map(peak_rss).max().unwrap_or(0);
+pub fn group_peak_rss<'a>(
+    primary: &Process,
+    replicas: impl IntoIterator<Item = &'a Process>,
+) -> (u64, u64) {
+    let replicas = replicas.into_iter().map(peak_rss).max().unwrap_or(0);
     (peak_rss(primary), replicas)
 }
 

@@ -23,7 +23,6 @@ use crate::memory::{self, MemoryCheck, NodeMemory};
 use crate::resync::{self, RedisResync};
 use crate::{procs, replog, Env};
 use anyhow::{bail, Context, Result};
-use cluster_tests::Process;
 use hyper::StatusCode;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -150,8 +149,9 @@ async fn health(addr: SocketAddr) -> Result<serde_json::Value> {
 async fn restart_master(cluster: &mut replog::Cluster) -> Result<Restart> {
     let addr = cluster.master_addr;
     let entries = health(addr).await?["last_id"].as_u64().unwrap_or(0);
-    cluster.restart_master(STOP_GRACE)?;
-    let (segments, segment_bytes, active_segment_bytes) = segment_files(cluster.master_data_dir());
+    cluster.restart_master(STOP_GRACE).await?;
+    let (segments, segment_bytes, active_segment_bytes) =
+        segment_files(cluster.master_data_dir().as_deref());
     let started = Instant::now();
     let mut health_ms = None;
     let deadline = started + Duration::from_secs(120);
@@ -168,11 +168,11 @@ async fn restart_master(cluster: &mut replog::Cluster) -> Result<Restart> {
                 }
             }
         }
-        cluster.master.check_running()?;
+        cluster.kit.master.check_running()?;
         if Instant::now() > deadline {
             bail!(
                 "the restarted master was not ready within 120 s (log: {})",
-                cluster.master.log_path().display()
+                cluster.kit.master.log_path().display()
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -185,8 +185,8 @@ async fn restart_master(cluster: &mut replog::Cluster) -> Result<Restart> {
         entries,
         health_ms: health_ms.unwrap_or(ready_ms),
         ready_ms,
-        rss_mb: mb(procs::rss(&cluster.master)),
-        peak_rss_mb: mb(procs::peak_rss(&cluster.master)),
+        rss_mb: mb(procs::rss(cluster.kit.master.process())),
+        peak_rss_mb: mb(procs::peak_rss(cluster.kit.master.process())),
         segments,
         segment_bytes,
         active_segment_bytes,
@@ -199,10 +199,10 @@ async fn wipe_secondary(cluster: &mut replog::Cluster) -> Result<CatchUp> {
         .as_u64()
         .context("the master's last_id")?;
     let addr = cluster.secondary_addrs[0];
-    cluster.restart_secondary(0, STOP_GRACE, true)?;
+    cluster.restart_secondary(0, STOP_GRACE, true).await?;
     let started = Instant::now();
     let timeout = Duration::from_secs(120.max(master_last / 20_000));
-    let process: &mut Process = &mut cluster.secondaries[0];
+    let node = &mut cluster.kit.secondaries[0];
     let deadline = started + timeout;
     loop {
         if let Ok(view) = health(addr).await {
@@ -210,23 +210,23 @@ async fn wipe_secondary(cluster: &mut replog::Cluster) -> Result<CatchUp> {
                 break;
             }
         }
-        process.check_running()?;
+        node.check_running()?;
         if Instant::now() > deadline {
             bail!(
                 "the wiped secondary did not catch up {master_last} entries within {timeout:?} (log: {})",
-                process.log_path().display()
+                node.log_path().display()
             );
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(CatchUp {
-        node: process.name().to_owned(),
+        node: node.name.clone(),
         entries: master_last,
         seconds,
         entries_per_sec: master_last as f64 / seconds,
-        peak_rss_mb: mb(procs::peak_rss(process)),
-        rss_mb: mb(procs::rss(process)),
+        peak_rss_mb: mb(procs::peak_rss(node.process())),
+        rss_mb: mb(procs::rss(node.process())),
     })
 }
 
