@@ -222,28 +222,27 @@ impl ClusterBuilder {
     /// Describes the nodes on their ports and starts them, without waiting for anything.
     /// `bound`: the in-process listeners, the master's first; `None`: free ports for processes.
     fn launch(&self, dir: &Path, bound: Option<Vec<Listeners>>) -> Result<Cluster, StartError> {
-        let mut bound = bound.map(Vec::into_iter);
-        // All ports at once, so that they differ from one another; the master's is known
-        // before the secondaries start, as they forward appends to it (`MASTER`).
         let spawn_failed = |error| StartError::Spawn {
             node: "the cluster's ports".into(),
             error,
         };
-        let mut ports = Vec::new();
-        let mut listeners = Vec::new();
-        match bound.as_mut() {
+        // The ports, the master's first; for processes all picked at once, so that they differ
+        // from one another. The master's is known before the secondaries start, as they forward
+        // appends to it (`MASTER`).
+        let (ports, listeners): (Vec<u16>, Vec<Option<Listeners>>) = match bound {
             Some(bound) => {
-                for node in bound {
+                let mut ports = Vec::new();
+                for node in &bound {
                     let (http, grpc) = node.ports().map_err(spawn_failed)?;
                     ports.extend(std::iter::once(http).chain(grpc));
-                    listeners.push(Some(node));
                 }
+                (ports, bound.into_iter().map(Some).collect())
             }
             None => {
-                ports = try_free_ports(1 + 2 * self.secondaries.len()).map_err(spawn_failed)?;
-                listeners.resize_with(1 + self.secondaries.len(), || None);
+                let ports = try_free_ports(1 + 2 * self.secondaries.len()).map_err(spawn_failed)?;
+                (ports, Vec::new())
             }
-        }
+        };
         let mut listeners = listeners.into_iter();
         let master_listeners = listeners.next().flatten();
         let master_http = ports[0];
