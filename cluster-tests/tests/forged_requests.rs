@@ -1,11 +1,11 @@
 //! A secondary checks what it is sent: replication requests forged by someone who holds the
-//! replication token, sent straight to a secondary's replication port (both `Replicate` and
-//! `Stream`), are refused with a clear gRPC status and change nothing, and the real master keeps
-//! replicating.
+//! replication token, sent straight to a secondary's replication port (over `Stream`, the only
+//! call that takes them), are refused with a clear gRPC status and change nothing, and the real
+//! master keeps replicating.
 
 use cluster_tests::{fast_health, wait_until, Cluster, Node, SecondaryOpts, StatusCode, PROMPTLY};
 use replog_proto::v1::replication_client::ReplicationClient;
-use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicateRequest};
+use replog_proto::v1::{Decisions, Entry, MasterStart, ReplicaState, ReplicateRequest};
 use serde_json::Value;
 use std::time::Duration;
 use tokio_stream::StreamExt as _;
@@ -98,36 +98,64 @@ fn with_token<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// Sends `forged` to `node` as a `Replicate` call: its gRPC code (`Ok` if taken).
-async fn replicate(node: &Node, forged: ReplicateRequest) -> Code {
-    match client(node).await.replicate(with_token(forged)).await {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
-    }
-}
-
-/// Sends `forged` to `node` as the first request of a `Stream`: the code of its answer.
-async fn stream(node: &Node, forged: ReplicateRequest) -> Code {
-    let requests = tokio_stream::iter([forged]).chain(tokio_stream::pending());
-    let answered = match client(node).await.stream(with_token(requests)).await {
-        Ok(response) => response.into_inner().message().await,
-        Err(status) => Err(status),
+/// Sends `requests` (none of them quiet) on `client` as one `Stream`, kept open after them as the
+/// master's is: the answers in order, up to and including the status that ended the stream.
+async fn answers(
+    client: &mut ReplicationClient<tonic::transport::Channel>,
+    requests: Vec<ReplicateRequest>,
+) -> Vec<Result<ReplicaState, tonic::Status>> {
+    let count = requests.len();
+    let requests = tokio_stream::iter(requests).chain(tokio_stream::pending());
+    let mut replies = match client.stream(with_token(requests)).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return vec![Err(status)],
     };
-    match answered {
-        Ok(_) => Code::Ok,
-        Err(status) => status.code(),
+    let mut answers = Vec::new();
+    while answers.len() < count {
+        let answer = replies.message().await.and_then(|state| {
+            state.ok_or_else(|| tonic::Status::unknown("the stream ended without an answer"))
+        });
+        let ended = answer.is_err();
+        answers.push(answer);
+        if ended {
+            break;
+        }
     }
+    answers
 }
 
-/// Sends `forged` to secondary-1 over `Replicate` and then over `Stream`, and checks that each
-/// is refused with `code` and changes nothing there.
-async fn refused_both_ways(cluster: &Cluster, forged: ReplicateRequest, code: Code) {
+/// The gRPC code of each answer (`Ok` if taken).
+fn codes(answers: &[Result<ReplicaState, tonic::Status>]) -> Vec<Code> {
+    answers
+        .iter()
+        .map(|answer| {
+            answer
+                .as_ref()
+                .map_or_else(tonic::Status::code, |_| Code::Ok)
+        })
+        .collect()
+}
+
+/// Sends `requests` to `node` as one `Stream`: the code of each answer.
+async fn stream(node: &Node, requests: Vec<ReplicateRequest>) -> Vec<Code> {
+    codes(&answers(&mut client(node).await, requests).await)
+}
+
+/// Sends `forged` to secondary-1 over `Stream`, twice: as the first request of a stream, and
+/// after a heartbeat like the master's that the secondary takes on the same stream. Checks that
+/// it is refused with `code` each time and changes nothing there.
+async fn refused_over_the_stream(cluster: &Cluster, forged: ReplicateRequest, code: Code) {
     let target = &cluster.secondaries[0];
     let before = snapshot(cluster, target).await;
-    assert_eq!(replicate(target, forged.clone()).await, code, "Replicate");
-    assert_eq!(snapshot(cluster, target).await, before, "after Replicate");
-    assert_eq!(stream(target, forged).await, code, "Stream");
-    assert_eq!(snapshot(cluster, target).await, before, "after Stream");
+    assert_eq!(stream(target, vec![forged.clone()]).await, [code], "first");
+    assert_eq!(snapshot(cluster, target).await, before, "after the first");
+    let heartbeat = like_the_master(cluster).await;
+    assert_eq!(
+        stream(target, vec![heartbeat, forged]).await,
+        [Code::Ok, code],
+        "after a heartbeat"
+    );
+    assert_eq!(snapshot(cluster, target).await, before, "after the second");
     assert!(
         target
             .log_since_start()
@@ -180,12 +208,12 @@ async fn a_forged_tombstone_of_a_committed_id_is_refused() {
         }),
         ..like_the_master(&cluster).await
     };
-    refused_both_ways(&cluster, as_decision, Code::FailedPrecondition).await;
+    refused_over_the_stream(&cluster, as_decision, Code::FailedPrecondition).await;
     let as_entry = ReplicateRequest {
         entries: vec![tombstone(1)],
         ..like_the_master(&cluster).await
     };
-    refused_both_ways(&cluster, as_entry, Code::FailedPrecondition).await;
+    refused_over_the_stream(&cluster, as_entry, Code::FailedPrecondition).await;
     master_keeps_replicating(&cluster).await;
 }
 
@@ -202,7 +230,7 @@ async fn a_forged_entry_at_a_held_id_is_refused() {
         }],
         ..like_the_master(&cluster).await
     };
-    refused_both_ways(&cluster, planted, Code::FailedPrecondition).await;
+    refused_over_the_stream(&cluster, planted, Code::FailedPrecondition).await;
     master_keeps_replicating(&cluster).await;
 }
 
@@ -221,7 +249,7 @@ async fn a_forged_master_instance_does_not_lock_the_master_out() {
         }],
         ..like_the_master(&cluster).await
     };
-    refused_both_ways(&cluster, forged, Code::FailedPrecondition).await;
+    refused_over_the_stream(&cluster, forged, Code::FailedPrecondition).await;
     master_keeps_replicating(&cluster).await;
 }
 
@@ -245,7 +273,7 @@ async fn a_forged_master_instance_zero_is_refused() {
         }),
         ..like_the_master(&cluster).await
     };
-    refused_both_ways(&cluster, forged, Code::InvalidArgument).await;
+    refused_over_the_stream(&cluster, forged, Code::InvalidArgument).await;
     master_keeps_replicating(&cluster).await;
 }
 
@@ -267,7 +295,7 @@ async fn a_forged_id_zero_does_not_stop_a_durable_secondary() {
             entries: vec![entry],
             ..like_the_master(&cluster).await
         };
-        refused_both_ways(&cluster, forged, Code::InvalidArgument).await;
+        refused_over_the_stream(&cluster, forged, Code::InvalidArgument).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(cluster.secondaries[0].exited(), None, "secondary-1 stopped");
@@ -293,8 +321,12 @@ async fn a_forged_frontier_never_shows_a_message_answered_500() {
     };
     // A frontier beyond what the secondary holds is legitimate (a lagging secondary): it is
     // taken only up to what is held, so the answer is OK and nothing changes.
-    assert_eq!(replicate(target, forged.clone()).await, Code::Ok);
-    assert_eq!(stream(target, forged).await, Code::Ok);
+    let heartbeat = like_the_master(&cluster).await;
+    assert_eq!(stream(target, vec![forged.clone()]).await, [Code::Ok]);
+    assert_eq!(
+        stream(target, vec![heartbeat, forged]).await,
+        [Code::Ok, Code::Ok]
+    );
     assert_eq!(snapshot(&cluster, target).await, before);
 
     cluster.secondaries[1].stop();
@@ -367,12 +399,8 @@ async fn a_secondary_that_cannot_write_its_log_exits_non_zero() {
         }],
         ..Default::default()
     };
-    let answer = client.replicate(big).await;
-    assert_eq!(
-        answer.as_ref().map_err(tonic::Status::code).map(|_| ()),
-        Err(Code::Internal),
-        "{answer:?}"
-    );
+    let answer = answers(&mut client, vec![big]).await;
+    assert_eq!(codes(&answer), [Code::Internal], "{answer:?}");
     let status = tokio::time::timeout(PROMPTLY, child.wait())
         .await
         .expect("the secondary stops")

@@ -7,7 +7,7 @@ use cluster_tests::{
     SecondaryOpts, StatusCode, REPLICATION_FAILED,
 };
 use replog_proto::v1::replication_client::ReplicationClient;
-use replog_proto::v1::ReplicateRequest;
+use replog_proto::v1::{FetchRequest, ReplicateRequest};
 use std::time::{Duration, Instant};
 
 /// "At once": well under a second, with room for a loaded 2-core machine.
@@ -15,19 +15,35 @@ const AT_ONCE: Duration = Duration::from_millis(500);
 
 const TOKEN: &str = "s3cret-token";
 
-/// A direct `Replicate` call to a secondary's replication port, with `token` if any.
-async fn replicate_directly(grpc_endpoint: &str, token: Option<&str>) -> Result<(), tonic::Status> {
+/// Direct calls to a secondary's replication port, with `token` if any: a `Stream` with one
+/// request (the answer to it) and a `Fetch`, each named.
+async fn call_directly(
+    grpc_endpoint: &str,
+    token: Option<&str>,
+) -> [(&'static str, Result<(), tonic::Status>); 2] {
     let mut client = ReplicationClient::connect(format!("http://{grpc_endpoint}"))
         .await
         .unwrap_or_else(|e| panic!("connect to {grpc_endpoint}: {e}"));
-    let mut request = tonic::Request::new(ReplicateRequest::default());
-    if let Some(token) = token {
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("a header value"),
-        );
+    fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(token) = token {
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {token}").parse().expect("a header value"),
+            );
+        }
+        request
     }
-    client.replicate(request).await.map(|_| ())
+    let requests = tokio_stream::iter([ReplicateRequest::default()]);
+    let stream = match client.stream(with_token(requests, token)).await {
+        Ok(answers) => answers.into_inner().message().await.map(|_| ()),
+        Err(status) => Err(status),
+    };
+    let fetch = client
+        .fetch(with_token(FetchRequest::default(), token))
+        .await
+        .map(|_| ());
+    [("Stream", stream), ("Fetch", fetch)]
 }
 
 /// Injected: REPLICATION_TOKEN set on the master and secondary-1 alike, a different one on
@@ -123,14 +139,15 @@ async fn replication_needs_the_shared_token() {
 
     for (node, token) in [(0, None), (0, Some("wrong")), (1, None)] {
         let endpoint = cluster.secondaries[node].grpc_endpoint();
-        let answer = replicate_directly(&endpoint, token).await;
-        let code = answer.as_ref().map_err(tonic::Status::code);
-        assert_eq!(
-            code,
-            Err(tonic::Code::Unauthenticated),
-            "direct call to secondary-{} with token {token:?}: {answer:?}",
-            node + 1
-        );
+        for (call, answer) in call_directly(&endpoint, token).await {
+            let code = answer.as_ref().map_err(tonic::Status::code);
+            assert_eq!(
+                code,
+                Err(tonic::Code::Unauthenticated),
+                "direct {call} to secondary-{} with token {token:?}: {answer:?}",
+                node + 1
+            );
+        }
     }
     assert_eq!(
         cluster.messages(&cluster.secondaries[0]).await,

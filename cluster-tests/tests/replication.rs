@@ -263,16 +263,17 @@ async fn an_append_on_a_secondary_is_forwarded_to_the_master() {
         .await;
 }
 
-/// The state of a secondary that holds a log, from an empty `Replicate` call: without a log id
-/// it applies nothing (another log's request) and answers what it holds.
+/// The state of a secondary, from a `Fetch` that asks for no entries.
 async fn state_of(
     client: &mut replog_proto::v1::replication_client::ReplicationClient<tonic::transport::Channel>,
 ) -> replog_proto::v1::ReplicaState {
     client
-        .replicate(replog_proto::v1::ReplicateRequest::default())
+        .fetch(replog_proto::v1::FetchRequest::default())
         .await
         .expect("the secondary answers")
         .into_inner()
+        .state
+        .expect("a fetch reply carries the state")
 }
 
 /// The replication stream's quiet decision pushes, spoken to a real secondary directly.

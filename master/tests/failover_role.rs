@@ -47,13 +47,6 @@ impl Replication for StandIn {
         }))
     }
 
-    async fn replicate(
-        &self,
-        _request: tonic::Request<ReplicateRequest>,
-    ) -> Result<tonic::Response<ReplicaState>, tonic::Status> {
-        std::future::pending().await
-    }
-
     type StreamStream =
         Pin<Box<dyn futures::Stream<Item = Result<ReplicaState, tonic::Status>> + Send + 'static>>;
 

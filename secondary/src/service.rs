@@ -18,19 +18,6 @@ impl Replication for ReplicationService {
         Ok(Response::new(self.secondary.fetch(&request.into_inner())))
     }
 
-    async fn replicate(
-        &self,
-        request: Request<ReplicateRequest>,
-    ) -> Result<Response<ReplicaState>, Status> {
-        let mut request = request.into_inner();
-        // A call has exactly one answer: `quiet` means something only on a stream.
-        request.quiet = false;
-        let state = self.secondary.apply(request).await?;
-        state
-            .map(Response::new)
-            .ok_or_else(|| Status::internal("an answered request got no answer"))
-    }
-
     type StreamStream = Pin<Box<dyn Stream<Item = Result<ReplicaState, Status>> + Send>>;
 
     /// Applies the master's requests in the order they come and answers each, except the quiet
@@ -70,10 +57,10 @@ impl Replication for ReplicationService {
 }
 
 impl Secondary {
-    /// One replication request, from a call or a stream: checked, delayed (`DELAY_SECONDS`),
+    /// One replication request from the master's stream: checked, delayed (`DELAY_SECONDS`),
     /// stored, and answered with our state (or an injected error, `ERROR_RATE`).
     ///
-    /// A quiet request (decisions only, on a stream) is answered with `None` once its decisions
+    /// A quiet request (decisions only) is answered with `None` once its decisions
     /// are taken. One we cannot take is an error: the master believes we took it, and only the
     /// end of the stream tells it otherwise (it then asks afresh on a new one).
     pub async fn apply(
