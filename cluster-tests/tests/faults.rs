@@ -1,12 +1,13 @@
 //! Nodes that die, hang and come back: a secondary killed under load and restarted empty is
 //! caught up to exactly the master's log; a hung secondary turns Suspected, then Unhealthy,
-//! and back to Healthy once it resumes; a replication stream to a hung secondary is given up
-//! once its keep-alive ping goes unanswered; with both secondaries gone the master is read-only
-//! until one returns.
+//! and back to Healthy once it resumes; a slow secondary that answers its stream's keep-alive
+//! pings stays Healthy while its acknowledgements are late; a replication stream to a hung
+//! secondary is given up once its keep-alive ping goes unanswered; with both secondaries gone
+//! the master is read-only until one returns.
 
 use cluster_tests::{
-    acknowledged, assert_no_repeats, fast_health, steady_health, wait_until, Cluster, Load,
-    SecondaryOpts, StatusCode,
+    acknowledged, assert_no_repeats, fast_health, secondary_health, steady_health, wait_until,
+    Cluster, Load, SecondaryOpts, StatusCode,
 };
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -179,6 +180,72 @@ async fn stopped_secondary_goes_suspected_then_unhealthy_and_recovers() {
     eprintln!(
         "states after SIGSTOP: {seen:?}; {} appends while stopped",
         appended.len() - 1
+    );
+}
+
+/// Injected: `DELAY_SECONDS=2` on secondary-2 (it acknowledges entries 2 s late, far beyond the
+/// master's SUSPECT_AFTER_MS of 300 ms and UNHEALTHY_AFTER_MS of 1000 ms), then a w=3 append,
+/// which waits for it.
+/// Checked: the master's health shows secondary-2 `healthy` at every poll while the append
+/// waits (its stream owes an answer, so only the HTTP/2 pings it answers show it alive: health
+/// measures liveness, not load); the append answers 200, after the delay.
+#[tokio::test]
+async fn a_slow_secondary_that_answers_pings_stays_healthy_while_an_append_waits_for_it() {
+    const DELAY: Duration = Duration::from_secs(2);
+    let cluster = Cluster::start(
+        vec![
+            SecondaryOpts::new(),
+            SecondaryOpts::new().env("DELAY_SECONDS", "2"),
+        ],
+        &settings(),
+    )
+    .await;
+    let slow = cluster.secondaries[1].grpc_endpoint();
+    let status_of_slow = || async {
+        let health = cluster.health(&cluster.master).await;
+        secondary_health(&health, &slow)
+            .unwrap_or_else(|| panic!("secondary-2 is not in {health}"))
+            .clone()
+    };
+    wait_until(Duration::from_secs(5), "secondary-2 healthy", || async {
+        status_of_slow().await["status"] == "healthy"
+    })
+    .await;
+
+    let started = Instant::now();
+    let append = cluster.append("waits for the slow one", Some(3));
+    let mut polls = 0;
+    let mut not_healthy = Vec::new();
+    let watch = async {
+        loop {
+            let entry = status_of_slow().await;
+            polls += 1;
+            if entry["status"] != "healthy" {
+                not_healthy.push((started.elapsed(), entry));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let (status, body) = tokio::select! {
+        answer = append => answer,
+        never = watch => never,
+    };
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        took >= DELAY,
+        "answered after {took:?}, before secondary-2's delay"
+    );
+    assert!(
+        polls >= 10,
+        "the health was polled {polls} times in {took:?}"
+    );
+    assert!(
+        not_healthy.is_empty(),
+        "secondary-2 was not healthy at {} of {polls} polls while the append waited for it; \
+         the first (time since the append, its entry): {:?}",
+        not_healthy.len(),
+        &not_healthy[..not_healthy.len().min(3)]
     );
 }
 
