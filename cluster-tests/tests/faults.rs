@@ -183,21 +183,24 @@ async fn stopped_secondary_goes_suspected_then_unhealthy_and_recovers() {
     );
 }
 
-/// Injected: `DELAY_SECONDS=2` on secondary-2 (it acknowledges entries 2 s late, far beyond the
-/// master's SUSPECT_AFTER_MS of 300 ms and UNHEALTHY_AFTER_MS of 1000 ms), then a w=3 append,
+/// Injected: `DELAY_SECONDS=4` on secondary-2 (it acknowledges entries 4 s late, beyond the
+/// master's SUSPECT_AFTER_MS of 1000 ms and UNHEALTHY_AFTER_MS of 3000 ms), then a w=3 append,
 /// which waits for it.
 /// Checked: the master's health shows secondary-2 `healthy` at every poll while the append
 /// waits (its stream owes an answer, so only the HTTP/2 pings it answers show it alive: health
 /// measures liveness, not load); the append answers 200, after the delay.
 #[tokio::test]
 async fn a_slow_secondary_that_answers_pings_stays_healthy_while_an_append_waits_for_it() {
-    const DELAY: Duration = Duration::from_secs(2);
+    // Longer than UNHEALTHY_AFTER_MS: without the pings, the wait alone would make it
+    // suspected, then unhealthy. The steady thresholds leave a loaded machine room to answer
+    // each ping in time.
+    const DELAY: Duration = Duration::from_secs(4);
     let cluster = Cluster::start(
         vec![
             SecondaryOpts::new(),
-            SecondaryOpts::new().env("DELAY_SECONDS", "2"),
+            SecondaryOpts::new().env("DELAY_SECONDS", "4"),
         ],
-        &settings(),
+        &steady_health(RETRIES),
     )
     .await;
     let slow = cluster.secondaries[1].grpc_endpoint();
