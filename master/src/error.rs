@@ -36,6 +36,9 @@ pub enum Error {
     Http(#[from] std::io::Error),
     #[error("the log could not be written to DATA_DIR")]
     StorageFailed,
+    /// The error names the setting or the file.
+    #[error("TLS: {0}")]
+    Tls(#[from] replog_node::tls::TlsError),
     /// Failover mode: the term the coordinator gave is not above every master process this
     /// log knows, so it cannot number a new one.
     #[error("term {term} is not above master process {floor}, which this log already knows")]

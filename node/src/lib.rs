@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use replog_log::{log, storage};

@@ -36,6 +36,9 @@ pub struct Config {
     pub auth: AuthArgs,
 
     #[command(flatten)]
+    pub tls: replog_node::tls::TlsArgs,
+
+    #[command(flatten)]
     pub limits: LimitArgs,
 
     #[command(flatten)]

@@ -27,4 +27,7 @@ pub enum Error {
     ReplicationTask(#[from] tokio::task::JoinError),
     #[error("the log could not be written to DATA_DIR")]
     StorageFailed,
+    /// The error names the setting or the file.
+    #[error("TLS: {0}")]
+    Tls(#[from] replog_node::tls::TlsError),
 }

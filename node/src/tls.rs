@@ -1,0 +1,521 @@
+//! TLS with rustls (the *ring* provider; no OpenSSL): the node's certificate and key, the CA its
+//! peers' certificates must chain to, and the rustls configurations made from them.
+//!
+//! - Replication is mutual TLS when `TLS_CERT`, `TLS_KEY` and `TLS_CA` are set: a secondary's
+//!   replication port takes only clients whose certificate chains to `TLS_CA`
+//!   ([`Tls::replication_server`]), and the master presents its own certificate and accepts only
+//!   a secondary whose certificate chains to `TLS_CA` and names the host it dialled
+//!   ([`Tls::replication_client`]).
+//! - `PUBLIC_TLS=true` serves the public port (JSON, gRPC and gRPC-Web) over TLS with the same
+//!   certificate, ALPN offering `h2` and `http/1.1` ([`Tls::public_server`]); a node that calls
+//!   another's public port (a secondary forwarding an append) then verifies it against `TLS_CA`
+//!   ([`Tls::public_client`]).
+//!
+//! Operators renew certificates, so nothing here is fixed at start: [`Tls::reload`] (on SIGHUP,
+//! [`Tls::reload_on_sighup`]) reads the files again and builds new configurations; connections
+//! made from then on use them, and those already open keep the ones they were made with. A
+//! reload that fails (a half-written file) keeps the configurations in use and says why.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// ALPN protocols of a port that serves HTTP/2 and HTTP/1.1 (hyper picks by what comes).
+const PUBLIC_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN of gRPC ports and clients: gRPC is HTTP/2 only.
+const GRPC_ALPN: [&[u8]; 1] = [b"h2"];
+
+/// The TLS settings.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file with this node's certificate (its chain, leaf first). With TLS_KEY and TLS_CA,
+    /// replication is mutual TLS.
+    #[arg(long, env = "TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of TLS_CERT (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file with the CA certificates that peers' certificates must chain to.
+    #[arg(long, env = "TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Serve the public port over TLS with TLS_CERT and TLS_KEY.
+    #[arg(long, env = "PUBLIC_TLS", default_value_t = false)]
+    pub public_tls: bool,
+}
+
+/// Why TLS cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS_CERT and TLS_KEY go together: set both or neither")]
+    Half,
+    #[error("TLS_CA needs TLS_CERT and TLS_KEY: mutual TLS presents this node's certificate")]
+    CaWithoutIdentity,
+    #[error("PUBLIC_TLS needs TLS_CERT and TLS_KEY")]
+    PublicWithoutIdentity,
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: no certificate in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Key {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Ca {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("TLS_CA {}: {source}", path.display())]
+    Verifier {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+impl TlsArgs {
+    /// Whether any TLS is asked for.
+    pub fn enabled(&self) -> bool {
+        self.tls_cert.is_some()
+            || self.tls_key.is_some()
+            || self.tls_ca.is_some()
+            || self.public_tls
+    }
+
+    /// Checks that the settings go together (files are read by [`Tls::load`]).
+    pub fn validate(&self) -> Result<(), TlsError> {
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(TlsError::Half);
+        }
+        let identity = self.tls_cert.is_some();
+        if self.tls_ca.is_some() && !identity {
+            return Err(TlsError::CaWithoutIdentity);
+        }
+        if self.public_tls && !identity {
+            return Err(TlsError::PublicWithoutIdentity);
+        }
+        Ok(())
+    }
+
+    /// The node's TLS, read from the files; `None` when no TLS is set.
+    pub fn load(&self) -> Result<Option<Arc<Tls>>, TlsError> {
+        self.validate()?;
+        if !self.enabled() {
+            return Ok(None);
+        }
+        let configs = Configs::read(self)?;
+        Ok(Some(Arc::new(Tls {
+            args: self.clone(),
+            configs: RwLock::new(configs),
+        })))
+    }
+}
+
+/// The node's TLS configurations, rebuilt from the files on [`Tls::reload`].
+#[derive(Debug)]
+pub struct Tls {
+    args: TlsArgs,
+    configs: RwLock<Configs>,
+}
+
+#[derive(Debug, Clone)]
+struct Configs {
+    public_server: Option<Arc<ServerConfig>>,
+    public_client: Option<Arc<ClientConfig>>,
+    replication_server: Option<Arc<ServerConfig>>,
+    replication_client: Option<Arc<ClientConfig>>,
+}
+
+impl Tls {
+    /// The public port's configuration, when `PUBLIC_TLS` is on.
+    pub fn public_server(&self) -> Option<Arc<ServerConfig>> {
+        self.configs().public_server
+    }
+
+    /// For calls to another node's public port (forwarded appends), when `PUBLIC_TLS` is on:
+    /// its certificate must chain to `TLS_CA` (with this node's certificate offered, should
+    /// that port ask for one).
+    pub fn public_client(&self) -> Option<Arc<ClientConfig>> {
+        self.configs().public_client
+    }
+
+    /// A secondary's replication port, when mutual TLS is on: only clients whose certificate
+    /// chains to `TLS_CA`.
+    pub fn replication_server(&self) -> Option<Arc<ServerConfig>> {
+        self.configs().replication_server
+    }
+
+    /// The master's side of replication, when mutual TLS is on: presents this node's
+    /// certificate and accepts only secondaries whose certificate chains to `TLS_CA`.
+    pub fn replication_client(&self) -> Option<Arc<ClientConfig>> {
+        self.configs().replication_client
+    }
+
+    /// Whether replication is mutual TLS.
+    pub fn mutual(&self) -> bool {
+        self.args.tls_ca.is_some()
+    }
+
+    /// Reads the files again; new connections use what they hold from now on. On an error the
+    /// configurations in use stay.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let configs = Configs::read(&self.args)?;
+        *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
+        Ok(())
+    }
+
+    /// Reloads on every SIGHUP until `shutdown`, logging what happened.
+    pub fn reload_on_sighup(self: &Arc<Self>, shutdown: crate::shutdown::Shutdown) {
+        let tls = self.clone();
+        tokio::spawn(async move {
+            let Ok(mut hangups) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!("cannot watch SIGHUP: certificates are not reloaded");
+                return;
+            };
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    hangup = hangups.recv() => if hangup.is_none() { return },
+                }
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
+                    Err(error) => {
+                        tracing::error!(%error, "SIGHUP: TLS certificates not reloaded; the previous ones stay in use")
+                    }
+                }
+            }
+        });
+    }
+
+    fn configs(&self) -> Configs {
+        self.configs
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Configs {
+    fn read(args: &TlsArgs) -> Result<Self, TlsError> {
+        let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+            return Ok(Self {
+                public_server: None,
+                public_client: None,
+                replication_server: None,
+                replication_client: None,
+            });
+        };
+        let identity = Arc::new(certified_key(cert, key)?);
+        let roots = args.tls_ca.as_deref().map(roots).transpose()?.map(Arc::new);
+        let public_server = if args.public_tls {
+            let mut config = server_builder()?
+                .with_no_client_auth()
+                .with_cert_resolver(Arc::new(Fixed(identity.clone())));
+            config.alpn_protocols = PUBLIC_ALPN.iter().map(|p| p.to_vec()).collect();
+            Some(Arc::new(config))
+        } else {
+            None
+        };
+        let (public_client, replication_server, replication_client) = match (&roots, &args.tls_ca) {
+            (Some(roots), Some(ca)) => {
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+                        .build()
+                        .map_err(|source| TlsError::Verifier {
+                            path: ca.clone(),
+                            source,
+                        })?;
+                let mut server = server_builder()?
+                    .with_client_cert_verifier(verifier)
+                    .with_cert_resolver(Arc::new(Fixed(identity.clone())));
+                server.alpn_protocols = GRPC_ALPN.iter().map(|p| p.to_vec()).collect();
+                let client = |alpn: &[&[u8]]| -> Result<Arc<ClientConfig>, TlsError> {
+                    let mut config = ClientConfig::builder_with_provider(provider())
+                        .with_safe_default_protocol_versions()?
+                        .with_root_certificates(roots.clone())
+                        .with_client_cert_resolver(Arc::new(Fixed(identity.clone())));
+                    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+                    Ok(Arc::new(config))
+                };
+                let public_client = if args.public_tls {
+                    Some(client(&GRPC_ALPN)?)
+                } else {
+                    None
+                };
+                (
+                    public_client,
+                    Some(Arc::new(server)),
+                    Some(client(&GRPC_ALPN)?),
+                )
+            }
+            _ => (None, None, None),
+        };
+        Ok(Self {
+            public_server,
+            public_client,
+            replication_server,
+            replication_client,
+        })
+    }
+}
+
+/// The crypto provider every configuration uses.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn server_builder(
+) -> Result<rustls::ConfigBuilder<ServerConfig, rustls::WantsVerifier>, rustls::Error> {
+    ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()
+}
+
+/// The certificate chain of `cert` with the key of `key`, checked to belong together.
+fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let chain = certificates(cert)?;
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Read {
+        path: key.to_owned(),
+        source,
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(private)
+        .map_err(|source| TlsError::Key {
+            path: key.to_owned(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
+    Ok(certified)
+}
+
+/// Every certificate in the PEM file `path`; at least one.
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let read = |source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let chain = CertificateDer::pem_file_iter(path)
+        .map_err(read)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read)?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(chain)
+}
+
+/// The CA certificates of `path`, as the roots peers must chain to.
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(path)? {
+        roots.add(certificate).map_err(|source| TlsError::Ca {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
+/// One certificate for every handshake, server or client side; a reload makes a new one.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for Fixed {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Opens TLS on `tcp` to `address` (`host:port`) with `config`: the peer's certificate must
+/// chain to the configuration's roots and name `host`.
+pub async fn connect(
+    config: Arc<ClientConfig>,
+    address: &str,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let name = server_name(host_of(address))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+}
+
+/// The host part of `host:port` (an IPv6 address without its brackets).
+fn host_of(address: &str) -> &str {
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _port)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn server_name(host: &str) -> std::io::Result<rustls::pki_types::ServerName<'static>> {
+    rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|error| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{host}` is not a name TLS can verify: {error}"),
+        )
+    })
+}
+
+/// A tonic connector (`Endpoint::connect_with_connector`) that dials TCP and opens TLS with
+/// the configuration `pick` returns at each connection, so that a reload reaches new ones.
+#[derive(Clone)]
+pub struct Connector {
+    tls: Arc<Tls>,
+    pick: fn(&Tls) -> Option<Arc<ClientConfig>>,
+}
+
+impl Connector {
+    /// For replication (the master to its secondaries): [`Tls::replication_client`].
+    pub fn replication(tls: Arc<Tls>) -> Self {
+        Self {
+            tls,
+            pick: Tls::replication_client,
+        }
+    }
+
+    /// For another node's public port: [`Tls::public_client`].
+    pub fn public(tls: Arc<Tls>) -> Self {
+        Self {
+            tls,
+            pick: Tls::public_client,
+        }
+    }
+}
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<
+                    hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+                >,
+            > + Send,
+    >,
+>;
+
+impl tower::Service<hyper::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        let config = (self.pick)(&self.tls);
+        Box::pin(async move {
+            let invalid =
+                |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+            let config =
+                config.ok_or_else(|| invalid("TLS is not configured for this connection"))?;
+            let host = uri
+                .host()
+                .ok_or_else(|| invalid("the address has no host"))?;
+            let port = uri
+                .port_u16()
+                .ok_or_else(|| invalid("the address has no port"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            let name = server_name(host)?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+/// Accepts TLS on `tcp` with `config`, within `timeout` (a client that opens a connection and
+/// never finishes its handshake does not hold it forever).
+pub async fn accept(
+    config: Arc<ServerConfig>,
+    tcp: tokio::net::TcpStream,
+    timeout: std::time::Duration,
+) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    match tokio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(config).accept(tcp)).await {
+        Ok(accepted) => accepted,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {timeout:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_do_not_go_together_are_refused() {
+        let path = || Some(PathBuf::from("x.pem"));
+        let half = TlsArgs {
+            tls_cert: path(),
+            ..TlsArgs::default()
+        };
+        assert!(matches!(half.validate(), Err(TlsError::Half)));
+        let ca_alone = TlsArgs {
+            tls_ca: path(),
+            ..TlsArgs::default()
+        };
+        assert!(matches!(
+            ca_alone.validate(),
+            Err(TlsError::CaWithoutIdentity)
+        ));
+        let public_alone = TlsArgs {
+            public_tls: true,
+            ..TlsArgs::default()
+        };
+        assert!(matches!(
+            public_alone.validate(),
+            Err(TlsError::PublicWithoutIdentity)
+        ));
+        assert!(TlsArgs::default().load().expect("no TLS is fine").is_none());
+    }
+
+    #[test]
+    fn the_host_of_an_address() {
+        assert_eq!(host_of("secondary-1:50051"), "secondary-1");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:50051"), "::1");
+        assert!(server_name("::1").is_ok());
+    }
+}
