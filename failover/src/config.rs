@@ -174,6 +174,7 @@ impl Config {
             master: None,
             storage: m.storage.clone(),
             auth: m.auth.clone(),
+            tls: m.tls.clone(),
             limits: m.limits.clone(),
             runtime: m.runtime.clone(),
             shutdown: m.shutdown.clone(),
