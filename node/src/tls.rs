@@ -480,6 +480,115 @@ pub async fn accept(
     }
 }
 
+/// The rustls error inside `error`, when an I/O error is one (a refused handshake, an alert
+/// from the peer): callers tell TLS failures from other ones by it.
+pub fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// Certificates made for tests: a CA and the certificates it issues, written as the PEM files
+/// `TLS_CERT`, `TLS_KEY` and `TLS_CA` name.
+#[cfg(any(test, feature = "test-certs"))]
+pub mod testing {
+    use super::TlsArgs;
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose,
+    };
+    use std::path::Path;
+
+    /// A certificate authority of its own.
+    pub struct TestCa {
+        issuer: Issuer<'static, KeyPair>,
+        pem: String,
+    }
+
+    /// A certificate issued by a [`TestCa`], with its key.
+    pub struct Issued {
+        pub cert_pem: String,
+        pub key_pem: String,
+        /// The certificate as a peer sees it in the handshake.
+        pub der: Vec<u8>,
+    }
+
+    /// How long an issued certificate is valid.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Validity {
+        /// From the past to far in the future.
+        Current,
+        /// Ended years ago.
+        Expired,
+    }
+
+    impl TestCa {
+        /// A new CA named `name`, with a key of its own.
+        pub fn new(name: &str) -> Self {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+            params.distinguished_name.push(DnType::CommonName, name);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let key = KeyPair::generate().expect("a CA key");
+            let pem = params.self_signed(&key).expect("the CA certificate").pem();
+            Self {
+                issuer: Issuer::new(params, key),
+                pem,
+            }
+        }
+
+        /// The CA's certificate, PEM.
+        pub fn pem(&self) -> &str {
+            &self.pem
+        }
+
+        /// A certificate for `names` (host names or IP addresses), usable by a server and a
+        /// client alike, as a node's is.
+        pub fn issue(&self, names: &[&str], validity: Validity) -> Issued {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let mut params = CertificateParams::new(names).expect("certificate parameters");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "replog node");
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            if validity == Validity::Expired {
+                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+            }
+            let key = KeyPair::generate().expect("a key");
+            let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+            Issued {
+                cert_pem: cert.pem(),
+                key_pem: key.serialize_pem(),
+                der: cert.der().to_vec(),
+            }
+        }
+    }
+
+    /// Writes `issued` and `ca` as `<name>.crt`, `<name>.key` and `<name>-ca.crt` under `dir`
+    /// (replacing files of those names) and returns the settings that name them.
+    pub fn write(dir: &Path, name: &str, issued: &Issued, ca: &str) -> TlsArgs {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        let ca_path = dir.join(format!("{name}-ca.crt"));
+        for (path, text) in [
+            (&cert, &issued.cert_pem),
+            (&key, &issued.key_pem),
+            (&ca_path, &ca.to_owned()),
+        ] {
+            std::fs::write(path, text)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        }
+        TlsArgs {
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            tls_ca: Some(ca_path),
+            public_tls: false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +626,213 @@ mod tests {
         assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
         assert_eq!(host_of("[::1]:50051"), "::1");
         assert!(server_name("::1").is_ok());
+    }
+
+    use super::testing::{write, Issued, TestCa, Validity};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loaded node TLS for `issued` trusting `ca`, its files under `dir` as `name`.
+    fn node(dir: &Path, name: &str, issued: &Issued, ca: &TestCa) -> Arc<Tls> {
+        write(dir, name, issued, ca.pem())
+            .load()
+            .expect("the files load")
+            .expect("TLS is on")
+    }
+
+    /// One loopback connection: the server accepts with `server`, the client connects to
+    /// `127.0.0.1` with `client` and sends a byte that the server echoes. Returns the server's
+    /// outcome and, on success, the certificate the client saw.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> (std::io::Result<()>, Option<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let address = listener.local_addr().expect("its address").to_string();
+        let serving = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            let mut tls = accept(server, tcp, Duration::from_secs(5)).await?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await?;
+            tls.write_all(&byte).await?;
+            tls.flush().await
+        });
+        let tcp = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connected");
+        let seen = async {
+            let mut tls = connect(client, &address, tcp).await.ok()?;
+            let seen = tls.get_ref().1.peer_certificates()?.first()?.to_vec();
+            tls.write_all(b"x").await.ok()?;
+            let mut byte = [0u8; 1];
+            tls.read_exact(&mut byte).await.ok()?;
+            Some(seen)
+        }
+        .await;
+        let served = serving.await.expect("the server task");
+        (served, seen)
+    }
+
+    fn refusal(served: std::io::Result<()>) -> String {
+        let error = served.expect_err("the server refuses the client");
+        assert!(rustls_error(&error).is_some(), "not a TLS error: {error:?}");
+        error.to_string()
+    }
+
+    #[tokio::test]
+    async fn mutual_tls_between_two_nodes_of_one_ca() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let server_cert = ca.issue(&["127.0.0.1"], Validity::Current);
+        let server = node(dir.path(), "secondary", &server_cert, &ca);
+        let client = node(
+            dir.path(),
+            "master",
+            &ca.issue(&["127.0.0.1"], Validity::Current),
+            &ca,
+        );
+        assert!(server.mutual() && client.mutual());
+        let (served, seen) = handshake(
+            server.replication_server().expect("a server configuration"),
+            client.replication_client().expect("a client configuration"),
+        )
+        .await;
+        served.expect("the server takes the client");
+        assert_eq!(seen, Some(server_cert.der));
+    }
+
+    #[tokio::test]
+    async fn a_client_of_another_ca_without_a_certificate_or_expired_is_refused() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let other = TestCa::new("stranger");
+        let server = node(
+            dir.path(),
+            "secondary",
+            &ca.issue(&["127.0.0.1"], Validity::Current),
+            &ca,
+        )
+        .replication_server()
+        .expect("a server configuration");
+
+        // Its own certificate from another CA; it trusts the cluster's CA, so only the server
+        // can refuse.
+        let stranger = TlsArgs {
+            tls_ca: write(
+                dir.path(),
+                "cluster-ca",
+                &ca.issue(&[], Validity::Current),
+                ca.pem(),
+            )
+            .tls_ca,
+            ..write(
+                dir.path(),
+                "stranger",
+                &other.issue(&["127.0.0.1"], Validity::Current),
+                other.pem(),
+            )
+        };
+        let stranger = stranger.load().expect("loads").expect("TLS is on");
+        let (served, _) = handshake(
+            server.clone(),
+            stranger.replication_client().expect("a client"),
+        )
+        .await;
+        let reason = refusal(served);
+        assert!(reason.contains("UnknownIssuer"), "{reason}");
+
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("the CA"))
+            .expect("a root");
+        let anonymous = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (served, _) = handshake(server.clone(), Arc::new(anonymous)).await;
+        let reason = refusal(served);
+        assert!(reason.contains("no certificates"), "{reason}");
+
+        let expired = node(
+            dir.path(),
+            "expired",
+            &ca.issue(&["127.0.0.1"], Validity::Expired),
+            &ca,
+        );
+        let (served, _) = handshake(server, expired.replication_client().expect("a client")).await;
+        let reason = refusal(served);
+        assert!(reason.to_lowercase().contains("expired"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_client_is_refused() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let server = node(
+            dir.path(),
+            "secondary",
+            &ca.issue(&["127.0.0.1"], Validity::Current),
+            &ca,
+        )
+        .replication_server()
+        .expect("a server configuration");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let address = listener.local_addr().expect("its address");
+        let mut client = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connected");
+        client
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .expect("written");
+        let (tcp, _) = listener.accept().await.expect("accepted");
+        let refused = accept(server, tcp, Duration::from_secs(5)).await;
+        let reason = refusal(refused.map(drop));
+        assert!(!reason.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reload_gives_new_connections_the_new_certificate() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let first = ca.issue(&["127.0.0.1"], Validity::Current);
+        let server = node(dir.path(), "secondary", &first, &ca);
+        let client = node(
+            dir.path(),
+            "master",
+            &ca.issue(&["127.0.0.1"], Validity::Current),
+            &ca,
+        );
+        let connect_once = || {
+            handshake(
+                server.replication_server().expect("a server"),
+                client.replication_client().expect("a client"),
+            )
+        };
+        let (served, seen) = connect_once().await;
+        served.expect("accepted");
+        assert_eq!(seen.as_deref(), Some(&first.der[..]));
+
+        let second = ca.issue(&["127.0.0.1"], Validity::Current);
+        write(dir.path(), "secondary", &second, ca.pem());
+        // Not read until the reload.
+        let (_, seen) = connect_once().await;
+        assert_eq!(seen.as_deref(), Some(&first.der[..]));
+        server.reload().expect("the new files load");
+        let (served, seen) = connect_once().await;
+        served.expect("accepted");
+        assert_eq!(seen.as_deref(), Some(&second.der[..]));
+
+        // A half-written file keeps what is in use.
+        std::fs::write(dir.path().join("secondary.key"), "garbage").expect("written");
+        assert!(server.reload().is_err());
+        let (served, seen) = connect_once().await;
+        served.expect("accepted");
+        assert_eq!(seen.as_deref(), Some(&second.der[..]));
     }
 }
