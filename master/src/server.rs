@@ -127,7 +127,14 @@ pub async fn run(
     );
     let threads = Threads::start(config.runtime.connection_threads, &metrics)?;
     let limits = config.limits;
-    let serving = replog_node::api::serve(listener, app, phases.draining.clone(), limits, threads);
+    let serving = replog_node::api::serve(
+        listener,
+        app,
+        phases.draining.clone(),
+        limits,
+        threads,
+        tls.clone(),
+    );
     let served = phases
         .drain(serving)
         .await

@@ -15,6 +15,7 @@
 
 use replog_node::api::ApiError;
 use replog_node::failover::Leader;
+use replog_node::tls::{self, Tls};
 use replog_proto::v1::log_client::LogClient;
 use replog_proto::v1::AppendRequest;
 use std::error::Error;
@@ -33,17 +34,28 @@ pub const BECOMING_MASTER: &str =
 /// How long the connection to the master may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A master address that is no valid endpoint.
+/// A master this node cannot forward to.
 #[derive(Debug, thiserror::Error)]
-#[error("master `{address}`: {source}")]
-pub struct InvalidMaster {
-    pub address: String,
-    #[source]
-    pub source: tonic::transport::Error,
+pub enum InvalidMaster {
+    /// The address is no valid endpoint.
+    #[error("master `{address}`: {source}")]
+    Address {
+        address: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// The master's public port serves TLS, and nothing says which certificate it must have.
+    #[error(
+        "PUBLIC_TLS without TLS_CA: this secondary could not verify the master's certificate \
+         when it forwards appends to it; set TLS_CA to the CA the nodes' certificates chain to"
+    )]
+    Unverifiable,
 }
 
 pub struct Forwarder {
     target: Target,
+    /// TLS to the master's public port, when the nodes serve it over TLS (`PUBLIC_TLS`).
+    tls: Option<Arc<Tls>>,
 }
 
 enum Target {
@@ -67,17 +79,27 @@ struct Master {
 }
 
 impl Master {
-    fn connect_lazy(address: &str) -> Result<Self, InvalidMaster> {
+    /// A channel to `address`, over TLS when `tls` is given: the master's certificate must
+    /// chain to `TLS_CA` and name the host of `address`.
+    ///
+    /// The URI stays `http://` even over TLS: the TLS is [`tls::Connector`]'s, and tonic built
+    /// with a TLS feature of its own (another crate of the workspace may turn one on) refuses
+    /// an `https://` URI unless its own TLS is configured.
+    fn connect_lazy(address: &str, tls: Option<&Arc<Tls>>) -> Result<Self, InvalidMaster> {
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|source| InvalidMaster {
+            .map_err(|source| InvalidMaster::Address {
                 address: address.to_owned(),
                 source,
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        let channel = match tls {
+            None => endpoint.connect_lazy(),
+            Some(tls) => endpoint.connect_with_connector_lazy(tls::Connector::public(tls.clone())),
+        };
         Ok(Self {
             address: address.into(),
-            client: LogClient::new(endpoint.connect_lazy()),
+            client: LogClient::new(channel),
         })
     }
 }
@@ -85,8 +107,16 @@ impl Master {
 impl Forwarder {
     /// Static mode: forwards to `master`, or answers 503 without one.
     pub fn new(master: Option<&str>) -> Result<Self, InvalidMaster> {
+        Self::fixed(master, None)
+    }
+
+    fn fixed(master: Option<&str>, tls: Option<Arc<Tls>>) -> Result<Self, InvalidMaster> {
+        let master = master
+            .map(|address| Master::connect_lazy(address, tls.as_ref()))
+            .transpose()?;
         Ok(Self {
-            target: Target::Fixed(master.map(Master::connect_lazy).transpose()?),
+            target: Target::Fixed(master),
+            tls,
         })
     }
 
@@ -98,14 +128,32 @@ impl Forwarder {
                 leader,
                 master: Mutex::new(None),
             },
+            tls: None,
         }
     }
 
-    /// The forwarder a secondary with `config` uses.
-    pub fn for_config(config: &crate::config::Config) -> Result<Self, InvalidMaster> {
+    /// The forwarder a secondary with `config` and the node's `tls` uses: over TLS when the
+    /// nodes' public ports serve it (`PUBLIC_TLS`), which needs `TLS_CA` to verify the master
+    /// if there is one to forward to.
+    pub fn for_config(
+        config: &crate::config::Config,
+        tls: Option<&Arc<Tls>>,
+    ) -> Result<Self, InvalidMaster> {
+        let tls = tls.filter(|tls| tls.public_server().is_some()).cloned();
+        let forwards = config.failover.is_some() || config.master.is_some();
+        if forwards
+            && tls
+                .as_ref()
+                .is_some_and(|tls| tls.public_client().is_none())
+        {
+            return Err(InvalidMaster::Unverifiable);
+        }
         match &config.failover {
-            Some(role) => Ok(Self::following(role.name.clone(), role.leader.clone())),
-            None => Self::new(config.master.as_deref()),
+            Some(role) => Ok(Self {
+                tls,
+                ..Self::following(role.name.clone(), role.leader.clone())
+            }),
+            None => Self::fixed(config.master.as_deref(), tls),
         }
     }
 
@@ -129,7 +177,7 @@ impl Forwarder {
                 if let Some(current) = master.as_ref().filter(|m| *m.address == *address) {
                     return Ok(current.clone());
                 }
-                let next = Master::connect_lazy(address).map_err(|error| {
+                let next = Master::connect_lazy(address, self.tls.as_ref()).map_err(|error| {
                     ApiError::Unavailable(format!(
                         "the master's address is not valid ({error}); nothing was appended"
                     ))

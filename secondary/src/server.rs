@@ -64,7 +64,7 @@ pub async fn run(
     }
     config.auth.warn_if_open();
     let limits = config.limits.clone();
-    let forward = Forwarder::for_config(&config)?;
+    let forward = Forwarder::for_config(&config, tls.as_ref())?;
     let grpc_address = grpc_listener.local_addr().map_err(Error::Listener)?;
     let http_address = http_listener.local_addr().map_err(Error::Listener)?;
     let secondary = Arc::new(Secondary::new(
@@ -145,6 +145,7 @@ pub async fn run(
         shutdown.clone(),
         limits.clone(),
         threads,
+        tls.clone(),
     )
     .await
     .map_err(Error::Http);

@@ -23,6 +23,7 @@ use crate::config::LimitArgs;
 use crate::log::Message;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::tls::Tls;
 use axum::extract::DefaultBodyLimit;
 use axum::Router;
 use std::sync::Arc;
@@ -199,14 +200,21 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 /// body has its own limit, [`body_timeout`]). `axum::serve` has none of these settings,
 /// hence this accept loop over hyper-util's connection builder. On `shutdown` no new connection
 /// is accepted, idle ones close, and requests in flight finish.
+///
+/// With `PUBLIC_TLS` (`tls`), each connection first completes a TLS handshake with the
+/// certificate in use at that moment (ALPN offers `h2` and `http/1.1`; the builder tells them
+/// apart by the HTTP/2 preface as on plain TCP), within `REQUEST_TIMEOUT_SECONDS` or
+/// [`HANDSHAKE_TIMEOUT`]; a failed handshake closes the connection. The handshake runs on the
+/// connection's thread, not in the accept loop.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: Shutdown,
     limits: LimitArgs,
     threads: connections::Threads,
+    tls: Option<Arc<Tls>>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     let max_connections = limits.max_connections;
     crate::config::or_exit(connections::check_open_files(max_connections));
@@ -216,6 +224,9 @@ pub async fn serve(
     if let Some(timeout) = idle_timeout {
         builder.http1().header_read_timeout(timeout);
     }
+    // Only a node that serves TLS here looks at its TLS per connection.
+    let public_tls = tls.filter(|tls| tls.public_server().is_some());
+    let handshake_timeout = idle_timeout.unwrap_or(HANDSHAKE_TIMEOUT);
     // One permit per open connection; all of them back once every connection has ended.
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let mut refusals = connections::Refusals::new(threads.refused(), max_connections);
@@ -249,53 +260,24 @@ pub async fn serve(
         // The task owns its copy of the builder, so the connection borrows it there.
         let builder = builder.clone();
         let shutdown = shutdown.clone();
+        // Read per connection, so that certificates reloaded on SIGHUP reach new ones.
+        let tls_config = public_tls.as_ref().and_then(|tls| tls.public_server());
         threads.spawn(tcp, move |tcp| async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            tokio::pin!(connection);
-            // Set when the connection was told to close; `hard` when, idle, it is dropped
-            // even if it has not closed by itself (an HTTP/2 peer that never ends its header
-            // block does not let it).
-            let mut closing = false;
-            let mut hard: Option<tokio::time::Instant> = None;
-            loop {
-                let idle = async {
-                    match idle_timeout {
-                        Some(timeout) if hard.is_none() => activity.idle_for(timeout).await,
-                        _ => std::future::pending().await,
+            let connection = Connection {
+                builder,
+                service,
+                activity,
+                idle_timeout,
+                shutdown,
+            };
+            match tls_config {
+                None => connection.serve(tcp).await,
+                Some(config) => match crate::tls::accept(config, tcp, handshake_timeout).await {
+                    Ok(tls) => connection.serve(tls).await,
+                    Err(error) => {
+                        tracing::debug!(%error, "TLS handshake failed; connection closed")
                     }
-                };
-                let forced = async {
-                    match hard {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    ended = connection.as_mut() => {
-                        if let Err(error) = ended {
-                            tracing::debug!(%error, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = shutdown.cancelled(), if !closing => {
-                        closing = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    _ = idle => {
-                        tracing::debug!("closing a connection without a request in time (REQUEST_TIMEOUT_SECONDS)");
-                        if !closing {
-                            closing = true;
-                            connection.as_mut().graceful_shutdown();
-                        }
-                        hard = Some(tokio::time::Instant::now() + idle::CLOSE_GRACE);
-                    }
-                    _ = forced => {
-                        if activity.in_flight() == 0 {
-                            break;
-                        }
-                        hard = None;
-                    }
-                }
+                },
             }
             drop(slot);
         });
@@ -306,4 +288,95 @@ pub async fn serve(
     let _ = slots.acquire_many(all).await;
     threads.stop().await;
     Ok(())
+}
+
+/// How long a client has to finish its TLS handshake: `REQUEST_TIMEOUT_SECONDS`, or
+/// [`HANDSHAKE_TIMEOUT`] when that is off (a handshake that never ends must not hold a
+/// connection slot forever).
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One accepted connection's HTTP serving, over plain TCP or TLS alike.
+struct Connection<S> {
+    builder: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    service: S,
+    activity: Arc<idle::Activity>,
+    idle_timeout: Option<std::time::Duration>,
+    shutdown: Shutdown,
+}
+
+impl<S, B> Connection<S>
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    /// Serves `io` until the client closes it, it stays idle too long, or `shutdown` (then
+    /// after the requests in flight).
+    async fn serve<I>(self, io: I)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Self {
+            builder,
+            service,
+            activity,
+            idle_timeout,
+            shutdown,
+        } = self;
+        let connection =
+            builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service);
+        tokio::pin!(connection);
+        // Set when the connection was told to close; `hard` when, idle, it is dropped even if
+        // it has not closed by itself (an HTTP/2 peer that never ends its header block does
+        // not let it).
+        let mut closing = false;
+        let mut hard: Option<tokio::time::Instant> = None;
+        loop {
+            let idle = async {
+                match idle_timeout {
+                    Some(timeout) if hard.is_none() => activity.idle_for(timeout).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let forced = async {
+                match hard {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                ended = connection.as_mut() => {
+                    if let Err(error) = ended {
+                        tracing::debug!(%error, "connection ended with an error");
+                    }
+                    break;
+                }
+                _ = shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = idle => {
+                    tracing::debug!("closing a connection without a request in time (REQUEST_TIMEOUT_SECONDS)");
+                    if !closing {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                    hard = Some(tokio::time::Instant::now() + idle::CLOSE_GRACE);
+                }
+                _ = forced => {
+                    if activity.in_flight() == 0 {
+                        break;
+                    }
+                    hard = None;
+                }
+            }
+        }
+    }
 }
