@@ -464,13 +464,16 @@ impl tower::Service<hyper::Uri> for Connector {
     }
 }
 
+/// A connection accepted with TLS ([`accept`]).
+pub type Accepted = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
 /// Accepts TLS on `tcp` with `config`, within `timeout` (a client that opens a connection and
 /// never finishes its handshake does not hold it forever).
 pub async fn accept(
     config: Arc<ServerConfig>,
     tcp: tokio::net::TcpStream,
     timeout: std::time::Duration,
-) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+) -> std::io::Result<Accepted> {
     match tokio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(config).accept(tcp)).await {
         Ok(accepted) => accepted,
         Err(_) => Err(std::io::Error::new(

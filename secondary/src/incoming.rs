@@ -1,4 +1,13 @@
-//! The replication server's connections, which the secondary can cut when it stops.
+//! The replication server's connections: accepted (with TLS when mutual TLS is on) and
+//! wrapped so that the secondary can cut them when it stops.
+//!
+//! With mutual TLS, every accepted connection does its handshake on a task of its own, within
+//! [`HANDSHAKE_TIMEOUT`], so that a slow or hostile client never holds up the next accept; only
+//! what completes the handshake reaches tonic. The configuration is read for each connection:
+//! after a reload (SIGHUP) new connections use the new certificate while open ones go on with
+//! theirs. A refused handshake (a plaintext client, no certificate, one of another CA, an
+//! expired one) is logged with the peer's address and rustls's reason, at most once per reason
+//! per [`REFUSALS_LOGGED_EVERY`], and nothing of it is served.
 //!
 //! At shutdown the replication server stops accepting and closes each connection gracefully,
 //! which takes the master's part: an HTTP/2 peer must acknowledge the server's goodbye. A master
@@ -12,14 +21,195 @@
 //! no-op when the task's waker has not changed.
 
 use futures::task::AtomicWaker;
+use replog_node::tls::{self, Tls};
+use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// How long a replication client may take over its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A refused handshake's reason is logged at most once in this long.
+pub const REFUSALS_LOGGED_EVERY: Duration = Duration::from_secs(5);
+
+/// Most distinct reasons remembered at once; past that, refusals of a new reason are not
+/// logged until old ones are forgotten (a client cannot flood the log by varying its garbage).
+const REASONS_KEPT: usize = 64;
+
+/// Accepted connections on their way to tonic, before it takes them.
+const QUEUED: usize = 16;
+
+/// The replication port's connections, for `serve_with_incoming`: each accepted one gets
+/// TCP_NODELAY (an acknowledgement must not wait for Nagle's algorithm), TLS when `tls` has a
+/// replication server configuration at that moment, and the `cutter`'s wrapper. Accepting stops
+/// when tonic drops the stream (its shutdown), which closes the listener.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    cutter: Cutter,
+) -> ReceiverStream<io::Result<Cuttable>> {
+    let (accepted, stream) = mpsc::channel(QUEUED);
+    tokio::spawn(accept_loop(listener, tls, cutter, accepted));
+    ReceiverStream::new(stream)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    cutter: Cutter,
+    accepted: mpsc::Sender<io::Result<Cuttable>>,
+) {
+    let refusals = Arc::new(Refusals::default());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = accepted.closed() => return,
+            next = listener.accept() => match next {
+                Ok(next) => next,
+                Err(error) => {
+                    // Tonic skips it, as it skips a listener stream's errors.
+                    if accepted.send(Err(error)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        let info = tcp.connect_info();
+        let config = tls.as_ref().and_then(|tls| tls.replication_server());
+        let Some(config) = config else {
+            let wrapped = cutter.wrap(Io::Plain(tcp), info);
+            if accepted.send(Ok(wrapped)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (cutter, accepted, refusals) = (cutter.clone(), accepted.clone(), refusals.clone());
+        tokio::spawn(async move {
+            let handshake = tokio::select! {
+                _ = accepted.closed() => return,
+                handshake = tls::accept(config, tcp, HANDSHAKE_TIMEOUT) => handshake,
+            };
+            match handshake {
+                Ok(stream) => {
+                    let _ = accepted
+                        .send(Ok(cutter.wrap(Io::Tls(Box::new(stream)), info)))
+                        .await;
+                }
+                Err(error) => {
+                    refusals.refused(peer, &error, Instant::now());
+                }
+            }
+        });
+    }
+}
+
+/// The refused handshakes' reasons and when each was last logged.
+#[derive(Default)]
+struct Refusals {
+    logged: Mutex<HashMap<String, Instant>>,
+}
+
+impl Refusals {
+    /// Logs a refused handshake unless one of the same reason was logged less than
+    /// [`REFUSALS_LOGGED_EVERY`] ago; returns whether it did.
+    fn refused(&self, peer: SocketAddr, error: &io::Error, now: Instant) -> bool {
+        let reason = error.to_string();
+        // Reasons that differ only in numbers (an expired certificate's dates, a byte's value)
+        // are one.
+        let key: String = reason.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let mut logged = self.logged.lock().unwrap_or_else(|p| p.into_inner());
+        logged.retain(|_, at| now.duration_since(*at) < REFUSALS_LOGGED_EVERY);
+        if logged.contains_key(&key) || logged.len() >= REASONS_KEPT {
+            return false;
+        }
+        logged.insert(key, now);
+        drop(logged);
+        tracing::warn!(
+            %peer,
+            %reason,
+            tls = tls::rustls_error(error).is_some(),
+            "refused a replication connection: its TLS handshake failed (nothing from it is applied; the same reason is logged at most once every {REFUSALS_LOGGED_EVERY:?})"
+        );
+        true
+    }
+}
+
+/// An accepted connection, plain or TLS.
+pub enum Io {
+    Plain(TcpStream),
+    Tls(Box<tls::Accepted>),
+}
+
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $call
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
 
 /// Cuts every connection it wrapped that is still open.
 #[derive(Clone, Default)]
@@ -35,14 +225,15 @@ struct Shared {
 }
 
 impl Cutter {
-    /// Wraps an accepted connection.
-    pub fn wrap(&self, tcp: TcpStream) -> Cuttable {
+    /// Wraps an accepted connection; `info` is its TCP connection's addresses.
+    pub fn wrap(&self, io: Io, info: TcpConnectInfo) -> Cuttable {
         let waker = Arc::new(AtomicWaker::new());
         let mut open = self.inner.open.lock().unwrap_or_else(|p| p.into_inner());
         open.retain(|waker| waker.strong_count() > 0);
         open.push(Arc::downgrade(&waker));
         Cuttable {
-            tcp,
+            io,
+            info,
             waker,
             shared: self.inner.clone(),
         }
@@ -61,7 +252,8 @@ impl Cutter {
 
 /// An accepted replication connection that fails once its [`Cutter`] cuts.
 pub struct Cuttable {
-    tcp: TcpStream,
+    io: Io,
+    info: TcpConnectInfo,
     waker: Arc<AtomicWaker>,
     shared: Arc<Shared>,
 }
@@ -88,7 +280,7 @@ impl AsyncRead for Cuttable {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -99,7 +291,7 @@ impl AsyncWrite for Cuttable {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -108,20 +300,20 @@ impl AsyncWrite for Cuttable {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -129,7 +321,7 @@ impl Connected for Cuttable {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.tcp.connect_info()
+        self.info.clone()
     }
 }
 
@@ -147,7 +339,8 @@ mod tests {
         let mut client = TcpStream::connect(address).await.expect("connected");
         let (accepted, _) = listener.accept().await.expect("accepted");
         let cutter = Cutter::default();
-        let mut server = cutter.wrap(accepted);
+        let info = accepted.connect_info();
+        let mut server = cutter.wrap(Io::Plain(accepted), info);
         client.write_all(b"x").await.expect("written");
         let mut byte = [0u8; 1];
         server
@@ -165,5 +358,25 @@ mod tests {
         assert_eq!(read, Err(io::ErrorKind::ConnectionAborted));
         let write = server.write_all(b"y").await.map_err(|e| e.kind());
         assert_eq!(write, Err(io::ErrorKind::ConnectionAborted));
+    }
+
+    #[test]
+    fn a_refusal_is_logged_once_per_reason_per_window() {
+        let refusals = Refusals::default();
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let expired = |at: u32| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("invalid peer certificate: expired at {at}"),
+            )
+        };
+        let other = io::Error::new(io::ErrorKind::InvalidData, "peer sent no certificates");
+        let start = Instant::now();
+        assert!(refusals.refused(peer, &expired(1), start));
+        // The same reason (numbers aside) within the window: not logged; another one is.
+        assert!(!refusals.refused(peer, &expired(2), start + Duration::from_secs(1)));
+        assert!(refusals.refused(peer, &other, start + Duration::from_secs(1)));
+        // After the window, logged again.
+        assert!(refusals.refused(peer, &expired(3), start + REFUSALS_LOGGED_EVERY));
     }
 }

@@ -102,22 +102,11 @@ pub async fn run(
             Ok(request)
         },
     );
-    // Accepted sockets get TCP_NODELAY (the builder's setting covers only listeners it binds
-    // itself): an acknowledgement must not wait for Nagle's algorithm. Each is wrapped so that
-    // a connection the master does not close can be cut at shutdown (see `incoming`).
+    // Accepted connections get TCP_NODELAY and, with mutual TLS, their handshake; each is
+    // wrapped so that a connection the master does not close can be cut at shutdown (see
+    // `incoming`).
     let cutter = Cutter::default();
-    let wrap = cutter.clone();
-    let incoming = tokio_stream::StreamExt::map(
-        tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
-        move |accepted| {
-            accepted.map(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-                wrap.wrap(tcp)
-            })
-        },
-    );
+    let incoming = crate::incoming::incoming(grpc_listener, tls.clone(), cutter.clone());
     let grpc_shutdown = shutdown.clone();
     let mut grpc = tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
