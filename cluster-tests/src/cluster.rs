@@ -109,6 +109,8 @@ pub struct ClusterBuilder {
     data_root: Option<PathBuf>,
     /// Every node durable.
     durable: bool,
+    /// The CA (PEM file) of nodes that serve their public port over TLS.
+    https_ca: Option<PathBuf>,
 }
 
 impl ClusterBuilder {
@@ -157,6 +159,14 @@ impl ClusterBuilder {
     /// test's [`fresh_log_dir`].
     pub fn log_dir(mut self, dir: &Path) -> Self {
         self.log_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The nodes serve their public port over TLS (their own settings say so: `PUBLIC_TLS` and
+    /// the certificate files): the kit's URLs are `https://` and its client trusts the CA
+    /// certificates of the PEM file `ca`.
+    pub fn https(mut self, ca: &Path) -> Self {
+        self.https_ca = Some(ca.to_path_buf());
         self
     }
 
@@ -273,7 +283,8 @@ impl ClusterBuilder {
             ];
             let env = node_env(defaults, &name, opts.durable, &opts.env);
             let mut node = Node::new(&name, Binary::Secondary, http, Some(grpc), env, dir)
-                .with_backend(self.backend.clone(), listeners.next().flatten(), dir);
+                .with_backend(self.backend.clone(), listeners.next().flatten(), dir)
+                .with_https(self.https_ca.is_some());
             if !opts.not_started {
                 node.try_start()?;
             }
@@ -290,23 +301,33 @@ impl ClusterBuilder {
         }
         let env = node_env(defaults, "master", self.master.durable, &self.master.env);
         let mut master = Node::new("master", Binary::Master, master_http, None, env, dir)
-            .with_backend(self.backend.clone(), master_listeners, dir);
+            .with_backend(self.backend.clone(), master_listeners, dir)
+            .with_https(self.https_ca.is_some());
         master.try_start()?;
         Ok(Cluster {
             master,
             secondaries: nodes,
-            client: http_client(),
+            client: http_client(self.https_ca.as_deref()),
             dir: dir.to_path_buf(),
+            https_ca: self.https_ca.clone(),
         })
     }
 }
 
-/// The kit's HTTP client: no proxy, whatever the environment says.
-pub(crate) fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("an HTTP client")
+/// The kit's HTTP client: no proxy, whatever the environment says; trusting only the CA
+/// certificates of the PEM file `ca`, if given, for `https://`.
+pub(crate) fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("cannot read {}: {e}", ca.display()));
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .unwrap_or_else(|e| panic!("{}: {e}", ca.display()));
+        builder = builder.tls_built_in_root_certs(false);
+        for certificate in certificates {
+            builder = builder.add_root_certificate(certificate);
+        }
+    }
+    builder.build().expect("an HTTP client")
 }
 
 /// A master and its secondaries, plus an HTTP client to talk to them.
@@ -315,6 +336,8 @@ pub struct Cluster {
     pub secondaries: Vec<Node>,
     pub client: reqwest::Client,
     pub dir: PathBuf,
+    /// See [`ClusterBuilder::https`].
+    https_ca: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -494,7 +517,7 @@ impl Cluster {
     /// Replaces the HTTP client (and so its pool of connections): call it after a node was
     /// restarted, so that no request goes out on a connection to the process that is gone.
     pub fn renew_client(&mut self) {
-        self.client = http_client();
+        self.client = http_client(self.https_ca.as_deref());
     }
 
     /// `last_id` from `node`'s `/api/health` (on a secondary: the highest id it holds).

@@ -106,6 +106,8 @@ pub struct Node {
     /// In process: the listeners bound before the node's first start.
     bound: Option<Listeners>,
     running: Option<Running>,
+    /// The public port serves TLS: its URLs are `https://`.
+    https: bool,
 }
 
 impl Node {
@@ -128,6 +130,7 @@ impl Node {
             backend: Backend::default(),
             bound: None,
             running: None,
+            https: false,
         }
     }
 
@@ -145,6 +148,12 @@ impl Node {
         }
         self.backend = backend;
         self.bound = bound;
+        self
+    }
+
+    /// A node whose public port serves TLS (`PUBLIC_TLS`) when `https`: its URLs are `https://`.
+    pub fn with_https(mut self, https: bool) -> Node {
+        self.https = https;
         self
     }
 
@@ -423,7 +432,8 @@ impl Node {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.http_port)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.http_port)
     }
 
     /// `127.0.0.1:<http>`, the node's HTTP API.
