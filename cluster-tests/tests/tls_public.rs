@@ -5,8 +5,8 @@
 //! settings that stop a node at start.
 
 use cluster_tests::{
-    free_ports, fresh_log_dir, run_to_exit, wait_for, Binary, Cluster, MasterOpts, SecondaryOpts,
-    StatusCode,
+    assert_closed_by_the_request_timeout, free_ports, fresh_log_dir, run_to_exit, wait_for, Binary,
+    Cluster, MasterOpts, SecondaryOpts, StatusCode,
 };
 use nix::sys::signal::Signal;
 use replog_node::tls::testing::{self, TestCa, Validity};
@@ -65,15 +65,18 @@ fn settings(args: &TlsArgs) -> Vec<(String, String)> {
     ]
 }
 
-/// A cluster of a master and `secondaries` secondaries, every one serving TLS.
-async fn start(secondaries: usize) -> (Cluster, Certs, PathBuf) {
+/// A cluster of a master (with `master_env` besides) and `secondaries` secondaries, every one
+/// serving TLS.
+async fn start(secondaries: usize, master_env: &[(&str, &str)]) -> (Cluster, Certs, PathBuf) {
     let dir = fresh_log_dir();
     let certs = Certs::new(&dir);
     let ca = certs.ca_file();
     let opts = (1..=secondaries)
         .map(|i| SecondaryOpts::new().envs(&settings(&certs.issue(&format!("secondary-{i}")).0)))
         .collect();
-    let master = MasterOpts::new().envs(&settings(&certs.issue("master").0));
+    let master = MasterOpts::new()
+        .envs(&settings(&certs.issue("master").0))
+        .envs(master_env);
     let cluster = Cluster::builder()
         .secondaries(opts)
         .master(master)
@@ -108,7 +111,7 @@ fn curl(args: &[&str]) -> Output {
 /// refuses the certificate (exit 60); the node serves TLS clients afterwards.
 #[tokio::test]
 async fn the_public_port_serves_tls_to_curl_grpc_and_forwarded_appends() {
-    let (cluster, _certs, ca) = start(2).await;
+    let (cluster, _certs, ca) = start(2, &[]).await;
     let ca = ca.display().to_string();
     let base = cluster.master.url("/api/messages");
     for (flag, version, message) in [
@@ -286,7 +289,7 @@ async fn health_on(stream: &mut tokio_rustls::client::TlsStream<tokio::net::TcpS
 /// connection opened before still has the old one and is answered on.
 #[tokio::test]
 async fn sighup_gives_new_connections_the_new_certificate_while_open_ones_go_on() {
-    let (cluster, certs, ca) = start(1).await;
+    let (cluster, certs, ca) = start(1, &[]).await;
     let port = cluster.master.http_port;
     let mut before = connect(&ca, port).await;
     assert_eq!(health_on(&mut before).await, "HTTP/1.1 200 OK");
@@ -383,4 +386,34 @@ async fn bad_tls_settings_stop_a_node_with_one_line() {
             output.status
         );
     }
+}
+
+/// Injected: REQUEST_TIMEOUT_SECONDS=1 on a TLS master; a client that connects and never
+/// starts its handshake, and one that sends half a ClientHello.
+/// Checked: the node closes each within the timeout plus slack (not before 0.9 s), and serves
+/// TLS clients afterwards.
+#[tokio::test]
+async fn a_handshake_that_never_ends_is_cut_by_the_request_timeout() {
+    let (cluster, _certs, ca) = start(0, &[("REQUEST_TIMEOUT_SECONDS", "1")]).await;
+    let port = cluster.master.http_port;
+    // A TLS record header announcing a ClientHello of 512 bytes, and none of them.
+    let half_hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00];
+    for sent in [&[][..], half_hello] {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        tcp.write_all(sent).await.expect("send");
+        let what = format!("a connection that sent {sent:?}");
+        let since = std::time::Instant::now();
+        assert_closed_by_the_request_timeout(
+            &cluster.master,
+            &what,
+            &mut tcp,
+            since,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+    let mut client = connect(&ca, port).await;
+    assert_eq!(health_on(&mut client).await, "HTTP/1.1 200 OK");
 }
