@@ -5,8 +5,8 @@
 //! settings that stop a node at start.
 
 use cluster_tests::{
-    assert_closed_by_the_request_timeout, free_ports, fresh_log_dir, run_to_exit, wait_for, Binary,
-    Cluster, MasterOpts, SecondaryOpts, StatusCode,
+    assert_closed_by_the_request_timeout, free_ports, fresh_log_dir, run_to_exit, wait_for,
+    wait_until, Binary, Cluster, MasterOpts, Node, SecondaryOpts, StatusCode,
 };
 use nix::sys::signal::Signal;
 use replog_node::tls::testing::{self, TestCa, Validity};
@@ -31,10 +31,15 @@ struct Certs {
 
 impl Certs {
     fn new(dir: &Path) -> Self {
-        let dir = dir.join("certs");
+        Self::of(dir, "certs", "replog test CA")
+    }
+
+    /// A CA named `ca` of its own, its files in `dir/name`.
+    fn of(dir: &Path, name: &str, ca: &str) -> Self {
+        let dir = dir.join(name);
         std::fs::create_dir_all(&dir).expect("the certificates' directory");
         Self {
-            ca: TestCa::new("replog test CA"),
+            ca: TestCa::new(ca),
             dir,
         }
     }
@@ -416,4 +421,63 @@ async fn a_handshake_that_never_ends_is_cut_by_the_request_timeout() {
     }
     let mut client = connect(&ca, port).await;
     assert_eq!(health_on(&mut client).await, "HTTP/1.1 200 OK");
+}
+
+/// Injected: a TLS master; a secondary (not one the master replicates to) that forwards to it,
+/// with a certificate and `TLS_CA` of another CA.
+/// Checked: an append on that secondary is refused 503 "nothing was appended", naming the
+/// invalid certificate (the master's does not chain to its CA, so no request leaves), and the
+/// master's log stays empty.
+#[tokio::test]
+async fn a_secondary_does_not_forward_to_a_master_its_ca_did_not_sign() {
+    let (cluster, certs, _) = start(0, &[]).await;
+    let other = Certs::of(&certs.dir, "other", "another CA");
+    let other_ca = other.ca_file().display().to_string();
+    let ports = free_ports(2);
+    let mut env = settings(&other.issue("outsider").0);
+    env.extend([
+        ("HOST".into(), "127.0.0.1".into()),
+        ("HTTP_PORT".into(), ports[0].to_string()),
+        ("GRPC_PORT".into(), ports[1].to_string()),
+        (
+            "MASTER".into(),
+            format!("127.0.0.1:{}", cluster.master.http_port),
+        ),
+    ]);
+    let mut outsider = Node::new(
+        "outsider",
+        Binary::Secondary,
+        ports[0],
+        Some(ports[1]),
+        env,
+        &cluster.dir,
+    )
+    .with_https(true);
+    outsider.start();
+    let health = outsider.url("/health");
+    wait_until(Duration::from_secs(10), "the outsider answers", || {
+        let answered = curl(&["--cacert", &other_ca, &health]).status.success();
+        async move { answered }
+    })
+    .await;
+
+    let out = curl(&[
+        "--cacert",
+        &other_ca,
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"message":"to an unverified master"}"#,
+        "-w",
+        "\n%{http_code}",
+        &outsider.url("/api/messages"),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.ends_with("\n503")
+            && stdout.contains("nothing was appended")
+            && stdout.contains("invalid peer certificate"),
+        "append on the outsider: {stdout}"
+    );
+    assert_eq!(cluster.messages(&cluster.master).await, vec![]);
 }
