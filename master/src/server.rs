@@ -56,7 +56,7 @@ pub async fn run(
     } else {
         Log::new(log.log_id().to_owned())
     };
-    let peers = replication::peers(&config)?;
+    let peers = replication::peers(&config, tls.as_ref())?;
     let metrics = Arc::new(Metrics::default());
     let stop = phases.stop.clone();
     let master = Arc::new(Master::new(

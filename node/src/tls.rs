@@ -20,7 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::RootCertStore;
+pub use rustls::{ClientConfig, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -365,7 +366,7 @@ pub async fn connect(
     config: Arc<ClientConfig>,
     address: &str,
     tcp: tokio::net::TcpStream,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+) -> std::io::Result<Connected> {
     let name = server_name(host_of(address))?;
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
@@ -466,6 +467,82 @@ impl tower::Service<hyper::Uri> for Connector {
 
 /// A connection accepted with TLS ([`accept`]).
 pub type Accepted = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// A connection opened with TLS ([`connect`]).
+pub type Connected = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TCP connection, with TLS (`T`: [`Accepted`] or [`Connected`]) or without, for code that
+/// serves or speaks on either the same way.
+pub enum MaybeTls<T> {
+    Plain(tokio::net::TcpStream),
+    /// Boxed: a TLS stream carries rustls's buffers.
+    Tls(Box<T>),
+}
+
+/// Calls `$call` on the stream inside a pinned [`MaybeTls`].
+macro_rules! delegate {
+    ($self:ident, $io:ident => $call:expr) => {
+        match $self.get_mut() {
+            MaybeTls::Plain($io) => {
+                let $io = std::pin::Pin::new($io);
+                $call
+            }
+            MaybeTls::Tls($io) => {
+                let $io = std::pin::Pin::new($io.as_mut());
+                $call
+            }
+        }
+    };
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for MaybeTls<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, io => io.poll_read(cx, buf))
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for MaybeTls<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, io => io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, io => io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(io) => io.is_write_vectored(),
+            MaybeTls::Tls(io) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, io => io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, io => io.poll_shutdown(cx))
+    }
+}
 
 /// Accepts TLS on `tcp` with `config`, within `timeout` (a client that opens a connection and
 /// never finishes its handshake does not hold it forever).

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
@@ -90,7 +90,7 @@ async fn accept_loop(
         let info = tcp.connect_info();
         let config = tls.as_ref().and_then(|tls| tls.replication_server());
         let Some(config) = config else {
-            let wrapped = cutter.wrap(Io::Plain(tcp), info);
+            let wrapped = cutter.wrap(tls::MaybeTls::Plain(tcp), info);
             if accepted.send(Ok(wrapped)).await.is_err() {
                 return;
             }
@@ -105,7 +105,7 @@ async fn accept_loop(
             match handshake {
                 Ok(stream) => {
                     let _ = accepted
-                        .send(Ok(cutter.wrap(Io::Tls(Box::new(stream)), info)))
+                        .send(Ok(cutter.wrap(tls::MaybeTls::Tls(Box::new(stream)), info)))
                         .await;
                 }
                 Err(error) => {
@@ -148,68 +148,7 @@ impl Refusals {
 }
 
 /// An accepted connection, plain or TLS.
-pub enum Io {
-    Plain(TcpStream),
-    Tls(Box<tls::Accepted>),
-}
-
-macro_rules! delegate {
-    ($self:ident, $io:ident => $call:expr) => {
-        match $self.get_mut() {
-            Io::Plain($io) => {
-                let $io = Pin::new($io);
-                $call
-            }
-            Io::Tls($io) => {
-                let $io = Pin::new($io.as_mut());
-                $call
-            }
-        }
-    };
-}
-
-impl AsyncRead for Io {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for Io {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        delegate!(self, io => io.poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Io::Plain(io) => io.is_write_vectored(),
-            Io::Tls(io) => io.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        delegate!(self, io => io.poll_shutdown(cx))
-    }
-}
+pub type Io = tls::MaybeTls<tls::Accepted>;
 
 /// Cuts every connection it wrapped that is still open.
 #[derive(Clone, Default)]
@@ -329,6 +268,7 @@ impl Connected for Cuttable {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     #[tokio::test]
     async fn a_cut_fails_a_pending_read_and_every_later_write() {
@@ -340,7 +280,7 @@ mod tests {
         let (accepted, _) = listener.accept().await.expect("accepted");
         let cutter = Cutter::default();
         let info = accepted.connect_info();
-        let mut server = cutter.wrap(Io::Plain(accepted), info);
+        let mut server = cutter.wrap(tls::MaybeTls::Plain(accepted), info);
         client.write_all(b"x").await.expect("written");
         let mut byte = [0u8; 1];
         server

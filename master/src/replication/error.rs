@@ -24,6 +24,14 @@ pub enum LinkError {
     /// refused request, a secondary stopping).
     #[error("{}: {}", .0.code(), .0.message())]
     Refused(tonic::Status),
+    /// TLS with the secondary failed: its certificate was refused (another CA, expired, not
+    /// naming the address dialled), or it refused this master's. With TLS 1.3 the secondary
+    /// checks the master's certificate after the master's side of the handshake is done, so
+    /// its refusal arrives on the HTTP/2 connection before the stream is answered: as an alert
+    /// or, when the secondary's close overtakes it, as a broken connection
+    /// ([`LinkError::opening_over_tls`]).
+    #[error("TLS handshake with the secondary failed: {0}")]
+    Tls(String),
     /// HTTP/2 failed underneath: the handshake, a reset, a frame, a ping.
     #[error("HTTP/2: {0}")]
     Transport(#[from] h2::Error),
@@ -58,4 +66,49 @@ pub enum LinkError {
     /// A reply owed longer than `RPC_TIMEOUT_SECONDS` since the stream last moved.
     #[error("no answer within RPC_TIMEOUT_SECONDS ({0:?})")]
     Late(Duration),
+}
+
+impl LinkError {
+    /// `self`, an error while a stream was being opened over TLS: a connection that broke
+    /// before the secondary answered is its refusal of this master's certificate (see
+    /// [`LinkError::Tls`]), told as such.
+    pub fn opening_over_tls(self) -> Self {
+        match self {
+            LinkError::Transport(error) => match error.get_io() {
+                Some(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                    LinkError::Tls(io.to_string())
+                }
+                Some(io) => LinkError::Tls(format!(
+                    "the secondary closed the connection before answering ({io}): it may refuse this master's certificate (its log says why)"
+                )),
+                None => LinkError::Transport(error),
+            },
+            LinkError::Closed => LinkError::Tls(
+                "the secondary closed the connection before answering: it may refuse this master's certificate (its log says why)".into(),
+            ),
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (An alert or a reset under HTTP/2 is told as TLS too: h2's I/O errors cannot be made
+    /// outside h2, so `tls_replication`'s cluster test checks those.)
+    #[test]
+    fn a_connection_closed_while_opening_over_tls_is_told_as_tls() {
+        let error = LinkError::Closed.opening_over_tls();
+        assert!(matches!(error, LinkError::Tls(_)), "{error:?}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("TLS handshake with the secondary failed: "),
+            "{error}"
+        );
+        // What the secondary answered is no TLS failure.
+        let refused = LinkError::Refused(tonic::Status::permission_denied("unknown token"));
+        assert!(matches!(refused.opening_over_tls(), LinkError::Refused(_)));
+    }
 }

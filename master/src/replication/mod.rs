@@ -16,6 +16,7 @@ use crate::state::Master;
 pub use error::LinkError;
 use replog_node::metrics::Metrics;
 use replog_node::shutdown::Shutdown;
+use replog_node::tls::{self, Tls};
 use replog_proto::framing::MAX_MESSAGE_BYTES;
 use replog_proto::v1::replication_client::ReplicationClient;
 use replog_proto::v1::{FetchReply, FetchRequest};
@@ -36,16 +37,28 @@ pub struct Peer {
     /// link's own stream ([`Peer::open_stream`]).
     client: ReplicationClient<Channel>,
     token: Option<String>,
+    /// With mutual TLS, the node's certificates, read for each new connection (a reload on
+    /// SIGHUP reaches the next stream while the open one goes on).
+    tls: Option<Arc<Tls>>,
     keep_alive: KeepAlive,
 }
 
 impl Peer {
-    pub fn new(address: &str, config: &Config) -> Result<Self, InvalidSettings> {
+    /// `tls`, when it has a replication client configuration (`TLS_CA` set), makes every
+    /// connection to the secondary mutual TLS.
+    pub fn new(
+        address: &str,
+        config: &Config,
+        tls: Option<&Arc<Tls>>,
+    ) -> Result<Self, InvalidSettings> {
         let keep_alive = KeepAlive {
             after: config.heartbeat_interval_ms,
             timeout: config.suspect_after_ms,
         };
-        // Every fetch has a deadline of its own, so the channel needs no keep-alive.
+        let tls = tls.filter(|tls| tls.mutual()).cloned();
+        // Every fetch has a deadline of its own, so the channel needs no keep-alive. The URI
+        // stays `http://` over TLS too: the TLS is `tls::Connector`'s, and a tonic built with
+        // its own TLS feature refuses an `https://` URI unless that TLS is configured.
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| InvalidSettings::BadSecondary {
                 address: address.to_owned(),
@@ -53,13 +66,20 @@ impl Peer {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
-        let client = ReplicationClient::new(endpoint.connect_lazy())
+        let channel = match &tls {
+            Some(tls) => {
+                endpoint.connect_with_connector_lazy(tls::Connector::replication(tls.clone()))
+            }
+            None => endpoint.connect_lazy(),
+        };
+        let client = ReplicationClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
             address: address.to_owned(),
             client,
             token: config.auth.token().map(str::to_owned),
+            tls,
             keep_alive,
         })
     }
@@ -69,6 +89,7 @@ impl Peer {
     pub async fn open_stream(&self) -> Result<ReplicationStream, LinkError> {
         ReplicationStream::open(
             &self.address,
+            self.tls.as_ref().and_then(|tls| tls.replication_client()),
             self.token.as_deref(),
             CONNECT_TIMEOUT,
             self.keep_alive,
@@ -99,12 +120,13 @@ impl Peer {
     }
 }
 
-/// One [`Peer`] per configured secondary, in the order of their indexes.
-pub fn peers(config: &Config) -> Result<Arc<[Peer]>, InvalidSettings> {
+/// One [`Peer`] per configured secondary, in the order of their indexes, over mutual TLS when
+/// `tls` has it.
+pub fn peers(config: &Config, tls: Option<&Arc<Tls>>) -> Result<Arc<[Peer]>, InvalidSettings> {
     config
         .secondaries
         .iter()
-        .map(|address| Peer::new(address, config))
+        .map(|address| Peer::new(address, config, tls))
         .collect()
 }
 

@@ -23,10 +23,12 @@
 use super::error::LinkError;
 use super::transport::Heard;
 use bytes::{Bytes, BytesMut};
+use replog_node::tls::{self, ClientConfig, MaybeTls};
 use replog_proto::framing::{self, Decoder};
 use replog_proto::v1::{ReplicaState, ReplicateRequest};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -43,9 +45,12 @@ pub struct KeepAlive {
     pub timeout: Duration,
 }
 
+/// The connection a stream runs on: TCP, or TLS over it when replication is mutual TLS.
+type Io = MaybeTls<tls::Connected>;
+
 /// One open `Stream` call and the HTTP/2 connection it runs on.
 pub struct ReplicationStream {
-    connection: h2::client::Connection<TcpStream, Bytes>,
+    connection: h2::client::Connection<Io, Bytes>,
     /// Kept so the connection is not closed for want of users.
     _client: h2::client::SendRequest<Bytes>,
     requests: h2::SendStream<Bytes>,
@@ -65,40 +70,41 @@ pub struct ReplicationStream {
 }
 
 impl ReplicationStream {
-    /// Connects to `address` and opens the call; done when the secondary answered its headers
-    /// (an unknown token, for one, is refused right there).
+    /// Connects to `address` (with TLS when `tls` is given: the secondary's certificate must
+    /// chain to its roots and name the host of `address`) and opens the call; done when the
+    /// secondary answered its headers (an unknown token, for one, is refused right there).
     pub async fn open(
         address: &str,
+        tls: Option<Arc<ClientConfig>>,
         token: Option<&str>,
         connect_timeout: Duration,
         keep_alive: KeepAlive,
     ) -> Result<Self, LinkError> {
-        let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(address))
+        let connecting = async {
+            let tcp = TcpStream::connect(address)
+                .await
+                .map_err(LinkError::Connect)?;
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+            match &tls {
+                None => Ok(MaybeTls::Plain(tcp)),
+                Some(config) => tls::connect(config.clone(), address, tcp)
+                    .await
+                    .map(|tls| MaybeTls::Tls(Box::new(tls)))
+                    .map_err(|error| LinkError::Tls(error.to_string())),
+            }
+        };
+        let io = tokio::time::timeout(connect_timeout, connecting)
             .await
-            .map_err(|_| LinkError::ConnectTimeout(connect_timeout))?
-            .map_err(LinkError::Connect)?;
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-        let (client, mut connection) = h2::client::handshake(tcp).await?;
-        let mut request = http::Request::post(format!("http://{address}{PATH}"))
-            .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers");
-        if let Some(token) = token {
-            request = request.header(replog_node::auth::HEADER, format!("Bearer {token}"));
-        }
-        let request = request.body(()).map_err(LinkError::Request)?;
-        // The connection has to be driven while the request goes out and the headers come back.
-        let opening = async {
-            let mut client = client.ready().await?;
-            let (answer, requests) = client.send_request(request, false)?;
-            let answer = answer.await?;
-            Ok::<_, LinkError>((client, answer, requests))
-        };
-        let (client, answer, requests) = tokio::select! {
-            opened = opening => opened?,
-            ended = &mut connection => return Err(connection_ended(ended)),
-        };
+            .map_err(|_| LinkError::ConnectTimeout(connect_timeout))??;
+        let over_tls = tls.is_some();
+        let (client, mut connection, answer, requests) = request(address, token, io, over_tls)
+            .await
+            .map_err(|error| match over_tls {
+                true => error.opening_over_tls(),
+                false => error,
+            })?;
         if answer.status() != http::StatusCode::OK {
             return Err(LinkError::Http(answer.status()));
         }
@@ -208,6 +214,45 @@ impl ReplicationStream {
             }
         }
     }
+}
+
+/// Opens the HTTP/2 connection on `io` and sends the `Stream` call's headers; done when the
+/// secondary answered them.
+async fn request(
+    address: &str,
+    token: Option<&str>,
+    io: Io,
+    over_tls: bool,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<Io, Bytes>,
+        http::Response<h2::RecvStream>,
+        h2::SendStream<Bytes>,
+    ),
+    LinkError,
+> {
+    let scheme = if over_tls { "https" } else { "http" };
+    let (client, mut connection) = h2::client::handshake(io).await?;
+    let mut request = http::Request::post(format!("{scheme}://{address}{PATH}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers");
+    if let Some(token) = token {
+        request = request.header(replog_node::auth::HEADER, format!("Bearer {token}"));
+    }
+    let request = request.body(()).map_err(LinkError::Request)?;
+    // The connection has to be driven while the request goes out and the headers come back.
+    let opening = async {
+        let mut client = client.ready().await?;
+        let (answer, requests) = client.send_request(request, false)?;
+        let answer = answer.await?;
+        Ok::<_, LinkError>((client, answer, requests))
+    };
+    let (client, answer, requests) = tokio::select! {
+        opened = opening => opened?,
+        ended = &mut connection => return Err(connection_ended(ended)),
+    };
+    Ok((client, connection, answer, requests))
 }
 
 /// The next whole reply in `received`, taken off it, if one is there.
