@@ -613,6 +613,7 @@ mod tests {
             bin_dir: &bin_dir,
             secondaries: 1,
             durable: false,
+            tls: None,
             log_dir: scratch.path(),
             tmp_root: scratch.path(),
         })

@@ -25,6 +25,7 @@ mod report;
 mod resync;
 mod storage;
 mod tail;
+mod tls;
 mod wire;
 
 use anyhow::{bail, Context, Result};
@@ -161,6 +162,9 @@ pub struct RowKind {
     pub replicas: usize,
     /// replog's write concern.
     pub w: u32,
+    /// Every connection over TLS ([`tls`]): clients to the servers, and replication (replog:
+    /// mutual TLS; Redis: `tls-replication`).
+    pub tls: bool,
     /// The row this one is compared with (same C).
     pub reference: Option<&'static str>,
 }
@@ -175,6 +179,7 @@ pub const ROWS: &[RowKind] = &[
         durable: false,
         replicas: 2,
         w: 3,
+        tls: false,
         reference: Some("redis-wait"),
     },
     RowKind {
@@ -186,6 +191,7 @@ pub const ROWS: &[RowKind] = &[
         durable: false,
         replicas: 2,
         w: 3,
+        tls: false,
         reference: Some("redis-wait"),
     },
     RowKind {
@@ -197,6 +203,7 @@ pub const ROWS: &[RowKind] = &[
         durable: false,
         replicas: 2,
         w: 3,
+        tls: false,
         reference: None,
     },
     RowKind {
@@ -208,6 +215,7 @@ pub const ROWS: &[RowKind] = &[
         durable: false,
         replicas: 2,
         w: 1,
+        tls: false,
         reference: Some("redis-xadd"),
     },
     RowKind {
@@ -219,6 +227,7 @@ pub const ROWS: &[RowKind] = &[
         durable: false,
         replicas: 2,
         w: 1,
+        tls: false,
         reference: None,
     },
     RowKind {
@@ -230,6 +239,7 @@ pub const ROWS: &[RowKind] = &[
         durable: true,
         replicas: 2,
         w: 3,
+        tls: false,
         reference: Some("redis-durable-wait"),
     },
     RowKind {
@@ -241,6 +251,7 @@ pub const ROWS: &[RowKind] = &[
         durable: true,
         replicas: 2,
         w: 3,
+        tls: false,
         reference: None,
     },
     RowKind {
@@ -252,12 +263,39 @@ pub const ROWS: &[RowKind] = &[
         durable: false,
         replicas: 4,
         w: 5,
+        tls: false,
         reference: Some("replog-http-w3"),
+    },
+    RowKind {
+        key: "replog-tls-w3",
+        group: "tls",
+        system: "replog",
+        mode: "TLS HTTP w=3",
+        driver: Driver::ReplogHttp,
+        durable: false,
+        replicas: 2,
+        w: 3,
+        tls: true,
+        reference: Some("redis-tls-wait"),
+    },
+    RowKind {
+        key: "redis-tls-wait",
+        group: "tls",
+        system: "redis",
+        mode: "TLS XADD+WAIT 2",
+        driver: Driver::RedisWait,
+        durable: false,
+        replicas: 2,
+        w: 3,
+        tls: true,
+        reference: None,
     },
 ];
 
 /// Settings every cell shares.
 pub struct Env {
+    /// The TLS rows' certificates, made when the run starts.
+    pub certs: tls::Certs,
     pub bin_dir: PathBuf,
     pub tmp_root: PathBuf,
     pub log_root: PathBuf,
@@ -298,6 +336,7 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
                 bin_dir: &env.bin_dir,
                 secondaries: kind.replicas,
                 durable: kind.durable,
+                tls: kind.tls.then_some(&env.certs),
                 log_dir: &log_dir,
                 tmp_root: &env.tmp_root,
             })
@@ -308,7 +347,10 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
             let (outcome, conns) = if kind.driver == Driver::ReplogHttp {
                 let mut list = Vec::with_capacity(clients);
                 for _ in 0..clients {
-                    list.push(replog::HttpAppend::connect(addr, kind.w, reconnects.clone()).await?);
+                    let tls = kind.tls.then(|| env.certs.client.clone());
+                    list.push(
+                        replog::HttpAppend::connect(addr, tls, kind.w, reconnects.clone()).await?,
+                    );
                 }
                 (
                     load::run(list, env.warmup, env.window, processes).await,
@@ -329,6 +371,7 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
             let cluster = redis_peer::Cluster::start(&redis_peer::Spec {
                 replicas: kind.replicas,
                 durable: kind.durable,
+                tls: kind.tls.then_some(&env.certs),
                 log_dir: &log_dir,
                 tmp_root: &env.tmp_root,
             })
@@ -337,7 +380,8 @@ async fn run_cell(kind: &RowKind, clients: usize, env: &Env) -> Result<RowResult
             let wait = (kind.driver == Driver::RedisWait).then_some(kind.replicas);
             let mut list = Vec::with_capacity(clients);
             for _ in 0..clients {
-                list.push(redis_peer::Append::connect(cluster.primary_port, wait).await?);
+                let tls = kind.tls.then(|| env.certs.client.clone());
+                list.push(redis_peer::Append::connect(cluster.client_port, tls, wait).await?);
             }
             let outcome = load::run(list, env.warmup, env.window, cluster.processes()).await;
             (outcome, cluster.peak_rss(), clients)
@@ -406,6 +450,7 @@ async fn run(args: Args) -> Result<bool> {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| bin_dir.clone());
     let env = Env {
+        certs: tls::Certs::make(&args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir))?,
         log_root: target_dir.join("bench-logs"),
         tmp_root: args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir),
         bin_dir,

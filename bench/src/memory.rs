@@ -291,6 +291,7 @@ pub async fn check_cluster(
         bin_dir: &env.bin_dir,
         secondaries: 2,
         durable: data_root.is_some(),
+        tls: None,
         log_dir: &log_dir,
         tmp_root: data_root.unwrap_or(&env.tmp_root),
     })

@@ -3,20 +3,26 @@
 
 use crate::load::Client;
 use crate::procs;
+use crate::tls::Certs;
 use crate::wire::{RedisPipeline, Reply};
 use anyhow::{bail, Context, Result};
 use cluster_tests::{try_free_ports, try_wait_for, Process};
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
+use rustls::ClientConfig;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
 pub struct Cluster {
     pub primary: Process,
     pub replicas: Vec<Process>,
+    /// The primary's plain port (the bench's own checks use it).
     pub primary_port: u16,
+    /// Where the clients connect: the plain port, or with TLS the primary's TLS port.
+    pub client_port: u16,
     _dirs: Vec<TempDir>,
 }
 
@@ -24,11 +30,29 @@ pub struct Spec<'a> {
     pub replicas: usize,
     /// `appendonly yes` + `appendfsync always` on every instance (no persistence otherwise).
     pub durable: bool,
+    /// TLS with these certificates: clients on a TLS port, replication over TLS.
+    pub tls: Option<&'a Certs>,
     pub log_dir: &'a Path,
     pub tmp_root: &'a Path,
 }
 
-pub(crate) fn server(port: u16, dir: &Path, durable: bool, replica_of: Option<u16>) -> Command {
+/// One instance's TLS: its TLS port, and the certificates it presents (replicas also to their
+/// primary: `tls-replication`). Clients are not asked for a certificate, as on replog's public
+/// port.
+pub(crate) struct ServerTls<'a> {
+    pub port: u16,
+    pub certs: &'a Certs,
+}
+
+/// A Redis instance on `port`; with `tls`, also on a TLS port, and a replica then follows its
+/// primary's TLS port (`replica_of` names it).
+pub(crate) fn server(
+    port: u16,
+    dir: &Path,
+    durable: bool,
+    replica_of: Option<u16>,
+    tls: Option<&ServerTls<'_>>,
+) -> Command {
     let mut command = Command::new("redis-server");
     command
         .args(["--port", &port.to_string()])
@@ -51,6 +75,16 @@ pub(crate) fn server(port: u16, dir: &Path, durable: bool, replica_of: Option<u1
     if let Some(primary) = replica_of {
         command.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
     }
+    if let Some(tls) = tls {
+        let path = |p: &Path| p.display().to_string();
+        command
+            .args(["--tls-port", &tls.port.to_string()])
+            .args(["--tls-cert-file", &path(&tls.certs.cert)])
+            .args(["--tls-key-file", &path(&tls.certs.key)])
+            .args(["--tls-ca-cert-file", &path(&tls.certs.ca)])
+            .args(["--tls-auth-clients", "no"])
+            .args(["--tls-replication", "yes"]);
+    }
     command
 }
 
@@ -68,7 +102,21 @@ pub async fn connect(port: u16) -> Result<MultiplexedConnection> {
 
 impl Cluster {
     pub async fn start(spec: &Spec<'_>) -> Result<Cluster> {
-        let ports = try_free_ports(1 + spec.replicas)?;
+        let n = 1 + spec.replicas;
+        let ports = try_free_ports(if spec.tls.is_some() { 2 * n } else { n })?;
+        // With TLS, instance i also listens on ports[n + i].
+        let tls = |i: usize| {
+            spec.tls.map(|certs| ServerTls {
+                port: ports[n + i],
+                certs,
+            })
+        };
+        // A replica follows the primary's TLS port when there is one.
+        let follow = if spec.tls.is_some() {
+            ports[n]
+        } else {
+            ports[0]
+        };
         let mut dirs = Vec::new();
         let dir = |name: &str| -> Result<TempDir> {
             let dir = tempfile::Builder::new()
@@ -80,17 +128,29 @@ impl Cluster {
         let primary_dir = dir("primary")?;
         let primary = procs::spawn(
             "redis-primary",
-            server(ports[0], primary_dir.path(), spec.durable, None),
+            server(
+                ports[0],
+                primary_dir.path(),
+                spec.durable,
+                None,
+                tls(0).as_ref(),
+            ),
             spec.log_dir,
         )?;
         dirs.push(primary_dir);
         let mut replicas = Vec::new();
-        for (i, port) in ports[1..].iter().enumerate() {
+        for (i, port) in ports[1..n].iter().enumerate() {
             let name = format!("redis-replica-{}", i + 1);
             let replica_dir = dir(&name)?;
             replicas.push(procs::spawn(
                 &name,
-                server(*port, replica_dir.path(), spec.durable, Some(ports[0])),
+                server(
+                    *port,
+                    replica_dir.path(),
+                    spec.durable,
+                    Some(follow),
+                    tls(i + 1).as_ref(),
+                ),
                 spec.log_dir,
             )?);
             dirs.push(replica_dir);
@@ -99,6 +159,11 @@ impl Cluster {
             primary,
             replicas,
             primary_port: ports[0],
+            client_port: if spec.tls.is_some() {
+                ports[n]
+            } else {
+                ports[0]
+            },
             _dirs: dirs,
         };
         if let Err(e) = cluster.wait_ready().await {
@@ -162,7 +227,11 @@ pub struct Append {
 }
 
 impl Append {
-    pub async fn connect(port: u16, wait: Option<usize>) -> Result<Append> {
+    pub async fn connect(
+        port: u16,
+        tls: Option<Arc<ClientConfig>>,
+        wait: Option<usize>,
+    ) -> Result<Append> {
         let message = crate::replog::payload_text("bench");
         let xadd: Vec<&[u8]> = vec![b"XADD", b"s", b"*", b"m", message.as_bytes()];
         let replicas = wait.map(|n| n.to_string());
@@ -171,7 +240,7 @@ impl Append {
             commands.push(vec![b"WAIT", replicas.as_bytes(), b"0"]);
         }
         Ok(Append {
-            pipeline: RedisPipeline::connect(port, &commands).await?,
+            pipeline: RedisPipeline::connect(port, tls, &commands).await?,
             wait,
         })
     }

@@ -2,14 +2,14 @@
 //! the test kit with the bench's settings, and its two
 //! clients (HTTP JSON `POST /api/messages`, and the public gRPC `replog.v1.Log/Append`).
 
-use crate::http::Conn;
 use crate::load::Client;
 use crate::procs;
+use crate::tls::Certs;
 use crate::wire::HttpPost;
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use cluster_tests::{try_wait_for, MasterOpts, SecondaryOpts};
-use hyper::{Method, StatusCode};
+use rustls::ClientConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -23,6 +23,8 @@ pub struct Cluster {
     pub kit: cluster_tests::Cluster,
     pub master_addr: SocketAddr,
     pub secondary_addrs: Vec<SocketAddr>,
+    /// The clients' TLS, when the nodes serve TLS.
+    tls: Option<Arc<ClientConfig>>,
     /// The nodes' data directories (durable mode); removed when the cluster is dropped, after
     /// the processes (fields drop in declaration order).
     _data: Option<TempDir>,
@@ -35,6 +37,9 @@ pub struct Spec<'a> {
     /// `DATA_DIR` per node (under a fresh temporary directory in `tmp_root`) with
     /// `FSYNC=always`.
     pub durable: bool,
+    /// TLS on every node with these certificates: the public port (`PUBLIC_TLS`) and mutual
+    /// TLS on replication (`TLS_CA`).
+    pub tls: Option<&'a Certs>,
     pub log_dir: &'a Path,
     pub tmp_root: &'a Path,
 }
@@ -64,6 +69,15 @@ impl Cluster {
             // the master; a secondary has too few clients to use one).
             .env("WORKER_THREADS", "1")
             .env("CONNECTION_THREADS", "1");
+        if let Some(certs) = spec.tls {
+            let path = |p: &Path| p.display().to_string();
+            builder = builder
+                .env("TLS_CERT", &path(&certs.cert))
+                .env("TLS_KEY", &path(&certs.key))
+                .env("TLS_CA", &path(&certs.ca))
+                .env("PUBLIC_TLS", "true")
+                .https(&certs.ca);
+        }
         let data = match spec.durable {
             true => {
                 let dir = tempfile::Builder::new()
@@ -79,6 +93,7 @@ impl Cluster {
         let cluster = Cluster {
             master_addr: kit.master.addr(),
             secondary_addrs: kit.secondaries.iter().map(|node| node.addr()).collect(),
+            tls: spec.tls.map(|certs| certs.client.clone()),
             kit,
             _data: data,
         };
@@ -122,22 +137,15 @@ impl Cluster {
 
     /// An append with w = all commits: the cluster is ready for the bench's clients.
     async fn first_append(&self) -> Result<()> {
-        let body = append_body(&payload_text("ready"), self.nodes());
-        let addr = self.master_addr;
+        let (addr, nodes) = (self.master_addr, self.nodes());
         try_wait_for(
             Duration::from_secs(20),
             "a first append with w = all",
-            || {
-                let body = body.clone();
-                async move {
-                    let mut conn = Conn::connect(addr).await?;
-                    let (status, answer) =
-                        conn.send(Method::POST, "/api/messages", Some(body)).await?;
-                    if status != StatusCode::OK {
-                        bail!("{status} {}", String::from_utf8_lossy(&answer));
-                    }
-                    Ok(Some(()))
-                }
+            || async move {
+                let mut append =
+                    HttpAppend::connect(addr, self.tls.clone(), nodes, Arc::default()).await?;
+                append.call().await?;
+                anyhow::Ok(Some(()))
             },
         )
         .await?;
@@ -183,12 +191,13 @@ impl HttpAppend {
     /// Connects; reconnects (if the server ever closes the connection) add to `reconnects`.
     pub async fn connect(
         addr: SocketAddr,
+        tls: Option<Arc<ClientConfig>>,
         w: u32,
         reconnects: Arc<AtomicU64>,
     ) -> Result<HttpAppend> {
         let body = append_body(&payload_text("bench"), w);
         Ok(HttpAppend {
-            post: HttpPost::connect(addr, "/api/messages", &body, reconnects).await?,
+            post: HttpPost::connect(addr, tls, "/api/messages", &body, reconnects).await?,
         })
     }
 }

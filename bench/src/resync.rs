@@ -48,6 +48,7 @@ pub async fn run(entries: u64, log_dir: &Path, tmp_root: &Path) -> Result<RedisR
     let primary = redis_peer::Cluster::start(&redis_peer::Spec {
         replicas: 0,
         durable: true,
+        tls: None,
         log_dir,
         tmp_root,
     })
@@ -84,7 +85,7 @@ pub async fn run(entries: u64, log_dir: &Path, tmp_root: &Path) -> Result<RedisR
     let started = Instant::now();
     let mut replica = procs::spawn(
         "redis-resync-replica",
-        redis_peer::server(port, dir.path(), true, Some(primary.primary_port)),
+        redis_peer::server(port, dir.path(), true, Some(primary.primary_port), None),
         log_dir,
     )?;
     let deadline = started + Duration::from_secs(120.max(entries / 20_000));

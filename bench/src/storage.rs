@@ -268,6 +268,7 @@ pub async fn run(
         bin_dir: &env.bin_dir,
         secondaries: 2,
         durable: true,
+        tls: None,
         log_dir: &log_dir,
         tmp_root: data_root,
     })

@@ -97,6 +97,7 @@ async fn run_row(env: &Env, readers: usize, messages: u64) -> Result<TailRow> {
         bin_dir: &env.bin_dir,
         secondaries: 2,
         durable: false,
+        tls: None,
         log_dir: &log_dir,
         tmp_root: &env.tmp_root,
     })

@@ -1,5 +1,5 @@
-//! The closed loop's connections: one request written, one answer read, on a plain TCP
-//! stream, in the client's own task.
+//! The closed loop's connections: one request written, one answer read, on a TCP stream (or
+//! TLS over it, for the TLS rows), in the client's own task.
 //!
 //! Why not hyper's client and redis-rs: both run each connection as a task of its own and hand
 //! every request and answer across a channel, and each costs the load generator its own amount
@@ -12,7 +12,9 @@
 //! connection per client, `TCP_NODELAY`, one request at a time (`XADD` and `WAIT` pipelined in
 //! one write).
 
+use crate::tls::Conn;
 use anyhow::{bail, Context, Result};
+use rustls::ClientConfig;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,16 +24,23 @@ use tokio::net::TcpStream;
 /// A connection that answers are read from into one reused buffer.
 struct Stream {
     addr: SocketAddr,
-    tcp: Option<TcpStream>,
+    /// TLS to the server, when the row asks for it.
+    tls: Option<Arc<ClientConfig>>,
+    tcp: Option<Conn>,
     buf: Vec<u8>,
     /// Connections opened after the first one (shared by the clients of one run).
     reconnects: Arc<AtomicU64>,
 }
 
 impl Stream {
-    async fn connect(addr: SocketAddr, reconnects: Arc<AtomicU64>) -> Result<Stream> {
+    async fn connect(
+        addr: SocketAddr,
+        tls: Option<Arc<ClientConfig>>,
+        reconnects: Arc<AtomicU64>,
+    ) -> Result<Stream> {
         let mut stream = Stream {
             addr,
+            tls,
             tcp: None,
             buf: Vec::with_capacity(4096),
             reconnects,
@@ -40,12 +49,12 @@ impl Stream {
         Ok(stream)
     }
 
-    async fn open(&self) -> Result<TcpStream> {
+    async fn open(&self) -> Result<Conn> {
         let tcp = TcpStream::connect(self.addr)
             .await
             .with_context(|| format!("cannot connect to {}", self.addr))?;
         tcp.set_nodelay(true)?;
-        Ok(tcp)
+        Conn::open(tcp, self.tls.as_ref()).await
     }
 
     /// Writes `request` (on a new connection if the server closed the last one).
@@ -59,7 +68,12 @@ impl Stream {
                 self.tcp.insert(tcp)
             }
         };
-        if let Err(error) = tcp.write_all(request).await {
+        // TLS may keep part of a record until flushed; on TCP the flush does nothing.
+        let sent = match tcp.write_all(request).await {
+            Ok(()) => tcp.flush().await,
+            Err(error) => Err(error),
+        };
+        if let Err(error) = sent {
             self.tcp = None;
             return Err(error).context("cannot send the request");
         }
@@ -104,6 +118,7 @@ pub struct HttpAnswer {
 impl HttpPost {
     pub async fn connect(
         addr: SocketAddr,
+        tls: Option<Arc<ClientConfig>>,
         path: &str,
         body: &[u8],
         reconnects: Arc<AtomicU64>,
@@ -115,7 +130,7 @@ impl HttpPost {
         .into_bytes();
         request.extend_from_slice(body);
         Ok(HttpPost {
-            stream: Stream::connect(addr, reconnects).await?,
+            stream: Stream::connect(addr, tls, reconnects).await?,
             request,
         })
     }
@@ -189,7 +204,11 @@ pub enum Reply {
 
 impl RedisPipeline {
     /// `commands`: each a list of arguments, sent together in one write.
-    pub async fn connect(port: u16, commands: &[Vec<&[u8]>]) -> Result<RedisPipeline> {
+    pub async fn connect(
+        port: u16,
+        tls: Option<Arc<ClientConfig>>,
+        commands: &[Vec<&[u8]>],
+    ) -> Result<RedisPipeline> {
         let mut request = Vec::new();
         for command in commands {
             request.extend_from_slice(format!("*{}\r\n", command.len()).as_bytes());
@@ -201,7 +220,7 @@ impl RedisPipeline {
         }
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         Ok(RedisPipeline {
-            stream: Stream::connect(addr, Arc::default()).await?,
+            stream: Stream::connect(addr, tls, Arc::default()).await?,
             request,
             replies: commands.len(),
         })
