@@ -720,6 +720,20 @@ mod tests {
             .expect("TLS is on")
     }
 
+    /// A secondary's and a master's TLS of `ca`, for 127.0.0.1, with the secondary's
+    /// certificate.
+    fn secondary_and_master(dir: &Path, ca: &TestCa) -> (Issued, Arc<Tls>, Arc<Tls>) {
+        let issued = ca.issue(&["127.0.0.1"], Validity::Current);
+        let secondary = node(dir, "secondary", &issued, ca);
+        let master = node(
+            dir,
+            "master",
+            &ca.issue(&["127.0.0.1"], Validity::Current),
+            ca,
+        );
+        (issued, secondary, master)
+    }
+
     /// One loopback connection: the server accepts with `server`, the client connects to
     /// `127.0.0.1` with `client` and sends a byte that the server echoes. Returns the server's
     /// outcome and, on success, the certificate the client saw.
@@ -765,14 +779,7 @@ mod tests {
     async fn mutual_tls_between_two_nodes_of_one_ca() {
         let dir = tempfile::tempdir().expect("a directory");
         let ca = TestCa::new("cluster");
-        let server_cert = ca.issue(&["127.0.0.1"], Validity::Current);
-        let server = node(dir.path(), "secondary", &server_cert, &ca);
-        let client = node(
-            dir.path(),
-            "master",
-            &ca.issue(&["127.0.0.1"], Validity::Current),
-            &ca,
-        );
+        let (server_cert, server, client) = secondary_and_master(dir.path(), &ca);
         assert!(server.mutual() && client.mutual());
         let (served, seen) = handshake(
             server.replication_server().expect("a server configuration"),
@@ -788,14 +795,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("a directory");
         let ca = TestCa::new("cluster");
         let other = TestCa::new("stranger");
-        let server = node(
-            dir.path(),
-            "secondary",
-            &ca.issue(&["127.0.0.1"], Validity::Current),
-            &ca,
-        )
-        .replication_server()
-        .expect("a server configuration");
+        let (_, secondary, _) = secondary_and_master(dir.path(), &ca);
+        let server = secondary
+            .replication_server()
+            .expect("a server configuration");
 
         // Its own certificate from another CA; it trusts the cluster's CA, so only the server
         // can refuse.
@@ -851,14 +854,10 @@ mod tests {
     async fn a_plaintext_client_is_refused() {
         let dir = tempfile::tempdir().expect("a directory");
         let ca = TestCa::new("cluster");
-        let server = node(
-            dir.path(),
-            "secondary",
-            &ca.issue(&["127.0.0.1"], Validity::Current),
-            &ca,
-        )
-        .replication_server()
-        .expect("a server configuration");
+        let (_, secondary, _) = secondary_and_master(dir.path(), &ca);
+        let server = secondary
+            .replication_server()
+            .expect("a server configuration");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a free port");
@@ -880,14 +879,7 @@ mod tests {
     async fn a_reload_gives_new_connections_the_new_certificate() {
         let dir = tempfile::tempdir().expect("a directory");
         let ca = TestCa::new("cluster");
-        let first = ca.issue(&["127.0.0.1"], Validity::Current);
-        let server = node(dir.path(), "secondary", &first, &ca);
-        let client = node(
-            dir.path(),
-            "master",
-            &ca.issue(&["127.0.0.1"], Validity::Current),
-            &ca,
-        );
+        let (first, server, client) = secondary_and_master(dir.path(), &ca);
         let connect_once = || {
             handshake(
                 server.replication_server().expect("a server"),
