@@ -134,7 +134,7 @@ async fn a_cluster_on_mutual_tls_replicates_and_rotates_certificates() {
     let first = ca.issue(&["127.0.0.1"], Validity::Current);
     let secondary_1 = env(&write(&dir, "secondary-1", &first, ca.pem()));
     let secondary_2 = node_certs(&dir, "secondary-2", &ca, Validity::Current, &ca);
-    let mut cluster = Cluster::start(
+    let cluster = Cluster::start(
         vec![
             SecondaryOpts::new().envs(&borrowed(&secondary_1)),
             SecondaryOpts::new().envs(&borrowed(&secondary_2)),
