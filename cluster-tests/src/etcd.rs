@@ -5,6 +5,10 @@
 //! [`Process`] like the replog nodes, so it goes when the test does. It can be paused (a hung
 //! etcd: its sockets stay open and nothing answers), killed, and restarted on the same ports
 //! with the same data, as an etcd machine that reboots.
+//!
+//! [`Etcd::start_tls_in`] serves clients over TLS only, asking each for a certificate
+//! (`--client-cert-auth`). Its `GET /health` then stays on a plain-HTTP loopback port of its own
+//! (`--listen-metrics-urls`), so that the kit's wait does not need TLS.
 
 use crate::process::{Exited, Process};
 use crate::{free_ports, fresh_log_dir, START_TIMEOUT};
@@ -19,12 +23,25 @@ const DEBIAN_ETCD: &str = "/usr/bin/etcd";
 /// How many times [`Etcd::start_in`] starts over on new ports when another process took one.
 const PORT_ATTEMPTS: usize = 3;
 
+/// The PEM files of an etcd that serves its clients over TLS.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    /// etcd's certificate: its names must include the host clients dial (`127.0.0.1`).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA clients' certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
 /// One etcd server, stopped (SIGKILL) when dropped.
 pub struct Etcd {
     /// The member's `--name`, unique per client port: also names its data directory.
     name: String,
     client_port: u16,
     peer_port: u16,
+    /// Where `GET /health` is served over plain HTTP when the client port is TLS.
+    metrics_port: u16,
+    tls: Option<EtcdTlsFiles>,
     data_dir: PathBuf,
     log_path: PathBuf,
     process: Option<Process>,
@@ -43,6 +60,17 @@ impl Etcd {
     /// ports, and waits until `GET /health` says it is healthy (it has elected itself leader and
     /// serves requests). Starts over on new ports if another process took one first.
     pub async fn start_in(dir: &Path) -> Etcd {
+        Etcd::start_with(dir, None).await
+    }
+
+    /// As [`Etcd::start_in`], serving clients over TLS with `tls` only (`https://`
+    /// [`Etcd::endpoint`]) and taking only clients with a certificate that chains to
+    /// `tls.client_ca`.
+    pub async fn start_tls_in(dir: &Path, tls: EtcdTlsFiles) -> Etcd {
+        Etcd::start_with(dir, Some(tls)).await
+    }
+
+    async fn start_with(dir: &Path, tls: Option<EtcdTlsFiles>) -> Etcd {
         let binary = etcd_binary();
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -50,7 +78,7 @@ impl Etcd {
             .build()
             .expect("an HTTP client");
         for attempt in 1..=PORT_ATTEMPTS {
-            let ports = free_ports(2);
+            let ports = free_ports(3);
             let name = format!("etcd-{}", ports[0]);
             let mut etcd = Etcd {
                 data_dir: dir.join(format!("{name}-data")),
@@ -58,6 +86,8 @@ impl Etcd {
                 name,
                 client_port: ports[0],
                 peer_port: ports[1],
+                metrics_port: ports[2],
+                tls: tls.clone(),
                 process: None,
                 client: client.clone(),
             };
@@ -74,9 +104,17 @@ impl Etcd {
         unreachable!("the last attempt returns or panics")
     }
 
-    /// `http://127.0.0.1:<client port>`, as `ETCD_ENDPOINTS` lists it.
+    /// `http://127.0.0.1:<client port>` (`https://` when it serves TLS), as `ETCD_ENDPOINTS`
+    /// lists it.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// `http://127.0.0.1:<metrics port>`: `GET /health` and `/metrics` in plain HTTP, whether
+    /// the client port serves TLS or not.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
     }
 
     pub fn client_port(&self) -> u16 {
@@ -129,6 +167,7 @@ impl Etcd {
         assert!(self.process.is_none(), "{} is already running", self.name);
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let metrics_url = self.metrics_url();
         let mut command = Command::new(binary);
         // Only what is set here: ETCD_* variables of the shell running the tests would be read
         // as settings.
@@ -153,7 +192,19 @@ impl Etcd {
             .arg("--logger")
             .arg("zap")
             .arg("--log-outputs")
-            .arg("stderr");
+            .arg("stderr")
+            .arg("--listen-metrics-urls")
+            .arg(&metrics_url);
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.cert)
+                .arg("--key-file")
+                .arg(&tls.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.client_ca)
+                .arg("--client-cert-auth");
+        }
         // etcd 3.4 refuses to start on other architectures than amd64 unless told to.
         if let Some(arch) = unsupported_arch() {
             command.env("ETCD_UNSUPPORTED_ARCH", arch);
@@ -163,10 +214,10 @@ impl Etcd {
         self.process = Some(process);
     }
 
-    /// Polls `GET /health` until it reads `{"health":"true"}`; `Err` if etcd exits first.
-    /// Panics after [`START_TIMEOUT`].
+    /// Polls `GET /health` on the metrics port until it reads `{"health":"true"}`; `Err` if
+    /// etcd exits first. Panics after [`START_TIMEOUT`].
     async fn wait_healthy(&mut self) -> Result<(), Exited> {
-        let url = format!("{}/health", self.endpoint());
+        let url = format!("{}/health", self.metrics_url());
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(response) = self.client.get(&url).send().await {
