@@ -2,9 +2,11 @@
 //! node is, who its peers are and where etcd is. Environment variables, each also a CLI flag
 //! of the same name.
 
+use crate::etcd::EtcdTls;
 use clap::Parser;
 use replog_node::config::millis;
 use replog_node::failover::{SecondaryRole, Standing};
+use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Parser)]
@@ -29,9 +31,25 @@ pub struct Config {
     #[arg(long, env = "GRPC_PORT", default_value_t = 50051)]
     pub grpc_port: u16,
 
-    /// etcd's client endpoints, comma separated (`http://host:2379`).
+    /// etcd's client endpoints, comma separated (`http://host:2379`, or `https://host:2379`
+    /// for TLS with ETCD_CA).
     #[arg(long, env = "ETCD_ENDPOINTS", value_delimiter = ',', required = true)]
     pub etcd_endpoints: Vec<String>,
+
+    /// PEM file with the CA certificates etcd's server certificate must chain to; required
+    /// with `https://` endpoints. Read again at every connection to etcd, as are ETCD_CERT and
+    /// ETCD_KEY, so renewed files are used without a restart.
+    #[arg(long, env = "ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+
+    /// PEM file with this node's client certificate for etcd (an etcd run with
+    /// `--client-cert-auth` asks for one), with ETCD_KEY.
+    #[arg(long, env = "ETCD_CERT")]
+    pub etcd_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of ETCD_CERT.
+    #[arg(long, env = "ETCD_KEY")]
+    pub etcd_key: Option<PathBuf>,
 
     /// Prefix of this cluster's keys in etcd (several clusters may share one etcd).
     #[arg(long, env = "ETCD_PREFIX", default_value = "/replog")]
@@ -93,6 +111,16 @@ pub enum ConfigError {
     ShortTtl,
     #[error("ETCD_ENDPOINTS lists no endpoint")]
     NoEtcd,
+    #[error("ETCD_ENDPOINTS mixes http:// and https://: use one scheme for every endpoint")]
+    EtcdMixedSchemes,
+    #[error("ETCD_ENDPOINTS are https:// but ETCD_CA is not set: etcd's certificate is checked against it")]
+    EtcdNoCa,
+    #[error("ETCD_CA, ETCD_CERT and ETCD_KEY are for https:// ETCD_ENDPOINTS; these are http://")]
+    EtcdTlsOverHttp,
+    #[error("ETCD_CERT and ETCD_KEY go together: set both or neither")]
+    EtcdHalfIdentity,
+    #[error("{0}")]
+    EtcdTls(String),
     #[error("{0}")]
     Master(#[from] replog_master::error::InvalidSettings),
 }
@@ -124,8 +152,44 @@ impl Config {
         if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
             return Err(ConfigError::NoEtcd);
         }
+        if let Some(tls) = self.etcd_tls()? {
+            tls.load()
+                .map_err(|error| ConfigError::EtcdTls(error.to_string()))?;
+        }
         self.master.validate()?;
         Ok(())
+    }
+
+    /// TLS to etcd when ETCD_ENDPOINTS are `https://`; `None` when they are `http://` (or
+    /// name no scheme, which etcd-client takes as `http://`). Checks that the endpoints and
+    /// ETCD_CA, ETCD_CERT and ETCD_KEY go together; the files are read by [`EtcdTls::load`].
+    pub fn etcd_tls(&self) -> Result<Option<EtcdTls>, ConfigError> {
+        let endpoints: Vec<&str> = self
+            .etcd_endpoints
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .collect();
+        let https = endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        if https != 0 && https != endpoints.len() {
+            return Err(ConfigError::EtcdMixedSchemes);
+        }
+        let identity = match (&self.etcd_cert, &self.etcd_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            (None, None) => None,
+            _ => return Err(ConfigError::EtcdHalfIdentity),
+        };
+        if https == 0 {
+            if self.etcd_ca.is_some() || identity.is_some() {
+                return Err(ConfigError::EtcdTlsOverHttp);
+            }
+            return Ok(None);
+        }
+        let ca = self.etcd_ca.clone().ok_or(ConfigError::EtcdNoCa)?;
+        Ok(Some(EtcdTls { ca, identity }))
     }
 
     /// This node as PEERS names it.
@@ -230,5 +294,93 @@ mod tests {
         refused(&[("--peers", "a=h:1:2,a=h:3:4")], "twice");
         refused(&[("--failover-ttl-ms", "500")], "1000");
         refused(&[("--secondaries", "h:1")], "SECONDARIES");
+    }
+
+    #[test]
+    fn etcd_tls_settings_go_with_https_endpoints() {
+        let dir = std::env::temp_dir().join(format!("replog-etcd-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let ca = replog_node::tls::testing::TestCa::new("etcd CA");
+        let issued = ca.issue(&["node-a"], replog_node::tls::testing::Validity::Current);
+        let files = replog_node::tls::testing::write(&dir, "etcd", &issued, ca.pem());
+        let path = |p: &Option<PathBuf>| p.as_ref().expect("written").display().to_string();
+        let (cert, key, ca) = (
+            path(&files.tls_cert),
+            path(&files.tls_key),
+            path(&files.tls_ca),
+        );
+        let https = (
+            "--etcd-endpoints",
+            "https://127.0.0.1:2379,https://127.0.0.2:2379",
+        );
+        let refused = |changes: &[(&str, &str)], why: &str| {
+            let error = parse(changes).expect_err("refused");
+            assert!(error.contains(why), "{error}");
+        };
+
+        let tls = parse(&[
+            https,
+            ("--etcd-ca", &ca),
+            ("--etcd-cert", &cert),
+            ("--etcd-key", &key),
+        ])
+        .expect("https with a CA and a client certificate")
+        .etcd_tls()
+        .expect("valid");
+        let tls = tls.expect("TLS for https endpoints");
+        assert_eq!(tls.ca.display().to_string(), ca);
+        assert!(tls.identity.is_some());
+        let without_identity = parse(&[https, ("--etcd-ca", &ca)]).expect("https with a CA");
+        let tls = without_identity.etcd_tls().expect("valid").expect("TLS");
+        assert_eq!(tls.identity, None);
+        assert_eq!(parse(&[]).expect("http").etcd_tls().expect("valid"), None);
+
+        refused(&[https], "ETCD_CA is not set");
+        refused(&[("--etcd-ca", &ca)], "these are http://");
+        refused(
+            &[("--etcd-cert", &cert), ("--etcd-key", &key)],
+            "these are http://",
+        );
+        refused(
+            &[
+                (
+                    "--etcd-endpoints",
+                    "http://127.0.0.1:2379,https://127.0.0.2:2379",
+                ),
+                ("--etcd-ca", &ca),
+            ],
+            "mixes http:// and https://",
+        );
+        refused(
+            &[https, ("--etcd-ca", &ca), ("--etcd-cert", &cert)],
+            "go together",
+        );
+        refused(
+            &[https, ("--etcd-ca", &ca), ("--etcd-key", &key)],
+            "go together",
+        );
+        let missing = dir.join("missing.pem").display().to_string();
+        refused(&[https, ("--etcd-ca", &missing)], "ETCD_CA");
+        refused(&[https, ("--etcd-ca", &missing)], "missing.pem");
+        refused(
+            &[
+                https,
+                ("--etcd-ca", &ca),
+                ("--etcd-cert", &missing),
+                ("--etcd-key", &key),
+            ],
+            "ETCD_CERT",
+        );
+        refused(&[https, ("--etcd-ca", &key)], "no certificate in the file");
+        refused(
+            &[
+                https,
+                ("--etcd-ca", &ca),
+                ("--etcd-cert", &cert),
+                ("--etcd-key", &cert),
+            ],
+            "ETCD_KEY",
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,19 +9,107 @@
 //! Each node holds one lease, renewed over etcd's keep-alive stream. Every call is bounded by
 //! the operation timeout: etcd's answer or an error within it, never a hang, so that the node
 //! can tell that its lease is lapsing while etcd is unreachable or hung.
+//!
+//! With `https://` endpoints the connection is TLS ([`EtcdTls`]): etcd's certificate must chain
+//! to `ETCD_CA`, and the node presents `ETCD_CERT` when etcd asks for a client certificate
+//! (`--client-cert-auth`).
 
 use crate::coordinator::{Coordinator, CoordinatorError};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseKeepAliveStream, LeaseKeeper,
-    PutOptions, Txn, TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
 };
 use replog_node::failover::{Leader, Standing};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// What etcd says of a lease it does not have (expired or revoked): in the gRPC status of a
 /// put or revoke, and in etcd-client's error when a keep-alive stream opens on such a lease.
 const LEASE_NOT_FOUND: &str = "lease not found";
+
+/// TLS to etcd: the CA etcd's certificate must chain to (`ETCD_CA`) and, for an etcd that asks
+/// for client certificates, this node's certificate and key (`ETCD_CERT`, `ETCD_KEY`), all PEM
+/// files.
+///
+/// The files are read at every connection to etcd ([`EtcdTls::load`]), not once at start: the
+/// coordinator connects again after a call timed out or could not reach etcd, so certificates
+/// renewed on disk are used from the next connection on, without a restart. A connection that
+/// works keeps the certificates it was opened with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    /// The client certificate and its key.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Why [`EtcdTls`]'s files cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdTlsError {
+    #[error("{setting} {}: {source}", path.display())]
+    Read {
+        setting: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{setting} {}: {reason}", path.display())]
+    Pem {
+        setting: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+impl EtcdTls {
+    /// Reads the files into etcd-client's TLS options, after checking that each holds what
+    /// its setting names (a certificate, a private key), so that a wrong file is named here
+    /// rather than showing up as a failed handshake.
+    pub fn load(&self) -> Result<TlsOptions, EtcdTlsError> {
+        let ca = read("ETCD_CA", &self.ca)?;
+        certificates("ETCD_CA", &self.ca, &ca)?;
+        let mut options = TlsOptions::new().ca_certificate(Certificate::from_pem(ca));
+        if let Some((cert_path, key_path)) = &self.identity {
+            let cert = read("ETCD_CERT", cert_path)?;
+            certificates("ETCD_CERT", cert_path, &cert)?;
+            let key = read("ETCD_KEY", key_path)?;
+            PrivateKeyDer::from_pem_slice(&key).map_err(|error| EtcdTlsError::Pem {
+                setting: "ETCD_KEY",
+                path: key_path.clone(),
+                reason: format!("no private key: {error}"),
+            })?;
+            options = options.identity(Identity::from_pem(cert, key));
+        }
+        Ok(options)
+    }
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, EtcdTlsError> {
+    std::fs::read(path).map_err(|source| EtcdTlsError::Read {
+        setting,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Checks that `pem` (the file `path`) holds at least one certificate and nothing unreadable.
+fn certificates(setting: &'static str, path: &Path, pem: &[u8]) -> Result<(), EtcdTlsError> {
+    let bad = |reason: String| EtcdTlsError::Pem {
+        setting,
+        path: path.to_owned(),
+        reason,
+    };
+    let mut found = 0;
+    for certificate in CertificateDer::pem_slice_iter(pem) {
+        certificate.map_err(|error| bad(error.to_string()))?;
+        found += 1;
+    }
+    if found == 0 {
+        return Err(bad("no certificate in the file".into()));
+    }
+    Ok(())
+}
 
 /// The lease this node holds.
 struct Lease {
@@ -42,6 +130,8 @@ pub struct EtcdCoordinator {
     client: Option<Client>,
     endpoints: Vec<String>,
     options: ConnectOptions,
+    /// For `https://` endpoints: read at each connection.
+    tls: Option<EtcdTls>,
     op_timeout: Duration,
     leader_key: String,
     term_key: String,
@@ -51,9 +141,10 @@ pub struct EtcdCoordinator {
 }
 
 impl EtcdCoordinator {
-    /// A coordinator for node `name` on the etcd at `endpoints` (`http://host:port`), under
-    /// `prefix`, every call bounded by `op_timeout`. It connects at its first call: an etcd
-    /// that is down or unreachable is an error of a call, within `op_timeout`, never of this.
+    /// A coordinator for node `name` on the etcd at `endpoints` (`http://host:port`, or
+    /// `https://host:port` with [`EtcdCoordinator::with_tls`]), under `prefix`, every call
+    /// bounded by `op_timeout`. It connects at its first call: an etcd that is down or
+    /// unreachable is an error of a call, within `op_timeout`, never of this.
     pub fn new(endpoints: &[String], prefix: &str, name: &str, op_timeout: Duration) -> Self {
         let options = ConnectOptions::new()
             .with_connect_timeout(op_timeout)
@@ -66,6 +157,7 @@ impl EtcdCoordinator {
             client: None,
             endpoints: endpoints.to_vec(),
             options,
+            tls: None,
             op_timeout,
             leader_key: format!("{prefix}/leader"),
             term_key: format!("{prefix}/term"),
@@ -73,6 +165,12 @@ impl EtcdCoordinator {
             node_key: format!("{prefix}/nodes/{name}"),
             lease: None,
         }
+    }
+
+    /// Connects over TLS with `tls` (the endpoints must be `https://`).
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The leader key (`P/leader`).
@@ -91,7 +189,8 @@ impl EtcdCoordinator {
     }
 
     /// The client (a handle on the shared connection), connected first if there is none
-    /// (the keep-alive stream went with the old connection).
+    /// (the keep-alive stream went with the old connection), with the TLS files as they are
+    /// now.
     async fn client(&mut self) -> Result<Client, CoordinatorError> {
         if let Some(client) = &self.client {
             return Ok(client.clone());
@@ -99,17 +198,26 @@ impl EtcdCoordinator {
         if let Some(lease) = &mut self.lease {
             lease.keepalive = None;
         }
-        let connect = Client::connect(&self.endpoints, Some(self.options.clone()));
+        let mut options = self.options.clone();
+        if let Some(tls) = &self.tls {
+            let loaded = tls.load().map_err(|e| CoordinatorError::Store(e.into()))?;
+            options = options.with_tls(loaded);
+        }
+        let connect = Client::connect(&self.endpoints, Some(options));
         let client = connect.await.map_err(from_etcd)?;
         self.client = Some(client.clone());
         Ok(client)
     }
 
-    /// What a call's result means for this coordinator: after a timeout the next call opens a
-    /// new connection; an expired lease is no longer held.
+    /// What a call's result means for this coordinator: after a timeout, or when etcd could
+    /// not be reached (which covers a refused TLS handshake), the next call opens a new
+    /// connection; an expired lease is no longer held.
+    ///
+    /// Over TLS, a connection etcd closed without saying why is reported as a possibly refused
+    /// client certificate ([`ClosedOverTls`]).
     fn note<T>(&mut self, result: Result<T, CoordinatorError>) -> Result<T, CoordinatorError> {
         match &result {
-            Err(CoordinatorError::Timeout(_)) => {
+            Err(error) if reconnect_after(error) => {
                 self.client = None;
                 if let Some(lease) = &mut self.lease {
                     lease.keepalive = None;
@@ -118,7 +226,14 @@ impl EtcdCoordinator {
             Err(CoordinatorError::Expired) => self.lease = None,
             _ => {}
         }
-        result
+        match result {
+            Err(CoordinatorError::Store(error))
+                if self.tls.is_some() && closed_by_etcd(&*error) =>
+            {
+                Err(CoordinatorError::Store(Box::new(ClosedOverTls(error))))
+            }
+            result => result,
+        }
     }
 
     fn lease_id(&self) -> Result<i64, CoordinatorError> {
@@ -386,6 +501,70 @@ fn from_etcd(error: etcd_client::Error) -> CoordinatorError {
     } else {
         CoordinatorError::Store(Box::new(error))
     }
+}
+
+/// Whether the connection is worth replacing after `error`: the call timed out, or etcd could
+/// not be reached over it (a transport failure, a refused handshake, gRPC's `Unavailable`).
+/// tonic would retry the same connection with the TLS configuration it was built with; a new
+/// one reads the certificate files again.
+fn reconnect_after(error: &CoordinatorError) -> bool {
+    match error {
+        CoordinatorError::Timeout(_) => true,
+        CoordinatorError::Store(error) => match error.downcast_ref::<etcd_client::Error>() {
+            Some(etcd_client::Error::TransportError(_)) => true,
+            Some(etcd_client::Error::GRpcStatus(status)) => {
+                status.code() == tonic::Code::Unavailable
+                    || std::error::Error::source(status)
+                        .is_some_and(|source| source.is::<tonic::transport::Error>())
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// A connection etcd closed (or reset) without a TLS alert having reached this node.
+///
+/// An etcd with `--client-cert-auth` that refuses this node's certificate (none, or one its
+/// `--trusted-ca-file` did not sign) closes the connection with an alert. Under TLS 1.3 the
+/// client's side of the handshake is over before etcd checks the certificate, the request is
+/// already on its way, and the alert is then often lost with the reset connection: all that
+/// arrives is the close. This says what it most likely means.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "etcd closed the TLS connection; if it asks for client certificates (--client-cert-auth), \
+     it may have refused this node's: check that ETCD_CERT is set and signed by etcd's \
+     --trusted-ca-file ({0})"
+)]
+struct ClosedOverTls(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+/// Whether `error`'s causes say that etcd closed or reset the connection (or broke the pipe),
+/// and none names a certificate or an alert (rustls' own errors are clear as they are).
+fn closed_by_etcd(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut closed = false;
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let text = error.to_string().to_lowercase();
+        if text.contains("certificate") || text.contains("alert") {
+            return false;
+        }
+        let reset = error.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        });
+        closed |= reset || text.contains("connection closed");
+        // etcd-client's errors do not give their gRPC status or transport error as a source.
+        cause = match error.downcast_ref::<etcd_client::Error>() {
+            Some(etcd_client::Error::GRpcStatus(status)) => std::error::Error::source(status),
+            Some(etcd_client::Error::TransportError(transport)) => Some(transport),
+            _ => error.source(),
+        };
+    }
+    closed
 }
 
 /// A TTL in etcd's whole seconds.

@@ -13,14 +13,18 @@ fn main() {
     replog_node::memory::no_huge_pages();
     let config: Config = parse_or_exit();
     or_exit(config.validate());
+    let etcd_tls = or_exit(config.etcd_tls());
     config.master.runtime.build_or_exit().block_on(async {
         let shutdown = replog_node::shutdown::on_signal();
-        let coordinator = EtcdCoordinator::new(
+        let mut coordinator = EtcdCoordinator::new(
             &config.etcd_endpoints,
             &config.etcd_prefix,
             &config.node_name,
             replog_failover::etcd_timeout(config.failover_ttl_ms),
         );
+        if let Some(tls) = etcd_tls {
+            coordinator = coordinator.with_tls(tls);
+        }
         if let Err(e) = replog_failover::node::run(config, coordinator, shutdown).await {
             eprintln!("replog failed: {e}");
             std::process::exit(1);

@@ -1,5 +1,6 @@
 //! The etcd coordinator against a real etcd (the kit's [`Etcd`]): leases, standings, the
-//! leader key's transaction, expiry, revocation, and calls bounded in time while etcd hangs.
+//! leader key's transaction, expiry, revocation, and calls bounded in time while etcd hangs;
+//! the same over TLS ([`tls`]).
 
 use cluster_tests::etcd::Etcd;
 use etcd_client::Client;
@@ -350,4 +351,244 @@ async fn an_unreachable_etcd_is_an_error_within_the_timeout() {
         "{:?}",
         asked.elapsed()
     );
+}
+
+/// The coordinator over TLS, against an etcd serving its clients with TLS only and asking each
+/// for a certificate (the kit's [`Etcd::start_tls_in`]), with certificates made here: it works
+/// with etcd's CA and its own certificate, fails within the operation timeout with an error
+/// naming the certificate when either is wrong or missing, and reads its files again when it
+/// reconnects; a `replog` node leads through it.
+mod tls {
+    use super::*;
+    use cluster_tests::etcd::EtcdTlsFiles;
+    use cluster_tests::{Binary, Node, START_TIMEOUT};
+    use replog_failover::etcd::EtcdTls;
+    use replog_node::tls::testing::{write, TestCa, Validity};
+    use std::path::{Path, PathBuf};
+
+    /// What a failed call may take beyond [`OP_TIMEOUT`] on a loaded machine.
+    const MARGIN: Duration = Duration::from_millis(300);
+
+    /// An etcd over TLS and the certificates around it, in the test's log directory.
+    struct Setup {
+        etcd: Etcd,
+        dir: PathBuf,
+        /// The CA that signed etcd's certificate and the clients' it takes.
+        ca: TestCa,
+        /// A client's files, signed by `ca`: `TLS_CERT`, `TLS_KEY`, `TLS_CA` of [`write`].
+        client: EtcdTls,
+    }
+
+    async fn setup() -> Setup {
+        let dir = cluster_tests::fresh_log_dir();
+        let ca = TestCa::new("etcd test CA");
+        let server = write(
+            &dir,
+            "etcd-server",
+            &ca.issue(&["localhost", "127.0.0.1"], Validity::Current),
+            ca.pem(),
+        );
+        let client = write(
+            &dir,
+            "etcd-client",
+            &ca.issue(&["node-a"], Validity::Current),
+            ca.pem(),
+        );
+        let path = |p: Option<PathBuf>| p.expect("write names every file");
+        let etcd = Etcd::start_tls_in(
+            &dir,
+            EtcdTlsFiles {
+                cert: path(server.tls_cert),
+                key: path(server.tls_key),
+                client_ca: path(server.tls_ca),
+            },
+        )
+        .await;
+        let client = EtcdTls {
+            ca: path(client.tls_ca),
+            identity: Some((path(client.tls_cert), path(client.tls_key))),
+        };
+        Setup {
+            etcd,
+            dir,
+            ca,
+            client,
+        }
+    }
+
+    fn coordinator(etcd: &Etcd, name: &str, tls: EtcdTls) -> EtcdCoordinator {
+        EtcdCoordinator::new(&[etcd.endpoint()], PREFIX, name, OP_TIMEOUT).with_tls(tls)
+    }
+
+    /// Checks that `call` fails within the operation timeout with an error that names a
+    /// certificate.
+    async fn refused<T: std::fmt::Debug>(
+        call: impl std::future::Future<Output = Result<T, CoordinatorError>>,
+    ) {
+        let asked = Instant::now();
+        let result = call.await;
+        let took = asked.elapsed();
+        assert!(took < OP_TIMEOUT + MARGIN, "the call took {took:?}");
+        let error = result.expect_err("the call succeeded");
+        // The whole chain: etcd-client's error names the transport failure, its sources the cause.
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        eprintln!("refused as expected: {text}");
+        assert!(text.to_lowercase().contains("certificate"), "{text}");
+    }
+
+    /// A client certificate and its key from a CA that etcd does not trust, written as
+    /// `<name>.crt` and `<name>.key`.
+    fn foreign_identity(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let other = TestCa::new("another CA");
+        let issued = other.issue(&["node-a"], Validity::Current);
+        let files = write(dir, name, &issued, other.pem());
+        (
+            files.tls_cert.expect("written"),
+            files.tls_key.expect("written"),
+        )
+    }
+
+    /// Writes `pem` to `path`, replacing the file.
+    fn replace(path: &Path, pem: &str) {
+        std::fs::write(path, pem)
+            .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+    }
+
+    #[tokio::test]
+    async fn the_coordinator_works_over_tls_with_a_client_certificate() {
+        let setup = setup().await;
+        assert!(setup.etcd.endpoint().starts_with("https://"));
+        let mut a = coordinator(&setup.etcd, "a", setup.client.clone());
+        let mut b = coordinator(&setup.etcd, "b", setup.client.clone());
+        a.start(TTL).await.expect("a's lease over TLS");
+        b.start(TTL).await.expect("b's lease over TLS");
+        let won = a
+            .try_lead(candidate("a"), 0)
+            .await
+            .expect("a campaigns")
+            .expect("a wins an empty election");
+        assert_eq!(won.term, 1);
+        assert_eq!(b.leader().await.expect("b reads the leader"), Some(won));
+        a.renew().await.expect("a renews over TLS");
+    }
+
+    #[tokio::test]
+    async fn etcd_signed_by_another_ca_is_refused_naming_the_certificate() {
+        let setup = setup().await;
+        let other = TestCa::new("another CA");
+        let other_ca = setup.dir.join("other-ca.crt");
+        replace(&other_ca, other.pem());
+        let tls = EtcdTls {
+            ca: other_ca,
+            ..setup.client.clone()
+        };
+        let mut a = coordinator(&setup.etcd, "a", tls);
+        refused(a.start(TTL)).await;
+        refused(a.leader()).await;
+    }
+
+    /// Against `--client-cert-auth`: no client certificate, or one from a CA etcd does not trust.
+    #[tokio::test]
+    async fn a_client_certificate_etcd_does_not_take_is_refused_naming_it() {
+        let setup = setup().await;
+        for identity in [None, Some(foreign_identity(&setup.dir, "foreign"))] {
+            let tls = EtcdTls {
+                identity,
+                ..setup.client.clone()
+            };
+            let mut a = coordinator(&setup.etcd, "a", tls);
+            refused(a.start(TTL)).await;
+        }
+    }
+
+    /// The files are read again when the coordinator reconnects: the same coordinator, refused
+    /// for a wrong CA file and then for a client certificate etcd does not trust, gets through
+    /// once each file is replaced on disk.
+    #[tokio::test]
+    async fn certificate_files_replaced_on_disk_are_used_at_the_next_connection() {
+        let setup = setup().await;
+        let ca = setup.dir.join("renewed-ca.crt");
+        replace(&ca, TestCa::new("the old CA").pem());
+        let (cert, key) = foreign_identity(&setup.dir, "renewed");
+        let tls = EtcdTls {
+            ca: ca.clone(),
+            identity: Some((cert.clone(), key.clone())),
+        };
+        let mut a = coordinator(&setup.etcd, "a", tls);
+        refused(a.start(TTL)).await;
+
+        replace(&ca, setup.ca.pem());
+        refused(a.start(TTL)).await;
+
+        let issued = setup.ca.issue(&["node-a"], Validity::Current);
+        replace(&cert, &issued.cert_pem);
+        replace(&key, &issued.key_pem);
+        a.start(TTL)
+            .await
+            .expect("a's lease with the files replaced");
+        a.renew().await.expect("a renews");
+    }
+
+    /// A `replog` node (the binary, through the kit) with `https://` ETCD_ENDPOINTS and ETCD_CA,
+    /// ETCD_CERT, ETCD_KEY holds its lease over TLS and becomes master of its one-node cluster.
+    #[tokio::test]
+    async fn a_replog_node_leads_through_etcd_over_tls() {
+        let setup = setup().await;
+        let (cert, key) = setup.client.identity.clone().expect("a client certificate");
+        let (dir, etcd, client_tls) = (&setup.dir, &setup.etcd, &setup.client);
+        let (cert, key) = (&cert, &key);
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("an HTTP client");
+        let client = &http;
+        let node = cluster_tests::on_free_ports(move || async move {
+            let ports = cluster_tests::free_ports(2);
+            let name = "node-a";
+            let settings = [
+                ("HOST", "127.0.0.1".to_owned()),
+                ("HTTP_PORT", ports[0].to_string()),
+                ("GRPC_PORT", ports[1].to_string()),
+                ("NODE_NAME", name.to_owned()),
+                (
+                    "PEERS",
+                    format!("{name}=127.0.0.1:{}:{}", ports[0], ports[1]),
+                ),
+                ("ETCD_ENDPOINTS", etcd.endpoint()),
+                ("ETCD_CA", client_tls.ca.display().to_string()),
+                ("ETCD_CERT", cert.display().to_string()),
+                ("ETCD_KEY", key.display().to_string()),
+                ("FAILOVER_TTL_MS", "2000".to_owned()),
+                ("DATA_DIR", dir.join("node-a-data").display().to_string()),
+            ]
+            .map(|(k, v)| (k.to_owned(), v))
+            .to_vec();
+            let mut node = Node::new(
+                name,
+                Binary::Replog,
+                ports[0],
+                Some(ports[1]),
+                settings,
+                dir,
+            );
+            node.start();
+            node.wait_answering(client, Instant::now() + START_TIMEOUT)
+                .await?;
+            Ok(node)
+        })
+        .await;
+        let url = node.url("/api/health");
+        cluster_tests::wait_for(START_TIMEOUT, "node-a serves as master", || async {
+            let health: serde_json::Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            let master = health["leadership"]["master"].as_str() == Some("node-a");
+            (health["role"] == "master" && master).then_some(())
+        })
+        .await;
+    }
 }
