@@ -566,22 +566,17 @@ pub fn rustls_error(error: &std::io::Error) -> Option<&rustls::Error> {
     error.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
-/// Certificates made for tests: a CA and the certificates it issues, written as the PEM files
-/// `TLS_CERT`, `TLS_KEY` and `TLS_CA` name.
+/// Certificates made for tests: a CA and the certificates it issues ([`replog_certs`]),
+/// written as the PEM files `TLS_CERT`, `TLS_KEY` and `TLS_CA` name.
 #[cfg(any(test, feature = "test-certs"))]
 pub mod testing {
     use super::TlsArgs;
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
-    };
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
     use std::path::Path;
 
     /// A certificate authority of its own.
-    pub struct TestCa {
-        issuer: Issuer<'static, KeyPair>,
-        pem: String,
-    }
+    pub struct TestCa(replog_certs::Authority);
 
     /// A certificate issued by a [`TestCa`], with its key.
     pub struct Issued {
@@ -594,7 +589,7 @@ pub mod testing {
     /// How long an issued certificate is valid.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub enum Validity {
-        /// From the past to far in the future.
+        /// From yesterday to a year from now.
         Current,
         /// Ended years ago.
         Expired,
@@ -603,61 +598,48 @@ pub mod testing {
     impl TestCa {
         /// A new CA named `name`, with a key of its own.
         pub fn new(name: &str) -> Self {
-            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
-            params.distinguished_name.push(DnType::CommonName, name);
-            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            let key = KeyPair::generate().expect("a CA key");
-            let pem = params.self_signed(&key).expect("the CA certificate").pem();
-            Self {
-                issuer: Issuer::new(params, key),
-                pem,
-            }
+            Self(replog_certs::Authority::new(name).expect("a CA"))
         }
 
         /// The CA's certificate, PEM.
         pub fn pem(&self) -> &str {
-            &self.pem
+            self.0.pem()
         }
 
         /// A certificate for `names` (host names or IP addresses), usable by a server and a
         /// client alike, as a node's is.
         pub fn issue(&self, names: &[&str], validity: Validity) -> Issued {
-            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-            let mut params = CertificateParams::new(names).expect("certificate parameters");
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "replog node");
-            params.extended_key_usages = vec![
-                ExtendedKeyUsagePurpose::ServerAuth,
-                ExtendedKeyUsagePurpose::ClientAuth,
-            ];
-            if validity == Validity::Expired {
-                params.not_before = rcgen::date_time_ymd(2000, 1, 1);
-                params.not_after = rcgen::date_time_ymd(2001, 1, 1);
-            }
-            let key = KeyPair::generate().expect("a key");
-            let cert = params.signed_by(&key, &self.issuer).expect("a certificate");
+            let days = match validity {
+                Validity::Current => replog_certs::Validity::default().days,
+                Validity::Expired => -3650,
+            };
+            let issued = self
+                .0
+                .issue("replog node", names, replog_certs::Validity { days })
+                .expect("a certificate");
+            let der = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes())
+                .expect("the certificate just made")
+                .to_vec();
             Issued {
-                cert_pem: cert.pem(),
-                key_pem: key.serialize_pem(),
-                der: cert.der().to_vec(),
+                cert_pem: issued.cert_pem,
+                key_pem: issued.key_pem,
+                der,
             }
         }
     }
 
     /// Writes `issued` and `ca` as `<name>.crt`, `<name>.key` and `<name>-ca.crt` under `dir`
-    /// (replacing files of those names) and returns the settings that name them.
+    /// (replacing files of those names whole) and returns the settings that name them.
     pub fn write(dir: &Path, name: &str, issued: &Issued, ca: &str) -> TlsArgs {
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         let ca_path = dir.join(format!("{name}-ca.crt"));
-        for (path, text) in [
-            (&cert, &issued.cert_pem),
-            (&key, &issued.key_pem),
-            (&ca_path, &ca.to_owned()),
+        for (path, text, secret) in [
+            (&cert, issued.cert_pem.as_str(), false),
+            (&key, issued.key_pem.as_str(), true),
+            (&ca_path, ca, false),
         ] {
-            std::fs::write(path, text)
+            replog_certs::write(path, text, secret)
                 .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
         }
         TlsArgs {
