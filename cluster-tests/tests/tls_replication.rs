@@ -266,7 +266,8 @@ async fn a_peer_of_another_ca_gets_nothing() {
 /// same CA, once without any TLS settings (plaintext).
 /// Checked: secondary-1 logs the refusal (the expired certificate; the plaintext), lists
 /// nothing, and the master, which cannot hear from the majority its recovery needs, takes no
-/// append (503, recovering, naming secondary-1).
+/// append (503, recovering, naming secondary-1); with the expired certificate the master's
+/// health names TLS and the secondary's alert as secondary-1's last error.
 #[tokio::test]
 async fn an_expired_or_plaintext_master_gets_nothing() {
     let dir = certs_dir();
@@ -298,6 +299,10 @@ async fn an_expired_or_plaintext_master_gets_nothing() {
             detail.contains(&cluster.secondaries[0].grpc_endpoint()),
             "{body}"
         );
+        if !master.is_empty() {
+            let error = tls_error_in_health(&cluster, &cluster.secondaries[0]).await;
+            assert!(error.contains("CertificateExpired"), "{error}");
+        }
         assert!(cluster.messages(&cluster.secondaries[0]).await.is_empty());
     }
 }

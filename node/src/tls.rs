@@ -373,6 +373,34 @@ pub async fn connect(
         .await
 }
 
+/// Why the TLS server at `address` refuses this node's connections with `config`, if it does
+/// (`None`: it takes them, or cannot be reached at all). Under TLS 1.3 a server checks the
+/// client's certificate after the client's side of the handshake is done, and a refusal then
+/// reaches the client only as an alert on its next read, which a call's error often no longer
+/// carries; so this connects, completes the handshake and reads for up to `wait`: a server
+/// that took the certificate sends nothing the client must answer (a gRPC server waits for the
+/// client's preface), one that refused it sends its alert.
+pub async fn refusal(
+    config: Arc<ClientConfig>,
+    address: &str,
+    wait: std::time::Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect(address).await.ok()?;
+        let mut tls = match connect(config, address, tcp).await {
+            Ok(tls) => tls,
+            Err(error) => return Some(error.to_string()),
+        };
+        let mut byte = [0u8; 1];
+        match tls.read(&mut byte).await {
+            Err(error) if rustls_error(&error).is_some() => Some(error.to_string()),
+            _ => None,
+        }
+    };
+    tokio::time::timeout(wait, probe).await.ok().flatten()
+}
+
 /// The host part of `host:port` (an IPv6 address without its brackets).
 fn host_of(address: &str) -> &str {
     let host = address
@@ -830,6 +858,50 @@ mod tests {
         let (served, _) = handshake(server, expired.replication_client().expect("a client")).await;
         let reason = refusal(served);
         assert!(reason.to_lowercase().contains("expired"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn refusal_names_why_a_server_refuses_this_client() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let (_, secondary, master) = secondary_and_master(dir.path(), &ca);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let address = listener.local_addr().expect("its address").to_string();
+        let server = secondary.replication_server().expect("a server");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Ok(tls) = accept(server.clone(), tcp, Duration::from_secs(5)).await {
+                    held.push(tls);
+                }
+            }
+        });
+        let wait = Duration::from_millis(500);
+        let client = master.replication_client().expect("a client");
+        assert_eq!(super::refusal(client, &address, wait).await, None);
+
+        let stranger = TlsArgs {
+            tls_ca: master.args.tls_ca.clone(),
+            ..write(
+                dir.path(),
+                "stranger",
+                &TestCa::new("stranger").issue(&["127.0.0.1"], Validity::Current),
+                ca.pem(),
+            )
+        }
+        .load()
+        .expect("loads")
+        .expect("TLS is on");
+        let reason = super::refusal(
+            stranger.replication_client().expect("a client"),
+            &address,
+            wait,
+        )
+        .await
+        .expect("refused");
+        assert!(reason.contains("UnknownCA"), "{reason}");
     }
 
     #[tokio::test]

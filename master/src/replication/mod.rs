@@ -29,6 +29,10 @@ use tonic::transport::{Channel, Endpoint};
 /// How long connecting to a secondary may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a `Fetch` that failed over TLS waits for the secondary's refusal of this master's
+/// certificate (an alert comes within a round trip of the handshake).
+const TLS_REFUSAL_WAIT: Duration = Duration::from_millis(500);
+
 /// One secondary as the master sees it.
 #[derive(Clone)]
 pub struct Peer {
@@ -104,11 +108,32 @@ impl Peer {
         timeout: Duration,
     ) -> Result<FetchReply, tonic::Status> {
         let request = self.request(request, timeout);
-        self.client
-            .clone()
-            .fetch(request)
-            .await
-            .map(tonic::Response::into_inner)
+        let failed = match self.client.clone().fetch(request).await {
+            Ok(reply) => return Ok(reply.into_inner()),
+            Err(status) => status,
+        };
+        // A call that failed underneath over TLS may be a refused handshake, which the call's
+        // error no longer names (see `tls::refusal`): asked, so that health can say so.
+        let config = self.tls.as_ref().and_then(|tls| tls.replication_client());
+        let underneath = matches!(
+            failed.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Cancelled
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+        );
+        match config {
+            Some(config) if underneath => {
+                let wait = timeout.min(TLS_REFUSAL_WAIT);
+                match tls::refusal(config, &self.address, wait).await {
+                    Some(reason) => Err(tonic::Status::unavailable(
+                        LinkError::Tls(reason).to_string(),
+                    )),
+                    None => Err(failed),
+                }
+            }
+            _ => Err(failed),
+        }
     }
 
     /// A unary call's request: the message, its deadline and the token.
