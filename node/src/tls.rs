@@ -95,7 +95,7 @@ impl TlsArgs {
             || self.public_tls
     }
 
-    /// Checks that the settings go together (files are read by [`Tls::load`]).
+    /// Checks that the settings go together (files are read by [`TlsArgs::load`]).
     pub fn validate(&self) -> Result<(), TlsError> {
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             return Err(TlsError::Half);

@@ -203,8 +203,8 @@ pub fn body_limit(max_message_bytes: usize) -> usize {
 ///
 /// With `PUBLIC_TLS` (`tls`), each connection first completes a TLS handshake with the
 /// certificate in use at that moment (ALPN offers `h2` and `http/1.1`; the builder tells them
-/// apart by the HTTP/2 preface as on plain TCP), within `REQUEST_TIMEOUT_SECONDS` or
-/// [`HANDSHAKE_TIMEOUT`]; a failed handshake closes the connection. The handshake runs on the
+/// apart by the HTTP/2 preface as on plain TCP), within `REQUEST_TIMEOUT_SECONDS` (10 s when
+/// that is 0); a failed handshake closes the connection. The handshake runs on the
 /// connection's thread, not in the accept loop.
 pub async fn serve(
     listener: tokio::net::TcpListener,
