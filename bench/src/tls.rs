@@ -8,17 +8,13 @@
 
 use anyhow::{Context, Result};
 use replog_certs::{Authority, Validity};
+use replog_node::tls::{connect, Connected, MaybeTls};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use tempfile::TempDir;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The run's CA and server certificate, as PEM files, and the clients' configuration.
@@ -66,63 +62,16 @@ impl Certs {
     }
 }
 
-/// A client's connection: plain TCP, or TLS over it.
-pub enum Conn {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+/// A client's connection: plain TCP, or TLS over it (the nodes' own type).
+pub type Conn = MaybeTls<Connected>;
 
-impl Conn {
-    /// Opens TLS on `tcp` with `config` when there is one (the server must be `127.0.0.1`).
-    pub async fn open(tcp: TcpStream, config: Option<&Arc<ClientConfig>>) -> Result<Conn> {
-        let Some(config) = config else {
-            return Ok(Conn::Plain(tcp));
-        };
-        let name = ServerName::from(std::net::IpAddr::from([127, 0, 0, 1]));
-        let tls = tokio_rustls::TlsConnector::from(config.clone())
-            .connect(name, tcp)
-            .await
-            .context("TLS handshake")?;
-        Ok(Conn::Tls(Box::new(tls)))
-    }
-}
-
-impl AsyncRead for Conn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Conn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Conn::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
-    }
+/// Opens TLS on `tcp` with `config` when there is one (the server must be `127.0.0.1`).
+pub async fn open(tcp: TcpStream, config: Option<&Arc<ClientConfig>>) -> Result<Conn> {
+    let Some(config) = config else {
+        return Ok(MaybeTls::Plain(tcp));
+    };
+    let tls = connect(config.clone(), "127.0.0.1:0", tcp)
+        .await
+        .context("TLS handshake")?;
+    Ok(MaybeTls::Tls(Box::new(tls)))
 }

@@ -54,7 +54,7 @@ impl Stream {
             .await
             .with_context(|| format!("cannot connect to {}", self.addr))?;
         tcp.set_nodelay(true)?;
-        Conn::open(tcp, self.tls.as_ref()).await
+        crate::tls::open(tcp, self.tls.as_ref()).await
     }
 
     /// Writes `request` (on a new connection if the server closed the last one).

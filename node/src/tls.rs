@@ -367,7 +367,16 @@ pub async fn connect(
     address: &str,
     tcp: tokio::net::TcpStream,
 ) -> std::io::Result<Connected> {
-    let name = server_name(host_of(address))?;
+    handshake(config, host_of(address), tcp).await
+}
+
+/// The client's side of a handshake with `host` on `tcp`.
+async fn handshake(
+    config: Arc<ClientConfig>,
+    host: &str,
+    tcp: tokio::net::TcpStream,
+) -> std::io::Result<Connected> {
+    let name = server_name(host)?;
     tokio_rustls::TlsConnector::from(config)
         .connect(name, tcp)
         .await
@@ -484,11 +493,9 @@ impl tower::Service<hyper::Uri> for Connector {
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY");
             }
-            let name = server_name(host)?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
-            Ok(hyper_util::rt::TokioIo::new(tls))
+            Ok(hyper_util::rt::TokioIo::new(
+                handshake(config, host, tcp).await?,
+            ))
         })
     }
 }
