@@ -33,27 +33,34 @@ ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 COPY --from=planner /skeleton/ ./
-RUN cargo build --release --locked -p replog-master -p replog-secondary -p replog-failover
+RUN cargo build --release --locked -p replog-master -p replog-secondary -p replog-failover \
+    -p replog-certs
 COPY . .
 # The real sources may be older than the stubs' build outputs: make cargo see them as new.
 RUN find . -path ./target -prune -o -name '*.rs' -exec touch {} + \
  && cargo build --release --locked -p replog-master -p replog-secondary -p replog-failover \
- && mkdir -p /out && cp target/release/master target/release/secondary target/release/replog /out/
+    -p replog-certs \
+ && mkdir -p /out \
+ && cp target/release/master target/release/secondary target/release/replog target/release/replog-certs /out/
 
-# --- Runtime: Debian slim, curl for the healthcheck, a non-root user, /data for DATA_DIR.
+# --- Runtime: Debian slim, curl for the healthcheck, a non-root user, /data for DATA_DIR,
+# /certs for TLS files and replog-certs to make them (docker-compose.tls.yml's one-shot service).
 FROM ${RUNTIME_IMAGE} AS runtime
 LABEL replog.image=node
 RUN apt-get update \
  && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/log/apt/* /var/log/dpkg.log \
  && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin replog \
- && mkdir -p /data && chown replog:replog /data
-# A new named volume mounted on /data starts as a copy of this directory, owned by replog.
+ && mkdir -p /data /certs && chown replog:replog /data /certs
+# A new named volume mounted on /data or /certs starts as a copy of that directory, owned by
+# replog.
+COPY --from=builder /out/replog-certs /usr/local/bin/replog-certs
+COPY docker/node-health /usr/local/bin/node-health
 ENV HOST=0.0.0.0 RUST_LOG=info
 USER replog
 WORKDIR /data
 HEALTHCHECK --interval=2s --timeout=2s --start-period=30s --retries=3 \
-  CMD curl -fsS "http://127.0.0.1:${HTTP_PORT}/health" >/dev/null || exit 1
+  CMD node-health || exit 1
 
 FROM runtime AS secondary
 COPY --from=builder /out/secondary /usr/local/bin/secondary
