@@ -35,12 +35,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Shutdown,
 ) -> Result<Ended, Error> {
-    // Certificates are read now (a bad file stops the node here) and again on SIGHUP.
+    // Certificates are read now (a bad file stops the node here) and again on SIGHUP or when
+    // their files change.
     let tls = config.tls.load()?;
     // The signal starts the drain; `phases.stop` is the token every task watches.
     let phases = Phases::after(shutdown, config.shutdown.shutdown_grace_seconds);
     if let Some(tls) = &tls {
-        tls.reload_on_sighup(phases.stop.clone());
+        tls.reload_on_change(phases.stop.clone());
     }
     let Opened {
         log, file, doubt, ..

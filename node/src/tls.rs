@@ -12,9 +12,10 @@
 //!   ([`Tls::public_client`]).
 //!
 //! Operators renew certificates, so nothing here is fixed at start: [`Tls::reload`] (on SIGHUP,
-//! [`Tls::reload_on_sighup`]) reads the files again and builds new configurations; connections
-//! made from then on use them, and those already open keep the ones they were made with. A
-//! reload that fails (a half-written file) keeps the configurations in use and says why.
+//! and when the files change: [`Tls::reload_on_change`]) reads the files again and builds new
+//! configurations; connections made from then on use them, and those already open keep the ones
+//! they were made with. A reload that fails (a half-written file) keeps the configurations in
+//! use and says why.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -23,12 +24,16 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 pub use rustls::{ClientConfig, ServerConfig};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 /// ALPN protocols of a port that serves HTTP/2 and HTTP/1.1 (hyper picks by what comes).
 const PUBLIC_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// ALPN of gRPC ports and clients: gRPC is HTTP/2 only.
 const GRPC_ALPN: [&[u8]; 1] = [b"h2"];
+
+/// How often [`Tls::reload_on_change`] looks at the files for a change.
+const LOOK_EVERY: Duration = Duration::from_secs(2);
 
 /// The TLS settings.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -116,10 +121,12 @@ impl TlsArgs {
         if !self.enabled() {
             return Ok(None);
         }
+        let read_as = Fingerprint::of(self);
         let configs = Configs::read(self)?;
         Ok(Some(Arc::new(Tls {
             args: self.clone(),
             configs: RwLock::new(configs),
+            read_as: Mutex::new(read_as),
         })))
     }
 }
@@ -129,6 +136,9 @@ impl TlsArgs {
 pub struct Tls {
     args: TlsArgs,
     configs: RwLock<Configs>,
+    /// The files as they were when last read, taken just before reading them (a change while
+    /// they are read shows at the next look).
+    read_as: Mutex<Fingerprint>,
 }
 
 #[derive(Debug, Clone)]
@@ -172,34 +182,74 @@ impl Tls {
     /// Reads the files again; new connections use what they hold from now on. On an error the
     /// configurations in use stay.
     pub fn reload(&self) -> Result<(), TlsError> {
+        *self.read_as.lock().unwrap_or_else(|p| p.into_inner()) = Fingerprint::of(&self.args);
         let configs = Configs::read(&self.args)?;
         *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
         Ok(())
     }
 
-    /// Reloads on every SIGHUP until `shutdown`, logging what happened.
-    pub fn reload_on_sighup(self: &Arc<Self>, shutdown: crate::shutdown::Shutdown) {
-        let tls = self.clone();
-        tokio::spawn(async move {
-            let Ok(mut hangups) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::warn!("cannot watch SIGHUP: certificates are not reloaded");
-                return;
-            };
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    hangup = hangups.recv() => if hangup.is_none() { return },
+    /// Reloads if the files changed since they were last read; `None` if they did not. A reload
+    /// that failed is not tried again until they change again.
+    fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
+        let unchanged =
+            *self.read_as.lock().unwrap_or_else(|p| p.into_inner()) == Fingerprint::of(&self.args);
+        (!unchanged).then(|| self.reload())
+    }
+
+    /// Reloads on every SIGHUP and whenever the files change, until `shutdown`, logging each
+    /// reload and each failed one; a failed reload (a pair half written) keeps the previous
+    /// certificates, is logged once, and is tried again when the files next change.
+    ///
+    /// The files are looked at every [`LOOK_EVERY`] rather than watched through inotify (the
+    /// `notify` crate): Kubernetes updates a mounted Secret, cert-manager's renewals included,
+    /// by swapping a symlink to a new directory, so the file a watch was put on never changes
+    /// (it is left behind, then deleted), and nobody sends a signal. A look is three `stat`s
+    /// that follow the links as opening the files does ([`Fingerprint`]), which costs nothing
+    /// and sees a rename, a link swap or a rewrite in place alike.
+    pub fn reload_on_change(self: &Arc<Self>, shutdown: crate::shutdown::Shutdown) {
+        tokio::spawn(self.clone().keep_current(shutdown, LOOK_EVERY));
+    }
+
+    async fn keep_current(self: Arc<Self>, shutdown: crate::shutdown::Shutdown, every: Duration) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch SIGHUP: certificates are reloaded only when their files change");
+                None
+            }
+        };
+        let mut looks = tokio::time::interval(every);
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(hangups) => hangups.recv().await.is_some(),
+                    None => std::future::pending().await,
                 }
-                match tls.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificates reloaded"),
-                    Err(error) => {
-                        tracing::error!(%error, "SIGHUP: TLS certificates not reloaded; the previous ones stay in use")
+            };
+            let (cause, reloaded) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                signalled = hangup => match signalled {
+                    true => ("SIGHUP", self.reload()),
+                    // No more signals can come.
+                    false => {
+                        hangups = None;
+                        continue;
                     }
+                },
+                _ = looks.tick() => match self.reload_if_changed() {
+                    Some(reloaded) => ("the files changed", reloaded),
+                    None => continue,
+                },
+            };
+            match reloaded {
+                Ok(()) => tracing::info!(cause, "TLS certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(cause, %error, "TLS certificates not reloaded; the previous ones stay in use")
                 }
             }
-        });
+        }
     }
 
     fn configs(&self) -> Configs {
@@ -207,6 +257,45 @@ impl Tls {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+}
+
+/// What the certificate files are on disk, following symlinks as opening them does: each one's
+/// device and inode (a file replaced by a rename or behind a swapped link is another inode),
+/// length, and modification and change times (a file rewritten in place). `None` for a file
+/// that cannot be looked at (gone for a moment while it is replaced).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint(Vec<Option<Stamp>>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl Fingerprint {
+    fn of(args: &TlsArgs) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let files = [&args.tls_cert, &args.tls_key, &args.tls_ca];
+        Self(
+            files
+                .into_iter()
+                .flatten()
+                .map(|path| {
+                    let meta = std::fs::metadata(path).ok()?;
+                    Some(Stamp {
+                        device: meta.dev(),
+                        inode: meta.ino(),
+                        len: meta.len(),
+                        modified: (meta.mtime(), meta.mtime_nsec()),
+                        changed: (meta.ctime(), meta.ctime_nsec()),
+                    })
+                })
+                .collect(),
+        )
     }
 }
 
@@ -684,6 +773,52 @@ pub mod testing {
             public_tls: false,
         }
     }
+
+    /// Writes `issued` and `ca` as Kubernetes mounts a Secret (cert-manager's renewals
+    /// included): in a new directory `<dir>/..<version>`, which the link `<dir>/..data` is
+    /// swapped to in one rename (the directory it led to before is removed), reached through
+    /// the links `tls.crt`, `tls.key` and `ca.crt` to `..data/<file>`. Returns the settings that
+    /// name those links.
+    pub fn mount(dir: &Path, version: u32, issued: &Issued, ca: &str) -> TlsArgs {
+        fn fail(what: &str, path: &Path, e: impl std::fmt::Display) -> ! {
+            panic!("cannot {what} {}: {e}", path.display())
+        }
+        let target = format!("..{version}");
+        std::fs::create_dir_all(dir.join(&target))
+            .unwrap_or_else(|e| fail("create", &dir.join(&target), e));
+        let files = [
+            ("tls.crt", issued.cert_pem.as_str(), false),
+            ("tls.key", issued.key_pem.as_str(), true),
+            ("ca.crt", ca, false),
+        ];
+        for (name, text, secret) in files {
+            let path = dir.join(&target).join(name);
+            replog_certs::write(&path, text, secret).unwrap_or_else(|e| fail("write", &path, e));
+        }
+        let data = dir.join("..data");
+        let before = std::fs::read_link(&data).ok();
+        let swapping = dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&target, &swapping)
+            .unwrap_or_else(|e| fail("link", &swapping, e));
+        std::fs::rename(&swapping, &data).unwrap_or_else(|e| fail("swap", &data, e));
+        for (name, _, _) in files {
+            let link = dir.join(name);
+            if std::fs::symlink_metadata(&link).is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(name), &link)
+                    .unwrap_or_else(|e| fail("link", &link, e));
+            }
+        }
+        if let Some(before) = before.filter(|before| *before != Path::new(&target)) {
+            let old = dir.join(before);
+            std::fs::remove_dir_all(&old).unwrap_or_else(|e| fail("remove", &old, e));
+        }
+        TlsArgs {
+            tls_cert: Some(dir.join("tls.crt")),
+            tls_key: Some(dir.join("tls.key")),
+            tls_ca: Some(dir.join("ca.crt")),
+            public_tls: false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -725,8 +860,7 @@ mod tests {
         assert!(server_name("::1").is_ok());
     }
 
-    use super::testing::{write, Issued, TestCa, Validity};
-    use std::time::Duration;
+    use super::testing::{mount, write, Issued, TestCa, Validity};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A loaded node TLS for `issued` trusting `ca`, its files under `dir` as `name`.
@@ -967,5 +1101,94 @@ mod tests {
         let (served, seen) = connect_once().await;
         served.expect("accepted");
         assert_eq!(seen.as_deref(), Some(&second.der[..]));
+    }
+
+    #[tokio::test]
+    async fn files_that_change_are_reloaded_once_per_change() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let (first, server, client) = secondary_and_master(dir.path(), &ca);
+        let seen = || async {
+            let (served, seen) = handshake(
+                server.replication_server().expect("a server"),
+                client.replication_client().expect("a client"),
+            )
+            .await;
+            served.expect("accepted");
+            seen.expect("a certificate")
+        };
+        assert!(server.reload_if_changed().is_none(), "nothing changed");
+        assert_eq!(seen().await, first.der);
+
+        let second = ca.issue(&["127.0.0.1"], Validity::Current);
+        write(dir.path(), "secondary", &second, ca.pem());
+        assert!(matches!(server.reload_if_changed(), Some(Ok(()))));
+        assert!(server.reload_if_changed().is_none(), "reloaded once");
+        assert_eq!(seen().await, second.der);
+
+        // Half a pair: the key of another certificate, rewritten in place.
+        let third = ca.issue(&["127.0.0.1"], Validity::Current);
+        let key = dir.path().join("secondary.key");
+        std::fs::write(&key, &third.key_pem).expect("written");
+        assert!(matches!(server.reload_if_changed(), Some(Err(_))));
+        assert!(server.reload_if_changed().is_none(), "tried again");
+        assert_eq!(seen().await, second.der);
+        // The other half.
+        std::fs::write(dir.path().join("secondary.crt"), &third.cert_pem).expect("written");
+        assert!(matches!(server.reload_if_changed(), Some(Ok(()))));
+        assert_eq!(seen().await, third.der);
+
+        // A file gone for a moment, then back.
+        std::fs::remove_file(&key).expect("removed");
+        assert!(matches!(server.reload_if_changed(), Some(Err(_))));
+        std::fs::write(&key, &third.key_pem).expect("written");
+        assert!(matches!(server.reload_if_changed(), Some(Ok(()))));
+    }
+
+    /// The files are links into a Kubernetes Secret's mount, replaced by swapping the link to a
+    /// new directory; nobody sends a signal.
+    #[tokio::test]
+    async fn a_swapped_secret_reaches_new_handshakes_without_a_signal() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = TestCa::new("cluster");
+        let secret = dir.path().join("secret");
+        let first = ca.issue(&["127.0.0.1"], Validity::Current);
+        let server = mount(&secret, 1, &first, ca.pem())
+            .load()
+            .expect("the files load")
+            .expect("TLS is on");
+        let client = node(
+            dir.path(),
+            "master",
+            &ca.issue(&["127.0.0.1"], Validity::Current),
+            &ca,
+        );
+        let shutdown = crate::shutdown::Shutdown::new();
+        server.reload_on_change(shutdown.clone());
+        let seen = || async {
+            let (served, seen) = handshake(
+                server.replication_server().expect("a server"),
+                client.replication_client().expect("a client"),
+            )
+            .await;
+            served.expect("accepted");
+            seen.expect("a certificate")
+        };
+        assert_eq!(seen().await, first.der);
+
+        for version in 2..=3 {
+            let next = ca.issue(&["127.0.0.1"], Validity::Current);
+            mount(&secret, version, &next, ca.pem());
+            let deadline = std::time::Instant::now() + 4 * LOOK_EVERY;
+            while seen().await != next.der {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "secret {version} not in use within {:?}",
+                    4 * LOOK_EVERY
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        shutdown.cancel();
     }
 }

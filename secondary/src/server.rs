@@ -40,10 +40,11 @@ pub async fn run(
         failover = config.failover.is_some(),
         "secondary starting"
     );
-    // Certificates are read now (a bad file stops the node here) and again on SIGHUP.
+    // Certificates are read now (a bad file stops the node here) and again on SIGHUP or when
+    // their files change.
     let tls = config.tls.load()?;
     if let Some(tls) = &tls {
-        tls.reload_on_sighup(shutdown.clone());
+        tls.reload_on_change(shutdown.clone());
     }
     // A fresh log has no identity yet: it adopts the master's on first contact.
     let replog_node::config::Opened {
