@@ -7,11 +7,15 @@
 # COMPOSE is `docker compose` when the Docker CLI has the plugin, else Debian's
 # `docker-compose` (1.29); override it (`make COMPOSE=podman-compose ...`) if neither fits.
 # COMPOSE_FILE picks the stack: `make build_and_run COMPOSE_FILE=docker-compose.failover.yml`
-# runs the failover variant (etcd and three electing nodes).
+# runs the failover variant (etcd and three electing nodes). TLS=1 adds docker-compose.tls.yml
+# to the default stack: mutual TLS between the nodes, HTTPS on their ports, nginx over TLS to
+# them (certificates made at the first start; README "TLS").
 
 SHELL := /bin/bash
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 COMPOSE_FILE ?= docker-compose.yml
+TLS ?=
+COMPOSE_FILES := -f $(COMPOSE_FILE)$(if $(TLS), -f docker-compose.tls.yml)
 # Extra arguments for the benchmark, e.g. `make bench BENCH_ARGS=--smoke`.
 BENCH_ARGS ?=
 
@@ -23,7 +27,7 @@ help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-20s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build_and_run: ## Build the images and run the stack in the foreground (Ctrl-C stops it)
-	$(COMPOSE) -f $(COMPOSE_FILE) up --build
+	$(COMPOSE) $(COMPOSE_FILES) up --build
 
 test: ## Run every check and test (scripts/test; REPLOG_SKIP_DOCKER=1 skips Docker)
 	scripts/test
@@ -32,10 +36,10 @@ bench: ## Run the benchmark against Redis (scripts/bench; BENCH_ARGS=--smoke for
 	scripts/bench $(BENCH_ARGS)
 
 logs: ## Follow the logs of every service of the running stack
-	$(COMPOSE) -f $(COMPOSE_FILE) logs -f
+	$(COMPOSE) $(COMPOSE_FILES) logs -f
 
 down: ## Stop and remove the stack; the logs stay in their volumes (`down -v` deletes them)
-	$(COMPOSE) -f $(COMPOSE_FILE) down
+	$(COMPOSE) $(COMPOSE_FILES) down
 
 validate-kubernetes: ## Render the Kubernetes overlays (deploy/kubernetes) and validate them offline
 	scripts/validate-kubernetes

@@ -9,17 +9,23 @@
 //! killed another node takes over within the lease's TTL and a few seconds without losing an
 //! acknowledged append; the old master, started again, rejoins as a secondary and catches up.
 //!
+//! The TLS variant (docker-compose.yml with docker-compose.tls.yml): every node's port speaks
+//! HTTPS only, with the certificates the `certs` service made at the first start; replication
+//! asks for the master's client certificate; nginx reaches every node over verified TLS, so
+//! appends through nginx and through each node commit everywhere as in the plain stack.
+//!
 //! Runs against the stack `scripts/test-docker` brings up: `REPLOG_BASE_URL` is its page through
 //! nginx and `REPLOG_COMPOSE` its compose command (used to stop, start and kill services and to
 //! find their containers and published ports). Skips when `REPLOG_BASE_URL` is not set.
-//! `REPLOG_STACK=failover` says the running stack is the failover one: then only the failover
-//! test runs, otherwise only the default stack's.
+//! `REPLOG_STACK` says which stack runs (`failover`, `tls`, or the default one otherwise): only
+//! that stack's test runs.
 
 use browser_tests::run_tag;
 use cluster_tests::compose::{docker, running_stack, Compose};
 use cluster_tests::{try_list, wait_for, wait_until, StatusCode, REPLICATION_FAILED};
 use serde_json::{json, Value};
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The services of docker-compose.yml that run a node, and the port each listens on.
@@ -34,22 +40,34 @@ const SERVICES: [&str; 4] = ["master", "secondary-1", "secondary-2", "nginx"];
 /// The secondaries' replication port, which stays on the compose network.
 const REPLICATION_PORT: &str = "50051";
 
-/// Which stack runs: `failover` for docker-compose.failover.yml, anything else (or unset) for
-/// docker-compose.yml.
+/// Which stack runs: `failover` for docker-compose.failover.yml, `tls` for docker-compose.yml
+/// with docker-compose.tls.yml, anything else (or unset) for docker-compose.yml.
 const STACK_ENV: &str = "REPLOG_STACK";
 
 type List = Vec<(u64, String)>;
 
-/// Whether the running stack is the failover one ([`STACK_ENV`]).
-fn failover_stack() -> bool {
-    std::env::var(STACK_ENV).is_ok_and(|stack| stack.trim() == "failover")
+/// The running stack's name ([`STACK_ENV`]): `failover`, `tls` or `default`.
+fn stack_kind() -> &'static str {
+    match std::env::var(STACK_ENV).as_deref().map(str::trim) {
+        Ok("failover") => "failover",
+        Ok("tls") => "tls",
+        _ => "default",
+    }
+}
+
+/// Whether `test`, which is for the stack `kind`, runs; says why not when it does not.
+fn for_stack(test: &str, kind: &str) -> bool {
+    let running = stack_kind();
+    if running != kind {
+        eprintln!("SKIPPED {test}: {STACK_ENV} says the {running} stack runs");
+    }
+    running == kind
 }
 
 /// An HTTP client without idle connections: a restarted container must not get a request on a
-/// connection to the one before it.
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+/// connection to the one before it. With `ca`, it trusts only that CA for `https://`.
+fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    cluster_tests::cluster::http_client_builder(ca)
         .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(30))
         .build()
@@ -104,14 +122,20 @@ struct Stack {
 }
 
 impl Stack {
-    async fn new(compose: Compose, nginx: String) -> Stack {
+    /// The stack, its nodes reached over HTTPS trusting only `ca` when given.
+    async fn new(compose: Compose, nginx: String, ca: Option<&Path>) -> Stack {
         let mut nodes = Vec::new();
         for (name, port) in NODES {
-            nodes.push((name, compose.published_url(name, port).await));
+            let url = compose.published_url(name, port).await;
+            let url = match ca {
+                Some(_) => url.replacen("http://", "https://", 1),
+                None => url,
+            };
+            nodes.push((name, url));
         }
         Stack {
             compose,
-            http: http_client(),
+            http: http_client(ca),
             nginx,
             nodes,
             tag: run_tag(),
@@ -260,15 +284,125 @@ async fn compose_stack_serves_replicates_and_survives_restarts() {
     let Some((nginx, compose)) = running_stack(test) else {
         return;
     };
-    if failover_stack() {
-        eprintln!("SKIPPED {test}: {STACK_ENV}=failover (the failover stack runs)");
+    if !for_stack(test, "default") {
         return;
     }
-    let mut stack = Stack::new(compose, nginx).await;
+    let mut stack = Stack::new(compose, nginx, None).await;
     serves_what_it_publishes(&stack).await;
     appends_through_nginx_and_every_node(&mut stack).await;
     a_stopped_secondary(&mut stack).await;
     master_restart_and_sigkill(&mut stack).await;
+}
+
+#[tokio::test]
+async fn tls_stack_speaks_only_verified_tls() {
+    let test = "tls_stack_speaks_only_verified_tls";
+    let Some((nginx, compose)) = running_stack(test) else {
+        return;
+    };
+    if !for_stack(test, "tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = stack_ca(&compose, dir.path()).await;
+    let mut stack = Stack::new(compose, nginx, Some(&ca)).await;
+    nodes_speak_only_verified_tls(&stack).await;
+    appends_through_nginx_and_every_node(&mut stack).await;
+    replication_asks_for_a_client_certificate(&stack).await;
+}
+
+/// The stack's CA certificate, as the `certs` service wrote it into the `certs` volume, copied
+/// into `dir`.
+async fn stack_ca(compose: &Compose, dir: &Path) -> PathBuf {
+    let master = compose.container("master").await;
+    let pem = docker(&["exec", &master, "cat", "/certs/ca.pem"]).await;
+    assert!(pem.contains("BEGIN CERTIFICATE"), "/certs/ca.pem: {pem}");
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, pem).expect("write ca.pem");
+    path
+}
+
+/// Every node answers over HTTPS with a certificate that chains to the stack's CA and names
+/// 127.0.0.1; plain HTTP and a client that does not trust the CA get no answer.
+async fn nodes_speak_only_verified_tls(stack: &Stack) {
+    let plain = http_client(None);
+    for (name, url) in &stack.nodes {
+        assert!(url.starts_with("https://"), "{name}: {url}");
+        stack.get_ok(&format!("{url}/health")).await;
+        let http_url = format!("{}/health", url.replacen("https://", "http://", 1));
+        let answer = plain.get(&http_url).send().await;
+        assert!(
+            answer.is_err(),
+            "{name} answered plain HTTP on its TLS port: {answer:?}"
+        );
+        let untrusting = plain.get(format!("{url}/health")).send().await;
+        assert!(
+            untrusting.is_err(),
+            "{name} was trusted by a client without the stack's CA: {untrusting:?}"
+        );
+        println!(
+            "ok   {name} ({url}) answers HTTPS verified against the stack's CA, not plain HTTP"
+        );
+    }
+}
+
+/// `docker exec CONTAINER ARGS...`: whether it exited 0, and what it wrote.
+async fn exec_status(container: &str, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("docker exec {container} {args:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+/// A secondary's replication port takes a TLS client only with a certificate of the stack's CA:
+/// from the master's container, curl without a client certificate is refused, curl with the
+/// master's gets an HTTP/2 answer.
+async fn replication_asks_for_a_client_certificate(stack: &Stack) {
+    let master = stack.compose.container("master").await;
+    for secondary in SECONDARIES {
+        let url = format!("https://{secondary}:{REPLICATION_PORT}/");
+        let base = [
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "--http2",
+        ];
+        let mut without = base.to_vec();
+        without.extend(["--cacert", "/certs/ca.pem", &url]);
+        let (ok, refused) = exec_status(&master, &without).await;
+        assert!(
+            !ok,
+            "{url} answered a client without a certificate: {refused}"
+        );
+        let mut with = without.clone();
+        with.extend([
+            "--cert",
+            "/certs/master.pem",
+            "--key",
+            "/certs/master-key.pem",
+        ]);
+        let (ok, said) = exec_status(&master, &with).await;
+        assert!(ok, "{url} refused the master's certificate: {said}");
+        let refused = refused.lines().next().unwrap_or_default().trim();
+        println!(
+            "ok   {secondary}'s replication port refuses a client without a certificate \
+             ({refused}) and answers the master's"
+        );
+    }
 }
 
 /// Each node answers on its port, nginx serves the client and its wasm, only the HTTP ports
@@ -557,7 +691,7 @@ impl Failover {
         }
         Failover {
             compose,
-            http: http_client(),
+            http: http_client(None),
             nginx,
             nodes,
             tag: run_tag(),
@@ -692,8 +826,7 @@ async fn failover_stack_elects_fails_over_and_rejoins() {
     let Some((nginx, compose)) = running_stack(test) else {
         return;
     };
-    if !failover_stack() {
-        eprintln!("SKIPPED {test}: {STACK_ENV} is not `failover` (the failover stack is not up)");
+    if !for_stack(test, "failover") {
         return;
     }
     let mut stack = Failover::new(compose, nginx).await;
