@@ -83,11 +83,24 @@ impl SecondaryOpts {
     }
 }
 
-fn owned<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Vec<(String, String)> {
+pub(crate) fn owned<K: AsRef<str>, V: AsRef<str>>(pairs: &[(K, V)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
         .collect()
+}
+
+/// `dir`, created if missing and kept as it is otherwise; without one, this test's
+/// [`fresh_log_dir`].
+pub(crate) fn log_dir_or_fresh(dir: Option<&Path>) -> Result<PathBuf, StartError> {
+    let Some(dir) = dir else {
+        return Ok(fresh_log_dir());
+    };
+    std::fs::create_dir_all(dir).map_err(|error| StartError::Spawn {
+        node: format!("the log directory {}", dir.display()),
+        error,
+    })?;
+    Ok(dir.to_path_buf())
 }
 
 /// The `DATA_DIR` of a durable node: `<dir>/<name>-data`.
@@ -194,16 +207,7 @@ impl ClusterBuilder {
     /// death signal is tied to ([`crate::process`]). In-process nodes run on listeners bound
     /// first, in the caller's runtime.
     pub async fn try_start(self) -> Result<Cluster, StartError> {
-        let dir = match &self.log_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|error| StartError::Spawn {
-                    node: format!("the log directory {}", dir.display()),
-                    error,
-                })?;
-                dir.clone()
-            }
-            None => fresh_log_dir(),
-        };
+        let dir = log_dir_or_fresh(self.log_dir.as_deref())?;
         let cluster = match self.backend {
             Backend::Process { .. } => {
                 let (spec, dir) = (&self, &dir);
@@ -314,9 +318,14 @@ impl ClusterBuilder {
     }
 }
 
-/// The kit's HTTP client: no proxy, whatever the environment says; trusting only the CA
-/// certificates of the PEM file `ca`, if given, for `https://`.
+/// The kit's HTTP client: [`http_client_builder`] as it is.
 pub(crate) fn http_client(ca: Option<&Path>) -> reqwest::Client {
+    http_client_builder(ca).build().expect("an HTTP client")
+}
+
+/// The kit's HTTP client, to build: no proxy, whatever the environment says; trusting only the
+/// CA certificates of the PEM file `ca`, if given, for `https://`.
+pub fn http_client_builder(ca: Option<&Path>) -> reqwest::ClientBuilder {
     let mut builder = reqwest::Client::builder().no_proxy();
     if let Some(ca) = ca {
         let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("cannot read {}: {e}", ca.display()));
@@ -327,7 +336,7 @@ pub(crate) fn http_client(ca: Option<&Path>) -> reqwest::Client {
             builder = builder.add_root_certificate(certificate);
         }
     }
-    builder.build().expect("an HTTP client")
+    builder
 }
 
 /// A master and its secondaries, plus an HTTP client to talk to them.

@@ -1,15 +1,16 @@
 //! A failover cluster: a real etcd and `replog` nodes (every one durable, any may be master),
-//! on free loopback ports, with the same [`Node`] handles and [`Appender`]s as [`crate::Cluster`].
+//! on free loopback ports, with the same [`Node`] handles and [`Appender`]s as [`crate::Cluster`];
+//! their public ports over TLS with [`FailoverBuilder::https`].
 
-use crate::cluster::data_dir_setting;
+use crate::cluster::{data_dir_setting, http_client_builder, log_dir_or_fresh, owned};
 use crate::etcd::Etcd;
 use crate::{
-    free_ports, fresh_log_dir, on_free_ports, try_list, wait_for, Appender, Binary, Node,
-    START_TIMEOUT, STEADY_HEALTH,
+    free_ports, on_free_ports, try_list, wait_for, Appender, Binary, Node, START_TIMEOUT,
+    STEADY_HEALTH,
 };
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// The lease the tests give their masters: short, so that a failover fits a test's time.
@@ -40,15 +41,58 @@ pub struct Seen {
     pub term: u64,
 }
 
-impl FailoverCluster {
-    /// Starts etcd and `n` nodes named `node-a`, `node-b`, ... (`FAILOVER_TTL_MS` =
-    /// [`TEST_TTL_MS`], the steady health thresholds, `env` last), and waits until one of them
-    /// serves as master and every node names it.
-    pub async fn start(n: usize, env: &[(&str, &str)]) -> FailoverCluster {
-        let dir = fresh_log_dir();
+/// How to start a [`FailoverCluster`] ([`FailoverCluster::builder`]): its nodes' settings,
+/// where its logs go, and whether the nodes serve their public port over TLS.
+#[derive(Debug, Clone, Default)]
+pub struct FailoverBuilder {
+    nodes: usize,
+    env: Vec<(String, String)>,
+    /// Each node's own settings, by index.
+    node_env: Vec<Vec<(String, String)>>,
+    log_dir: Option<PathBuf>,
+    /// The CA (PEM file) of nodes that serve their public port over TLS.
+    https_ca: Option<PathBuf>,
+}
+
+impl FailoverBuilder {
+    /// Settings for every node, after the kit's (which they override).
+    pub fn envs<K: AsRef<str>, V: AsRef<str>>(mut self, pairs: &[(K, V)]) -> Self {
+        self.env.extend(owned(pairs));
+        self
+    }
+
+    /// Settings of node `i` alone (`node-a` is 0), after every node's (which they override):
+    /// e.g. its certificate files.
+    pub fn node_envs<K: AsRef<str>, V: AsRef<str>>(mut self, i: usize, pairs: &[(K, V)]) -> Self {
+        assert!(i < self.nodes, "node {i} of {}", self.nodes);
+        self.node_env[i].extend(owned(pairs));
+        self
+    }
+
+    /// Where the nodes' and etcd's logs and data go (created if missing, kept as it is
+    /// otherwise). Default: this test's [`crate::fresh_log_dir`].
+    pub fn log_dir(mut self, dir: &Path) -> Self {
+        self.log_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// The nodes serve their public port over TLS (their own settings say so: `PUBLIC_TLS` and
+    /// the certificate files): the kit's URLs are `https://` and its client trusts the CA
+    /// certificates of the PEM file `ca`, as [`crate::ClusterBuilder::https`].
+    pub fn https(mut self, ca: &Path) -> Self {
+        self.https_ca = Some(ca.to_path_buf());
+        self
+    }
+
+    /// Starts etcd and the nodes named `node-a`, `node-b`, ... (`FAILOVER_TTL_MS` =
+    /// [`TEST_TTL_MS`], the steady health thresholds, then the settings for every node, then
+    /// each node's own), and waits until one of them serves as master and every node names it.
+    pub async fn start(self) -> FailoverCluster {
+        let dir = log_dir_or_fresh(self.log_dir.as_deref()).unwrap_or_else(|e| panic!("{e}"));
         let etcd = Etcd::start_in(&dir).await;
         let endpoint = etcd.endpoint();
-        let (dir, endpoint) = (&dir, &endpoint);
+        let (spec, dir, endpoint) = (&self, &dir, &endpoint);
+        let n = self.nodes;
         let nodes = on_free_ports(move || async move {
             let ports = free_ports(2 * n);
             let names: Vec<String> = (0..n)
@@ -59,7 +103,7 @@ impl FailoverCluster {
                 .enumerate()
                 .map(|(i, name)| format!("{name}=127.0.0.1:{}:{}", ports[2 * i], ports[2 * i + 1]))
                 .collect();
-            let client = client();
+            let client = client(spec.https_ca.as_deref());
             let mut nodes = Vec::new();
             for (i, name) in names.iter().enumerate() {
                 let (http, grpc) = (ports[2 * i], ports[2 * i + 1]);
@@ -76,11 +120,18 @@ impl FailoverCluster {
                 .map(|(k, v)| (k.to_owned(), v))
                 .collect();
                 settings.push(data_dir_setting(dir, name));
-                for (k, v) in STEADY_HEALTH.iter().chain(NODE_SETTINGS).chain(env) {
-                    settings.retain(|(key, _)| key != k);
-                    settings.push((k.to_string(), v.to_string()));
+                let kit = owned(&STEADY_HEALTH)
+                    .into_iter()
+                    .chain(owned(NODE_SETTINGS));
+                for (k, v) in kit
+                    .chain(spec.env.iter().cloned())
+                    .chain(spec.node_env[i].iter().cloned())
+                {
+                    settings.retain(|(key, _)| *key != k);
+                    settings.push((k, v));
                 }
-                let mut node = Node::new(name, Binary::Replog, http, Some(grpc), settings, dir);
+                let mut node = Node::new(name, Binary::Replog, http, Some(grpc), settings, dir)
+                    .with_https(spec.https_ca.is_some());
                 node.start();
                 nodes.push(node);
             }
@@ -94,11 +145,28 @@ impl FailoverCluster {
         let cluster = FailoverCluster {
             etcd,
             nodes,
-            client: client(),
+            client: client(self.https_ca.as_deref()),
             dir: dir.clone(),
         };
         cluster.wait_master(START_TIMEOUT, None).await;
         cluster
+    }
+}
+
+impl FailoverCluster {
+    /// Describes a cluster of `n` nodes to start: see [`FailoverBuilder`].
+    pub fn builder(n: usize) -> FailoverBuilder {
+        FailoverBuilder {
+            nodes: n,
+            node_env: vec![Vec::new(); n],
+            ..FailoverBuilder::default()
+        }
+    }
+
+    /// Starts etcd and `n` nodes with `env` for every node, and waits until one of them serves
+    /// as master and every node names it: see [`FailoverBuilder::start`].
+    pub async fn start(n: usize, env: &[(&str, &str)]) -> FailoverCluster {
+        FailoverCluster::builder(n).envs(env).start().await
     }
 
     /// What node `i` says of the mastership, or `None` if it does not answer.
@@ -189,9 +257,10 @@ impl FailoverCluster {
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
+/// The kit's HTTP client ([`http_client_builder`]), giving up on an answer after 5 s: a
+/// stopped node must not hang a wait.
+fn client(ca: Option<&Path>) -> reqwest::Client {
+    http_client_builder(ca)
         .timeout(Duration::from_secs(5))
         .build()
         .expect("an HTTP client")

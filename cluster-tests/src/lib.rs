@@ -51,6 +51,7 @@ pub use cluster::{
 pub use node::{default_bin_dir, Backend, Binary, Node};
 pub use process::{Exited, Process};
 
+use replog_node::tls::TlsArgs;
 use serde_json::Value;
 use std::fmt::Display;
 use std::fs::OpenOptions;
@@ -99,6 +100,24 @@ pub fn steady_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)
 /// [`FAST_HEALTH`] plus `extra` master settings.
 pub fn fast_health<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     FAST_HEALTH.iter().chain(extra).copied().collect()
+}
+
+/// The settings that give a node `args`: `TLS_CERT`, `TLS_KEY` and `TLS_CA` for the files it
+/// names, and `PUBLIC_TLS=true` if `args.public_tls`.
+pub fn tls_settings(args: &TlsArgs) -> Vec<(String, String)> {
+    let files = [
+        ("TLS_CERT", &args.tls_cert),
+        ("TLS_KEY", &args.tls_key),
+        ("TLS_CA", &args.tls_ca),
+    ];
+    let mut settings: Vec<(String, String)> = files
+        .into_iter()
+        .filter_map(|(key, path)| Some((key.to_owned(), path.as_ref()?.display().to_string())))
+        .collect();
+    if args.public_tls {
+        settings.push(("PUBLIC_TLS".to_owned(), "true".to_owned()));
+    }
+    settings
 }
 
 /// The directory that keeps the node logs of one test: `target/cluster-tests/<test>/`.
