@@ -2,14 +2,15 @@
 //! whose nodes share a CA replicates; a master or secondary whose certificate the other side
 //! does not take (another CA, expired, none at all) gets nothing across, the master's health
 //! names TLS as that secondary's last error and the secondary logs the refusal; a secondary's
-//! certificate rotates on SIGHUP for new connections while the open stream goes on.
+//! certificate rotates on SIGHUP, and without a signal when its files change (a Kubernetes
+//! Secret's swapped link), for new connections while the open stream goes on.
 
 use cluster_tests::{
     fast_health, log_dir, secondary_health, wait_for, wait_until, Cluster, Node, SecondaryOpts,
     StatusCode, REPLICATION_FAILED,
 };
 use nix::sys::signal::Signal;
-use replog_node::tls::testing::{write, TestCa, Validity};
+use replog_node::tls::testing::{mount, write, TestCa, Validity};
 use replog_node::tls::TlsArgs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -120,19 +121,23 @@ async fn presented_now(secondary: &Node, args: &TlsArgs) -> Vec<u8> {
         .to_vec()
 }
 
-/// Injected: TLS_CERT, TLS_KEY and TLS_CA on every node, one CA. Then secondary-1's files are
-/// replaced with a new certificate of the same CA and it gets SIGHUP.
+/// Injected: TLS_CERT, TLS_KEY and TLS_CA on every node, one CA; secondary-1's files are links
+/// into a directory swapped as Kubernetes updates a mounted Secret. Then secondary-1's files
+/// are replaced with a new certificate of the same CA and it gets SIGHUP; then replaced again,
+/// with no signal.
 /// Checked: w=3 appends answer 200 and every node lists them; a connection that never starts
 /// its handshake holds up no other; before the SIGHUP a new connection sees the first
-/// certificate, after it the new one, while appends on the stream the master opened before
-/// still commit with w=3 and that stream never failed (no last error).
+/// certificate, after it the second, and within 10 s of the unsignalled swap the third, while
+/// appends on the stream the master opened before still commit with w=3 and that stream never
+/// failed (no last error).
 #[tokio::test]
 async fn a_cluster_on_mutual_tls_replicates_and_rotates_certificates() {
     let dir = certs_dir();
     let ca = TestCa::new("cluster");
     let master = node_certs(&dir, "master", &ca, Validity::Current, &ca);
     let first = ca.issue(&["127.0.0.1"], Validity::Current);
-    let secondary_1 = env(&write(&dir, "secondary-1", &first, ca.pem()));
+    let secret = dir.join("secondary-1");
+    let secondary_1 = env(&mount(&secret, 1, &first, ca.pem()));
     let secondary_2 = node_certs(&dir, "secondary-2", &ca, Validity::Current, &ca);
     let cluster = Cluster::start(
         vec![
@@ -163,18 +168,19 @@ async fn a_cluster_on_mutual_tls_replicates_and_rotates_certificates() {
     assert_eq!(presented(&cluster.secondaries[0], &client).await, first.der);
 
     let second = ca.issue(&["127.0.0.1"], Validity::Current);
-    write(&dir, "secondary-1", &second, ca.pem());
+    mount(&secret, 2, &second, ca.pem());
     cluster.secondaries[0]
         .process()
         .signal(Signal::SIGHUP)
         .expect("SIGHUP sent");
     wait_until(
         Duration::from_secs(5),
-        "secondary-1 logs the reload",
+        "secondary-1 logs the reload on SIGHUP",
         || async {
             cluster.secondaries[0]
                 .log_since_start()
-                .contains("TLS certificates reloaded")
+                .lines()
+                .any(|line| line.contains("TLS certificates reloaded") && line.contains("SIGHUP"))
         },
     )
     .await;
@@ -186,6 +192,20 @@ async fn a_cluster_on_mutual_tls_replicates_and_rotates_certificates() {
     );
     let (status, body) = cluster.append("after the rotation", Some(3)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+
+    // No signal this time: the node sees its files change.
+    let third = ca.issue(&["127.0.0.1"], Validity::Current);
+    mount(&secret, 3, &third, ca.pem());
+    wait_for(
+        Duration::from_secs(10),
+        "a new connection sees the certificate swapped in without a signal",
+        || async { (presented(&cluster.secondaries[0], &client).await == third.der).then_some(()) },
+    )
+    .await;
+    let (status, body) = cluster
+        .append("after the unsignalled rotation", Some(3))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     drop(silent);
     let health = cluster.health(&cluster.master).await;
     let entry = secondary_health(&health, &cluster.secondaries[0].grpc_endpoint())
@@ -194,7 +214,7 @@ async fn a_cluster_on_mutual_tls_replicates_and_rotates_certificates() {
     assert!(entry["last_error"].is_null(), "the stream broke: {entry}");
     assert_eq!(
         cluster.messages(&cluster.secondaries[0]).await.last(),
-        Some(&(5, "after the rotation".to_owned()))
+        Some(&(6, "after the unsignalled rotation".to_owned()))
     );
 }
 
