@@ -920,6 +920,18 @@ mod tests {
         (served, seen)
     }
 
+    /// The certificate `server`'s replication port presents to a connection of `client`,
+    /// which it takes.
+    async fn presented(server: &Tls, client: &Tls) -> Vec<u8> {
+        let (served, seen) = handshake(
+            server.replication_server().expect("a server"),
+            client.replication_client().expect("a client"),
+        )
+        .await;
+        served.expect("accepted");
+        seen.expect("a certificate")
+    }
+
     fn refusal(served: std::io::Result<()>) -> String {
         let error = served.expect_err("the server refuses the client");
         assert!(rustls_error(&error).is_some(), "not a TLS error: {error:?}");
@@ -1108,15 +1120,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("a directory");
         let ca = TestCa::new("cluster");
         let (first, server, client) = secondary_and_master(dir.path(), &ca);
-        let seen = || async {
-            let (served, seen) = handshake(
-                server.replication_server().expect("a server"),
-                client.replication_client().expect("a client"),
-            )
-            .await;
-            served.expect("accepted");
-            seen.expect("a certificate")
-        };
+        let seen = || presented(&server, &client);
         assert!(server.reload_if_changed().is_none(), "nothing changed");
         assert_eq!(seen().await, first.der);
 
@@ -1165,15 +1169,7 @@ mod tests {
         );
         let shutdown = crate::shutdown::Shutdown::new();
         server.reload_on_change(shutdown.clone());
-        let seen = || async {
-            let (served, seen) = handshake(
-                server.replication_server().expect("a server"),
-                client.replication_client().expect("a client"),
-            )
-            .await;
-            served.expect("accepted");
-            seen.expect("a certificate")
-        };
+        let seen = || presented(&server, &client);
         assert_eq!(seen().await, first.der);
 
         for version in 2..=3 {
