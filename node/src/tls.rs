@@ -200,12 +200,12 @@ impl Tls {
     /// reload and each failed one; a failed reload (a pair half written) keeps the previous
     /// certificates, is logged once, and is tried again when the files next change.
     ///
-    /// The files are looked at every [`LOOK_EVERY`] rather than watched through inotify (the
-    /// `notify` crate): Kubernetes updates a mounted Secret, cert-manager's renewals included,
-    /// by swapping a symlink to a new directory, so the file a watch was put on never changes
-    /// (it is left behind, then deleted), and nobody sends a signal. A look is three `stat`s
-    /// that follow the links as opening the files does ([`Fingerprint`]), which costs nothing
-    /// and sees a rename, a link swap or a rewrite in place alike.
+    /// The files are looked at every 2 s (`LOOK_EVERY`) rather than watched through inotify
+    /// (the `notify` crate): Kubernetes updates a mounted Secret, cert-manager's renewals
+    /// included, by swapping a symlink to a new directory, so the file a watch was put on never
+    /// changes (it is left behind, then deleted), and nobody sends a signal. A look is three
+    /// `stat`s that follow the links as opening the files does (`Fingerprint`), which costs
+    /// nothing and sees a rename, a link swap or a rewrite in place alike.
     pub fn reload_on_change(self: &Arc<Self>, shutdown: crate::shutdown::Shutdown) {
         tokio::spawn(self.clone().keep_current(shutdown, LOOK_EVERY));
     }
