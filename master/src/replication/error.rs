@@ -24,14 +24,20 @@ pub enum LinkError {
     /// refused request, a secondary stopping).
     #[error("{}: {}", .0.code(), .0.message())]
     Refused(tonic::Status),
-    /// TLS with the secondary failed: its certificate was refused (another CA, expired, not
-    /// naming the address dialled), or it refused this master's. With TLS 1.3 the secondary
-    /// checks the master's certificate after the master's side of the handshake is done, so
-    /// its refusal arrives on the HTTP/2 connection before the stream is answered: as an alert
-    /// or, when the secondary's close overtakes it, as a broken connection
-    /// ([`LinkError::opening_over_tls`]).
+    /// TLS with the secondary failed, for the reason rustls gives: its certificate was refused
+    /// (another CA, expired, not naming the address dialled), or it refused this master's (its
+    /// alert). With TLS 1.3 the secondary checks the master's certificate after the master's
+    /// side of the handshake is done, so its refusal arrives on the HTTP/2 connection before
+    /// the stream is answered: as an alert or, when the secondary's close overtakes it, as a
+    /// broken connection ([`LinkError::TlsUnexplained`]).
     #[error("TLS handshake with the secondary failed: {0}")]
     Tls(String),
+    /// A connection over TLS broke, or was closed, before the secondary answered the stream's
+    /// call, without an alert ([`LinkError::opening_over_tls`]): most likely the secondary
+    /// refused this master's certificate and its close overtook its alert. The link then asks
+    /// the secondary for the reason (`Peer::open_stream`), and this stays only when none comes.
+    #[error("TLS handshake with the secondary failed: {0}: it may refuse this master's certificate (its log says why)")]
+    TlsUnexplained(String),
     /// HTTP/2 failed underneath: the handshake, a reset, a frame, a ping.
     #[error("HTTP/2: {0}")]
     Transport(#[from] h2::Error),
@@ -71,21 +77,19 @@ pub enum LinkError {
 impl LinkError {
     /// `self`, an error while a stream was being opened over TLS: a connection that broke
     /// before the secondary answered is its refusal of this master's certificate (see
-    /// [`LinkError::Tls`]), told as such.
+    /// [`LinkError::Tls`]), told as such: with rustls's reason when the alert came
+    /// ([`LinkError::Tls`]), as likely when the close overtook it ([`LinkError::TlsUnexplained`]).
     pub fn opening_over_tls(self) -> Self {
+        const CLOSED: &str = "the secondary closed the connection before answering";
         match self {
             LinkError::Transport(error) => match error.get_io() {
                 Some(io) if io.kind() == std::io::ErrorKind::InvalidData => {
                     LinkError::Tls(io.to_string())
                 }
-                Some(io) => LinkError::Tls(format!(
-                    "the secondary closed the connection before answering ({io}): it may refuse this master's certificate (its log says why)"
-                )),
+                Some(io) => LinkError::TlsUnexplained(format!("{CLOSED} ({io})")),
                 None => LinkError::Transport(error),
             },
-            LinkError::Closed => LinkError::Tls(
-                "the secondary closed the connection before answering: it may refuse this master's certificate (its log says why)".into(),
-            ),
+            LinkError::Closed => LinkError::TlsUnexplained(CLOSED.into()),
             other => other,
         }
     }
@@ -100,7 +104,7 @@ mod tests {
     #[test]
     fn a_connection_closed_while_opening_over_tls_is_told_as_tls() {
         let error = LinkError::Closed.opening_over_tls();
-        assert!(matches!(error, LinkError::Tls(_)), "{error:?}");
+        assert!(matches!(error, LinkError::TlsUnexplained(_)), "{error:?}");
         assert!(
             error
                 .to_string()

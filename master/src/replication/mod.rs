@@ -29,8 +29,8 @@ use tonic::transport::{Channel, Endpoint};
 /// How long connecting to a secondary may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a `Fetch` that failed over TLS waits for the secondary's refusal of this master's
-/// certificate (an alert comes within a round trip of the handshake).
+/// How long a `Fetch` or a stream that failed over TLS waits for the secondary's refusal of this
+/// master's certificate (an alert comes within a round trip of the handshake).
 const TLS_REFUSAL_WAIT: Duration = Duration::from_millis(500);
 
 /// One secondary as the master sees it.
@@ -41,8 +41,8 @@ pub struct Peer {
     /// link's own stream ([`Peer::open_stream`]).
     client: ReplicationClient<Channel>,
     token: Option<String>,
-    /// With mutual TLS, the node's certificates, read for each new connection (a reload on
-    /// SIGHUP reaches the next stream while the open one goes on).
+    /// With mutual TLS, the node's certificates, read for each new connection (a reload, on
+    /// SIGHUP or a change of the files, reaches the next stream while the open one goes on).
     tls: Option<Arc<Tls>>,
     keep_alive: KeepAlive,
 }
@@ -89,16 +89,24 @@ impl Peer {
     }
 
     /// Opens the long-lived replication stream (the `Stream` call). No deadline: the sender
-    /// watches for replies that are late instead.
+    /// watches for replies that are late instead. A stream whose TLS connection broke without
+    /// a reason ([`LinkError::TlsUnexplained`]) asks the secondary for it (`Peer::refusal`),
+    /// once, so that health names rustls's reason.
     pub async fn open_stream(&self) -> Result<ReplicationStream, LinkError> {
-        ReplicationStream::open(
+        let opened = ReplicationStream::open(
             &self.address,
             self.tls.as_ref().and_then(|tls| tls.replication_client()),
             self.token.as_deref(),
             CONNECT_TIMEOUT,
             self.keep_alive,
         )
-        .await
+        .await;
+        match opened {
+            Err(unexplained @ LinkError::TlsUnexplained(_)) => {
+                Err(self.refusal(TLS_REFUSAL_WAIT).await.unwrap_or(unexplained))
+            }
+            opened => opened,
+        }
     }
 
     /// Reads the secondary's state and entries without changing anything (recovery).
@@ -112,9 +120,8 @@ impl Peer {
             Ok(reply) => return Ok(reply.into_inner()),
             Err(status) => status,
         };
-        // A call that failed underneath over TLS may be a refused handshake, which the call's
-        // error no longer names (see `tls::refusal`): asked, so that health can say so.
-        let config = self.tls.as_ref().and_then(|tls| tls.replication_client());
+        // A call that failed underneath may be a refused handshake, which the call's error no
+        // longer names: asked, so that health can say so.
         let underneath = matches!(
             failed.code(),
             tonic::Code::Unavailable
@@ -122,18 +129,23 @@ impl Peer {
                 | tonic::Code::Unknown
                 | tonic::Code::Internal
         );
-        match config {
-            Some(config) if underneath => {
-                let wait = timeout.min(TLS_REFUSAL_WAIT);
-                match tls::refusal(config, &self.address, wait).await {
-                    Some(reason) => Err(tonic::Status::unavailable(
-                        LinkError::Tls(reason).to_string(),
-                    )),
-                    None => Err(failed),
-                }
+        if underneath {
+            if let Some(refused) = self.refusal(timeout.min(TLS_REFUSAL_WAIT)).await {
+                return Err(tonic::Status::unavailable(refused.to_string()));
             }
-            _ => Err(failed),
         }
+        Err(failed)
+    }
+
+    /// Why the secondary refuses this master's certificate, if it does, asked of it within
+    /// `wait` (`tls::refusal`: a handshake of its own, then a read for the secondary's alert);
+    /// `None` without mutual TLS, or when no alert came. For a `Fetch` or a stream that failed
+    /// over TLS without saying why, so that both name rustls's reason the same way.
+    async fn refusal(&self, wait: Duration) -> Option<LinkError> {
+        let config = self.tls.as_ref()?.replication_client()?;
+        tls::refusal(config, &self.address, wait)
+            .await
+            .map(LinkError::Tls)
     }
 
     /// A unary call's request: the message, its deadline and the token.
