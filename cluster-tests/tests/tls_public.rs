@@ -5,8 +5,8 @@
 //! settings that stop a node at start.
 
 use cluster_tests::{
-    assert_closed_by_the_request_timeout, free_ports, fresh_log_dir, run_to_exit, wait_for,
-    wait_until, Binary, Cluster, MasterOpts, Node, SecondaryOpts, StatusCode,
+    assert_closed_by_the_request_timeout, free_ports, fresh_log_dir, run_to_exit, tls_settings,
+    wait_for, wait_until, Binary, Cluster, MasterOpts, Node, SecondaryOpts, StatusCode,
 };
 use nix::sys::signal::Signal;
 use replog_node::tls::testing::{self, TestCa, Validity};
@@ -61,13 +61,10 @@ impl Certs {
 
 /// A node's settings: its files, and `PUBLIC_TLS=true`.
 fn settings(args: &TlsArgs) -> Vec<(String, String)> {
-    let path = |p: &Option<PathBuf>| p.as_ref().expect("a file").display().to_string();
-    vec![
-        ("TLS_CERT".into(), path(&args.tls_cert)),
-        ("TLS_KEY".into(), path(&args.tls_key)),
-        ("TLS_CA".into(), path(&args.tls_ca)),
-        ("PUBLIC_TLS".into(), "true".into()),
-    ]
+    tls_settings(&TlsArgs {
+        public_tls: true,
+        ..args.clone()
+    })
 }
 
 /// A cluster of a master (with `master_env` besides) and `secondaries` secondaries, every one

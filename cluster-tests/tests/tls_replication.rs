@@ -6,8 +6,8 @@
 //! Secret's swapped link), for new connections while the open stream goes on.
 
 use cluster_tests::{
-    fast_health, log_dir, secondary_health, wait_for, wait_until, Cluster, Node, SecondaryOpts,
-    StatusCode, REPLICATION_FAILED,
+    fast_health, log_dir, secondary_health, tls_settings, wait_for, wait_until, Cluster, Node,
+    SecondaryOpts, StatusCode, REPLICATION_FAILED,
 };
 use nix::sys::signal::Signal;
 use replog_node::tls::testing::{mount, write, TestCa, Validity};
@@ -23,16 +23,6 @@ fn certs_dir() -> PathBuf {
     dir
 }
 
-/// The settings that name `args`' files.
-fn env(args: &TlsArgs) -> Vec<(&'static str, String)> {
-    let path = |p: &Option<PathBuf>| p.as_deref().map(Path::display).expect("a file").to_string();
-    vec![
-        ("TLS_CERT", path(&args.tls_cert)),
-        ("TLS_KEY", path(&args.tls_key)),
-        ("TLS_CA", path(&args.tls_ca)),
-    ]
-}
-
 /// A node's certificate from `ca` (for 127.0.0.1, where the kit's nodes listen), written under
 /// `dir` as `name`, trusting `trusts`.
 fn node_certs(
@@ -41,8 +31,8 @@ fn node_certs(
     ca: &TestCa,
     validity: Validity,
     trusts: &TestCa,
-) -> Vec<(&'static str, String)> {
-    env(&write(
+) -> Vec<(String, String)> {
+    tls_settings(&write(
         dir,
         name,
         &ca.issue(&["127.0.0.1"], validity),
@@ -50,8 +40,8 @@ fn node_certs(
     ))
 }
 
-fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
-    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 /// Waits until the master's health shows `secondary`'s last error naming TLS, and returns it.
@@ -137,7 +127,7 @@ async fn a_cluster_on_mutual_tls_replicates_and_rotates_certificates() {
     let master = node_certs(&dir, "master", &ca, Validity::Current, &ca);
     let first = ca.issue(&["127.0.0.1"], Validity::Current);
     let secret = dir.join("secondary-1");
-    let secondary_1 = env(&mount(&secret, 1, &first, ca.pem()));
+    let secondary_1 = tls_settings(&mount(&secret, 1, &first, ca.pem()));
     let secondary_2 = node_certs(&dir, "secondary-2", &ca, Validity::Current, &ca);
     let cluster = Cluster::start(
         vec![

@@ -4,8 +4,8 @@
 //! With mutual TLS, every accepted connection does its handshake on a task of its own, within
 //! [`HANDSHAKE_TIMEOUT`], so that a slow or hostile client never holds up the next accept; only
 //! what completes the handshake reaches tonic. The configuration is read for each connection:
-//! after a reload (SIGHUP) new connections use the new certificate while open ones go on with
-//! theirs. A refused handshake (a plaintext client, no certificate, one of another CA, an
+//! after a reload (SIGHUP, or a change of the files) new connections use the new certificate
+//! while open ones go on with theirs. A refused handshake (a plaintext client, no certificate, one of another CA, an
 //! expired one) is logged with the peer's address and rustls's reason, at most once per reason
 //! per [`REFUSALS_LOGGED_EVERY`], and nothing of it is served.
 //!

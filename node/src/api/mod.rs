@@ -260,7 +260,7 @@ pub async fn serve(
         // The task owns its copy of the builder, so the connection borrows it there.
         let builder = builder.clone();
         let shutdown = shutdown.clone();
-        // Read per connection, so that certificates reloaded on SIGHUP reach new ones.
+        // Read per connection, so that reloaded certificates reach new ones.
         let tls_config = public_tls.as_ref().and_then(|tls| tls.public_server());
         threads.spawn(tcp, move |tcp| async move {
             let connection = Connection {
