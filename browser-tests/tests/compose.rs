@@ -12,7 +12,8 @@
 //! The TLS variant (docker-compose.yml with docker-compose.tls.yml): every node's port speaks
 //! HTTPS only, with the certificates the `certs` service made at the first start; replication
 //! asks for the master's client certificate; nginx reaches every node over verified TLS, so
-//! appends through nginx and through each node commit everywhere as in the plain stack.
+//! appends through nginx and through each node commit everywhere as in the plain stack; nginx
+//! serves HTTPS on its TLS port as well.
 //!
 //! Runs against the stack `scripts/test-docker` brings up: `REPLOG_BASE_URL` is its page through
 //! nginx and `REPLOG_COMPOSE` its compose command (used to stop, start and kill services and to
@@ -309,6 +310,24 @@ async fn tls_stack_speaks_only_verified_tls() {
     nodes_speak_only_verified_tls(&stack).await;
     appends_through_nginx_and_every_node(&mut stack).await;
     replication_asks_for_a_client_certificate(&stack).await;
+    nginx_serves_https(&mut stack).await;
+}
+
+/// nginx's TLS port (8443 in the container) serves the page and the API with its certificate
+/// from the stack's CA: an append through it commits on every node.
+async fn nginx_serves_https(stack: &mut Stack) {
+    let url = stack.compose.published_url("nginx", 8443).await;
+    let url = url.replacen("http://", "https://", 1);
+    let page = stack.get_ok(&format!("{url}/")).await;
+    let page = page.text().await.expect("the page");
+    assert!(page.contains("<title>replog</title>"), "the page: {page}");
+    stack.append_ok(&url, "via nginx over HTTPS w=3", 3).await;
+    let what = format!(
+        "every node lists the same {} acknowledged messages",
+        stack.acked.len()
+    );
+    wait_all_hold(stack, Duration::from_secs(20), &what).await;
+    println!("ok   nginx serves the page and the API over HTTPS ({url}), verified against the CA");
 }
 
 /// The stack's CA certificate, as the `certs` service wrote it into the `certs` volume, copied
