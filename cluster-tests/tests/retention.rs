@@ -60,18 +60,22 @@ async fn a_secondary_down_while_retention_removed_what_it_lacks_is_reseeded_from
             .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
             .count()
     };
-    // Retention runs once a second and may first move the start while appends still come, so
-    // wait for it to settle: ~16 KiB of 4 KiB segments, and the start past secondary-2's.
-    // Nothing is appended after that, so the first retained id no longer moves.
+    // Retention runs once a second and may remove one segment a run, so wait for it to
+    // settle: ~16 KiB of 4 KiB segments, the start past secondary-2's, and the same start
+    // before and after a full retention period. Nothing is appended after that, so the first
+    // retained id no longer moves.
     let first = wait_for(
         CONVERGE,
-        "the master's retention keeps ~16 KiB of 4 KiB segments and passes what secondary-2 holds",
+        "the master's retention keeps ~16 KiB of 4 KiB segments, passes what secondary-2 holds \
+         and stays put for a retention period",
         || async {
             if segment_files() > 6 {
                 return None;
             }
             let first = first_id(&cluster, master).await;
-            (first > held_when_stopped + 1).then_some(first)
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let still = first_id(&cluster, master).await;
+            (first == still && first > held_when_stopped + 1).then_some(first)
         },
     )
     .await;
