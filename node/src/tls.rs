@@ -182,7 +182,12 @@ impl Tls {
     /// Reads the files again; new connections use what they hold from now on. On an error the
     /// configurations in use stay.
     pub fn reload(&self) -> Result<(), TlsError> {
-        *self.read_as.lock().unwrap_or_else(|p| p.into_inner()) = Fingerprint::of(&self.args);
+        self.reload_as(Fingerprint::of(&self.args))
+    }
+
+    /// Reloads, recording `files`, the fingerprint taken just before reading them.
+    fn reload_as(&self, files: Fingerprint) -> Result<(), TlsError> {
+        *self.read_as.lock().unwrap_or_else(|p| p.into_inner()) = files;
         let configs = Configs::read(&self.args)?;
         *self.configs.write().unwrap_or_else(|p| p.into_inner()) = configs;
         Ok(())
@@ -191,9 +196,9 @@ impl Tls {
     /// Reloads if the files changed since they were last read; `None` if they did not. A reload
     /// that failed is not tried again until they change again.
     fn reload_if_changed(&self) -> Option<Result<(), TlsError>> {
-        let unchanged =
-            *self.read_as.lock().unwrap_or_else(|p| p.into_inner()) == Fingerprint::of(&self.args);
-        (!unchanged).then(|| self.reload())
+        let now = Fingerprint::of(&self.args);
+        let unchanged = *self.read_as.lock().unwrap_or_else(|p| p.into_inner()) == now;
+        (!unchanged).then(|| self.reload_as(now))
     }
 
     /// Reloads on every SIGHUP and whenever the files change, until `shutdown`, logging each
