@@ -22,7 +22,7 @@
 //! that stack's test runs.
 
 use browser_tests::run_tag;
-use cluster_tests::compose::{docker, running_stack, Compose};
+use cluster_tests::compose::{docker, docker_status, running_stack, Compose};
 use cluster_tests::{try_list, wait_for, wait_until, StatusCode, REPLICATION_FAILED};
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -367,21 +367,9 @@ async fn nodes_speak_only_verified_tls(stack: &Stack) {
 
 /// `docker exec CONTAINER ARGS...`: whether it exited 0, and what it wrote.
 async fn exec_status(container: &str, args: &[&str]) -> (bool, String) {
-    let output = tokio::process::Command::new("docker")
-        .arg("exec")
-        .arg(container)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("docker exec {container} {args:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    let mut exec = vec!["exec", container];
+    exec.extend_from_slice(args);
+    docker_status(&exec).await
 }
 
 /// A secondary's replication port takes a TLS client only with a certificate of the stack's CA:

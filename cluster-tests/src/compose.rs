@@ -128,11 +128,31 @@ pub async fn docker(args: &[&str]) -> String {
     output_of(command, &format!("docker {}", args.join(" "))).await
 }
 
-async fn output_of(mut command: tokio::process::Command, shown: &str) -> String {
-    let output = tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+/// `docker ARGS...` that may fail: whether it exited 0, and what it wrote (standard output,
+/// then standard error). Fails the test only if it cannot run or does not finish within two
+/// minutes.
+pub async fn docker_status(args: &[&str]) -> (bool, String) {
+    let mut command = tokio::process::Command::new("docker");
+    command.args(args).stdin(Stdio::null()).kill_on_drop(true);
+    let output = finished(command, &format!("docker {}", args.join(" "))).await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+/// What `command` did, once it finished within [`COMMAND_TIMEOUT`].
+async fn finished(mut command: tokio::process::Command, shown: &str) -> std::process::Output {
+    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
         .await
         .unwrap_or_else(|_| panic!("`{shown}` did not finish within {COMMAND_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("run `{shown}`: {e}"));
+        .unwrap_or_else(|e| panic!("run `{shown}`: {e}"))
+}
+
+async fn output_of(command: tokio::process::Command, shown: &str) -> String {
+    let output = finished(command, shown).await;
     assert!(
         output.status.success(),
         "`{shown}` failed ({}): {}{}",
