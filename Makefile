@@ -7,15 +7,21 @@
 # COMPOSE is `docker compose` when the Docker CLI has the plugin, else Debian's
 # `docker-compose` (1.29); override it (`make COMPOSE=podman-compose ...`) if neither fits.
 # COMPOSE_FILE picks the stack: `make build_and_run COMPOSE_FILE=docker-compose.failover.yml`
-# runs the failover variant (etcd and three electing nodes). TLS=1 adds docker-compose.tls.yml
-# to the default stack: mutual TLS between the nodes, HTTPS on their ports, nginx over TLS to
-# them (certificates made at the first start; README "TLS").
+# runs the failover variant (etcd and three electing nodes). TLS=1 adds the stack's TLS file
+# (docker-compose.tls.yml, docker-compose.failover.tls.yml): mutual TLS between the nodes, HTTPS
+# on their ports, nginx over TLS to them (certificates made at the first start; README "TLS").
 
 SHELL := /bin/bash
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 COMPOSE_FILE ?= docker-compose.yml
 TLS ?=
-COMPOSE_FILES := -f $(COMPOSE_FILE)$(if $(TLS), -f docker-compose.tls.yml)
+TLS_FILE := $(basename $(COMPOSE_FILE)).tls.yml
+ifneq ($(TLS),)
+ifeq ($(wildcard $(TLS_FILE)),)
+$(error TLS=1: $(COMPOSE_FILE) has no TLS file $(TLS_FILE))
+endif
+endif
+COMPOSE_FILES := -f $(COMPOSE_FILE)$(if $(TLS), -f $(TLS_FILE))
 # Extra arguments for the benchmark, e.g. `make bench BENCH_ARGS=--smoke`.
 BENCH_ARGS ?=
 

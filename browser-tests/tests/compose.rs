@@ -15,11 +15,16 @@
 //! appends through nginx and through each node commit everywhere as in the plain stack; nginx
 //! serves HTTPS on its TLS port as well.
 //!
+//! The failover stack with its TLS file (docker-compose.failover.tls.yml): the same failover as
+//! above, with every node's port speaking only verified HTTPS, the replication links between the
+//! nodes asking for a client certificate of the stack's CA, appends forwarded over TLS, and nginx
+//! reaching the nodes over TLS and serving HTTPS itself.
+//!
 //! Runs against the stack `scripts/test-docker` brings up: `REPLOG_BASE_URL` is its page through
 //! nginx and `REPLOG_COMPOSE` its compose command (used to stop, start and kill services and to
 //! find their containers and published ports). Skips when `REPLOG_BASE_URL` is not set.
-//! `REPLOG_STACK` says which stack runs (`failover`, `tls`, or the default one otherwise): only
-//! that stack's test runs.
+//! `REPLOG_STACK` says which stack runs (`failover`, `failover-tls`, `tls`, or the default one
+//! otherwise): only that stack's test runs.
 
 use browser_tests::run_tag;
 use cluster_tests::compose::{docker, docker_status, running_stack, Compose};
@@ -41,16 +46,18 @@ const SERVICES: [&str; 4] = ["master", "secondary-1", "secondary-2", "nginx"];
 /// The secondaries' replication port, which stays on the compose network.
 const REPLICATION_PORT: &str = "50051";
 
-/// Which stack runs: `failover` for docker-compose.failover.yml, `tls` for docker-compose.yml
-/// with docker-compose.tls.yml, anything else (or unset) for docker-compose.yml.
+/// Which stack runs: `failover` for docker-compose.failover.yml, `failover-tls` for it with
+/// docker-compose.failover.tls.yml, `tls` for docker-compose.yml with docker-compose.tls.yml,
+/// anything else (or unset) for docker-compose.yml.
 const STACK_ENV: &str = "REPLOG_STACK";
 
 type List = Vec<(u64, String)>;
 
-/// The running stack's name ([`STACK_ENV`]): `failover`, `tls` or `default`.
+/// The running stack's name ([`STACK_ENV`]): `failover`, `failover-tls`, `tls` or `default`.
 fn stack_kind() -> &'static str {
     match std::env::var(STACK_ENV).as_deref().map(str::trim) {
         Ok("failover") => "failover",
+        Ok("failover-tls") => "failover-tls",
         Ok("tls") => "tls",
         _ => "default",
     }
@@ -226,17 +233,21 @@ impl Stack {
             .to_owned()
     }
 
-    /// `GET url` and its body as text, which must answer 200.
+    /// `GET url`, which must answer 200.
     async fn get_ok(&self, url: &str) -> reqwest::Response {
-        let response = self
-            .http
-            .get(url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        assert_eq!(response.status(), StatusCode::OK, "GET {url}");
-        response
+        get_ok(&self.http, url).await
     }
+}
+
+/// `GET url`, which must answer 200.
+async fn get_ok(http: &reqwest::Client, url: &str) -> reqwest::Response {
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    response
 }
 
 /// Waits until `condition` holds and says how long that took.
@@ -305,36 +316,37 @@ async fn tls_stack_speaks_only_verified_tls() {
         return;
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let ca = stack_ca(&compose, dir.path()).await;
+    let ca = stack_ca(&compose, "master", dir.path()).await;
     let mut stack = Stack::new(compose, nginx, Some(&ca)).await;
-    nodes_speak_only_verified_tls(&stack).await;
+    nodes_speak_only_verified_tls(&stack.http, &stack.nodes).await;
     appends_through_nginx_and_every_node(&mut stack).await;
-    replication_asks_for_a_client_certificate(&stack).await;
-    nginx_serves_https(&mut stack).await;
-}
-
-/// nginx's TLS port (8443 in the container) serves the page and the API with its certificate
-/// from the stack's CA: an append through it commits on every node.
-async fn nginx_serves_https(stack: &mut Stack) {
-    let url = stack.compose.published_url("nginx", 8443).await;
-    let url = url.replacen("http://", "https://", 1);
-    let page = stack.get_ok(&format!("{url}/")).await;
-    let page = page.text().await.expect("the page");
-    assert!(page.contains("<title>replog</title>"), "the page: {page}");
+    replication_asks_for_a_client_certificate(&stack.compose, "master", &SECONDARIES).await;
+    let url = nginx_serves_https(&stack.compose, &stack.http).await;
     stack.append_ok(&url, "via nginx over HTTPS w=3", 3).await;
     let what = format!(
         "every node lists the same {} acknowledged messages",
         stack.acked.len()
     );
-    wait_all_hold(stack, Duration::from_secs(20), &what).await;
-    println!("ok   nginx serves the page and the API over HTTPS ({url}), verified against the CA");
+    wait_all_hold(&stack, Duration::from_secs(20), &what).await;
 }
 
-/// The stack's CA certificate, as the `certs` service wrote it into the `certs` volume, copied
-/// into `dir`.
-async fn stack_ca(compose: &Compose, dir: &Path) -> PathBuf {
-    let master = compose.container("master").await;
-    let pem = docker(&["exec", &master, "cat", "/certs/ca.pem"]).await;
+/// nginx's TLS port (8443 in the container) serves the page with its certificate from the
+/// stack's CA; its URL on this host, for appends through it.
+async fn nginx_serves_https(compose: &Compose, http: &reqwest::Client) -> String {
+    let url = compose.published_url("nginx", 8443).await;
+    let url = url.replacen("http://", "https://", 1);
+    let page = get_ok(http, &format!("{url}/")).await;
+    let page = page.text().await.expect("the page");
+    assert!(page.contains("<title>replog</title>"), "the page: {page}");
+    println!("ok   nginx serves the page over HTTPS ({url}), verified against the CA");
+    url
+}
+
+/// The stack's CA certificate, as the `certs` service wrote it into the `certs` volume (read in
+/// `service`'s container), copied into `dir`.
+async fn stack_ca(compose: &Compose, service: &str, dir: &Path) -> PathBuf {
+    let container = compose.container(service).await;
+    let pem = docker(&["exec", &container, "cat", "/certs/ca.pem"]).await;
     assert!(pem.contains("BEGIN CERTIFICATE"), "/certs/ca.pem: {pem}");
     let path = dir.join("ca.pem");
     std::fs::write(&path, pem).expect("write ca.pem");
@@ -343,11 +355,11 @@ async fn stack_ca(compose: &Compose, dir: &Path) -> PathBuf {
 
 /// Every node answers over HTTPS with a certificate that chains to the stack's CA and names
 /// 127.0.0.1; plain HTTP and a client that does not trust the CA get no answer.
-async fn nodes_speak_only_verified_tls(stack: &Stack) {
+async fn nodes_speak_only_verified_tls(http: &reqwest::Client, nodes: &[(&str, String)]) {
     let plain = http_client(None);
-    for (name, url) in &stack.nodes {
+    for (name, url) in nodes {
         assert!(url.starts_with("https://"), "{name}: {url}");
-        stack.get_ok(&format!("{url}/health")).await;
+        get_ok(http, &format!("{url}/health")).await;
         let http_url = format!("{}/health", url.replacen("https://", "http://", 1));
         let answer = plain.get(&http_url).send().await;
         assert!(
@@ -375,9 +387,17 @@ async fn exec_status(container: &str, args: &[&str]) -> (bool, String) {
 /// A secondary's replication port takes a TLS client only with a certificate of the stack's CA:
 /// from the master's container, curl without a client certificate is refused, curl with the
 /// master's gets an HTTP/2 answer.
-async fn replication_asks_for_a_client_certificate(stack: &Stack) {
-    let master = stack.compose.container("master").await;
-    for secondary in SECONDARIES {
+async fn replication_asks_for_a_client_certificate(
+    compose: &Compose,
+    master: &str,
+    secondaries: &[&str],
+) {
+    let container = compose.container(master).await;
+    let (cert, key) = (
+        format!("/certs/{master}.pem"),
+        format!("/certs/{master}-key.pem"),
+    );
+    for secondary in secondaries {
         let url = format!("https://{secondary}:{REPLICATION_PORT}/");
         let base = [
             "curl",
@@ -390,24 +410,19 @@ async fn replication_asks_for_a_client_certificate(stack: &Stack) {
         ];
         let mut without = base.to_vec();
         without.extend(["--cacert", "/certs/ca.pem", &url]);
-        let (ok, refused) = exec_status(&master, &without).await;
+        let (ok, refused) = exec_status(&container, &without).await;
         assert!(
             !ok,
             "{url} answered a client without a certificate: {refused}"
         );
         let mut with = without.clone();
-        with.extend([
-            "--cert",
-            "/certs/master.pem",
-            "--key",
-            "/certs/master-key.pem",
-        ]);
-        let (ok, said) = exec_status(&master, &with).await;
-        assert!(ok, "{url} refused the master's certificate: {said}");
+        with.extend(["--cert", &cert, "--key", &key]);
+        let (ok, said) = exec_status(&container, &with).await;
+        assert!(ok, "{url} refused {master}'s certificate: {said}");
         let refused = refused.lines().next().unwrap_or_default().trim();
         println!(
             "ok   {secondary}'s replication port refuses a client without a certificate \
-             ({refused}) and answers the master's"
+             ({refused}) and answers {master}'s"
         );
     }
 }
@@ -691,14 +706,20 @@ struct Failover {
 }
 
 impl Failover {
-    async fn new(compose: Compose, nginx: String) -> Failover {
+    /// The stack, its nodes reached over HTTPS trusting only `ca` when given.
+    async fn new(compose: Compose, nginx: String, ca: Option<&Path>) -> Failover {
         let mut nodes = Vec::new();
         for name in FAILOVER_NODES {
-            nodes.push((name, compose.published_url(name, FAILOVER_HTTP_PORT).await));
+            let url = compose.published_url(name, FAILOVER_HTTP_PORT).await;
+            let url = match ca {
+                Some(_) => url.replacen("http://", "https://", 1),
+                None => url,
+            };
+            nodes.push((name, url));
         }
         Failover {
             compose,
-            http: http_client(None),
+            http: http_client(ca),
             nginx,
             nodes,
             tag: run_tag(),
@@ -836,9 +857,35 @@ async fn failover_stack_elects_fails_over_and_rejoins() {
     if !for_stack(test, "failover") {
         return;
     }
-    let mut stack = Failover::new(compose, nginx).await;
+    let mut stack = Failover::new(compose, nginx, None).await;
     nginx_names_and_routes_the_nodes(&stack).await;
     let (first, first_term) = first_election_and_appends(&mut stack).await;
+    let (master, term) = the_master_killed(&mut stack, first, first_term).await;
+    the_old_master_rejoins(&mut stack, first, master, term).await;
+}
+
+#[tokio::test]
+async fn failover_tls_stack_elects_and_fails_over_over_mutual_tls() {
+    let test = "failover_tls_stack_elects_and_fails_over_over_mutual_tls";
+    let Some((nginx, compose)) = running_stack(test) else {
+        return;
+    };
+    if !for_stack(test, "failover-tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let ca = stack_ca(&compose, "node-a", dir.path()).await;
+    let mut stack = Failover::new(compose, nginx, Some(&ca)).await;
+    nodes_speak_only_verified_tls(&stack.http, &stack.nodes).await;
+    nginx_names_and_routes_the_nodes(&stack).await;
+    let (first, first_term) = first_election_and_appends(&mut stack).await;
+    let followers: Vec<&str> = FAILOVER_NODES.into_iter().filter(|n| *n != first).collect();
+    replication_asks_for_a_client_certificate(&stack.compose, first, &followers).await;
+    let https = nginx_serves_https(&stack.compose, &stack.http).await;
+    stack.append_ok(&https, "via nginx over HTTPS w=3", 3).await;
+    stack
+        .wait_all_hold(&FAILOVER_NODES, Duration::from_secs(20))
+        .await;
     let (master, term) = the_master_killed(&mut stack, first, first_term).await;
     the_old_master_rejoins(&mut stack, first, master, term).await;
 }
