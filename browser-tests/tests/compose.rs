@@ -328,6 +328,66 @@ async fn tls_stack_speaks_only_verified_tls() {
         stack.acked.len()
     );
     wait_all_hold(&stack, Duration::from_secs(20), &what).await;
+    nginx_reloads_renewed_certificates(&stack, &url, dir.path()).await;
+}
+
+/// nginx reloads its certificate when the files change, without a restart or a signal: once the
+/// `certs` volume's nginx.pem and nginx-key.pem are replaced by ones of a new CA, its TLS port
+/// (`https`) answers a client that trusts only the new CA and refuses one that trusts only the
+/// stack's; with the stack's files put back, the other way round again.
+async fn nginx_reloads_renewed_certificates(stack: &Stack, https: &str, dir: &Path) {
+    let renew = "set -e; rm -rf /tmp/renewed; replog-certs --out=/tmp/renewed --node=nginx >&2; \
+                 cp -p /certs/nginx.pem /certs/nginx.pem.kept; \
+                 cp -p /certs/nginx-key.pem /certs/nginx-key.pem.kept; \
+                 cp /tmp/renewed/nginx.pem /tmp/renewed/nginx-key.pem /certs/; \
+                 cat /tmp/renewed/ca.pem";
+    let pem = in_certs_service(&stack.compose, renew).await;
+    assert!(pem.contains("BEGIN CERTIFICATE"), "the new CA: {pem}");
+    let renewed_ca = dir.join("renewed-ca.pem");
+    std::fs::write(&renewed_ca, pem).expect("write renewed-ca.pem");
+    println!("ok   nginx.pem and nginx-key.pem replaced in the certs volume by ones of a new CA");
+    let renewed = http_client(Some(&renewed_ca));
+    let what = "nginx's TLS port serves the new certificate and refuses the old CA's clients";
+    nginx_serves_only_for(https, &renewed, &stack.http, what).await;
+
+    let restore = "set -e; mv /certs/nginx.pem.kept /certs/nginx.pem; \
+                   mv /certs/nginx-key.pem.kept /certs/nginx-key.pem";
+    in_certs_service(&stack.compose, restore).await;
+    let what = "with the stack's files back, nginx's TLS port serves its certificate again";
+    nginx_serves_only_for(https, &stack.http, &renewed, what).await;
+}
+
+/// Waits until nginx's TLS port answers `trusting` and refuses `refused`.
+async fn nginx_serves_only_for(
+    https: &str,
+    trusting: &reqwest::Client,
+    refused: &reqwest::Client,
+    what: &str,
+) {
+    let url = format!("{https}/");
+    waited(Duration::from_secs(20), what, || async {
+        let answer = trusting.get(&url).send().await;
+        answer.is_ok_and(|answer| answer.status() == StatusCode::OK)
+            && refused.get(&url).send().await.is_err()
+    })
+    .await;
+}
+
+/// The standard output of `script` (sh) in a one-off container of the `certs` service, which
+/// mounts the `certs` volume writable and has replog-certs.
+async fn in_certs_service(compose: &Compose, script: &str) -> String {
+    let args = [
+        "run",
+        "--rm",
+        "--no-deps",
+        "-T",
+        "--entrypoint",
+        "sh",
+        "certs",
+        "-c",
+        script,
+    ];
+    compose.output(&args).await
 }
 
 /// nginx's TLS port (8443 in the container) serves the page with its certificate from the
