@@ -63,13 +63,27 @@ fn stack_kind() -> &'static str {
     }
 }
 
-/// Whether `test`, which is for the stack `kind`, runs; says why not when it does not.
-fn for_stack(test: &str, kind: &str) -> bool {
+/// The running stack's page and compose command when `test`, which is for the stack `kind`,
+/// runs ([`running_stack`]); says why not when it does not.
+fn stack_for(test: &str, kind: &str) -> Option<(String, Compose)> {
+    let stack = running_stack(test)?;
     let running = stack_kind();
     if running != kind {
         eprintln!("SKIPPED {test}: {STACK_ENV} says the {running} stack runs");
+        return None;
     }
-    running == kind
+    Some(stack)
+}
+
+/// `<scheme>://<host>:<port>` where this host reaches `service`'s container port `port`:
+/// `https` when `tls`.
+async fn published_url(compose: &Compose, service: &str, port: u16, tls: bool) -> String {
+    let url = compose.published_url(service, port).await;
+    if tls {
+        url.replacen("http://", "https://", 1)
+    } else {
+        url
+    }
 }
 
 /// An HTTP client without idle connections: a restarted container must not get a request on a
@@ -134,11 +148,7 @@ impl Stack {
     async fn new(compose: Compose, nginx: String, ca: Option<&Path>) -> Stack {
         let mut nodes = Vec::new();
         for (name, port) in NODES {
-            let url = compose.published_url(name, port).await;
-            let url = match ca {
-                Some(_) => url.replacen("http://", "https://", 1),
-                None => url,
-            };
+            let url = published_url(&compose, name, port, ca.is_some()).await;
             nodes.push((name, url));
         }
         Stack {
@@ -293,12 +303,9 @@ async fn wait_container_healthy(stack: &Stack, service: &str, what: &str) {
 #[tokio::test]
 async fn compose_stack_serves_replicates_and_survives_restarts() {
     let test = "compose_stack_serves_replicates_and_survives_restarts";
-    let Some((nginx, compose)) = running_stack(test) else {
+    let Some((nginx, compose)) = stack_for(test, "default") else {
         return;
     };
-    if !for_stack(test, "default") {
-        return;
-    }
     let mut stack = Stack::new(compose, nginx, None).await;
     serves_what_it_publishes(&stack).await;
     appends_through_nginx_and_every_node(&mut stack).await;
@@ -309,12 +316,9 @@ async fn compose_stack_serves_replicates_and_survives_restarts() {
 #[tokio::test]
 async fn tls_stack_speaks_only_verified_tls() {
     let test = "tls_stack_speaks_only_verified_tls";
-    let Some((nginx, compose)) = running_stack(test) else {
+    let Some((nginx, compose)) = stack_for(test, "tls") else {
         return;
     };
-    if !for_stack(test, "tls") {
-        return;
-    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = stack_ca(&compose, "master", dir.path()).await;
     let mut stack = Stack::new(compose, nginx, Some(&ca)).await;
@@ -393,8 +397,7 @@ async fn in_certs_service(compose: &Compose, script: &str) -> String {
 /// nginx's TLS port (8443 in the container) serves the page with its certificate from the
 /// stack's CA; its URL on this host, for appends through it.
 async fn nginx_serves_https(compose: &Compose, http: &reqwest::Client) -> String {
-    let url = compose.published_url("nginx", 8443).await;
-    let url = url.replacen("http://", "https://", 1);
+    let url = published_url(compose, "nginx", 8443, true).await;
     let page = get_ok(http, &format!("{url}/")).await;
     let page = page.text().await.expect("the page");
     assert!(page.contains("<title>replog</title>"), "the page: {page}");
@@ -770,11 +773,7 @@ impl Failover {
     async fn new(compose: Compose, nginx: String, ca: Option<&Path>) -> Failover {
         let mut nodes = Vec::new();
         for name in FAILOVER_NODES {
-            let url = compose.published_url(name, FAILOVER_HTTP_PORT).await;
-            let url = match ca {
-                Some(_) => url.replacen("http://", "https://", 1),
-                None => url,
-            };
+            let url = published_url(&compose, name, FAILOVER_HTTP_PORT, ca.is_some()).await;
             nodes.push((name, url));
         }
         Failover {
@@ -911,12 +910,9 @@ impl Failover {
 #[tokio::test]
 async fn failover_stack_elects_fails_over_and_rejoins() {
     let test = "failover_stack_elects_fails_over_and_rejoins";
-    let Some((nginx, compose)) = running_stack(test) else {
+    let Some((nginx, compose)) = stack_for(test, "failover") else {
         return;
     };
-    if !for_stack(test, "failover") {
-        return;
-    }
     let mut stack = Failover::new(compose, nginx, None).await;
     nginx_names_and_routes_the_nodes(&stack).await;
     let (first, first_term) = first_election_and_appends(&mut stack).await;
@@ -927,12 +923,9 @@ async fn failover_stack_elects_fails_over_and_rejoins() {
 #[tokio::test]
 async fn failover_tls_stack_elects_and_fails_over_over_mutual_tls() {
     let test = "failover_tls_stack_elects_and_fails_over_over_mutual_tls";
-    let Some((nginx, compose)) = running_stack(test) else {
+    let Some((nginx, compose)) = stack_for(test, "failover-tls") else {
         return;
     };
-    if !for_stack(test, "failover-tls") {
-        return;
-    }
     let dir = tempfile::tempdir().expect("a temporary directory");
     let ca = stack_ca(&compose, "node-a", dir.path()).await;
     let mut stack = Failover::new(compose, nginx, Some(&ca)).await;

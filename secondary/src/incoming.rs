@@ -5,9 +5,9 @@
 //! [`HANDSHAKE_TIMEOUT`], so that a slow or hostile client never holds up the next accept; only
 //! what completes the handshake reaches tonic. The configuration is read for each connection:
 //! after a reload (SIGHUP, or a change of the files) new connections use the new certificate
-//! while open ones go on with theirs. A refused handshake (a plaintext client, no certificate, one of another CA, an
-//! expired one) is logged with the peer's address and rustls's reason, at most once per reason
-//! per [`REFUSALS_LOGGED_EVERY`], and nothing of it is served.
+//! while open ones go on with theirs. A refused handshake (a plaintext client, no certificate,
+//! one of another CA, an expired one) is logged with the peer's address and rustls's reason, at
+//! most once per reason per [`REFUSALS_LOGGED_EVERY`], and nothing of it is served.
 //!
 //! At shutdown the replication server stops accepting and closes each connection gracefully,
 //! which takes the master's part: an HTTP/2 peer must acknowledge the server's goodbye. A master
